@@ -1,0 +1,111 @@
+//! Messages a client sends: `{"action": "...", ...}`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Topic;
+
+/// A message from a client, one JSON object per text frame.
+///
+/// `{"action":"subscribe","topic":"model_status"}` and
+/// `{"action":"unsubscribe","topic":"model_status"}` are the seed's forms; every other field is
+/// optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "action", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClientMessage {
+    /// Start receiving a topic's messages.
+    Subscribe(SubscribeRequest),
+    /// Stop receiving a topic's messages.
+    Unsubscribe(UnsubscribeRequest),
+    /// Ask for a `pong`, to measure latency or keep a proxy's connection open.
+    Ping(PingRequest),
+}
+
+impl ClientMessage {
+    /// The actions a client may send, as they appear on the wire.
+    pub const ACTIONS: &'static [&'static str] = &["subscribe", "unsubscribe", "ping"];
+
+    /// The request's `id`, if it has one.
+    pub fn request_id(&self) -> Option<&RequestId> {
+        match self {
+            Self::Subscribe(r) => r.id.as_ref(),
+            Self::Unsubscribe(r) => r.id.as_ref(),
+            Self::Ping(r) => r.id.as_ref(),
+        }
+    }
+}
+
+/// An id the client chooses for a request; the reply echoes it as `request_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RequestId {
+    /// A numeric id.
+    Number(i64),
+    /// A string id.
+    String(String),
+}
+
+/// `{"action":"subscribe","topic":...}` with its optional fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SubscribeRequest {
+    /// The topic to subscribe to.
+    pub topic: Topic,
+    /// An id echoed in the reply as `request_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+    /// Recover missed messages: the epoch and the last `seq` received on this topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Since>,
+    /// Receive only the messages that match (e.g. some models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<SubscriptionFilter>,
+    /// At most this many updates per second per model; the newest value wins and state changes
+    /// are never dropped. Must be positive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hz: Option<f64>,
+}
+
+impl SubscribeRequest {
+    /// A plain subscription to `topic`, as the seed sends it.
+    pub fn new(topic: Topic) -> Self {
+        Self { topic, id: None, since: None, filter: None, max_hz: None }
+    }
+}
+
+/// `{"action":"unsubscribe","topic":...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UnsubscribeRequest {
+    /// The topic to unsubscribe from.
+    pub topic: Topic,
+    /// An id echoed in the reply as `request_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+}
+
+/// `{"action":"ping"}`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct PingRequest {
+    /// An id echoed in the `pong` as `request_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+}
+
+/// A position in a topic's stream: the `epoch` and `seq` of the last message received.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub struct Since {
+    /// The epoch from `subscribed` (or `welcome`).
+    pub epoch: String,
+    /// The `seq` of the last message received on the topic.
+    pub seq: u64,
+}
+
+/// Which of a topic's messages a subscription receives.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionFilter {
+    /// Only messages about these models (by `model_id`). Messages about no particular model
+    /// (e.g. a batch or system stats) are always delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_ids: Option<Vec<String>>,
+}

@@ -1,0 +1,47 @@
+//! The modelcast wire protocol: every message the server sends, every action a client sends,
+//! the topics, and the JSON Schemas generated from them.
+//!
+//! This crate owns the *contract* between modelcast and its users. It is pure data:
+//! serde + schemars, no tokio, no IO, and no other workspace crate (a tidy test keeps it so).
+//! Every public type, variant and field carries a doc comment because the doc comment becomes
+//! the `description` a frontend developer reads in `schemas/`.
+//!
+//! The shapes follow the seed design (`README_MODEL_NOTIFICATIONS.md`) field for field:
+//! a server frame is `{"type": ..., "data": {...}}`, optionally with a top-level `topic` and
+//! `seq` for recovery; a client frame is `{"action": "subscribe", "topic": ...}`.
+//!
+//! ```
+//! use modelcast_protocol::{ClientMessage, ServerFrame, ServerMessage, Topic};
+//!
+//! let msg: ClientMessage = serde_json::from_str(r#"{"action":"subscribe","topic":"model_status"}"#)?;
+//! assert!(matches!(msg, ClientMessage::Subscribe(ref s) if s.topic == Topic::ModelStatus));
+//!
+//! let frame: ServerFrame = serde_json::from_str(
+//!     r#"{"type":"pong","data":{"timestamp":"2025-08-27T10:30:00Z"}}"#,
+//! )?;
+//! assert!(matches!(frame.message, ServerMessage::Pong(_)));
+//! # Ok::<(), serde_json::Error>(())
+//! ```
+
+mod client;
+mod frame;
+mod messages;
+pub mod schema;
+mod topic;
+mod vocab;
+
+pub use client::{
+    ClientMessage, PingRequest, RequestId, Since, SubscribeRequest, SubscriptionFilter,
+    UnsubscribeRequest,
+};
+pub use frame::ServerFrame;
+pub use messages::*;
+pub use topic::{ParseTopicError, Topic};
+pub use vocab::*;
+
+/// The protocol version this crate speaks. Raised whenever a change to `schemas/` could break an
+/// existing reader (a removed field, a narrowed type, a new required field).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Timestamps on the wire: UTC, RFC 3339 (`2025-08-27T10:30:00Z`).
+pub type Timestamp = chrono::DateTime<chrono::Utc>;

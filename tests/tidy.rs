@@ -1,0 +1,132 @@
+//! Repository rules, checked as ordinary tests (after rust-analyzer's `tidy.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+
+use modelcast_tests::root;
+use serde_json::Value;
+
+/// `cargo metadata`: package id → (name, normal dependency ids).
+fn dependency_graph() -> (BTreeMap<String, String>, BTreeMap<String, Vec<String>>) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Only this platform's dependencies: chrono's clock, say, pulls a wasm-only chain elsewhere.
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = Command::new(rustc).arg("-vV").output().expect("rustc -vV runs");
+    let version = String::from_utf8(version.stdout).unwrap();
+    let host =
+        version.lines().find_map(|l| l.strip_prefix("host: ")).expect("rustc -vV names the host");
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--offline",
+            "--filter-platform",
+            host,
+        ])
+        .current_dir(root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
+    let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap().to_owned(), p["name"].as_str().unwrap().to_owned()))
+        .collect();
+    let deps = meta["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let normal = n["deps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["dep_kinds"].as_array().unwrap().iter().any(|k| k["kind"].is_null()))
+                .map(|d| d["pkg"].as_str().unwrap().to_owned())
+                .collect();
+            (n["id"].as_str().unwrap().to_owned(), normal)
+        })
+        .collect();
+    (names, deps)
+}
+
+/// The names of every package `name` depends on (normal dependencies, transitively).
+fn closure(name: &str) -> BTreeSet<String> {
+    let (names, deps) = dependency_graph();
+    let start = names.iter().find(|(_, n)| *n == name).map(|(id, _)| id.clone()).expect(name);
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![start];
+    while let Some(id) = stack.pop() {
+        for dep in &deps[&id] {
+            if seen.insert(names[dep].clone()) {
+                stack.push(dep.clone());
+            }
+        }
+    }
+    seen
+}
+
+fn workspace_deps(name: &str) -> BTreeSet<String> {
+    closure(name).into_iter().filter(|n| n.starts_with("modelcast-")).collect()
+}
+
+#[test]
+fn protocol_is_pure_data() {
+    let deps = closure("modelcast-protocol");
+    for forbidden in ["tokio", "mio", "futures-util", "tungstenite", "hyper"] {
+        assert!(!deps.contains(forbidden), "modelcast-protocol must not depend on {forbidden}");
+    }
+    assert!(
+        workspace_deps("modelcast-protocol").is_empty(),
+        "protocol depends on no workspace crate"
+    );
+}
+
+#[test]
+fn dependencies_point_one_way() {
+    let hub = workspace_deps("modelcast-hub");
+    assert!(
+        !hub.contains("modelcast-notifiers") && !hub.contains("modelcast-server"),
+        "hub: {hub:?}"
+    );
+    assert!(!workspace_deps("modelcast-notifiers").contains("modelcast-server"));
+    let client = workspace_deps("modelcast-client");
+    assert_eq!(
+        client,
+        BTreeSet::from(["modelcast-protocol".to_owned()]),
+        "client depends on protocol only"
+    );
+}
+
+#[test]
+fn every_rust_file_starts_with_a_module_doc() {
+    let mut missing = Vec::new();
+    for dir in ["crates", "xtask", "tests"] {
+        visit(&root().join(dir), &mut |path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            if !text.starts_with("//!") {
+                missing.push(path.strip_prefix(root()).unwrap().display().to_string());
+            }
+        });
+    }
+    assert!(missing.is_empty(), "these files must start with a `//!` doc comment: {missing:#?}");
+}
+
+fn visit(dir: &Path, f: &mut dyn FnMut(&Path)) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy();
+        if path.is_dir() {
+            if name != "target" && name != "fixtures" && !name.starts_with('.') {
+                visit(&path, f);
+            }
+        } else if name.ends_with(".rs") {
+            f(&path);
+        }
+    }
+}
