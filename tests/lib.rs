@@ -45,3 +45,112 @@ pub fn validator(rel: &str) -> jsonschema::Validator {
         .build(&committed_schema(rel))
         .unwrap_or_else(|e| panic!("schemas/{rel} is not a valid schema: {e}"))
 }
+
+pub mod msg {
+    //! Builders for the messages tests publish.
+
+    use chrono::{DateTime, Utc};
+    use modelcast_protocol::*;
+
+    /// A fixed timestamp, so frames compare equal across runs.
+    pub fn ts() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_756_290_600, 0).expect("valid")
+    }
+
+    /// A `download_progress_update` of `model` at `percent`.
+    pub fn progress(model: &str, percent: f64) -> ServerMessage {
+        ServerMessage::DownloadProgressUpdate(DownloadProgressUpdate {
+            model_id: model.into(),
+            status: DownloadStatus::Downloading,
+            progress_percent: percent,
+            downloaded_mb: percent * 10.0,
+            total_mb: 1000.0,
+            speed_mbps: 15.2,
+            eta_seconds: Some(36.0),
+            can_pause: true,
+            can_resume: false,
+            can_cancel: true,
+            timestamp: ts(),
+        })
+    }
+
+    /// A `download_status_change` of `model` from `old` to `new`.
+    pub fn status_change(model: &str, old: DownloadStatus, new: DownloadStatus) -> ServerMessage {
+        ServerMessage::DownloadStatusChange(DownloadStatusChange {
+            model_id: model.into(),
+            old_status: old,
+            new_status: new,
+            progress_percent: 0.0,
+            reason: "test".into(),
+            event: None,
+            error_message: None,
+            timestamp: ts(),
+        })
+    }
+
+    /// A `model_status_update` of `model` with `size_mb` as a distinguishing value.
+    pub fn model_status(model: &str, size_mb: f64) -> ServerMessage {
+        ServerMessage::ModelStatusUpdate(ModelStatusUpdate {
+            model_id: model.into(),
+            availability_status: AvailabilityStatus::Available,
+            is_available: true,
+            is_loaded: false,
+            size_mb,
+            integrity_score: 1.0,
+            performance_score: 1.0,
+            usage_frequency: 0.0,
+            update_available: false,
+            timestamp: ts(),
+        })
+    }
+
+    /// An `alert` with id `id`.
+    pub fn alert(id: &str) -> ServerMessage {
+        ServerMessage::Alert(Alert {
+            alert_id: id.into(),
+            level: AlertLevel::Warning,
+            title: "t".into(),
+            message: "m".into(),
+            source: None,
+            model_id: None,
+            timestamp: ts(),
+        })
+    }
+}
+
+pub mod recv {
+    //! Reading a hub connection's frames as JSON.
+
+    use std::time::Duration;
+
+    use modelcast_hub::{Connection, Delivery, DropReason};
+    use serde_json::Value;
+
+    /// Everything queued now; waits at most `wait` for the first frame, then takes only what
+    /// is already there (so on a paused clock it never advances time after the first frame).
+    pub async fn drain(conn: &Connection, wait: Duration) -> Result<Vec<Value>, DropReason> {
+        let mut out: Vec<Delivery> = Vec::new();
+        let mut wait = wait;
+        loop {
+            let before = out.len();
+            let got = tokio::time::timeout(wait, conn.recv(&mut out, 4096)).await;
+            wait = Duration::ZERO;
+            match got {
+                Ok(Ok(())) if out.len() > before => continue,
+                Ok(Err(reason)) if out.is_empty() => return Err(reason),
+                _ => break,
+            }
+        }
+        Ok(out.iter().map(|d| serde_json::from_slice(d.frame().as_bytes()).unwrap()).collect())
+    }
+
+    /// The `seq`s of the topic frames among `frames`.
+    pub fn seqs(frames: &[Value]) -> Vec<u64> {
+        frames.iter().filter_map(|f| f["seq"].as_u64()).collect()
+    }
+
+    /// The frames of `type` `ty`.
+    pub fn of_type<'a>(frames: &'a [Value], ty: &str) -> Vec<&'a Value> {
+        frames.iter().filter(|f| f["type"] == ty).collect()
+    }
+}

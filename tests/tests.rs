@@ -1,6 +1,10 @@
 //! modelcast's one integration-test binary. Each module is one area; helpers live in `lib.rs`.
 
 mod codegen;
+mod hub_backpressure;
+mod hub_fanout;
+mod hub_state;
+mod hub_timing;
 mod protocol;
 mod protocol_props;
 mod tidy;

@@ -1,0 +1,104 @@
+//! [`Batcher`]: collects keyed messages over a short window and publishes them as one.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use modelcast_protocol::ServerMessage;
+
+use crate::{Hub, Publish};
+
+/// Turns the messages of one window into one message of the same topic.
+pub type Combiner = Arc<dyn Fn(&[ServerMessage]) -> ServerMessage + Send + Sync>;
+
+/// Collects messages for `window`, newest per key, then publishes them: a lone message as it
+/// is (with its own policy), several as the combiner's one message. Each part still updates the
+/// retained state under its own key, so a new subscriber sees every key's newest value.
+///
+/// Needs a tokio runtime (the window is a timer); without one, messages go out at once.
+#[derive(Clone)]
+pub struct Batcher {
+    hub: Hub,
+    window: Duration,
+    combine: Combiner,
+    state: Arc<Mutex<BatchState>>,
+}
+
+#[derive(Default)]
+struct BatchState {
+    items: Vec<Publish>,
+    armed: bool,
+}
+
+impl fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batcher").field("window", &self.window).finish_non_exhaustive()
+    }
+}
+
+impl Batcher {
+    /// A batcher publishing into `hub`, combining with `combine`.
+    pub fn new(
+        hub: &Hub,
+        window: Duration,
+        combine: impl Fn(&[ServerMessage]) -> ServerMessage + Send + Sync + 'static,
+    ) -> Self {
+        Self { hub: hub.clone(), window, combine: Arc::new(combine), state: Default::default() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BatchState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a message to the current window (replacing an older one with the same key).
+    pub fn publish(&self, publish: Publish) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.hub.publish(publish);
+        };
+        let mut state = self.lock();
+        if let Some(key) = &publish.key {
+            state.items.retain(|p| p.key.as_ref() != Some(key));
+        }
+        state.items.push(publish);
+        if !state.armed {
+            state.armed = true;
+            // The window starts now, not when the timer task first runs.
+            let deadline = tokio::time::Instant::now() + self.window;
+            let this = self.clone();
+            runtime.spawn(async move {
+                tokio::time::sleep_until(deadline).await;
+                this.flush();
+            });
+        }
+    }
+
+    /// Publishes what the current window holds now.
+    pub fn flush(&self) {
+        let items = {
+            let mut state = self.lock();
+            state.armed = false;
+            std::mem::take(&mut state.items)
+        };
+        match items.len() {
+            0 => {}
+            1 => items.into_iter().for_each(|p| self.hub.publish(p)),
+            _ => {
+                let messages: Vec<ServerMessage> =
+                    items.iter().map(|p| p.message.clone()).collect();
+                let combined = (self.combine)(&messages);
+                let urgent = items.iter().any(|p| p.urgent);
+                match Publish::new(combined) {
+                    Some(p) if p.topic == items[0].topic => {
+                        self.hub.publish_now(p.urgent(urgent), items);
+                    }
+                    _ => {
+                        tracing::error!(
+                            "batch combiner returned a message of another topic; publishing the parts one by one"
+                        );
+                        items.into_iter().for_each(|p| self.hub.publish(p));
+                    }
+                }
+            }
+        }
+    }
+}

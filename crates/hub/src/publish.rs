@@ -1,0 +1,125 @@
+//! What a publisher hands the hub: a message plus how to treat it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use modelcast_protocol::{ServerMessage, Topic};
+
+/// A key within a topic (for the model domain: a `model_id`). Cheap to clone.
+pub type Key = Arc<str>;
+
+/// What a publish does to the topic's retained state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Retain {
+    /// Leave the retained state alone.
+    #[default]
+    No,
+    /// Keep this message as the newest state of its key; new subscribers receive it first.
+    Keep,
+    /// Deliver this message, then forget the key's retained state (e.g. a finished download).
+    Clear,
+}
+
+/// How a message relates to the messages before it with the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// A self-contained event: never collapsed, never throttled.
+    #[default]
+    Event,
+    /// A newer value replaces an older one of the same key (progress): it may be throttled,
+    /// rate-limited per subscriber and collapsed in a slow subscriber's queue.
+    Update,
+    /// A state change (paused, completed, failed…): never dropped or collapsed, and it first
+    /// releases a pending throttled update of the same key, so it never overtakes it.
+    Transition,
+}
+
+/// A message to publish, with its key and policy. Build with [`Publish::new`] and the setters.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub(crate) message: ServerMessage,
+    pub(crate) topic: Topic,
+    pub(crate) key: Option<Key>,
+    pub(crate) retain: Retain,
+    pub(crate) kind: Kind,
+    pub(crate) urgent: bool,
+    pub(crate) throttle: Option<Duration>,
+}
+
+impl Publish {
+    /// A message to publish on its own topic. Returns `None` for a control message, which has
+    /// no topic and is never published.
+    pub fn new(message: ServerMessage) -> Option<Self> {
+        let topic = message.topic()?;
+        Some(Self {
+            message,
+            topic,
+            key: None,
+            retain: Retain::No,
+            kind: Kind::Event,
+            urgent: false,
+            throttle: None,
+        })
+    }
+
+    /// Sets the key (filters, throttling, retained state and collapsing work per key).
+    pub fn key(mut self, key: impl Into<Key>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets what the publish does to the retained state. Needs a key to take effect.
+    pub fn retain(mut self, retain: Retain) -> Self {
+        self.retain = retain;
+        self
+    }
+
+    /// Sets the message's kind.
+    pub fn kind(mut self, kind: Kind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Marks the message urgent: it goes ahead of routine messages in every subscriber's queue.
+    pub fn urgent(mut self, urgent: bool) -> Self {
+        self.urgent = urgent;
+        self
+    }
+
+    /// Throttles an [`Kind::Update`] to at most one per `interval` per key, trailing edge: the
+    /// newest value is always delivered at the end of the window.
+    pub fn throttle(mut self, interval: Duration) -> Self {
+        self.throttle = Some(interval);
+        self
+    }
+
+    /// The message.
+    pub fn message(&self) -> &ServerMessage {
+        &self.message
+    }
+
+    /// The topic it is published on.
+    pub fn topic(&self) -> Topic {
+        self.topic
+    }
+
+    /// Its key, if any.
+    pub fn key_str(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// Its retain instruction.
+    pub fn retain_mode(&self) -> Retain {
+        self.retain
+    }
+
+    /// Its kind.
+    pub fn message_kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Whether it is urgent.
+    pub fn is_urgent(&self) -> bool {
+        self.urgent
+    }
+}

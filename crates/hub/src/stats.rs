@@ -1,0 +1,146 @@
+//! Counters the server reads: atomics only, no lock on the hot path.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use modelcast_protocol::Topic;
+
+use crate::DropReason;
+
+#[derive(Debug, Default)]
+struct TopicCounters {
+    subscribers: AtomicU64,
+    published: AtomicU64,
+    delivered: AtomicU64,
+    conflated: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// The hub's live counters.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    topics: [TopicCounters; Topic::ALL.len()],
+    control_conflated: AtomicU64,
+    control_dropped: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+    serializations: AtomicU64,
+    connections: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn subscribed(&self, topic: Topic) {
+        self.topics[topic.index()].subscribers.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn unsubscribed(&self, topic: Topic) {
+        self.topics[topic.index()].subscribers.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn published(&self, topic: Topic, delivered: u64) {
+        let t = &self.topics[topic.index()];
+        t.published.fetch_add(1, Relaxed);
+        t.delivered.fetch_add(delivered, Relaxed);
+    }
+
+    pub(crate) fn delivered(&self, topic: Topic, n: u64) {
+        self.topics[topic.index()].delivered.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn conflated(&self, topic: Option<Topic>, n: u64) {
+        match topic {
+            Some(t) => self.topics[t.index()].conflated.fetch_add(n, Relaxed),
+            None => self.control_conflated.fetch_add(n, Relaxed),
+        };
+    }
+
+    pub(crate) fn dropped_message(&self, topic: Option<Topic>) {
+        match topic {
+            Some(t) => self.topics[t.index()].dropped.fetch_add(1, Relaxed),
+            None => self.control_dropped.fetch_add(1, Relaxed),
+        };
+    }
+
+    pub(crate) fn subscriber_dropped(&self, reason: DropReason) {
+        self.drops[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn serialized(&self) {
+        self.serializations.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connections.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> HubStats {
+        HubStats {
+            topics: Topic::ALL
+                .iter()
+                .map(|&topic| {
+                    let t = &self.topics[topic.index()];
+                    TopicStats {
+                        topic,
+                        subscribers: t.subscribers.load(Relaxed),
+                        published: t.published.load(Relaxed),
+                        delivered: t.delivered.load(Relaxed),
+                        conflated: t.conflated.load(Relaxed),
+                        dropped: t.dropped.load(Relaxed),
+                    }
+                })
+                .collect(),
+            drops: DropReason::ALL
+                .iter()
+                .map(|&r| (r, self.drops[r as usize].load(Relaxed)))
+                .collect(),
+            serializations: self.serializations.load(Relaxed),
+            connections: self.connections.load(Relaxed),
+        }
+    }
+}
+
+/// A snapshot of the hub's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubStats {
+    /// Per topic, in [`Topic::ALL`] order.
+    pub topics: Vec<TopicStats>,
+    /// Subscribers dropped, per reason, in [`DropReason::ALL`] order.
+    pub drops: Vec<(DropReason, u64)>,
+    /// Frames serialized (one per publish, plus per-connection control replies).
+    pub serializations: u64,
+    /// Connections open now.
+    pub connections: u64,
+}
+
+impl HubStats {
+    /// The counters of one topic.
+    pub fn topic(&self, topic: Topic) -> &TopicStats {
+        &self.topics[topic.index()]
+    }
+
+    /// How many subscribers were dropped for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].1
+    }
+}
+
+/// One topic's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicStats {
+    /// The topic.
+    pub topic: Topic,
+    /// Subscribers now.
+    pub subscribers: u64,
+    /// Messages published (after throttling and batching).
+    pub published: u64,
+    /// Frames queued to subscribers (live, replayed and retained).
+    pub delivered: u64,
+    /// Queued or held-back updates replaced by a newer value of the same key.
+    pub conflated: u64,
+    /// Frames discarded because their subscriber was dropped.
+    pub dropped: u64,
+}

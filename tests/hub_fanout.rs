@@ -1,0 +1,164 @@
+//! Hub: serialize once, seq and epoch, key filters, urgent lane, stats, the backplane seam.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use modelcast_hub::{Delivery, Hub, HubConfig, MemoryBackplane, Publish, Retain, SubscribeOptions};
+use modelcast_protocol::{DownloadStatus, Topic};
+use modelcast_tests::msg::{alert, model_status, progress, status_change};
+use modelcast_tests::recv::{drain, of_type, seqs};
+
+const NOW: Duration = Duration::from_millis(200);
+
+/// One publish is serialized once whether 1 or 10,000 subscribers receive it, and every
+/// subscriber gets the very same bytes (same buffer address), not a copy.
+#[tokio::test]
+async fn a_publish_is_serialized_once_for_any_number_of_subscribers() {
+    for subscribers in [1usize, 10_000] {
+        let hub = Hub::new(HubConfig::default());
+        let conns: Vec<_> = (0..subscribers).map(|_| hub.connect()).collect();
+        for c in &conns {
+            c.subscribe(Topic::DownloadProgress, SubscribeOptions::default()).unwrap();
+        }
+        let before = hub.stats().serializations;
+        hub.publish(Publish::new(progress("m", 1.0)).unwrap());
+        assert_eq!(hub.stats().serializations - before, 1, "{subscribers} subscribers");
+
+        let mut first: Option<*const u8> = None;
+        for c in &conns {
+            let mut out: Vec<Delivery> = Vec::new();
+            c.recv(&mut out, 16).await.unwrap();
+            let frame = out.last().unwrap().frame();
+            assert!(frame.as_str().contains("download_progress_update"));
+            let ptr = frame.as_bytes().as_ptr();
+            assert_eq!(*first.get_or_insert(ptr), ptr, "a subscriber got a copy");
+        }
+        let stats = hub.stats();
+        assert_eq!(stats.topic(Topic::DownloadProgress).delivered, subscribers as u64);
+        assert_eq!(stats.topic(Topic::DownloadProgress).subscribers, subscribers as u64);
+    }
+}
+
+#[tokio::test]
+async fn seq_counts_from_one_per_topic_under_a_random_epoch() {
+    let hub = Hub::default();
+    let other = Hub::default();
+    assert_ne!(hub.epoch(), other.epoch());
+    let c = hub.connect();
+    c.subscribe(Topic::DownloadProgress, SubscribeOptions::default()).unwrap();
+    c.subscribe(Topic::Alerts, SubscribeOptions::default()).unwrap();
+    for i in 0..5 {
+        hub.publish(Publish::new(progress("m", f64::from(i))).unwrap());
+    }
+    hub.publish(Publish::new(alert("a")).unwrap());
+    let frames = drain(&c, NOW).await.unwrap();
+    let subscribed = of_type(&frames, "subscribed");
+    assert_eq!(subscribed.len(), 2);
+    assert_eq!(subscribed[0]["data"]["epoch"], hub.epoch());
+    assert_eq!(subscribed[0]["data"]["seq"], 0);
+    let progress_seqs: Vec<u64> = of_type(&frames, "download_progress_update")
+        .iter()
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(progress_seqs, vec![1, 2, 3, 4, 5]);
+    assert_eq!(of_type(&frames, "alert")[0]["seq"], 1);
+    assert_eq!(of_type(&frames, "alert")[0]["topic"], "alerts");
+    assert_eq!(hub.last_seq(Topic::DownloadProgress), 5);
+}
+
+#[tokio::test]
+async fn a_key_filter_passes_its_keys_and_keyless_messages_only() {
+    let hub = Hub::default();
+    let c = hub.connect();
+    let opts = SubscribeOptions::default().keys(Some(vec!["a".into(), "c".into()]));
+    c.subscribe(Topic::DownloadProgress, opts).unwrap();
+    for key in ["a", "b", "c", "d"] {
+        hub.publish(Publish::new(progress(key, 1.0)).unwrap().key(key));
+    }
+    hub.publish(Publish::new(progress("keyless", 1.0)).unwrap());
+    let frames = drain(&c, NOW).await.unwrap();
+    let models: Vec<&str> = of_type(&frames, "download_progress_update")
+        .iter()
+        .map(|f| f["data"]["model_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["a", "c", "keyless"]);
+}
+
+/// Urgent messages are never stuck behind routine ones on the same connection.
+#[tokio::test]
+async fn urgent_messages_overtake_a_routine_backlog() {
+    let hub = Hub::default();
+    let c = hub.connect();
+    c.subscribe(Topic::DownloadProgress, SubscribeOptions::default()).unwrap();
+    c.subscribe(Topic::Alerts, SubscribeOptions::default()).unwrap();
+    drain(&c, NOW).await.unwrap();
+    for i in 0..500 {
+        hub.publish(Publish::new(progress("m", f64::from(i) / 5.0)).unwrap().key("m"));
+    }
+    hub.publish(Publish::new(alert("disk")).unwrap().urgent(true));
+    let mut out = Vec::new();
+    c.recv(&mut out, 1).await.unwrap();
+    assert!(out[0].frame().as_str().contains("\"alert\""), "got {:?}", out[0].frame());
+    // ...and the backlog is still complete and in order behind it.
+    let rest = drain(&c, NOW).await.unwrap();
+    assert_eq!(seqs(&rest), (1..=500).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn unsubscribe_and_drop_end_delivery_and_update_stats() {
+    let hub = Hub::default();
+    let a = hub.connect();
+    let b = hub.connect();
+    a.subscribe(Topic::ModelStatus, SubscribeOptions::default()).unwrap();
+    b.subscribe(Topic::ModelStatus, SubscribeOptions::default()).unwrap();
+    assert_eq!(hub.stats().topic(Topic::ModelStatus).subscribers, 2);
+    assert_eq!(hub.stats().connections, 2);
+    assert!(a.unsubscribe(Topic::ModelStatus));
+    assert!(!a.unsubscribe(Topic::ModelStatus));
+    drop(b);
+    let stats = hub.stats();
+    assert_eq!(stats.topic(Topic::ModelStatus).subscribers, 0);
+    assert_eq!(stats.connections, 1);
+    drain(&a, NOW).await.unwrap();
+    hub.publish(Publish::new(model_status("m", 1.0)).unwrap());
+    assert!(drain(&a, Duration::from_millis(20)).await.unwrap().is_empty());
+    assert_eq!(hub.stats().topic(Topic::ModelStatus).published, 1);
+}
+
+#[tokio::test]
+async fn control_messages_cannot_be_published() {
+    let hub = Hub::default();
+    let pong = modelcast_protocol::ServerMessage::Pong(modelcast_protocol::Pong {
+        request_id: None,
+        timestamp: modelcast_tests::msg::ts(),
+    });
+    assert!(Publish::new(pong.clone()).is_none());
+    let err = hub.publish_message(pong).unwrap_err();
+    assert!(err.to_string().contains("control message"), "{err}");
+}
+
+/// Two hubs on one backplane behave as two nodes: a publish on either reaches subscribers on
+/// both, with retained state, each node sequencing under its own epoch.
+#[tokio::test]
+async fn the_backplane_carries_publishes_between_nodes() {
+    let backplane = Arc::new(MemoryBackplane::new());
+    let a = Hub::with_backplane(HubConfig::default(), backplane.clone());
+    let b = Hub::with_backplane(HubConfig::default(), backplane);
+    let on_a = a.connect();
+    let on_b = b.connect();
+    on_a.subscribe(Topic::DownloadProgress, SubscribeOptions::default()).unwrap();
+    on_b.subscribe(Topic::DownloadProgress, SubscribeOptions::default()).unwrap();
+    a.publish(Publish::new(progress("m", 10.0)).unwrap().key("m").retain(Retain::Keep));
+    b.publish(
+        Publish::new(status_change("m", DownloadStatus::Downloading, DownloadStatus::Paused))
+            .unwrap()
+            .key("m"),
+    );
+    for conn in [&on_a, &on_b] {
+        let frames = drain(conn, NOW).await.unwrap();
+        let types: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["subscribed", "download_progress_update", "download_status_change"]);
+        assert_eq!(seqs(&frames), [1, 2]);
+    }
+    assert_eq!(b.retained(Topic::DownloadProgress).len(), 1, "retained state crossed over");
+}
