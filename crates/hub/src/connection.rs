@@ -82,6 +82,13 @@ impl Connection {
         self.inner.outbox.recv(out, max.max(1)).await
     }
 
+    /// Moves up to `max` queued frames into `out` without waiting; returns how many.
+    pub fn try_recv(&self, out: &mut Vec<Delivery>, max: usize) -> Result<usize, DropReason> {
+        let before = out.len();
+        self.inner.outbox.take(out, max)?;
+        Ok(out.len() - before)
+    }
+
     /// Closes the connection: `recv` returns `reason`, queued frames are freed, and the
     /// subscriptions end.
     pub fn close(&self, reason: DropReason) {

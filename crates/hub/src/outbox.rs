@@ -91,6 +91,15 @@ impl Delivery {
     }
 }
 
+/// What a non-blocking take found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// At least one frame was taken.
+    Some,
+    /// Nothing was queued; a held-back update is due at `next_due`, if any.
+    None { next_due: Option<Instant> },
+}
+
 /// What became of a pushed item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pushed {
@@ -265,30 +274,9 @@ impl Outbox {
     /// Returns the reason once the outbox is closed.
     pub(crate) async fn recv(&self, out: &mut Vec<Item>, max: usize) -> Result<(), DropReason> {
         loop {
-            let next_due = {
-                let mut state = self.lock();
-                if let Some(reason) = state.closed {
-                    return Err(reason);
-                }
-                let now = Instant::now();
-                if !state.deferred.is_empty() {
-                    release_due(&mut state, now);
-                }
-                let start = out.len();
-                while out.len() - start < max {
-                    let Some(item) = state.urgent.pop_front().or_else(|| state.routine.pop_front())
-                    else {
-                        break;
-                    };
-                    if item.notice {
-                        state.lagging_queued = false; // the lagging notice is on its way
-                    }
-                    out.push(item);
-                }
-                if out.len() > start {
-                    return Ok(());
-                }
-                state.deferred.values().map(|d| d.due).min()
+            let next_due = match self.take(out, max)? {
+                Taken::Some => return Ok(()),
+                Taken::None { next_due } => next_due,
             };
             match next_due {
                 Some(due) => {
@@ -300,6 +288,31 @@ impl Outbox {
                 None => self.notify.notified().await,
             }
         }
+    }
+
+    /// Moves up to `max` queued frames into `out` without waiting.
+    pub(crate) fn take(&self, out: &mut Vec<Item>, max: usize) -> Result<Taken, DropReason> {
+        let mut state = self.lock();
+        if let Some(reason) = state.closed {
+            return Err(reason);
+        }
+        if !state.deferred.is_empty() {
+            release_due(&mut state, Instant::now());
+        }
+        let start = out.len();
+        while out.len() - start < max {
+            let Some(item) = state.urgent.pop_front().or_else(|| state.routine.pop_front()) else {
+                break;
+            };
+            if item.notice {
+                state.lagging_queued = false; // the lagging notice is on its way
+            }
+            out.push(item);
+        }
+        if out.len() > start {
+            return Ok(Taken::Some);
+        }
+        Ok(Taken::None { next_due: state.deferred.values().map(|d| d.due).min() })
     }
 
     /// Closes the outbox with `reason`; the owner's `recv` returns it. Queued frames are freed.
