@@ -7,4 +7,6 @@ mod hub_state;
 mod hub_timing;
 mod protocol;
 mod protocol_props;
+mod server_http;
+mod server_ws;
 mod tidy;

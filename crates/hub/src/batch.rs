@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use modelcast_protocol::ServerMessage;
 
-use crate::{Hub, Publish};
+use crate::{Hub, Publish, Published};
 
 /// Turns the messages of one window into one message of the same topic.
 pub type Combiner = Arc<dyn Fn(&[ServerMessage]) -> ServerMessage + Send + Sync>;
@@ -51,7 +51,7 @@ impl Batcher {
     }
 
     /// Adds a message to the current window (replacing an older one with the same key).
-    pub fn publish(&self, publish: Publish) {
+    pub fn publish(&self, publish: Publish) -> Published {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return self.hub.publish(publish);
         };
@@ -70,6 +70,7 @@ impl Batcher {
                 this.flush();
             });
         }
+        Published::Held
     }
 
     /// Publishes what the current window holds now.
@@ -81,7 +82,11 @@ impl Batcher {
         };
         match items.len() {
             0 => {}
-            1 => items.into_iter().for_each(|p| self.hub.publish(p)),
+            1 => {
+                items.into_iter().for_each(|p| {
+                    self.hub.publish(p);
+                });
+            }
             _ => {
                 let messages: Vec<ServerMessage> =
                     items.iter().map(|p| p.message.clone()).collect();
@@ -95,7 +100,9 @@ impl Batcher {
                         tracing::error!(
                             "batch combiner returned a message of another topic; publishing the parts one by one"
                         );
-                        items.into_iter().for_each(|p| self.hub.publish(p));
+                        items.into_iter().for_each(|p| {
+                            self.hub.publish(p);
+                        });
                     }
                 }
             }

@@ -66,8 +66,9 @@ impl Connection {
     /// Queues a control message (a reply or notice) ahead of routine messages.
     pub fn send(&self, message: &ServerMessage) -> Result<()> {
         let stats = &self.inner.hub.inner.stats;
+        let type_index = u8::try_from(message.type_index()).unwrap_or_default();
         let frame = encode(&ServerFrame::control(message.clone()), stats);
-        match self.inner.outbox.push_control(frame, stats) {
+        match self.inner.outbox.push_control(frame, type_index, stats) {
             Pushed::Queued | Pushed::Deferred => Ok(()),
             Pushed::Closed | Pushed::Dropped => {
                 Err(Error::Closed(self.inner.outbox.closed().unwrap_or(DropReason::Closed)))

@@ -90,6 +90,20 @@ impl fmt::Display for DropReason {
     }
 }
 
+/// What [`Hub::publish`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Published {
+    /// Sequenced and queued to the subscribers now, at this `seq` of its topic.
+    Sent {
+        /// The message's position in its topic.
+        seq: u64,
+    },
+    /// Held by a throttle or batch window; it (or a newer value of its key) goes out when the
+    /// window ends.
+    Held,
+}
+
 /// How to subscribe: all optional.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -181,6 +195,7 @@ struct Sub {
 
 struct HistoryEntry {
     seq: u64,
+    type_index: u8,
     at: Instant,
     key: KeyId,
     kind: Kind,
@@ -190,6 +205,7 @@ struct HistoryEntry {
 
 struct RetainedEntry {
     seq: u64,
+    type_index: u8,
     kind: Kind,
     urgent: bool,
     frame: Frame,
@@ -282,20 +298,19 @@ impl Hub {
     /// Publishes a message with its policy: throttled updates wait for their window,
     /// transitions release a pending update of their key first, everything else goes out now.
     /// Never blocks on subscribers. Throttling needs a tokio runtime (it arms timers).
-    pub fn publish(&self, publish: Publish) {
+    pub fn publish(&self, publish: Publish) -> Published {
         match (publish.kind, publish.throttle, publish.key.is_some()) {
             (Kind::Update, Some(interval), true) => self.throttled(publish, interval),
-            (Kind::Transition, _, true) => self.transition(publish),
-            _ => self.publish_now(publish, Vec::new()),
+            (Kind::Transition, _, true) => Published::Sent { seq: self.transition(publish) },
+            _ => Published::Sent { seq: self.publish_now(publish, Vec::new()) },
         }
     }
 
     /// Publishes `message` with default policy (an event, no key).
-    pub fn publish_message(&self, message: ServerMessage) -> Result<()> {
+    pub fn publish_message(&self, message: ServerMessage) -> Result<Published> {
         let type_name = message.type_name();
         let publish = Publish::new(message).ok_or(Error::NotATopicMessage { type_name })?;
-        self.publish(publish);
-        Ok(())
+        Ok(self.publish(publish))
     }
 
     fn topic(&self, topic: Topic) -> MutexGuard<'_, TopicState> {
@@ -306,17 +321,18 @@ impl Hub {
 
     /// Sequences, records and fans out one message now; `constituents` (a batch's parts) only
     /// update the retained state. Forwards the publish to the other nodes.
-    pub(crate) fn publish_now(&self, publish: Publish, constituents: Vec<Publish>) {
+    pub(crate) fn publish_now(&self, publish: Publish, constituents: Vec<Publish>) -> u64 {
         self.inner.backplane.forward(self.inner.node, &publish, &constituents);
-        self.publish_local(publish, constituents);
+        self.publish_local(publish, constituents)
     }
 
     /// As [`Hub::publish_now`], without forwarding (for messages from other nodes).
-    pub(crate) fn publish_local(&self, publish: Publish, constituents: Vec<Publish>) {
+    pub(crate) fn publish_local(&self, publish: Publish, constituents: Vec<Publish>) -> u64 {
         let inner = &*self.inner;
         let topic = publish.topic;
         let key = inner.keys.intern(publish.key.as_ref());
         let (kind, urgent, retain) = (publish.kind, publish.urgent, publish.retain);
+        let type_index = u8::try_from(publish.message.type_index()).unwrap_or_default();
         // Serialize once, outside the topic lock, without the seq; splice the seq in below.
         let unsequenced = serde_json::to_string(&ServerFrame {
             topic: Some(topic),
@@ -325,10 +341,11 @@ impl Hub {
         })
         .expect("protocol types always serialize");
         inner.stats.serialized();
-        let parts: Vec<(KeyId, Retain, Kind, bool, String)> = constituents
+        let parts: Vec<(KeyId, Retain, Kind, bool, u8, String)> = constituents
             .into_iter()
             .map(|p| {
                 let key = inner.keys.intern(p.key.as_ref());
+                let type_index = u8::try_from(p.message.type_index()).unwrap_or_default();
                 let json = serde_json::to_string(&ServerFrame {
                     topic: Some(p.topic),
                     seq: None,
@@ -336,7 +353,7 @@ impl Hub {
                 })
                 .expect("protocol types always serialize");
                 inner.stats.serialized();
-                (key, p.retain, p.kind, p.urgent, json)
+                (key, p.retain, p.kind, p.urgent, type_index, json)
             })
             .collect();
 
@@ -347,6 +364,7 @@ impl Hub {
         let frame = with_seq(&unsequenced, seq);
         state.history.push_back(HistoryEntry {
             seq,
+            type_index,
             at: now,
             key,
             kind,
@@ -354,9 +372,10 @@ impl Hub {
             frame: frame.clone(),
         });
         state.prune(&inner.config, now);
-        let mut retain_ops = vec![(key, retain, kind, urgent, None)];
-        retain_ops.extend(parts.into_iter().map(|(k, r, kd, u, json)| (k, r, kd, u, Some(json))));
-        for (key, retain, kind, urgent, json) in retain_ops {
+        let mut retain_ops = vec![(key, retain, kind, urgent, type_index, None)];
+        retain_ops
+            .extend(parts.into_iter().map(|(k, r, kd, u, t, json)| (k, r, kd, u, t, Some(json))));
+        for (key, retain, kind, urgent, type_index, json) in retain_ops {
             if key == KeyId::NONE {
                 continue;
             }
@@ -367,12 +386,14 @@ impl Hub {
                 }
                 Retain::Keep => {
                     let frame = json.map_or_else(|| frame.clone(), |j| with_seq(&j, seq));
-                    state.retained.insert(key, RetainedEntry { seq, kind, urgent, frame });
+                    state
+                        .retained
+                        .insert(key, RetainedEntry { seq, type_index, kind, urgent, frame });
                 }
             }
         }
 
-        let item = Item::new(frame, topic, key, kind, Some(now));
+        let item = Item::new(frame, topic, key, kind, type_index, Some(now));
         let mut delivered = 0u64;
         let mut gone = Vec::new();
         for (i, sub) in state.subs.iter().enumerate() {
@@ -394,6 +415,7 @@ impl Hub {
         }
         drop(state);
         inner.stats.published(topic, delivered);
+        seq
     }
 
     /// Adds (or replaces) `connection`'s subscription to `topic`, queueing `subscribed` and then
@@ -436,9 +458,9 @@ impl Hub {
             recovered,
             request_id: options.request_id,
         });
-        if outbox.push_control(encode(&ServerFrame::control(reply), &inner.stats), &inner.stats)
-            != Pushed::Queued
-        {
+        let type_index = u8::try_from(reply.type_index()).unwrap_or_default();
+        let frame = encode(&ServerFrame::control(reply), &inner.stats);
+        if outbox.push_control(frame, type_index, &inner.stats) != Pushed::Queued {
             if replaced {
                 inner.stats.unsubscribed(topic);
             }
@@ -448,23 +470,26 @@ impl Hub {
             Some(f) => key == KeyId::NONE || f.contains(&key),
             None => true,
         };
-        let mut initial: Vec<(Frame, KeyId, Kind, bool)> = match replay {
+        let mut initial: Vec<(Frame, KeyId, Kind, bool, u8)> = match replay {
             Some(after) => state
                 .history
                 .iter()
                 .filter(|e| e.seq > after && passes(e.key))
-                .map(|e| (e.frame.clone(), e.key, e.kind, e.urgent))
+                .map(|e| (e.frame.clone(), e.key, e.kind, e.urgent, e.type_index))
                 .collect(),
             None => {
                 let mut entries: Vec<(&KeyId, &RetainedEntry)> =
                     state.retained.iter().filter(|(k, _)| passes(**k)).collect();
                 entries.sort_by_key(|(_, e)| e.seq);
-                entries.into_iter().map(|(k, e)| (e.frame.clone(), *k, e.kind, e.urgent)).collect()
+                entries
+                    .into_iter()
+                    .map(|(k, e)| (e.frame.clone(), *k, e.kind, e.urgent, e.type_index))
+                    .collect()
             }
         };
         let count = initial.len();
-        for (frame, key, kind, urgent) in initial.drain(..) {
-            let item = Item::new(frame, topic, key, kind, None);
+        for (frame, key, kind, urgent, type_index) in initial.drain(..) {
+            let item = Item::new(frame, topic, key, kind, type_index, None);
             // Initial frames keep their order: they go on the routine lane unless urgent.
             if outbox.push(item, urgent, None, now, &inner.stats) == Pushed::Dropped {
                 return Err(Error::Closed(crate::DropReason::SlowConsumer));

@@ -58,7 +58,7 @@ pub use batch::{Batcher, Combiner};
 pub use connection::Connection;
 pub use error::{Error, Result};
 pub use frame::Frame;
-pub use hub::{DropReason, Hub, HubConfig, SubscribeOptions, SubscribeOutcome};
+pub use hub::{DropReason, Hub, HubConfig, Published, SubscribeOptions, SubscribeOutcome};
 pub use outbox::Delivery;
 pub use publish::{Key, Kind, Publish, Retain};
 pub use stats::{HubStats, TopicStats};

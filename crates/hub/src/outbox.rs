@@ -33,6 +33,8 @@ pub struct Delivery {
     pub(crate) kind: Kind,
     /// Publish time, for latency measurements by the owner.
     pub(crate) published_at: Option<Instant>,
+    /// The message type's index in `ServerMessage::TYPES` (for per-type metrics).
+    pub(crate) type_index: u8,
     /// This is the outbox's own `lagging` notice.
     notice: bool,
 }
@@ -55,6 +57,11 @@ impl Delivery {
         self.topic
     }
 
+    /// The message type's index in `modelcast_protocol::ServerMessage::TYPES`.
+    pub fn type_index(&self) -> usize {
+        usize::from(self.type_index)
+    }
+
     /// When the message was published, for publish-to-write latency; `None` for control
     /// frames and for replayed or retained frames.
     pub fn published_at(&self) -> Option<Instant> {
@@ -66,18 +73,20 @@ impl Delivery {
         topic: Topic,
         key: KeyId,
         kind: Kind,
+        type_index: u8,
         published_at: Option<Instant>,
     ) -> Self {
-        Self { frame, topic: Some(topic), key, kind, published_at, notice: false }
+        Self { frame, topic: Some(topic), key, kind, published_at, type_index, notice: false }
     }
 
-    pub(crate) fn control(frame: Frame) -> Self {
+    pub(crate) fn control(frame: Frame, type_index: u8) -> Self {
         Self {
             frame,
             topic: None,
             key: KeyId::NONE,
             kind: Kind::Event,
             published_at: None,
+            type_index,
             notice: false,
         }
     }
@@ -216,12 +225,12 @@ impl Outbox {
     }
 
     /// Queues a control frame (replies, notices) on the urgent lane.
-    pub(crate) fn push_control(&self, frame: Frame, stats: &Stats) -> Pushed {
+    pub(crate) fn push_control(&self, frame: Frame, type_index: u8, stats: &Stats) -> Pushed {
         let mut state = self.lock();
         if state.closed.is_some() {
             return Pushed::Closed;
         }
-        match self.enqueue(&mut state, Item::control(frame), true, stats) {
+        match self.enqueue(&mut state, Item::control(frame, type_index), true, stats) {
             Pushed::Dropped => self.dropped(state),
             outcome => outcome,
         }
@@ -253,8 +262,9 @@ impl Outbox {
                     capacity: u32::try_from(self.capacity).unwrap_or(u32::MAX),
                     timestamp: chrono::Utc::now(),
                 });
+                let type_index = u8::try_from(lagging.type_index()).unwrap_or_default();
                 let frame = crate::hub::encode(&ServerFrame::control(lagging), stats);
-                state.urgent.push_back(Item { notice: true, ..Item::control(frame) });
+                state.urgent.push_back(Item { notice: true, ..Item::control(frame, type_index) });
                 state.lagging_queued = true;
                 state.conflated_since_notice = 0;
             }

@@ -14,7 +14,7 @@ use modelcast_protocol::Topic;
 use tokio::time::Instant;
 
 use crate::keys::KeyId;
-use crate::{Hub, Publish};
+use crate::{Hub, Publish, Published};
 
 #[derive(Debug)]
 struct Slot {
@@ -36,10 +36,10 @@ impl Throttle {
 }
 
 impl Hub {
-    pub(crate) fn throttled(&self, publish: Publish, interval: Duration) {
+    pub(crate) fn throttled(&self, publish: Publish, interval: Duration) -> Published {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime, no timers: deliver rather than lose or hold the update.
-            return self.publish_now(publish, Vec::new());
+            return Published::Sent { seq: self.publish_now(publish, Vec::new()) };
         };
         let topic = publish.topic;
         let key = self.inner.keys.intern(publish.key.as_ref());
@@ -50,25 +50,27 @@ impl Hub {
             if slot.pending.replace(publish).is_some() {
                 self.inner.stats.conflated(Some(topic), 1);
             }
-            return;
+            return Published::Held;
         }
         let window_end = now + interval;
         slots.insert((topic, key), Slot { window_end, interval, pending: None });
         // Deliver under the throttle lock so that a timer flush cannot interleave.
-        self.publish_now(publish, Vec::new());
+        let seq = self.publish_now(publish, Vec::new());
         drop(slots);
         self.arm(&runtime, topic, key, window_end);
+        Published::Sent { seq }
     }
 
-    pub(crate) fn transition(&self, publish: Publish) {
+    pub(crate) fn transition(&self, publish: Publish) -> u64 {
         let topic = publish.topic;
         let key = self.inner.keys.intern(publish.key.as_ref());
         let mut slots = self.inner.throttle.lock();
         if let Some(pending) = slots.get_mut(&(topic, key)).and_then(|s| s.pending.take()) {
             self.publish_now(pending, Vec::new());
         }
-        self.publish_now(publish, Vec::new());
+        let seq = self.publish_now(publish, Vec::new());
         drop(slots);
+        seq
     }
 
     fn arm(&self, runtime: &tokio::runtime::Handle, topic: Topic, key: KeyId, at: Instant) {

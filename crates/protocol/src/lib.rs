@@ -24,6 +24,7 @@
 //! ```
 
 mod client;
+pub mod close;
 mod frame;
 mod messages;
 pub mod schema;

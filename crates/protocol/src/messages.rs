@@ -172,6 +172,12 @@ impl ServerMessage {
         }
     }
 
+    /// The position of this message's type in [`ServerMessage::TYPES`].
+    pub fn type_index(&self) -> usize {
+        let name = self.type_name();
+        Self::TYPES.iter().position(|t| *t == name).unwrap_or_default()
+    }
+
     /// Whether this is a control message (no topic).
     pub fn is_control(&self) -> bool {
         self.topic().is_none()

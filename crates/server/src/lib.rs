@@ -1,6 +1,25 @@
-//! modelcast-server: the `modelcast` binary's library — listener, WebSocket (tokio-tungstenite),
-//! HTTP endpoints, configuration, metrics and graceful shutdown.
+//! modelcast-server: the `modelcast` binary's library — one port serving WebSocket
+//! (tokio-tungstenite) and HTTP (hyper 1.x): `/ws/{connection_id}`, `/ws`,
+//! `POST /api/publish`, `/healthz`, `/readyz`, `/api/stats`, `/metrics`; configuration,
+//! metrics, graceful shutdown.
 //!
-//! It is the only crate that knows sockets and HTTP; no tungstenite or hyper type leaves it.
-//! Depends on every library crate; nothing depends on it. (Filled by the server issue; today
-//! this crate is intentionally empty.)
+//! It is the only crate that knows sockets and HTTP; no tungstenite or hyper type appears in
+//! its public API. Depends on every library crate; nothing depends on it.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! let server = modelcast_server::Server::bind(modelcast_server::Config::default()).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.run().await
+//! # }
+//! ```
+
+mod app;
+mod config;
+mod http;
+mod metrics;
+mod publish;
+mod session;
+
+pub use app::{Server, ShutdownHandle};
+pub use config::{Config, HealthLevel, LogFormat};

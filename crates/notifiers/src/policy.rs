@@ -1,0 +1,302 @@
+//! The policy table: how each message type is published.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use modelcast_hub::{Batcher, Hub, Kind, Publish, Published, Retain};
+use modelcast_protocol::{
+    AlertLevel, BatchModelStatusUpdate, DownloadStatus, GenerationStatus, HealthStatus,
+    ModelStatusSummary, ServerMessage, Severity, Topic,
+};
+
+/// The knobs of the policy (the seed's `DOWNLOAD_PROGRESS_THROTTLE` and
+/// `HEALTH_CHECK_NOTIFICATION_LEVEL`, and the batch window).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PolicyConfig {
+    /// At most one download progress update per model per this interval (default 2 s).
+    pub download_progress_throttle: Duration,
+    /// Health results below this level are not published (default `warning`).
+    pub health_level: AlertLevel,
+    /// Model status updates arriving within this window are batched (default 100 ms).
+    pub batch_window: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            download_progress_throttle: Duration::from_secs(2),
+            health_level: AlertLevel::Warning,
+            batch_window: Duration::from_millis(100),
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// Sets the download progress throttle.
+    pub fn download_progress_throttle(mut self, d: Duration) -> Self {
+        self.download_progress_throttle = d;
+        self
+    }
+
+    /// Sets the lowest health level that is published.
+    pub fn health_level(mut self, level: AlertLevel) -> Self {
+        self.health_level = level;
+        self
+    }
+
+    /// Sets the model status batch window.
+    pub fn batch_window(mut self, d: Duration) -> Self {
+        self.batch_window = d;
+        self
+    }
+}
+
+/// How one message is published: the row of the table that applies to it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Rule {
+    /// The key within the topic (throttling, retained state, filters, collapsing).
+    pub key: Option<String>,
+    /// What it does to the retained state.
+    pub retain: Retain,
+    /// Update, transition or event.
+    pub kind: Kind,
+    /// Goes ahead of routine messages.
+    pub urgent: bool,
+    /// Throttle interval per key, for updates.
+    pub throttle: Option<Duration>,
+    /// Coalesced with others of its type within the batch window.
+    pub batched: bool,
+    /// Below the configured health level: not published.
+    pub filtered: bool,
+}
+
+impl Rule {
+    fn new(key: Option<&str>, kind: Kind) -> Self {
+        Self {
+            key: key.map(str::to_owned),
+            retain: Retain::No,
+            kind,
+            urgent: false,
+            throttle: None,
+            batched: false,
+            filtered: false,
+        }
+    }
+    fn retain(mut self, retain: Retain) -> Self {
+        self.retain = retain;
+        self
+    }
+    fn urgent(mut self) -> Self {
+        self.urgent = true;
+        self
+    }
+}
+
+/// What [`Policy::publish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Published now at `seq` of `topic`.
+    Sent {
+        /// The topic.
+        topic: Topic,
+        /// Its position in the topic.
+        seq: u64,
+    },
+    /// Held by a throttle or batch window; goes out (or is superseded) when the window ends.
+    Held {
+        /// The topic.
+        topic: Topic,
+    },
+    /// Below `HEALTH_CHECK_NOTIFICATION_LEVEL`: not published.
+    Filtered {
+        /// The topic.
+        topic: Topic,
+    },
+}
+
+/// The policy, bound to a hub: the one way messages are published.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    hub: Hub,
+    config: Arc<PolicyConfig>,
+    model_status: Batcher,
+}
+
+/// Rank of a level, for comparisons (unknown levels rank as `warning`).
+fn rank(level: &AlertLevel) -> u8 {
+    match level {
+        AlertLevel::Info => 0,
+        AlertLevel::Error => 2,
+        AlertLevel::Critical => 3,
+        _ => 1,
+    }
+}
+
+fn health_level(status: &HealthStatus) -> AlertLevel {
+    match status {
+        HealthStatus::Healthy => AlertLevel::Info,
+        HealthStatus::Corrupted | HealthStatus::Missing => AlertLevel::Error,
+        _ => AlertLevel::Warning,
+    }
+}
+
+fn severity_level(severity: &Severity) -> AlertLevel {
+    match severity {
+        Severity::Low => AlertLevel::Info,
+        Severity::High => AlertLevel::Error,
+        Severity::Critical => AlertLevel::Critical,
+        _ => AlertLevel::Warning,
+    }
+}
+
+/// Whether a download in `status` is over (its retained state is cleared).
+fn download_finished(status: &DownloadStatus) -> bool {
+    matches!(status, DownloadStatus::Completed | DownloadStatus::Failed | DownloadStatus::Cancelled)
+}
+
+fn combine_model_status(messages: &[ServerMessage]) -> ServerMessage {
+    let models: Vec<ModelStatusSummary> = messages
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::ModelStatusUpdate(u) => Some(ModelStatusSummary::from(u)),
+            _ => None,
+        })
+        .collect();
+    ServerMessage::BatchModelStatusUpdate(BatchModelStatusUpdate {
+        count: u32::try_from(models.len()).unwrap_or(u32::MAX),
+        models,
+        timestamp: chrono::Utc::now(),
+    })
+}
+
+impl Policy {
+    /// The policy for `hub`.
+    pub fn new(hub: &Hub, config: PolicyConfig) -> Self {
+        let model_status = Batcher::new(hub, config.batch_window, combine_model_status);
+        Self { hub: hub.clone(), config: Arc::new(config), model_status }
+    }
+
+    /// The hub it publishes into.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// The table: how `message` is published. Control messages get an event rule (they are
+    /// never published).
+    ///
+    /// | type | key | kind | retained | urgent | other |
+    /// | --- | --- | --- | --- | --- | --- |
+    /// | `model_status_update` | model | update | kept | | batched |
+    /// | `model_availability_change`, `model_lifecycle` | model | transition | | | |
+    /// | `batch_model_status_update` | — | event | | | |
+    /// | `download_progress_update` | model | update | kept (cleared if finished) | | throttled |
+    /// | `download_status_change` | model | transition | kept; cleared when completed, failed or cancelled | | |
+    /// | `download_retry` | model | transition | kept | | |
+    /// | `health_monitoring_alert` | model | event | | yes | level-filtered by health status |
+    /// | `corruption_detection` | model | event | | yes | |
+    /// | `performance_degradation` | model | event | | yes | level-filtered by severity |
+    /// | `model_repair` | model | transition | | yes | |
+    /// | `fallback_strategy`, `alternative_model_suggestion` | original model | event | | yes | |
+    /// | `model_queue_update` | model | update | kept; cleared at position 0 (served) | yes | |
+    /// | `usage_statistics_update` | `usage` | update | kept | | |
+    /// | `cleanup_recommendation`, `priority_recommendation` | — / model | event | | | |
+    /// | `system_stats` | `system` | update | kept | | |
+    /// | `generation_progress` | task | update; transition when finished | kept; cleared when finished | | |
+    /// | `queue_update` | `queue` | update | kept | | |
+    /// | `alert` | alert id | event | | yes | |
+    pub fn rule(&self, message: &ServerMessage) -> Rule {
+        use Kind::{Event, Transition, Update};
+        let model = message.model_id();
+        match message {
+            ServerMessage::ModelStatusUpdate(_) => {
+                Rule { batched: true, ..Rule::new(model, Update).retain(Retain::Keep) }
+            }
+            ServerMessage::ModelAvailabilityChange(_) | ServerMessage::ModelLifecycle(_) => {
+                Rule::new(model, Transition)
+            }
+            ServerMessage::DownloadProgressUpdate(d) => {
+                let retain =
+                    if download_finished(&d.status) { Retain::Clear } else { Retain::Keep };
+                Rule {
+                    throttle: Some(self.config.download_progress_throttle),
+                    ..Rule::new(model, Update).retain(retain)
+                }
+            }
+            ServerMessage::DownloadStatusChange(d) => {
+                let retain =
+                    if download_finished(&d.new_status) { Retain::Clear } else { Retain::Keep };
+                Rule::new(model, Transition).retain(retain)
+            }
+            ServerMessage::DownloadRetry(_) => Rule::new(model, Transition).retain(Retain::Keep),
+            ServerMessage::HealthMonitoringAlert(h) => Rule {
+                filtered: rank(&health_level(&h.health_status)) < rank(&self.config.health_level),
+                ..Rule::new(model, Event).urgent()
+            },
+            ServerMessage::PerformanceDegradation(p) => Rule {
+                filtered: rank(&severity_level(&p.severity)) < rank(&self.config.health_level),
+                ..Rule::new(model, Event).urgent()
+            },
+            ServerMessage::CorruptionDetection(_)
+            | ServerMessage::FallbackStrategy(_)
+            | ServerMessage::AlternativeModelSuggestion(_) => Rule::new(model, Event).urgent(),
+            ServerMessage::ModelRepair(_) => Rule::new(model, Transition).urgent(),
+            ServerMessage::ModelQueueUpdate(q) => {
+                let retain = if q.queue_position == 0 { Retain::Clear } else { Retain::Keep };
+                Rule::new(model, Update).retain(retain).urgent()
+            }
+            ServerMessage::UsageStatisticsUpdate(_) => {
+                Rule::new(Some("usage"), Update).retain(Retain::Keep)
+            }
+            ServerMessage::SystemStats(_) => Rule::new(Some("system"), Update).retain(Retain::Keep),
+            ServerMessage::QueueUpdate(_) => Rule::new(Some("queue"), Update).retain(Retain::Keep),
+            ServerMessage::GenerationProgress(g) => {
+                let finished = matches!(
+                    g.status,
+                    GenerationStatus::Completed
+                        | GenerationStatus::Failed
+                        | GenerationStatus::Cancelled
+                );
+                let (kind, retain) =
+                    if finished { (Transition, Retain::Clear) } else { (Update, Retain::Keep) };
+                Rule::new(Some(&g.task_id), kind).retain(retain)
+            }
+            ServerMessage::Alert(a) => Rule::new(Some(&a.alert_id), Event).urgent(),
+            _ => Rule::new(model, Event),
+        }
+    }
+
+    /// Publishes `message` by its rule. Returns `None` for a control message, which is never
+    /// published.
+    pub fn publish(&self, message: ServerMessage) -> Option<Outcome> {
+        let rule = self.rule(&message);
+        let mut publish = Publish::new(message)?;
+        let topic = publish.topic();
+        if rule.filtered {
+            return Some(Outcome::Filtered { topic });
+        }
+        if let Some(key) = rule.key {
+            publish = publish.key(key);
+        }
+        publish = publish.retain(rule.retain).kind(rule.kind).urgent(rule.urgent);
+        if let Some(interval) = rule.throttle {
+            publish = publish.throttle(interval);
+        }
+        let published = if rule.batched {
+            self.model_status.publish(publish)
+        } else {
+            self.hub.publish(publish)
+        };
+        Some(match published {
+            Published::Sent { seq } => Outcome::Sent { topic, seq },
+            _ => Outcome::Held { topic },
+        })
+    }
+}

@@ -1,0 +1,21 @@
+//! WebSocket close codes the server uses, and what a client should do on each.
+
+/// Normal closure (the client or server ended the session on purpose).
+pub const NORMAL: u16 = 1000;
+/// The server is shutting down (or restarting): reconnect, with `since`, to another node or
+/// after a short delay.
+pub const GOING_AWAY: u16 = 1001;
+/// Abuse: sustained rate-limit violations or a protocol violation. Do not reconnect at once.
+pub const POLICY_VIOLATION: u16 = 1008;
+/// A frame exceeded the server's maximum frame size.
+pub const MESSAGE_TOO_BIG: u16 = 1009;
+/// The server failed unexpectedly. Reconnect with backoff.
+pub const INTERNAL_ERROR: u16 = 1011;
+/// The client fell so far behind that its queue overflowed even after collapsing progress
+/// updates. Reconnect with `since` to recover what was missed.
+pub const SLOW_CONSUMER: u16 = 4001;
+/// Another connection opened with the same connection id and replaced this one. Do not
+/// reconnect automatically with the same id (two tabs would evict each other forever).
+pub const REPLACED: u16 = 4002;
+/// No frame (not even a pong) arrived for two heartbeat intervals.
+pub const HEARTBEAT_TIMEOUT: u16 = 4003;

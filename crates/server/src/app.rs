@@ -1,0 +1,191 @@
+//! [`Server`]: the listener, the shared state, the accept loop and graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use modelcast_hub::{Hub, HubConfig};
+use modelcast_notifiers::{Policy, PolicyConfig};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::session::SessionHandle;
+
+/// State shared by every request and session.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub(crate) config: Config,
+    pub(crate) hub: Hub,
+    pub(crate) policy: Policy,
+    pub(crate) metrics: Metrics,
+    /// Open sessions by connection id (for replacement).
+    pub(crate) sessions: Mutex<HashMap<String, SessionHandle>>,
+    /// WebSocket connections admitted and not yet closed (the `max_connections` gauge).
+    pub(crate) active: AtomicUsize,
+    pub(crate) next_session: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) started: Instant,
+    pub(crate) ws_config: WebSocketConfig,
+}
+
+impl App {
+    pub(crate) fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionHandle>> {
+        self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A bound, not yet running server.
+#[derive(Debug)]
+pub struct Server {
+    app: Arc<App>,
+    listener: TcpListener,
+}
+
+/// Stops a running server gracefully: no new connections, every client closed with 1001
+/// after its queue drains (up to the shutdown timeout).
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Begins the graceful shutdown.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+}
+
+impl Server {
+    /// Binds the listener and builds the hub and policy from `config`.
+    pub async fn bind(config: Config) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.bind).await?;
+        let hub = Hub::new(
+            HubConfig::default()
+                .history_size(config.history_size)
+                .history_age(config.history_age)
+                .outbox_capacity(config.queue_size),
+        );
+        let policy = Policy::new(
+            &hub,
+            PolicyConfig::default()
+                .download_progress_throttle(config.download_progress_throttle)
+                .health_level(config.health_level.into())
+                .batch_window(config.batch_window),
+        );
+        // Sized for many idle connections: a 1 KiB eager read buffer (client frames are small;
+        // it grows for a larger frame up to the limit), and a write buffer that only fills
+        // within a burst (a burst is fed, then flushed once).
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(1024)
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(1 << 20)
+            .max_message_size(Some(config.max_frame_size))
+            .max_frame_size(Some(config.max_frame_size));
+        let app = Arc::new(App {
+            config,
+            hub,
+            policy,
+            metrics: Metrics::new(),
+            sessions: Mutex::default(),
+            active: AtomicUsize::new(0),
+            next_session: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            started: Instant::now(),
+            ws_config,
+        });
+        Ok(Self { app, listener })
+    }
+
+    /// The address it listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.app.config.bind)
+    }
+
+    /// The hub, for in-process publishers and subscribers.
+    pub fn hub(&self) -> &Hub {
+        &self.app.hub
+    }
+
+    /// The policy every publish goes through.
+    pub fn policy(&self) -> &Policy {
+        &self.app.policy
+    }
+
+    /// A handle that shuts the server down.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle { token: self.app.shutdown.clone() }
+    }
+
+    /// Serves until shut down, then drains: stops accepting, closes every client with 1001
+    /// after its queue is written (up to `shutdown_timeout`), and returns.
+    pub async fn run(self) -> std::io::Result<()> {
+        let Server { app, listener } = self;
+        tracing::info!(addr = %listener.local_addr()?, epoch = app.hub.epoch(), "modelcast listening");
+        loop {
+            tokio::select! {
+                () = app.shutdown.cancelled() => break,
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(err) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            tracing::warn!(%err, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    app.tracker.spawn(serve_connection(app.clone(), stream, peer));
+                }
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            connections = app.active.load(Ordering::Relaxed),
+            "shutting down: draining clients"
+        );
+        app.tracker.close();
+        // Sessions drain and close themselves on the token; wait for them, within the deadline.
+        if tokio::time::timeout(app.config.shutdown_timeout, app.tracker.wait()).await.is_err() {
+            tracing::warn!("shutdown timeout reached; closing the remaining connections");
+        }
+        Ok(())
+    }
+}
+
+async fn serve_connection(app: Arc<App>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let service = {
+        let app = app.clone();
+        service_fn(move |req| crate::http::handle(app.clone(), req, peer))
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Also bounds a client that connects and never (or only byte by byte) sends a request.
+        .header_read_timeout(app.config.handshake_timeout)
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(err) = result {
+                tracing::debug!(%peer, %err, "http connection ended with an error");
+            }
+        }
+        () = app.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(app.config.shutdown_timeout, conn).await;
+        }
+    }
+}

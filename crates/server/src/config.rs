@@ -1,0 +1,236 @@
+//! Configuration: every setting is a flag and an environment variable, validated at start-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use modelcast_protocol::AlertLevel;
+
+/// The `modelcast` server's settings.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "modelcast",
+    version,
+    about = "Real-time AI-model notification hub: WebSocket + HTTP on one port.",
+    long_about = "Real-time AI-model notification hub.\n\n\
+        Frontends connect to ws://HOST:PORT/ws/<connection_id> and subscribe to topics; \
+        backends publish with POST /api/publish. Also serves /healthz, /readyz, /api/stats \
+        and /metrics (Prometheus) on the same port.\n\n\
+        Every option can also be set by the environment variable shown with it."
+)]
+#[non_exhaustive]
+pub struct Config {
+    /// Address to listen on (WebSocket and HTTP share it).
+    #[arg(long, env = "MODELCAST_BIND", default_value = "127.0.0.1:8000", value_parser = parse_bind)]
+    pub bind: SocketAddr,
+
+    /// Seconds between WebSocket pings; a peer silent for two intervals is dropped.
+    #[arg(long, env = "WEBSOCKET_HEARTBEAT_INTERVAL", default_value = "30", value_name = "SECONDS",
+          value_parser = seconds("WEBSOCKET_HEARTBEAT_INTERVAL"))]
+    pub heartbeat_interval: Duration,
+
+    /// Most WebSocket connections at once; more are refused with HTTP 503.
+    #[arg(long, env = "WEBSOCKET_MAX_CONNECTIONS", default_value = "10000", value_name = "N",
+          value_parser = count("WEBSOCKET_MAX_CONNECTIONS"))]
+    pub max_connections: usize,
+
+    /// Frames that may wait per connection before progress is collapsed and, failing that,
+    /// the connection is closed as a slow consumer.
+    #[arg(long, env = "WEBSOCKET_MESSAGE_QUEUE_SIZE", default_value = "1000", value_name = "N",
+          value_parser = count("WEBSOCKET_MESSAGE_QUEUE_SIZE"))]
+    pub queue_size: usize,
+
+    /// Seconds between sweeps of the model availability source (publishes only changes).
+    #[arg(long, env = "MODEL_STATUS_UPDATE_INTERVAL", default_value = "5", value_name = "SECONDS",
+          value_parser = seconds("MODEL_STATUS_UPDATE_INTERVAL"))]
+    pub model_status_interval: Duration,
+
+    /// At most one download progress update per model per this many seconds (fractions
+    /// allowed); the newest value is always delivered.
+    #[arg(long, env = "DOWNLOAD_PROGRESS_THROTTLE", default_value = "2", value_name = "SECONDS",
+          value_parser = seconds("DOWNLOAD_PROGRESS_THROTTLE"))]
+    pub download_progress_throttle: Duration,
+
+    /// Lowest level of health results that is published.
+    #[arg(long, env = "HEALTH_CHECK_NOTIFICATION_LEVEL", default_value = "warning",
+          value_name = "info|warning|error|critical", value_parser = parse_health_level)]
+    pub health_level: HealthLevel,
+
+    /// Messages kept per topic for recovery with `since`.
+    #[arg(long, env = "MODELCAST_HISTORY_SIZE", default_value = "1000", value_name = "N",
+          value_parser = count("MODELCAST_HISTORY_SIZE"))]
+    pub history_size: usize,
+
+    /// Seconds a message stays recoverable.
+    #[arg(long, env = "MODELCAST_HISTORY_AGE", default_value = "300", value_name = "SECONDS",
+          value_parser = seconds("MODELCAST_HISTORY_AGE"))]
+    pub history_age: Duration,
+
+    /// Milliseconds over which bursts of model status updates are batched.
+    #[arg(long, env = "MODELCAST_BATCH_WINDOW_MS", default_value = "100", value_name = "MS",
+          value_parser = millis("MODELCAST_BATCH_WINDOW_MS"))]
+    pub batch_window: Duration,
+
+    /// Largest WebSocket frame (and publish body) accepted, in bytes. Larger WebSocket frames
+    /// close the connection with 1009; larger publish bodies get HTTP 413.
+    #[arg(long, env = "MODELCAST_MAX_FRAME_SIZE", default_value = "65536", value_name = "BYTES",
+          value_parser = count("MODELCAST_MAX_FRAME_SIZE"))]
+    pub max_frame_size: usize,
+
+    /// Seconds a client has to complete the HTTP/WebSocket handshake.
+    #[arg(long, env = "MODELCAST_HANDSHAKE_TIMEOUT", default_value = "10", value_name = "SECONDS",
+          value_parser = seconds("MODELCAST_HANDSHAKE_TIMEOUT"))]
+    pub handshake_timeout: Duration,
+
+    /// Seconds to drain queued messages to clients on shutdown before closing anyway.
+    #[arg(long, env = "MODELCAST_SHUTDOWN_TIMEOUT", default_value = "10", value_name = "SECONDS",
+          value_parser = seconds("MODELCAST_SHUTDOWN_TIMEOUT"))]
+    pub shutdown_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "MODELCAST_LOG_FORMAT", default_value = "text", value_name = "text|json",
+          value_parser = parse_log_format)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `modelcast_server=debug,info`.
+    #[arg(long, env = "MODELCAST_LOG", default_value = "info", value_name = "FILTER")]
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::parse_from(["modelcast"])
+    }
+}
+
+impl Config {
+    /// The defaults with `bind` set (tests bind `127.0.0.1:0`).
+    pub fn with_bind(bind: SocketAddr) -> Self {
+        Self { bind, ..Self::default() }
+    }
+
+    /// Parses flags from `args` (the first is the program name), with the environment.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_from(args)
+    }
+}
+
+/// `HEALTH_CHECK_NOTIFICATION_LEVEL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HealthLevel {
+    /// Every result, healthy ones too.
+    Info,
+    /// Degraded and worse.
+    Warning,
+    /// Corrupted or missing and worse.
+    Error,
+    /// Only critical.
+    Critical,
+}
+
+impl From<HealthLevel> for AlertLevel {
+    fn from(level: HealthLevel) -> Self {
+        match level {
+            HealthLevel::Info => AlertLevel::Info,
+            HealthLevel::Warning => AlertLevel::Warning,
+            HealthLevel::Error => AlertLevel::Error,
+            HealthLevel::Critical => AlertLevel::Critical,
+        }
+    }
+}
+
+/// `MODELCAST_LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_health_level(s: &str) -> Result<HealthLevel, String> {
+    HealthLevel::from_str(s.trim(), true).map_err(|_| {
+        format!("HEALTH_CHECK_NOTIFICATION_LEVEL: expected one of info, warning, error, critical, got `{s}`")
+    })
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    LogFormat::from_str(s.trim(), true)
+        .map_err(|_| format!("MODELCAST_LOG_FORMAT: expected `text` or `json`, got `{s}`"))
+}
+
+fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("MODELCAST_BIND / --bind: expected HOST:PORT with an IP address, e.g. 127.0.0.1:8000 or 0.0.0.0:8000, got `{s}`")
+    })
+}
+
+fn seconds(var: &'static str) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |s| {
+        s.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0 && *v < 1e9)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                format!("{var}: expected a positive number of seconds (fractions allowed, e.g. 30 or 0.5), got `{s}`")
+            })
+    }
+}
+
+fn millis(var: &'static str) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |s| {
+        s.trim().parse::<u64>().ok().filter(|v| *v > 0).map(Duration::from_millis).ok_or_else(
+            || format!("{var}: expected a positive whole number of milliseconds, got `{s}`"),
+        )
+    }
+}
+
+fn count(var: &'static str) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |s| {
+        s.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| format!("{var}: expected a positive whole number, got `{s}`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let c = Config::default();
+        assert_eq!(c.bind, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.queue_size, 1000);
+        assert_eq!(c.model_status_interval, Duration::from_secs(5));
+        assert_eq!(c.download_progress_throttle, Duration::from_secs(2));
+        assert_eq!(c.health_level, HealthLevel::Warning);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable_the_value_and_what_is_accepted() {
+        let err = Config::try_parse_args(["modelcast", "--download-progress-throttle", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DOWNLOAD_PROGRESS_THROTTLE"), "{err}");
+        assert!(err.contains("soon"), "{err}");
+        assert!(err.contains("positive number of seconds"), "{err}");
+        let err = Config::try_parse_args(["modelcast", "--health-level", "loud"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HEALTH_CHECK_NOTIFICATION_LEVEL") && err.contains("loud"), "{err}");
+        assert!(err.contains("warning"), "{err}");
+        assert!(
+            Config::try_parse_args(["modelcast", "--download-progress-throttle", "0.5"]).is_ok()
+        );
+    }
+}

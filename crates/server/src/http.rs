@@ -1,0 +1,118 @@
+//! HTTP routing and small JSON responses.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::app::App;
+
+/// The response type of every route.
+pub(crate) type Resp = Response<Full<Bytes>>;
+
+pub(crate) async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let response = match (path.as_str(), &method) {
+        ("/ws", &Method::GET) => crate::session::upgrade(&app, req, None),
+        (p, &Method::GET) if p.starts_with("/ws/") => {
+            let id = p["/ws/".len()..].to_owned();
+            crate::session::upgrade(&app, req, Some(id))
+        }
+        ("/api/publish", &Method::POST) => crate::publish::handle(&app, req).await,
+        ("/healthz", &Method::GET) => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        ("/readyz", &Method::GET) => {
+            if app.shutdown.is_cancelled() {
+                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "shutting_down"}))
+            } else {
+                json_response(StatusCode::OK, &json!({"status": "ready"}))
+            }
+        }
+        ("/api/stats", &Method::GET) => json_response(StatusCode::OK, &stats(&app)),
+        ("/metrics", &Method::GET) => {
+            let body = app.metrics.encode(&app.hub.stats());
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        ("/ws" | "/healthz" | "/readyz" | "/api/stats" | "/metrics", _) => {
+            method_not_allowed("GET")
+        }
+        (p, _) if p.starts_with("/ws/") => method_not_allowed("GET"),
+        ("/api/publish", _) => method_not_allowed("POST"),
+        _ => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route for {method} {path}"),
+        ),
+    };
+    tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), "http");
+    Ok(response)
+}
+
+fn stats(app: &App) -> Value {
+    let stats = app.hub.stats();
+    let topics: serde_json::Map<String, Value> = stats
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.topic.as_str().to_owned(),
+                json!({
+                    "subscriptions": t.subscribers,
+                    "published": t.published,
+                    "delivered": t.delivered,
+                    "conflated": t.conflated,
+                    "dropped": t.dropped,
+                }),
+            )
+        })
+        .collect();
+    let drops: serde_json::Map<String, Value> =
+        stats.drops.iter().map(|(r, n)| (r.as_str().to_owned(), json!(n))).collect();
+    json!({
+        "uptime_seconds": app.started.elapsed().as_secs_f64(),
+        "connections": app.active.load(Ordering::Relaxed),
+        "epoch": app.hub.epoch(),
+        "topics": topics,
+        "subscribers_dropped": drops,
+    })
+}
+
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// `{"error": {"code": ..., "message": ...}}` with `status`.
+pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> Resp {
+    json_response(status, &json!({"error": {"code": code, "message": message}}))
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut resp = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("this route accepts {allow} only"),
+    );
+    resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}

@@ -1,0 +1,188 @@
+//! Prometheus metrics (`GET /metrics`) through `prometheus-client`.
+
+use std::sync::atomic::AtomicU64;
+
+use modelcast_hub::{DropReason, HubStats};
+use modelcast_protocol::{ErrorCode, ServerMessage, Topic};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabel {
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicTypeLabel {
+    topic: String,
+    r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: String,
+}
+
+/// The server's metrics. Hot-path counters are pre-resolved handles (one atomic add each).
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub(crate) connections_active: Gauge,
+    opened: Counter,
+    closed: Family<ReasonLabel, Counter>,
+    published: Family<TopicTypeLabel, Counter>,
+    /// Delivered frames (written to sockets), by message type index.
+    delivered_by_type: Vec<Counter>,
+    subscriptions: Family<TopicLabel, Gauge>,
+    conflated: Family<TopicLabel, Counter>,
+    dropped: Family<TopicLabel, Counter>,
+    drops: Family<ReasonLabel, Counter>,
+    errors: Family<CodeLabel, Counter>,
+    pub(crate) latency: Histogram,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("modelcast");
+        let connections_active = Gauge::default();
+        let opened = Counter::default();
+        let closed = Family::<ReasonLabel, Counter>::default();
+        let published = Family::<TopicTypeLabel, Counter>::default();
+        let delivered = Family::<TopicTypeLabel, Counter>::default();
+        let subscriptions = Family::<TopicLabel, Gauge>::default();
+        let conflated = Family::<TopicLabel, Counter>::default();
+        let dropped = Family::<TopicLabel, Counter>::default();
+        let drops = Family::<ReasonLabel, Counter>::default();
+        let errors = Family::<CodeLabel, Counter>::default();
+        // 50 µs … ~1.6 s.
+        let latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "connections_active",
+            "Open WebSocket connections",
+            connections_active.clone(),
+        );
+        registry.register("connections_opened", "WebSocket connections opened", opened.clone());
+        registry.register(
+            "connections_closed",
+            "WebSocket connections closed, by reason",
+            closed.clone(),
+        );
+        registry.register(
+            "messages_published",
+            "Messages published, by topic and type",
+            published.clone(),
+        );
+        registry.register(
+            "messages_delivered",
+            "Frames written to clients, by topic and type",
+            delivered.clone(),
+        );
+        registry.register("subscriptions", "Subscriptions, by topic", subscriptions.clone());
+        registry.register(
+            "messages_conflated",
+            "Updates replaced by newer ones of the same key, by topic",
+            conflated.clone(),
+        );
+        registry.register(
+            "messages_dropped",
+            "Frames discarded with a dropped subscriber, by topic",
+            dropped.clone(),
+        );
+        registry.register("subscribers_dropped", "Subscribers dropped, by reason", drops.clone());
+        registry.register("errors", "Error replies sent to clients, by code", errors.clone());
+        registry.register(
+            "publish_to_write_seconds",
+            "Time from publish to the frame's flush to the socket",
+            latency.clone(),
+        );
+        let delivered_by_type = ServerMessage::TYPES
+            .iter()
+            .map(|ty| {
+                let topic = ServerMessage::topic_of(ty).map_or("", Topic::as_str);
+                delivered
+                    .get_or_create(&TopicTypeLabel { topic: topic.into(), r#type: (*ty).into() })
+                    .clone()
+            })
+            .collect();
+        Self {
+            registry,
+            connections_active,
+            opened,
+            closed,
+            published,
+            delivered_by_type,
+            subscriptions,
+            conflated,
+            dropped,
+            drops,
+            errors,
+            latency,
+        }
+    }
+
+    pub(crate) fn opened(&self) {
+        self.opened.inc();
+        self.connections_active.inc();
+    }
+
+    pub(crate) fn closed(&self, reason: &str) {
+        self.connections_active.dec();
+        self.closed.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+    }
+
+    pub(crate) fn published(&self, topic: Topic, type_name: &str) {
+        self.published
+            .get_or_create(&TopicTypeLabel {
+                topic: topic.as_str().into(),
+                r#type: type_name.into(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn delivered(&self, type_index: usize, n: u64) {
+        if let Some(c) = self.delivered_by_type.get(type_index) {
+            c.inc_by(n);
+        }
+    }
+
+    pub(crate) fn error(&self, code: &ErrorCode) {
+        self.errors.get_or_create(&CodeLabel { code: code.as_str().into() }).inc();
+    }
+
+    /// Encodes the registry, first bringing the hub-owned numbers up to date.
+    pub(crate) fn encode(&self, stats: &HubStats) -> String {
+        for t in &stats.topics {
+            let label = TopicLabel { topic: t.topic.as_str().into() };
+            self.subscriptions.get_or_create(&label).set(t.subscribers as i64);
+            catch_up(&self.conflated.get_or_create(&label), t.conflated);
+            catch_up(&self.dropped.get_or_create(&label), t.dropped);
+        }
+        for reason in DropReason::ALL {
+            catch_up(
+                &self.drops.get_or_create(&ReasonLabel { reason: reason.as_str().into() }),
+                stats.drops(reason),
+            );
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Moves a counter mirrored from the hub up to the hub's value.
+fn catch_up(counter: &Counter<u64, AtomicU64>, value: u64) {
+    let current = counter.get();
+    if value > current {
+        counter.inc_by(value - current);
+    }
+}

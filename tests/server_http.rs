@@ -1,0 +1,223 @@
+//! Server: `POST /api/publish`, retained state and recovery across a reconnect, a slow reader
+//! next to a fast one, and the observability endpoints.
+
+use modelcast_tests::fixtures;
+use modelcast_tests::server_util::TestServer;
+use serde_json::{Value, json};
+
+fn seed(name: &str) -> Value {
+    fixtures("seed").into_iter().find(|(n, _)| n == name).expect(name).1
+}
+
+fn alert(id: &str, message: &str) -> Value {
+    json!({"type": "alert", "data": {"alert_id": id, "level": "warning", "title": "t",
+        "message": message, "timestamp": "2025-08-27T10:30:00Z"}})
+}
+
+#[tokio::test]
+async fn publish_validates_with_the_typed_protocol_and_names_the_field() {
+    let server = TestServer::start(&[]).await;
+    let mut broken = seed("download_progress_update");
+    broken["data"]["progress_percent"] = json!("half");
+    let (status, body) = server.post("/api/publish", &broken).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_message");
+    assert_eq!(body["error"]["field"], "data.progress_percent", "{body}");
+
+    let mut missing = seed("download_retry");
+    missing["data"].as_object_mut().unwrap().remove("max_retries");
+    let (status, body) =
+        server.post("/api/publish", &json!([seed("download_retry"), missing])).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["index"], 1);
+    assert!(body["error"]["message"].as_str().unwrap().contains("max_retries"), "{body}");
+    assert_eq!(
+        server.hub.last_seq(modelcast_protocol::Topic::DownloadProgress),
+        0,
+        "nothing published from a bad batch"
+    );
+
+    let cases = [
+        (json!({"type": "weather_report", "data": {}}), "unknown variant"),
+        (json!({"type": "pong", "data": {"timestamp": "2025-08-27T10:30:00Z"}}), "control message"),
+        (json!([]), "empty"),
+    ];
+    for (body, needle) in cases {
+        let (status, reply) = server.post("/api/publish", &body).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(reply["error"]["message"].as_str().unwrap().contains(needle), "{reply}");
+    }
+    let mut wrong_topic = seed("download_retry");
+    wrong_topic["topic"] = json!("alerts");
+    let (status, reply) = server.post("/api/publish", &wrong_topic).await;
+    assert_eq!((status, reply["error"]["field"].as_str()), (400, Some("topic")));
+
+    let (status, reply) = server.request("POST", "/api/publish", Some("{oops".into())).await;
+    assert_eq!(status, 400);
+    assert!(reply.contains("invalid_json"), "{reply}");
+    assert_eq!(server.get("/api/publish").await.0, 405);
+    assert_eq!(server.get("/nowhere").await.0, 404);
+
+    // Accepted: 202 with topic and seq of each.
+    let (status, body) =
+        server.post("/api/publish", &json!([alert("a", "m"), alert("b", "m")])).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        body["accepted"][0],
+        json!({"type": "alert", "topic": "alerts", "seq": 1, "status": "sent"})
+    );
+    assert_eq!(body["accepted"][1]["seq"], 2);
+}
+
+/// A download's progress is retained: a client subscribing later gets it first.
+#[tokio::test]
+async fn a_late_subscriber_gets_the_retained_state_first() {
+    let server = TestServer::start(&[]).await;
+    assert_eq!(server.post("/api/publish", &seed("download_progress_update")).await.0, 202);
+    let mut ws = server.ws("/ws/late").await;
+    let subscribed = ws.subscribe("download_progress").await;
+    assert_eq!(subscribed["data"]["seq"], 1);
+    let first = ws.next_json().await;
+    assert_eq!(first["type"], "download_progress_update");
+    assert_eq!(first["seq"], 1);
+    assert_eq!(first["data"], seed("download_progress_update")["data"]);
+}
+
+/// A client that reconnects with `since` gets exactly what it missed, `recovered: true`.
+#[tokio::test]
+async fn recovery_with_since_across_a_reconnect() {
+    let server = TestServer::start(&[]).await;
+    let mut ws = server.ws("/ws/r").await;
+    let subscribed = ws.subscribe("alerts").await;
+    let epoch = subscribed["data"]["epoch"].clone();
+    for i in 0..3 {
+        server.post("/api/publish", &alert(&format!("a{i}"), "before")).await;
+    }
+    let mut last = 0;
+    for _ in 0..3 {
+        last = ws.next_json().await["seq"].as_u64().unwrap();
+    }
+    drop(ws);
+    for i in 3..6 {
+        server.post("/api/publish", &alert(&format!("a{i}"), "while away")).await;
+    }
+    let mut ws = server.ws("/ws/r").await;
+    ws.send_json(&json!({"action": "subscribe", "topic": "alerts", "id": "re",
+        "since": {"epoch": epoch, "seq": last}}))
+        .await;
+    let subscribed = ws.next_of_type("subscribed").await;
+    assert_eq!(subscribed["data"]["recovered"], true);
+    assert_eq!(subscribed["data"]["request_id"], "re");
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        let f = ws.next_json().await;
+        assert_eq!(f["data"]["message"], "while away");
+        seqs.push(f["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, [4, 5, 6]);
+}
+
+/// A reader that stops reading does not delay a fast one: the fast one gets everything in
+/// order while the slow one is dropped as a slow consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_does_not_delay_a_fast_one() {
+    const N: usize = 3000;
+    let server = TestServer::start(&["--queue-size", "200"]).await;
+    let mut slow = server.ws("/ws/slow").await;
+    slow.subscribe("alerts").await;
+    let mut fast = server.ws("/ws/fast").await;
+    fast.subscribe("alerts").await;
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut seqs = Vec::with_capacity(N);
+            while seqs.len() < N {
+                let f = fast.next_json().await;
+                if f["type"] == "alert" {
+                    seqs.push(f["seq"].as_u64().unwrap());
+                    progress.store(seqs.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            seqs
+        })
+    };
+    let payload = "x".repeat(4000);
+    for chunk in 0..N / 100 {
+        let batch: Vec<Value> =
+            (0..100).map(|i| alert(&format!("{chunk}-{i}"), &payload)).collect();
+        assert_eq!(server.post("/api/publish", &Value::Array(batch)).await.0, 202);
+        // A fast reader keeps up with bursts that fit its queue: wait for it, not for the slow one.
+        while progress.load(std::sync::atomic::Ordering::Relaxed) < (chunk + 1) * 100 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    let seqs = reader.await.unwrap();
+    assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
+    let (_, stats) = server.get("/api/stats").await;
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["subscribers_dropped"]["slow_consumer"], 1, "{stats}");
+    let (close, frames) = slow.until_close().await;
+    assert!(frames.len() < N, "the slow reader cannot have received everything");
+    if let Some((code, _)) = close {
+        assert_eq!(code, modelcast_protocol::close::SLOW_CONSUMER);
+    }
+}
+
+#[tokio::test]
+async fn health_readiness_stats_and_metrics() {
+    let server = TestServer::start(&[]).await;
+    assert_eq!(server.get("/healthz").await.0, 200);
+    let (status, ready) = server.get("/readyz").await;
+    assert_eq!((status, ready.contains("ready")), (200, true));
+
+    let before = metrics(&server).await;
+    let mut ws = server.ws("/ws/m").await;
+    ws.subscribe("alerts").await;
+    server.post("/api/publish", &alert("a", "m")).await;
+    assert_eq!(ws.next_of_type("alert").await["seq"], 1);
+    let after = metrics(&server).await;
+    let get = |samples: &[prometheus_parse::Sample],
+               name: &str,
+               label: Option<(&str, &str)>|
+     -> f64 {
+        samples
+            .iter()
+            .filter(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    for (name, label) in [
+        ("modelcast_connections_opened_total", None),
+        ("modelcast_messages_published_total", Some(("type", "alert"))),
+        ("modelcast_messages_delivered_total", Some(("type", "alert"))),
+        ("modelcast_messages_delivered_total", Some(("type", "welcome"))),
+    ] {
+        assert!(
+            get(&after, name, label) > get(&before, name, label),
+            "{name} {label:?} did not move"
+        );
+    }
+    assert_eq!(get(&after, "modelcast_connections_active", None), 1.0);
+    assert_eq!(get(&after, "modelcast_subscriptions", Some(("topic", "alerts"))), 1.0);
+    assert!(after.iter().any(|s| s.metric.starts_with("modelcast_publish_to_write_seconds")));
+
+    let (_, stats) = server.get("/api/stats").await;
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["connections"], 1);
+    assert_eq!(stats["topics"]["alerts"]["subscriptions"], 1);
+    assert_eq!(stats["topics"]["alerts"]["published"], 1);
+    assert!(stats["uptime_seconds"].as_f64().unwrap() > 0.0);
+}
+
+async fn metrics(server: &TestServer) -> Vec<prometheus_parse::Sample> {
+    let (status, text) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text").samples
+}
