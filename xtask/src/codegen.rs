@@ -1,7 +1,6 @@
 //! `cargo xtask codegen [--check]`: `schemas/` from `modelcast_protocol::schema`.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
@@ -14,13 +13,8 @@ pub(crate) enum Mode {
     Check,
 }
 
-/// The repository root (the parent of `xtask/`).
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_owned()
-}
-
 pub(crate) fn run(mode: Mode) -> Result<()> {
-    let schemas = root().join("schemas");
+    let schemas = crate::root().join("schemas");
     let expected = modelcast_protocol::schema::files();
     let mut problems = Vec::new();
 

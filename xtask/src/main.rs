@@ -5,14 +5,29 @@
 //! xtask may depend on any workspace crate; nothing depends on xtask.
 
 mod codegen;
+mod loadtest;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask <task>
+pub(crate) const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   codegen [--check]   write the generated JSON Schemas under schemas/
-                      (--check: fail, naming each stale file, if they differ)";
+                      (--check: fail, naming each stale file, if they differ)
+  loadtest [options]  start the release server (pinned to core 0) and load it from core 1
+      --subscribers N   subscriber connections (default 1000)
+      --rate R          messages per second in the steady phase (default 200)
+      --seconds S       length of each phase (default 10)
+      --idle N          only open N idle subscribed connections and report RSS
+      --no-pin          do not pin server and generator to cores (no taskset)";
+
+/// The repository root.
+pub(crate) fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ has a parent")
+        .to_owned()
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,6 +35,9 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["codegen"] => codegen::run(codegen::Mode::Write),
         ["codegen", "--check"] => codegen::run(codegen::Mode::Check),
+        ["loadtest", rest @ ..] => {
+            loadtest::Options::parse(rest).and_then(|o| loadtest::run(o, rest))
+        }
         ["help" | "--help" | "-h"] => {
             println_usage();
             return ExitCode::SUCCESS;

@@ -24,6 +24,16 @@ fn main() -> ExitCode {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    // Each connection is a file descriptor: lift the soft limit to the hard one.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < config.max_connections as u64 + 64 => tracing::warn!(
+            limit,
+            max_connections = config.max_connections,
+            "the open-file limit is below WEBSOCKET_MAX_CONNECTIONS; raise it (ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {

@@ -1,0 +1,447 @@
+//! `cargo xtask loadtest`: the server in release, N subscribers, publishing over HTTP.
+//!
+//! Pins the server to core 0 and this load generator to core 1 (`taskset`), raises the
+//! open-file limit, and prints one table:
+//! deliveries per second, server CPU per delivery, p50/p99/max publish-to-receive latency,
+//! messages lost, server RSS per connection.
+//!
+//! Phases: connect N subscribers (RSS per connection); publish at `--rate` messages per second
+//! for `--seconds` (latency, backlog, loss); publish flat out for `--seconds` (throughput, CPU
+//! per delivery). `--idle N` only opens N idle subscribed connections and reports RSS.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Load test options.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    subscribers: usize,
+    rate: u64,
+    seconds: u64,
+    idle: Option<usize>,
+    pin: bool,
+}
+
+impl Options {
+    pub(crate) fn parse(args: &[&str]) -> Result<Self> {
+        let mut o = Options { subscribers: 1000, rate: 200, seconds: 10, idle: None, pin: true };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let mut value = |name: &str| -> Result<u64> {
+                it.next()
+                    .with_context(|| format!("{name} needs a value"))?
+                    .parse()
+                    .with_context(|| format!("{name} takes a positive whole number"))
+            };
+            match *arg {
+                "--subscribers" => o.subscribers = value("--subscribers")? as usize,
+                "--rate" => o.rate = value("--rate")?,
+                "--seconds" => o.seconds = value("--seconds")?,
+                "--idle" => o.idle = Some(value("--idle")? as usize),
+                "--no-pin" => o.pin = false,
+                other => bail!("unknown loadtest option `{other}`\n{}", crate::USAGE),
+            }
+        }
+        Ok(o)
+    }
+}
+
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// (user + system CPU seconds, RSS bytes) from /proc.
+    fn usage(&self) -> Result<(f64, u64)> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        // After the command name: field 14 (utime) and 15 (stime) are at index 11 and 12.
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        let hz = clock_ticks();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let rss_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok((ticks / hz, rss_kb * 1024))
+    }
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn start_server(o: &Options, connections: usize) -> Result<ServerProcess> {
+    say("building the server (release)…");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--quiet", "-p", "modelcast-server", "--bin", "modelcast"])
+        .current_dir(crate::root())
+        .status()?;
+    if !status.success() {
+        bail!("building modelcast failed");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let bin = crate::root().join("target/release/modelcast");
+    let mut cmd = if o.pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    cmd.args(["--bind", &addr.to_string()])
+        .args(["--max-connections", &(connections + 100).to_string()])
+        .args(["--queue-size", "10000"])
+        .env("MODELCAST_LOG", "warn")
+        .stdin(Stdio::null());
+    let child = cmd.spawn().context("starting modelcast (is `taskset` installed? use --no-pin)")?;
+    let server = ServerProcess { child, addr };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(server);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("the server did not start listening on {addr}")
+}
+
+pub(crate) fn run(o: Options, args: &[&str]) -> Result<()> {
+    if cfg!(debug_assertions) {
+        // The generator must not be the bottleneck: run it optimized.
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["run", "--release", "--quiet", "-p", "xtask", "--", "loadtest"])
+            .args(args)
+            .current_dir(crate::root())
+            .status()?;
+        if !status.success() {
+            bail!("the release load generator failed");
+        }
+        return Ok(());
+    }
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    let connections = o.idle.unwrap_or(o.subscribers);
+    if limit < connections as u64 + 64 {
+        bail!("the open-file limit is {limit}, too low for {connections} connections");
+    }
+    let server = start_server(&o, connections)?;
+    if o.pin {
+        // Move this process (and the threads it will start) to core 1.
+        let _ = Command::new("taskset")
+            .args(["-a", "-cp", "1", &std::process::id().to_string()])
+            .output();
+    }
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    runtime.block_on(async move {
+        match o.idle {
+            Some(n) => idle(&server, n).await,
+            None => load(&server, &o).await,
+        }
+    })
+}
+
+/// A subscriber's tally.
+#[derive(Default)]
+struct Tally {
+    received: AtomicU64,
+    lost: AtomicU64,
+    closed: AtomicBool,
+}
+
+async fn connect(
+    addr: SocketAddr,
+    id: usize,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/load-{id}")).await?;
+    ws.send(Message::Text(r#"{"action":"subscribe","topic":"alerts"}"#.into())).await?;
+    // welcome, subscribed
+    let mut seen = 0;
+    while seen < 2 {
+        if let Some(Ok(Message::Text(_))) = ws.next().await {
+            seen += 1;
+        }
+    }
+    Ok(ws)
+}
+
+async fn idle(server: &ServerProcess, n: usize) -> Result<()> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, before) = server.usage()?;
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        conns.push(connect(server.addr, i).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, after) = server.usage()?;
+    say(&format!(
+        "\n| idle subscribed connections | server RSS before | after | per connection |\n| --- | --- | --- | --- |\n| {n} | {:.1} MiB | {:.1} MiB | {:.2} KiB |",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        (after.saturating_sub(before)) as f64 / n as f64 / 1024.0
+    ));
+    drop(conns);
+    Ok(())
+}
+
+fn alert(i: u64, base: Instant) -> String {
+    // ~150 bytes on the wire once the server adds seq and topic.
+    format!(
+        r#"{{"type":"alert","data":{{"alert_id":"a{i}","level":"info","title":"load","message":"{}","timestamp":"2025-08-27T10:30:00Z"}}}}"#,
+        base.elapsed().as_nanos()
+    )
+}
+
+/// Posts `[alerts…]` over a kept-alive HTTP/1.1 connection.
+struct Publisher {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl Publisher {
+    async fn new(addr: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Self { sender, addr })
+    }
+
+    /// `GET path` → body text.
+    async fn get(&mut self, path: &str) -> Result<String> {
+        self.sender.ready().await?;
+        let req = hyper::Request::get(path)
+            .header("host", self.addr.to_string())
+            .body(Full::new(Bytes::new()))?;
+        let resp = self.sender.send_request(req).await?;
+        Ok(String::from_utf8_lossy(&resp.into_body().collect().await?.to_bytes()).into_owned())
+    }
+
+    /// The server's publish-to-write histogram: (upper bound in seconds, cumulative count).
+    async fn latency_buckets(&mut self) -> Result<Vec<(f64, f64)>> {
+        let text = self.get("/metrics").await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix("modelcast_publish_to_write_seconds_bucket{le=\""))
+            .filter_map(|l| {
+                let (le, rest) = l.split_once("\"}")?;
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((le, rest.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
+    async fn post(&mut self, body: String) -> Result<()> {
+        self.sender.ready().await?;
+        let req = hyper::Request::post("/api/publish")
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if status.as_u16() != 202 {
+            bail!("publish failed: {status} {}", String::from_utf8_lossy(&body));
+        }
+        Ok(())
+    }
+}
+
+fn batch(from: u64, n: u64, base: Instant) -> String {
+    let items: Vec<String> = (from..from + n).map(|i| alert(i, base)).collect();
+    format!("[{}]", items.join(","))
+}
+
+/// Extracts `"seq":N` (the frame starts with it) and the send time in the alert's message.
+fn parse(frame: &str) -> Option<(u64, Option<u128>)> {
+    let seq = frame.strip_prefix("{\"seq\":")?;
+    let seq: u64 = seq[..seq.find(',')?].parse().ok()?;
+    let sent = frame.find("\"message\":\"").and_then(|i| {
+        let rest = &frame[i + 11..];
+        rest[..rest.find('"')?].parse().ok()
+    });
+    Some((seq, sent))
+}
+
+async fn load(server: &ServerProcess, o: &Options) -> Result<()> {
+    let base = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, rss_before) = server.usage()?;
+    say(&format!("connecting {} subscribers…", o.subscribers));
+    let mut streams = Vec::with_capacity(o.subscribers);
+    for i in 0..o.subscribers {
+        streams.push(connect(server.addr, i).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, rss_after) = server.usage()?;
+
+    let latencies: Arc<std::sync::Mutex<Vec<u32>>> = Arc::default();
+    let tallies: Vec<Arc<Tally>> = (0..o.subscribers).map(|_| Arc::new(Tally::default())).collect();
+    let recording = Arc::new(AtomicBool::new(true));
+    for (ws, tally) in streams.into_iter().zip(&tallies) {
+        let tally = tally.clone();
+        let latencies = latencies.clone();
+        let recording = recording.clone();
+        tokio::spawn(async move {
+            let mut ws = ws;
+            let mut last = 0u64;
+            let mut own: Vec<u32> = Vec::new();
+            while let Some(Ok(m)) = ws.next().await {
+                let Message::Text(t) = m else { continue };
+                let Some((seq, sent)) = parse(t.as_str()) else { continue };
+                if seq != last + 1 {
+                    tally.lost.fetch_add(seq.saturating_sub(last + 1), Ordering::Relaxed);
+                }
+                last = seq;
+                tally.received.fetch_add(1, Ordering::Relaxed);
+                match (sent, recording.load(Ordering::Relaxed)) {
+                    (Some(sent), true) => {
+                        let micros = (base.elapsed().as_nanos().saturating_sub(sent) / 1000) as u32;
+                        own.push(micros);
+                    }
+                    // Recording ended: hand the samples over once.
+                    (_, false) if !own.is_empty() => {
+                        latencies.lock().unwrap_or_else(|e| e.into_inner()).append(&mut own);
+                    }
+                    _ => {}
+                }
+            }
+            latencies.lock().unwrap_or_else(|e| e.into_inner()).append(&mut own);
+            tally.closed.store(true, Ordering::Relaxed);
+        });
+    }
+    let received =
+        |t: &[Arc<Tally>]| t.iter().map(|t| t.received.load(Ordering::Relaxed)).sum::<u64>();
+    let mut publisher = Publisher::new(server.addr).await?;
+    let mut next = 1u64;
+
+    let buckets_before = publisher.latency_buckets().await?;
+    // Phase 1: a steady rate.
+    say(&format!("phase 1: {} messages/s for {} s…", o.rate, o.seconds));
+    let per_tick = (o.rate / 100).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let phase_start = Instant::now();
+    let mut max_backlog = 0u64;
+    while phase_start.elapsed() < Duration::from_secs(o.seconds) {
+        tick.tick().await;
+        publisher.post(batch(next, per_tick, base)).await?;
+        next += per_tick;
+        let expected = (next - 1) * o.subscribers as u64;
+        max_backlog =
+            max_backlog.max(expected.saturating_sub(received(&tallies)) / o.subscribers as u64);
+    }
+    let steady_sent = next - 1;
+    wait_for(&tallies, steady_sent * o.subscribers as u64, &received).await;
+    recording.store(false, Ordering::Relaxed);
+    let buckets_after = publisher.latency_buckets().await?;
+    let server_view = histogram_quantiles(&buckets_before, &buckets_after);
+
+    // Phase 2: flat out.
+    say(&format!("phase 2: flat out for {} s…", o.seconds));
+    let (cpu0, _) = server.usage()?;
+    let delivered0 = received(&tallies);
+    let phase_start = Instant::now();
+    while phase_start.elapsed() < Duration::from_secs(o.seconds) {
+        publisher.post(batch(next, 100, base)).await?;
+        next += 100;
+        // Stay within the subscribers' reach so that "zero lost" is measured for keepers-up.
+        while (next - 1) * o.subscribers as u64 > received(&tallies) + 2000 * o.subscribers as u64 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    wait_for(&tallies, (next - 1) * o.subscribers as u64, &received).await;
+    let elapsed = phase_start.elapsed().as_secs_f64();
+    let (cpu1, _) = server.usage()?;
+    let delivered = received(&tallies) - delivered0;
+    let lost: u64 = tallies.iter().map(|t| t.lost.load(Ordering::Relaxed)).sum();
+    let dropped = tallies.iter().filter(|t| t.closed.load(Ordering::Relaxed)).count();
+
+    let mut steady: Vec<u32> =
+        std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
+    steady.sort_unstable();
+    let pct = |p: f64| {
+        steady
+            .get(((steady.len() as f64 * p) as usize).min(steady.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    say(&format!(
+        "\n| subscribers | phase | published | deliveries/s | server CPU per delivery | p50 | p99 | max | max backlog (msgs/subscriber) | lost | dropped subscribers |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n\
+         | {n} | {rate}/s for {s} s | {steady_sent} | {:.0} | — | {:.2} ms | {:.2} ms | {:.2} ms | {max_backlog} | {lost} | {dropped} |\n\
+         | {n} | flat out for {s} s | {} | {:.0} | {:.3} µs | — | — | — | — | {lost} | {dropped} |\n\
+         \nserver's own publish-to-flush latency in the steady phase (from /metrics, bucket upper bounds): {server_view}\n\
+         server RSS: {:.1} MiB before connecting, {:.1} MiB with {n} subscribers: {:.2} KiB per connection",
+        steady_sent as f64 * o.subscribers as f64 / o.seconds as f64,
+        pct(0.50) as f64 / 1000.0,
+        pct(0.99) as f64 / 1000.0,
+        steady.last().copied().unwrap_or(0) as f64 / 1000.0,
+        next - 1 - steady_sent,
+        delivered as f64 / elapsed,
+        (cpu1 - cpu0) / delivered.max(1) as f64 * 1e6,
+        rss_before as f64 / 1048576.0,
+        rss_after as f64 / 1048576.0,
+        rss_after.saturating_sub(rss_before) as f64 / o.subscribers as f64 / 1024.0,
+        n = o.subscribers,
+        rate = o.rate,
+        s = o.seconds,
+    ));
+    Ok(())
+}
+
+/// p50/p99 upper bounds from two cumulative histogram snapshots.
+fn histogram_quantiles(before: &[(f64, f64)], after: &[(f64, f64)]) -> String {
+    let delta: Vec<(f64, f64)> =
+        after.iter().zip(before).map(|((le, a), (_, b))| (*le, a - b)).collect();
+    let total = delta.last().map_or(0.0, |d| d.1);
+    if total == 0.0 {
+        return "no samples".into();
+    }
+    let q = |p: f64| {
+        delta.iter().find(|(_, c)| *c >= total * p).map_or(f64::INFINITY, |(le, _)| *le) * 1000.0
+    };
+    format!("p50 ≤ {:.2} ms, p99 ≤ {:.2} ms ({total} frames)", q(0.5), q(0.99))
+}
+
+async fn wait_for(tallies: &[Arc<Tally>], target: u64, received: &impl Fn(&[Arc<Tally>]) -> u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received(tallies) < target && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn say(line: &str) {
+    println!("{line}");
+}
