@@ -167,6 +167,9 @@ async fn a_slow_reader_does_not_delay_a_fast_one() {
 #[tokio::test]
 async fn health_readiness_stats_and_metrics() {
     let server = TestServer::start(&[]).await;
+    let (status, page) = server.get("/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("new WebSocket") && page.contains(r#"action: "subscribe""#));
     assert_eq!(server.get("/healthz").await.0, 200);
     let (status, ready) = server.get("/readyz").await;
     assert_eq!((status, ready.contains("ready")), (200, true));
@@ -220,4 +223,32 @@ async fn metrics(server: &TestServer) -> Vec<prometheus_parse::Sample> {
     assert_eq!(status, 200);
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text").samples
+}
+
+/// Over real sockets: a client subscribing mid-download first gets the current progress, then
+/// live updates.
+#[tokio::test]
+async fn subscribing_mid_download_gets_the_current_progress_then_live_updates() {
+    let server = TestServer::start(&["--download-progress-throttle", "0.05"]).await;
+    let progress = |pct: f64| {
+        let mut p = seed("download_progress_update");
+        p["data"]["progress_percent"] = json!(pct);
+        p
+    };
+    server.post("/api/publish", &seed("download_status_change")).await;
+    server.post("/api/publish", &progress(30.0)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    server.post("/api/publish", &progress(40.0)).await;
+    let mut ws = server.ws("/ws/late").await;
+    ws.subscribe("download_progress").await;
+    let current = ws.next_json().await;
+    assert_eq!(
+        (current["type"].as_str(), current["data"]["progress_percent"].as_f64()),
+        (Some("download_progress_update"), Some(40.0))
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    server.post("/api/publish", &progress(50.0)).await;
+    let live = ws.next_json().await;
+    assert_eq!(live["data"]["progress_percent"], 50.0);
+    assert!(live["seq"].as_u64() > current["seq"].as_u64());
 }

@@ -5,6 +5,7 @@ mod hub_backpressure;
 mod hub_fanout;
 mod hub_state;
 mod hub_timing;
+mod notifiers;
 mod protocol;
 mod protocol_props;
 mod server_http;

@@ -414,7 +414,7 @@ impl Hub {
             inner.stats.unsubscribed(topic);
         }
         drop(state);
-        inner.stats.published(topic, delivered);
+        inner.stats.published(topic, type_index, delivered);
         seq
     }
 

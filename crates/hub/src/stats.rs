@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use modelcast_protocol::Topic;
+use modelcast_protocol::{ServerMessage, Topic};
 
 use crate::DropReason;
 
@@ -19,6 +19,7 @@ struct TopicCounters {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     topics: [TopicCounters; Topic::ALL.len()],
+    published_by_type: [AtomicU64; ServerMessage::TYPES.len()],
     control_conflated: AtomicU64,
     control_dropped: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
@@ -35,7 +36,10 @@ impl Stats {
         self.topics[topic.index()].subscribers.fetch_sub(1, Relaxed);
     }
 
-    pub(crate) fn published(&self, topic: Topic, delivered: u64) {
+    pub(crate) fn published(&self, topic: Topic, type_index: u8, delivered: u64) {
+        if let Some(c) = self.published_by_type.get(usize::from(type_index)) {
+            c.fetch_add(1, Relaxed);
+        }
         let t = &self.topics[topic.index()];
         t.published.fetch_add(1, Relaxed);
         t.delivered.fetch_add(delivered, Relaxed);
@@ -91,6 +95,11 @@ impl Stats {
                     }
                 })
                 .collect(),
+            published_by_type: ServerMessage::TYPES
+                .iter()
+                .zip(&self.published_by_type)
+                .map(|(t, c)| (*t, c.load(Relaxed)))
+                .collect(),
             drops: DropReason::ALL
                 .iter()
                 .map(|&r| (r, self.drops[r as usize].load(Relaxed)))
@@ -107,6 +116,8 @@ impl Stats {
 pub struct HubStats {
     /// Per topic, in [`Topic::ALL`] order.
     pub topics: Vec<TopicStats>,
+    /// Messages published per message type, in `ServerMessage::TYPES` order.
+    pub published_by_type: Vec<(&'static str, u64)>,
     /// Subscribers dropped, per reason, in [`DropReason::ALL`] order.
     pub drops: Vec<(DropReason, u64)>,
     /// Frames serialized (one per publish, plus per-connection control replies).

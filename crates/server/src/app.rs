@@ -10,7 +10,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use modelcast_hub::{Hub, HubConfig};
-use modelcast_notifiers::{Policy, PolicyConfig};
+use modelcast_notifiers::{Notifiers, NotifiersConfig, Policy, PolicyConfig};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,7 @@ pub(crate) struct App {
     pub(crate) config: Config,
     pub(crate) hub: Hub,
     pub(crate) policy: Policy,
+    pub(crate) notifiers: Notifiers,
     pub(crate) metrics: Metrics,
     /// Open sessions by connection id (for replacement).
     pub(crate) sessions: Mutex<HashMap<String, SessionHandle>>,
@@ -91,10 +92,15 @@ impl Server {
             .max_write_buffer_size(1 << 20)
             .max_message_size(Some(config.max_frame_size))
             .max_frame_size(Some(config.max_frame_size));
+        let notifiers = Notifiers::new(
+            policy.clone(),
+            NotifiersConfig::default().stale_after(config.stale_after),
+        );
         let app = Arc::new(App {
             config,
             hub,
             policy,
+            notifiers,
             metrics: Metrics::new(),
             sessions: Mutex::default(),
             active: AtomicUsize::new(0),
@@ -122,6 +128,11 @@ impl Server {
         &self.app.policy
     }
 
+    /// The typed notifiers, for in-process publishers.
+    pub fn notifiers(&self) -> &Notifiers {
+        &self.app.notifiers
+    }
+
     /// A handle that shuts the server down.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle { token: self.app.shutdown.clone() }
@@ -132,6 +143,15 @@ impl Server {
     pub async fn run(self) -> std::io::Result<()> {
         let Server { app, listener } = self;
         tracing::info!(addr = %listener.local_addr()?, epoch = app.hub.epoch(), "modelcast listening");
+        let demo = app.config.demo.then(|| {
+            tracing::info!("demo running: a simulated catalog publishes on every topic");
+            modelcast_notifiers::demo::spawn(
+                &app.notifiers,
+                modelcast_notifiers::demo::DemoConfig::default()
+                    .model_status_interval(app.config.model_status_interval)
+                    .stale_after(app.config.stale_after),
+            )
+        });
         loop {
             tokio::select! {
                 () = app.shutdown.cancelled() => break,
@@ -151,6 +171,9 @@ impl Server {
             }
         }
         drop(listener);
+        for task in demo.into_iter().flatten() {
+            task.abort();
+        }
         tracing::info!(
             connections = app.active.load(Ordering::Relaxed),
             "shutting down: draining clients"

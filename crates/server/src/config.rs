@@ -87,6 +87,16 @@ pub struct Config {
           value_parser = seconds("MODELCAST_SHUTDOWN_TIMEOUT"))]
     pub shutdown_timeout: Duration,
 
+    /// Seconds without progress after which a download is shown as `stale`.
+    #[arg(long, env = "MODELCAST_STALE_AFTER", default_value = "30", value_name = "SECONDS",
+          value_parser = seconds("MODELCAST_STALE_AFTER"))]
+    pub stale_after: Duration,
+
+    /// Run the demo: a simulated model catalog publishing every message type through the same
+    /// notifiers and policy as production.
+    #[arg(long, env = "MODELCAST_DEMO")]
+    pub demo: bool,
+
     /// Log format.
     #[arg(long, env = "MODELCAST_LOG_FORMAT", default_value = "text", value_name = "text|json",
           value_parser = parse_log_format)]

@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 
+/// A small page that subscribes to every topic and shows frames as they arrive.
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+
 /// The response type of every route.
 pub(crate) type Resp = Response<Full<Bytes>>;
 
@@ -31,6 +34,12 @@ pub(crate) async fn handle(
             crate::session::upgrade(&app, req, Some(id))
         }
         ("/api/publish", &Method::POST) => crate::publish::handle(&app, req).await,
+        ("/", &Method::GET) => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            resp
+        }
         ("/healthz", &Method::GET) => json_response(StatusCode::OK, &json!({"status": "ok"})),
         ("/readyz", &Method::GET) => {
             if app.shutdown.is_cancelled() {

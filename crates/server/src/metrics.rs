@@ -139,15 +139,6 @@ impl Metrics {
         self.closed.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
     }
 
-    pub(crate) fn published(&self, topic: Topic, type_name: &str) {
-        self.published
-            .get_or_create(&TopicTypeLabel {
-                topic: topic.as_str().into(),
-                r#type: type_name.into(),
-            })
-            .inc();
-    }
-
     pub(crate) fn delivered(&self, type_index: usize, n: u64) {
         if let Some(c) = self.delivered_by_type.get(type_index) {
             c.inc_by(n);
@@ -165,6 +156,13 @@ impl Metrics {
             self.subscriptions.get_or_create(&label).set(t.subscribers as i64);
             catch_up(&self.conflated.get_or_create(&label), t.conflated);
             catch_up(&self.dropped.get_or_create(&label), t.dropped);
+        }
+        for (type_name, n) in &stats.published_by_type {
+            if let Some(topic) = ServerMessage::topic_of(type_name) {
+                let label =
+                    TopicTypeLabel { topic: topic.as_str().into(), r#type: (*type_name).into() };
+                catch_up(&self.published.get_or_create(&label), *n);
+            }
         }
         for reason in DropReason::ALL {
             catch_up(

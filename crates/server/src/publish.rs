@@ -119,11 +119,9 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             let outcome = app.policy.publish(message);
             match outcome {
                 Some(Outcome::Sent { topic, seq }) => {
-                    app.metrics.published(topic, type_name);
                     json!({"type": type_name, "topic": topic, "seq": seq, "status": "sent"})
                 }
                 Some(Outcome::Held { topic }) => {
-                    app.metrics.published(topic, type_name);
                     json!({"type": type_name, "topic": topic, "status": "held"})
                 }
                 Some(Outcome::Filtered { topic }) => {

@@ -1,0 +1,399 @@
+//! Download notifications: started, progress, paused, resumed, cancelled, retry, completed,
+//! failed — and `stale` when a download's source stops reporting.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use modelcast_protocol::{
+    DownloadEvent as WireEvent, DownloadProgressUpdate, DownloadRetry, DownloadStatus,
+    DownloadStatusChange, ServerMessage,
+};
+use tokio::time::Instant;
+
+use crate::{Outcome, Policy};
+
+/// The longest wait between retries, whatever the attempt.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The delay before retry number `attempt` (from 1): 2, 4, 8, … seconds, at most 300.
+pub fn retry_backoff(attempt: u32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(attempt.min(16))).min(MAX_BACKOFF)
+}
+
+#[derive(Debug, Clone)]
+struct Download {
+    status: DownloadStatus,
+    downloaded_mb: f64,
+    total_mb: f64,
+    retries: u32,
+    last_report: Instant,
+}
+
+impl Download {
+    fn percent(&self) -> f64 {
+        if self.total_mb > 0.0 {
+            (self.downloaded_mb / self.total_mb * 100.0).clamp(0.0, 100.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Something a downloader reports, for [`crate::Notifiers::download_events`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum DownloadEvent {
+    /// A download began (`total_mb` if known, else 0).
+    Started {
+        /// The model.
+        model_id: String,
+        /// Its size in MB.
+        total_mb: f64,
+    },
+    /// Bytes arrived.
+    Progress {
+        /// The model.
+        model_id: String,
+        /// MB downloaded so far.
+        downloaded_mb: f64,
+        /// MB in total.
+        total_mb: f64,
+        /// Current speed, MB/s.
+        speed_mbps: f64,
+    },
+    /// Paused.
+    Paused {
+        /// The model.
+        model_id: String,
+        /// Why, for people.
+        reason: String,
+    },
+    /// Resumed after a pause.
+    Resumed {
+        /// The model.
+        model_id: String,
+    },
+    /// Cancelled.
+    Cancelled {
+        /// The model.
+        model_id: String,
+        /// Why, for people.
+        reason: String,
+    },
+    /// An attempt failed and will be retried.
+    Retry {
+        /// The model.
+        model_id: String,
+        /// What failed.
+        error: String,
+        /// Retries allowed in total.
+        max_retries: u32,
+    },
+    /// Finished and verified.
+    Completed {
+        /// The model.
+        model_id: String,
+    },
+    /// Failed for good.
+    Failed {
+        /// The model.
+        model_id: String,
+        /// What failed.
+        error: String,
+    },
+}
+
+/// Publishes download notifications, keeping each download's state so every status change
+/// says where it came from. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DownloadNotifier {
+    policy: Policy,
+    downloads: Arc<Mutex<HashMap<String, Download>>>,
+}
+
+impl DownloadNotifier {
+    pub(crate) fn new(policy: Policy) -> Self {
+        Self { policy, downloads: Arc::default() }
+    }
+
+    /// Checks for silent downloads every `after / 4` until the notifier's last clone is gone.
+    pub(crate) fn spawn_watchdog(&self, runtime: &tokio::runtime::Handle, after: Duration) {
+        let policy = self.policy.clone();
+        let weak: Weak<Mutex<HashMap<String, Download>>> = Arc::downgrade(&self.downloads);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval((after / 4).max(Duration::from_millis(10)));
+            loop {
+                tick.tick().await;
+                let Some(downloads) = weak.upgrade() else { break };
+                DownloadNotifier { policy: policy.clone(), downloads }.mark_stale(after);
+            }
+        });
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Download>> {
+        self.downloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies one event from a downloader.
+    pub fn apply(&self, event: DownloadEvent) -> Outcome {
+        match event {
+            DownloadEvent::Started { model_id, total_mb } => self.started(&model_id, total_mb),
+            DownloadEvent::Progress { model_id, downloaded_mb, total_mb, speed_mbps } => {
+                self.progress(&model_id, downloaded_mb, total_mb, speed_mbps)
+            }
+            DownloadEvent::Paused { model_id, reason } => self.paused(&model_id, &reason),
+            DownloadEvent::Resumed { model_id } => self.resumed(&model_id),
+            DownloadEvent::Cancelled { model_id, reason } => self.cancelled(&model_id, &reason),
+            DownloadEvent::Retry { model_id, error, max_retries } => {
+                self.retry(&model_id, &error, max_retries)
+            }
+            DownloadEvent::Completed { model_id } => self.completed(&model_id),
+            DownloadEvent::Failed { model_id, error } => self.failed(&model_id, &error),
+        }
+    }
+
+    /// Moves `model_id` to `new` and publishes the `download_status_change`.
+    fn change(
+        &self,
+        model_id: &str,
+        new: DownloadStatus,
+        event: WireEvent,
+        reason: &str,
+        error: Option<&str>,
+    ) -> Outcome {
+        let (old, percent) = {
+            let mut downloads = self.lock();
+            let d = downloads.entry(model_id.to_owned()).or_insert_with(|| Download {
+                status: DownloadStatus::Queued,
+                downloaded_mb: 0.0,
+                total_mb: 0.0,
+                retries: 0,
+                last_report: Instant::now(),
+            });
+            let old = std::mem::replace(&mut d.status, new.clone());
+            d.last_report = Instant::now();
+            let percent = d.percent();
+            if matches!(
+                new,
+                DownloadStatus::Completed | DownloadStatus::Failed | DownloadStatus::Cancelled
+            ) {
+                downloads.remove(model_id);
+            }
+            (old, percent)
+        };
+        self.publish(ServerMessage::DownloadStatusChange(DownloadStatusChange {
+            model_id: model_id.to_owned(),
+            old_status: old,
+            new_status: new,
+            progress_percent: percent,
+            reason: reason.to_owned(),
+            event: Some(event),
+            error_message: error.map(str::to_owned),
+            timestamp: chrono::Utc::now(),
+        }))
+    }
+
+    fn publish(&self, message: ServerMessage) -> Outcome {
+        self.policy.publish(message).expect("download messages are topic messages")
+    }
+
+    /// A download began.
+    pub fn started(&self, model_id: &str, total_mb: f64) -> Outcome {
+        {
+            let mut downloads = self.lock();
+            let d = downloads.entry(model_id.to_owned()).or_insert_with(|| Download {
+                status: DownloadStatus::Queued,
+                downloaded_mb: 0.0,
+                total_mb,
+                retries: 0,
+                last_report: Instant::now(),
+            });
+            d.total_mb = total_mb;
+            d.downloaded_mb = 0.0;
+            d.retries = 0;
+        }
+        self.change(
+            model_id,
+            DownloadStatus::Downloading,
+            WireEvent::Started,
+            "Download started",
+            None,
+        )
+    }
+
+    /// Progress: throttled per model by the policy, the newest value always delivered.
+    /// A report after a retry or a stale period first moves the download back to
+    /// `downloading`.
+    pub fn progress(
+        &self,
+        model_id: &str,
+        downloaded_mb: f64,
+        total_mb: f64,
+        speed_mbps: f64,
+    ) -> Outcome {
+        let back = {
+            let mut downloads = self.lock();
+            let d = downloads.entry(model_id.to_owned()).or_insert_with(|| Download {
+                status: DownloadStatus::Downloading,
+                downloaded_mb,
+                total_mb,
+                retries: 0,
+                last_report: Instant::now(),
+            });
+            d.downloaded_mb = downloaded_mb;
+            d.total_mb = total_mb;
+            d.last_report = Instant::now();
+            matches!(
+                d.status,
+                DownloadStatus::Retrying | DownloadStatus::Stale | DownloadStatus::Queued
+            )
+            .then(|| d.status.clone())
+        };
+        if let Some(from) = back {
+            let reason = match from {
+                DownloadStatus::Stale => "Progress reports resumed",
+                DownloadStatus::Retrying => "Retry attempt started",
+                _ => "Download started",
+            };
+            self.change(model_id, DownloadStatus::Downloading, WireEvent::Resumed, reason, None);
+        }
+        self.publish_progress(model_id, speed_mbps)
+    }
+
+    fn publish_progress(&self, model_id: &str, speed_mbps: f64) -> Outcome {
+        let Some(d) = self.lock().get(model_id).cloned() else {
+            return Outcome::Filtered { topic: modelcast_protocol::Topic::DownloadProgress };
+        };
+        let remaining = (d.total_mb - d.downloaded_mb).max(0.0);
+        let downloading = d.status == DownloadStatus::Downloading;
+        self.publish(ServerMessage::DownloadProgressUpdate(DownloadProgressUpdate {
+            model_id: model_id.to_owned(),
+            status: d.status.clone(),
+            progress_percent: d.percent(),
+            downloaded_mb: d.downloaded_mb,
+            total_mb: d.total_mb,
+            speed_mbps,
+            eta_seconds: (downloading && speed_mbps > 0.0).then(|| remaining / speed_mbps),
+            can_pause: downloading,
+            can_resume: d.status == DownloadStatus::Paused,
+            can_cancel: true,
+            timestamp: chrono::Utc::now(),
+        }))
+    }
+
+    /// Paused.
+    pub fn paused(&self, model_id: &str, reason: &str) -> Outcome {
+        self.change(model_id, DownloadStatus::Paused, WireEvent::Paused, reason, None)
+    }
+
+    /// Resumed after a pause.
+    pub fn resumed(&self, model_id: &str) -> Outcome {
+        self.change(
+            model_id,
+            DownloadStatus::Downloading,
+            WireEvent::Resumed,
+            "Download resumed",
+            None,
+        )
+    }
+
+    /// Cancelled; the download leaves the retained state.
+    pub fn cancelled(&self, model_id: &str, reason: &str) -> Outcome {
+        self.change(model_id, DownloadStatus::Cancelled, WireEvent::Cancelled, reason, None)
+    }
+
+    /// An attempt failed and will be retried after an exponential backoff
+    /// ([`retry_backoff`]). Past `max_retries` the download fails instead.
+    pub fn retry(&self, model_id: &str, error: &str, max_retries: u32) -> Outcome {
+        let attempt = {
+            let mut downloads = self.lock();
+            downloads.get_mut(model_id).map_or(1, |d| {
+                d.retries += 1;
+                d.retries
+            })
+        };
+        if attempt > max_retries {
+            return self
+                .failed(model_id, &format!("{error} (gave up after {max_retries} retries)"));
+        }
+        self.change(
+            model_id,
+            DownloadStatus::Retrying,
+            WireEvent::Retrying,
+            "Retrying after an error",
+            Some(error),
+        );
+        self.publish(ServerMessage::DownloadRetry(DownloadRetry {
+            model_id: model_id.to_owned(),
+            retry_count: attempt,
+            max_retries,
+            error_message: error.to_owned(),
+            next_retry_in_seconds: retry_backoff(attempt).as_secs(),
+            timestamp: chrono::Utc::now(),
+        }))
+    }
+
+    /// Finished: the final 100% goes out (even if a throttle window holds an older value),
+    /// then the status change; the download leaves the retained state.
+    pub fn completed(&self, model_id: &str) -> Outcome {
+        let known = {
+            let mut downloads = self.lock();
+            downloads.get_mut(model_id).map(|d| {
+                d.downloaded_mb = d.total_mb;
+            })
+        };
+        if known.is_some() {
+            self.publish_progress(model_id, 0.0);
+        }
+        self.change(
+            model_id,
+            DownloadStatus::Completed,
+            WireEvent::Completed,
+            "Download completed",
+            None,
+        )
+    }
+
+    /// Failed for good; the download leaves the retained state.
+    pub fn failed(&self, model_id: &str, error: &str) -> Outcome {
+        self.change(
+            model_id,
+            DownloadStatus::Failed,
+            WireEvent::Failed,
+            "Download failed",
+            Some(error),
+        )
+    }
+
+    /// Marks every active download silent for longer than `after` as `stale` (once); a later
+    /// report moves it back to `downloading`. Returns the models marked.
+    pub fn mark_stale(&self, after: Duration) -> Vec<String> {
+        let now = Instant::now();
+        let stale: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, d)| {
+                d.status == DownloadStatus::Downloading && now.duration_since(d.last_report) > after
+            })
+            .map(|(m, _)| m.clone())
+            .collect();
+        for model in &stale {
+            self.change(
+                model,
+                DownloadStatus::Stale,
+                WireEvent::Stale,
+                &format!("No progress reported for {} s", after.as_secs()),
+                None,
+            );
+        }
+        stale
+    }
+
+    /// The models with an active download.
+    pub fn active(&self) -> Vec<String> {
+        let mut models: Vec<String> = self.lock().keys().cloned().collect();
+        models.sort();
+        models
+    }
+}
