@@ -8,6 +8,7 @@ mod hub_timing;
 mod notifiers;
 mod protocol;
 mod protocol_props;
+mod server_browser;
 mod server_http;
 mod server_ws;
 mod tidy;
