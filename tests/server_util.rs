@@ -25,6 +25,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Its hub, for in-process assertions.
     pub hub: modelcast_hub::Hub,
+    /// Its notifiers (and through them, its policy and hub).
+    pub notifiers: modelcast_notifiers::Notifiers,
     handle: ShutdownHandle,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -35,12 +37,23 @@ impl TestServer {
         let mut argv = vec!["modelcast", "--bind", "127.0.0.1:0"];
         argv.extend_from_slice(args);
         let config = Config::try_parse_args(argv).expect("valid test config");
-        let server = Server::bind(config).await.expect("bind 127.0.0.1:0");
+        Self::running(Server::bind(config).await.expect("bind 127.0.0.1:0"))
+    }
+
+    /// Starts a new listener at `addr` in front of an existing hub (a listener restart).
+    pub async fn restart_on(addr: SocketAddr, notifiers: modelcast_notifiers::Notifiers) -> Self {
+        let config =
+            Config::try_parse_args(["modelcast", "--bind", &addr.to_string()]).expect("config");
+        Self::running(Server::bind_with(config, notifiers).await.expect("rebind the same address"))
+    }
+
+    fn running(server: Server) -> Self {
         let addr = server.local_addr();
         let hub = server.hub().clone();
+        let notifiers = server.notifiers().clone();
         let handle = server.shutdown_handle();
         let task = Some(tokio::spawn(server.run()));
-        Self { addr, hub, handle, task }
+        Self { addr, hub, notifiers, handle, task }
     }
 
     /// Shuts down and waits until `run` returns.
@@ -173,23 +186,107 @@ impl Client {
     }
 }
 
-/// The `modelcast` binary, built on first use (the test binary's target directory).
+/// The `modelcast` binary, built on first use.
 pub fn binary() -> std::path::PathBuf {
-    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test binary path");
-            let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
-            let bin = dir.join("modelcast");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = std::process::Command::new(cargo)
-                .args(["build", "--quiet", "-p", "modelcast-server", "--bin", "modelcast"])
-                .current_dir(crate::root())
-                .status()
-                .expect("cargo build runs");
-            assert!(status.success(), "building the modelcast binary failed");
-            assert!(bin.exists(), "{} missing after build", bin.display());
-            bin
-        })
-        .clone()
+    built_binary("modelcast-server", "modelcast")
+}
+
+/// A workspace binary, built on first use (the test binary's target directory).
+pub fn built_binary(package: &str, name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, std::path::PathBuf)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+        return path.clone();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let bin = dir.join(name);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", name])
+        .current_dir(crate::root())
+        .status()
+        .expect("cargo build runs");
+    assert!(status.success(), "building {name} failed");
+    assert!(bin.exists(), "{} missing after build", bin.display());
+    built.push((name.to_owned(), bin.clone()));
+    bin
+}
+
+/// A TCP proxy in front of a server that can drop or freeze the connections it carries.
+#[derive(Debug)]
+pub struct Proxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<ProxiedConn>>>,
+}
+
+#[derive(Debug, Clone)]
+struct ProxiedConn {
+    killed: std::sync::Arc<tokio::sync::Notify>,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    /// Proxies to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<ProxiedConn>>> = Default::default();
+        let list = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = TcpStream::connect(upstream).await else { continue };
+                let conn = ProxiedConn { killed: Default::default(), frozen: Default::default() };
+                list.lock().unwrap().push(conn.clone());
+                tokio::spawn(pump(inbound, outbound, conn));
+            }
+        });
+        Self { addr, conns }
+    }
+
+    /// Drops every open connection abruptly (as a broken network would).
+    pub fn drop_all(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.killed.notify_one();
+        }
+    }
+
+    /// Stops forwarding on every open connection without closing it (a hung peer);
+    /// new connections work.
+    pub fn freeze_all(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.frozen.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+async fn pump(a: TcpStream, b: TcpStream, conn: ProxiedConn) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ar, aw) = a.into_split();
+    let (br, bw) = b.into_split();
+    let frozen = conn.frozen.clone();
+    let copy = |mut r: tokio::net::tcp::OwnedReadHalf,
+                mut w: tokio::net::tcp::OwnedWriteHalf,
+                frozen: std::sync::Arc<std::sync::atomic::AtomicBool>| async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while frozen.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if w.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = copy(ar, bw, frozen.clone()) => {}
+        () = copy(br, aw, frozen) => {}
+        () = conn.killed.notified() => {}
+    }
 }

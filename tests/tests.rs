@@ -1,5 +1,6 @@
 //! modelcast's one integration-test binary. Each module is one area; helpers live in `lib.rs`.
 
+mod client;
 mod codegen;
 mod hub_backpressure;
 mod hub_fanout;

@@ -67,9 +67,8 @@ impl ShutdownHandle {
 }
 
 impl Server {
-    /// Binds the listener and builds the hub and policy from `config`.
+    /// Binds the listener and builds the hub, policy and notifiers from `config`.
     pub async fn bind(config: Config) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(config.bind).await?;
         let hub = Hub::new(
             HubConfig::default()
                 .history_size(config.history_size)
@@ -83,6 +82,18 @@ impl Server {
                 .health_level(config.health_level.into())
                 .batch_window(config.batch_window),
         );
+        let notifiers =
+            Notifiers::new(policy, NotifiersConfig::default().stale_after(config.stale_after));
+        Self::bind_with(config, notifiers).await
+    }
+
+    /// Binds the listener in front of an existing hub (through `notifiers` and its policy):
+    /// e.g. a new listener after the old one was shut down, with history and retained state
+    /// intact. The hub, policy and stale settings of `config` are not used.
+    pub async fn bind_with(config: Config, notifiers: Notifiers) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.bind).await?;
+        let policy = notifiers.policy().clone();
+        let hub = policy.hub().clone();
         // Sized for many idle connections: a 1 KiB eager read buffer (client frames are small;
         // it grows for a larger frame up to the limit), and a write buffer that only fills
         // within a burst (a burst is fed, then flushed once).

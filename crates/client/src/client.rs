@@ -1,0 +1,558 @@
+//! [`Client`]: a handle to a background connection task that reconnects and recovers.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::{SinkExt, Stream, StreamExt};
+use modelcast_protocol::{
+    ClientMessage, Lagging, PingRequest, RequestId, ServerFrame, ServerMessage, Since,
+    SubscribeRequest, SubscriptionFilter, Topic, UnsubscribeRequest,
+};
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::{ConnectError, SubscribeError};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How the client connects, reconnects and detects a dead server.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// First reconnect delay (default 100 ms); doubles per failed attempt.
+    pub reconnect_delay: Duration,
+    /// Longest reconnect delay (default 10 s). Each delay is jittered (half fixed, half random).
+    pub max_reconnect_delay: Duration,
+    /// A server silent for this long (no frame, not even a ping) is treated as gone. Default:
+    /// twice the server's heartbeat interval plus 5 s, learned from its `welcome`.
+    pub dead_after: Option<Duration>,
+    /// Room per subscription for events the application has not taken yet (default 1024).
+    /// When full, the connection waits: the server's own slow-consumer policy applies.
+    pub buffer: usize,
+    /// An auth token, sent as the `token` URL parameter.
+    pub token: Option<String>,
+    /// How long to wait for the server's `welcome` (default 10 s).
+    pub welcome_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            reconnect_delay: Duration::from_millis(100),
+            max_reconnect_delay: Duration::from_secs(10),
+            dead_after: None,
+            buffer: 1024,
+            token: None,
+            welcome_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// Sets [`ConnectOptions::dead_after`].
+    pub fn dead_after(mut self, d: Duration) -> Self {
+        self.dead_after = Some(d);
+        self
+    }
+
+    /// Sets the auth token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sets the first and the longest reconnect delay.
+    pub fn reconnect_delays(mut self, first: Duration, max: Duration) -> Self {
+        self.reconnect_delay = first;
+        self.max_reconnect_delay = max;
+        self
+    }
+}
+
+/// Optional parts of a subscription.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// Only messages about these models.
+    pub model_ids: Option<Vec<String>>,
+    /// At most this many updates per second per model.
+    pub max_hz: Option<f64>,
+}
+
+impl SubscribeOptions {
+    /// Only messages about `models`.
+    pub fn models(mut self, models: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.model_ids = Some(models.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// At most `hz` updates per second per model.
+    pub fn max_hz(mut self, hz: f64) -> Self {
+        self.max_hz = Some(hz);
+        self
+    }
+}
+
+/// What a [`Subscription`] yields.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A topic message, in `seq` order, each exactly once.
+    Message {
+        /// Its position in the topic.
+        seq: u64,
+        /// `true` for the current state sent on (re)subscribing, before live messages.
+        retained: bool,
+        /// The message.
+        message: ServerMessage,
+    },
+    /// Messages after `last_seq` could not be recovered (history too short, or the server
+    /// restarted): the current state follows, then live messages.
+    Gap {
+        /// The last message received before the gap.
+        last_seq: u64,
+    },
+    /// The server says this connection falls behind (progress was collapsed).
+    Lagging(Lagging),
+}
+
+/// Counters of a client's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// Connections made after the first.
+    pub reconnects: u64,
+    /// Duplicate messages discarded during recovery.
+    pub duplicates_discarded: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    reconnects: AtomicU64,
+    duplicates: AtomicU64,
+    next_token: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Command {
+    Subscribe {
+        topic: Topic,
+        options: SubscribeOptions,
+        token: u64,
+        events: mpsc::Sender<Event>,
+        reply: oneshot::Sender<Result<(), SubscribeError>>,
+    },
+    Unsubscribe {
+        topic: Topic,
+        token: u64,
+    },
+    Close,
+}
+
+/// A cheap, cloneable handle to one modelcast connection. Made only by [`Client::connect`].
+/// The connection ends when every clone and every subscription is dropped, or on
+/// [`Client::close`].
+#[derive(Debug, Clone)]
+pub struct Client {
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+    buffer: usize,
+}
+
+impl Client {
+    /// Connects to `url` (e.g. `ws://127.0.0.1:8000/ws/my-service`), waits for the server's
+    /// `welcome`, and from then on keeps the connection alive: reconnecting with backoff and
+    /// renewing every subscription with `since`.
+    pub async fn connect(url: &str, options: ConnectOptions) -> Result<Client, ConnectError> {
+        let url = build_url(url, options.token.as_deref())?;
+        let ws = open(&url, &options).await?;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        let buffer = options.buffer.max(1);
+        let task = Task { url, options, shared: shared.clone(), subs: HashMap::new(), next_id: 1 };
+        tokio::spawn(task.run(ws, rx));
+        Ok(Client { commands, shared, buffer })
+    }
+
+    /// Subscribes to `topic`: the stream yields the current state, then live messages.
+    pub async fn subscribe(&self, topic: Topic) -> Result<Subscription, SubscribeError> {
+        self.subscribe_with(topic, SubscribeOptions::default()).await
+    }
+
+    /// Subscribes to `topic` with a model filter and/or a rate.
+    pub async fn subscribe_with(
+        &self,
+        topic: Topic,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, SubscribeError> {
+        let (events, rx) = mpsc::channel(self.buffer);
+        let (reply, confirmed) = oneshot::channel();
+        let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
+        self.commands
+            .send(Command::Subscribe { topic, options, token, events, reply })
+            .map_err(|_| SubscribeError::Closed)?;
+        confirmed.await.map_err(|_| SubscribeError::Closed)??;
+        Ok(Subscription { topic, token, events: rx, commands: self.commands.clone() })
+    }
+
+    /// The connection's counters.
+    pub fn stats(&self) -> ClientStats {
+        ClientStats {
+            reconnects: self.shared.reconnects.load(Ordering::Relaxed),
+            duplicates_discarded: self.shared.duplicates.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes the connection; every subscription's stream ends.
+    pub fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+    }
+}
+
+/// A subscription: a `Stream` of [`Event`]s. Dropping it unsubscribes on the server.
+#[derive(Debug)]
+pub struct Subscription {
+    topic: Topic,
+    token: u64,
+    events: mpsc::Receiver<Event>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Subscription {
+    /// The topic.
+    pub fn topic(&self) -> Topic {
+        self.topic
+    }
+
+    /// Ends the subscription on the server (as dropping it does).
+    pub fn unsubscribe(self) {}
+}
+
+impl Stream for Subscription {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Unsubscribe { topic: self.topic, token: self.token });
+    }
+}
+
+fn build_url(url: &str, token: Option<&str>) -> Result<String, ConnectError> {
+    let invalid =
+        |reason: &str| ConnectError::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))
+        .ok_or_else(|| invalid("it must start with ws:// or wss://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(invalid("it has no host"));
+    }
+    let mut url = url.to_owned();
+    if !rest.contains('/') {
+        url.push_str("/ws");
+    }
+    if let Some(token) = token {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str("token=");
+        for b in token.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    url.push(char::from(b))
+                }
+                _ => url.push_str(&format!("%{b:02X}")),
+            }
+        }
+    }
+    Ok(url)
+}
+
+/// Opens a WebSocket and reads the `welcome`.
+async fn open(url: &str, options: &ConnectOptions) -> Result<(Ws, u64), ConnectError> {
+    let (mut ws, _) = match tokio_tungstenite::connect_async(url).await {
+        Ok(ok) => ok,
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            return Err(ConnectError::Rejected { status: resp.status().as_u16(), body });
+        }
+        Err(e) => {
+            return Err(ConnectError::Unreachable { url: url.to_owned(), reason: e.to_string() });
+        }
+    };
+    let welcome = tokio::time::timeout(options.welcome_timeout, async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Text(t) = m
+                && let Ok(frame) = serde_json::from_str::<ServerFrame>(t.as_str())
+                && let ServerMessage::Welcome(w) = frame.message
+            {
+                return Some(w.heartbeat_interval_seconds);
+            }
+        }
+        None
+    })
+    .await;
+    match welcome {
+        Ok(Some(heartbeat)) => Ok((ws, heartbeat)),
+        _ => Err(ConnectError::NoWelcome { url: url.to_owned() }),
+    }
+}
+
+/// One subscription's position and state in the connection task.
+#[derive(Debug)]
+struct Sub {
+    token: u64,
+    options: SubscribeOptions,
+    events: mpsc::Sender<Event>,
+    epoch: Option<String>,
+    /// The newest seq delivered (or the base of the snapshot).
+    last_seq: Option<u64>,
+    /// After a non-recovered `subscribed`: frames at or below this seq are the snapshot.
+    snapshot_base: Option<u64>,
+    /// The pending subscribe's request id and reply.
+    pending: Option<(i64, oneshot::Sender<Result<(), SubscribeError>>)>,
+}
+
+struct Task {
+    url: String,
+    options: ConnectOptions,
+    shared: Arc<Shared>,
+    subs: HashMap<Topic, Sub>,
+    next_id: i64,
+}
+
+/// Why a session ended.
+enum End {
+    /// Reconnect.
+    Lost,
+    /// The client is closed.
+    Closed,
+}
+
+impl Task {
+    async fn run(mut self, first: (Ws, u64), mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut session = Some(first);
+        let mut delay = self.options.reconnect_delay;
+        loop {
+            let (ws, heartbeat) = match session.take() {
+                Some(s) => s,
+                None => match open(&self.url, &self.options).await {
+                    Ok(s) => {
+                        self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                        delay = self.options.reconnect_delay;
+                        s
+                    }
+                    Err(err) => {
+                        tracing::debug!(%err, "reconnect failed");
+                        let jittered = delay / 2 + delay.mul_f64(rand::rng().random::<f64>() / 2.0);
+                        tokio::time::sleep(jittered).await;
+                        delay = (delay * 2).min(self.options.max_reconnect_delay);
+                        continue;
+                    }
+                },
+            };
+            match self.session(ws, heartbeat, &mut commands).await {
+                End::Closed => return,
+                End::Lost => tracing::debug!("connection lost; reconnecting"),
+            }
+        }
+    }
+
+    fn request_id(&mut self) -> i64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn subscribe_frame(&mut self, topic: Topic) -> Option<String> {
+        let id = self.request_id();
+        let sub = self.subs.get_mut(&topic)?;
+        if let Some((pending, _)) = &mut sub.pending {
+            *pending = id;
+        }
+        let since = match (&sub.epoch, sub.last_seq) {
+            (Some(epoch), Some(seq)) => Some(Since { epoch: epoch.clone(), seq }),
+            _ => None,
+        };
+        let mut request = SubscribeRequest::new(topic);
+        request.id = Some(RequestId::Number(id));
+        request.since = since;
+        request.filter =
+            sub.options.model_ids.clone().map(|ids| SubscriptionFilter { model_ids: Some(ids) });
+        request.max_hz = sub.options.max_hz;
+        serde_json::to_string(&ClientMessage::Subscribe(request)).ok()
+    }
+
+    async fn session(
+        &mut self,
+        mut ws: Ws,
+        heartbeat: u64,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> End {
+        let dead_after = self.options.dead_after.unwrap_or(Duration::from_secs(heartbeat * 2 + 5));
+        let mut last_heard = Instant::now();
+        let mut ping = tokio::time::interval((dead_after / 3).max(Duration::from_millis(10)));
+        ping.tick().await;
+        // Renew every subscription, from where it left off.
+        let topics: Vec<Topic> = self.subs.keys().copied().collect();
+        for topic in topics {
+            if let Some(frame) = self.subscribe_frame(topic)
+                && ws.send(Message::Text(frame.into())).await.is_err()
+            {
+                return End::Lost;
+            }
+        }
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    None | Some(Command::Close) => {
+                        let _ = ws.close(None).await;
+                        return End::Closed;
+                    }
+                    Some(Command::Subscribe { topic, options, token, events, reply }) => {
+                        if self.subs.contains_key(&topic) {
+                            let _ = reply.send(Err(SubscribeError::AlreadySubscribed(topic)));
+                            continue;
+                        }
+                        self.subs.insert(topic, Sub {
+                            token, options, events, epoch: None, last_seq: None, snapshot_base: None,
+                            pending: Some((0, reply)),
+                        });
+                        if let Some(frame) = self.subscribe_frame(topic)
+                            && ws.send(Message::Text(frame.into())).await.is_err()
+                        {
+                            return End::Lost;
+                        }
+                    }
+                    Some(Command::Unsubscribe { topic, token }) => {
+                        if self.subs.get(&topic).is_some_and(|s| s.token == token) {
+                            self.subs.remove(&topic);
+                            let frame = ClientMessage::Unsubscribe(UnsubscribeRequest { topic, id: None });
+                            if let Ok(text) = serde_json::to_string(&frame)
+                                && ws.send(Message::Text(text.into())).await.is_err()
+                            {
+                                return End::Lost;
+                            }
+                        }
+                    }
+                },
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        last_heard = Instant::now();
+                        self.on_frame(text.as_str(), &mut ws).await;
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return End::Lost,
+                    Some(Ok(_)) => last_heard = Instant::now(),
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > dead_after {
+                        tracing::debug!(?dead_after, "server silent; reconnecting");
+                        return End::Lost;
+                    }
+                    let ping = serde_json::to_string(&ClientMessage::Ping(PingRequest::default())).unwrap_or_default();
+                    if ws.send(Message::Text(ping.into())).await.is_err() {
+                        return End::Lost;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, text: &str, ws: &mut Ws) {
+        let Ok(frame) = serde_json::from_str::<ServerFrame>(text) else {
+            tracing::debug!("ignoring a frame this client does not understand");
+            return;
+        };
+        match frame.message {
+            ServerMessage::Subscribed(s) => {
+                let Some(sub) = self.subs.get_mut(&s.topic) else { return };
+                if !s.recovered {
+                    if let (Some(_), Some(last)) = (&sub.epoch, sub.last_seq) {
+                        let _ = sub.events.send(Event::Gap { last_seq: last }).await;
+                    }
+                    sub.snapshot_base = Some(s.seq);
+                    sub.last_seq = Some(s.seq);
+                } else {
+                    sub.snapshot_base = None;
+                }
+                sub.epoch = Some(s.epoch);
+                if let Some((_, reply)) = sub.pending.take() {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            ServerMessage::Error(e) => {
+                let Some(RequestId::Number(id)) = e.request_id else {
+                    tracing::debug!(code = %e.code, message = %e.message, "server error");
+                    return;
+                };
+                let refused = self
+                    .subs
+                    .iter()
+                    .find(|(_, s)| s.pending.as_ref().is_some_and(|p| p.0 == id))
+                    .map(|(t, _)| *t);
+                if let Some(topic) = refused
+                    && let Some(mut sub) = self.subs.remove(&topic)
+                    && let Some((_, reply)) = sub.pending.take()
+                {
+                    let _ = reply
+                        .send(Err(SubscribeError::Rejected { code: e.code, message: e.message }));
+                }
+            }
+            ServerMessage::Lagging(l) => {
+                for sub in self.subs.values() {
+                    let _ = sub.events.send(Event::Lagging(l.clone())).await;
+                }
+            }
+            message => {
+                let (Some(topic), Some(seq)) = (frame.topic, frame.seq) else { return };
+                let Some(sub) = self.subs.get_mut(&topic) else { return };
+                let retained = sub.snapshot_base.is_some_and(|base| seq <= base);
+                if !retained && sub.last_seq.is_some_and(|last| seq <= last) {
+                    self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                if !retained {
+                    sub.last_seq = Some(seq);
+                    sub.snapshot_base = None;
+                }
+                if sub.events.send(Event::Message { seq, retained, message }).await.is_err() {
+                    // The application dropped the stream before its Drop reached us.
+                    self.subs.remove(&topic);
+                    let frame = ClientMessage::Unsubscribe(UnsubscribeRequest { topic, id: None });
+                    if let Ok(text) = serde_json::to_string(&frame) {
+                        let _ = ws.send(Message::Text(text.into())).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_get_a_path_and_an_encoded_token() {
+        assert_eq!(build_url("ws://h:1", None).unwrap(), "ws://h:1/ws");
+        assert_eq!(
+            build_url("ws://h:1/ws/svc", Some("a b&c")).unwrap(),
+            "ws://h:1/ws/svc?token=a%20b%26c"
+        );
+        assert!(matches!(build_url("http://h", None), Err(ConnectError::InvalidUrl { .. })));
+        assert!(matches!(build_url("ws://", None), Err(ConnectError::InvalidUrl { .. })));
+    }
+}

@@ -1,0 +1,227 @@
+//! The Rust client against the real server: nothing lost or duplicated across a dropped
+//! connection or a listener restart, retained state first, dead servers detected, gaps said,
+//! and `modelcast-watch --json`.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use modelcast_client::{Client, ConnectOptions, Event, Subscription};
+use modelcast_protocol::{ServerMessage, Topic};
+use modelcast_tests::msg::alert;
+use modelcast_tests::server_util::{PATIENCE, Proxy, TestServer};
+use serde_json::Value;
+
+fn fast() -> ConnectOptions {
+    ConnectOptions::default()
+        .reconnect_delays(Duration::from_millis(20), Duration::from_millis(200))
+}
+
+/// Reads `n` live messages, asserting seqs are consecutive from `from`; returns the last.
+async fn expect_consecutive(sub: &mut Subscription, from: u64, n: u64) -> u64 {
+    let mut next = from;
+    while next < from + n {
+        let event = tokio::time::timeout(PATIENCE, sub.next())
+            .await
+            .expect("an event in time")
+            .expect("open");
+        match event {
+            Event::Message { seq, retained: false, .. } => {
+                assert_eq!(seq, next, "lost or duplicated around seq {next}");
+                next += 1;
+            }
+            Event::Message { retained: true, .. } => {}
+            other => panic!("unexpected {other:?} at seq {next}"),
+        }
+    }
+    next - 1
+}
+
+/// A publisher runs while the TCP connection is cut again and again: every message arrives
+/// once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_lose_and_duplicate_nothing() {
+    const TOTAL: u64 = 2000;
+    let server = TestServer::start(&[]).await;
+    let proxy = Proxy::start(server.addr).await;
+    let client = Client::connect(&format!("ws://{}/ws/svc", proxy.addr), fast()).await.unwrap();
+    let mut sub = client.subscribe(Topic::Alerts).await.unwrap();
+    let hub = server.hub.clone();
+    let publisher = tokio::spawn(async move {
+        for i in 0..TOTAL {
+            hub.publish_message(alert(&format!("a{i}"))).unwrap();
+            if i % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+    let cutter = tokio::spawn(async move {
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            proxy.drop_all();
+        }
+        proxy
+    });
+    assert_eq!(expect_consecutive(&mut sub, 1, TOTAL).await, TOTAL);
+    publisher.await.unwrap();
+    let _proxy = cutter.await.unwrap();
+    assert!(
+        client.stats().reconnects >= 3,
+        "only {} reconnects: the test cut too little",
+        client.stats().reconnects
+    );
+}
+
+/// The server's listener goes away (clients closed with 1001) and comes back on the same
+/// address in front of the same hub: the client recovers every message, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_restart_loses_and_duplicates_nothing() {
+    let server = TestServer::start(&[]).await;
+    let (addr, notifiers, hub) = (server.addr, server.notifiers.clone(), server.hub.clone());
+    let client = Client::connect(&format!("ws://{addr}/ws/svc"), fast()).await.unwrap();
+    let mut sub = client.subscribe(Topic::Alerts).await.unwrap();
+    for i in 0..100 {
+        hub.publish_message(alert(&format!("before-{i}"))).unwrap();
+    }
+    expect_consecutive(&mut sub, 1, 100).await;
+    server.stop().await.unwrap();
+    for i in 0..100 {
+        hub.publish_message(alert(&format!("while-down-{i}"))).unwrap();
+    }
+    let _restarted = TestServer::restart_on(addr, notifiers).await;
+    for i in 0..100 {
+        hub.publish_message(alert(&format!("after-{i}"))).unwrap();
+    }
+    assert_eq!(expect_consecutive(&mut sub, 101, 200).await, 300);
+    assert!(client.stats().reconnects >= 1);
+}
+
+#[tokio::test]
+async fn the_first_subscribe_delivers_the_retained_state_first() {
+    let server = TestServer::start(&[]).await;
+    server.notifiers.downloads().started("m", 100.0);
+    server.notifiers.downloads().progress("m", 40.0, 100.0, 5.0);
+    let client = Client::connect(&format!("ws://{}/ws/svc", server.addr), fast()).await.unwrap();
+    let mut sub = client.subscribe(Topic::DownloadProgress).await.unwrap();
+    match tokio::time::timeout(PATIENCE, sub.next()).await.unwrap().unwrap() {
+        Event::Message {
+            retained: true,
+            message: ServerMessage::DownloadProgressUpdate(p),
+            ..
+        } => {
+            assert_eq!(p.progress_percent, 40.0);
+        }
+        other => panic!("expected the retained progress, got {other:?}"),
+    }
+    server.notifiers.downloads().paused("m", "user");
+    match tokio::time::timeout(PATIENCE, sub.next()).await.unwrap().unwrap() {
+        Event::Message {
+            retained: false, message: ServerMessage::DownloadStatusChange(c), ..
+        } => {
+            assert_eq!(c.new_status.as_str(), "paused");
+        }
+        other => panic!("expected the live status change, got {other:?}"),
+    }
+}
+
+/// A server that stops answering without closing the connection is detected by silence and
+/// reconnected to; what was published meanwhile is recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_server_is_detected_by_the_heartbeat() {
+    let server = TestServer::start(&[]).await;
+    let proxy = Proxy::start(server.addr).await;
+    let options = fast().dead_after(Duration::from_millis(600));
+    let client = Client::connect(&format!("ws://{}/ws/svc", proxy.addr), options).await.unwrap();
+    let mut sub = client.subscribe(Topic::Alerts).await.unwrap();
+    server.hub.publish_message(alert("one")).unwrap();
+    expect_consecutive(&mut sub, 1, 1).await;
+    proxy.freeze_all();
+    for i in 0..5 {
+        server.hub.publish_message(alert(&format!("during-{i}"))).unwrap();
+    }
+    assert_eq!(expect_consecutive(&mut sub, 2, 5).await, 6);
+    assert_eq!(client.stats().reconnects, 1);
+}
+
+/// When the missed range is no longer held, the stream says so, then delivers the current
+/// state, then live messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrecoverable_gap_is_reported_then_the_current_state_follows() {
+    let server = TestServer::start(&["--history-size", "5"]).await;
+    let proxy = Proxy::start(server.addr).await;
+    let client = Client::connect(
+        &format!("ws://{}/ws/svc", proxy.addr),
+        fast().dead_after(Duration::from_millis(400)),
+    )
+    .await
+    .unwrap();
+    let mut sub = client.subscribe(Topic::DownloadProgress).await.unwrap();
+    let d = server.notifiers.downloads();
+    d.started("m", 100.0);
+    expect_consecutive(&mut sub, 1, 1).await;
+    proxy.freeze_all();
+    for i in 0..20 {
+        d.paused("m", &format!("p{i}"));
+    }
+    let mut saw_gap = false;
+    loop {
+        match tokio::time::timeout(PATIENCE, sub.next()).await.unwrap().unwrap() {
+            Event::Gap { last_seq } => {
+                assert_eq!(last_seq, 1);
+                saw_gap = true;
+            }
+            Event::Message {
+                retained: true,
+                seq,
+                message: ServerMessage::DownloadStatusChange(c),
+            } => {
+                assert!(saw_gap, "the gap is announced before the state");
+                assert_eq!(
+                    (seq, c.reason.as_str()),
+                    (21, "p19"),
+                    "the current state is the newest"
+                );
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modelcast_watch_json_prints_valid_frames() {
+    let server = TestServer::start(&[]).await;
+    let bin = modelcast_tests::server_util::built_binary("modelcast-client", "modelcast-watch");
+    let mut child = tokio::process::Command::new(bin)
+        .args(["--json", "--url", &format!("ws://{}/ws/watcher", server.addr), "alerts"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("modelcast-watch starts");
+    // Wait until it is subscribed.
+    for _ in 0..200 {
+        if server.hub.stats().topic(Topic::Alerts).subscribers == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for i in 0..3 {
+        server.hub.publish_message(alert(&format!("w{i}"))).unwrap();
+    }
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let schema = modelcast_tests::validator("server-message.schema.json");
+    for i in 0..3 {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("a line");
+        let frame: Value = serde_json::from_str(&line).expect("a JSON line");
+        assert!(schema.is_valid(&frame), "invalid frame: {line}");
+        assert_eq!(frame["type"], "alert");
+        assert_eq!(frame["topic"], "alerts");
+        assert_eq!(frame["seq"], i + 1);
+        assert_eq!(frame["data"]["alert_id"], format!("w{i}"));
+    }
+    let _ = child.kill().await;
+}
