@@ -124,6 +124,8 @@ fn start_server(o: &Options, connections: usize) -> Result<ServerProcess> {
     cmd.args(["--bind", &addr.to_string()])
         .args(["--max-connections", &(connections + 100).to_string()])
         .args(["--queue-size", "10000"])
+        // One generator opens every connection from one address.
+        .args(["--connect-rate", "1000000"])
         .env("MODELCAST_LOG", "warn")
         .stdin(Stdio::null());
     let child = cmd.spawn().context("starting modelcast (is `taskset` installed? use --no-pin)")?;

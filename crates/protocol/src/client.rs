@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Topic;
+use crate::{ErrorCode, Topic};
 
 /// A message from a client, one JSON object per text frame.
 ///
@@ -20,11 +20,13 @@ pub enum ClientMessage {
     Unsubscribe(UnsubscribeRequest),
     /// Ask for a `pong`, to measure latency or keep a proxy's connection open.
     Ping(PingRequest),
+    /// Authenticate (or refresh an expiring token) when the server requires tokens.
+    Auth(AuthRequest),
 }
 
 impl ClientMessage {
     /// The actions a client may send, as they appear on the wire.
-    pub const ACTIONS: &'static [&'static str] = &["subscribe", "unsubscribe", "ping"];
+    pub const ACTIONS: &'static [&'static str] = &["subscribe", "unsubscribe", "ping", "auth"];
 
     /// The request's `id`, if it has one.
     pub fn request_id(&self) -> Option<&RequestId> {
@@ -32,8 +34,89 @@ impl ClientMessage {
             Self::Subscribe(r) => r.id.as_ref(),
             Self::Unsubscribe(r) => r.id.as_ref(),
             Self::Ping(r) => r.id.as_ref(),
+            Self::Auth(r) => r.id.as_ref(),
         }
     }
+
+    /// Parses one text frame from a client, with the error a client should get: `invalid_json`,
+    /// `unknown_action`, `unknown_topic`, or `invalid_message` naming the field. Never panics,
+    /// whatever the input.
+    pub fn parse_frame(text: &str) -> Result<ClientMessage, FrameError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| FrameError {
+            code: ErrorCode::InvalidJson,
+            message: format!("not valid JSON: {e}"),
+            request_id: None,
+        })?;
+        let request_id =
+            value.get("id").and_then(|id| serde_json::from_value::<RequestId>(id.clone()).ok());
+        let fail = |code: ErrorCode, message: String| FrameError {
+            code,
+            message,
+            request_id: request_id.clone(),
+        };
+        let Some(obj) = value.as_object() else {
+            return Err(fail(
+                ErrorCode::InvalidMessage,
+                "a message is a JSON object with an `action`".into(),
+            ));
+        };
+        let action = match obj.get("action") {
+            None => return Err(fail(ErrorCode::InvalidMessage, "missing field `action`".into())),
+            Some(serde_json::Value::String(a)) => a.as_str(),
+            Some(_) => {
+                return Err(fail(ErrorCode::InvalidMessage, "action: expected a string".into()));
+            }
+        };
+        if !Self::ACTIONS.contains(&action) {
+            return Err(fail(
+                ErrorCode::UnknownAction,
+                format!("unknown action `{action}`; expected one of: {}", Self::ACTIONS.join(", ")),
+            ));
+        }
+        if let Some(serde_json::Value::String(topic)) = obj.get("topic")
+            && let Err(err) = topic.parse::<Topic>()
+        {
+            return Err(fail(ErrorCode::UnknownTopic, err.to_string()));
+        }
+        serde_path_to_error::deserialize::<_, ClientMessage>(value).map_err(|err| {
+            let path = err.path().to_string();
+            let message = if path == "." {
+                err.inner().to_string()
+            } else {
+                format!("{path}: {}", err.inner())
+            };
+            fail(ErrorCode::InvalidMessage, message)
+        })
+    }
+}
+
+/// Why a client frame was refused, as the `error` reply should say it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameError {
+    /// The machine-readable code.
+    pub code: ErrorCode,
+    /// What was wrong, for people.
+    pub message: String,
+    /// The frame's `id`, if one could be read.
+    pub request_id: Option<RequestId>,
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// `{"action":"auth","token":...}`: authenticates the connection, or refreshes its token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AuthRequest {
+    /// The token (a JWT).
+    pub token: String,
+    /// An id echoed in an error reply as `request_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
 }
 
 /// An id the client chooses for a request; the reply echoes it as `request_id`.

@@ -19,3 +19,6 @@ pub const SLOW_CONSUMER: u16 = 4001;
 pub const REPLACED: u16 = 4002;
 /// No frame (not even a pong) arrived for two heartbeat intervals.
 pub const HEARTBEAT_TIMEOUT: u16 = 4003;
+/// Authentication failed: no valid token arrived within the deadline, or the token expired and
+/// was not refreshed. Reconnect with a fresh token.
+pub const UNAUTHORIZED: u16 = 4401;

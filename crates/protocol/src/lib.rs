@@ -32,8 +32,8 @@ mod topic;
 mod vocab;
 
 pub use client::{
-    ClientMessage, PingRequest, RequestId, Since, SubscribeRequest, SubscriptionFilter,
-    UnsubscribeRequest,
+    AuthRequest, ClientMessage, FrameError, PingRequest, RequestId, Since, SubscribeRequest,
+    SubscriptionFilter, UnsubscribeRequest,
 };
 pub use frame::ServerFrame;
 pub use messages::*;

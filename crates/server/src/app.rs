@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::security::Security;
 use crate::session::SessionHandle;
 
 /// State shared by every request and session.
@@ -28,6 +29,7 @@ pub(crate) struct App {
     pub(crate) policy: Policy,
     pub(crate) notifiers: Notifiers,
     pub(crate) metrics: Metrics,
+    pub(crate) security: Security,
     /// Open sessions by connection id (for replacement).
     pub(crate) sessions: Mutex<HashMap<String, SessionHandle>>,
     /// WebSocket connections admitted and not yet closed (the `max_connections` gauge).
@@ -91,6 +93,8 @@ impl Server {
     /// e.g. a new listener after the old one was shut down, with history and retained state
     /// intact. The hub, policy and stale settings of `config` are not used.
     pub async fn bind_with(config: Config, notifiers: Notifiers) -> std::io::Result<Self> {
+        let security = Security::from_config(&config)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.bind).await?;
         let policy = notifiers.policy().clone();
         let hub = policy.hub().clone();
@@ -113,6 +117,7 @@ impl Server {
             policy,
             notifiers,
             metrics: Metrics::new(),
+            security,
             sessions: Mutex::default(),
             active: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),

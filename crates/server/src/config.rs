@@ -97,6 +97,100 @@ pub struct Config {
     #[arg(long, env = "MODELCAST_DEMO")]
     pub demo: bool,
 
+    /// Require a JWT signed with this HS256 secret (as `?token=` on the WebSocket URL or an
+    /// `{"action":"auth"}` frame). Prefer MODELCAST_JWT_SECRET over the flag (it shows in `ps`).
+    #[arg(long, env = "MODELCAST_JWT_SECRET", hide_env_values = true, help_heading = "Security")]
+    pub jwt_secret: Option<String>,
+
+    /// Require a JWT verified with this PEM public key file (RS256 or ES256, see
+    /// --jwt-algorithm).
+    #[arg(
+        long,
+        env = "MODELCAST_JWT_PUBLIC_KEY",
+        value_name = "PEM_FILE",
+        help_heading = "Security"
+    )]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// The algorithm of --jwt-public-key.
+    #[arg(long, env = "MODELCAST_JWT_ALGORITHM", default_value = "RS256", value_name = "RS256|ES256",
+          value_parser = parse_jwt_algorithm, help_heading = "Security")]
+    pub jwt_algorithm: JwtAlgorithm,
+
+    /// Required `aud` claim, if set.
+    #[arg(long, env = "MODELCAST_JWT_AUDIENCE", help_heading = "Security")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim, if set.
+    #[arg(long, env = "MODELCAST_JWT_ISSUER", help_heading = "Security")]
+    pub jwt_issuer: Option<String>,
+
+    /// Seconds a connection without a URL token has to send `{"action":"auth"}`; also the
+    /// grace period to refresh an expired token.
+    #[arg(long, env = "MODELCAST_AUTH_DEADLINE", default_value = "10", value_name = "SECONDS",
+          value_parser = seconds("MODELCAST_AUTH_DEADLINE"), help_heading = "Security")]
+    pub auth_deadline: Duration,
+
+    /// Topics restricted to roles (the token's `roles` claim), e.g.
+    /// `analytics_updates=admin,alerts=admin|ops`. Unlisted topics are open to any
+    /// authenticated connection. Needs a JWT setting.
+    #[arg(long, env = "MODELCAST_TOPIC_ROLES", value_delimiter = ',', value_name = "TOPIC=ROLE|ROLE",
+          value_parser = parse_topic_roles, help_heading = "Security")]
+    pub topic_roles: Vec<(modelcast_protocol::Topic, Vec<String>)>,
+
+    /// API keys accepted by `POST /api/publish` as `Authorization: Bearer <key>` (several for
+    /// rotation). Without keys the endpoint is open, which is allowed only on loopback unless
+    /// --insecure-publish.
+    #[arg(
+        long = "publish-key",
+        env = "MODELCAST_PUBLISH_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_name = "KEY",
+        help_heading = "Security"
+    )]
+    pub publish_keys: Vec<String>,
+
+    /// Allow an open `POST /api/publish` on a non-loopback address (on purpose).
+    #[arg(long, env = "MODELCAST_INSECURE_PUBLISH", help_heading = "Security")]
+    pub insecure_publish: bool,
+
+    /// Browser origins allowed to open WebSockets (e.g. `https://app.example.com`); others get
+    /// 403. Empty: any origin. Clients that send no Origin (non-browsers) are not affected.
+    #[arg(
+        long = "allowed-origin",
+        env = "MODELCAST_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN",
+        help_heading = "Security"
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Inbound messages per second per connection (token bucket, with --rate-burst).
+    #[arg(long, env = "MODELCAST_RATE_LIMIT", default_value = "50", value_name = "PER_SECOND",
+          value_parser = count("MODELCAST_RATE_LIMIT"), help_heading = "Security")]
+    pub rate_limit: usize,
+
+    /// Burst size of the inbound message rate limit.
+    #[arg(long, env = "MODELCAST_RATE_BURST", default_value = "100", value_name = "N",
+          value_parser = count("MODELCAST_RATE_BURST"), help_heading = "Security")]
+    pub rate_burst: usize,
+
+    /// Rate-limited messages in a row after which the connection is closed with 1008.
+    #[arg(long, env = "MODELCAST_ABUSE_LIMIT", default_value = "200", value_name = "N",
+          value_parser = count("MODELCAST_ABUSE_LIMIT"), help_heading = "Security")]
+    pub abuse_limit: usize,
+
+    /// WebSocket connection attempts per second per client IP (burst: ten times as many).
+    #[arg(long, env = "MODELCAST_CONNECT_RATE", default_value = "50", value_name = "PER_SECOND",
+          value_parser = count("MODELCAST_CONNECT_RATE"), help_heading = "Security")]
+    pub connect_rate: usize,
+
+    /// Subscriptions per connection.
+    #[arg(long, env = "MODELCAST_MAX_SUBSCRIPTIONS", default_value = "9", value_name = "N",
+          value_parser = count("MODELCAST_MAX_SUBSCRIPTIONS"), help_heading = "Security")]
+    pub max_subscriptions: usize,
+
     /// Log format.
     #[arg(long, env = "MODELCAST_LOG_FORMAT", default_value = "text", value_name = "text|json",
           value_parser = parse_log_format)]
@@ -114,6 +208,30 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Checks the settings that depend on each other; the message names the variables.
+    pub fn validate(&self) -> Result<(), String> {
+        let auth = self.jwt_secret.is_some() || self.jwt_public_key.is_some();
+        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+            return Err(
+                "MODELCAST_JWT_SECRET and MODELCAST_JWT_PUBLIC_KEY are both set; choose one".into(),
+            );
+        }
+        if !self.topic_roles.is_empty() && !auth {
+            return Err("MODELCAST_TOPIC_ROLES needs authentication: set MODELCAST_JWT_SECRET or MODELCAST_JWT_PUBLIC_KEY".into());
+        }
+        if self.publish_keys.iter().any(|k| k.len() < 16) {
+            return Err("MODELCAST_PUBLISH_KEYS: every key must be at least 16 characters".into());
+        }
+        if self.publish_keys.is_empty() && !self.bind.ip().is_loopback() && !self.insecure_publish {
+            return Err(format!(
+                "refusing to serve an open POST /api/publish on {} (not loopback): set \
+                 MODELCAST_PUBLISH_KEYS, or --insecure-publish / MODELCAST_INSECURE_PUBLISH=true on purpose",
+                self.bind
+            ));
+        }
+        Ok(())
+    }
+
     /// The defaults with `bind` set (tests bind `127.0.0.1:0`).
     pub fn with_bind(bind: SocketAddr) -> Self {
         Self { bind, ..Self::default() }
@@ -127,6 +245,35 @@ impl Config {
     {
         Self::try_parse_from(args)
     }
+}
+
+/// `MODELCAST_JWT_ALGORITHM`: how a public key verifies tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    /// RSA with SHA-256.
+    #[value(name = "RS256")]
+    Rs256,
+    /// ECDSA P-256 with SHA-256.
+    #[value(name = "ES256")]
+    Es256,
+}
+
+fn parse_jwt_algorithm(s: &str) -> Result<JwtAlgorithm, String> {
+    JwtAlgorithm::from_str(s.trim(), true)
+        .map_err(|_| format!("MODELCAST_JWT_ALGORITHM: expected RS256 or ES256, got `{s}`"))
+}
+
+fn parse_topic_roles(s: &str) -> Result<(modelcast_protocol::Topic, Vec<String>), String> {
+    let (topic, roles) = s.split_once('=').ok_or_else(|| {
+        format!("MODELCAST_TOPIC_ROLES: expected TOPIC=ROLE[|ROLE…], e.g. analytics_updates=admin, got `{s}`")
+    })?;
+    let topic = topic.trim().parse().map_err(|e| format!("MODELCAST_TOPIC_ROLES: {e}"))?;
+    let roles: Vec<String> =
+        roles.split('|').map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned).collect();
+    if roles.is_empty() {
+        return Err(format!("MODELCAST_TOPIC_ROLES: `{s}` names no role"));
+    }
+    Ok((topic, roles))
 }
 
 /// `HEALTH_CHECK_NOTIFICATION_LEVEL`.

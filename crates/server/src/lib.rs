@@ -19,7 +19,8 @@ mod config;
 mod http;
 mod metrics;
 mod publish;
+mod security;
 mod session;
 
 pub use app::{Server, ShutdownHandle};
-pub use config::{Config, HealthLevel, LogFormat};
+pub use config::{Config, HealthLevel, JwtAlgorithm, LogFormat};

@@ -53,9 +53,10 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let bind = config.bind;
-    let server = Server::bind(config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {bind} (MODELCAST_BIND / --bind): {e}"))?;
+    let server = Server::bind(config).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => anyhow::anyhow!("invalid configuration: {e}"),
+        _ => anyhow::anyhow!("cannot listen on {bind} (MODELCAST_BIND / --bind): {e}"),
+    })?;
     let shutdown = server.shutdown_handle();
     tokio::spawn(async move {
         wait_for_signal().await;

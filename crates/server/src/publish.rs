@@ -29,6 +29,28 @@ fn invalid(index: Option<usize>, field: Option<String>, message: String) -> Resp
 }
 
 pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
+    match app.security.check_publish_key(req.headers()) {
+        Ok(()) => {}
+        Err(true) => {
+            let mut resp = error_response(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "publishing needs `Authorization: Bearer <key>` with one of the server's publish keys",
+            );
+            resp.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            return resp;
+        }
+        Err(false) => {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "that publish key is not valid here",
+            );
+        }
+    }
     let limit = app.config.max_frame_size.max(MIN_BODY_LIMIT);
     let body: Bytes = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),

@@ -21,7 +21,6 @@ use modelcast_protocol::{
     ClientMessage, ErrorCode, ErrorMessage, PROTOCOL_VERSION, Pong, RequestId, ServerMessage,
     Topic, Welcome, close,
 };
-use serde_json::Value;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -31,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::http::{Resp, error_response, json_response};
+use crate::security::Identity;
 
 /// Frames taken from the outbox per burst (one flush each).
 const BURST: usize = 256;
@@ -52,9 +52,40 @@ struct Control {
     last_seen_ms: AtomicU64,
     /// Cancelled when the writer is done: the reader stops.
     done: CancellationToken,
+    /// Authentication, when the server requires it.
+    auth: Mutex<AuthState>,
+    /// Wakes the writer to re-check `auth` and `close` (set by the reader).
+    wake: tokio::sync::Notify,
+}
+
+/// A connection's authentication.
+#[derive(Debug, Default)]
+struct AuthState {
+    identity: Option<Identity>,
+    /// Closed with 4401 unless (re)authenticated by then.
+    deadline: Option<tokio::time::Instant>,
+    /// The token's expiry was announced.
+    expiry_announced: bool,
+}
+
+impl AuthState {
+    /// When the writer must look at this state next.
+    fn next_check(&self) -> Option<tokio::time::Instant> {
+        if let Some(deadline) = self.deadline {
+            return Some(deadline);
+        }
+        let exp = self.identity.as_ref()?.expires_at?;
+        let now_unix =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+        Some(tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now_unix)))
+    }
 }
 
 impl Control {
+    fn auth(&self) -> std::sync::MutexGuard<'_, AuthState> {
+        self.auth.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn set_close(&self, code: u16, reason: impl Into<String>) {
         let mut close = self.close.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         close.get_or_insert((code, reason.into()));
@@ -86,7 +117,12 @@ fn header_has(req: &Request<Incoming>, name: hyper::header::HeaderName, token: &
 }
 
 /// Answers a WebSocket handshake: 101 and a session task, or a JSON error.
-pub(crate) fn upgrade(app: &Arc<App>, mut req: Request<Incoming>, id: Option<String>) -> Resp {
+pub(crate) fn upgrade(
+    app: &Arc<App>,
+    mut req: Request<Incoming>,
+    id: Option<String>,
+    peer: std::net::IpAddr,
+) -> Resp {
     let id = match id {
         Some(id) if valid_id(&id) => id,
         Some(_) => {
@@ -126,6 +162,33 @@ pub(crate) fn upgrade(app: &Arc<App>, mut req: Request<Incoming>, id: Option<Str
             "the server is shutting down",
         );
     }
+    if !app.security.origin_allowed(req.headers()) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this page's origin may not connect",
+        );
+    }
+    if !app.security.admit_ip(peer) {
+        return error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many connection attempts from this address; retry with backoff",
+        );
+    }
+    let identity = match (app.security.auth_required(), query_token(req.uri())) {
+        (false, _) | (true, None) => None,
+        (true, Some(token)) => match app.security.verify(&token) {
+            Ok(identity) => Some(identity),
+            Err(reason) => {
+                app.metrics.error(&ErrorCode::Unauthorized);
+                let mut resp = error_response(StatusCode::UNAUTHORIZED, "unauthorized", &reason);
+                resp.headers_mut()
+                    .insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return resp;
+            }
+        },
+    };
     let max = app.config.max_connections;
     if app.active.fetch_add(1, Ordering::Relaxed) >= max {
         app.active.fetch_sub(1, Ordering::Relaxed);
@@ -152,7 +215,7 @@ pub(crate) fn upgrade(app: &Arc<App>, mut req: Request<Incoming>, id: Option<Str
                     Some(app.ws_config),
                 )
                 .await;
-                run(app, ws, id, admitted).await;
+                run(app, ws, id, admitted, identity).await;
             }
             Err(err) => tracing::debug!(%err, "websocket upgrade failed"),
         }
@@ -169,6 +232,33 @@ pub(crate) fn upgrade(app: &Arc<App>, mut req: Request<Incoming>, id: Option<Str
     resp
 }
 
+/// The `token` query parameter, percent-decoded.
+fn query_token(uri: &hyper::Uri) -> Option<String> {
+    let query = uri.query()?;
+    let raw = query.split('&').find_map(|kv| kv.strip_prefix("token="))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => {
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -182,13 +272,17 @@ fn rand_u64() -> u64 {
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-async fn run(app: Arc<App>, ws: Ws, id: String, _admitted: Admitted) {
+async fn run(app: Arc<App>, ws: Ws, id: String, _admitted: Admitted, identity: Option<Identity>) {
     let conn = app.hub.connect();
     let serial = app.next_session.fetch_add(1, Ordering::Relaxed);
+    let deadline = (app.security.auth_required() && identity.is_none())
+        .then(|| tokio::time::Instant::now() + app.config.auth_deadline);
     let control = Arc::new(Control {
         close: Mutex::new(None),
         last_seen_ms: AtomicU64::new(now_ms(&app)),
         done: CancellationToken::new(),
+        auth: Mutex::new(AuthState { identity, deadline, expiry_announced: false }),
+        wake: tokio::sync::Notify::new(),
     });
     let replaced = app
         .sessions()
@@ -239,6 +333,7 @@ async fn writer(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut burst: Vec<Delivery> = Vec::new();
     let reason = loop {
+        let auth_check = control.auth().next_check();
         tokio::select! {
             biased;
             () = app.shutdown.cancelled() => {
@@ -271,6 +366,29 @@ async fn writer(
                     break label;
                 }
             },
+            () = sleep_until_opt(auth_check) => {
+                if let Some(label) = check_auth(app, conn, control) {
+                    while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
+                        if write_burst(app, &mut sink, &mut burst).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(1), send_close(&mut sink, close::UNAUTHORIZED, label)).await;
+                    break "unauthorized";
+                }
+            }
+            () = control.wake.notified() => {
+                // The reader decided to close (frame too large, abuse): queued replies first.
+                if let Some((code, text)) = control.take_close() {
+                    while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
+                        if write_burst(app, &mut sink, &mut burst).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(1), send_close(&mut sink, code, &text)).await;
+                    break close_label(code);
+                }
+            }
             _ = ping.tick() => {
                 let silent = now_ms(app).saturating_sub(control.last_seen_ms.load(Ordering::Relaxed));
                 if silent > 2 * u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX) {
@@ -285,6 +403,50 @@ async fn writer(
     };
     control.done.cancel();
     reason
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies the authentication deadline and token expiry; returns a close reason when the
+/// connection must go.
+fn check_auth(app: &App, conn: &Connection, control: &Control) -> Option<&'static str> {
+    let now = tokio::time::Instant::now();
+    let mut auth = control.auth();
+    if let Some(deadline) = auth.deadline
+        && now >= deadline
+    {
+        return Some(if auth.expiry_announced {
+            "token expired"
+        } else {
+            "authentication required"
+        });
+    }
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let expired = auth.deadline.is_none()
+        && auth.identity.as_ref().and_then(|i| i.expires_at).is_some_and(|exp| exp <= now_unix);
+    if expired {
+        auth.expiry_announced = true;
+        auth.deadline = Some(now + app.config.auth_deadline);
+        drop(auth);
+        reply_error(
+            app,
+            conn,
+            ErrorCode::Unauthorized,
+            format!(
+                "your token expired: send {{\"action\":\"auth\",\"token\":...}} with a new one within {} s",
+                app.config.auth_deadline.as_secs_f64()
+            ),
+            None,
+        );
+    }
+    None
 }
 
 fn close_label(code: u16) -> &'static str {
@@ -337,6 +499,9 @@ async fn reader(
     mut stream: futures_util::stream::SplitStream<Ws>,
     control: &Control,
 ) {
+    // Made on the first inbound frame, so idle connections carry no limiter.
+    let mut limiter: Option<governor::DefaultDirectRateLimiter> = None;
+    let mut strikes = 0usize;
     loop {
         let next = tokio::select! {
             () = control.done.cancelled() => break,
@@ -346,8 +511,47 @@ async fn reader(
             None => break,
             Some(Ok(message)) => {
                 control.last_seen_ms.store(now_ms(app), Ordering::Relaxed);
+                if matches!(message, Message::Text(_) | Message::Binary(_)) {
+                    let limiter = limiter.get_or_insert_with(|| {
+                        let rate = std::num::NonZeroU32::new(
+                            u32::try_from(app.config.rate_limit).unwrap_or(u32::MAX),
+                        )
+                        .unwrap_or(std::num::NonZeroU32::MIN);
+                        let burst = std::num::NonZeroU32::new(
+                            u32::try_from(app.config.rate_burst).unwrap_or(u32::MAX),
+                        )
+                        .unwrap_or(std::num::NonZeroU32::MIN);
+                        governor::RateLimiter::direct(
+                            governor::Quota::per_second(rate).allow_burst(burst),
+                        )
+                    });
+                    if limiter.check().is_err() {
+                        strikes += 1;
+                        if strikes == 1 {
+                            reply_error(
+                                app,
+                                conn,
+                                ErrorCode::RateLimited,
+                                format!(
+                                    "more than {} messages per second: messages are dropped until you slow down",
+                                    app.config.rate_limit
+                                ),
+                                None,
+                            );
+                        }
+                        if strikes > app.config.abuse_limit {
+                            control.set_close(
+                                close::POLICY_VIOLATION,
+                                "rate limit exceeded repeatedly",
+                            );
+                            break;
+                        }
+                        continue;
+                    }
+                    strikes = 0;
+                }
                 match message {
-                    Message::Text(text) => handle_text(app, conn, text.as_str()),
+                    Message::Text(text) => handle_text(app, conn, control, text.as_str()),
                     Message::Binary(_) => reply_error(
                         app,
                         conn,
@@ -376,8 +580,13 @@ async fn reader(
             }
         }
     }
-    // Ends the writer (which sends the close frame, if any was set).
-    conn.close(DropReason::Closed);
+    if control.close.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some() {
+        // The writer flushes what is queued, then sends the close frame.
+        control.wake.notify_one();
+    } else {
+        // The peer left: nothing more to write.
+        conn.close(DropReason::Closed);
+    }
 }
 
 fn reply_error(
@@ -391,40 +600,63 @@ fn reply_error(
     let _ = conn.send(&ServerMessage::Error(ErrorMessage { code, message, request_id }));
 }
 
-/// A client frame: parsed, validated, answered. Bad input gets an `error` with the precise
-/// code, and the connection stays.
-fn handle_text(app: &App, conn: &Connection, text: &str) {
-    let value: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(err) => {
-            return reply_error(
-                app,
-                conn,
-                ErrorCode::InvalidJson,
-                format!("not valid JSON: {err}"),
-                None,
-            );
-        }
+/// A client frame: parsed, validated, authorized, answered. Bad input gets an `error` with
+/// the precise code, and the connection stays.
+fn handle_text(app: &App, conn: &Connection, control: &Control, text: &str) {
+    let message = match ClientMessage::parse_frame(text) {
+        Ok(m) => m,
+        Err(e) => return reply_error(app, conn, e.code, e.message, e.request_id),
     };
-    let request_id =
-        value.get("id").and_then(|id| serde_json::from_value::<RequestId>(id.clone()).ok());
-    let message = match classify(&value) {
-        Err((code, message)) => return reply_error(app, conn, code, message, request_id),
-        Ok(()) => match serde_path_to_error::deserialize::<_, ClientMessage>(value) {
-            Ok(m) => m,
-            Err(err) => {
-                let path = err.path().to_string();
-                let message = if path == "." {
-                    err.inner().to_string()
-                } else {
-                    format!("{path}: {}", err.inner())
-                };
-                return reply_error(app, conn, ErrorCode::InvalidMessage, message, request_id);
+    if let ClientMessage::Auth(a) = &message {
+        match app.security.verify(&a.token) {
+            Ok(identity) => {
+                *control.auth() =
+                    AuthState { identity: Some(identity), deadline: None, expiry_announced: false };
+                control.wake.notify_one();
             }
-        },
-    };
+            Err(reason) => reply_error(app, conn, ErrorCode::Unauthorized, reason, a.id.clone()),
+        }
+        return;
+    }
+    let identity = control.auth().identity.clone();
+    if app.security.auth_required() && identity.is_none() {
+        return reply_error(
+            app,
+            conn,
+            ErrorCode::Unauthorized,
+            "authenticate first: connect with ?token=… or send {\"action\":\"auth\",\"token\":…}"
+                .into(),
+            message.request_id().cloned(),
+        );
+    }
     match message {
         ClientMessage::Subscribe(s) => {
+            if !app.security.may_subscribe(identity.as_ref(), s.topic) {
+                return reply_error(
+                    app,
+                    conn,
+                    ErrorCode::Forbidden,
+                    format!(
+                        "{} is open to the roles {} only",
+                        s.topic,
+                        app.security.roles_for(s.topic)
+                    ),
+                    s.id,
+                );
+            }
+            let current = conn.subscriptions();
+            if !current.contains(&s.topic) && current.len() >= app.config.max_subscriptions {
+                return reply_error(
+                    app,
+                    conn,
+                    ErrorCode::TooManySubscriptions,
+                    format!(
+                        "at most {} subscriptions per connection",
+                        app.config.max_subscriptions
+                    ),
+                    s.id,
+                );
+            }
             let options = SubscribeOptions::default()
                 .request_id(s.id.clone())
                 .since(s.since)
@@ -464,43 +696,12 @@ fn handle_text(app: &App, conn: &Connection, text: &str) {
                 timestamp: chrono::Utc::now(),
             }));
         }
-        _ => reply_error(
+        other => reply_error(
             app,
             conn,
             ErrorCode::UnknownAction,
             "unsupported action".into(),
-            request_id,
+            other.request_id().cloned(),
         ),
     }
-}
-
-/// Finds the errors that deserve their own code before the typed parse: not an object, no or
-/// unknown `action`, unknown `topic`.
-fn classify(value: &Value) -> Result<(), (ErrorCode, String)> {
-    let Some(obj) = value.as_object() else {
-        return Err((
-            ErrorCode::InvalidMessage,
-            "a message is a JSON object with an `action`".into(),
-        ));
-    };
-    let action = match obj.get("action") {
-        None => return Err((ErrorCode::InvalidMessage, "missing field `action`".into())),
-        Some(Value::String(a)) => a.as_str(),
-        Some(_) => return Err((ErrorCode::InvalidMessage, "action: expected a string".into())),
-    };
-    if !ClientMessage::ACTIONS.contains(&action) {
-        return Err((
-            ErrorCode::UnknownAction,
-            format!(
-                "unknown action `{action}`; expected one of: {}",
-                ClientMessage::ACTIONS.join(", ")
-            ),
-        ));
-    }
-    if let Some(Value::String(topic)) = obj.get("topic")
-        && let Err(err) = topic.parse::<Topic>()
-    {
-        return Err((ErrorCode::UnknownTopic, err.to_string()));
-    }
-    Ok(())
 }

@@ -1,0 +1,195 @@
+//! Who may connect, what they may see, who may publish, and how much.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hyper::HeaderMap;
+use hyper::header::{AUTHORIZATION, ORIGIN};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use modelcast_protocol::Topic;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, JwtAlgorithm};
+
+/// An authenticated connection's identity: the token's subject and roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) subject: String,
+    pub(crate) roles: Vec<String>,
+    /// `exp`, seconds since the Unix epoch.
+    pub(crate) expires_at: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    exp: Option<u64>,
+}
+
+/// The security settings, resolved at start-up.
+pub(crate) struct Security {
+    jwt: Option<(DecodingKey, Validation)>,
+    topic_roles: HashMap<Topic, Vec<String>>,
+    publish_keys: Vec<Vec<u8>>,
+    origins: Vec<String>,
+    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("auth", &self.jwt.is_some())
+            .field("topic_roles", &self.topic_roles)
+            .field("publish_keys", &self.publish_keys.len())
+            .field("origins", &self.origins)
+            .finish_non_exhaustive()
+    }
+}
+
+fn nonzero(n: usize) -> NonZeroU32 {
+    NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX).max(1)).unwrap_or(NonZeroU32::MIN)
+}
+
+impl Security {
+    pub(crate) fn from_config(config: &Config) -> Result<Self, String> {
+        config.validate()?;
+        let jwt = match (&config.jwt_secret, &config.jwt_public_key) {
+            (Some(secret), _) => Some((
+                DecodingKey::from_secret(secret.as_bytes()),
+                Validation::new(Algorithm::HS256),
+            )),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    format!("MODELCAST_JWT_PUBLIC_KEY: cannot read {}: {e}", path.display())
+                })?;
+                let (key, alg) = match config.jwt_algorithm {
+                    JwtAlgorithm::Rs256 => (DecodingKey::from_rsa_pem(&pem), Algorithm::RS256),
+                    JwtAlgorithm::Es256 => (DecodingKey::from_ec_pem(&pem), Algorithm::ES256),
+                };
+                let key = key.map_err(|e| {
+                    format!(
+                        "MODELCAST_JWT_PUBLIC_KEY: {} is not a {:?} public key in PEM: {e}",
+                        path.display(),
+                        config.jwt_algorithm
+                    )
+                })?;
+                Some((key, Validation::new(alg)))
+            }
+            (None, None) => None,
+        };
+        let jwt = jwt.map(|(key, mut validation)| {
+            validation.leeway = 5;
+            validation.required_spec_claims = ["exp".to_owned()].into_iter().collect();
+            match &config.jwt_audience {
+                Some(aud) => validation.set_audience(&[aud]),
+                None => validation.validate_aud = false,
+            }
+            if let Some(iss) = &config.jwt_issuer {
+                validation.set_issuer(&[iss]);
+            }
+            (key, validation)
+        });
+        let per_ip = RateLimiter::keyed(
+            Quota::per_second(nonzero(config.connect_rate))
+                .allow_burst(nonzero(config.connect_rate * 10)),
+        );
+        Ok(Self {
+            jwt,
+            topic_roles: config.topic_roles.iter().cloned().collect(),
+            publish_keys: config.publish_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            origins: config
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_owned())
+                .collect(),
+            per_ip,
+        })
+    }
+
+    /// Whether connections must authenticate.
+    pub(crate) fn auth_required(&self) -> bool {
+        self.jwt.is_some()
+    }
+
+    /// Verifies a token: signature, expiry and, if configured, audience and issuer.
+    pub(crate) fn verify(&self, token: &str) -> Result<Identity, String> {
+        let Some((key, validation)) = &self.jwt else {
+            return Err("authentication is not enabled on this server".into());
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => "the token has expired; get a new one".to_owned(),
+                K::InvalidSignature => "the token's signature is invalid".to_owned(),
+                K::InvalidAudience => "the token is for another audience".to_owned(),
+                K::InvalidIssuer => "the token is from another issuer".to_owned(),
+                K::MissingRequiredClaim(c) => format!("the token has no `{c}` claim"),
+                _ => format!("the token is invalid: {e}"),
+            }
+        })?;
+        Ok(Identity {
+            subject: data.claims.sub,
+            roles: data.claims.roles,
+            expires_at: data.claims.exp,
+        })
+    }
+
+    /// Whether `identity` may subscribe to `topic`.
+    pub(crate) fn may_subscribe(&self, identity: Option<&Identity>, topic: Topic) -> bool {
+        match self.topic_roles.get(&topic) {
+            None => true,
+            Some(allowed) => {
+                identity.is_some_and(|id| id.roles.iter().any(|r| allowed.contains(r)))
+            }
+        }
+    }
+
+    /// The roles allowed on `topic`, for error messages.
+    pub(crate) fn roles_for(&self, topic: Topic) -> String {
+        self.topic_roles.get(&topic).map(|r| r.join(", ")).unwrap_or_default()
+    }
+
+    /// Checks `POST /api/publish`'s `Authorization: Bearer <key>`: `Err(true)` when missing
+    /// (401), `Err(false)` when wrong (403). Every key is compared in constant time, and all of
+    /// them are compared, so timing reveals neither the key nor which one matched.
+    pub(crate) fn check_publish_key(&self, headers: &HeaderMap) -> Result<(), bool> {
+        if self.publish_keys.is_empty() {
+            return Ok(());
+        }
+        let presented = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or(true)?;
+        let mut matched = subtle::Choice::from(0u8);
+        for key in &self.publish_keys {
+            matched |= key.as_slice().ct_eq(presented.as_bytes());
+        }
+        if bool::from(matched) { Ok(()) } else { Err(false) }
+    }
+
+    /// Whether a browser `Origin` may open a WebSocket (no header: not a browser, allowed).
+    pub(crate) fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        if self.origins.is_empty() {
+            return true;
+        }
+        match headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
+            None => true,
+            Some(origin) => {
+                self.origins.iter().any(|o| o == "*" || o == origin.trim_end_matches('/'))
+            }
+        }
+    }
+
+    /// Counts a connection attempt from `ip`; `false` when it exceeds the per-IP rate.
+    pub(crate) fn admit_ip(&self, ip: IpAddr) -> bool {
+        self.per_ip.check_key(&ip).is_ok()
+    }
+}

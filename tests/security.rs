@@ -1,0 +1,373 @@
+//! Security over real sockets: tokens, roles, publish keys, origins, limits, and a parser that
+//! never panics.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use modelcast_protocol::{ClientMessage, close};
+use modelcast_tests::msg::alert;
+use modelcast_tests::server_util::{Client, TestServer};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const SECRET: &str = "test-secret-0123456789";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn token(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn valid(roles: &[&str]) -> String {
+    token(json!({"sub": "alice", "roles": roles, "exp": now() + 3600, "aud": "modelcast"}), SECRET)
+}
+
+/// The HTTP status of a refused handshake (panics if it was accepted).
+async fn refused(server: &TestServer, path_and_query: &str, origin: Option<&str>) -> (u16, Value) {
+    let mut req = format!("ws://{}{path_and_query}", server.addr).into_client_request().unwrap();
+    if let Some(origin) = origin {
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_deref()
+                .map(|b| serde_json::from_slice(b).unwrap())
+                .unwrap_or(Value::Null);
+            (resp.status().as_u16(), body)
+        }
+        Ok(_) => panic!("{path_and_query}: the handshake was accepted"),
+        Err(e) => panic!("{path_and_query}: {e}"),
+    }
+}
+
+async fn authed_server(extra: &[&str]) -> TestServer {
+    let mut args =
+        vec!["--jwt-secret", SECRET, "--jwt-audience", "modelcast", "--auth-deadline", "0.5"];
+    args.extend_from_slice(extra);
+    TestServer::start(&args).await
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_at_the_handshake() {
+    let server = authed_server(&[]).await;
+    let cases = [
+        (
+            "bad signature",
+            token(
+                json!({"sub": "a", "exp": now() + 60, "aud": "modelcast"}),
+                "another-secret-xxxxxxxx",
+            ),
+            "signature",
+        ),
+        (
+            "expired",
+            token(json!({"sub": "a", "exp": now() - 600, "aud": "modelcast"}), SECRET),
+            "expired",
+        ),
+        (
+            "wrong audience",
+            token(json!({"sub": "a", "exp": now() + 60, "aud": "elsewhere"}), SECRET),
+            "audience",
+        ),
+        ("no expiry", token(json!({"sub": "a", "aud": "modelcast"}), SECRET), "exp"),
+        ("garbage", "not.a.jwt".to_owned(), "invalid"),
+    ];
+    for (what, t, needle) in cases {
+        let (status, body) = refused(&server, &format!("/ws/x?token={t}"), None).await;
+        assert_eq!(status, 401, "{what}");
+        assert_eq!(body["error"]["code"], "unauthorized", "{what}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(needle), "{what}: {body}");
+    }
+    // A valid token in the URL: in, and subscriptions work.
+    let mut ws = server.ws(&format!("/ws/ok?token={}", valid(&[]))).await;
+    assert_eq!(ws.subscribe("alerts").await["data"]["topic"], "alerts");
+}
+
+/// Without a URL token: only `auth` is accepted, and the connection is closed with 4401 if
+/// none arrives before the deadline; a first-frame token works.
+#[tokio::test]
+async fn a_missing_token_must_arrive_as_a_first_frame_before_the_deadline() {
+    let server = authed_server(&[]).await;
+    let mut anonymous = server.ws("/ws/anon").await;
+    anonymous.send_json(&json!({"action": "subscribe", "topic": "alerts", "id": 1})).await;
+    let reply = anonymous.next_json().await;
+    assert_eq!(
+        (reply["data"]["code"].as_str(), reply["data"]["request_id"].as_i64()),
+        (Some("unauthorized"), Some(1))
+    );
+    let (close_frame, _) = anonymous.until_close().await;
+    assert_eq!(close_frame.map(|c| c.0), Some(close::UNAUTHORIZED));
+
+    let mut later = server.ws("/ws/later").await;
+    later.send_json(&json!({"action": "auth", "token": "nonsense", "id": "a1"})).await;
+    assert_eq!(later.next_json().await["data"]["code"], "unauthorized");
+    later.send_json(&json!({"action": "auth", "token": valid(&[])})).await;
+    assert_eq!(later.subscribe("alerts").await["type"], "subscribed");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    later.send_json(&json!({"action": "ping"})).await;
+    assert_eq!(
+        later.next_of_type("pong").await["type"],
+        "pong",
+        "authenticated in time: still open"
+    );
+}
+
+/// A token that expires while connected: the connection is told, and closed unless refreshed.
+#[tokio::test]
+async fn an_expiring_token_is_announced_and_must_be_refreshed() {
+    let server = authed_server(&[]).await;
+    let short = token(json!({"sub": "a", "exp": now() + 1, "aud": "modelcast"}), SECRET);
+    let mut lazy = server.ws(&format!("/ws/lazy?token={short}")).await;
+    let mut diligent = server.ws(&format!("/ws/diligent?token={short}")).await;
+    for ws in [&mut lazy, &mut diligent] {
+        let told = ws.next_of_type("error").await;
+        assert_eq!(told["data"]["code"], "unauthorized");
+        assert!(told["data"]["message"].as_str().unwrap().contains("expired"), "{told}");
+    }
+    diligent.send_json(&json!({"action": "auth", "token": valid(&[])})).await;
+    let (close_frame, _) = lazy.until_close().await;
+    assert_eq!(
+        close_frame.map(|c| (c.0, c.1)),
+        Some((close::UNAUTHORIZED, "token expired".into()))
+    );
+    diligent.send_json(&json!({"action": "ping"})).await;
+    assert_eq!(diligent.next_of_type("pong").await["type"], "pong", "refreshed: still open");
+}
+
+#[tokio::test]
+async fn topics_are_restricted_by_role_and_the_connection_stays() {
+    let server =
+        authed_server(&["--topic-roles", "analytics_updates=admin,alerts=admin|ops"]).await;
+    let mut viewer = server.ws(&format!("/ws/v?token={}", valid(&["viewer"]))).await;
+    viewer.send_json(&json!({"action": "subscribe", "topic": "analytics_updates", "id": 9})).await;
+    let reply = viewer.next_json().await;
+    assert_eq!(
+        (reply["data"]["code"].as_str(), reply["data"]["request_id"].as_i64()),
+        (Some("forbidden"), Some(9))
+    );
+    assert_eq!(
+        viewer.subscribe("model_status").await["type"],
+        "subscribed",
+        "other topics still work"
+    );
+    let mut ops = server.ws(&format!("/ws/o?token={}", valid(&["ops"]))).await;
+    assert_eq!(ops.subscribe("alerts").await["type"], "subscribed");
+    let mut admin = server.ws(&format!("/ws/a?token={}", valid(&["admin"]))).await;
+    assert_eq!(admin.subscribe("analytics_updates").await["type"], "subscribed");
+}
+
+#[tokio::test]
+async fn an_es256_public_key_verifies_tokens() {
+    let dir = std::env::temp_dir().join(format!("modelcast-es256-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (private, public) = (dir.join("private.pem"), dir.join("public.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+        .arg(&private)
+        .status()
+        .expect("openssl is needed to make a test key")
+        .success()
+        && std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "openssl could not make a P-256 key");
+    let server = TestServer::start(&[
+        "--jwt-public-key",
+        public.to_str().unwrap(),
+        "--jwt-algorithm",
+        "ES256",
+    ])
+    .await;
+    let key = EncodingKey::from_ec_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let t = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &json!({"sub": "svc", "exp": now() + 60}),
+        &key,
+    )
+    .unwrap();
+    let mut ws = server.ws(&format!("/ws/es?token={t}")).await;
+    assert_eq!(ws.subscribe("alerts").await["type"], "subscribed");
+    let forged = token(json!({"sub": "svc", "exp": now() + 60}), SECRET);
+    assert_eq!(refused(&server, &format!("/ws/f?token={forged}"), None).await.0, 401);
+}
+
+#[tokio::test]
+async fn publishing_needs_a_valid_key_when_keys_are_configured() {
+    let server = TestServer::start(&[
+        "--publish-key",
+        "old-key-0123456789",
+        "--publish-key",
+        "new-key-0123456789",
+    ])
+    .await;
+    let body = serde_json::to_string(&alert("k")).unwrap();
+    let send = |auth: Option<&'static str>| {
+        let server = &server;
+        let body = body.clone();
+        async move {
+            let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let mut req = hyper::Request::post("/api/publish").header("host", "x");
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let resp = sender
+                .send_request(
+                    req.body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let text = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&text).unwrap())
+        }
+    };
+    let (status, body) = send(None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")));
+    let (status, body) = send(Some("Bearer wrong-key-0123456789")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")));
+    assert_eq!(send(Some("Bearer old-key-0123456789")).await.0, 202);
+    assert_eq!(
+        send(Some("Bearer new-key-0123456789")).await.0,
+        202,
+        "both keys work during a rotation"
+    );
+}
+
+#[tokio::test]
+async fn an_open_publish_endpoint_off_loopback_is_refused_at_start() {
+    let config =
+        modelcast_server::Config::try_parse_args(["modelcast", "--bind", "0.0.0.0:0"]).unwrap();
+    let err = modelcast_server::Server::bind(config).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(
+        err.to_string().contains("MODELCAST_PUBLISH_KEYS")
+            && err.to_string().contains("insecure-publish"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn another_origin_is_refused_with_403() {
+    let server = TestServer::start(&["--allowed-origin", "https://app.example.com"]).await;
+    let (status, body) = refused(&server, "/ws/x", Some("https://evil.example.net")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("origin_not_allowed")));
+    let mut req = format!("ws://{}/ws/y", server.addr).into_client_request().unwrap();
+    req.headers_mut().insert("origin", "https://app.example.com".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_ok(), "the allowed origin connects");
+    server.ws("/ws/no-origin").await; // not a browser: no Origin, allowed
+}
+
+#[tokio::test]
+async fn too_many_subscriptions_get_an_error_and_the_connection_stays() {
+    let server = TestServer::start(&["--max-subscriptions", "2"]).await;
+    let mut ws = server.ws("/ws/s").await;
+    ws.subscribe("alerts").await;
+    ws.subscribe("model_status").await;
+    assert_eq!(ws.subscribe("model_status").await["type"], "subscribed", "renewing one is fine");
+    ws.send_json(&json!({"action": "subscribe", "topic": "system_stats", "id": 3})).await;
+    let reply = ws.next_json().await;
+    assert_eq!(reply["data"]["code"], "too_many_subscriptions");
+    ws.send_json(&json!({"action": "ping"})).await;
+    assert_eq!(ws.next_of_type("pong").await["type"], "pong");
+}
+
+#[tokio::test]
+async fn connection_attempts_per_address_are_limited() {
+    let server = TestServer::start(&["--connect-rate", "1"]).await; // burst 10
+    let mut refused_count = 0;
+    let mut open = Vec::new();
+    for i in 0..20 {
+        match tokio_tungstenite::connect_async(format!("ws://{}/ws/c{i}", server.addr)).await {
+            Ok(c) => open.push(c),
+            Err(tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 429);
+                refused_count += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused_count >= 5, "only {refused_count} of 20 rapid attempts were limited");
+    assert!(open.len() >= 10, "the burst is admitted");
+}
+
+/// A client flooding 10,000 subscribe frames is limited and finally closed, while another
+/// client's messages still all arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_limited_while_others_are_served() {
+    let server =
+        TestServer::start(&["--rate-limit", "20", "--rate-burst", "20", "--abuse-limit", "500"])
+            .await;
+    let mut calm = server.ws("/ws/calm").await;
+    calm.subscribe("alerts").await;
+    let mut flooder: Client = server.ws("/ws/flood").await;
+    let frame = json!({"action": "subscribe", "topic": "alerts"}).to_string();
+    let flood = tokio::spawn(async move {
+        use futures_util::SinkExt;
+        for _ in 0..10_000 {
+            if flooder.ws.feed(tungstenite::Message::Text(frame.clone().into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = flooder.ws.flush().await;
+        flooder.until_close().await
+    });
+    for i in 0..100 {
+        server.hub.publish_message(alert(&format!("a{i}"))).unwrap();
+    }
+    for i in 0..100u64 {
+        let f = calm.next_of_type("alert").await;
+        assert_eq!(f["seq"], i + 1);
+    }
+    let (close_frame, frames) = flood.await.unwrap();
+    assert!(frames.iter().any(|f| f["data"]["code"] == "rate_limited"), "the flooder was told");
+    let subscribed = frames.iter().filter(|f| f["type"] == "subscribed").count();
+    assert!(subscribed <= 25, "{subscribed} of 10,000 subscribe frames were served");
+    assert_eq!(close_frame.map(|c| c.0), Some(close::POLICY_VIOLATION));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 20_000, failure_persistence: None, .. ProptestConfig::default() })]
+
+    /// The client-message parser never panics, whatever the bytes.
+    #[test]
+    fn the_client_message_parser_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = ClientMessage::parse_frame(&String::from_utf8_lossy(&bytes));
+    }
+
+    /// … nor on JSON-shaped input close to real messages.
+    #[test]
+    fn the_client_message_parser_never_panics_on_near_miss_json(
+        action in prop_oneof![
+            Just("subscribe".to_owned()), Just("unsubscribe".to_owned()), Just("ping".to_owned()),
+            Just("auth".to_owned()), "[a-z]{0,8}"
+        ],
+        topic in prop_oneof![Just("alerts".to_owned()), "[a-z_]{0,20}", Just(String::new())],
+        extra in "[\\[\\]{}\":,0-9a-z. -]{0,40}",
+    ) {
+        let text = format!(r#"{{"action":"{action}","topic":"{topic}",{extra}}}"#);
+        let _ = ClientMessage::parse_frame(&text);
+        let text = format!(r#"{{"action":"{action}","topic":"{topic}","since":{extra}}}"#);
+        let _ = ClientMessage::parse_frame(&text);
+    }
+}
