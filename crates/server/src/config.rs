@@ -390,4 +390,34 @@ mod tests {
             Config::try_parse_args(["modelcast", "--download-progress-throttle", "0.5"]).is_ok()
         );
     }
+
+    #[test]
+    fn open_publishing_off_loopback_and_roles_without_auth_are_refused() {
+        let public = Config::try_parse_args(["modelcast", "--bind", "0.0.0.0:8000"]).unwrap();
+        assert!(public.validate().unwrap_err().contains("MODELCAST_PUBLISH_KEYS"));
+        let on_purpose =
+            Config::try_parse_args(["modelcast", "--bind", "0.0.0.0:8000", "--insecure-publish"])
+                .unwrap();
+        assert!(on_purpose.validate().is_ok());
+        let keyed = Config::try_parse_args([
+            "modelcast",
+            "--bind",
+            "0.0.0.0:8000",
+            "--publish-key",
+            "0123456789abcdef",
+        ])
+        .unwrap();
+        assert!(keyed.validate().is_ok());
+        let short = Config::try_parse_args(["modelcast", "--publish-key", "short"]).unwrap();
+        assert!(short.validate().unwrap_err().contains("16 characters"));
+        let roles =
+            Config::try_parse_args(["modelcast", "--topic-roles", "analytics_updates=admin"])
+                .unwrap();
+        assert!(roles.validate().unwrap_err().contains("MODELCAST_JWT_SECRET"));
+        let err = Config::try_parse_args(["modelcast", "--topic-roles", "weather=admin"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MODELCAST_TOPIC_ROLES") && err.contains("weather"), "{err}");
+        assert!(Config::default().validate().is_ok());
+    }
 }
