@@ -39,6 +39,7 @@ pub(crate) struct Security {
     publish_keys: Vec<Vec<u8>>,
     origins: Vec<String>,
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    message_quota: Quota,
 }
 
 impl std::fmt::Debug for Security {
@@ -109,6 +110,8 @@ impl Security {
                 .map(|o| o.trim_end_matches('/').to_owned())
                 .collect(),
             per_ip,
+            message_quota: Quota::per_second(nonzero(config.rate_limit))
+                .allow_burst(nonzero(config.rate_burst)),
         })
     }
 
@@ -186,6 +189,11 @@ impl Security {
                 self.origins.iter().any(|o| o == "*" || o == origin.trim_end_matches('/'))
             }
         }
+    }
+
+    /// A connection's inbound message limiter (a token bucket).
+    pub(crate) fn message_limiter(&self) -> Box<governor::DefaultDirectRateLimiter> {
+        Box::new(RateLimiter::direct(self.message_quota))
     }
 
     /// Counts a connection attempt from `ip`; `false` when it exceeds the per-IP rate.

@@ -332,8 +332,12 @@ async fn writer(
     let heartbeat = app.config.heartbeat_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut burst: Vec<Delivery> = Vec::new();
+    let auth_required = app.security.auth_required();
+    // One registration with the Notify for the whole session, re-armed only after it fires.
+    let wake = control.wake.notified();
+    tokio::pin!(wake);
     let reason = loop {
-        let auth_check = control.auth().next_check();
+        let auth_check = if auth_required { control.auth().next_check() } else { None };
         tokio::select! {
             biased;
             () = app.shutdown.cancelled() => {
@@ -366,7 +370,7 @@ async fn writer(
                     break label;
                 }
             },
-            () = sleep_until_opt(auth_check) => {
+            () = sleep_until_opt(auth_check), if auth_check.is_some() => {
                 if let Some(label) = check_auth(app, conn, control) {
                     while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
                         if write_burst(app, &mut sink, &mut burst).await.is_err() {
@@ -377,7 +381,8 @@ async fn writer(
                     break "unauthorized";
                 }
             }
-            () = control.wake.notified() => {
+            () = &mut wake => {
+                wake.set(control.wake.notified());
                 // The reader decided to close (frame too large, abuse): queued replies first.
                 if let Some((code, text)) = control.take_close() {
                     while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
@@ -500,7 +505,8 @@ async fn reader(
     control: &Control,
 ) {
     // Made on the first inbound frame, so idle connections carry no limiter.
-    let mut limiter: Option<governor::DefaultDirectRateLimiter> = None;
+    // Boxed: an idle session's future stays small.
+    let mut limiter: Option<Box<governor::DefaultDirectRateLimiter>> = None;
     let mut strikes = 0usize;
     loop {
         let next = tokio::select! {
@@ -512,19 +518,7 @@ async fn reader(
             Some(Ok(message)) => {
                 control.last_seen_ms.store(now_ms(app), Ordering::Relaxed);
                 if matches!(message, Message::Text(_) | Message::Binary(_)) {
-                    let limiter = limiter.get_or_insert_with(|| {
-                        let rate = std::num::NonZeroU32::new(
-                            u32::try_from(app.config.rate_limit).unwrap_or(u32::MAX),
-                        )
-                        .unwrap_or(std::num::NonZeroU32::MIN);
-                        let burst = std::num::NonZeroU32::new(
-                            u32::try_from(app.config.rate_burst).unwrap_or(u32::MAX),
-                        )
-                        .unwrap_or(std::num::NonZeroU32::MIN);
-                        governor::RateLimiter::direct(
-                            governor::Quota::per_second(rate).allow_burst(burst),
-                        )
-                    });
+                    let limiter = limiter.get_or_insert_with(|| app.security.message_limiter());
                     if limiter.check().is_err() {
                         strikes += 1;
                         if strikes == 1 {
