@@ -225,3 +225,87 @@ async fn modelcast_watch_json_prints_valid_frames() {
     }
     let _ = child.kill().await;
 }
+
+/// Against a server that requires tokens: the client authenticates with a URL token or a
+/// first-message token, keeps doing so across reconnects, and a missing token fails clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_authenticates_by_url_or_first_message() {
+    use modelcast_client::{SubscribeError, TokenMode};
+    let secret = "client-secret-0123456789";
+    let server = TestServer::start(&[
+        "--jwt-secret",
+        secret,
+        "--topic-roles",
+        "alerts=ops",
+        "--auth-deadline",
+        "1",
+    ])
+    .await;
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        + 3600;
+    let token = |roles: &[&str]| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub": "svc", "roles": roles, "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let proxy = Proxy::start(server.addr).await;
+    for mode in [TokenMode::Query, TokenMode::FirstMessage] {
+        let options = fast().token(token(&["ops"])).token_mode(mode);
+        let client = Client::connect(&format!("ws://{}/ws/svc-{mode:?}", proxy.addr), options)
+            .await
+            .unwrap();
+        let mut sub = client.subscribe(Topic::Alerts).await.unwrap();
+        let first = server.hub.last_seq(Topic::Alerts);
+        server.hub.publish_message(alert("before")).unwrap();
+        expect_consecutive(&mut sub, first + 1, 1).await;
+        proxy.drop_all(); // the reconnect must authenticate again
+        server.hub.publish_message(alert("after")).unwrap();
+        expect_consecutive(&mut sub, first + 2, 1).await;
+        assert!(client.stats().reconnects >= 1, "{mode:?}");
+    }
+    let viewer = Client::connect(
+        &format!("ws://{}/ws/viewer", server.addr),
+        fast().token(token(&["viewer"])),
+    )
+    .await
+    .unwrap();
+    match viewer.subscribe(Topic::Alerts).await {
+        Err(SubscribeError::Rejected { code, .. }) => assert_eq!(code.as_str(), "forbidden"),
+        other => panic!("expected forbidden, got {other:?}"),
+    }
+    let anonymous =
+        Client::connect(&format!("ws://{}/ws/anon", server.addr), fast()).await.unwrap();
+    match anonymous.subscribe(Topic::ModelStatus).await {
+        Err(SubscribeError::Rejected { code, .. }) => assert_eq!(code.as_str(), "unauthorized"),
+        other => panic!("expected unauthorized, got {other:?}"),
+    }
+    let bad =
+        Client::connect(&format!("ws://{}/ws/bad", server.addr), fast().token("not-a-jwt")).await;
+    assert!(
+        matches!(bad, Err(modelcast_client::ConnectError::Rejected { status: 401, .. })),
+        "{bad:?}"
+    );
+}
+
+#[tokio::test]
+async fn dropping_a_subscription_ends_it_on_the_server() {
+    let server = TestServer::start(&[]).await;
+    let client = Client::connect(&format!("ws://{}/ws/svc", server.addr), fast()).await.unwrap();
+    let sub = client.subscribe(Topic::Alerts).await.unwrap();
+    assert_eq!(server.hub.stats().topic(Topic::Alerts).subscribers, 1);
+    drop(sub);
+    let mut gone = false;
+    for _ in 0..200 {
+        if server.hub.stats().topic(Topic::Alerts).subscribers == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone, "the server still holds the dropped subscription");
+    // The topic can be subscribed again.
+    assert!(client.subscribe(Topic::Alerts).await.is_ok());
+}

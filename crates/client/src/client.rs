@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, Stream, StreamExt};
 use modelcast_protocol::{
-    ClientMessage, Lagging, PingRequest, RequestId, ServerFrame, ServerMessage, Since,
+    AuthRequest, ClientMessage, Lagging, PingRequest, RequestId, ServerFrame, ServerMessage, Since,
     SubscribeRequest, SubscriptionFilter, Topic, UnsubscribeRequest,
 };
 use rand::Rng;
@@ -36,8 +36,10 @@ pub struct ConnectOptions {
     /// Room per subscription for events the application has not taken yet (default 1024).
     /// When full, the connection waits: the server's own slow-consumer policy applies.
     pub buffer: usize,
-    /// An auth token, sent as the `token` URL parameter.
+    /// An auth token (a JWT), sent as `token_mode` says.
     pub token: Option<String>,
+    /// How the token travels (default: the `token` URL parameter).
+    pub token_mode: TokenMode,
     /// How long to wait for the server's `welcome` (default 10 s).
     pub welcome_timeout: Duration,
 }
@@ -50,6 +52,7 @@ impl Default for ConnectOptions {
             dead_after: None,
             buffer: 1024,
             token: None,
+            token_mode: TokenMode::Query,
             welcome_timeout: Duration::from_secs(10),
         }
     }
@@ -68,12 +71,29 @@ impl ConnectOptions {
         self
     }
 
+    /// Sets how the token travels.
+    pub fn token_mode(mut self, mode: TokenMode) -> Self {
+        self.token_mode = mode;
+        self
+    }
+
     /// Sets the first and the longest reconnect delay.
     pub fn reconnect_delays(mut self, first: Duration, max: Duration) -> Self {
         self.reconnect_delay = first;
         self.max_reconnect_delay = max;
         self
     }
+}
+
+/// How the auth token reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TokenMode {
+    /// As the `token` URL parameter (it may appear in proxy logs).
+    #[default]
+    Query,
+    /// As a first frame, `{"action":"auth","token":…}`, on every (re)connection.
+    FirstMessage,
 }
 
 /// Optional parts of a subscription.
@@ -171,7 +191,11 @@ impl Client {
     /// `welcome`, and from then on keeps the connection alive: reconnecting with backoff and
     /// renewing every subscription with `since`.
     pub async fn connect(url: &str, options: ConnectOptions) -> Result<Client, ConnectError> {
-        let url = build_url(url, options.token.as_deref())?;
+        let query_token = match options.token_mode {
+            TokenMode::Query => options.token.as_deref(),
+            TokenMode::FirstMessage => None,
+        };
+        let url = build_url(url, query_token)?;
         let ws = open(&url, &options).await?;
         let (commands, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
@@ -306,10 +330,19 @@ async fn open(url: &str, options: &ConnectOptions) -> Result<(Ws, u64), ConnectE
         None
     })
     .await;
-    match welcome {
-        Ok(Some(heartbeat)) => Ok((ws, heartbeat)),
-        _ => Err(ConnectError::NoWelcome { url: url.to_owned() }),
+    let heartbeat = match welcome {
+        Ok(Some(heartbeat)) => heartbeat,
+        _ => return Err(ConnectError::NoWelcome { url: url.to_owned() }),
+    };
+    if let (TokenMode::FirstMessage, Some(token)) = (options.token_mode, &options.token) {
+        let auth = ClientMessage::Auth(AuthRequest { token: token.clone(), id: None });
+        let text = serde_json::to_string(&auth).unwrap_or_default();
+        ws.send(Message::Text(text.into())).await.map_err(|e| ConnectError::Unreachable {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
     }
+    Ok((ws, heartbeat))
 }
 
 /// One subscription's position and state in the connection task.

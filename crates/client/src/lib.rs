@@ -31,5 +31,7 @@
 mod client;
 mod error;
 
-pub use client::{Client, ClientStats, ConnectOptions, Event, SubscribeOptions, Subscription};
+pub use client::{
+    Client, ClientStats, ConnectOptions, Event, SubscribeOptions, Subscription, TokenMode,
+};
 pub use error::{ConnectError, SubscribeError};

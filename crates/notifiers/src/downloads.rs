@@ -174,10 +174,7 @@ impl DownloadNotifier {
             let old = std::mem::replace(&mut d.status, new.clone());
             d.last_report = Instant::now();
             let percent = d.percent();
-            if matches!(
-                new,
-                DownloadStatus::Completed | DownloadStatus::Failed | DownloadStatus::Cancelled
-            ) {
+            if crate::policy::download_finished(&new) {
                 downloads.remove(model_id);
             }
             (old, percent)

@@ -153,7 +153,7 @@ fn severity_level(severity: &Severity) -> AlertLevel {
 }
 
 /// Whether a download in `status` is over (its retained state is cleared).
-fn download_finished(status: &DownloadStatus) -> bool {
+pub(crate) fn download_finished(status: &DownloadStatus) -> bool {
     matches!(status, DownloadStatus::Completed | DownloadStatus::Failed | DownloadStatus::Cancelled)
 }
 
