@@ -92,6 +92,15 @@ impl ServerProcess {
     }
 }
 
+/// This process's user + system CPU seconds.
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / clock_ticks()
+}
+
 fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -352,6 +361,7 @@ async fn load(server: &ServerProcess, o: &Options) -> Result<()> {
     // Phase 1: a steady rate.
     say(&format!("phase 1: {} messages/s for {} s…", o.rate, o.seconds));
     let per_tick = (o.rate / 100).max(1);
+    let (generator_cpu0, steady_received0) = (own_cpu(), received(&tallies));
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let phase_start = Instant::now();
     let mut max_backlog = 0u64;
@@ -366,6 +376,9 @@ async fn load(server: &ServerProcess, o: &Options) -> Result<()> {
     let steady_sent = next - 1;
     wait_for(&tallies, steady_sent * o.subscribers as u64, &received).await;
     recording.store(false, Ordering::Relaxed);
+    let generator_cpu = own_cpu() - generator_cpu0;
+    let generator_frames = received(&tallies) - steady_received0;
+    let generator_wall = phase_start.elapsed().as_secs_f64();
     let buckets_after = publisher.latency_buckets().await?;
     let server_view = histogram_quantiles(&buckets_before, &buckets_after);
 
@@ -403,7 +416,8 @@ async fn load(server: &ServerProcess, o: &Options) -> Result<()> {
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n\
          | {n} | {rate}/s for {s} s | {steady_sent} | {:.0} | — | {:.2} ms | {:.2} ms | {:.2} ms | {max_backlog} | {lost} | {dropped} |\n\
          | {n} | flat out for {s} s | {} | {:.0} | {:.3} µs | — | — | — | — | {lost} | {dropped} |\n\
-         \nserver's own publish-to-flush latency in the steady phase (from /metrics, bucket upper bounds): {server_view}\n\
+         \nload generator in the steady phase: {gen_us:.2} µs of its CPU per received frame, {gen_pct:.0}% of its core\n\
+         server's own publish-to-flush latency in the steady phase (from /metrics, bucket upper bounds): {server_view}\n\
          server RSS: {:.1} MiB before connecting, {:.1} MiB with {n} subscribers: {:.2} KiB per connection",
         steady_sent as f64 * o.subscribers as f64 / o.seconds as f64,
         pct(0.50) as f64 / 1000.0,
@@ -415,6 +429,8 @@ async fn load(server: &ServerProcess, o: &Options) -> Result<()> {
         rss_before as f64 / 1048576.0,
         rss_after as f64 / 1048576.0,
         rss_after.saturating_sub(rss_before) as f64 / o.subscribers as f64 / 1024.0,
+        gen_us = generator_cpu / generator_frames.max(1) as f64 * 1e6,
+        gen_pct = generator_cpu / generator_wall * 100.0,
         n = o.subscribers,
         rate = o.rate,
         s = o.seconds,
