@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use modelcast_hub::{DropReason, Hub, HubConfig, Kind, Publish, SubscribeOptions};
+use modelcast_hub::{ConflateReason, DropReason, Hub, HubConfig, Kind, Publish, SubscribeOptions};
 use modelcast_protocol::{DownloadStatus, Topic};
 use modelcast_tests::msg::{progress, status_change};
 use modelcast_tests::recv::{drain, of_type, seqs};
@@ -21,8 +21,9 @@ fn nth(i: u64) -> Publish {
     }
 }
 
-/// One subscriber never reads while 10,000 messages are published: the others get every one,
-/// its queue never exceeds its bound, it is collapsed, then dropped as a slow consumer.
+/// One subscriber reads once (and sees `lagging`) and then never again while 10,000 messages
+/// are published: the others get every one, its queue never exceeds its bound, it is
+/// collapsed, then dropped as a slow consumer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_is_dropped_and_the_others_get_everything() {
     const TOTAL: u64 = 10_000;
@@ -54,9 +55,16 @@ async fn a_subscriber_that_never_reads_is_dropped_and_the_others_get_everything(
         .collect();
 
     let mut max_queued = 0;
+    let mut saw_lagging = false;
     for i in 1..=TOTAL {
         hub.publish(nth(i));
         max_queued = max_queued.max(slow.queued());
+        // Once, right after its queue first overflows, the slow one looks: it is told.
+        if !saw_lagging && hub.stats().topic(Topic::DownloadProgress).conflated > 0 {
+            let seen = drain(&slow, Duration::from_millis(50)).await.unwrap();
+            assert_eq!(seen[1]["type"], "lagging", "first after `subscribed`: {:?}", &seen[..2]);
+            saw_lagging = true;
+        }
         if i % 100 == 0 {
             // Keep the readers within reach (they are fast, the machine may not be).
             while progress_made.iter().any(|p| p.load(Ordering::Relaxed) + 500 < i) {
@@ -70,6 +78,7 @@ async fn a_subscriber_that_never_reads_is_dropped_and_the_others_get_everything(
         assert_eq!(got, (1..=TOTAL).collect::<Vec<_>>());
         keep_open.push(conn);
     }
+    assert!(saw_lagging, "the slow subscriber never overflowed");
     assert!(max_queued <= 1000, "queue grew to {max_queued}");
     assert_eq!(slow.closed(), Some(DropReason::SlowConsumer));
     assert_eq!(slow.queued(), 0, "a dropped subscriber's queue is freed");
@@ -78,6 +87,11 @@ async fn a_subscriber_that_never_reads_is_dropped_and_the_others_get_everything(
     let stats = hub.stats();
     assert_eq!(stats.drops(DropReason::SlowConsumer), 1);
     assert!(stats.topic(Topic::DownloadProgress).conflated > 0);
+    let queue_full = stats.topic(Topic::DownloadProgress).conflated_by.clone();
+    assert!(
+        queue_full.iter().any(|(r, n)| *r == ConflateReason::QueueFull && *n > 0),
+        "{queue_full:?}"
+    );
     assert!(stats.topic(Topic::DownloadProgress).dropped > 0);
     assert_eq!(stats.topic(Topic::DownloadProgress).subscribers, 3);
 }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use modelcast_hub::{Batcher, Connection, Hub, Kind, Publish, Retain, SubscribeOptions};
+use modelcast_hub::{
+    Batcher, ConflateReason, Connection, Hub, Kind, Publish, Retain, SubscribeOptions,
+};
 use modelcast_protocol::{
     BatchModelStatusUpdate, DownloadStatus, ModelStatusSummary, ServerMessage, Topic,
 };
@@ -79,6 +81,10 @@ async fn throttling_is_trailing_edge_and_delivers_the_final_value() {
     assert!((5..=8).contains(&got.len()), "{} deliveries: {got:?}", got.len());
     let stats = hub.stats();
     assert!(stats.topic(Topic::DownloadProgress).conflated > 150);
+    assert_eq!(
+        stats.topic(Topic::DownloadProgress).conflated_by[0],
+        (ConflateReason::Throttle, stats.topic(Topic::DownloadProgress).conflated)
+    );
 }
 
 /// A transition releases the pending throttled update of its key first, then goes out — at
@@ -142,6 +148,8 @@ async fn a_burst_is_batched_and_a_lone_update_goes_out_plain() {
     assert_eq!(frames.len(), 1, "{frames:?}");
     assert_eq!(frames[0]["type"], "batch_model_status_update");
     assert_eq!(frames[0]["data"]["count"], 2);
+    let batch = hub.stats().topic(Topic::ModelStatus).conflated_by.clone();
+    assert!(batch.contains(&(ConflateReason::Batch, 1)), "the older `a` was replaced: {batch:?}");
     let models: Vec<(&str, f64)> = frames[0]["data"]["models"]
         .as_array()
         .unwrap()
@@ -211,4 +219,6 @@ async fn max_hz_limits_one_subscriber_per_key_without_dropping_transitions() {
         got.iter().filter(|(_, l)| l.parse::<f64>().is_ok()).collect();
     assert!(updates.len() <= 7, "{labels:?}");
     assert_eq!(take(&full).await.len(), 21, "an unlimited subscriber gets everything");
+    let by = hub.stats().topic(Topic::DownloadProgress).conflated_by.clone();
+    assert!(by.iter().any(|(r, n)| *r == ConflateReason::MaxHz && *n > 5), "{by:?}");
 }

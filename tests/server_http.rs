@@ -209,6 +209,13 @@ async fn health_readiness_stats_and_metrics() {
     assert_eq!(get(&after, "modelcast_connections_active", None), 1.0);
     assert_eq!(get(&after, "modelcast_subscriptions", Some(("topic", "alerts"))), 1.0);
     assert!(after.iter().any(|s| s.metric.starts_with("modelcast_publish_to_write_seconds")));
+    for reason in ["throttle", "batch", "max_hz", "queue_full"] {
+        assert!(
+            after.iter().any(|s| s.metric == "modelcast_messages_conflated_total"
+                && s.labels.get("reason") == Some(reason)),
+            "no conflation series for {reason}"
+        );
+    }
 
     let (_, stats) = server.get("/api/stats").await;
     let stats: Value = serde_json::from_str(&stats).unwrap();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use modelcast_protocol::ServerMessage;
 
+use crate::stats::ConflateReason;
 use crate::{Hub, Publish, Published};
 
 /// Turns the messages of one window into one message of the same topic.
@@ -57,7 +58,10 @@ impl Batcher {
         };
         let mut state = self.lock();
         if let Some(key) = &publish.key {
+            let before = state.items.len();
             state.items.retain(|p| p.key.as_ref() != Some(key));
+            let replaced = (before - state.items.len()) as u64;
+            self.hub.inner.stats.conflated(Some(publish.topic), ConflateReason::Batch, replaced);
         }
         state.items.push(publish);
         if !state.armed {

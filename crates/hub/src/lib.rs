@@ -61,4 +61,4 @@ pub use frame::Frame;
 pub use hub::{DropReason, Hub, HubConfig, Published, SubscribeOptions, SubscribeOutcome};
 pub use outbox::Delivery;
 pub use publish::{Key, Kind, Publish, Retain};
-pub use stats::{HubStats, TopicStats};
+pub use stats::{ConflateReason, HubStats, TopicStats};

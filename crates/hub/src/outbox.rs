@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::keys::KeyId;
-use crate::stats::Stats;
+use crate::stats::{ConflateReason, Stats};
 use crate::{DropReason, Frame, Kind};
 
 /// One frame for a connection, with what the outbox needs to know about it.
@@ -189,7 +189,7 @@ impl Outbox {
                 let next = state.last_sent.get(&slot).map(|last| *last + rate);
                 if let Some(due) = next.filter(|due| now < *due) {
                     if let Some(old) = state.deferred.insert(slot, Deferred { due, item }) {
-                        stats.conflated(old.item.topic, 1);
+                        stats.conflated(old.item.topic, ConflateReason::MaxHz, 1);
                     }
                     drop(state);
                     self.notify.notify_one(); // the receiver may need an earlier deadline
@@ -198,7 +198,7 @@ impl Outbox {
                 state.last_sent.insert(slot, now);
                 // A held-back older value of the key is superseded, never sent after this one.
                 if let Some(old) = state.deferred.remove(&slot) {
-                    stats.conflated(old.item.topic, 1);
+                    stats.conflated(old.item.topic, ConflateReason::MaxHz, 1);
                 }
             } else if item.key != KeyId::NONE {
                 // A transition releases the held-back update of its key first: order is kept.
@@ -368,7 +368,7 @@ fn collapse(lane: &mut VecDeque<Item>, stats: &Stats) -> u64 {
     for (i, item) in lane.iter().enumerate().rev() {
         if item.conflatable() && !seen.insert(item.slot()) {
             keep[i] = false;
-            stats.conflated(item.topic, 1);
+            stats.conflated(item.topic, ConflateReason::QueueFull, 1);
         }
     }
     let before = lane.len();

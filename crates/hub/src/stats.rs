@@ -6,12 +6,46 @@ use modelcast_protocol::{ServerMessage, Topic};
 
 use crate::DropReason;
 
+/// Why an update was replaced by a newer one of the same key before delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConflateReason {
+    /// A newer update arrived within the key's throttle window.
+    Throttle,
+    /// A newer update of the key arrived within the batch window.
+    Batch,
+    /// A subscriber's `max_hz` held the key's update back and a newer one replaced it.
+    MaxHz,
+    /// A full outbox collapsed queued updates to the newest per key.
+    QueueFull,
+}
+
+impl ConflateReason {
+    /// Every reason, in a stable order.
+    pub const ALL: [ConflateReason; 4] = [
+        ConflateReason::Throttle,
+        ConflateReason::Batch,
+        ConflateReason::MaxHz,
+        ConflateReason::QueueFull,
+    ];
+
+    /// A short name for metrics, e.g. `queue_full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflateReason::Throttle => "throttle",
+            ConflateReason::Batch => "batch",
+            ConflateReason::MaxHz => "max_hz",
+            ConflateReason::QueueFull => "queue_full",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct TopicCounters {
     subscribers: AtomicU64,
     published: AtomicU64,
     delivered: AtomicU64,
-    conflated: AtomicU64,
+    conflated: [AtomicU64; ConflateReason::ALL.len()],
     dropped: AtomicU64,
 }
 
@@ -20,7 +54,6 @@ struct TopicCounters {
 pub(crate) struct Stats {
     topics: [TopicCounters; Topic::ALL.len()],
     published_by_type: [AtomicU64; ServerMessage::TYPES.len()],
-    control_conflated: AtomicU64,
     control_dropped: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     serializations: AtomicU64,
@@ -49,11 +82,11 @@ impl Stats {
         self.topics[topic.index()].delivered.fetch_add(n, Relaxed);
     }
 
-    pub(crate) fn conflated(&self, topic: Option<Topic>, n: u64) {
-        match topic {
-            Some(t) => self.topics[t.index()].conflated.fetch_add(n, Relaxed),
-            None => self.control_conflated.fetch_add(n, Relaxed),
-        };
+    pub(crate) fn conflated(&self, topic: Option<Topic>, reason: ConflateReason, n: u64) {
+        // Only topic updates are ever conflated; control frames never are.
+        if let Some(t) = topic {
+            self.topics[t.index()].conflated[reason as usize].fetch_add(n, Relaxed);
+        }
     }
 
     pub(crate) fn dropped_message(&self, topic: Option<Topic>) {
@@ -90,7 +123,11 @@ impl Stats {
                         subscribers: t.subscribers.load(Relaxed),
                         published: t.published.load(Relaxed),
                         delivered: t.delivered.load(Relaxed),
-                        conflated: t.conflated.load(Relaxed),
+                        conflated: t.conflated.iter().map(|c| c.load(Relaxed)).sum(),
+                        conflated_by: ConflateReason::ALL
+                            .iter()
+                            .map(|&r| (r, t.conflated[r as usize].load(Relaxed)))
+                            .collect(),
                         dropped: t.dropped.load(Relaxed),
                     }
                 })
@@ -152,6 +189,8 @@ pub struct TopicStats {
     pub delivered: u64,
     /// Queued or held-back updates replaced by a newer value of the same key.
     pub conflated: u64,
+    /// The same, per reason, in [`ConflateReason::ALL`] order.
+    pub conflated_by: Vec<(ConflateReason, u64)>,
     /// Frames discarded because their subscriber was dropped.
     pub dropped: u64,
 }

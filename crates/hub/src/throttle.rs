@@ -14,6 +14,7 @@ use modelcast_protocol::Topic;
 use tokio::time::Instant;
 
 use crate::keys::KeyId;
+use crate::stats::ConflateReason;
 use crate::{Hub, Publish, Published};
 
 #[derive(Debug)]
@@ -48,7 +49,7 @@ impl Hub {
         if let Some(slot) = slots.get_mut(&(topic, key)) {
             slot.interval = interval;
             if slot.pending.replace(publish).is_some() {
-                self.inner.stats.conflated(Some(topic), 1);
+                self.inner.stats.conflated(Some(topic), ConflateReason::Throttle, 1);
             }
             return Published::Held;
         }

@@ -28,6 +28,12 @@ struct TopicTypeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicReasonLabel {
+    topic: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
     code: String,
 }
@@ -43,7 +49,7 @@ pub(crate) struct Metrics {
     /// Delivered frames (written to sockets), by message type index.
     delivered_by_type: Vec<Counter>,
     subscriptions: Family<TopicLabel, Gauge>,
-    conflated: Family<TopicLabel, Counter>,
+    conflated: Family<TopicReasonLabel, Counter>,
     dropped: Family<TopicLabel, Counter>,
     drops: Family<ReasonLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
@@ -59,7 +65,7 @@ impl Metrics {
         let published = Family::<TopicTypeLabel, Counter>::default();
         let delivered = Family::<TopicTypeLabel, Counter>::default();
         let subscriptions = Family::<TopicLabel, Gauge>::default();
-        let conflated = Family::<TopicLabel, Counter>::default();
+        let conflated = Family::<TopicReasonLabel, Counter>::default();
         let dropped = Family::<TopicLabel, Counter>::default();
         let drops = Family::<ReasonLabel, Counter>::default();
         let errors = Family::<CodeLabel, Counter>::default();
@@ -89,7 +95,7 @@ impl Metrics {
         registry.register("subscriptions", "Subscriptions, by topic", subscriptions.clone());
         registry.register(
             "messages_conflated",
-            "Updates replaced by newer ones of the same key, by topic",
+            "Updates replaced by newer ones of the same key, by topic and reason",
             conflated.clone(),
         );
         registry.register(
@@ -154,7 +160,13 @@ impl Metrics {
         for t in &stats.topics {
             let label = TopicLabel { topic: t.topic.as_str().into() };
             self.subscriptions.get_or_create(&label).set(t.subscribers as i64);
-            catch_up(&self.conflated.get_or_create(&label), t.conflated);
+            for (reason, n) in &t.conflated_by {
+                let label = TopicReasonLabel {
+                    topic: t.topic.as_str().into(),
+                    reason: reason.as_str().into(),
+                };
+                catch_up(&self.conflated.get_or_create(&label), *n);
+            }
             catch_up(&self.dropped.get_or_create(&label), t.dropped);
         }
         for (type_name, n) in &stats.published_by_type {
