@@ -9,6 +9,7 @@ mod hub_timing;
 mod notifiers;
 mod protocol;
 mod protocol_props;
+mod schema_compat;
 mod security;
 mod server_browser;
 mod server_http;

@@ -72,3 +72,25 @@ pub(crate) fn run(mode: Mode) -> Result<()> {
 fn say(line: &str) {
     println!("{line}");
 }
+
+/// `cargo xtask schema-baseline`: freezes the current union schemas as the compatibility
+/// baseline of the current protocol version. Refuses to overwrite an existing baseline: a
+/// released version's contract does not change.
+pub(crate) fn baseline() -> Result<()> {
+    let version = modelcast_protocol::PROTOCOL_VERSION;
+    let dir = crate::root().join(format!("tests/fixtures/schema-baseline/v{version}"));
+    if dir.exists() {
+        bail!(
+            "{} already exists: the baseline of protocol version {version} is frozen; raise \
+             PROTOCOL_VERSION in crates/protocol for a breaking change",
+            dir.display()
+        );
+    }
+    fs::create_dir_all(&dir)?;
+    let files = modelcast_protocol::schema::files();
+    for name in ["server-message.schema.json", "client-message.schema.json"] {
+        fs::write(dir.join(name), &files[name])?;
+        say(&format!("wrote {}", dir.join(name).display()));
+    }
+    Ok(())
+}

@@ -14,6 +14,8 @@ pub(crate) const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   codegen [--check]   write the generated JSON Schemas under schemas/
                       (--check: fail, naming each stale file, if they differ)
+  schema-baseline     freeze schemas/ as the compatibility baseline of the current
+                      protocol version (after raising PROTOCOL_VERSION)
   loadtest [options]  start the release server (pinned to core 0) and load it from core 1
       --subscribers N   subscriber connections (default 1000)
       --rate R          messages per second in the steady phase (default 200)
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["codegen"] => codegen::run(codegen::Mode::Write),
         ["codegen", "--check"] => codegen::run(codegen::Mode::Check),
+        ["schema-baseline"] => codegen::baseline(),
         ["loadtest", rest @ ..] => {
             loadtest::Options::parse(rest).and_then(|o| loadtest::run(o, rest))
         }
