@@ -28,10 +28,10 @@ pub(crate) async fn handle(
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let response = match (path.as_str(), &method) {
-        ("/ws", &Method::GET) => crate::session::upgrade(&app, req, None, peer.ip()),
+        ("/ws", &Method::GET) => crate::handshake::upgrade(&app, req, None, peer.ip()),
         (p, &Method::GET) if p.starts_with("/ws/") => {
             let id = p["/ws/".len()..].to_owned();
-            crate::session::upgrade(&app, req, Some(id), peer.ip())
+            crate::handshake::upgrade(&app, req, Some(id), peer.ip())
         }
         ("/api/publish", &Method::POST) => crate::publish::handle(&app, req).await,
         ("/", &Method::GET) => {

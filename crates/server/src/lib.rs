@@ -14,8 +14,10 @@
 //! # }
 //! ```
 
+mod actions;
 mod app;
 mod config;
+mod handshake;
 mod http;
 mod metrics;
 mod publish;

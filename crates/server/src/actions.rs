@@ -1,0 +1,124 @@
+//! Client actions: a text frame parsed, validated, authorized and answered.
+
+use modelcast_hub::{Connection, SubscribeOptions};
+use modelcast_protocol::{ClientMessage, ErrorCode, ErrorMessage, Pong, RequestId, ServerMessage};
+
+use crate::app::App;
+use crate::session::{AuthState, Control};
+
+pub(crate) fn reply_error(
+    app: &App,
+    conn: &Connection,
+    code: ErrorCode,
+    message: String,
+    request_id: Option<RequestId>,
+) {
+    app.metrics.error(&code);
+    let _ = conn.send(&ServerMessage::Error(ErrorMessage { code, message, request_id }));
+}
+
+/// A client frame: parsed, validated, authorized, answered. Bad input gets an `error` with
+/// the precise code, and the connection stays.
+pub(crate) fn handle_text(app: &App, conn: &Connection, control: &Control, text: &str) {
+    let message = match ClientMessage::parse_frame(text) {
+        Ok(m) => m,
+        Err(e) => return reply_error(app, conn, e.code, e.message, e.request_id),
+    };
+    if let ClientMessage::Auth(a) = &message {
+        match app.security.verify(&a.token) {
+            Ok(identity) => {
+                *control.auth() =
+                    AuthState { identity: Some(identity), deadline: None, expiry_announced: false };
+                control.wake.notify_one();
+            }
+            Err(reason) => reply_error(app, conn, ErrorCode::Unauthorized, reason, a.id.clone()),
+        }
+        return;
+    }
+    let identity = control.auth().identity.clone();
+    if app.security.auth_required() && identity.is_none() {
+        return reply_error(
+            app,
+            conn,
+            ErrorCode::Unauthorized,
+            "authenticate first: connect with ?token=… or send {\"action\":\"auth\",\"token\":…}"
+                .into(),
+            message.request_id().cloned(),
+        );
+    }
+    match message {
+        ClientMessage::Subscribe(s) => {
+            if !app.security.may_subscribe(identity.as_ref(), s.topic) {
+                return reply_error(
+                    app,
+                    conn,
+                    ErrorCode::Forbidden,
+                    format!(
+                        "{} is open to the roles {} only",
+                        s.topic,
+                        app.security.roles_for(s.topic)
+                    ),
+                    s.id,
+                );
+            }
+            let current = conn.subscriptions();
+            if !current.contains(&s.topic) && current.len() >= app.config.max_subscriptions {
+                return reply_error(
+                    app,
+                    conn,
+                    ErrorCode::TooManySubscriptions,
+                    format!(
+                        "at most {} subscriptions per connection",
+                        app.config.max_subscriptions
+                    ),
+                    s.id,
+                );
+            }
+            let options = SubscribeOptions::default()
+                .request_id(s.id.clone())
+                .since(s.since)
+                .keys(s.filter.and_then(|f| f.model_ids))
+                .max_hz(s.max_hz);
+            match conn.subscribe(s.topic, options) {
+                Ok(_) => {}
+                Err(modelcast_hub::Error::InvalidMaxHz(hz)) => reply_error(
+                    app,
+                    conn,
+                    ErrorCode::InvalidMessage,
+                    format!("max_hz: must be a positive number of updates per second, got {hz}"),
+                    s.id,
+                ),
+                Err(_) => {} // closed meanwhile
+            }
+        }
+        ClientMessage::Unsubscribe(u) => {
+            if conn.unsubscribe(u.topic) {
+                let _ = conn.send(&ServerMessage::Unsubscribed(modelcast_protocol::Unsubscribed {
+                    topic: u.topic,
+                    request_id: u.id,
+                }));
+            } else {
+                reply_error(
+                    app,
+                    conn,
+                    ErrorCode::NotSubscribed,
+                    format!("not subscribed to {}", u.topic),
+                    u.id,
+                );
+            }
+        }
+        ClientMessage::Ping(p) => {
+            let _ = conn.send(&ServerMessage::Pong(Pong {
+                request_id: p.id,
+                timestamp: chrono::Utc::now(),
+            }));
+        }
+        other => reply_error(
+            app,
+            conn,
+            ErrorCode::UnknownAction,
+            "unsupported action".into(),
+            other.request_id().cloned(),
+        ),
+    }
+}

@@ -1,0 +1,195 @@
+//! The WebSocket handshake: id, upgrade headers, shutdown, origin, per-IP rate, URL token,
+//! connection limit; then the 101 and the session task.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hyper::body::Incoming;
+use hyper::header::{
+    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use modelcast_protocol::ErrorCode;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use crate::app::App;
+use crate::http::{Resp, error_response, json_response};
+use crate::session::run;
+
+/// Counts an admitted WebSocket connection until dropped.
+pub(crate) struct Admitted(Arc<App>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn header_has(req: &Request<Incoming>, name: hyper::header::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Answers a WebSocket handshake: 101 and a session task, or a JSON error.
+pub(crate) fn upgrade(
+    app: &Arc<App>,
+    mut req: Request<Incoming>,
+    id: Option<String>,
+    peer: std::net::IpAddr,
+) -> Resp {
+    let id = match id {
+        Some(id) if valid_id(&id) => id,
+        Some(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_connection_id",
+                "a connection id is 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-'",
+            );
+        }
+        None => format!("c-{:016x}", rand_u64()),
+    };
+    let key = req.headers().get(SEC_WEBSOCKET_KEY).cloned();
+    let is_upgrade =
+        header_has(&req, UPGRADE, "websocket") && header_has(&req, CONNECTION, "upgrade");
+    let Some(key) = key.filter(|_| is_upgrade) else {
+        let mut resp = error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_required",
+            "this endpoint speaks WebSocket: connect with a WebSocket client",
+        );
+        resp.headers_mut().insert(UPGRADE, HeaderValue::from_static("websocket"));
+        return resp;
+    };
+    if req.headers().get(SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+        let mut resp = error_response(
+            StatusCode::BAD_REQUEST,
+            "unsupported_websocket_version",
+            "only WebSocket version 13 is supported",
+        );
+        resp.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return resp;
+    }
+    if app.shutdown.is_cancelled() {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        );
+    }
+    if !app.security.origin_allowed(req.headers()) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this page's origin may not connect",
+        );
+    }
+    if !app.security.admit_ip(peer) {
+        return error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many connection attempts from this address; retry with backoff",
+        );
+    }
+    let identity = match (app.security.auth_required(), query_token(req.uri())) {
+        (false, _) | (true, None) => None,
+        (true, Some(token)) => match app.security.verify(&token) {
+            Ok(identity) => Some(identity),
+            Err(reason) => {
+                app.metrics.error(&ErrorCode::Unauthorized);
+                let mut resp = error_response(StatusCode::UNAUTHORIZED, "unauthorized", &reason);
+                resp.headers_mut()
+                    .insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return resp;
+            }
+        },
+    };
+    let max = app.config.max_connections;
+    if app.active.fetch_add(1, Ordering::Relaxed) >= max {
+        app.active.fetch_sub(1, Ordering::Relaxed);
+        app.metrics.error(&ErrorCode::Other("too_many_connections".into()));
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": {
+                "code": "too_many_connections",
+                "message": format!("the server holds its maximum of {max} connections; retry later"),
+                "max_connections": max,
+            }}),
+        );
+    }
+    let admitted = Admitted(app.clone());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let accept = derive_accept_key(key.as_bytes());
+    let app = app.clone();
+    app.tracker.clone().spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(app.ws_config),
+                )
+                .await;
+                run(app, ws, id, admitted, identity).await;
+            }
+            Err(err) => tracing::debug!(%err, "websocket upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(Default::default());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a header value"),
+    );
+    resp
+}
+
+/// The `token` query parameter, percent-decoded.
+fn query_token(uri: &hyper::Uri) -> Option<String> {
+    let query = uri.query()?;
+    let raw = query.split('&').find_map(|kv| kv.strip_prefix("token="))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => {
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    h.finish()
+}
