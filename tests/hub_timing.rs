@@ -5,10 +5,8 @@ use std::time::Duration;
 use modelcast_hub::{
     Batcher, ConflateReason, Connection, Hub, Kind, Publish, Retain, SubscribeOptions,
 };
-use modelcast_protocol::{
-    BatchModelStatusUpdate, DownloadStatus, ModelStatusSummary, ServerMessage, Topic,
-};
-use modelcast_tests::msg::{model_status, progress, status_change, ts};
+use modelcast_protocol::{DownloadStatus, Topic};
+use modelcast_tests::msg::{model_status, progress, status_change};
 use modelcast_tests::recv::drain;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -48,27 +46,16 @@ async fn throttling_is_trailing_edge_and_delivers_the_final_value() {
     let interval = Duration::from_secs(2);
     let start = Instant::now();
     let mut got: Vec<(Duration, f64)> = Vec::new();
-    for i in 0..=100 {
-        hub.publish(update("m", f64::from(i), interval));
-        // Another key is throttled independently.
-        hub.publish(update("other", f64::from(i), interval));
-        got.extend(
-            take(&c)
-                .await
-                .iter()
-                .filter(|f| f["data"]["model_id"] == "m")
-                .map(|f| (start.elapsed(), pct(f))),
-        );
-        tick(Duration::from_millis(100)).await;
-    }
-    for _ in 0..30 {
-        got.extend(
-            take(&c)
-                .await
-                .iter()
-                .filter(|f| f["data"]["model_id"] == "m")
-                .map(|f| (start.elapsed(), pct(f))),
-        );
+    // 101 updates of each key every 100 ms, then 3 s more to let the last window end.
+    for i in 0..131 {
+        if i <= 100 {
+            hub.publish(update("m", f64::from(i), interval));
+            // Another key is throttled independently.
+            hub.publish(update("other", f64::from(i), interval));
+        }
+        let frames = take(&c).await;
+        let of_m = frames.iter().filter(|f| f["data"]["model_id"] == "m");
+        got.extend(of_m.map(|f| (start.elapsed(), pct(f))));
         tick(Duration::from_millis(100)).await;
     }
     assert_eq!(got.first().unwrap().1, 0.0, "the first update goes out at once");
@@ -114,27 +101,13 @@ async fn a_transition_flushes_the_pending_update_first() {
     assert!(take(&c).await.is_empty());
 }
 
-fn combine(messages: &[ServerMessage]) -> ServerMessage {
-    let models: Vec<ModelStatusSummary> = messages
-        .iter()
-        .filter_map(|m| match m {
-            ServerMessage::ModelStatusUpdate(u) => Some(ModelStatusSummary::from(u)),
-            _ => None,
-        })
-        .collect();
-    ServerMessage::BatchModelStatusUpdate(BatchModelStatusUpdate {
-        count: models.len() as u32,
-        models,
-        timestamp: ts(),
-    })
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_burst_is_batched_and_a_lone_update_goes_out_plain() {
     let hub = Hub::default();
     let c = hub.connect();
     c.subscribe(Topic::ModelStatus, SubscribeOptions::default()).unwrap();
-    let batcher = Batcher::new(&hub, Duration::from_millis(100), combine);
+    let batcher =
+        Batcher::new(&hub, Duration::from_millis(100), modelcast_notifiers::combine_model_status);
     let keep = |m: &str, size: f64| {
         Publish::new(model_status(m, size)).unwrap().key(m).retain(Retain::Keep)
     };

@@ -157,7 +157,9 @@ pub(crate) fn download_finished(status: &DownloadStatus) -> bool {
     matches!(status, DownloadStatus::Completed | DownloadStatus::Failed | DownloadStatus::Cancelled)
 }
 
-fn combine_model_status(messages: &[ServerMessage]) -> ServerMessage {
+/// The model-status batch combiner: `model_status_update`s become one
+/// `batch_model_status_update` (other messages are left out).
+pub fn combine_model_status(messages: &[ServerMessage]) -> ServerMessage {
     let models: Vec<ModelStatusSummary> = messages
         .iter()
         .filter_map(|m| match m {
