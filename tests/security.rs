@@ -167,44 +167,73 @@ async fn topics_are_restricted_by_role_and_the_connection_stays() {
     assert_eq!(admin.subscribe("analytics_updates").await["type"], "subscribed");
 }
 
-#[tokio::test]
-async fn an_es256_public_key_verifies_tokens() {
-    let dir = std::env::temp_dir().join(format!("modelcast-es256-{}", std::process::id()));
+/// A key pair made with `openssl`: (private PEM path, public PEM path).
+fn key_pair(kind: &str, genpkey_args: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("modelcast-{kind}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (private, public) = (dir.join("private.pem"), dir.join("public.pem"));
-    let ok = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
-        .arg(&private)
-        .status()
-        .expect("openssl is needed to make a test key")
-        .success()
-        && std::process::Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(&private)
-            .arg("-out")
-            .arg(&public)
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new("openssl")
+            .args(args)
             .status()
-            .unwrap()
-            .success();
-    assert!(ok, "openssl could not make a P-256 key");
-    let server = TestServer::start(&[
-        "--jwt-public-key",
-        public.to_str().unwrap(),
-        "--jwt-algorithm",
-        "ES256",
-    ])
-    .await;
-    let key = EncodingKey::from_ec_pem(&std::fs::read(&private).unwrap()).unwrap();
-    let t = jsonwebtoken::encode(
-        &Header::new(Algorithm::ES256),
-        &json!({"sub": "svc", "exp": now() + 60}),
-        &key,
-    )
-    .unwrap();
-    let mut ws = server.ws(&format!("/ws/es?token={t}")).await;
-    assert_eq!(ws.subscribe("alerts").await["type"], "subscribed");
-    let forged = token(json!({"sub": "svc", "exp": now() + 60}), SECRET);
-    assert_eq!(refused(&server, &format!("/ws/f?token={forged}"), None).await.0, 401);
+            .expect("openssl is needed to make a test key")
+            .success()
+    };
+    let mut gen_args: Vec<&std::ffi::OsStr> = vec!["genpkey".as_ref()];
+    gen_args.extend(genpkey_args.iter().map(std::ffi::OsStr::new));
+    gen_args.extend(["-out".as_ref(), private.as_os_str()]);
+    let ok = run(&gen_args)
+        && run(&[
+            "pkey".as_ref(),
+            "-pubout".as_ref(),
+            "-in".as_ref(),
+            private.as_os_str(),
+            "-out".as_ref(),
+            public.as_os_str(),
+        ]);
+    assert!(ok, "openssl could not make a {kind} key");
+    (private, public)
+}
+
+#[tokio::test]
+async fn public_keys_verify_tokens_es256_and_rs256() {
+    let cases = [
+        (
+            "ES256",
+            Algorithm::ES256,
+            key_pair("es256", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+        ),
+        (
+            "RS256",
+            Algorithm::RS256,
+            key_pair("rs256", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+        ),
+    ];
+    for (name, alg, (private, public)) in cases {
+        let server = TestServer::start(&[
+            "--jwt-public-key",
+            public.to_str().unwrap(),
+            "--jwt-algorithm",
+            name,
+        ])
+        .await;
+        let pem = std::fs::read(&private).unwrap();
+        let key = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+            _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        };
+        let t = jsonwebtoken::encode(
+            &Header::new(alg),
+            &json!({"sub": "svc", "exp": now() + 60}),
+            &key,
+        )
+        .unwrap();
+        let mut ws = server.ws(&format!("/ws/pk?token={t}")).await;
+        assert_eq!(ws.subscribe("alerts").await["type"], "subscribed", "{name}");
+        let forged = token(json!({"sub": "svc", "exp": now() + 60}), SECRET);
+        let (status, _) = refused(&server, &format!("/ws/f?token={forged}"), None).await;
+        assert_eq!(status, 401, "{name}: an HS256 token must not pass");
+    }
 }
 
 #[tokio::test]
