@@ -16,16 +16,10 @@ fn dependency_graph() -> (BTreeMap<String, String>, BTreeMap<String, Vec<String>
     let version = String::from_utf8(version.stdout).unwrap();
     let host =
         version.lines().find_map(|l| l.strip_prefix("host: ")).expect("rustc -vV names the host");
+    // Not --offline: metadata needs every platform's packages, which a build on this host never
+    // downloads (on a fresh machine this would fail).
     let out = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--locked",
-            "--offline",
-            "--filter-platform",
-            host,
-        ])
+        .args(["metadata", "--format-version", "1", "--locked", "--filter-platform", host])
         .current_dir(root())
         .output()
         .expect("cargo metadata runs");
