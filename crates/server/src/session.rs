@@ -298,14 +298,27 @@ async fn write_burst(
     burst: &mut Vec<Delivery>,
 ) -> Result<(), tungstenite::Error> {
     let mut published_at = Vec::new();
+    // Delivery counters are shared by every writer: add once per run of one type, not per frame.
+    let mut run: Option<(usize, u64)> = None;
     for delivery in burst.drain(..) {
-        app.metrics.delivered(delivery.type_index(), 1);
+        let type_index = delivery.type_index();
+        match &mut run {
+            Some((t, n)) if *t == type_index => *n += 1,
+            _ => {
+                if let Some((t, n)) = run.replace((type_index, 1)) {
+                    app.metrics.delivered(t, n);
+                }
+            }
+        }
         if let Some(at) = delivery.published_at() {
             published_at.push(at);
         }
         // Frames are serialized JSON (UTF-8); the conversion shares the buffer, no copy.
         let Ok(text) = Utf8Bytes::try_from(delivery.into_frame().into_bytes()) else { continue };
         sink.feed(Message::Text(text)).await?;
+    }
+    if let Some((t, n)) = run {
+        app.metrics.delivered(t, n);
     }
     sink.flush().await?;
     let now = tokio::time::Instant::now();
