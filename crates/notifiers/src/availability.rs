@@ -95,13 +95,9 @@ impl AvailabilityNotifier {
         Self { policy }
     }
 
-    fn publish(&self, message: ServerMessage) -> Outcome {
-        self.policy.publish(message).expect("availability messages are topic messages")
-    }
-
     /// A model's full status (retained per model; bursts are batched).
     pub fn status(&self, state: &ModelState) -> Outcome {
-        self.publish(ServerMessage::ModelStatusUpdate(ModelStatusUpdate {
+        self.policy.publish_topic(ServerMessage::ModelStatusUpdate(ModelStatusUpdate {
             model_id: state.model_id.clone(),
             availability_status: state.availability_status.clone(),
             is_available: state.is_available,
@@ -123,7 +119,7 @@ impl AvailabilityNotifier {
         new: AvailabilityStatus,
         reason: &str,
     ) -> Outcome {
-        self.publish(ServerMessage::ModelAvailabilityChange(ModelAvailabilityChange {
+        self.policy.publish_topic(ServerMessage::ModelAvailabilityChange(ModelAvailabilityChange {
             model_id: model_id.to_owned(),
             old_availability: old,
             new_availability: new,
@@ -134,7 +130,7 @@ impl AvailabilityNotifier {
 
     /// Several models' status in one message.
     pub fn batch(&self, models: Vec<ModelStatusSummary>) -> Outcome {
-        self.publish(ServerMessage::BatchModelStatusUpdate(BatchModelStatusUpdate {
+        self.policy.publish_topic(ServerMessage::BatchModelStatusUpdate(BatchModelStatusUpdate {
             count: u32::try_from(models.len()).unwrap_or(u32::MAX),
             models,
             timestamp: chrono::Utc::now(),
@@ -148,7 +144,7 @@ impl AvailabilityNotifier {
         event: LifecycleEvent,
         reason: Option<&str>,
     ) -> Outcome {
-        self.publish(ServerMessage::ModelLifecycle(ModelLifecycle {
+        self.policy.publish_topic(ServerMessage::ModelLifecycle(ModelLifecycle {
             model_id: model_id.to_owned(),
             event,
             reason: reason.map(str::to_owned),
@@ -163,7 +159,7 @@ impl AvailabilityNotifier {
         space_mb: f64,
         priority: Priority,
     ) -> Outcome {
-        self.publish(cleanup_message(models, space_mb, priority))
+        self.policy.publish_topic(cleanup_message(models, space_mb, priority))
     }
 
     /// A recommended priority for a model.
@@ -173,7 +169,7 @@ impl AvailabilityNotifier {
         priority: Priority,
         reason: &str,
     ) -> Outcome {
-        self.publish(ServerMessage::PriorityRecommendation(PriorityRecommendation {
+        self.policy.publish_topic(ServerMessage::PriorityRecommendation(PriorityRecommendation {
             model_id: model_id.to_owned(),
             recommended_priority: priority,
             reason: reason.to_owned(),

@@ -179,7 +179,7 @@ impl DownloadNotifier {
             }
             (old, percent)
         };
-        self.publish(ServerMessage::DownloadStatusChange(DownloadStatusChange {
+        self.policy.publish_topic(ServerMessage::DownloadStatusChange(DownloadStatusChange {
             model_id: model_id.to_owned(),
             old_status: old,
             new_status: new,
@@ -189,10 +189,6 @@ impl DownloadNotifier {
             error_message: error.map(str::to_owned),
             timestamp: chrono::Utc::now(),
         }))
-    }
-
-    fn publish(&self, message: ServerMessage) -> Outcome {
-        self.policy.publish(message).expect("download messages are topic messages")
     }
 
     /// A download began.
@@ -264,7 +260,7 @@ impl DownloadNotifier {
         };
         let remaining = (d.total_mb - d.downloaded_mb).max(0.0);
         let downloading = d.status == DownloadStatus::Downloading;
-        self.publish(ServerMessage::DownloadProgressUpdate(DownloadProgressUpdate {
+        self.policy.publish_topic(ServerMessage::DownloadProgressUpdate(DownloadProgressUpdate {
             model_id: model_id.to_owned(),
             status: d.status.clone(),
             progress_percent: d.percent(),
@@ -321,7 +317,7 @@ impl DownloadNotifier {
             "Retrying after an error",
             Some(error),
         );
-        self.publish(ServerMessage::DownloadRetry(DownloadRetry {
+        self.policy.publish_topic(ServerMessage::DownloadRetry(DownloadRetry {
             model_id: model_id.to_owned(),
             retry_count: attempt,
             max_retries,

@@ -127,10 +127,6 @@ impl FallbackNotifier {
         Self { policy }
     }
 
-    fn publish(&self, message: ServerMessage) -> Outcome {
-        self.policy.publish(message).expect("fallback messages are topic messages")
-    }
-
     /// Applies one event from a fallback manager.
     pub fn apply(&self, event: FallbackEvent) -> Outcome {
         match event {
@@ -148,7 +144,7 @@ impl FallbackNotifier {
 
     /// A strategy was activated.
     pub fn strategy_activated(&self, original_model: &str, s: Strategy) -> Outcome {
-        self.publish(ServerMessage::FallbackStrategy(FallbackStrategy {
+        self.policy.publish_topic(ServerMessage::FallbackStrategy(FallbackStrategy {
             original_model: original_model.to_owned(),
             strategy_type: s.strategy_type,
             recommended_action: s.recommended_action,
@@ -162,19 +158,21 @@ impl FallbackNotifier {
 
     /// An alternative model was suggested.
     pub fn alternative_suggested(&self, original_model: &str, s: Suggestion) -> Outcome {
-        self.publish(ServerMessage::AlternativeModelSuggestion(AlternativeModelSuggestion {
-            original_model: original_model.to_owned(),
-            suggested_model: s.suggested_model,
-            compatibility_score: s.compatibility_score,
-            performance_difference: s.performance_difference,
-            reason: s.reason,
-            timestamp: chrono::Utc::now(),
-        }))
+        self.policy.publish_topic(ServerMessage::AlternativeModelSuggestion(
+            AlternativeModelSuggestion {
+                original_model: original_model.to_owned(),
+                suggested_model: s.suggested_model,
+                compatibility_score: s.compatibility_score,
+                performance_difference: s.performance_difference,
+                reason: s.reason,
+                timestamp: chrono::Utc::now(),
+            },
+        ))
     }
 
     /// A queue position and wait estimate (retained until position 0, served).
     pub fn queue_position(&self, model_id: &str, position: u32, estimated_wait: f64) -> Outcome {
-        self.publish(ServerMessage::ModelQueueUpdate(ModelQueueUpdate {
+        self.policy.publish_topic(ServerMessage::ModelQueueUpdate(ModelQueueUpdate {
             model_id: model_id.to_owned(),
             queue_position: position,
             estimated_wait_time: estimated_wait,

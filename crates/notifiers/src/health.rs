@@ -108,10 +108,6 @@ impl HealthNotifier {
         Self { policy }
     }
 
-    fn publish(&self, message: ServerMessage) -> Outcome {
-        self.policy.publish(message).expect("health messages are topic messages")
-    }
-
     /// Applies one event from a health monitor.
     pub fn apply(&self, event: HealthEvent) -> Outcome {
         match event {
@@ -143,7 +139,7 @@ impl HealthNotifier {
 
     /// A scheduled check's result (published only at or above `HEALTH_CHECK_NOTIFICATION_LEVEL`).
     pub fn check_result(&self, model_id: &str, report: HealthReport) -> Outcome {
-        self.publish(ServerMessage::HealthMonitoringAlert(HealthMonitoringAlert {
+        self.policy.publish_topic(ServerMessage::HealthMonitoringAlert(HealthMonitoringAlert {
             model_id: model_id.to_owned(),
             is_healthy: report.health_status == HealthStatus::Healthy,
             health_status: report.health_status,
@@ -164,7 +160,7 @@ impl HealthNotifier {
         repair_action: &str,
         requires_user_action: bool,
     ) -> Outcome {
-        self.publish(ServerMessage::CorruptionDetection(CorruptionDetection {
+        self.policy.publish_topic(ServerMessage::CorruptionDetection(CorruptionDetection {
             model_id: model_id.to_owned(),
             corruption_type,
             severity,
@@ -194,7 +190,7 @@ impl HealthNotifier {
             p if p >= 20.0 => Severity::Medium,
             _ => Severity::Low,
         };
-        self.publish(ServerMessage::PerformanceDegradation(PerformanceDegradation {
+        self.policy.publish_topic(ServerMessage::PerformanceDegradation(PerformanceDegradation {
             model_id: model_id.to_owned(),
             metric: metric.to_owned(),
             baseline_value: baseline,
@@ -230,7 +226,7 @@ impl HealthNotifier {
         action: &str,
         message: Option<String>,
     ) -> Outcome {
-        self.publish(ServerMessage::ModelRepair(ModelRepair {
+        self.policy.publish_topic(ServerMessage::ModelRepair(ModelRepair {
             model_id: model_id.to_owned(),
             phase,
             repair_action: action.to_owned(),

@@ -275,6 +275,14 @@ impl Policy {
         }
     }
 
+    /// Publishes a message the caller built as a topic message (the typed notifiers do).
+    pub(crate) fn publish_topic(&self, message: ServerMessage) -> Outcome {
+        let type_name = message.type_name();
+        self.publish(message).unwrap_or_else(|| {
+            unreachable!("notifiers build topic messages only, not `{type_name}`")
+        })
+    }
+
     /// Publishes `message` by its rule. Returns `None` for a control message, which is never
     /// published.
     pub fn publish(&self, message: ServerMessage) -> Option<Outcome> {

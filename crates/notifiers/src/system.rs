@@ -21,10 +21,6 @@ impl SystemNotifier {
         Self { policy }
     }
 
-    fn publish(&self, message: ServerMessage) -> Outcome {
-        self.policy.publish(message).expect("system messages are topic messages")
-    }
-
     /// Usage statistics (the latest is retained).
     pub fn usage_statistics(
         &self,
@@ -33,7 +29,7 @@ impl SystemNotifier {
         most_used_model: Option<&str>,
         trends: BTreeMap<String, u64>,
     ) -> Outcome {
-        self.publish(ServerMessage::UsageStatisticsUpdate(UsageStatisticsUpdate {
+        self.policy.publish_topic(ServerMessage::UsageStatisticsUpdate(UsageStatisticsUpdate {
             total_models,
             active_models,
             most_used_model: most_used_model.map(str::to_owned),
@@ -49,12 +45,12 @@ impl SystemNotifier {
         space_mb: f64,
         priority: Priority,
     ) -> Outcome {
-        self.publish(crate::availability::cleanup_message(models, space_mb, priority))
+        self.policy.publish_topic(crate::availability::cleanup_message(models, space_mb, priority))
     }
 
     /// System metrics (the latest is retained).
     pub fn system_stats(&self, stats: SystemStats) -> Outcome {
-        self.publish(ServerMessage::SystemStats(stats))
+        self.policy.publish_topic(ServerMessage::SystemStats(stats))
     }
 
     /// A generation task's progress (retained until it finishes).
@@ -73,7 +69,7 @@ impl SystemNotifier {
             }
             _ => 0.0,
         };
-        self.publish(ServerMessage::GenerationProgress(GenerationProgress {
+        self.policy.publish_topic(ServerMessage::GenerationProgress(GenerationProgress {
             task_id: task_id.to_owned(),
             model_id: model_id.map(str::to_owned),
             status,
@@ -89,7 +85,7 @@ impl SystemNotifier {
     /// The generation queue (the latest is retained).
     pub fn queue_update(&self, items: Vec<QueueItem>) -> Outcome {
         let active = items.iter().filter(|i| i.status == GenerationStatus::Running).count();
-        self.publish(ServerMessage::QueueUpdate(QueueUpdate {
+        self.policy.publish_topic(ServerMessage::QueueUpdate(QueueUpdate {
             queue_length: u32::try_from(items.len() - active).unwrap_or(u32::MAX),
             active_tasks: u32::try_from(active).unwrap_or(u32::MAX),
             items,
@@ -106,7 +102,7 @@ impl SystemNotifier {
         message: &str,
         model_id: Option<&str>,
     ) -> Outcome {
-        self.publish(ServerMessage::Alert(Alert {
+        self.policy.publish_topic(ServerMessage::Alert(Alert {
             alert_id: alert_id.to_owned(),
             level,
             title: title.to_owned(),
