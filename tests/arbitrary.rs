@@ -66,12 +66,20 @@ fn of_type(t: &str, obj: &Map<String, Value>, root: &Value) -> BoxedStrategy<Val
     match t {
         "null" => Just(Value::Null).boxed(),
         "boolean" => any::<bool>().prop_map(Value::from).boxed(),
-        "integer" => match obj.get("format").and_then(Value::as_str) {
-            Some("uint32") => any::<u32>().prop_map(Value::from).boxed(),
-            Some("uint64") => any::<u64>().prop_map(Value::from).boxed(),
-            Some("int32") => any::<i32>().prop_map(Value::from).boxed(),
-            _ => any::<i64>().prop_map(Value::from).boxed(),
-        },
+        // Within the schema's `minimum`/`maximum` (the Rust width, in standard keywords).
+        "integer" => {
+            let min = obj.get("minimum").and_then(Value::as_i64).unwrap_or(i64::MIN);
+            match obj.get("maximum") {
+                Some(max) if max.as_i64().is_none() => {
+                    let max = max.as_u64().expect("an integer maximum");
+                    (u64::try_from(min.max(0)).unwrap_or(0)..=max).prop_map(Value::from).boxed()
+                }
+                max => {
+                    let max = max.and_then(Value::as_i64).unwrap_or(i64::MAX);
+                    (min..=max).prop_map(Value::from).boxed()
+                }
+            }
+        }
         // Finite floats only: JSON has no NaN or infinity.
         "number" => {
             use proptest::num::f64::{NEGATIVE, NORMAL, POSITIVE, SUBNORMAL, ZERO};

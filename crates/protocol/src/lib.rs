@@ -6,7 +6,8 @@
 //! Every public type, variant and field carries a doc comment because the doc comment becomes
 //! the `description` a frontend developer reads in `schemas/`.
 //!
-//! The shapes follow the seed design (`README_MODEL_NOTIFICATIONS.md`) field for field:
+//! The shapes follow the original design modelcast grew from (a Python backend's WebSocket
+//! notifications; its examples are the fixtures in `tests/fixtures/seed/`) field for field:
 //! a server frame is `{"type": ..., "data": {...}}`, optionally with a top-level `topic` and
 //! `seq` for recovery; a client frame is `{"action": "subscribe", "topic": ...}`.
 //!
@@ -27,6 +28,7 @@ mod client;
 pub mod close;
 mod frame;
 mod messages;
+mod publish;
 pub mod schema;
 mod topic;
 mod vocab;
@@ -37,6 +39,7 @@ pub use client::{
 };
 pub use frame::ServerFrame;
 pub use messages::*;
+pub use publish::PublishFrame;
 pub use topic::{ParseTopicError, Topic};
 pub use vocab::*;
 

@@ -1,4 +1,4 @@
-//! Every message the server sends: the seed's 13 types, the core topics' types, the lifecycle
+//! Every message the server sends: the original design's 13 types, the core topics' types, the lifecycle
 //! events the seed's prose names, and the control replies.
 
 use std::collections::BTreeMap;
@@ -46,6 +46,19 @@ macro_rules! server_messages {
                 match self {
                     $( Self::$variant(_) => $topic, )+
                 }
+            }
+
+            /// Reads the `data` of the message type named `type_name` straight from `data` (no
+            /// intermediate value), so a deserialization error keeps its path. `Ok(None)` for an
+            /// unknown type name.
+            pub fn from_type_and_data<'de, D: serde::Deserializer<'de>>(
+                type_name: &str,
+                data: D,
+            ) -> Result<Option<Self>, D::Error> {
+                Ok(Some(match type_name {
+                    $( $wire => Self::$variant(<$data as Deserialize>::deserialize(data)?), )+
+                    _ => return Ok(None),
+                }))
             }
 
             /// The topic of the message type named `type_name`; `None` for control messages and

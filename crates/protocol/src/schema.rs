@@ -72,6 +72,9 @@ fn root<T: JsonSchema>(file: &str, title: &str) -> Schema {
 }
 
 fn decorate(schema: &mut Schema, file: &str, title: &str) {
+    if let Some(map) = schema.as_object_mut() {
+        map.values_mut().for_each(standard_formats_only);
+    }
     schema.insert("$id".into(), json!(format!("{ID_BASE}/v{PROTOCOL_VERSION}/{file}")));
     schema.insert("title".into(), json!(title));
     schema.insert(
@@ -83,27 +86,86 @@ fn decorate(schema: &mut Schema, file: &str, title: &str) {
     );
 }
 
-/// The schema of any frame the server sends.
+/// Formats every JSON Schema 2020-12 validator knows. schemars also writes Rust's integer and
+/// float widths (`uint64`, `int32`, `double`…) as formats; strict validators (Ajv's default)
+/// refuse unknown formats, so an integer's width becomes standard `minimum`/`maximum` bounds
+/// instead (a float's adds nothing to `"type": "number"`).
+const STANDARD_FORMATS: &[&str] = &[
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+/// Removes non-standard formats below `value`, bounding integers by their width instead.
+fn standard_formats_only(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let format = map.get("format").and_then(Value::as_str).map(str::to_owned);
+            if let Some(format) = format.filter(|f| !STANDARD_FORMATS.contains(&f.as_str())) {
+                map.remove("format");
+                if let Some((min, max)) = integer_bounds(&format) {
+                    map.entry("minimum").or_insert(min);
+                    map.entry("maximum").or_insert(max);
+                }
+            }
+            map.values_mut().for_each(standard_formats_only);
+        }
+        Value::Array(items) => items.iter_mut().for_each(standard_formats_only),
+        _ => {}
+    }
+}
+
+/// The bounds of schemars' integer formats (`uint8`…`uint64`, `int8`…`int64`).
+fn integer_bounds(format: &str) -> Option<(Value, Value)> {
+    let (signed, bits) = match format.strip_prefix("uint") {
+        Some(bits) => (false, bits),
+        None => (true, format.strip_prefix("int")?),
+    };
+    let bits: u32 = bits.parse().ok().filter(|b| matches!(b, 8 | 16 | 32 | 64))?;
+    Some(if signed {
+        let max = i64::MAX >> (64 - bits);
+        (json!(-max - 1), json!(max))
+    } else {
+        (json!(0), json!(u64::MAX >> (64 - bits)))
+    })
+}
+
+/// The schema of any frame the server sends: a `oneOf` over the message types, selected by
+/// `type` (plain JSON Schema 2020-12, no vendor keywords).
 pub fn server_message() -> Schema {
-    let mut schema = root::<ServerFrame>("server-message.schema.json", "ServerMessage");
-    discriminate(&mut schema, "type");
-    schema
+    root::<ServerFrame>("server-message.schema.json", "ServerMessage")
 }
 
-/// The schema of any message a client sends.
+/// The schema of any message a client sends: a `oneOf` selected by `action`.
 pub fn client_message() -> Schema {
-    let mut schema = root::<ClientMessage>("client-message.schema.json", "ClientMessage");
-    discriminate(&mut schema, "action");
-    schema
+    root::<ClientMessage>("client-message.schema.json", "ClientMessage")
 }
 
-/// Names the property that selects the `oneOf` branch (OpenAPI's `discriminator`, which Ajv
-/// understands with `discriminator: true`): validators then report the errors of the branch the
-/// frame's tag names instead of the first branch's. Validators that do not know the keyword
-/// ignore it.
-fn discriminate(schema: &mut Schema, property: &str) {
-    schema.insert("type".into(), json!("object"));
-    schema.insert("discriminator".into(), json!({ "propertyName": property }));
+/// The envelope fields of a topic frame (`seq`, `late`) as the [`ServerFrame`] docs describe
+/// them, so the per-type files say exactly what the union says.
+fn envelope_property(name: &str) -> Value {
+    let frame = generator().into_root_schema_for::<ServerFrame>();
+    frame
+        .get("properties")
+        .and_then(|p| p.get(name))
+        .cloned()
+        .unwrap_or_else(|| panic!("ServerFrame has a `{name}` property"))
 }
 
 /// One schema per server message type, keyed by `type`: the full frame of that type.
@@ -125,13 +187,8 @@ pub fn message_types() -> BTreeMap<&'static str, Schema> {
                         "topic".into(),
                         json!({ "const": topic.as_str(), "description": "The topic the message was published on." }),
                     );
-                    properties.insert(
-                        "seq".into(),
-                        json!({
-                            "type": "integer", "format": "uint64", "minimum": 0,
-                            "description": "The message's position in its topic within the epoch."
-                        }),
-                    );
+                    properties.insert("seq".into(), envelope_property("seq"));
+                    properties.insert("late".into(), envelope_property("late"));
                 }
             }
             let mut schema = Schema::try_from(json!({
