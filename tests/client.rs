@@ -25,11 +25,11 @@ async fn expect_consecutive(sub: &mut Subscription, from: u64, n: u64) -> u64 {
             .expect("an event in time")
             .expect("open");
         match event {
-            Event::Message { seq, retained: false, .. } => {
+            Event::Message { seq, late: false, .. } => {
                 assert_eq!(seq, next, "lost or duplicated around seq {next}");
                 next += 1;
             }
-            Event::Message { retained: true, .. } => {}
+            Event::Message { late: true, .. } => {}
             other => panic!("unexpected {other:?} at seq {next}"),
         }
     }
@@ -104,9 +104,7 @@ async fn the_first_subscribe_delivers_the_retained_state_first() {
     let mut sub = client.subscribe(Topic::DownloadProgress).await.unwrap();
     match tokio::time::timeout(PATIENCE, sub.next()).await.unwrap().unwrap() {
         Event::Message {
-            retained: true,
-            message: ServerMessage::DownloadProgressUpdate(p),
-            ..
+            late: true, message: ServerMessage::DownloadProgressUpdate(p), ..
         } => {
             assert_eq!(p.progress_percent, 40.0);
         }
@@ -114,9 +112,7 @@ async fn the_first_subscribe_delivers_the_retained_state_first() {
     }
     server.notifiers.downloads().paused("m", "user");
     match tokio::time::timeout(PATIENCE, sub.next()).await.unwrap().unwrap() {
-        Event::Message {
-            retained: false, message: ServerMessage::DownloadStatusChange(c), ..
-        } => {
+        Event::Message { late: false, message: ServerMessage::DownloadStatusChange(c), .. } => {
             assert_eq!(c.new_status.as_str(), "paused");
         }
         other => panic!("expected the live status change, got {other:?}"),
@@ -169,11 +165,7 @@ async fn an_unrecoverable_gap_is_reported_then_the_current_state_follows() {
                 assert_eq!(last_seq, 1);
                 saw_gap = true;
             }
-            Event::Message {
-                retained: true,
-                seq,
-                message: ServerMessage::DownloadStatusChange(c),
-            } => {
+            Event::Message { late: true, seq, message: ServerMessage::DownloadStatusChange(c) } => {
                 assert!(saw_gap, "the gap is announced before the state");
                 assert_eq!(
                     (seq, c.reason.as_str()),

@@ -67,15 +67,18 @@ async fn seq_counts_from_one_per_topic_under_a_random_epoch() {
 }
 
 #[tokio::test]
-async fn a_key_filter_passes_its_keys_and_keyless_messages_only() {
+async fn a_subject_filter_passes_its_subjects_and_subjectless_messages_only() {
     let hub = Hub::default();
     let c = hub.connect();
-    let opts = SubscribeOptions::default().keys(Some(vec!["a".into(), "c".into()]));
+    let opts = SubscribeOptions::default().subjects(Some(vec!["a".into(), "c".into()]));
     c.subscribe(Topic::DownloadProgress, opts).unwrap();
     for key in ["a", "b", "c", "d"] {
-        hub.publish(Publish::new(progress(key, 1.0)).unwrap().key(key));
+        hub.publish(Publish::new(progress(key, 1.0)).unwrap().key(key).subject(key));
     }
-    hub.publish(Publish::new(progress("keyless", 1.0)).unwrap());
+    // The state key never decides delivery: keyed but subject-less passes, and a key that
+    // happens to equal a listed subject does not make a message about `d` pass.
+    hub.publish(Publish::new(progress("keyless", 1.0)).unwrap().key("system"));
+    hub.publish(Publish::new(progress("d2", 1.0)).unwrap().key("a").subject("d"));
     let frames = drain(&c, NOW).await.unwrap();
     let models: Vec<&str> = of_type(&frames, "download_progress_update")
         .iter()

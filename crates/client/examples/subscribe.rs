@@ -16,8 +16,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut subscription = client.subscribe(topic).await?;
     while let Some(event) = subscription.next().await {
         match event {
-            Event::Message { seq, retained, message } => {
-                let kind = if retained { "current" } else { "live" };
+            Event::Message { seq, late, message } => {
+                let kind = if late { "current" } else { "live" };
                 println!("{kind} #{seq} {}", serde_json::to_string(&message)?);
             }
             Event::Gap { last_seq } => {

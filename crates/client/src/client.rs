@@ -124,12 +124,15 @@ impl SubscribeOptions {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
-    /// A topic message, in `seq` order, each exactly once.
+    /// A topic message. Messages with `late: false` arrive in `seq` order, each exactly once.
     Message {
         /// Its position in the topic.
         seq: u64,
-        /// `true` for the current state sent on (re)subscribing, before live messages.
-        retained: bool,
+        /// `true` for a message outside `seq` order that carries its key's current value: the
+        /// state sent on (re)subscribing, or a `max_hz` update released after newer messages
+        /// of other keys (the server marks both `"late":true`). Apply it as state; it may
+        /// repeat a value already seen after a reconnect, never an event.
+        late: bool,
         /// The message.
         message: ServerMessage,
     },
@@ -352,10 +355,8 @@ struct Sub {
     options: SubscribeOptions,
     events: mpsc::Sender<Event>,
     epoch: Option<String>,
-    /// The newest seq delivered (or the base of the snapshot).
+    /// The newest seq delivered in order (or the position a non-recovered `subscribed` gave).
     last_seq: Option<u64>,
-    /// After a non-recovered `subscribed`: frames at or below this seq are the snapshot.
-    snapshot_base: Option<u64>,
     /// The pending subscribe's request id and reply.
     pending: Option<(i64, oneshot::Sender<Result<(), SubscribeError>>)>,
 }
@@ -461,7 +462,7 @@ impl Task {
                             continue;
                         }
                         self.subs.insert(topic, Sub {
-                            token, options, events, epoch: None, last_seq: None, snapshot_base: None,
+                            token, options, events, epoch: None, last_seq: None,
                             pending: Some((0, reply)),
                         });
                         if let Some(frame) = self.subscribe_frame(topic)
@@ -516,10 +517,7 @@ impl Task {
                     if let (Some(_), Some(last)) = (&sub.epoch, sub.last_seq) {
                         let _ = sub.events.send(Event::Gap { last_seq: last }).await;
                     }
-                    sub.snapshot_base = Some(s.seq);
                     sub.last_seq = Some(s.seq);
-                } else {
-                    sub.snapshot_base = None;
                 }
                 sub.epoch = Some(s.epoch);
                 if let Some((_, reply)) = sub.pending.take() {
@@ -552,16 +550,17 @@ impl Task {
             message => {
                 let (Some(topic), Some(seq)) = (frame.topic, frame.seq) else { return };
                 let Some(sub) = self.subs.get_mut(&topic) else { return };
-                let retained = sub.snapshot_base.is_some_and(|base| seq <= base);
-                if !retained && sub.last_seq.is_some_and(|last| seq <= last) {
-                    self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                if !retained {
+                // The ordering contract: a late frame is state below our position; any other
+                // frame at or below it is a duplicate.
+                let late = frame.late;
+                if !late {
+                    if sub.last_seq.is_some_and(|last| seq <= last) {
+                        self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
                     sub.last_seq = Some(seq);
-                    sub.snapshot_base = None;
                 }
-                if sub.events.send(Event::Message { seq, retained, message }).await.is_err() {
+                if sub.events.send(Event::Message { seq, late, message }).await.is_err() {
                     // The application dropped the stream before its Drop reached us.
                     self.subs.remove(&topic);
                     let frame = ClientMessage::Unsubscribe(UnsubscribeRequest { topic, id: None });

@@ -57,7 +57,7 @@ fn timed_publishes(hub: &Hub, conns: &[Connection], iters: u64) -> Duration {
     let mut buf = Vec::with_capacity(1024);
     let mut total = Duration::ZERO;
     for i in 0..iters {
-        let publish = Publish::new(msg.clone()).expect("topic message");
+        let publish = Publish::new(msg.clone()).expect("topic message").subject("m1");
         let start = Instant::now();
         hub.publish(black_box(publish));
         total += start.elapsed();
@@ -83,7 +83,7 @@ fn fanout(c: &mut Criterion) {
         let (hub, stop, churned) = (hub.clone(), stop.clone(), churned.clone());
         std::thread::spawn(move || {
             let pool: Vec<Connection> = (0..SUBSCRIBERS).map(|_| hub.connect()).collect();
-            let nobody = SubscribeOptions::default().keys(Some(vec!["nobody".into()]));
+            let nobody = SubscribeOptions::default().subjects(Some(vec!["nobody".into()]));
             while !stop.load(Ordering::Relaxed) {
                 for c in &pool {
                     c.subscribe(Topic::DownloadProgress, nobody.clone()).expect("subscribe");

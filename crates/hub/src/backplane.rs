@@ -4,13 +4,13 @@
 //! before sequencing) and hands messages published elsewhere to [`Inbound::deliver`]. Each
 //! node sequences what it delivers under its own epoch, so recovery works against the node a
 //! client is connected to; a shared store (e.g. Redis) can later move sequencing, history and
-//! retained state into the backplane without changing the hub's callers.
+//! retained state behind this seam without changing the hub's callers.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::hub::HubInner;
-use crate::{Hub, Publish};
+use crate::publish::Publish;
+use crate::topics::Topics;
 
 /// A node's identity on a backplane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,30 +32,30 @@ pub trait Backplane: Send + Sync + fmt::Debug + 'static {
     fn forward(&self, from: NodeId, publish: &Publish, constituents: &[Publish]);
 }
 
-/// Where messages from other nodes enter a hub. Holds the hub weakly: a dropped hub stops
-/// receiving.
+/// Where messages from other nodes enter a hub. Holds the hub's topics weakly: a dropped hub
+/// stops receiving.
 #[derive(Clone)]
 pub struct Inbound {
-    hub: Weak<HubInner>,
+    topics: Weak<Topics>,
 }
 
 impl fmt::Debug for Inbound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Inbound").field("alive", &(self.hub.strong_count() > 0)).finish()
+        f.debug_struct("Inbound").field("alive", &(self.topics.strong_count() > 0)).finish()
     }
 }
 
 impl Inbound {
-    pub(crate) fn new(hub: &Hub) -> Self {
-        Self { hub: Arc::downgrade(&hub.inner) }
+    pub(crate) fn new(topics: &Arc<Topics>) -> Self {
+        Self { topics: Arc::downgrade(topics) }
     }
 
     /// Publishes a message from another node on this node (not forwarded again). Returns
     /// `false` if the hub is gone.
     pub fn deliver(&self, publish: Publish, constituents: Vec<Publish>) -> bool {
-        match self.hub.upgrade() {
-            Some(inner) => {
-                Hub { inner }.publish_local(publish, constituents);
+        match self.topics.upgrade() {
+            Some(topics) => {
+                topics.publish(publish, constituents);
                 true
             }
             None => false,
@@ -64,7 +64,7 @@ impl Inbound {
 }
 
 /// The in-memory backplane: hubs in one process, delivered synchronously. A hub made with
-/// [`Hub::new`] sits alone on one of these.
+/// `Hub::new` sits alone on one of these.
 #[derive(Debug, Default)]
 pub struct MemoryBackplane {
     nodes: Mutex<Vec<(NodeId, Inbound)>>,
@@ -80,7 +80,7 @@ impl MemoryBackplane {
 impl Backplane for MemoryBackplane {
     fn attach(&self, node: NodeId, inbound: Inbound) {
         let mut nodes = self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        nodes.retain(|(_, i)| i.hub.strong_count() > 0);
+        nodes.retain(|(_, i)| i.topics.strong_count() > 0);
         nodes.push((node, inbound));
     }
 

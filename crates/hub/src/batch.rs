@@ -61,7 +61,7 @@ impl Batcher {
             let before = state.items.len();
             state.items.retain(|p| p.key.as_ref() != Some(key));
             let replaced = (before - state.items.len()) as u64;
-            self.hub.inner.stats.conflated(Some(publish.topic), ConflateReason::Batch, replaced);
+            self.hub.stats_handle().conflated(Some(publish.topic), ConflateReason::Batch, replaced);
         }
         state.items.push(publish);
         if !state.armed {

@@ -5,9 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use modelcast_protocol::{ServerFrame, ServerMessage, Topic};
 
-use crate::hub::encode;
-use crate::outbox::{Outbox, Pushed};
-use crate::{Delivery, DropReason, Error, Hub, Result, SubscribeOptions, SubscribeOutcome};
+use crate::error::{DropReason, Error, Result};
+use crate::frame::encode;
+use crate::outbox::{Delivery, Outbox, Pushed};
+use crate::topics::{SubscribeOptions, SubscribeOutcome, Topics};
 
 /// A subscriber (for the server: one WebSocket). Cheap to clone: a reader task subscribes while
 /// a writer task receives. Dropping the last clone unsubscribes from everything.
@@ -17,10 +18,10 @@ pub struct Connection {
 }
 
 struct Inner {
-    hub: Hub,
+    topics: Arc<Topics>,
     id: u64,
     outbox: Arc<Outbox>,
-    topics: Mutex<[bool; Topic::ALL.len()]>,
+    subscribed: Mutex<[bool; Topic::ALL.len()]>,
 }
 
 impl fmt::Debug for Connection {
@@ -33,8 +34,9 @@ impl fmt::Debug for Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(hub: Hub, id: u64, outbox: Arc<Outbox>) -> Self {
-        Self { inner: Arc::new(Inner { hub, id, outbox, topics: Mutex::new(Default::default()) }) }
+    pub(crate) fn new(topics: Arc<Topics>, id: u64, outbox: Arc<Outbox>) -> Self {
+        let subscribed = Mutex::new(Default::default());
+        Self { inner: Arc::new(Inner { topics, id, outbox, subscribed }) }
     }
 
     /// The hub-assigned id, unique per hub.
@@ -45,27 +47,28 @@ impl Connection {
     /// Subscribes to `topic` (again, replacing the options, if already subscribed). Queues the
     /// `subscribed` reply, then the replayed or retained frames, then live ones follow.
     pub fn subscribe(&self, topic: Topic, options: SubscribeOptions) -> Result<SubscribeOutcome> {
-        let outcome =
-            self.inner.hub.subscribe(self.inner.id, &self.inner.outbox, topic, options)?;
-        self.topics()[topic.index()] = true;
+        let inner = &*self.inner;
+        let outcome = inner.topics.subscribe(inner.id, &inner.outbox, topic, options)?;
+        self.subscribed()[topic.index()] = true;
         Ok(outcome)
     }
 
-    /// Unsubscribes from `topic`; returns whether it was subscribed.
+    /// Unsubscribes from `topic`; returns whether it was subscribed. Nothing of the topic that
+    /// `max_hz` held back is delivered afterwards.
     pub fn unsubscribe(&self, topic: Topic) -> bool {
-        self.topics()[topic.index()] = false;
-        self.inner.hub.unsubscribe(self.inner.id, topic)
+        self.subscribed()[topic.index()] = false;
+        self.inner.topics.unsubscribe(self.inner.id, &self.inner.outbox, topic)
     }
 
     /// The topics subscribed to now.
     pub fn subscriptions(&self) -> Vec<Topic> {
-        let topics = self.topics();
-        Topic::ALL.into_iter().filter(|t| topics[t.index()]).collect()
+        let subscribed = self.subscribed();
+        Topic::ALL.into_iter().filter(|t| subscribed[t.index()]).collect()
     }
 
     /// Queues a control message (a reply or notice) ahead of routine messages.
     pub fn send(&self, message: &ServerMessage) -> Result<()> {
-        let stats = &self.inner.hub.inner.stats;
+        let stats = &self.inner.topics.stats;
         let type_index = u8::try_from(message.type_index()).unwrap_or_default();
         let frame = encode(&ServerFrame::control(message.clone()), stats);
         match self.inner.outbox.push_control(frame, type_index, stats) {
@@ -94,7 +97,7 @@ impl Connection {
     /// subscriptions end.
     pub fn close(&self, reason: DropReason) {
         if self.inner.outbox.closed().is_none() {
-            self.inner.hub.inner.stats.subscriber_dropped(reason);
+            self.inner.topics.stats.subscriber_dropped(reason);
         }
         self.inner.outbox.close(reason);
         for topic in self.subscriptions() {
@@ -112,20 +115,20 @@ impl Connection {
         self.inner.outbox.queued()
     }
 
-    fn topics(&self) -> std::sync::MutexGuard<'_, [bool; Topic::ALL.len()]> {
-        self.inner.topics.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn subscribed(&self) -> std::sync::MutexGuard<'_, [bool; Topic::ALL.len()]> {
+        self.inner.subscribed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let topics = *self.topics.get_mut().unwrap_or_else(|e| e.into_inner());
+        let subscribed = *self.subscribed.get_mut().unwrap_or_else(|e| e.into_inner());
         for topic in Topic::ALL {
-            if topics[topic.index()] {
-                self.hub.unsubscribe(self.id, topic);
+            if subscribed[topic.index()] {
+                self.topics.unsubscribe(self.id, &self.outbox, topic);
             }
         }
         self.outbox.close(DropReason::Closed);
-        self.hub.inner.stats.connection_closed();
+        self.topics.stats.connection_closed();
     }
 }

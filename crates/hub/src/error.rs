@@ -1,4 +1,6 @@
-//! The hub's error type.
+//! The hub's error type and [`DropReason`]: a leaf module every other one may import.
+
+use std::fmt;
 
 use modelcast_protocol::Topic;
 
@@ -14,16 +16,58 @@ pub enum Error {
         /// The message's `type`.
         type_name: &'static str,
     },
-    /// `max_hz` must be a positive, finite number.
-    #[error("max_hz must be a positive number of updates per second, got {0}")]
+    /// `max_hz` must be a positive, finite number no smaller than [`MIN_MAX_HZ`].
+    #[error(
+        "max_hz must be a number of updates per second from {MIN_MAX_HZ} up (e.g. 2 or 0.5), got {0}"
+    )]
     InvalidMaxHz(f64),
     /// The connection was closed (by the hub, e.g. as a slow consumer, or by its owner).
     #[error("the connection is closed ({0})")]
-    Closed(crate::DropReason),
+    Closed(DropReason),
     /// The connection is not subscribed to the topic.
     #[error("not subscribed to {0}")]
     NotSubscribed(Topic),
 }
 
+/// The smallest accepted `max_hz`: one update per key per day. Smaller rates would hold a value
+/// back for longer than any client waits (and overflow a `Duration` near zero).
+pub const MIN_MAX_HZ: f64 = 1.0 / 86_400.0;
+
 /// The hub's `Result`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a connection's outbox was closed; the server turns it into a WebSocket close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// It fell so far behind that even collapsed updates did not fit its queue.
+    SlowConsumer,
+    /// Its owner closed it.
+    Closed,
+    /// Another connection with the same id replaced it.
+    Replaced,
+    /// The hub is shutting down.
+    Shutdown,
+}
+
+impl DropReason {
+    /// Every reason, in a stable order.
+    pub const ALL: [DropReason; 4] =
+        [DropReason::SlowConsumer, DropReason::Closed, DropReason::Replaced, DropReason::Shutdown];
+
+    /// A short name for logs and metrics, e.g. `slow_consumer`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::SlowConsumer => "slow_consumer",
+            DropReason::Closed => "closed",
+            DropReason::Replaced => "replaced",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

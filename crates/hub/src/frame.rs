@@ -1,6 +1,10 @@
-//! [`Frame`]: one serialized server frame, shared by every subscriber that receives it.
+//! [`Frame`]: one serialized server frame, shared by every subscriber that receives it, and the
+//! only place the hub turns messages into bytes.
 
 use bytes::Bytes;
+use modelcast_protocol::ServerFrame;
+
+use crate::stats::Stats;
 
 /// One serialized JSON frame (UTF-8 text). Cloning shares the bytes: a message published to
 /// 10,000 subscribers is serialized once and its bytes are reference-counted, never copied.
@@ -12,7 +16,7 @@ pub struct Frame(Bytes);
 
 impl Frame {
     /// Wraps JSON text.
-    pub(crate) fn from_json(json: String) -> Self {
+    fn from_json(json: String) -> Self {
         Self(Bytes::from(json))
     }
 
@@ -41,10 +45,44 @@ impl Frame {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// This frame with `"late":true` added: delivered below a position the subscriber already
+    /// holds (see the crate docs' ordering contract). One small copy, made only for the
+    /// frames that need it.
+    pub(crate) fn late(&self) -> Frame {
+        splice(self.as_str(), "\"late\":true,")
+    }
 }
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Frame").field(&self.as_str()).finish()
     }
+}
+
+/// Serializes a whole frame (control frames, notices).
+pub(crate) fn encode(frame: &ServerFrame, stats: &Stats) -> Frame {
+    Frame::from_json(encode_text(frame, stats))
+}
+
+/// Serializes a frame to text, to be completed by [`with_seq`].
+pub(crate) fn encode_text(frame: &ServerFrame, stats: &Stats) -> String {
+    stats.serialized();
+    serde_json::to_string(frame).expect("protocol types always serialize")
+}
+
+/// `{"topic":...}` + seq → `{"seq":N,"topic":...}`: one small copy instead of a second
+/// serialization once the topic's lock has given the message its `seq`.
+pub(crate) fn with_seq(unsequenced: &str, seq: u64) -> Frame {
+    splice(unsequenced, &format!("\"seq\":{seq},"))
+}
+
+/// Inserts `fields` (ending in a comma) right after the opening brace of a JSON object.
+fn splice(object: &str, fields: &str) -> Frame {
+    debug_assert!(object.starts_with('{') && fields.ends_with(','));
+    let mut out = String::with_capacity(object.len() + fields.len());
+    out.push('{');
+    out.push_str(fields);
+    out.push_str(&object[1..]);
+    Frame::from_json(out)
 }

@@ -52,13 +52,15 @@ mod outbox;
 mod publish;
 mod stats;
 mod throttle;
+mod topics;
 
 pub use backplane::{Backplane, Inbound, MemoryBackplane, NodeId};
 pub use batch::{Batcher, Combiner};
 pub use connection::Connection;
-pub use error::{Error, Result};
+pub use error::{DropReason, Error, MIN_MAX_HZ, Result};
 pub use frame::Frame;
-pub use hub::{DropReason, Hub, HubConfig, Published, SubscribeOptions, SubscribeOutcome};
+pub use hub::{Hub, Published};
 pub use outbox::Delivery;
 pub use publish::{Key, Kind, Publish, Retain};
 pub use stats::{ConflateReason, HubStats, TopicStats};
+pub use topics::{HubConfig, SubscribeOptions, SubscribeOutcome};

@@ -1,13 +1,21 @@
-//! A connection's bounded outbox: two lanes, per-key collapsing when full, per-key rate limits.
+//! A connection's bounded outbox: two lanes, per-key collapsing when full, per-key rate limits,
+//! and the per-topic position that keeps the ordering contract.
 //!
 //! What happens when it fills (the decision, written down):
 //! 1. Queued *conflatable* messages (updates with a key) collapse to the newest per
-//!    (topic, key). Transitions, events and control messages are never collapsed; order among
-//!    the survivors is kept.
+//!    (topic, key), which stays where it was queued. Transitions, events and control messages
+//!    are never collapsed; order among the survivors is kept.
 //! 2. If that made room, the message is queued, followed by one typed `lagging` notice (only
 //!    one waits at a time).
 //! 3. Otherwise the subscriber is dropped with [`DropReason::SlowConsumer`]: its queue is
 //!    freed at once and the owner's next `recv` returns the reason.
+//!
+//! Order (why it holds): the urgent lane is drained first, so an urgent frame may only go there
+//! while no routine frame *of its topic* waits; otherwise it queues behind them on the routine
+//! lane. Every topic frame passes [`State::place`], which compares its `seq` with the highest
+//! one this connection was given for the topic: a frame below it (the state sent on
+//! subscribing, a `max_hz` update released after newer messages of other keys) is marked
+//! `"late":true`, so no client mistakes it for a duplicate.
 //!
 //! Publishers never wait: a push takes a short, uncontended lock and returns.
 
@@ -19,9 +27,13 @@ use modelcast_protocol::{Lagging, ServerFrame, ServerMessage, Topic};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::error::DropReason;
+use crate::frame::{Frame, encode};
 use crate::keys::KeyId;
+use crate::publish::Kind;
 use crate::stats::{ConflateReason, Stats};
-use crate::{DropReason, Frame, Kind};
+
+const TOPICS: usize = Topic::ALL.len();
 
 /// One frame for a connection, with what the outbox needs to know about it.
 #[derive(Debug, Clone)]
@@ -29,17 +41,20 @@ pub struct Delivery {
     pub(crate) frame: Frame,
     /// `None` for control frames.
     pub(crate) topic: Option<Topic>,
+    /// The frame's `seq` in its topic (0 for control frames).
+    pub(crate) seq: u64,
+    /// The state key (collapsing, `max_hz`).
     pub(crate) key: KeyId,
     pub(crate) kind: Kind,
     /// Publish time, for latency measurements by the owner.
     pub(crate) published_at: Option<Instant>,
     /// The message type's index in `ServerMessage::TYPES` (for per-type metrics).
     pub(crate) type_index: u8,
+    /// The frame already carries `"late":true`.
+    pub(crate) late: bool,
     /// This is the outbox's own `lagging` notice.
     notice: bool,
 }
-
-pub(crate) type Item = Delivery;
 
 impl Delivery {
     /// The frame to write.
@@ -57,6 +72,17 @@ impl Delivery {
         self.topic
     }
 
+    /// The frame's `seq` in its topic; `None` for control frames.
+    pub fn seq(&self) -> Option<u64> {
+        self.topic.map(|_| self.seq)
+    }
+
+    /// Whether the frame is marked `"late":true` (delivered below the connection's position in
+    /// its topic: apply as the key's current value).
+    pub fn is_late(&self) -> bool {
+        self.late
+    }
+
     /// The message type's index in `modelcast_protocol::ServerMessage::TYPES`.
     pub fn type_index(&self) -> usize {
         usize::from(self.type_index)
@@ -68,25 +94,16 @@ impl Delivery {
         self.published_at
     }
 
-    pub(crate) fn new(
-        frame: Frame,
-        topic: Topic,
-        key: KeyId,
-        kind: Kind,
-        type_index: u8,
-        published_at: Option<Instant>,
-    ) -> Self {
-        Self { frame, topic: Some(topic), key, kind, published_at, type_index, notice: false }
-    }
-
     pub(crate) fn control(frame: Frame, type_index: u8) -> Self {
         Self {
             frame,
             topic: None,
+            seq: 0,
             key: KeyId::NONE,
             kind: Kind::Event,
             published_at: None,
             type_index,
+            late: false,
             notice: false,
         }
     }
@@ -94,9 +111,34 @@ impl Delivery {
     fn conflatable(&self) -> bool {
         self.kind == Kind::Update && self.key != KeyId::NONE && self.topic.is_some()
     }
+}
 
-    fn slot(&self) -> (Option<Topic>, KeyId) {
-        (self.topic, self.key)
+/// What a topic frame needs to become a [`Delivery`].
+#[derive(Debug, Clone)]
+pub(crate) struct TopicFrame {
+    pub(crate) frame: Frame,
+    pub(crate) topic: Topic,
+    pub(crate) seq: u64,
+    pub(crate) key: KeyId,
+    pub(crate) kind: Kind,
+    pub(crate) type_index: u8,
+    /// `frame` is already marked late (retained state is stored that way).
+    pub(crate) late: bool,
+}
+
+impl TopicFrame {
+    pub(crate) fn delivery(&self, published_at: Option<Instant>) -> Delivery {
+        Delivery {
+            frame: self.frame.clone(),
+            topic: Some(self.topic),
+            seq: self.seq,
+            key: self.key,
+            kind: self.kind,
+            published_at,
+            type_index: self.type_index,
+            late: self.late,
+            notice: false,
+        }
     }
 }
 
@@ -125,17 +167,24 @@ pub(crate) enum Pushed {
 #[derive(Debug)]
 struct Deferred {
     due: Instant,
-    item: Item,
+    item: Delivery,
 }
+
+type Slot = (Topic, KeyId);
 
 #[derive(Debug, Default)]
 struct State {
-    urgent: VecDeque<Item>,
-    routine: VecDeque<Item>,
+    urgent: VecDeque<Delivery>,
+    routine: VecDeque<Delivery>,
+    /// Routine frames queued per topic: an urgent frame of a topic with routine frames waiting
+    /// queues behind them, so it never overtakes its own topic.
+    routine_per_topic: [u32; TOPICS],
+    /// The highest `seq` given to this connection per topic (its position).
+    position: [u64; TOPICS],
     /// `max_hz`: the newest held-back update per (topic, key), and when it may go.
-    deferred: HashMap<(Option<Topic>, KeyId), Deferred>,
+    deferred: HashMap<Slot, Deferred>,
     /// `max_hz`: when the last update per (topic, key) was queued.
-    last_sent: HashMap<(Option<Topic>, KeyId), Instant>,
+    last_sent: HashMap<Slot, Instant>,
     conflated_since_notice: u64,
     lagging_queued: bool,
     closed: Option<DropReason>,
@@ -144,6 +193,48 @@ struct State {
 impl State {
     fn len(&self) -> usize {
         self.urgent.len() + self.routine.len()
+    }
+
+    /// Puts `item` on its lane, marking it late if it is below the topic's position.
+    fn place(&mut self, mut item: Delivery, urgent: bool) {
+        let Some(topic) = item.topic else {
+            self.urgent.push_back(item);
+            return;
+        };
+        let t = topic.index();
+        if item.seq <= self.position[t] {
+            if !item.late {
+                item.frame = item.frame.late();
+                item.late = true;
+            }
+        } else {
+            self.position[t] = item.seq;
+        }
+        if urgent && self.routine_per_topic[t] == 0 {
+            self.urgent.push_back(item);
+        } else {
+            self.routine_per_topic[t] += 1;
+            self.routine.push_back(item);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Delivery> {
+        if let Some(item) = self.urgent.pop_front() {
+            return Some(item);
+        }
+        let item = self.routine.pop_front()?;
+        if let Some(topic) = item.topic {
+            self.routine_per_topic[topic.index()] -= 1;
+        }
+        Some(item)
+    }
+
+    fn clear(&mut self) {
+        self.urgent.clear();
+        self.routine.clear();
+        self.routine_per_topic = [0; TOPICS];
+        self.deferred.clear();
+        self.last_sent.clear();
     }
 }
 
@@ -173,7 +264,7 @@ impl Outbox {
     /// Queues `item`, applying the subscription's per-key `rate` (from `max_hz`).
     pub(crate) fn push(
         &self,
-        item: Item,
+        item: Delivery,
         urgent: bool,
         rate: Option<Duration>,
         now: Instant,
@@ -183,8 +274,10 @@ impl Outbox {
         if state.closed.is_some() {
             return Pushed::Closed;
         }
-        if let Some(rate) = rate {
-            let slot = item.slot();
+        if let (Some(rate), Some(topic)) = (rate, item.topic)
+            && item.key != KeyId::NONE
+        {
+            let slot = (topic, item.key);
             if item.conflatable() {
                 let next = state.last_sent.get(&slot).map(|last| *last + rate);
                 if let Some(due) = next.filter(|due| now < *due) {
@@ -200,16 +293,15 @@ impl Outbox {
                 if let Some(old) = state.deferred.remove(&slot) {
                     stats.conflated(old.item.topic, ConflateReason::MaxHz, 1);
                 }
-            } else if item.key != KeyId::NONE {
-                // A transition releases the held-back update of its key first: order is kept.
+            } else {
+                // A transition or event releases the held-back update of its key first: the
+                // key's own order is kept.
                 if let Some(held) = state.deferred.remove(&slot)
                     && self.enqueue(&mut state, held.item, false, stats) == Pushed::Dropped
                 {
                     return self.dropped(state);
                 }
-                if item.kind == Kind::Transition {
-                    state.last_sent.insert(slot, now);
-                }
+                state.last_sent.insert(slot, now);
             }
         }
         match self.enqueue(&mut state, item, urgent, stats) {
@@ -230,17 +322,33 @@ impl Outbox {
         if state.closed.is_some() {
             return Pushed::Closed;
         }
-        match self.enqueue(&mut state, Item::control(frame, type_index), true, stats) {
+        match self.enqueue(&mut state, Delivery::control(frame, type_index), true, stats) {
             Pushed::Dropped => self.dropped(state),
             outcome => outcome,
         }
     }
 
-    fn enqueue(&self, state: &mut State, item: Item, urgent: bool, stats: &Stats) -> Pushed {
+    /// A subscription to `topic` starts (or is replaced) at `position`: frames at or below it
+    /// are marked late, and the previous subscription's held-back updates are forgotten (the
+    /// new one starts from the current state or from history).
+    pub(crate) fn start(&self, topic: Topic, position: u64) {
+        let mut state = self.lock();
+        state.position[topic.index()] = position;
+        state.deferred.retain(|(t, _), _| *t != topic);
+        state.last_sent.retain(|(t, _), _| *t != topic);
+    }
+
+    /// The subscription to `topic` ended: nothing held back for it is released later.
+    pub(crate) fn forget(&self, topic: Topic) {
+        let mut state = self.lock();
+        state.deferred.retain(|(t, _), _| *t != topic);
+        state.last_sent.retain(|(t, _), _| *t != topic);
+    }
+
+    fn enqueue(&self, state: &mut State, item: Delivery, urgent: bool, stats: &Stats) -> Pushed {
         let was_empty = state.len() == 0;
         if state.len() >= self.capacity {
-            let collapsed =
-                collapse(&mut state.routine, stats) + collapse(&mut state.urgent, stats);
+            let collapsed = collapse(state, stats);
             state.conflated_since_notice += collapsed;
             let notice = usize::from(!state.lagging_queued);
             if state.len() + 1 + notice > self.capacity {
@@ -249,8 +357,7 @@ impl Outbox {
                 for lost in lost.chain(std::iter::once(item)) {
                     stats.dropped_message(lost.topic);
                 }
-                state.deferred.clear();
-                state.last_sent.clear();
+                state.clear();
                 state.closed = Some(DropReason::SlowConsumer);
                 stats.subscriber_dropped(DropReason::SlowConsumer);
                 return Pushed::Dropped;
@@ -263,17 +370,15 @@ impl Outbox {
                     timestamp: chrono::Utc::now(),
                 });
                 let type_index = u8::try_from(lagging.type_index()).unwrap_or_default();
-                let frame = crate::hub::encode(&ServerFrame::control(lagging), stats);
-                state.urgent.push_back(Item { notice: true, ..Item::control(frame, type_index) });
+                let frame = encode(&ServerFrame::control(lagging), stats);
+                state
+                    .urgent
+                    .push_back(Delivery { notice: true, ..Delivery::control(frame, type_index) });
                 state.lagging_queued = true;
                 state.conflated_since_notice = 0;
             }
         }
-        if urgent {
-            state.urgent.push_back(item);
-        } else {
-            state.routine.push_back(item);
-        }
+        state.place(item, urgent);
         if was_empty {
             self.notify.notify_one();
         }
@@ -282,7 +387,7 @@ impl Outbox {
 
     /// Waits for frames and moves up to `max` of them into `out`, urgent ones first.
     /// Returns the reason once the outbox is closed.
-    pub(crate) async fn recv(&self, out: &mut Vec<Item>, max: usize) -> Result<(), DropReason> {
+    pub(crate) async fn recv(&self, out: &mut Vec<Delivery>, max: usize) -> Result<(), DropReason> {
         loop {
             let next_due = match self.take(out, max)? {
                 Taken::Some => return Ok(()),
@@ -301,7 +406,7 @@ impl Outbox {
     }
 
     /// Moves up to `max` queued frames into `out` without waiting.
-    pub(crate) fn take(&self, out: &mut Vec<Item>, max: usize) -> Result<Taken, DropReason> {
+    pub(crate) fn take(&self, out: &mut Vec<Delivery>, max: usize) -> Result<Taken, DropReason> {
         let mut state = self.lock();
         if let Some(reason) = state.closed {
             return Err(reason);
@@ -311,9 +416,7 @@ impl Outbox {
         }
         let start = out.len();
         while out.len() - start < max {
-            let Some(item) = state.urgent.pop_front().or_else(|| state.routine.pop_front()) else {
-                break;
-            };
+            let Some(item) = state.pop() else { break };
             if item.notice {
                 state.lagging_queued = false; // the lagging notice is on its way
             }
@@ -330,9 +433,7 @@ impl Outbox {
         let mut state = self.lock();
         if state.closed.is_none() {
             state.closed = Some(reason);
-            state.urgent.clear();
-            state.routine.clear();
-            state.deferred.clear();
+            state.clear();
         }
         drop(state);
         self.notify.notify_one();
@@ -349,34 +450,53 @@ impl Outbox {
     }
 }
 
-/// Moves due `max_hz` updates into the routine lane (they were admitted when deferred).
+/// Moves due `max_hz` updates into the routine lane (they were admitted when deferred), in
+/// `seq` order; each is marked late if newer frames of its topic went out meanwhile.
 fn release_due(state: &mut State, now: Instant) {
-    let due: Vec<_> =
-        state.deferred.iter().filter(|(_, d)| d.due <= now).map(|(slot, _)| *slot).collect();
-    for slot in due {
-        if let Some(held) = state.deferred.remove(&slot) {
-            state.last_sent.insert(slot, now);
-            state.routine.push_back(held.item);
+    let mut due: Vec<Delivery> = Vec::new();
+    state.deferred.retain(|_, d| {
+        if d.due <= now {
+            due.push(d.item.clone());
+            false
+        } else {
+            true
         }
+    });
+    due.sort_by_key(|d| d.seq);
+    for item in due {
+        if let Some(topic) = item.topic {
+            state.last_sent.insert((topic, item.key), now);
+        }
+        state.place(item, false);
     }
 }
 
-/// Keeps only the newest conflatable item per (topic, key); returns how many were removed.
-fn collapse(lane: &mut VecDeque<Item>, stats: &Stats) -> u64 {
-    let mut seen: HashSet<(Option<Topic>, KeyId)> = HashSet::new();
-    let mut keep = vec![true; lane.len()];
-    for (i, item) in lane.iter().enumerate().rev() {
-        if item.conflatable() && !seen.insert(item.slot()) {
-            keep[i] = false;
-            stats.conflated(item.topic, ConflateReason::QueueFull, 1);
+/// Keeps only the newest conflatable item per (topic, key) in both lanes, each where it was;
+/// returns how many were removed.
+fn collapse(state: &mut State, stats: &Stats) -> u64 {
+    let mut removed = 0;
+    for urgent in [false, true] {
+        let lane = if urgent { &mut state.urgent } else { &mut state.routine };
+        let mut seen: HashSet<(Option<Topic>, KeyId)> = HashSet::new();
+        let mut keep = vec![true; lane.len()];
+        for (i, item) in lane.iter().enumerate().rev() {
+            if item.conflatable() && !seen.insert((item.topic, item.key)) {
+                keep[i] = false;
+            }
         }
+        let mut i = 0;
+        lane.retain(|item| {
+            let k = keep[i];
+            i += 1;
+            if !k {
+                stats.conflated(item.topic, ConflateReason::QueueFull, 1);
+                if !urgent && let Some(topic) = item.topic {
+                    state.routine_per_topic[topic.index()] -= 1;
+                }
+                removed += 1;
+            }
+            k
+        });
     }
-    let before = lane.len();
-    let mut i = 0;
-    lane.retain(|_| {
-        let k = keep[i];
-        i += 1;
-        k
-    });
-    (before - lane.len()) as u64
+    removed
 }

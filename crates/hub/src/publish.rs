@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use modelcast_protocol::{ServerMessage, Topic};
 
-/// A key within a topic (for the model domain: a `model_id`). Cheap to clone.
+/// A key within a topic, cheap to clone. Used for two separate jobs, each with its own field of
+/// [`Publish`]: the *state key* (retained state, throttling, collapsing, `max_hz`) and the
+/// *filter subject* (what a subscriber's filter matches).
 pub type Key = Arc<str>;
 
 /// What a publish does to the topic's retained state.
@@ -40,6 +42,7 @@ pub struct Publish {
     pub(crate) message: ServerMessage,
     pub(crate) topic: Topic,
     pub(crate) key: Option<Key>,
+    pub(crate) subject: Option<Key>,
     pub(crate) retain: Retain,
     pub(crate) kind: Kind,
     pub(crate) urgent: bool,
@@ -55,6 +58,7 @@ impl Publish {
             message,
             topic,
             key: None,
+            subject: None,
             retain: Retain::No,
             kind: Kind::Event,
             urgent: false,
@@ -62,9 +66,18 @@ impl Publish {
         })
     }
 
-    /// Sets the key (filters, throttling, retained state and collapsing work per key).
+    /// Sets the state key: retained state, throttling, collapsing and `max_hz` work per key.
+    /// It never decides who receives the message (see [`Publish::subject`]).
     pub fn key(mut self, key: impl Into<Key>) -> Self {
         self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the filter subject (for the model domain: the `model_id` the message is about). A
+    /// subscription filtered to some subjects receives the messages about one of them and
+    /// every message without a subject.
+    pub fn subject(mut self, subject: impl Into<Key>) -> Self {
+        self.subject = Some(subject.into());
         self
     }
 
@@ -101,25 +114,5 @@ impl Publish {
     /// The topic it is published on.
     pub fn topic(&self) -> Topic {
         self.topic
-    }
-
-    /// Its key, if any.
-    pub fn key_str(&self) -> Option<&str> {
-        self.key.as_deref()
-    }
-
-    /// Its retain instruction.
-    pub fn retain_mode(&self) -> Retain {
-        self.retain
-    }
-
-    /// Its kind.
-    pub fn message_kind(&self) -> Kind {
-        self.kind
-    }
-
-    /// Whether it is urgent.
-    pub fn is_urgent(&self) -> bool {
-        self.urgent
     }
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use modelcast_protocol::{ServerMessage, Topic};
 
-use crate::DropReason;
+use crate::error::DropReason;
 
 /// Why an update was replaced by a newer one of the same key before delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -5,6 +5,10 @@
 //! new window opens. A transition of the same key first releases the pending update, then goes
 //! out itself. Every slot has one timer armed at its window's end; a timer that finds nothing
 //! pending removes the slot, so idle keys cost nothing.
+//!
+//! This module is the state machine only: the hub arms the timers and passes a `send` closure,
+//! which runs under the throttle's lock so that a timer's flush cannot interleave with a
+//! publish of the same key.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -14,14 +18,22 @@ use modelcast_protocol::Topic;
 use tokio::time::Instant;
 
 use crate::keys::KeyId;
-use crate::stats::ConflateReason;
-use crate::{Hub, Publish, Published};
+use crate::publish::Publish;
+use crate::stats::{ConflateReason, Stats};
 
 #[derive(Debug)]
 struct Slot {
-    window_end: Instant,
     interval: Duration,
     pending: Option<Publish>,
+}
+
+/// What [`Throttle::offer`] did with an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offered {
+    /// Sent now at `seq`; a window opened: arm a timer for `window_end`.
+    Sent { seq: u64, window_end: Instant },
+    /// Held until the key's window ends.
+    Held,
 }
 
 /// The throttle's slots. Lock order: throttle, then a topic, then an outbox.
@@ -34,70 +46,64 @@ impl Throttle {
     fn lock(&self) -> MutexGuard<'_, HashMap<(Topic, KeyId), Slot>> {
         self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
 
-impl Hub {
-    pub(crate) fn throttled(&self, publish: Publish, interval: Duration) -> Published {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // No runtime, no timers: deliver rather than lose or hold the update.
-            return Published::Sent { seq: self.publish_now(publish, Vec::new()) };
-        };
+    /// An update of `key`: sent at once if its window is closed, else held (replacing the
+    /// pending one).
+    pub(crate) fn offer(
+        &self,
+        key: KeyId,
+        publish: Publish,
+        interval: Duration,
+        stats: &Stats,
+        send: impl FnOnce(Publish) -> u64,
+    ) -> Offered {
         let topic = publish.topic;
-        let key = self.inner.keys.intern(publish.key.as_ref());
-        let now = Instant::now();
-        let mut slots = self.inner.throttle.lock();
+        let mut slots = self.lock();
         if let Some(slot) = slots.get_mut(&(topic, key)) {
             slot.interval = interval;
             if slot.pending.replace(publish).is_some() {
-                self.inner.stats.conflated(Some(topic), ConflateReason::Throttle, 1);
+                stats.conflated(Some(topic), ConflateReason::Throttle, 1);
             }
-            return Published::Held;
+            return Offered::Held;
         }
-        let window_end = now + interval;
-        slots.insert((topic, key), Slot { window_end, interval, pending: None });
-        // Deliver under the throttle lock so that a timer flush cannot interleave.
-        let seq = self.publish_now(publish, Vec::new());
-        drop(slots);
-        self.arm(&runtime, topic, key, window_end);
-        Published::Sent { seq }
+        let window_end = Instant::now() + interval;
+        slots.insert((topic, key), Slot { interval, pending: None });
+        Offered::Sent { seq: send(publish), window_end }
     }
 
-    pub(crate) fn transition(&self, publish: Publish) -> u64 {
-        let topic = publish.topic;
-        let key = self.inner.keys.intern(publish.key.as_ref());
-        let mut slots = self.inner.throttle.lock();
-        if let Some(pending) = slots.get_mut(&(topic, key)).and_then(|s| s.pending.take()) {
-            self.publish_now(pending, Vec::new());
+    /// A transition of `key`: releases the pending update first, then sends the transition.
+    pub(crate) fn transition(
+        &self,
+        key: KeyId,
+        publish: Publish,
+        mut send: impl FnMut(Publish) -> u64,
+    ) -> u64 {
+        let mut slots = self.lock();
+        if let Some(pending) = slots.get_mut(&(publish.topic, key)).and_then(|s| s.pending.take()) {
+            send(pending);
         }
-        let seq = self.publish_now(publish, Vec::new());
-        drop(slots);
-        seq
+        send(publish)
     }
 
-    fn arm(&self, runtime: &tokio::runtime::Handle, topic: Topic, key: KeyId, at: Instant) {
-        let hub = self.clone();
-        runtime.spawn(async move {
-            tokio::time::sleep_until(at).await;
-            hub.window_ended(topic, key);
-        });
-    }
-
-    fn window_ended(&self, topic: Topic, key: KeyId) {
-        let mut slots = self.inner.throttle.lock();
-        let Some(slot) = slots.get_mut(&(topic, key)) else { return };
+    /// The window of `(topic, key)` ended: sends the pending update and returns when the next
+    /// window ends (arm a timer), or removes the idle slot and returns `None`.
+    pub(crate) fn window_ended(
+        &self,
+        topic: Topic,
+        key: KeyId,
+        send: impl FnOnce(Publish) -> u64,
+    ) -> Option<Instant> {
+        let mut slots = self.lock();
+        let slot = slots.get_mut(&(topic, key))?;
         match slot.pending.take() {
             Some(pending) => {
-                let now = Instant::now();
-                slot.window_end = now + slot.interval;
-                let next = slot.window_end;
-                self.publish_now(pending, Vec::new());
-                drop(slots);
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    self.arm(&runtime, topic, key, next);
-                }
+                let next = Instant::now() + slot.interval;
+                send(pending);
+                Some(next)
             }
             None => {
                 slots.remove(&(topic, key));
+                None
             }
         }
     }

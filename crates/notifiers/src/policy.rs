@@ -56,8 +56,14 @@ impl PolicyConfig {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Rule {
-    /// The key within the topic (throttling, retained state, filters, collapsing).
+    /// The state key within the topic: retained state, throttling, collapsing and `max_hz`
+    /// work per key. Model-less messages get a fixed key (`system`, `usage`, …) or their own
+    /// id; it never decides who receives them.
     pub key: Option<String>,
+    /// The filter subject: the model the message is about, matched against a subscriber's
+    /// `filter.model_ids`. `None` (a batch, system stats, an alert about no model) passes every
+    /// filter.
+    pub subject: Option<String>,
     /// What it does to the retained state.
     pub retain: Retain,
     /// Update, transition or event.
@@ -76,6 +82,7 @@ impl Rule {
     fn new(key: Option<&str>, kind: Kind) -> Self {
         Self {
             key: key.map(str::to_owned),
+            subject: None,
             retain: Retain::No,
             kind,
             urgent: false,
@@ -214,9 +221,16 @@ impl Policy {
     /// | `generation_progress` | task | update; transition when finished | kept; cleared when finished | | |
     /// | `queue_update` | `queue` | update | kept | | |
     /// | `alert` | alert id | event | | yes | |
+    ///
+    /// Every rule's subject is the message's `model_id` (the original model for fallback
+    /// messages), whatever its key.
     pub fn rule(&self, message: &ServerMessage) -> Rule {
-        use Kind::{Event, Transition, Update};
         let model = message.model_id();
+        Rule { subject: model.map(str::to_owned), ..self.rule_by_type(message, model) }
+    }
+
+    fn rule_by_type(&self, message: &ServerMessage, model: Option<&str>) -> Rule {
+        use Kind::{Event, Transition, Update};
         match message {
             ServerMessage::ModelStatusUpdate(_) => {
                 Rule { batched: true, ..Rule::new(model, Update).retain(Retain::Keep) }
@@ -294,6 +308,9 @@ impl Policy {
         }
         if let Some(key) = rule.key {
             publish = publish.key(key);
+        }
+        if let Some(subject) = rule.subject {
+            publish = publish.subject(subject);
         }
         publish = publish.retain(rule.retain).kind(rule.kind).urgent(rule.urgent);
         if let Some(interval) = rule.throttle {

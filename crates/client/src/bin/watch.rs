@@ -99,8 +99,8 @@ impl Printer {
     }
 
     fn print(&mut self, topic: Topic, event: Event) {
-        let (seq, retained, message) = match event {
-            Event::Message { seq, retained, message } => (seq, retained, message),
+        let (seq, late, message) = match event {
+            Event::Message { seq, late, message } => (seq, late, message),
             Event::Gap { last_seq } => {
                 if !self.json {
                     self.line(format!("{} {topic}: messages after seq {last_seq} could not be recovered; current state follows", style("gap").yellow()));
@@ -120,7 +120,7 @@ impl Printer {
             _ => return,
         };
         if self.json {
-            let frame = ServerFrame { topic: Some(topic), seq: Some(seq), message };
+            let frame = ServerFrame { topic: Some(topic), seq: Some(seq), late, message };
             println!("{}", serde_json::to_string(&frame).unwrap_or_default());
             return;
         }
@@ -140,7 +140,7 @@ impl Printer {
             return;
         }
         let when = chrono_time(&message);
-        let tag = if retained { style("state").dim().to_string() } else { format!("#{seq}") };
+        let tag = if late { style("state").dim().to_string() } else { format!("#{seq}") };
         let summary = describe(&message);
         let summary = match &message {
             ServerMessage::Alert(_)

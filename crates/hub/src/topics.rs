@@ -1,0 +1,454 @@
+//! [`Topics`]: the per-topic table — `seq`, history, retained state, subscribers — and the two
+//! operations on it: sequence-and-fan-out a message, and start a subscription atomically with
+//! publishers.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use modelcast_protocol::{RequestId, ServerFrame, ServerMessage, Since, Subscribed, Topic};
+use tokio::time::Instant;
+
+use crate::error::{DropReason, Error, MIN_MAX_HZ, Result};
+use crate::frame::{encode, encode_text, with_seq};
+use crate::keys::{Interner, KeyId};
+use crate::outbox::{Outbox, Pushed, TopicFrame};
+use crate::publish::{Kind, Publish, Retain};
+use crate::stats::Stats;
+
+/// The hub's limits. `Default` gives the product's defaults: 1000 messages or 5 minutes of
+/// history per topic, 1000 queued frames per connection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HubConfig {
+    /// Messages kept per topic for recovery (default 1000).
+    pub history_size: usize,
+    /// How long a message stays recoverable (default 5 minutes).
+    pub history_age: Duration,
+    /// Frames that may wait per connection before it is collapsed, then dropped (default 1000).
+    pub outbox_capacity: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self { history_size: 1000, history_age: Duration::from_secs(300), outbox_capacity: 1000 }
+    }
+}
+
+impl HubConfig {
+    /// Sets [`HubConfig::history_size`].
+    pub fn history_size(mut self, n: usize) -> Self {
+        self.history_size = n;
+        self
+    }
+
+    /// Sets [`HubConfig::history_age`].
+    pub fn history_age(mut self, age: Duration) -> Self {
+        self.history_age = age;
+        self
+    }
+
+    /// Sets [`HubConfig::outbox_capacity`].
+    pub fn outbox_capacity(mut self, n: usize) -> Self {
+        self.outbox_capacity = n;
+        self
+    }
+}
+
+/// How to subscribe: all optional.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// Echoed in the `subscribed` reply.
+    pub request_id: Option<RequestId>,
+    /// Recover from this position instead of receiving the retained state.
+    pub since: Option<Since>,
+    /// Only messages whose subject is one of these, and every message without a subject.
+    pub subjects: Option<Vec<String>>,
+    /// At most this many updates per second per key (newest wins; transitions and events
+    /// always pass).
+    pub max_hz: Option<f64>,
+}
+
+impl SubscribeOptions {
+    /// Sets the request id.
+    pub fn request_id(mut self, id: Option<RequestId>) -> Self {
+        self.request_id = id;
+        self
+    }
+
+    /// Sets the recovery position.
+    pub fn since(mut self, since: Option<Since>) -> Self {
+        self.since = since;
+        self
+    }
+
+    /// Sets the subject filter.
+    pub fn subjects(mut self, subjects: Option<Vec<String>>) -> Self {
+        self.subjects = subjects;
+        self
+    }
+
+    /// Sets the per-key rate.
+    pub fn max_hz(mut self, max_hz: Option<f64>) -> Self {
+        self.max_hz = max_hz;
+        self
+    }
+}
+
+/// What a subscription started with (also sent to the connection as `subscribed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscribeOutcome {
+    /// The hub's epoch.
+    pub epoch: String,
+    /// The topic's newest seq when the subscription started.
+    pub seq: u64,
+    /// Whether every message after `since` was replayed.
+    pub recovered: bool,
+    /// How many frames (replayed or retained) were queued before live ones.
+    pub initial: usize,
+}
+
+type Filter = Option<Arc<HashSet<KeyId>>>;
+
+fn passes(filter: &Filter, subject: KeyId) -> bool {
+    match filter {
+        Some(subjects) => subject == KeyId::NONE || subjects.contains(&subject),
+        None => true,
+    }
+}
+
+struct Sub {
+    connection: u64,
+    outbox: Arc<Outbox>,
+    filter: Filter,
+    rate: Option<Duration>,
+}
+
+/// A sequenced message as history and retained state hold it.
+struct Entry {
+    frame: TopicFrame,
+    subject: KeyId,
+    urgent: bool,
+}
+
+struct HistoryEntry {
+    at: Instant,
+    entry: Entry,
+}
+
+#[derive(Default)]
+struct TopicState {
+    seq: u64,
+    history: VecDeque<HistoryEntry>,
+    /// The newest `Retain::Keep` message per state key; frames stored marked late, since they
+    /// are only ever sent below a new subscription's position.
+    retained: HashMap<KeyId, Entry>,
+    subs: Vec<Sub>,
+}
+
+impl TopicState {
+    fn prune(&mut self, config: &HubConfig, now: Instant) {
+        while self.history.len() > config.history_size {
+            self.history.pop_front();
+        }
+        while self.history.front().is_some_and(|e| now.duration_since(e.at) > config.history_age) {
+            self.history.pop_front();
+        }
+    }
+
+    fn remove_sub(&mut self, connection: u64) -> bool {
+        match self.subs.iter().position(|s| s.connection == connection) {
+            Some(i) => {
+                self.subs.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One message serialized (without its `seq`) and interned, ready for the topic lock.
+struct Prepared {
+    text: String,
+    key: KeyId,
+    subject: KeyId,
+    retain: Retain,
+    kind: Kind,
+    urgent: bool,
+    type_index: u8,
+}
+
+/// The topic table shared by the hub and its connections.
+pub(crate) struct Topics {
+    pub(crate) config: HubConfig,
+    pub(crate) epoch: String,
+    topics: [Mutex<TopicState>; Topic::ALL.len()],
+    pub(crate) keys: Interner,
+    pub(crate) stats: Stats,
+    next_connection: AtomicU64,
+}
+
+impl Topics {
+    pub(crate) fn new(config: HubConfig) -> Self {
+        Self {
+            config,
+            epoch: format!("{:016x}", rand::random::<u64>()),
+            topics: Default::default(),
+            keys: Interner::default(),
+            stats: Stats::default(),
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn lock(&self, topic: Topic) -> MutexGuard<'_, TopicState> {
+        // Every mutation of a topic is completed before its lock is released, so a poisoned
+        // lock (a panic elsewhere while holding it) still guards consistent state.
+        self.topics[topic.index()].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn last_seq(&self, topic: Topic) -> u64 {
+        self.lock(topic).seq
+    }
+
+    fn prepare(&self, publish: Publish) -> Prepared {
+        let type_index = u8::try_from(publish.message.type_index()).unwrap_or_default();
+        let frame = ServerFrame {
+            topic: Some(publish.topic),
+            seq: None,
+            late: false,
+            message: publish.message,
+        };
+        Prepared {
+            text: encode_text(&frame, &self.stats),
+            key: self.keys.intern(publish.key.as_ref()),
+            subject: self.keys.intern(publish.subject.as_ref()),
+            retain: publish.retain,
+            kind: publish.kind,
+            urgent: publish.urgent,
+            type_index,
+        }
+    }
+
+    /// Sequences, records and fans out one message now; `parts` (a batch's constituents) only
+    /// update the retained state, under the message's `seq`. Returns the `seq`.
+    pub(crate) fn publish(&self, publish: Publish, parts: Vec<Publish>) -> u64 {
+        let topic = publish.topic;
+        // Serialize once, outside the topic lock, without the seq; splice the seq in below.
+        let main = self.prepare(publish);
+        let parts: Vec<Prepared> = parts.into_iter().map(|p| self.prepare(p)).collect();
+
+        let now = Instant::now();
+        let mut state = self.lock(topic);
+        state.seq += 1;
+        let seq = state.seq;
+        let sequenced = TopicFrame {
+            frame: with_seq(&main.text, seq),
+            topic,
+            seq,
+            key: main.key,
+            kind: main.kind,
+            type_index: main.type_index,
+            late: false,
+        };
+        for part in std::iter::once(&main).chain(&parts) {
+            if part.key == KeyId::NONE {
+                continue;
+            }
+            match part.retain {
+                Retain::No => {}
+                Retain::Clear => {
+                    state.retained.remove(&part.key);
+                }
+                Retain::Keep => {
+                    let frame = TopicFrame {
+                        frame: with_seq(&part.text, seq).late(),
+                        key: part.key,
+                        kind: part.kind,
+                        type_index: part.type_index,
+                        late: true,
+                        ..sequenced.clone()
+                    };
+                    let entry = Entry { frame, subject: part.subject, urgent: part.urgent };
+                    state.retained.insert(part.key, entry);
+                }
+            }
+        }
+        let entry = Entry { frame: sequenced, subject: main.subject, urgent: main.urgent };
+        state.history.push_back(HistoryEntry { at: now, entry });
+        state.prune(&self.config, now);
+
+        let Some(last) = state.history.back() else { unreachable!("just pushed") };
+        let (frame, subject, urgent) = (last.entry.frame.clone(), main.subject, main.urgent);
+        let mut delivered = 0u64;
+        let mut gone = Vec::new();
+        for (i, sub) in state.subs.iter().enumerate() {
+            if !passes(&sub.filter, subject) {
+                continue;
+            }
+            match sub.outbox.push(frame.delivery(Some(now)), urgent, sub.rate, now, &self.stats) {
+                Pushed::Queued => delivered += 1,
+                Pushed::Deferred => {}
+                Pushed::Closed | Pushed::Dropped => gone.push(i),
+            }
+        }
+        for i in gone.into_iter().rev() {
+            state.subs.swap_remove(i);
+            self.stats.unsubscribed(topic);
+        }
+        drop(state);
+        self.stats.published(topic, main.type_index, delivered);
+        seq
+    }
+
+    /// Adds (or replaces) `connection`'s subscription to `topic`, queueing `subscribed` and then
+    /// the replayed or retained frames into `outbox`, atomically with respect to publishers.
+    pub(crate) fn subscribe(
+        &self,
+        connection: u64,
+        outbox: &Arc<Outbox>,
+        topic: Topic,
+        options: SubscribeOptions,
+    ) -> Result<SubscribeOutcome> {
+        let rate = match options.max_hz {
+            None => None,
+            Some(hz) if hz.is_finite() && hz >= MIN_MAX_HZ => {
+                Some(Duration::from_secs_f64(1.0 / hz))
+            }
+            Some(hz) => return Err(Error::InvalidMaxHz(hz)),
+        };
+        let filter: Filter = options.subjects.map(|subjects| {
+            let intern = |s: &String| self.keys.intern(Some(&s.as_str().into()));
+            Arc::new(subjects.iter().map(intern).collect())
+        });
+        let now = Instant::now();
+        let mut state = self.lock(topic);
+        state.prune(&self.config, now);
+        let replaced = state.remove_sub(connection);
+        let top = state.seq;
+
+        // Recovery: the whole range (since, top] must still be held.
+        let replay = options.since.as_ref().and_then(|since| {
+            if since.epoch != self.epoch || since.seq > top {
+                return None;
+            }
+            let oldest = state.history.front().map_or(top + 1, |e| e.entry.frame.seq);
+            (since.seq + 1 >= oldest || since.seq == top).then_some(since.seq)
+        });
+        let recovered = replay.is_some();
+        let reply = ServerMessage::Subscribed(Subscribed {
+            topic,
+            epoch: self.epoch.clone(),
+            seq: top,
+            recovered,
+            request_id: options.request_id,
+        });
+        let type_index = u8::try_from(reply.type_index()).unwrap_or_default();
+        let frame = encode(&ServerFrame::control(reply), &self.stats);
+        if outbox.push_control(frame, type_index, &self.stats) != Pushed::Queued {
+            if replaced {
+                self.stats.unsubscribed(topic);
+            }
+            return Err(Error::Closed(outbox.closed().unwrap_or(DropReason::Closed)));
+        }
+        outbox.start(topic, replay.unwrap_or(top));
+        let initial: Vec<(TopicFrame, bool)> = match replay {
+            Some(after) => {
+                let mut frames = if rate.is_some() {
+                    newest_values_until(&state, after, &filter)
+                } else {
+                    Vec::new()
+                };
+                frames.extend(
+                    state
+                        .history
+                        .iter()
+                        .map(|h| &h.entry)
+                        .filter(|e| e.frame.seq > after && passes(&filter, e.subject))
+                        .map(|e| (e.frame.clone(), e.urgent)),
+                );
+                frames
+            }
+            None => {
+                let mut entries: Vec<&Entry> =
+                    state.retained.values().filter(|e| passes(&filter, e.subject)).collect();
+                entries.sort_by_key(|e| e.frame.seq);
+                entries.into_iter().map(|e| (e.frame.clone(), e.urgent)).collect()
+            }
+        };
+        let count = initial.len();
+        for (frame, urgent) in initial {
+            if outbox.push(frame.delivery(None), urgent, None, now, &self.stats) == Pushed::Dropped
+            {
+                return Err(Error::Closed(DropReason::SlowConsumer));
+            }
+        }
+        self.stats.delivered(topic, count as u64);
+        state.subs.push(Sub { connection, outbox: outbox.clone(), filter, rate });
+        if !replaced {
+            self.stats.subscribed(topic);
+        }
+        Ok(SubscribeOutcome { epoch: self.epoch.clone(), seq: top, recovered, initial: count })
+    }
+
+    /// Removes `connection`'s subscription to `topic`; returns whether there was one.
+    pub(crate) fn unsubscribe(&self, connection: u64, outbox: &Outbox, topic: Topic) -> bool {
+        let removed = self.lock(topic).remove_sub(connection);
+        if removed {
+            outbox.forget(topic);
+            self.stats.unsubscribed(topic);
+        }
+        removed
+    }
+
+    /// The frames retained on `topic` now, oldest first (as a new subscriber gets them).
+    pub(crate) fn retained(&self, topic: Topic) -> Vec<crate::Frame> {
+        let state = self.lock(topic);
+        let mut entries: Vec<&Entry> = state.retained.values().collect();
+        entries.sort_by_key(|e| e.frame.seq);
+        entries.into_iter().map(|e| e.frame.frame.clone()).collect()
+    }
+}
+
+/// For a `max_hz` subscription recovering from `after`: the newest value of every key whose
+/// newest message at or below `after` is an update and which has nothing newer. The previous
+/// connection may have held such a value back (and then lost it) while its position moved past
+/// it on other keys, so it is sent again, marked late: applying a key's newest value twice is
+/// harmless, losing it is not.
+fn newest_values_until(state: &TopicState, after: u64, filter: &Filter) -> Vec<(TopicFrame, bool)> {
+    let mut newest: HashMap<KeyId, &Entry> = HashMap::new();
+    let mut touched_later: HashSet<KeyId> = HashSet::new();
+    for entry in state.retained.values() {
+        if entry.frame.seq <= after {
+            newest.insert(entry.frame.key, entry);
+        }
+    }
+    for entry in state.history.iter().map(|h| &h.entry) {
+        let key = entry.frame.key;
+        if key == KeyId::NONE {
+            continue;
+        }
+        if entry.frame.seq > after {
+            touched_later.insert(key);
+        } else if newest.get(&key).is_none_or(|e| e.frame.seq <= entry.frame.seq) {
+            newest.insert(key, entry);
+        }
+    }
+    let mut frames: Vec<(TopicFrame, bool)> = newest
+        .into_iter()
+        .filter(|(key, e)| {
+            !touched_later.contains(key)
+                && e.frame.kind == Kind::Update
+                && passes(filter, e.subject)
+        })
+        .map(|(_, e)| (e.frame.clone(), e.urgent))
+        .collect();
+    frames.sort_by_key(|(f, _)| f.seq);
+    frames
+}
