@@ -3,8 +3,7 @@
 use modelcast_hub::{Connection, SubscribeOptions};
 use modelcast_protocol::{ClientMessage, ErrorCode, ErrorMessage, Pong, RequestId, ServerMessage};
 
-use crate::app::App;
-use crate::session::{AuthState, Control};
+use crate::state::{App, AuthState, Control};
 
 pub(crate) fn reply_error(
     app: &App,
@@ -77,7 +76,7 @@ pub(crate) fn handle_text(app: &App, conn: &Connection, control: &Control, text:
             let options = SubscribeOptions::default()
                 .request_id(s.id.clone())
                 .since(s.since)
-                .keys(s.filter.and_then(|f| f.model_ids))
+                .subjects(s.filter.and_then(|f| f.model_ids))
                 .max_hz(s.max_hz);
             match conn.subscribe(s.topic, options) {
                 Ok(_) => {}

@@ -1,6 +1,5 @@
 //! [`Server`]: the listener, the shared state, the accept loop and graceful shutdown.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,35 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::http;
 use crate::metrics::Metrics;
 use crate::security::Security;
-use crate::session::SessionHandle;
-
-/// State shared by every request and session.
-#[derive(Debug)]
-pub(crate) struct App {
-    pub(crate) config: Config,
-    pub(crate) hub: Hub,
-    pub(crate) policy: Policy,
-    pub(crate) notifiers: Notifiers,
-    pub(crate) metrics: Metrics,
-    pub(crate) security: Security,
-    /// Open sessions by connection id (for replacement).
-    pub(crate) sessions: Mutex<HashMap<String, SessionHandle>>,
-    /// WebSocket connections admitted and not yet closed (the `max_connections` gauge).
-    pub(crate) active: AtomicUsize,
-    pub(crate) next_session: AtomicU64,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) tracker: TaskTracker,
-    pub(crate) started: Instant,
-    pub(crate) ws_config: WebSocketConfig,
-}
-
-impl App {
-    pub(crate) fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionHandle>> {
-        self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
+use crate::state::App;
 
 /// A bound, not yet running server.
 #[derive(Debug)]
@@ -89,9 +63,10 @@ impl Server {
         Self::bind_with(config, notifiers).await
     }
 
-    /// Binds the listener in front of an existing hub (through `notifiers` and its policy):
-    /// e.g. a new listener after the old one was shut down, with history and retained state
-    /// intact. The hub, policy and stale settings of `config` are not used.
+    /// Binds the listener in front of existing `notifiers` (and through them their policy and
+    /// hub), used as they are: e.g. a new listener after the old one was shut down, with
+    /// history, retained state, download state and the stale watchdog intact. The hub,
+    /// policy and stale settings of `config` are not used.
     pub async fn bind_with(config: Config, notifiers: Notifiers) -> std::io::Result<Self> {
         let security = Security::from_config(&config)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -107,10 +82,6 @@ impl Server {
             .max_write_buffer_size(1 << 20)
             .max_message_size(Some(config.max_frame_size))
             .max_frame_size(Some(config.max_frame_size));
-        let notifiers = Notifiers::new(
-            policy.clone(),
-            NotifiersConfig::default().stale_after(config.stale_after),
-        );
         let app = Arc::new(App {
             config,
             hub,
@@ -206,7 +177,7 @@ impl Server {
 async fn serve_connection(app: Arc<App>, stream: tokio::net::TcpStream, peer: SocketAddr) {
     let service = {
         let app = app.clone();
-        service_fn(move |req| crate::http::handle(app.clone(), req, peer))
+        service_fn(move |req| http::handle(app.clone(), req, peer))
     };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

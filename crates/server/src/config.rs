@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use modelcast_protocol::AlertLevel;
 
 /// The `modelcast` server's settings.
@@ -202,8 +202,12 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The documented defaults: no flags, and the environment is *not* read (only `main`
+    /// reads it, through [`Config::try_parse_args`]). Pure: never exits, never panics.
     fn default() -> Self {
-        Self::parse_from(["modelcast"])
+        let command = Self::command().mut_args(|arg| arg.env(None));
+        let matches = command.try_get_matches_from(["modelcast"]).expect("the defaults parse");
+        Self::from_arg_matches(&matches).expect("the defaults are valid settings")
     }
 }
 
@@ -232,7 +236,7 @@ impl Config {
         Ok(())
     }
 
-    /// The defaults with `bind` set (tests bind `127.0.0.1:0`).
+    /// The defaults with `bind` set (tests bind `127.0.0.1:0`); the environment is not read.
     pub fn with_bind(bind: SocketAddr) -> Self {
         Self { bind, ..Self::default() }
     }
@@ -360,6 +364,35 @@ fn count(var: &'static str) -> impl Fn(&str) -> Result<usize, String> + Clone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Config::default()` must not read the environment, while `try_parse_args` must. The
+    /// environment can only be set safely in a fresh process, so the test runs itself again
+    /// with a bad and a good variable set, and that run checks both.
+    #[test]
+    fn default_ignores_the_environment_and_parsing_reads_it() {
+        if std::env::var_os("MODELCAST_CONFIG_PROBE").is_some() {
+            assert_eq!(Config::default().max_connections, 10_000);
+            assert_eq!(Config::default().heartbeat_interval, Duration::from_secs(30));
+            let parsed = Config::try_parse_args(["modelcast"])
+                .map(|c| (c.max_connections, c.heartbeat_interval));
+            assert_eq!(parsed.ok(), Some((7, Duration::from_secs(11))));
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "config::tests::default_ignores_the_environment_and_parsing_reads_it",
+            ])
+            .env("MODELCAST_CONFIG_PROBE", "1")
+            .env("WEBSOCKET_MAX_CONNECTIONS", "7")
+            .env("WEBSOCKET_HEARTBEAT_INTERVAL", "11")
+            .output()
+            .expect("run the probe");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("1 passed"), "the probe ran: {stdout}");
+    }
 
     #[test]
     fn defaults_match_the_seed() {

@@ -16,18 +16,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use crate::app::App;
-use crate::http::{Resp, error_response, json_response};
+use crate::response::{Resp, error_response, json_response};
 use crate::session::run;
-
-/// Counts an admitted WebSocket connection until dropped.
-pub(crate) struct Admitted(Arc<App>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+use crate::state::{Admitted, App};
 
 fn valid_id(id: &str) -> bool {
     (1..=128).contains(&id.len())

@@ -1,4 +1,5 @@
-//! HTTP routing and small JSON responses.
+//! HTTP routing: the router depends on the handlers (`handshake`, `publish`) and on the
+//! response helpers; no handler imports it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,17 +9,16 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::app::App;
+use crate::response::{Resp, error_response, json_response, method_not_allowed};
+use crate::state::App;
+use crate::{handshake, publish};
 
 /// A small page that subscribes to every topic and shows frames as they arrive.
 const INDEX_HTML: &str = include_str!("../assets/index.html");
-
-/// The response type of every route.
-pub(crate) type Resp = Response<Full<Bytes>>;
 
 pub(crate) async fn handle(
     app: Arc<App>,
@@ -28,12 +28,12 @@ pub(crate) async fn handle(
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let response = match (path.as_str(), &method) {
-        ("/ws", &Method::GET) => crate::handshake::upgrade(&app, req, None, peer.ip()),
+        ("/ws", &Method::GET) => handshake::upgrade(&app, req, None, peer.ip()),
         (p, &Method::GET) if p.starts_with("/ws/") => {
             let id = p["/ws/".len()..].to_owned();
-            crate::handshake::upgrade(&app, req, Some(id), peer.ip())
+            handshake::upgrade(&app, req, Some(id), peer.ip())
         }
-        ("/api/publish", &Method::POST) => crate::publish::handle(&app, req).await,
+        ("/api/publish", &Method::POST) => publish::handle(&app, req).await,
         ("/", &Method::GET) => {
             let mut resp = Response::new(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())));
             resp.headers_mut()
@@ -102,26 +102,4 @@ fn stats(app: &App) -> Value {
         "topics": topics,
         "subscribers_dropped": drops,
     })
-}
-
-pub(crate) fn json_response(status: StatusCode, body: &Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-/// `{"error": {"code": ..., "message": ...}}` with `status`.
-pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> Resp {
-    json_response(status, &json!({"error": {"code": code, "message": message}}))
-}
-
-fn method_not_allowed(allow: &'static str) -> Resp {
-    let mut resp = error_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        &format!("this route accepts {allow} only"),
-    );
-    resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
-    resp
 }

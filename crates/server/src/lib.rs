@@ -21,8 +21,10 @@ mod handshake;
 mod http;
 mod metrics;
 mod publish;
+mod response;
 mod security;
 mod session;
+mod state;
 
 pub use app::{Server, ShutdownHandle};
 pub use config::{Config, HealthLevel, JwtAlgorithm, LogFormat};

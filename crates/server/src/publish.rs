@@ -8,11 +8,12 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use modelcast_notifiers::Outcome;
-use modelcast_protocol::ServerMessage;
+use modelcast_protocol::PublishFrame;
 use serde_json::{Value, json};
+use serde_path_to_error::Segment;
 
-use crate::app::App;
-use crate::http::{Resp, error_response, json_response};
+use crate::response::{Resp, error_response, json_response};
+use crate::state::App;
 
 /// The largest publish body, whatever the frame size (a batch of frames is allowed).
 const MIN_BODY_LIMIT: usize = 1 << 20;
@@ -69,45 +70,29 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             );
         }
     };
-    let value: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(err) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                &format!("the body is not valid JSON: {err}"),
-            );
-        }
+    // One pass: the envelopes delimit each `data`, which is then parsed once into its type; an
+    // error names the element and the field.
+    let (frames, single) = match parse(&body) {
+        Ok(parsed) => parsed,
+        Err(resp) => return *resp,
     };
-    let (items, single) = match value {
-        Value::Array(items) if items.is_empty() => {
-            return invalid(
-                None,
-                None,
-                "the array is empty: send one message or a non-empty array".into(),
-            );
-        }
-        Value::Array(items) => (items, false),
-        other => (vec![other], true),
-    };
+    if frames.is_empty() {
+        return invalid(
+            None,
+            None,
+            "the array is empty: send one message or a non-empty array".into(),
+        );
+    }
     // Validate everything first: a bad element publishes nothing.
-    let mut messages = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
+    let mut messages = Vec::with_capacity(frames.len());
+    for (i, frame) in frames.into_iter().enumerate() {
         let index = (!single).then_some(i);
-        let claimed_topic = item.get("topic").cloned();
-        // Re-read as `{"type":…,"data":…}` text so serde meets the tag before `data` and the
-        // error path names the field (a parsed map would yield `data` first, unlocated).
-        let text = match (item.get("type"), item.get("data")) {
-            (Some(t), Some(d)) => format!("{{\"type\":{t},\"data\":{d}}}"),
-            _ => item.to_string(),
-        };
-        let mut de = serde_json::Deserializer::from_str(&text);
-        let message: ServerMessage = match serde_path_to_error::deserialize(&mut de) {
-            Ok(m) => m,
+        let message = match frame.message() {
+            Ok(message) => message,
             Err(err) => {
                 let path = err.path().to_string();
-                let field = (path != ".").then_some(path);
-                return invalid(index, field, err.inner().to_string());
+                let field = if path == "." { "data".to_owned() } else { format!("data.{path}") };
+                return invalid(index, Some(field), err.inner().to_string());
             }
         };
         let Some(topic) = message.topic() else {
@@ -120,14 +105,14 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
                 ),
             );
         };
-        if let Some(claimed) = claimed_topic
-            && claimed != json!(topic.as_str())
+        if let Some(claimed) = frame.topic
+            && claimed != topic.as_str()
         {
             return invalid(
                 index,
                 Some("topic".into()),
                 format!(
-                    "`{}` messages belong to topic `{topic}`, not {claimed}",
+                    "`{}` messages belong to topic `{topic}`, not \"{claimed}\"",
                     message.type_name()
                 ),
             );
@@ -154,4 +139,42 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         })
         .collect();
     json_response(StatusCode::ACCEPTED, &json!({"accepted": accepted}))
+}
+
+/// The body as publish frames: one object, or an array of them (`true` for one object).
+fn parse(body: &[u8]) -> Result<(Vec<PublishFrame<'_>>, bool), Box<Resp>> {
+    let not_json = |err: &serde_json::Error| {
+        Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            &format!("the body is not valid JSON: {err}"),
+        ))
+    };
+    let array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = if array {
+        serde_path_to_error::deserialize::<_, Vec<PublishFrame<'_>>>(&mut de).map(|v| (v, false))
+    } else {
+        serde_path_to_error::deserialize::<_, PublishFrame<'_>>(&mut de).map(|f| (vec![f], true))
+    };
+    let err = match parsed {
+        Ok(parsed) => return de.end().map(|()| parsed).map_err(|e| not_json(&e)),
+        Err(err) => err,
+    };
+    let inner = err.inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return Err(not_json(inner));
+    }
+    let mut segments = err.path().iter().peekable();
+    let index = match segments.peek() {
+        Some(Segment::Seq { index }) if array => {
+            let index = *index;
+            segments.next();
+            Some(index)
+        }
+        _ => None,
+    };
+    let field: Vec<String> = segments.map(ToString::to_string).collect();
+    let field = (!field.is_empty()).then(|| field.join("."));
+    Err(Box::new(invalid(index, field, inner.to_string())))
 }

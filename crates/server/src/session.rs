@@ -20,73 +20,11 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::{handle_text, reply_error};
-use crate::app::App;
-use crate::handshake::Admitted;
 use crate::security::Identity;
+use crate::state::{Admitted, App, AuthState, Control, SessionHandle};
 
 /// Frames taken from the outbox per burst (one flush each).
 const BURST: usize = 256;
-
-/// What the registry keeps of an open session, to replace it.
-#[derive(Debug)]
-pub(crate) struct SessionHandle {
-    serial: u64,
-    conn: Connection,
-    control: Arc<Control>,
-}
-
-/// Shared by a session's reader and writer.
-#[derive(Debug)]
-pub(crate) struct Control {
-    /// The close frame to send, when something other than the outbox decided to close.
-    pub(crate) close: Mutex<Option<(u16, String)>>,
-    /// Milliseconds since the server started when the peer was last heard from.
-    pub(crate) last_seen_ms: AtomicU64,
-    /// Cancelled when the writer is done: the reader stops.
-    pub(crate) done: CancellationToken,
-    /// Authentication, when the server requires it.
-    pub(crate) auth: Mutex<AuthState>,
-    /// Wakes the writer to re-check `auth` and `close` (set by the reader).
-    pub(crate) wake: tokio::sync::Notify,
-}
-
-/// A connection's authentication.
-#[derive(Debug, Default)]
-pub(crate) struct AuthState {
-    pub(crate) identity: Option<Identity>,
-    /// Closed with 4401 unless (re)authenticated by then.
-    pub(crate) deadline: Option<tokio::time::Instant>,
-    /// The token's expiry was announced.
-    pub(crate) expiry_announced: bool,
-}
-
-impl AuthState {
-    /// When the writer must look at this state next.
-    fn next_check(&self) -> Option<tokio::time::Instant> {
-        if let Some(deadline) = self.deadline {
-            return Some(deadline);
-        }
-        let exp = self.identity.as_ref()?.expires_at?;
-        let now_unix =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
-        Some(tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now_unix)))
-    }
-}
-
-impl Control {
-    pub(crate) fn auth(&self) -> std::sync::MutexGuard<'_, AuthState> {
-        self.auth.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn set_close(&self, code: u16, reason: impl Into<String>) {
-        let mut close = self.close.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        close.get_or_insert((code, reason.into()));
-    }
-
-    pub(crate) fn take_close(&self) -> Option<(u16, String)> {
-        self.close.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
-    }
-}
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
