@@ -2,6 +2,8 @@
 
 mod client;
 mod codegen;
+mod contract_model;
+mod delivery_contract;
 mod hub_backpressure;
 mod hub_fanout;
 mod hub_state;

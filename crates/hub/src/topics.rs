@@ -342,29 +342,9 @@ impl Topics {
             (since.seq + 1 >= oldest || since.seq == top).then_some(since.seq)
         });
         let recovered = replay.is_some();
-        let reply = ServerMessage::Subscribed(Subscribed {
-            topic,
-            epoch: self.epoch.clone(),
-            seq: top,
-            recovered,
-            request_id: options.request_id,
-        });
-        let type_index = u8::try_from(reply.type_index()).unwrap_or_default();
-        let frame = encode(&ServerFrame::control(reply), &self.stats);
-        if outbox.push_control(frame, type_index, &self.stats) != Pushed::Queued {
-            if replaced {
-                self.stats.unsubscribed(topic);
-            }
-            return Err(Error::Closed(outbox.closed().unwrap_or(DropReason::Closed)));
-        }
-        outbox.start(topic, replay.unwrap_or(top));
         let initial: Vec<(TopicFrame, bool)> = match replay {
             Some(after) => {
-                let mut frames = if rate.is_some() {
-                    newest_values_until(&state, after, &filter)
-                } else {
-                    Vec::new()
-                };
+                let mut frames = state_below(&state, after, &filter);
                 frames.extend(
                     state
                         .history
@@ -382,6 +362,22 @@ impl Topics {
                 entries.into_iter().map(|e| (e.frame.clone(), e.urgent)).collect()
             }
         };
+        let reply = ServerMessage::Subscribed(Subscribed {
+            topic,
+            epoch: self.epoch.clone(),
+            seq: top,
+            recovered,
+            request_id: options.request_id,
+        });
+        let type_index = u8::try_from(reply.type_index()).unwrap_or_default();
+        let frame = encode(&ServerFrame::control(reply), &self.stats);
+        if outbox.push_control(frame, type_index, &self.stats) != Pushed::Queued {
+            if replaced {
+                self.stats.unsubscribed(topic);
+            }
+            return Err(Error::Closed(outbox.closed().unwrap_or(DropReason::Closed)));
+        }
+        outbox.start(topic, replay.unwrap_or(top));
         let count = initial.len();
         for (frame, urgent) in initial {
             if outbox.push(frame.delivery(None), urgent, None, now, &self.stats) == Pushed::Dropped
@@ -416,35 +412,23 @@ impl Topics {
     }
 }
 
-/// For a `max_hz` subscription recovering from `after`: the newest value of every key whose
-/// newest message at or below `after` is an update and which has nothing newer. The previous
-/// connection may have held such a value back (and then lost it) while its position moved past
-/// it on other keys, so it is sent again, marked late: applying a key's newest value twice is
-/// harmless, losing it is not.
-fn newest_values_until(state: &TopicState, after: u64, filter: &Filter) -> Vec<(TopicFrame, bool)> {
-    let mut newest: HashMap<KeyId, &Entry> = HashMap::new();
-    let mut touched_later: HashSet<KeyId> = HashSet::new();
-    for entry in state.retained.values() {
-        if entry.frame.seq <= after {
-            newest.insert(entry.frame.key, entry);
-        }
-    }
+/// For a subscription recovering from `after`: the retained value of every key that nothing
+/// newer has touched, where it is at or below `after`, marked late. A client's position can
+/// pass a key's newest value without the client having it — `max_hz` held it back, or the
+/// connection was lost in the middle of the current state sent after `subscribed` — so a
+/// recovery sends it again: applying a key's newest value twice is harmless, losing it is not.
+/// Keys touched after `after` are left to the replay.
+fn state_below(state: &TopicState, after: u64, filter: &Filter) -> Vec<(TopicFrame, bool)> {
+    let mut newest_in_history: HashMap<KeyId, u64> = HashMap::new();
     for entry in state.history.iter().map(|h| &h.entry) {
-        let key = entry.frame.key;
-        if key == KeyId::NONE {
-            continue;
-        }
-        if entry.frame.seq > after {
-            touched_later.insert(key);
-        } else if newest.get(&key).is_none_or(|e| e.frame.seq <= entry.frame.seq) {
-            newest.insert(key, entry);
-        }
+        newest_in_history.insert(entry.frame.key, entry.frame.seq);
     }
-    let mut frames: Vec<(TopicFrame, bool)> = newest
-        .into_iter()
+    let mut frames: Vec<(TopicFrame, bool)> = state
+        .retained
+        .iter()
         .filter(|(key, e)| {
-            !touched_later.contains(key)
-                && e.frame.kind == Kind::Update
+            e.frame.seq <= after
+                && newest_in_history.get(key).is_none_or(|seq| *seq <= e.frame.seq)
                 && passes(filter, e.subject)
         })
         .map(|(_, e)| (e.frame.clone(), e.urgent))

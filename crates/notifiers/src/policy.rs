@@ -201,12 +201,12 @@ impl Policy {
     /// The table: how `message` is published. Control messages get an event rule (they are
     /// never published).
     ///
-    /// | type | key | kind | retained | urgent | other |
+    /// | type | state key | kind | retained | urgent | other |
     /// | --- | --- | --- | --- | --- | --- |
     /// | `model_status_update` | model | update | kept | | batched |
     /// | `model_availability_change`, `model_lifecycle` | model | transition | | | |
     /// | `batch_model_status_update` | — | event | | | |
-    /// | `download_progress_update` | model | update | kept (cleared if finished) | | throttled |
+    /// | `download_progress_update` | model | update (transition if finished) | kept (cleared if finished) | | throttled (unless finished) |
     /// | `download_status_change` | model | transition | kept; cleared when completed, failed or cancelled | | |
     /// | `download_retry` | model | transition | kept | | |
     /// | `health_monitoring_alert` | model | event | | yes | level-filtered by health status |
@@ -238,14 +238,15 @@ impl Policy {
             ServerMessage::ModelAvailabilityChange(_) | ServerMessage::ModelLifecycle(_) => {
                 Rule::new(model, Transition)
             }
-            ServerMessage::DownloadProgressUpdate(d) => {
-                let retain =
-                    if download_finished(&d.status) { Retain::Clear } else { Retain::Keep };
-                Rule {
-                    throttle: Some(self.config.download_progress_throttle),
-                    ..Rule::new(model, Update).retain(retain)
-                }
+            // A finished download's last progress is a transition: never throttled, held back
+            // by `max_hz` or collapsed, so "100%" is never lost.
+            ServerMessage::DownloadProgressUpdate(d) if download_finished(&d.status) => {
+                Rule::new(model, Transition).retain(Retain::Clear)
             }
+            ServerMessage::DownloadProgressUpdate(_) => Rule {
+                throttle: Some(self.config.download_progress_throttle),
+                ..Rule::new(model, Update).retain(Retain::Keep)
+            },
             ServerMessage::DownloadStatusChange(d) => {
                 let retain =
                     if download_finished(&d.new_status) { Retain::Clear } else { Retain::Keep };

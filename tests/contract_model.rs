@@ -1,0 +1,351 @@
+//! The delivery contract, checked against a reference model: proptest drives random publishes
+//! (two topics, keys, subjects, update / transition / event, urgent or not) into a hub while
+//! subscribers with random filters, `max_hz` and reading speeds read, fall behind (and are
+//! dropped as slow consumers), disconnect and recover with `since`. Each subscriber is a
+//! *plain client* that implements the contract exactly as documented: per topic it keeps
+//! `last`; a non-recovered `subscribed` sets `last` to its `seq`; a frame marked `late` is
+//! applied as state; any other frame with `seq <= last` is dropped as a duplicate.
+//!
+//! After the run (time advanced so that every held-back update is due, every subscriber
+//! caught up), every subscriber must have seen:
+//! - per topic, the frames not marked late in strictly increasing `seq` (never a duplicate);
+//! - late frames only below its position (so marking them was needed, and enough);
+//! - exactly the subjects its filter allows (and every message without a subject);
+//! - every event and transition after its first subscription, except inside a gap the hub
+//!   announced (a non-recovered `subscribed`);
+//! - for every key whose newest message is an update or a transition, that newest message.
+//!
+//! Runs 64 cases in `cargo test`; a longer run: `PROPTEST_CASES=5000 cargo test -p
+//! modelcast-tests --test tests contract_model`.
+//! The Rust client's half of the contract is checked over real sockets in
+//! `delivery_contract.rs`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use modelcast_hub::{
+    Connection, Delivery, Hub, HubConfig, Kind, Publish, Retain, SubscribeOptions,
+};
+use modelcast_protocol::{ServerMessage, Since, Topic};
+use modelcast_tests::msg::{alert, progress};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::Value;
+
+const TOPICS: [Topic; 2] = [Topic::DownloadProgress, Topic::Alerts];
+const KEYS: [&str; 3] = ["k0", "k1", "k2"];
+const SUBJECTS: [&str; 3] = ["m0", "m1", "m2"];
+/// Room for the largest recovery (history of both topics, resent newest values, replies), so a
+/// replay never overflows on its own; live traffic between reads does.
+const HISTORY: usize = 24;
+const CAPACITY: usize = 2 * HISTORY + 2 * KEYS.len() + 8;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Publish {
+        topic: usize,
+        key: Option<usize>,
+        subject: Option<usize>,
+        kind: Kind,
+        urgent: bool,
+    },
+    /// Time passes (milliseconds).
+    Advance(u64),
+    /// A subscriber reads up to `max` frames.
+    Read {
+        sub: usize,
+        max: usize,
+    },
+    /// A subscriber's connection closes; it reconnects with `since` at its next read.
+    Disconnect {
+        sub: usize,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct SubSpec {
+    topics: Vec<usize>,
+    filter: Option<BTreeSet<usize>>,
+    max_hz: Option<f64>,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let kind = prop_oneof![Just(Kind::Update), Just(Kind::Transition), Just(Kind::Event)];
+    prop_oneof![
+        8 => (0..2usize, proptest::option::weighted(0.85, 0..3usize),
+              proptest::option::weighted(0.7, 0..3usize), kind, any::<bool>())
+            .prop_map(|(topic, key, subject, kind, urgent)| Op::Publish { topic, key, subject, kind, urgent }),
+        2 => (0..400u64).prop_map(Op::Advance),
+        3 => (0..3usize, 1..40usize).prop_map(|(sub, max)| Op::Read { sub, max }),
+        1 => (0..3usize).prop_map(|sub| Op::Disconnect { sub }),
+    ]
+}
+
+fn sub_spec() -> impl Strategy<Value = SubSpec> {
+    (
+        prop_oneof![Just(vec![0]), Just(vec![1]), Just(vec![0, 1])],
+        proptest::option::of(proptest::collection::btree_set(0..3usize, 0..3)),
+        prop_oneof![Just(None), Just(Some(2.0)), Just(Some(10.0))],
+    )
+        .prop_map(|(topics, filter, max_hz)| SubSpec { topics, filter, max_hz })
+}
+
+/// One published message, as the reference model keeps it.
+#[derive(Debug, Clone)]
+struct Sent {
+    key: Option<usize>,
+    subject: Option<usize>,
+    kind: Kind,
+}
+
+/// A plain client of the contract, over hub connections.
+struct Subscriber {
+    spec: SubSpec,
+    conn: Option<Connection>,
+    /// Per topic: the epoch and `last` (the contract's position).
+    position: HashMap<Topic, (String, u64)>,
+    /// Per topic: the seq of the first `subscribed` (messages after it are owed).
+    start: HashMap<Topic, u64>,
+    /// Per topic: announced gaps, as (last before, top at the gap].
+    gaps: HashMap<Topic, Vec<(u64, u64)>>,
+    /// Per topic: seqs applied, in order, with their `late` mark.
+    applied: HashMap<Topic, Vec<(u64, bool)>>,
+    /// Per topic: the not-late seqs the server sent (before the client's duplicate check).
+    sent_in_order: HashMap<Topic, Vec<u64>>,
+}
+
+impl Subscriber {
+    fn connect(&mut self, hub: &Hub) -> Result<(), TestCaseError> {
+        let conn = hub.connect();
+        for &t in &self.spec.topics {
+            let topic = TOPICS[t];
+            let since = self
+                .position
+                .get(&topic)
+                .map(|(epoch, seq)| Since { epoch: epoch.clone(), seq: *seq });
+            let subjects = self
+                .spec
+                .filter
+                .as_ref()
+                .map(|f| f.iter().map(|s| SUBJECTS[*s].to_owned()).collect());
+            let options = SubscribeOptions::default()
+                .since(since)
+                .subjects(subjects)
+                .max_hz(self.spec.max_hz);
+            let outcome = conn.subscribe(topic, options);
+            prop_assert!(outcome.is_ok(), "a recovery never overflows here: {outcome:?}");
+        }
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    fn read(&mut self, hub: &Hub, max: usize) -> Result<(), TestCaseError> {
+        if self.conn.is_none() {
+            self.connect(hub)?;
+        }
+        let conn = self.conn.as_ref().expect("connected");
+        let mut out: Vec<Delivery> = Vec::new();
+        match conn.try_recv(&mut out, max) {
+            Ok(_) => {}
+            Err(_) => {
+                // Dropped as a slow consumer: reconnect with `since`, as documented.
+                self.conn = None;
+                return Ok(());
+            }
+        }
+        for delivery in out {
+            self.apply(&delivery)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, delivery: &Delivery) -> Result<(), TestCaseError> {
+        let frame: Value = serde_json::from_str(delivery.frame().as_str()).expect("JSON");
+        if frame["type"] == "subscribed" {
+            let data = &frame["data"];
+            let topic: Topic = data["topic"].as_str().unwrap().parse().unwrap();
+            let seq = data["seq"].as_u64().unwrap();
+            let epoch = data["epoch"].as_str().unwrap().to_owned();
+            self.start.entry(topic).or_insert(seq);
+            if data["recovered"] != true {
+                if let Some((_, last)) = self.position.get(&topic) {
+                    self.gaps.entry(topic).or_default().push((*last, seq));
+                }
+                self.position.insert(topic, (epoch, seq));
+            }
+            return Ok(());
+        }
+        let Some(topic) = frame["topic"].as_str() else { return Ok(()) }; // lagging
+        let topic: Topic = topic.parse().unwrap();
+        let seq = frame["seq"].as_u64().unwrap();
+        let late = frame["late"] == true;
+        prop_assert_eq!(late, delivery.is_late());
+        let last = self.position.get(&topic).map(|(_, s)| *s).expect("subscribed first");
+        if late {
+            prop_assert!(seq <= last, "late frame {seq} above the position {last}");
+        } else {
+            self.sent_in_order.entry(topic).or_default().push(seq);
+            if seq <= last {
+                return Ok(()); // a duplicate: the client drops it (the check below fails the run)
+            }
+            self.position.get_mut(&topic).expect("subscribed").1 = seq;
+        }
+        self.applied.entry(topic).or_default().push((seq, late));
+        Ok(())
+    }
+}
+
+fn publish(hub: &Hub, topic: usize, n: usize, sent: &Sent, urgent: bool) -> u64 {
+    let message: ServerMessage = match TOPICS[topic] {
+        Topic::DownloadProgress => progress(&format!("p{n}"), 1.0),
+        _ => alert(&format!("a{n}")),
+    };
+    let mut p = Publish::new(message).expect("topic message").kind(sent.kind).urgent(urgent);
+    if let Some(k) = sent.key {
+        let retain = if sent.kind == Kind::Event { Retain::No } else { Retain::Keep };
+        p = p.key(KEYS[k]).retain(retain);
+    }
+    if let Some(s) = sent.subject {
+        p = p.subject(SUBJECTS[s]);
+    }
+    match hub.publish(p) {
+        modelcast_hub::Published::Sent { seq } => seq,
+        other => panic!("no throttle here, so every publish is sent: {other:?}"),
+    }
+}
+
+fn run_case(specs: Vec<SubSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let hub = Hub::new(
+            HubConfig::default()
+                .history_size(HISTORY)
+                .history_age(Duration::from_secs(3600))
+                .outbox_capacity(CAPACITY),
+        );
+        let mut log: [Vec<Sent>; 2] = [Vec::new(), Vec::new()];
+        let mut subs: Vec<Subscriber> = Vec::new();
+        for spec in specs {
+            let mut s = Subscriber {
+                spec,
+                conn: None,
+                position: HashMap::new(),
+                start: HashMap::new(),
+                gaps: HashMap::new(),
+                applied: HashMap::new(),
+                sent_in_order: HashMap::new(),
+            };
+            s.connect(&hub)?;
+            subs.push(s);
+        }
+        for (n, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Publish { topic, key, subject, kind, urgent } => {
+                    let sent = Sent { key, subject, kind };
+                    let seq = publish(&hub, topic, n, &sent, urgent);
+                    log[topic].push(sent);
+                    prop_assert_eq!(seq as usize, log[topic].len());
+                }
+                Op::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
+                Op::Read { sub, max } => {
+                    if let Some(s) = subs.get_mut(sub) {
+                        s.read(&hub, max)?;
+                    }
+                }
+                Op::Disconnect { sub } => {
+                    if let Some(s) = subs.get_mut(sub) {
+                        s.conn = None;
+                    }
+                }
+            }
+        }
+        // Quiesce: every held-back update comes due, every subscriber (re)connects and reads
+        // everything.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for s in &mut subs {
+            for _ in 0..4 {
+                s.read(&hub, usize::MAX)?;
+            }
+            prop_assert!(s.conn.as_ref().is_some_and(|c| c.queued() == 0), "caught up");
+        }
+        for s in &subs {
+            check(s, &log)?;
+        }
+        Ok(())
+    })
+}
+
+fn check(s: &Subscriber, log: &[Vec<Sent>; 2]) -> Result<(), TestCaseError> {
+    let passes = |m: &Sent| match (&s.spec.filter, m.subject) {
+        (Some(f), Some(subject)) => f.contains(&subject),
+        _ => true,
+    };
+    for &t in &s.spec.topics {
+        let topic = TOPICS[t];
+        let sent = &log[t];
+        let in_order = s.sent_in_order.get(&topic).cloned().unwrap_or_default();
+        prop_assert!(
+            in_order.windows(2).all(|w| w[0] < w[1]),
+            "{topic}: not in seq order or duplicated: {in_order:?}"
+        );
+        let applied = s.applied.get(&topic).cloned().unwrap_or_default();
+        for (seq, _) in &applied {
+            let m = &sent[*seq as usize - 1];
+            prop_assert!(
+                passes(m),
+                "{topic}: seq {seq} (subject {:?}) passed filter {:?}",
+                m.subject,
+                s.spec.filter
+            );
+        }
+        let seen: BTreeSet<u64> = applied.iter().map(|(seq, _)| *seq).collect();
+        let start = s.start[&topic];
+        let gaps = s.gaps.get(&topic).cloned().unwrap_or_default();
+        let in_gap = |seq: u64| gaps.iter().any(|(from, to)| seq > *from && seq <= *to);
+        // Every event and transition after the first subscription, outside announced gaps.
+        for (i, m) in sent.iter().enumerate() {
+            let seq = i as u64 + 1;
+            if seq > start && m.kind != Kind::Update && passes(m) && !in_gap(seq) {
+                prop_assert!(
+                    seen.contains(&seq),
+                    "{topic}: {:?} at seq {seq} lost (gaps {gaps:?})",
+                    m.kind
+                );
+            }
+        }
+        // The newest message of every key, when it is state (an update or a transition).
+        let mut newest: HashMap<usize, u64> = HashMap::new();
+        for (i, m) in sent.iter().enumerate() {
+            if let Some(k) = m.key {
+                newest.insert(k, i as u64 + 1);
+            }
+        }
+        for (key, seq) in newest {
+            let m = &sent[seq as usize - 1];
+            if m.kind != Kind::Event && passes(m) {
+                prop_assert!(
+                    seen.contains(&seq),
+                    "{topic}: newest value of {} (seq {seq}, {:?}) never delivered; applied {applied:?}",
+                    KEYS[key],
+                    m.kind
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_delivery_contract_holds_against_the_reference_model() {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64);
+    let config = Config { cases, failure_persistence: None, ..Config::default() };
+    let strategy =
+        (proptest::collection::vec(sub_spec(), 1..4), proptest::collection::vec(op(), 1..160));
+    TestRunner::new(config)
+        .run(&strategy, |(specs, ops)| run_case(specs, ops))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
