@@ -124,3 +124,120 @@ fn visit(dir: &Path, f: &mut dyn FnMut(&Path)) {
         }
     }
 }
+
+/// The modules of one crate's `src/` that each module imports: `crate::module` paths, and
+/// names imported through the crate root resolved to the module that defines them.
+fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if let Some(module) = name.strip_suffix(".rs")
+            && module != "lib"
+            && module != "main"
+        {
+            // Code only: a doc link to another module is not an import.
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code: Vec<&str> =
+                text.lines().filter(|l| !l.trim_start().starts_with("//")).collect();
+            files.insert(module.to_owned(), code.join("\n"));
+        }
+    }
+    // Which module defines each top-level public name.
+    let mut defined_in: BTreeMap<String, String> = BTreeMap::new();
+    for (module, text) in &files {
+        for line in text.lines() {
+            let words: Vec<&str> = line.split(|c: char| !c.is_alphanumeric() && c != '_').collect();
+            if let ["pub", kind, name, ..] = words.as_slice()
+                && ["struct", "enum", "type", "trait", "fn", "const"].contains(kind)
+            {
+                defined_in.insert((*name).to_owned(), module.clone());
+            }
+        }
+    }
+    let mut graph = BTreeMap::new();
+    for (module, text) in &files {
+        let mut deps = BTreeSet::new();
+        for (i, _) in text.match_indices("crate::") {
+            let rest = &text[i + "crate::".len()..];
+            // `crate::{A, b::C}` or `crate::name`: every identifier up to the end of the path.
+            let end = if rest.starts_with('{') {
+                rest.find('}').map_or(rest.len(), |e| e + 1)
+            } else {
+                rest.find(|c: char| !c.is_alphanumeric() && c != '_' && c != ':')
+                    .unwrap_or(rest.len())
+            };
+            let first_words = rest[..end]
+                .split(|c: char| c == '{' || c == ',' || c == '}')
+                .map(|p| p.trim().split("::").next().unwrap_or("").trim())
+                .filter(|w| !w.is_empty());
+            for word in first_words {
+                let target = if files.contains_key(word) {
+                    Some(word.to_owned())
+                } else {
+                    defined_in.get(word).cloned()
+                };
+                if let Some(target) = target.filter(|t| t != module) {
+                    deps.insert(target);
+                }
+            }
+        }
+        graph.insert(module.clone(), deps);
+    }
+    graph
+}
+
+/// A cycle in `graph`, if there is one.
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn dfs(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        stack: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(pos) = stack.iter().position(|n| n == node) {
+            let mut cycle = stack[pos..].to_vec();
+            cycle.push(node.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        stack.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = dfs(next, graph, stack, done) {
+                return Some(cycle);
+            }
+        }
+        stack.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph.keys().find_map(|node| dfs(node, graph, &mut Vec::new(), &mut done))
+}
+
+/// Inside each library crate, modules import one way: shared types live in leaf modules that
+/// both sides import (STYLE.md: no circles of files), so each file can be read knowing only
+/// what it imports.
+#[test]
+fn modules_import_one_way() {
+    for krate in ["protocol", "hub", "notifiers", "server", "client"] {
+        let graph = module_graph(&root().join("crates").join(krate).join("src"));
+        assert!(
+            find_cycle(&graph).is_none(),
+            "crates/{krate}: modules import each other in a circle: {:?}\n(graph: {graph:#?})",
+            find_cycle(&graph)
+        );
+    }
+}
+
+#[test]
+fn the_cycle_check_finds_a_cycle() {
+    let graph: BTreeMap<String, BTreeSet<String>> =
+        [("a", vec!["b"]), ("b", vec!["c"]), ("c", vec!["a"]), ("d", vec![])]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into_iter().map(str::to_owned).collect()))
+            .collect();
+    assert_eq!(find_cycle(&graph).unwrap(), ["a", "b", "c", "a"]);
+}
