@@ -218,7 +218,7 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
 }
 
 /// Inside each library crate, modules import one way: shared types live in leaf modules that
-/// both sides import (STYLE.md: no circles of files), so each file can be read knowing only
+/// both sides import (no circles of files), so each file can be read knowing only
 /// what it imports.
 #[test]
 fn modules_import_one_way() {

@@ -1,6 +1,8 @@
 //! modelcast-hub: the engine — topics, subscriptions, fan-out, retained state, history and
-//! recovery, throttling, batching and backpressure. In-process, tokio, generic: it knows
-//! topics, keys and frames, never models (the model policy lives in `modelcast-notifiers`).
+//! recovery, throttling, batching and backpressure. In-process and tokio-based. It works on
+//! `modelcast-protocol`'s types (a [`Publish`] wraps a `ServerMessage`, frames are
+//! `ServerFrame`s) but never looks inside one: which messages are updates, which key and
+//! subject they have, what is retained is the caller's policy (`modelcast-notifiers`).
 //!
 //! Depends on `modelcast-protocol` only among workspace crates; must not depend on the
 //! notifiers, the server, sockets or HTTP, and exposes no tungstenite type.
@@ -9,12 +11,24 @@
 //!
 //! - **Serialize once.** A publish becomes one [`Frame`] (`bytes::Bytes`); every subscriber
 //!   gets a reference-counted clone of the same bytes.
-//! - **Order.** Per topic, `seq` counts from 1 under the hub's random `epoch`; every subscriber
-//!   receives a topic's messages in `seq` order (urgent messages may overtake routine ones of
-//!   *other* priority on the same connection, by design).
+//! - **Key and subject apart.** A [`Publish`] has a *state key* (retained state, throttling,
+//!   collapsing, `max_hz` work per key) and a *filter subject* (a subscription's
+//!   [`SubscribeOptions::subjects`] pass the messages about one of them and every message
+//!   without a subject). One value never does both jobs.
+//! - **Order.** Per topic, `seq` counts from 1 under the hub's random `epoch`. Every frame a
+//!   connection receives of a topic has a higher `seq` than the ones before it, except frames
+//!   marked `"late":true`: the current state sent after `subscribed`, a recovery's resent
+//!   state, and a `max_hz` update released after newer messages of other keys. A late frame is
+//!   the newest value of its key: apply it, never compare positions with it. So a client
+//!   keeps `last` per topic, sets it from a non-recovered `subscribed`, drops a frame only if
+//!   it is not late and `seq <= last`, and loses nothing. Urgent frames overtake routine frames
+//!   of *other* topics only.
+//! - **Nothing newest is lost.** Conflation (throttle, collapse in a full queue, `max_hz`) may
+//!   skip a key's intermediate values, never its newest value, a transition or an event.
 //! - **Current state, then live.** [`Connection::subscribe`] queues `subscribed`, then the
-//!   retained frames (or, with `since`, exactly the missed range from history), then live
-//!   frames — atomically with respect to publishers: no gap, no duplicate.
+//!   retained frames (or, with `since`, the retained values at or below it that nothing newer
+//!   touched, then exactly the missed range from history), then live frames — atomically with
+//!   respect to publishers: no gap, no duplicate.
 //! - **Bounded.** Every queue has a bound: outboxes (`outbox_capacity`), history
 //!   (`history_size`, `history_age`), one pending update per throttled key, one held-back
 //!   update per key per rate-limited subscription. A full outbox collapses updates, then says
