@@ -289,3 +289,27 @@ fn the_rust_client_keeps_the_contract_across_reconnects() {
         .run(&strategy, |(filter, max_hz, ops)| run_with_client(filter, max_hz, ops))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// `max_hz: 1e-20` once panicked the connection task (a `Duration` overflow). Now every rate
+/// outside one per day .. finite is an `error` reply, and the connection keeps working.
+#[tokio::test]
+async fn an_impossible_max_hz_is_an_error_reply_not_a_panic() {
+    let server = TestServer::start(&[]).await;
+    let mut ws = server.ws("/ws/rates").await;
+    for (id, hz) in [(1, json!(1e-20)), (2, json!(0)), (3, json!(-5)), (4, json!(1e300))] {
+        ws.send_json(&json!({"action": "subscribe", "topic": "alerts", "max_hz": hz, "id": id}))
+            .await;
+        let reply = ws.next_json().await;
+        if id == 4 {
+            // Huge rates are valid: "no limit" in practice.
+            assert_eq!(reply["type"], "subscribed", "{reply}");
+            continue;
+        }
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(reply["data"]["code"], "invalid_message");
+        assert_eq!(reply["data"]["request_id"], id);
+        assert!(reply["data"]["message"].as_str().unwrap().contains("max_hz"), "{reply}");
+    }
+    ws.send_json(&json!({"action": "ping", "id": 9})).await;
+    assert_eq!(ws.next_of_type("pong").await["data"]["request_id"], 9);
+}

@@ -80,13 +80,9 @@ pub(crate) fn handle_text(app: &App, conn: &Connection, control: &Control, text:
                 .max_hz(s.max_hz);
             match conn.subscribe(s.topic, options) {
                 Ok(_) => {}
-                Err(modelcast_hub::Error::InvalidMaxHz(hz)) => reply_error(
-                    app,
-                    conn,
-                    ErrorCode::InvalidMessage,
-                    format!("max_hz: must be a positive number of updates per second, got {hz}"),
-                    s.id,
-                ),
+                Err(err @ modelcast_hub::Error::InvalidMaxHz(_)) => {
+                    reply_error(app, conn, ErrorCode::InvalidMessage, err.to_string(), s.id);
+                }
                 Err(_) => {} // closed meanwhile
             }
         }
