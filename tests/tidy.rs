@@ -168,7 +168,7 @@ fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
                     .unwrap_or(rest.len())
             };
             let first_words = rest[..end]
-                .split(|c: char| c == '{' || c == ',' || c == '}')
+                .split(['{', ',', '}'])
                 .map(|p| p.trim().split("::").next().unwrap_or("").trim())
                 .filter(|w| !w.is_empty());
             for word in first_words {
