@@ -15,7 +15,7 @@
 //!   announced (a non-recovered `subscribed`);
 //! - for every key whose newest message is an update or a transition, that newest message.
 //!
-//! Runs 64 cases in `cargo test`; a longer run: `PROPTEST_CASES=5000 cargo test -p
+//! Runs 256 cases in `cargo test` (about a second); a longer run: `PROPTEST_CASES=20000 cargo test -p
 //! modelcast-tests --test tests contract_model`.
 //! The Rust client's half of the contract is checked over real sockets in
 //! `delivery_contract.rs`.
@@ -341,7 +341,7 @@ fn check(s: &Subscriber, log: &[Vec<Sent>; 2]) -> Result<(), TestCaseError> {
 
 #[test]
 fn the_delivery_contract_holds_against_the_reference_model() {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64);
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256);
     let config = Config { cases, failure_persistence: None, ..Config::default() };
     let strategy =
         (proptest::collection::vec(sub_spec(), 1..4), proptest::collection::vec(op(), 1..160));

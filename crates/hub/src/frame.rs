@@ -50,7 +50,13 @@ impl Frame {
     /// holds (see the crate docs' ordering contract). One small copy, made only for the
     /// frames that need it.
     pub(crate) fn late(&self) -> Frame {
-        splice(self.as_str(), "\"late\":true,")
+        splice(self.as_str(), LATE)
+    }
+
+    /// Whether the frame is marked `"late":true` (only ever by [`Frame::late`], which puts the
+    /// field first).
+    pub(crate) fn is_late(&self) -> bool {
+        self.0.get(1..1 + LATE.len()) == Some(LATE.as_bytes())
     }
 }
 
@@ -59,6 +65,9 @@ impl std::fmt::Debug for Frame {
         f.debug_tuple("Frame").field(&self.as_str()).finish()
     }
 }
+
+/// What [`Frame::late`] inserts.
+const LATE: &str = "\"late\":true,";
 
 /// Serializes a whole frame (control frames, notices).
 pub(crate) fn encode(frame: &ServerFrame, stats: &Stats) -> Frame {

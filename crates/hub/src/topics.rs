@@ -255,7 +255,6 @@ impl Topics {
             key: main.key,
             kind: main.kind,
             type_index: main.type_index,
-            late: false,
         };
         for part in std::iter::once(&main).chain(&parts) {
             if part.key == KeyId::NONE {
@@ -272,7 +271,6 @@ impl Topics {
                         key: part.key,
                         kind: part.kind,
                         type_index: part.type_index,
-                        late: true,
                         ..sequenced.clone()
                     };
                     let entry = Entry { frame, subject: part.subject, urgent: part.urgent };
@@ -292,7 +290,8 @@ impl Topics {
             if !passes(&sub.filter, subject) {
                 continue;
             }
-            match sub.outbox.push(frame.delivery(Some(now)), urgent, sub.rate, now, &self.stats) {
+            let delivery = frame.delivery(Some(now));
+            match sub.outbox.push(delivery, seq, urgent, sub.rate, now, &self.stats) {
                 Pushed::Queued => delivered += 1,
                 Pushed::Deferred => {}
                 Pushed::Closed | Pushed::Dropped => gone.push(i),
@@ -377,11 +376,11 @@ impl Topics {
             }
             return Err(Error::Closed(outbox.closed().unwrap_or(DropReason::Closed)));
         }
-        outbox.start(topic, replay.unwrap_or(top));
+        outbox.start(topic, replay.unwrap_or(top), rate.is_some());
         let count = initial.len();
         for (frame, urgent) in initial {
-            if outbox.push(frame.delivery(None), urgent, None, now, &self.stats) == Pushed::Dropped
-            {
+            let delivery = frame.delivery(None);
+            if outbox.push(delivery, frame.seq, urgent, None, now, &self.stats) == Pushed::Dropped {
                 return Err(Error::Closed(DropReason::SlowConsumer));
             }
         }
