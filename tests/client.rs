@@ -138,8 +138,8 @@ async fn a_dead_server_is_detected_by_the_heartbeat() {
     assert_eq!(client.stats().reconnects, 1);
 }
 
-/// When the missed range is no longer held, the stream says so, then delivers the current
-/// state, then live messages.
+/// When the missed range is no longer held, the stream says so, then delivers what history
+/// still holds, then the current state, then live messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unrecoverable_gap_is_reported_then_the_current_state_follows() {
     let server = TestServer::start(&["--history-size", "5"]).await;
@@ -159,14 +159,20 @@ async fn an_unrecoverable_gap_is_reported_then_the_current_state_follows() {
         d.paused("m", &format!("p{i}"));
     }
     let mut saw_gap = false;
+    let mut replayed = Vec::new();
     loop {
         match tokio::time::timeout(PATIENCE, sub.next()).await.unwrap().unwrap() {
             Event::Gap { last_seq } => {
                 assert_eq!(last_seq, 1);
                 saw_gap = true;
             }
+            // What history still holds (5 messages) follows the gap, in order.
+            Event::Message { late: false, seq, .. } => {
+                assert!(saw_gap, "the gap is announced before the replay");
+                replayed.push(seq);
+            }
             Event::Message { late: true, seq, message: ServerMessage::DownloadStatusChange(c) } => {
-                assert!(saw_gap, "the gap is announced before the state");
+                assert_eq!(replayed, (17..=21).collect::<Vec<_>>(), "the history after the gap");
                 assert_eq!(
                     (seq, c.reason.as_str()),
                     (21, "p19"),

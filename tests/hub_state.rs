@@ -211,12 +211,16 @@ async fn recovery_that_cannot_be_served_says_so_and_sends_the_retained_state() {
     for i in 0..50 {
         hub.publish(keep(&format!("k{}", i % 3), f64::from(i)));
     }
+    // history holds 41..=50; the retained state is k0..k2 at 48, 49, 50.
+    let replay_then_state: Vec<u64> = (41..=50).chain(48..=50).collect();
     let cases = [
-        ("too old", Since { epoch: hub.epoch().into(), seq: 5 }),
-        ("other epoch", Since { epoch: "0000".into(), seq: 45 }),
-        ("from the future", Since { epoch: hub.epoch().into(), seq: 51 }),
+        // A gap in this epoch: what history still holds, then the state (late).
+        ("too old", Since { epoch: hub.epoch().into(), seq: 5 }, 40, replay_then_state),
+        // Another epoch whose history is no longer complete: the state only.
+        ("other epoch", Since { epoch: "0000".into(), seq: 45 }, 50, vec![48, 49, 50]),
+        ("from the future", Since { epoch: hub.epoch().into(), seq: 51 }, 50, vec![48, 49, 50]),
     ];
-    for (what, since) in cases {
+    for (what, since, position, expected) in cases {
         let c = hub.connect();
         let o = c
             .subscribe(Topic::ModelStatus, SubscribeOptions::default().since(Some(since)))
@@ -224,8 +228,26 @@ async fn recovery_that_cannot_be_served_says_so_and_sends_the_retained_state() {
         assert!(!o.recovered, "{what}");
         let frames = drain(&c, NOW).await.unwrap();
         assert_eq!(frames[0]["data"]["recovered"], false, "{what}");
-        assert_eq!(seqs(&frames), [48, 49, 50], "{what}: the retained state");
+        assert_eq!(frames[0]["data"]["seq"], position, "{what}: where the frames continue from");
+        assert_eq!(seqs(&frames), expected, "{what}");
+        let late: Vec<bool> = frames[1..].iter().map(|f| f["late"] == true).collect();
+        let replayed = expected.len() - 3;
+        assert!(
+            late[..replayed].iter().all(|l| !l) && late[replayed..].iter().all(|l| *l),
+            "{what}: {late:?}"
+        );
     }
+    // After a restart (another epoch) whose history is complete: all of it, then the state.
+    let fresh = Hub::new(HubConfig::default().history_size(10));
+    for i in 0..4 {
+        fresh.publish(keep(&format!("k{}", i % 3), f64::from(i)));
+    }
+    let c = fresh.connect();
+    let since = Since { epoch: hub.epoch().into(), seq: 45 };
+    c.subscribe(Topic::ModelStatus, SubscribeOptions::default().since(Some(since))).unwrap();
+    let frames = drain(&c, NOW).await.unwrap();
+    assert_eq!(frames[0]["data"]["seq"], 0);
+    assert_eq!(seqs(&frames), [1, 2, 3, 4, 2, 3, 4]);
     // Within the held range: exactly the missing messages.
     let c = hub.connect();
     let since = Since { epoch: hub.epoch().into(), seq: 44 };

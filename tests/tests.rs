@@ -11,6 +11,7 @@ mod hub_timing;
 mod notifiers;
 mod protocol;
 mod protocol_props;
+mod robustness;
 mod schema_compat;
 mod security;
 mod server_browser;

@@ -10,6 +10,12 @@
 //! 3. Otherwise the subscriber is dropped with [`DropReason::SlowConsumer`]: its queue is
 //!    freed at once and the owner's next `recv` returns the reason.
 //!
+//! The frames a subscription starts with (its replay or current state) do not count against
+//! the capacity: they are bounded by the history and the retained state, and counting them
+//! would close a client whose recovery is larger than its queue every time it reconnects —
+//! the documented reaction to the close. A re-subscription first removes what is still queued
+//! of its topic, so at most one start per topic waits.
+//!
 //! Order (why it holds): the urgent lane is drained first, so an urgent frame may only go there
 //! while no routine frame *of its topic* waits; otherwise it queues behind them on the routine
 //! lane. Live frames arrive in `seq` order, so only two kinds of frame can arrive below a
@@ -50,8 +56,18 @@ pub struct Delivery {
     pub(crate) published_at: Option<Instant>,
     /// The message type's index in `ServerMessage::TYPES` (for per-type metrics).
     pub(crate) type_index: u8,
-    /// This is the outbox's own `lagging` notice.
-    notice: bool,
+    origin: Origin,
+}
+
+/// Where a queued frame came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A live publish or a control reply: counts against the capacity.
+    Live,
+    /// A subscription's replay or current state: outside the capacity.
+    Start,
+    /// The outbox's own `lagging` notice.
+    Notice,
 }
 
 // A fan-out writes one `Delivery` per subscriber into its queue; with deep queues the hub is
@@ -100,7 +116,7 @@ impl Delivery {
             kind: Kind::Event,
             published_at: None,
             type_index,
-            notice: false,
+            origin: Origin::Live,
         }
     }
 
@@ -129,7 +145,7 @@ impl TopicFrame {
             kind: self.kind,
             published_at,
             type_index: self.type_index,
-            notice: false,
+            origin: Origin::Live,
         }
     }
 }
@@ -211,6 +227,8 @@ struct State {
     /// of a counter per topic: it shares a cache line with the lanes.
     routine_topics: u16,
     lagging_queued: bool,
+    /// Frames queued with [`Origin::Start`] (outside the capacity).
+    start_queued: usize,
     conflated_since_notice: u64,
     rated: Option<Box<Rated>>,
 }
@@ -218,6 +236,11 @@ struct State {
 impl State {
     fn len(&self) -> usize {
         self.urgent.len() + self.routine.len()
+    }
+
+    /// Frames that count against the capacity.
+    fn live_len(&self) -> usize {
+        self.len() - self.start_queued
     }
 
     /// Puts `item` on its lane.
@@ -251,6 +274,7 @@ impl State {
         self.urgent.clear();
         self.routine.clear();
         self.routine_topics = 0;
+        self.start_queued = 0;
         self.rated = None;
     }
 }
@@ -341,6 +365,27 @@ impl Outbox {
         Pushed::Dropped
     }
 
+    /// Queues one of the frames a subscription starts with (replay or current state, at `seq`),
+    /// outside the capacity (see the module docs). Returns `Pushed::Closed` if closed.
+    pub(crate) fn push_start(&self, item: Delivery, seq: u64, urgent: bool) -> Pushed {
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            return Pushed::Closed;
+        }
+        let was_empty = state.len() == 0;
+        let mut item = Delivery { origin: Origin::Start, ..item };
+        if let Some(rated) = state.rated.as_mut() {
+            item = rated.release(item, seq);
+        }
+        state.place(item, urgent);
+        state.start_queued += 1;
+        drop(state);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Pushed::Queued
+    }
+
     /// Queues a control frame (replies, notices) on the urgent lane.
     pub(crate) fn push_control(&self, frame: Frame, type_index: u8, stats: &Stats) -> Pushed {
         let mut state = self.lock();
@@ -357,7 +402,22 @@ impl Outbox {
     /// `max_hz`. The previous subscription's held-back updates are forgotten: the new one
     /// starts from the current state or from history.
     pub(crate) fn start(&self, topic: Topic, position: u64, rated: bool) {
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut removed_start = 0;
+        for lane in [&mut state.urgent, &mut state.routine] {
+            lane.retain(|d| {
+                let keep = d.topic != Some(topic);
+                if !keep && d.origin == Origin::Start {
+                    removed_start += 1;
+                }
+                keep
+            });
+        }
+        state.start_queued -= removed_start;
+        if state.routine.is_empty() {
+            state.routine_topics = 0;
+        }
         if rated {
             state.rated.get_or_insert_with(Box::default).position[topic.index()] = position;
         }
@@ -376,11 +436,11 @@ impl Outbox {
     #[inline(always)]
     fn enqueue(&self, state: &mut State, item: Delivery, urgent: bool, stats: &Stats) -> Pushed {
         let was_empty = state.len() == 0;
-        if state.len() >= self.capacity {
+        if state.live_len() >= self.capacity {
             let collapsed = collapse(state, stats);
             state.conflated_since_notice += collapsed;
             let notice = usize::from(!state.lagging_queued);
-            if state.len() + 1 + notice > self.capacity {
+            if state.live_len() + 1 + notice > self.capacity {
                 // Even collapsed, it does not fit: drop the subscriber and free its queue now.
                 let lost = state.urgent.drain(..).chain(state.routine.drain(..));
                 for lost in lost.chain(std::iter::once(item)) {
@@ -400,9 +460,10 @@ impl Outbox {
                 });
                 let type_index = u8::try_from(lagging.type_index()).unwrap_or_default();
                 let frame = encode(&ServerFrame::control(lagging), stats);
-                state
-                    .urgent
-                    .push_back(Delivery { notice: true, ..Delivery::control(frame, type_index) });
+                state.urgent.push_back(Delivery {
+                    origin: Origin::Notice,
+                    ..Delivery::control(frame, type_index)
+                });
                 state.lagging_queued = true;
                 state.conflated_since_notice = 0;
             }
@@ -444,8 +505,10 @@ impl Outbox {
         let start = out.len();
         while out.len() - start < max {
             let Some(item) = state.pop() else { break };
-            if item.notice {
-                state.lagging_queued = false; // the lagging notice is on its way
+            match item.origin {
+                Origin::Notice => state.lagging_queued = false, // the notice is on its way
+                Origin::Start => state.start_queued -= 1,
+                Origin::Live => {}
             }
             out.push(item);
         }
@@ -510,6 +573,7 @@ fn release_due(state: &mut State, now: Instant) {
 /// returns how many were removed.
 fn collapse(state: &mut State, stats: &Stats) -> u64 {
     let mut removed = 0;
+    let mut removed_start = 0;
     for urgent in [false, true] {
         let lane = if urgent { &mut state.urgent } else { &mut state.routine };
         let mut seen: HashSet<(Option<Topic>, KeyId)> = HashSet::new();
@@ -525,10 +589,14 @@ fn collapse(state: &mut State, stats: &Stats) -> u64 {
             i += 1;
             if !k {
                 stats.conflated(item.topic, ConflateReason::QueueFull, 1);
+                if item.origin == Origin::Start {
+                    removed_start += 1;
+                }
                 removed += 1;
             }
             k
         });
     }
+    state.start_queued -= removed_start;
     removed
 }

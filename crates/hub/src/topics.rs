@@ -97,13 +97,25 @@ impl SubscribeOptions {
     }
 }
 
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// The current state (retained frames, late), then live frames after the top.
+    State,
+    /// Recovered: state below the position nothing newer touched, then the history after it.
+    Recover(u64),
+    /// Not recoverable: the history after this position, then the current state.
+    Gap(u64),
+}
+
 /// What a subscription started with (also sent to the connection as `subscribed`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SubscribeOutcome {
     /// The hub's epoch.
     pub epoch: String,
-    /// The topic's newest seq when the subscription started.
+    /// The position the frames that follow continue from: the topic's newest seq, `since`
+    /// when recovered, or after a gap the seq before the oldest message history still holds.
     pub seq: u64,
     /// Whether every message after `since` was replayed.
     pub recovered: bool,
@@ -332,39 +344,54 @@ impl Topics {
         let replaced = state.remove_sub(connection);
         let top = state.seq;
 
-        // Recovery: the whole range (since, top] must still be held.
-        let replay = options.since.as_ref().and_then(|since| {
-            if since.epoch != self.epoch || since.seq > top {
-                return None;
+        let oldest = state.history.front().map_or(top + 1, |e| e.entry.frame.seq);
+        let start = match &options.since {
+            None => Start::State,
+            // Recovery: the whole range (since, top] is still held.
+            Some(since)
+                if since.epoch == self.epoch
+                    && since.seq <= top
+                    && (since.seq + 1 >= oldest || since.seq == top) =>
+            {
+                Start::Recover(since.seq)
             }
-            let oldest = state.history.front().map_or(top + 1, |e| e.entry.frame.seq);
-            (since.seq + 1 >= oldest || since.seq == top).then_some(since.seq)
-        });
-        let recovered = replay.is_some();
-        let initial: Vec<(TopicFrame, bool)> = match replay {
-            Some(after) => {
-                let mut frames = state_below(&state, after, &filter);
-                frames.extend(
-                    state
-                        .history
-                        .iter()
-                        .map(|h| &h.entry)
-                        .filter(|e| e.frame.seq > after && passes(&filter, e.subject))
-                        .map(|e| (e.frame.clone(), e.urgent)),
-                );
-                frames
+            // A gap in this epoch: what history still holds, then the state.
+            Some(since) if since.epoch == self.epoch && since.seq < oldest => {
+                Start::Gap(oldest - 1)
             }
-            None => {
-                let mut entries: Vec<&Entry> =
-                    state.retained.values().filter(|e| passes(&filter, e.subject)).collect();
-                entries.sort_by_key(|e| e.frame.seq);
-                entries.into_iter().map(|e| (e.frame.clone(), e.urgent)).collect()
-            }
+            // Another epoch (the hub restarted): its whole history if nothing has expired yet.
+            Some(since) if since.epoch != self.epoch && oldest <= 1 => Start::Gap(0),
+            Some(_) => Start::State,
         };
+        let filter_ref = &filter;
+        let history_after = |after: u64| {
+            state
+                .history
+                .iter()
+                .map(|h| &h.entry)
+                .filter(move |e| e.frame.seq > after && passes(filter_ref, e.subject))
+                .map(|e| (e.frame.clone(), e.urgent))
+        };
+        let retained = || {
+            let mut entries: Vec<&Entry> =
+                state.retained.values().filter(|e| passes(&filter, e.subject)).collect();
+            entries.sort_by_key(|e| e.frame.seq);
+            entries.into_iter().map(|e| (e.frame.clone(), e.urgent))
+        };
+        let (position, initial): (u64, Vec<(TopicFrame, bool)>) = match start {
+            Start::State => (top, retained().collect()),
+            Start::Recover(after) => {
+                let mut frames = state_below(&state, after, &filter);
+                frames.extend(history_after(after));
+                (after, frames)
+            }
+            Start::Gap(after) => (after, history_after(after).chain(retained()).collect()),
+        };
+        let recovered = matches!(start, Start::Recover(_));
         let reply = ServerMessage::Subscribed(Subscribed {
             topic,
             epoch: self.epoch.clone(),
-            seq: top,
+            seq: position,
             recovered,
             request_id: options.request_id,
         });
@@ -376,12 +403,11 @@ impl Topics {
             }
             return Err(Error::Closed(outbox.closed().unwrap_or(DropReason::Closed)));
         }
-        outbox.start(topic, replay.unwrap_or(top), rate.is_some());
+        outbox.start(topic, position, rate.is_some());
         let count = initial.len();
         for (frame, urgent) in initial {
-            let delivery = frame.delivery(None);
-            if outbox.push(delivery, frame.seq, urgent, None, now, &self.stats) == Pushed::Dropped {
-                return Err(Error::Closed(DropReason::SlowConsumer));
+            if outbox.push_start(frame.delivery(None), frame.seq, urgent) != Pushed::Queued {
+                return Err(Error::Closed(outbox.closed().unwrap_or(DropReason::Closed)));
             }
         }
         self.stats.delivered(topic, count as u64);
@@ -389,7 +415,7 @@ impl Topics {
         if !replaced {
             self.stats.subscribed(topic);
         }
-        Ok(SubscribeOutcome { epoch: self.epoch.clone(), seq: top, recovered, initial: count })
+        Ok(SubscribeOutcome { epoch: self.epoch.clone(), seq: position, recovered, initial: count })
     }
 
     /// Removes `connection`'s subscription to `topic`; returns whether there was one.

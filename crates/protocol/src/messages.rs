@@ -704,10 +704,14 @@ pub struct Subscribed {
     pub topic: Topic,
     /// The epoch of the topic's sequence numbers. Remember it with the last `seq` received.
     pub epoch: String,
-    /// The topic's newest `seq` when the subscription started; messages after it follow.
+    /// The position the frames that follow continue from; take it as the last `seq`
+    /// received. Without `since`: the topic's newest `seq` (the current state follows, marked
+    /// `late`). Recovered: the `since` sent. After a gap: the `seq` before the oldest message
+    /// history still holds (those messages follow, then the current state, marked `late`).
     pub seq: u64,
-    /// With `since`: `true` when every missed message follows; `false` when they could not be
-    /// recovered and the current state follows instead. Without `since`: `false`.
+    /// With `since`: `true` when every missed message follows; `false` when some could not be
+    /// recovered (too old, or the server restarted): what history still holds follows, then
+    /// the current state. Without `since`: `false`.
     pub recovered: bool,
     /// The request's `id`, echoed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

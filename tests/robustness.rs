@@ -1,0 +1,81 @@
+//! The findings of a black-box probe of the server, each kept as a test over real sockets:
+//! recovery that never trips the slow-consumer guard, gaps that still deliver what history
+//! holds, and the defences of the HTTP, JWT and WebSocket layers.
+
+use modelcast_tests::server_util::TestServer;
+use serde_json::{Value, json};
+
+fn alerts(from: usize, n: usize) -> Value {
+    let items: Vec<Value> = (from..from + n)
+        .map(|i| {
+            json!({"type": "alert", "data": {"alert_id": format!("a{i}"), "level": "warning",
+                "title": "t", "message": "m", "timestamp": "2025-08-27T10:30:00Z"}})
+        })
+        .collect();
+    Value::Array(items)
+}
+
+/// Publishes `n` alerts in batches.
+async fn publish_alerts(server: &TestServer, n: usize) {
+    for start in (0..n).step_by(500) {
+        let (status, body) = server.post("/api/publish", &alerts(start, 500.min(n - start))).await;
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
+/// Subscribes to `alerts` with `since` and reads the reply and then `count` alerts; returns
+/// the reply and the alerts' seqs.
+async fn resubscribe(server: &TestServer, since: Value, count: usize) -> (Value, Vec<u64>) {
+    let mut ws = server.ws("/ws/returning").await;
+    ws.send_json(&json!({"action": "subscribe", "topic": "alerts", "since": since})).await;
+    let reply = ws.next_json().await;
+    let mut seqs = Vec::new();
+    while seqs.len() < count {
+        let frame = ws.next_json().await;
+        assert_eq!(frame["type"], "alert", "no close, no other frame: {frame}");
+        seqs.push(frame["seq"].as_u64().unwrap());
+    }
+    (reply, seqs)
+}
+
+/// Probe finding 1: with exactly `--history-size` messages missed (and more than the queue
+/// holds), the recovery was closed with 4001 before `subscribed`, and again on every retry.
+#[tokio::test]
+async fn a_recovery_larger_than_the_queue_is_delivered_not_closed() {
+    for (history, published, missed) in [(1000, 2000, 1000), (3000, 3000, 1500)] {
+        let history_arg = history.to_string();
+        let server = TestServer::start(&["--history-size", &history_arg]).await;
+        publish_alerts(&server, published).await;
+        let epoch = server.hub.epoch().to_owned();
+        let since = json!({"epoch": epoch, "seq": published - missed});
+        let (reply, seqs) = resubscribe(&server, since, missed).await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        assert_eq!(reply["data"]["recovered"], true, "{reply}");
+        let expected: Vec<u64> = ((published - missed + 1) as u64..=published as u64).collect();
+        assert_eq!(seqs, expected, "history {history}: exactly the missed alerts, in order");
+    }
+}
+
+/// Probe finding 2: a gap delivered nothing on an event topic; now what history still holds
+/// follows the gap, and after a restart the new epoch's whole history is replayed.
+#[tokio::test]
+async fn a_gap_still_delivers_what_history_holds() {
+    let server = TestServer::start(&[]).await;
+    publish_alerts(&server, 2000).await;
+    let since = json!({"epoch": server.hub.epoch(), "seq": 500});
+    let (reply, seqs) = resubscribe(&server, since, 1000).await;
+    assert_eq!(reply["data"]["recovered"], false, "{reply}");
+    assert_eq!(reply["data"]["seq"], 1000, "the frames continue after seq 1000: {reply}");
+    assert_eq!(seqs, (1001..=2000).collect::<Vec<u64>>());
+
+    // A restart: another epoch. What was published since is replayed in full.
+    let old_epoch = server.hub.epoch().to_owned();
+    drop(server);
+    let restarted = TestServer::start(&[]).await;
+    publish_alerts(&restarted, 1).await;
+    let since = json!({"epoch": old_epoch, "seq": 2000});
+    let (reply, seqs) = resubscribe(&restarted, since, 1).await;
+    assert_eq!(reply["data"]["recovered"], false, "{reply}");
+    assert_eq!(reply["data"]["epoch"], restarted.hub.epoch());
+    assert_eq!(seqs, [1], "the alert published after the restart");
+}
