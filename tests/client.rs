@@ -229,7 +229,7 @@ async fn modelcast_watch_json_prints_valid_frames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_authenticates_by_url_or_first_message() {
     use modelcast_client::{SubscribeError, TokenMode};
-    let secret = "client-secret-0123456789";
+    let secret = "client-secret-0123456789-0123456789";
     let server = TestServer::start(&[
         "--jwt-secret",
         secret,

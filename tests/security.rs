@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const SECRET: &str = "test-secret-0123456789";
+const SECRET: &str = "test-secret-0123456789-0123456789";
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -399,4 +399,96 @@ proptest! {
         let text = format!(r#"{{"action":"{action}","topic":"{topic}","since":{extra}}}"#);
         let _ = ClientMessage::parse_frame(&text);
     }
+}
+
+/// Probe finding 4: with an audience and issuer configured, tokens *without* them were
+/// accepted, as was a token not valid for another hour; a short or empty HS256 secret started
+/// the server (and a token forged with the empty key was accepted).
+#[tokio::test]
+async fn configured_claims_are_required_nbf_is_checked_and_short_secrets_refused() {
+    let server = authed_server(&["--jwt-issuer", "https://issuer.example"]).await;
+    let iss = "https://issuer.example";
+    let cases = [
+        ("no aud", json!({"sub": "a", "exp": now() + 60, "iss": iss}), "aud"),
+        ("no iss", json!({"sub": "a", "exp": now() + 60, "aud": "modelcast"}), "iss"),
+        (
+            "not yet valid",
+            json!({"sub": "a", "exp": now() + 7200, "nbf": now() + 3600, "aud": "modelcast", "iss": iss}),
+            "not valid yet",
+        ),
+    ];
+    for (what, claims, needle) in cases {
+        let (status, body) =
+            refused(&server, &format!("/ws/x?token={}", token(claims, SECRET)), None).await;
+        assert_eq!(status, 401, "{what}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(needle), "{what}: {body}");
+    }
+    let ok = token(json!({"sub": "a", "exp": now() + 60, "aud": "modelcast", "iss": iss}), SECRET);
+    server.ws(&format!("/ws/ok?token={ok}")).await;
+
+    for secret in ["", "x", "31-bytes-is-one-too-few-0123456"] {
+        let config = modelcast_server::Config::try_parse_args([
+            "modelcast",
+            "--bind",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            secret,
+        ])
+        .expect("parses");
+        let err = modelcast_server::Server::bind(config).await.expect_err("refused at start");
+        assert!(err.to_string().contains("MODELCAST_JWT_SECRET"), "{err}");
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+    }
+}
+
+/// Probe finding 5: an admin subscribed to `alerts` who re-authenticated as a plain user kept
+/// receiving alerts.
+#[tokio::test]
+async fn a_renewed_token_with_fewer_roles_ends_the_forbidden_subscriptions() {
+    let server = authed_server(&["--topic-roles", "alerts=admin"]).await;
+    let mut ws = server.ws(&format!("/ws/admin?token={}", valid(&["admin"]))).await;
+    assert_eq!(ws.subscribe("alerts").await["type"], "subscribed");
+    assert_eq!(ws.subscribe("model_status").await["type"], "subscribed");
+    ws.send_json(&json!({"action": "auth", "token": valid(&["user"])})).await;
+    let error = ws.next_of_type("error").await;
+    assert_eq!(error["data"]["code"], "forbidden");
+    assert!(error["data"]["message"].as_str().unwrap().contains("alerts"), "{error}");
+    server.hub.publish_message(alert("after")).unwrap();
+    ws.send_json(&json!({"action": "ping", "id": "p"})).await;
+    let next = ws.next_json().await;
+    assert_eq!(next["type"], "pong", "no alert reaches the demoted connection: {next}");
+    // Its other subscription stays.
+    ws.send_json(&json!({"action": "unsubscribe", "topic": "model_status"})).await;
+    assert_eq!(ws.next_json().await["type"], "unsubscribed");
+}
+
+/// Probe finding 6: any authenticated user could open `/ws/<someone else's id>` and close the
+/// victim's connection (4002). Ids now live within the token's subject.
+#[tokio::test]
+async fn another_user_cannot_take_over_a_connection_id() {
+    let server = authed_server(&[]).await;
+    let alice = |roles: &[&str]| {
+        token(
+            json!({"sub": "alice", "roles": roles, "exp": now() + 3600, "aud": "modelcast"}),
+            SECRET,
+        )
+    };
+    let bob = token(json!({"sub": "bob", "exp": now() + 3600, "aud": "modelcast"}), SECRET);
+    let mut victim = server.ws(&format!("/ws/tab-1?token={}", alice(&[]))).await;
+    victim.subscribe("alerts").await;
+    // Bob, by URL token and by first frame: both get their own `tab-1`.
+    let mut attacker = server.ws(&format!("/ws/tab-1?token={bob}")).await;
+    attacker.subscribe("alerts").await;
+    let mut late_attacker = server.ws("/ws/tab-1").await;
+    late_attacker.send_json(&json!({"action": "auth", "token": bob})).await;
+    assert_eq!(late_attacker.subscribe("alerts").await["type"], "subscribed");
+    server.hub.publish_message(alert("still-there")).unwrap();
+    assert_eq!(victim.next_json().await["data"]["alert_id"], "still-there");
+    // Bob's second connection replaced his first, within his namespace.
+    let (close_frame, _) = attacker.until_close().await;
+    assert_eq!(close_frame.map(|c| c.0), Some(close::REPLACED));
+    // Alice reopening her own id still replaces her old connection.
+    let _again = server.ws(&format!("/ws/tab-1?token={}", alice(&[]))).await;
+    let (close_frame, _) = victim.until_close().await;
+    assert_eq!(close_frame.map(|c| c.0), Some(close::REPLACED));
 }

@@ -3,6 +3,9 @@
 use modelcast_hub::{Connection, SubscribeOptions};
 use modelcast_protocol::{ClientMessage, ErrorCode, ErrorMessage, Pong, RequestId, ServerMessage};
 
+use std::sync::Arc;
+
+use crate::security::Identity;
 use crate::state::{App, AuthState, Control};
 
 pub(crate) fn reply_error(
@@ -16,20 +19,36 @@ pub(crate) fn reply_error(
     let _ = conn.send(&ServerMessage::Error(ErrorMessage { code, message, request_id }));
 }
 
+/// A token was accepted (first or renewed): the session takes its id within the token's
+/// subject, and every subscription the new roles no longer allow ends with a `forbidden`
+/// error naming the topic.
+fn authenticated(app: &App, conn: &Connection, control: &Arc<Control>, identity: Identity) {
+    for topic in conn.subscriptions() {
+        if !app.security.may_subscribe(Some(&identity), topic) {
+            conn.unsubscribe(topic);
+            let message = format!(
+                "unsubscribed from {topic}: the new token's roles do not include {}",
+                app.security.roles_for(topic)
+            );
+            reply_error(app, conn, ErrorCode::Forbidden, message, None);
+        }
+    }
+    app.register((Some(identity.subject.clone()), control.id.clone()), conn, control);
+    *control.auth() =
+        AuthState { identity: Some(identity), deadline: None, expiry_announced: false };
+    control.wake.notify_one();
+}
+
 /// A client frame: parsed, validated, authorized, answered. Bad input gets an `error` with
 /// the precise code, and the connection stays.
-pub(crate) fn handle_text(app: &App, conn: &Connection, control: &Control, text: &str) {
+pub(crate) fn handle_text(app: &App, conn: &Connection, control: &Arc<Control>, text: &str) {
     let message = match ClientMessage::parse_frame(text) {
         Ok(m) => m,
         Err(e) => return reply_error(app, conn, e.code, e.message, e.request_id),
     };
     if let ClientMessage::Auth(a) = &message {
         match app.security.verify(&a.token) {
-            Ok(identity) => {
-                *control.auth() =
-                    AuthState { identity: Some(identity), deadline: None, expiry_announced: false };
-                control.wake.notify_one();
-            }
+            Ok(identity) => authenticated(app, conn, control, identity),
             Err(reason) => reply_error(app, conn, ErrorCode::Unauthorized, reason, a.id.clone()),
         }
         return;

@@ -125,6 +125,11 @@ pub struct Config {
     #[arg(long, env = "MODELCAST_JWT_ISSUER", help_heading = "Security")]
     pub jwt_issuer: Option<String>,
 
+    /// Clock skew allowed when checking a token's `exp` and `nbf`, in whole seconds (0–300).
+    #[arg(long, env = "MODELCAST_JWT_LEEWAY", default_value = "5", value_name = "SECONDS",
+          value_parser = leeway, help_heading = "Security")]
+    pub jwt_leeway: u64,
+
     /// Seconds a connection without a URL token has to send `{"action":"auth"}`; also the
     /// grace period to refresh an expired token.
     #[arg(long, env = "MODELCAST_AUTH_DEADLINE", default_value = "10", value_name = "SECONDS",
@@ -219,6 +224,16 @@ impl Config {
             return Err(
                 "MODELCAST_JWT_SECRET and MODELCAST_JWT_PUBLIC_KEY are both set; choose one".into(),
             );
+        }
+        if let Some(secret) = &self.jwt_secret
+            && secret.len() < MIN_HS256_SECRET
+        {
+            return Err(format!(
+                "MODELCAST_JWT_SECRET: an HS256 secret must be at least {MIN_HS256_SECRET} bytes \
+                 (it is {}); a short one can be guessed offline from any token. Generate one \
+                 with `openssl rand -base64 48`",
+                secret.len()
+            ));
         }
         if !self.topic_roles.is_empty() && !auth {
             return Err("MODELCAST_TOPIC_ROLES needs authentication: set MODELCAST_JWT_SECRET or MODELCAST_JWT_PUBLIC_KEY".into());
@@ -327,6 +342,15 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
 fn parse_bind(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| {
         format!("MODELCAST_BIND / --bind: expected HOST:PORT with an IP address, e.g. 127.0.0.1:8000 or 0.0.0.0:8000, got `{s}`")
+    })
+}
+
+/// The shortest HS256 secret accepted: 256 bits, the hash's own size (RFC 7518 §3.2).
+const MIN_HS256_SECRET: usize = 32;
+
+fn leeway(s: &str) -> Result<u64, String> {
+    s.trim().parse::<u64>().ok().filter(|v| *v <= 300).ok_or_else(|| {
+        format!("MODELCAST_JWT_LEEWAY: expected whole seconds from 0 to 300, got `{s}`")
     })
 }
 

@@ -85,15 +85,22 @@ impl Security {
             (None, None) => None,
         };
         let jwt = jwt.map(|(key, mut validation)| {
-            validation.leeway = 5;
-            validation.required_spec_claims = ["exp".to_owned()].into_iter().collect();
+            validation.leeway = config.jwt_leeway;
+            validation.validate_nbf = true;
+            // A configured audience or issuer is required, not only checked when present.
+            let mut required = vec!["exp"];
             match &config.jwt_audience {
-                Some(aud) => validation.set_audience(&[aud]),
+                Some(aud) => {
+                    validation.set_audience(&[aud]);
+                    required.push("aud");
+                }
                 None => validation.validate_aud = false,
             }
             if let Some(iss) = &config.jwt_issuer {
                 validation.set_issuer(&[iss]);
+                required.push("iss");
             }
+            validation.set_required_spec_claims(&required);
             (key, validation)
         });
         let per_ip = RateLimiter::keyed(
@@ -133,6 +140,7 @@ impl Security {
                 K::InvalidAudience => "the token is for another audience".to_owned(),
                 K::InvalidIssuer => "the token is from another issuer".to_owned(),
                 K::MissingRequiredClaim(c) => format!("the token has no `{c}` claim"),
+                K::ImmatureSignature => "the token is not valid yet (`nbf`)".to_owned(),
                 _ => format!("the token is invalid: {e}"),
             }
         })?;

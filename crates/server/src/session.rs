@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actions::{handle_text, reply_error};
 use crate::security::Identity;
-use crate::state::{Admitted, App, AuthState, Control, SessionHandle};
+use crate::state::{Admitted, App, AuthState, Control};
 
 /// Frames taken from the outbox per burst (one flush each).
 const BURST: usize = 256;
@@ -39,20 +39,23 @@ pub(crate) async fn run(
     let serial = app.next_session.fetch_add(1, Ordering::Relaxed);
     let deadline = (app.security.auth_required() && identity.is_none())
         .then(|| tokio::time::Instant::now() + app.config.auth_deadline);
+    let subject = identity.as_ref().map(|i| i.subject.clone());
     let control = Arc::new(Control {
         close: Mutex::new(None),
         last_seen_ms: AtomicU64::new(now_ms(&app)),
         done: CancellationToken::new(),
         auth: Mutex::new(AuthState { identity, deadline, expiry_announced: false }),
         wake: tokio::sync::Notify::new(),
+        id: id.clone(),
+        serial,
+        registered: Mutex::new(None),
     });
-    let replaced = app
-        .sessions()
-        .insert(id.clone(), SessionHandle { serial, conn: conn.clone(), control: control.clone() });
-    if let Some(old) = replaced {
-        tracing::info!(connection_id = %id, "replacing the open connection with the same id");
-        old.control.set_close(close::REPLACED, "replaced by a newer connection with the same id");
-        old.conn.close(DropReason::Replaced);
+    // Without authentication, ids are global; with it, they live within the token's subject,
+    // and a connection still waiting for its token takes no id (it registers on `auth`).
+    match (app.security.auth_required(), subject) {
+        (false, _) => app.register((None, id.clone()), &conn, &control),
+        (true, Some(subject)) => app.register((Some(subject), id.clone()), &conn, &control),
+        (true, None) => {}
     }
     app.metrics.opened();
     tracing::debug!(connection_id = %id, "connected");
@@ -69,12 +72,7 @@ pub(crate) async fn run(
     let (reason, ()) =
         tokio::join!(writer(&app, &conn, sink, &control), reader(&app, &conn, stream, &control));
 
-    {
-        let mut sessions = app.sessions();
-        if sessions.get(&id).is_some_and(|s| s.serial == serial) {
-            sessions.remove(&id);
-        }
-    }
+    app.unregister(&control);
     conn.close(DropReason::Closed);
     app.metrics.closed(reason);
     tracing::debug!(connection_id = %id, reason, "disconnected");
@@ -280,7 +278,7 @@ async fn reader(
     app: &App,
     conn: &Connection,
     mut stream: futures_util::stream::SplitStream<Ws>,
-    control: &Control,
+    control: &Arc<Control>,
 ) {
     // Made on the first inbound frame, so idle connections carry no limiter.
     // Boxed: an idle session's future stays small.

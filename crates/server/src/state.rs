@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use modelcast_hub::{Connection, Hub};
+use modelcast_hub::{Connection, DropReason, Hub};
 use modelcast_notifiers::{Notifiers, Policy};
+use modelcast_protocol::close;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,7 +29,7 @@ pub(crate) struct App {
     pub(crate) metrics: Metrics,
     pub(crate) security: Security,
     /// Open sessions by connection id (for replacement).
-    pub(crate) sessions: Mutex<HashMap<String, SessionHandle>>,
+    pub(crate) sessions: Mutex<HashMap<SessionKey, SessionHandle>>,
     /// WebSocket connections admitted and not yet closed (the `max_connections` gauge).
     pub(crate) active: AtomicUsize,
     pub(crate) next_session: AtomicU64,
@@ -39,7 +40,44 @@ pub(crate) struct App {
 }
 
 impl App {
-    pub(crate) fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionHandle>> {
+    /// Registers the session of `conn` under `key`, moving it from where it was registered,
+    /// and replaces (closes with 4002) an older session with the same key.
+    pub(crate) fn register(&self, key: SessionKey, conn: &Connection, control: &Arc<Control>) {
+        let mut registered =
+            control.registered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let handle =
+            SessionHandle { serial: control.serial, conn: conn.clone(), control: control.clone() };
+        let replaced = {
+            let mut sessions = self.sessions();
+            if let Some(old) = registered.take()
+                && sessions.get(&old).is_some_and(|s| s.serial == control.serial)
+            {
+                sessions.remove(&old);
+            }
+            sessions.insert(key.clone(), handle)
+        };
+        *registered = Some(key);
+        if let Some(old) = replaced.filter(|old| old.serial != control.serial) {
+            tracing::info!(connection_id = %control.id, "replacing the open connection with the same id");
+            old.control
+                .set_close(close::REPLACED, "replaced by a newer connection with the same id");
+            old.conn.close(DropReason::Replaced);
+        }
+    }
+
+    /// Removes the session from the registry (unless a newer one took its place).
+    pub(crate) fn unregister(&self, control: &Control) {
+        let registered =
+            control.registered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(key) = registered {
+            let mut sessions = self.sessions();
+            if sessions.get(&key).is_some_and(|s| s.serial == control.serial) {
+                sessions.remove(&key);
+            }
+        }
+    }
+
+    pub(crate) fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, SessionHandle>> {
         self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -74,7 +112,18 @@ pub(crate) struct Control {
     pub(crate) auth: Mutex<AuthState>,
     /// Wakes the writer to re-check `auth` and `close` (set by the reader).
     pub(crate) wake: tokio::sync::Notify,
+    /// The connection id the client chose (or was given).
+    pub(crate) id: String,
+    /// Unique per session, to tell a session from its replacement in the registry.
+    pub(crate) serial: u64,
+    /// Where the session is registered now (none while a token is awaited).
+    pub(crate) registered: Mutex<Option<SessionKey>>,
 }
+
+/// A session's place in the registry: its connection id, within its token's subject when
+/// authentication is on. Ids are namespaced per subject, so one user's connection can never
+/// replace (close) another user's by opening the same id.
+pub(crate) type SessionKey = (Option<String>, String);
 
 /// A connection's authentication.
 #[derive(Debug, Default)]
