@@ -79,3 +79,49 @@ async fn a_gap_still_delivers_what_history_holds() {
     assert_eq!(reply["data"]["epoch"], restarted.hub.epoch());
     assert_eq!(seqs, [1], "the alert published after the restart");
 }
+
+/// Opens a TCP connection that sends a publish's headers and one byte of its body.
+async fn slow_publisher(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .expect("write");
+    stream
+}
+
+/// Reads what the server sends until it closes (or 5 s pass).
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Probe finding 3: a publish body that never completes held its connection for 400 s+, and
+/// 1,100 of them exhausted the file descriptors (`/healthz` and new WebSockets timed out).
+/// Now a body has a deadline (408) and connections that are not WebSockets are capped below
+/// the open-file limit: over the cap a client gets 503 at once, never a hang.
+#[tokio::test]
+async fn slow_publish_bodies_time_out_and_cannot_exhaust_the_server() {
+    let server = TestServer::start(&["--max-http-connections", "20", "--body-timeout", "1"]).await;
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(slow_publisher(server.addr).await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut extra = slow_publisher(server.addr).await;
+    let busy = read_to_close(&mut extra).await;
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    assert!(busy.contains("Retry-After: 1") && busy.contains("server_busy"), "{busy}");
+    for stream in &mut slow {
+        let reply = read_to_close(stream).await;
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        assert!(reply.contains("body_timeout"), "{reply}");
+    }
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, 200);
+    server.ws("/ws/after").await;
+}

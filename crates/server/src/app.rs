@@ -82,6 +82,7 @@ impl Server {
             .max_write_buffer_size(1 << 20)
             .max_message_size(Some(config.max_frame_size))
             .max_frame_size(Some(config.max_frame_size));
+        let http_permits = Arc::new(tokio::sync::Semaphore::new(http_connection_cap(&config)));
         let app = Arc::new(App {
             config,
             hub,
@@ -96,6 +97,7 @@ impl Server {
             tracker: TaskTracker::new(),
             started: Instant::now(),
             ws_config,
+            http_permits,
         });
         Ok(Self { app, listener })
     }
@@ -153,7 +155,14 @@ impl Server {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    app.tracker.spawn(serve_connection(app.clone(), stream, peer));
+                    match app.http_permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            app.tracker.spawn(serve_connection(app.clone(), stream, peer, permit));
+                        }
+                        Err(_) => {
+                            app.tracker.spawn(refuse_busy(stream));
+                        }
+                    }
                 }
             }
         }
@@ -174,7 +183,45 @@ impl Server {
     }
 }
 
-async fn serve_connection(app: Arc<App>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+/// `MODELCAST_MAX_HTTP_CONNECTIONS`, lowered if the open-file limit cannot hold it next to
+/// `WEBSOCKET_MAX_CONNECTIONS` (and a reserve for the listener, logs and Redis).
+fn http_connection_cap(config: &Config) -> usize {
+    const RESERVE: u64 = 64;
+    let wanted = config.max_http_connections;
+    let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else { return wanted };
+    let room = soft.saturating_sub(config.max_connections as u64 + RESERVE);
+    let cap = usize::try_from(room).unwrap_or(usize::MAX).clamp(16, wanted.max(16)).min(wanted);
+    if cap < wanted {
+        tracing::warn!(
+            open_file_limit = soft,
+            max_connections = config.max_connections,
+            max_http_connections = cap,
+            "the open-file limit leaves room for {cap} HTTP connections only (MODELCAST_MAX_HTTP_CONNECTIONS={wanted}); raise it (ulimit -n)"
+        );
+    }
+    cap
+}
+
+/// Over `MODELCAST_MAX_HTTP_CONNECTIONS`: a fixed 503 with `Retry-After`, written without
+/// reading the request, then the socket is closed.
+async fn refuse_busy(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+        Content-Type: application/json\r\nConnection: close\r\nContent-Length: 97\r\n\r\n\
+        {\"error\":{\"code\":\"server_busy\",\"message\":\"too many HTTP connections at once; retry in a second\"}}";
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let _ = stream.write_all(BUSY).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+async fn serve_connection(
+    app: Arc<App>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let service = {
         let app = app.clone();
         service_fn(move |req| http::handle(app.clone(), req, peer))

@@ -82,6 +82,19 @@ pub struct Config {
           value_parser = seconds("MODELCAST_HANDSHAKE_TIMEOUT"))]
     pub handshake_timeout: Duration,
 
+    /// Seconds a client has to send a request body (e.g. a publish) once its headers are in;
+    /// slower bodies get 408 and the connection is closed.
+    #[arg(long, env = "MODELCAST_BODY_TIMEOUT", default_value = "10", value_name = "SECONDS",
+          value_parser = seconds("MODELCAST_BODY_TIMEOUT"))]
+    pub body_timeout: Duration,
+
+    /// Most TCP connections at once that have not (yet) become WebSockets: HTTP requests and
+    /// handshakes in progress. More are answered 503 at once, so slow or idle HTTP clients can
+    /// never use up the process's file descriptors (kept below the open-file limit).
+    #[arg(long, env = "MODELCAST_MAX_HTTP_CONNECTIONS", default_value = "1024", value_name = "N",
+          value_parser = count("MODELCAST_MAX_HTTP_CONNECTIONS"))]
+    pub max_http_connections: usize,
+
     /// Seconds to drain queued messages to clients on shutdown before closing anyway.
     #[arg(long, env = "MODELCAST_SHUTDOWN_TIMEOUT", default_value = "10", value_name = "SECONDS",
           value_parser = seconds("MODELCAST_SHUTDOWN_TIMEOUT"))]

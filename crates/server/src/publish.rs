@@ -53,16 +53,35 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         }
     }
     let limit = app.config.max_frame_size.max(MIN_BODY_LIMIT);
-    let body: Bytes = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+    let body = tokio::time::timeout(
+        app.config.body_timeout,
+        Limited::new(req.into_body(), limit).collect(),
+    );
+    let body: Bytes = match body.await {
+        Err(_elapsed) => {
+            let mut resp = error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                &format!(
+                    "the body did not arrive within {:?} (MODELCAST_BODY_TIMEOUT)",
+                    app.config.body_timeout
+                ),
+            );
+            resp.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            return resp;
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 &format!("the body is larger than {limit} bytes; publish in smaller arrays"),
             );
         }
-        Err(err) => {
+        Ok(Err(err)) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "bad_body",

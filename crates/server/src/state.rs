@@ -37,6 +37,8 @@ pub(crate) struct App {
     pub(crate) tracker: TaskTracker,
     pub(crate) started: Instant,
     pub(crate) ws_config: WebSocketConfig,
+    /// One permit per TCP connection that is not a WebSocket (yet).
+    pub(crate) http_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
