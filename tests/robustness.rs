@@ -125,3 +125,70 @@ async fn slow_publish_bodies_time_out_and_cannot_exhaust_the_server() {
     assert_eq!(status, 200);
     server.ws("/ws/after").await;
 }
+
+/// Probe finding 10: with no publish keys (the loopback default), a cross-origin `text/plain`
+/// POST from any web page published. A browser request (Origin or Sec-Fetch-Site) now needs an
+/// allowed origin; backends (no Origin) are unaffected.
+#[tokio::test]
+async fn browser_pages_cannot_publish_unless_their_origin_is_allowed() {
+    let body = Some(alerts(0, 1).to_string());
+    let server = TestServer::start(&[]).await;
+    for headers in [
+        vec![("origin", "https://evil.example"), ("content-type", "text/plain")],
+        vec![("sec-fetch-site", "cross-site")],
+    ] {
+        let (status, text) =
+            server.request_with("POST", "/api/publish", &headers, body.clone()).await;
+        assert_eq!(status, 403, "{headers:?}: {text}");
+        assert!(text.contains("forbidden_origin") && text.contains("MODELCAST_ALLOWED_ORIGINS"));
+    }
+    assert_eq!(server.hub.last_seq(modelcast_protocol::Topic::Alerts), 0, "nothing published");
+    let (status, _) = server.request_with("POST", "/api/publish", &[], body.clone()).await;
+    assert_eq!(status, 202, "a backend (no Origin) publishes");
+
+    let allowed = TestServer::start(&["--allowed-origin", "https://ops.example"]).await;
+    let (status, text) = allowed
+        .request_with("POST", "/api/publish", &[("origin", "https://ops.example")], body)
+        .await;
+    assert_eq!(status, 202, "{text}");
+}
+
+/// Probe finding 12: `/readyz` never said 503 during shutdown (the listener closed first),
+/// `/metrics` and `/api/stats` were open whatever the auth, and duplicate JSON keys were read
+/// "last one wins".
+#[tokio::test]
+async fn readiness_during_drain_a_metrics_token_and_duplicate_keys() {
+    // A slow publish holds the drain open for about a second.
+    let server = TestServer::start(&["--body-timeout", "1", "--shutdown-timeout", "5"]).await;
+    let _slow = slow_publisher(server.addr).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    server.begin_shutdown();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!((status, body.contains("shutting_down")), (503, true), "{body}");
+    server.stop().await.expect("drains and stops");
+
+    let token = "metrics-token-0123456789";
+    let server = TestServer::start(&["--metrics-token", token]).await;
+    for path in ["/metrics", "/api/stats"] {
+        assert_eq!(server.get(path).await.0, 401, "{path}");
+        let wrong = [("authorization", "Bearer nope")];
+        assert_eq!(server.request_with("GET", path, &wrong, None).await.0, 403, "{path}");
+        let bearer = format!("Bearer {token}");
+        let right = [("authorization", bearer.as_str())];
+        assert_eq!(server.request_with("GET", path, &right, None).await.0, 200, "{path}");
+    }
+
+    let dup = r#"{"type":"alert","data":{"alert_id":"a","level":"warning","title":"t","title":"u","message":"m","timestamp":"2025-08-27T10:30:00Z"}}"#;
+    let (status, text) = server.request("POST", "/api/publish", Some(dup.into())).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("data.title") && text.contains("twice"), "{text}");
+    let mut ws = server.ws("/ws/dup").await;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        r#"{"action":"subscribe","topic":"alerts","topic":"system_stats"}"#.into(),
+    ))
+    .await;
+    let reply = ws.next_json().await;
+    assert_eq!(reply["data"]["code"], "invalid_message", "{reply}");
+    assert!(reply["data"]["message"].as_str().unwrap().contains("`topic` appears twice"));
+}

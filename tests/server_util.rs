@@ -56,6 +56,11 @@ impl TestServer {
         Self { addr, hub, notifiers, handle, task }
     }
 
+    /// Begins the graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.handle.shutdown();
+    }
+
     /// Shuts down and waits until `run` returns.
     pub async fn stop(mut self) -> std::io::Result<()> {
         self.handle.shutdown();
@@ -92,6 +97,17 @@ impl TestServer {
 
     /// One HTTP/1.1 request over a fresh connection, with hyper's client.
     pub async fn request(&self, method: &str, path: &str, body: Option<String>) -> (u16, String) {
+        self.request_with(method, path, &[], body).await
+    }
+
+    /// As [`TestServer::request`], with extra headers.
+    pub async fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> (u16, String) {
         let stream = TcpStream::connect(self.addr).await.expect("connect");
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -101,9 +117,9 @@ impl TestServer {
             .method(method)
             .uri(path)
             .header("host", self.addr.to_string())
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .expect("request");
+            .header("content-type", "application/json");
+        let req = headers.iter().fold(req, |req, (name, value)| req.header(*name, *value));
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("request");
         let resp = sender.send_request(req).await.expect("response");
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();

@@ -54,6 +54,12 @@ impl ClientMessage {
             message,
             request_id: request_id.clone(),
         };
+        if let Some(path) = crate::first_duplicate_key(text) {
+            return Err(fail(
+                ErrorCode::InvalidMessage,
+                format!("`{path}` appears twice; send each key once"),
+            ));
+        }
         let Some(obj) = value.as_object() else {
             return Err(fail(
                 ErrorCode::InvalidMessage,

@@ -26,6 +26,7 @@
 
 mod client;
 pub mod close;
+mod dupes;
 mod frame;
 mod messages;
 mod publish;
@@ -37,6 +38,7 @@ pub use client::{
     AuthRequest, ClientMessage, FrameError, PingRequest, RequestId, Since, SubscribeRequest,
     SubscriptionFilter, UnsubscribeRequest,
 };
+pub use dupes::first_duplicate_key;
 pub use frame::ServerFrame;
 pub use messages::*;
 pub use publish::PublishFrame;

@@ -141,9 +141,34 @@ impl Server {
                     .stale_after(app.config.stale_after),
             )
         });
+        // While draining, the listener stays open: `/readyz` answers 503 and new WebSockets
+        // are refused, instead of connections being refused at the TCP level.
+        let mut drain = None;
         loop {
             tokio::select! {
-                () = app.shutdown.cancelled() => break,
+                () = app.shutdown.cancelled(), if drain.is_none() => {
+                    for task in demo.iter().flatten() {
+                        task.abort();
+                    }
+                    tracing::info!(
+                        connections = app.active.load(Ordering::Relaxed),
+                        "shutting down: draining clients"
+                    );
+                    app.tracker.close();
+                    // Sessions drain and close themselves on the token; wait for them, within
+                    // the deadline.
+                    let tracker = app.tracker.clone();
+                    let deadline = app.config.shutdown_timeout;
+                    drain = Some(Box::pin(async move {
+                        tokio::time::timeout(deadline, tracker.wait()).await.is_ok()
+                    }));
+                }
+                drained = async { drain.as_mut().expect("draining").await }, if drain.is_some() => {
+                    if !drained {
+                        tracing::warn!("shutdown timeout reached; closing the remaining connections");
+                    }
+                    break;
+                }
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {
                         Ok(a) => a,
@@ -155,30 +180,23 @@ impl Server {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    match app.http_permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
+                    let permit = app.http_permits.clone().try_acquire_owned();
+                    match (permit, drain.is_some()) {
+                        (Ok(permit), false) => {
                             app.tracker.spawn(serve_connection(app.clone(), stream, peer, permit));
                         }
-                        Err(_) => {
-                            app.tracker.spawn(refuse_busy(stream));
+                        // Answered outside the tracker, so they never hold up the drain.
+                        (Ok(permit), true) => {
+                            tokio::spawn(serve_connection(app.clone(), stream, peer, permit));
+                        }
+                        (Err(_), _) => {
+                            tokio::spawn(refuse_busy(stream));
                         }
                     }
                 }
             }
         }
         drop(listener);
-        for task in demo.into_iter().flatten() {
-            task.abort();
-        }
-        tracing::info!(
-            connections = app.active.load(Ordering::Relaxed),
-            "shutting down: draining clients"
-        );
-        app.tracker.close();
-        // Sessions drain and close themselves on the token; wait for them, within the deadline.
-        if tokio::time::timeout(app.config.shutdown_timeout, app.tracker.wait()).await.is_err() {
-            tracing::warn!("shutdown timeout reached; closing the remaining connections");
-        }
         Ok(())
     }
 }
@@ -226,14 +244,21 @@ async fn serve_connection(
         let app = app.clone();
         service_fn(move |req| http::handle(app.clone(), req, peer))
     };
+    let draining = app.shutdown.is_cancelled();
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         // Also bounds a client that connects and never (or only byte by byte) sends a request.
         .header_read_timeout(app.config.handshake_timeout)
         .max_buf_size(16 * 1024)
+        // Accepted while draining: one request (e.g. `/readyz`), then close.
+        .keep_alive(!draining)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
+    if draining {
+        let _ = tokio::time::timeout(app.config.shutdown_timeout, conn).await;
+        return;
+    }
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(err) = result {

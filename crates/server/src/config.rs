@@ -169,12 +169,23 @@ pub struct Config {
     )]
     pub publish_keys: Vec<String>,
 
+    /// Require `Authorization: Bearer <token>` on `/metrics` and `/api/stats` (when set).
+    #[arg(
+        long,
+        env = "MODELCAST_METRICS_TOKEN",
+        hide_env_values = true,
+        help_heading = "Security"
+    )]
+    pub metrics_token: Option<String>,
+
     /// Allow an open `POST /api/publish` on a non-loopback address (on purpose).
     #[arg(long, env = "MODELCAST_INSECURE_PUBLISH", help_heading = "Security")]
     pub insecure_publish: bool,
 
     /// Browser origins allowed to open WebSockets (e.g. `https://app.example.com`); others get
-    /// 403. Empty: any origin. Clients that send no Origin (non-browsers) are not affected.
+    /// 403. Empty: any origin. Also the only browser origins that may `POST /api/publish`
+    /// (`*` allows any); with none listed, browser pages cannot publish. Clients that send no
+    /// Origin (non-browsers) are not affected.
     #[arg(
         long = "allowed-origin",
         env = "MODELCAST_ALLOWED_ORIGINS",

@@ -27,6 +27,11 @@ pub(crate) async fn handle(
 ) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    let metrics_denied = match app.security.check_metrics_token(req.headers()) {
+        Ok(()) => None,
+        Err(true) => Some(StatusCode::UNAUTHORIZED),
+        Err(false) => Some(StatusCode::FORBIDDEN),
+    };
     let response = match (path.as_str(), &method) {
         ("/ws", &Method::GET) => handshake::upgrade(&app, req, None, peer.ip()),
         (p, &Method::GET) if p.starts_with("/ws/") => {
@@ -48,6 +53,11 @@ pub(crate) async fn handle(
                 json_response(StatusCode::OK, &json!({"status": "ready"}))
             }
         }
+        ("/api/stats" | "/metrics", &Method::GET) if metrics_denied.is_some() => error_response(
+            metrics_denied.unwrap_or(StatusCode::UNAUTHORIZED),
+            "unauthorized",
+            "this endpoint needs `Authorization: Bearer <MODELCAST_METRICS_TOKEN>`",
+        ),
         ("/api/stats", &Method::GET) => json_response(StatusCode::OK, &stats(&app)),
         ("/metrics", &Method::GET) => {
             let body = app.metrics.encode(&app.hub.stats());

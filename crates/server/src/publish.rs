@@ -30,6 +30,9 @@ fn invalid(index: Option<usize>, field: Option<String>, message: String) -> Resp
 }
 
 pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
+    if let Err(message) = app.security.browser_may_publish(req.headers()) {
+        return error_response(StatusCode::FORBIDDEN, "forbidden_origin", &message);
+    }
     match app.security.check_publish_key(req.headers()) {
         Ok(()) => {}
         Err(true) => {
@@ -89,6 +92,13 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             );
         }
     };
+    if let Some(path) = modelcast_protocol::first_duplicate_key(&String::from_utf8_lossy(&body)) {
+        return invalid(
+            None,
+            Some(path.clone()),
+            format!("`{path}` appears twice; send each key once"),
+        );
+    }
     // One pass: the envelopes delimit each `data`, which is then parsed once into its type; an
     // error names the element and the field.
     let (frames, single) = match parse(&body) {

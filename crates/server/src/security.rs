@@ -37,6 +37,7 @@ pub(crate) struct Security {
     jwt: Option<(DecodingKey, Validation)>,
     topic_roles: HashMap<Topic, Vec<String>>,
     publish_keys: Vec<Vec<u8>>,
+    metrics_token: Option<Vec<u8>>,
     origins: Vec<String>,
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     message_quota: Quota,
@@ -111,6 +112,7 @@ impl Security {
             jwt,
             topic_roles: config.topic_roles.iter().cloned().collect(),
             publish_keys: config.publish_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            metrics_token: config.metrics_token.as_ref().map(|t| t.as_bytes().to_vec()),
             origins: config
                 .allowed_origins
                 .iter()
@@ -167,23 +169,38 @@ impl Security {
     }
 
     /// Checks `POST /api/publish`'s `Authorization: Bearer <key>`: `Err(true)` when missing
-    /// (401), `Err(false)` when wrong (403). Every key is compared in constant time, and all of
-    /// them are compared, so timing reveals neither the key nor which one matched.
+    /// (401), `Err(false)` when wrong (403).
     pub(crate) fn check_publish_key(&self, headers: &HeaderMap) -> Result<(), bool> {
-        if self.publish_keys.is_empty() {
+        check_bearer(&self.publish_keys, headers)
+    }
+
+    /// Checks `/metrics` and `/api/stats` against `MODELCAST_METRICS_TOKEN`, as
+    /// [`Security::check_publish_key`] does.
+    pub(crate) fn check_metrics_token(&self, headers: &HeaderMap) -> Result<(), bool> {
+        check_bearer(self.metrics_token.as_slice(), headers)
+    }
+
+    /// Whether a browser request (one with an `Origin`, or a `Sec-Fetch-Site` other than
+    /// `same-origin`/`none`) may publish: only from an origin listed in
+    /// `MODELCAST_ALLOWED_ORIGINS` (or `*`). Without this any page a developer visits could
+    /// publish to their local hub with a simple cross-origin POST.
+    pub(crate) fn browser_may_publish(&self, headers: &HeaderMap) -> Result<(), String> {
+        let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+        let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let from_browser =
+            origin.is_some() || site.is_some_and(|s| s != "same-origin" && s != "none");
+        if !from_browser {
             return Ok(());
         }
-        let presented = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .ok_or(true)?;
-        let mut matched = subtle::Choice::from(0u8);
-        for key in &self.publish_keys {
-            matched |= key.as_slice().ct_eq(presented.as_bytes());
+        let origin = origin.unwrap_or("(no Origin)").trim_end_matches('/');
+        if self.origins.iter().any(|o| o == "*" || o == origin) {
+            Ok(())
+        } else {
+            Err(format!(
+                "publishing from a browser page needs its origin ({origin}) in \
+                 MODELCAST_ALLOWED_ORIGINS; backends send no Origin header"
+            ))
         }
-        if bool::from(matched) { Ok(()) } else { Err(false) }
     }
 
     /// Whether a browser `Origin` may open a WebSocket (no header: not a browser, allowed).
@@ -208,4 +225,24 @@ impl Security {
     pub(crate) fn admit_ip(&self, ip: IpAddr) -> bool {
         self.per_ip.check_key(&ip).is_ok()
     }
+}
+
+/// `Authorization: Bearer <one of keys>`: `Ok` when `keys` is empty; `Err(true)` when missing,
+/// `Err(false)` when wrong. Every key is compared in constant time, and all of them are
+/// compared, so timing reveals neither the key nor which one matched.
+fn check_bearer(keys: &[Vec<u8>], headers: &HeaderMap) -> Result<(), bool> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let presented = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or(true)?;
+    let mut matched = subtle::Choice::from(0u8);
+    for key in keys {
+        matched |= key.as_slice().ct_eq(presented.as_bytes());
+    }
+    if bool::from(matched) { Ok(()) } else { Err(false) }
 }
