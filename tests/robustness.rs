@@ -192,3 +192,62 @@ async fn readiness_during_drain_a_metrics_token_and_duplicate_keys() {
     assert_eq!(reply["data"]["code"], "invalid_message", "{reply}");
     assert!(reply["data"]["message"].as_str().unwrap().contains("`topic` appears twice"));
 }
+
+/// Probe finding 9: 5,000 messages a second for 4 s were never closed — served frames reset
+/// the run of refusals — and most refused frames were dropped without a word. Now every
+/// refused frame is answered, and more than `MODELCAST_ABUSE_LIMIT` refusals within a second
+/// close the connection, however they interleave with served frames.
+#[tokio::test]
+async fn a_sustained_flood_is_closed_and_every_refused_frame_is_answered() {
+    use futures_util::SinkExt;
+    let server = TestServer::start(&[]).await; // 50/s, bursts of 100, abuse limit 200
+    let mut ws = server.ws("/ws/flood").await;
+    let (mut sink, mut stream) = futures_util::StreamExt::split(ws.ws);
+    let sender = tokio::spawn(async move {
+        // About 5,000 frames a second for up to 4 s.
+        for batch in 0..800 {
+            for i in 0..25 {
+                let frame = json!({"action": "ping", "id": batch * 25 + i}).to_string();
+                if sink
+                    .feed(tokio_tungstenite::tungstenite::Message::Text(frame.into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    let (mut pongs, mut refused) = (0usize, 0usize);
+    let close = loop {
+        let next = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut stream),
+        )
+        .await
+        .expect("closed within the flood");
+        match next {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                let frame: Value = serde_json::from_str(t.as_str()).unwrap();
+                match frame["type"].as_str() {
+                    Some("pong") => pongs += 1,
+                    Some("error") if frame["data"]["code"] == "rate_limited" => refused += 1,
+                    _ => panic!("unexpected {frame}"),
+                }
+            }
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => break c,
+            Some(Ok(_)) => {}
+            other => panic!("the stream ended without a close frame: {other:?}"),
+        }
+    };
+    sender.abort();
+    let close = close.expect("a close frame");
+    assert_eq!(u16::from(close.code), modelcast_protocol::close::POLICY_VIOLATION, "{close:?}");
+    // At least the limit (more if a slow machine let the one-second window roll over).
+    assert!(refused >= 200, "every refused frame up to the limit was answered: {refused}");
+    assert!(pongs >= 100, "the burst was served: {pongs}");
+}

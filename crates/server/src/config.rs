@@ -205,7 +205,8 @@ pub struct Config {
           value_parser = count("MODELCAST_RATE_BURST"), help_heading = "Security")]
     pub rate_burst: usize,
 
-    /// Rate-limited messages in a row after which the connection is closed with 1008.
+    /// Messages refused by the rate limit within one second after which the connection is
+    /// closed with 1008 (each refused message is answered with an `error` `rate_limited`).
     #[arg(long, env = "MODELCAST_ABUSE_LIMIT", default_value = "200", value_name = "N",
           value_parser = count("MODELCAST_ABUSE_LIMIT"), help_heading = "Security")]
     pub abuse_limit: usize,

@@ -283,7 +283,10 @@ async fn reader(
     // Made on the first inbound frame, so idle connections carry no limiter.
     // Boxed: an idle session's future stays small.
     let mut limiter: Option<Box<governor::DefaultDirectRateLimiter>> = None;
-    let mut strikes = 0usize;
+    // Refused frames in the current one-second window: each is answered, and a sustained flood
+    // (more than MODELCAST_ABUSE_LIMIT refused within a second) closes the connection, however
+    // the refusals interleave with served frames.
+    let mut window = (tokio::time::Instant::now(), 0usize);
     loop {
         let next = tokio::select! {
             () = control.done.cancelled() => break,
@@ -296,29 +299,37 @@ async fn reader(
                 if matches!(message, Message::Text(_) | Message::Binary(_)) {
                     let limiter = limiter.get_or_insert_with(|| app.security.message_limiter());
                     if limiter.check().is_err() {
-                        strikes += 1;
-                        if strikes == 1 {
-                            reply_error(
-                                app,
-                                conn,
-                                ErrorCode::RateLimited,
-                                format!(
-                                    "more than {} messages per second: messages are dropped until you slow down",
-                                    app.config.rate_limit
-                                ),
-                                None,
-                            );
+                        let now = tokio::time::Instant::now();
+                        if now.duration_since(window.0) >= Duration::from_secs(1) {
+                            window = (now, 0);
                         }
-                        if strikes > app.config.abuse_limit {
+                        window.1 += 1;
+                        if window.1 > app.config.abuse_limit {
                             control.set_close(
                                 close::POLICY_VIOLATION,
-                                "rate limit exceeded repeatedly",
+                                format!(
+                                    "more than {} messages over the rate limit within a second",
+                                    app.config.abuse_limit
+                                ),
                             );
                             break;
                         }
+                        reply_error(
+                            app,
+                            conn,
+                            ErrorCode::RateLimited,
+                            format!(
+                                "message dropped: more than {} messages per second (bursts of {}); \
+                                 {} dropped in this second, more than {} closes the connection",
+                                app.config.rate_limit,
+                                app.config.rate_burst,
+                                window.1,
+                                app.config.abuse_limit
+                            ),
+                            None,
+                        );
                         continue;
                     }
-                    strikes = 0;
                 }
                 match message {
                     Message::Text(text) => handle_text(app, conn, control, text.as_str()),
