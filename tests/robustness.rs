@@ -201,7 +201,7 @@ async fn readiness_during_drain_a_metrics_token_and_duplicate_keys() {
 async fn a_sustained_flood_is_closed_and_every_refused_frame_is_answered() {
     use futures_util::SinkExt;
     let server = TestServer::start(&[]).await; // 50/s, bursts of 100, abuse limit 200
-    let mut ws = server.ws("/ws/flood").await;
+    let ws = server.ws("/ws/flood").await;
     let (mut sink, mut stream) = futures_util::StreamExt::split(ws.ws);
     let sender = tokio::spawn(async move {
         // About 5,000 frames a second for up to 4 s.
