@@ -251,3 +251,45 @@ async fn a_sustained_flood_is_closed_and_every_refused_frame_is_answered() {
     assert!(refused >= 200, "every refused frame up to the limit was answered: {refused}");
     assert!(pongs >= 100, "the burst was served: {pongs}");
 }
+
+/// Opens a WebSocket to `server` with `X-Forwarded-For: forwarded_for`; the HTTP status and
+/// `Retry-After` of the answer (101 when accepted).
+async fn handshake_from(server: &TestServer, forwarded_for: &str) -> (u16, Option<String>) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/ws", server.addr).into_client_request().unwrap();
+    req.headers_mut().insert("x-forwarded-for", forwarded_for.parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((_ws, resp)) => (resp.status().as_u16(), None),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            (resp.status().as_u16(), retry)
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Probe finding 11: behind a reverse proxy every client had the proxy's address, so a
+/// reconnect storm hit the per-IP limit; `X-Forwarded-For` was ignored and refusals carried
+/// no `Retry-After`.
+#[tokio::test]
+async fn trusted_proxies_name_the_client_and_refusals_say_when_to_retry() {
+    // 1 connection per second per client, bursts of 10.
+    let proxied =
+        TestServer::start(&["--connect-rate", "1", "--trusted-proxy", "127.0.0.0/8"]).await;
+    for i in 0..30 {
+        let (status, _) = handshake_from(&proxied, &format!("198.51.100.{i}, 127.0.0.2")).await;
+        assert_eq!(status, 101, "client {i} is its own address behind the proxy");
+    }
+    for _ in 0..10 {
+        assert_eq!(handshake_from(&proxied, "203.0.113.7").await.0, 101);
+    }
+    let (status, retry) = handshake_from(&proxied, "203.0.113.7").await;
+    assert_eq!((status, retry.as_deref()), (429, Some("1")), "one client's burst is spent");
+
+    // A peer that is not a trusted proxy cannot pick its address with a header.
+    let direct = TestServer::start(&["--connect-rate", "1"]).await;
+    for i in 0..10 {
+        assert_eq!(handshake_from(&direct, &format!("198.51.100.{i}")).await.0, 101);
+    }
+    assert_eq!(handshake_from(&direct, "198.51.100.99").await.0, 429);
+}

@@ -211,10 +211,18 @@ pub struct Config {
           value_parser = count("MODELCAST_ABUSE_LIMIT"), help_heading = "Security")]
     pub abuse_limit: usize,
 
-    /// WebSocket connection attempts per second per client IP (burst: ten times as many).
-    #[arg(long, env = "MODELCAST_CONNECT_RATE", default_value = "50", value_name = "PER_SECOND",
+    /// WebSocket connection attempts per second per client IP (burst: ten times as many). The
+    /// default admits 2,000 clients reconnecting at once from one address (a NAT, or a proxy
+    /// not listed in MODELCAST_TRUSTED_PROXIES), then 200 more per second.
+    #[arg(long, env = "MODELCAST_CONNECT_RATE", default_value = "200", value_name = "PER_SECOND",
           value_parser = count("MODELCAST_CONNECT_RATE"), help_heading = "Security")]
     pub connect_rate: usize,
+
+    /// Reverse proxies (CIDRs, e.g. `10.0.0.0/8,::1/128`) whose `X-Forwarded-For` / `Forwarded`
+    /// headers name the client: per-IP limits then apply to the client, not the proxy.
+    #[arg(long = "trusted-proxy", env = "MODELCAST_TRUSTED_PROXIES", value_delimiter = ',',
+          value_name = "CIDR", value_parser = parse_cidr, help_heading = "Security")]
+    pub trusted_proxies: Vec<Cidr>,
 
     /// Subscriptions per connection.
     #[arg(long, env = "MODELCAST_MAX_SUBSCRIPTIONS", default_value = "9", value_name = "N",
@@ -370,6 +378,52 @@ fn parse_bind(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// An IP network, `address/prefix` (a bare address is a single host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside the network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let bad = || {
+        format!("MODELCAST_TRUSTED_PROXIES: expected an address or CIDR like 10.0.0.0/8, got `{s}`")
+    };
+    let (addr, prefix) = match s.trim().split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s.trim(), None),
+    };
+    let network: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+    let max = if network.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+        None => max,
+    };
+    Ok(Cidr { network, prefix })
+}
+
 /// The shortest HS256 secret accepted: 256 bits, the hash's own size (RFC 7518 §3.2).
 const MIN_HS256_SECRET: usize = 32;
 
@@ -441,6 +495,20 @@ mod tests {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains("1 passed"), "the probe ran: {stdout}");
+    }
+
+    #[test]
+    fn cidrs_parse_and_match() {
+        let net = parse_cidr("10.0.0.0/8").unwrap();
+        assert!(net.contains("10.200.1.2".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.0.0.1".parse().unwrap()), "IPv4-mapped");
+        let host = parse_cidr("::1").unwrap();
+        assert!(host.contains("::1".parse().unwrap()) && !host.contains("::2".parse().unwrap()));
+        assert!(parse_cidr("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x"] {
+            assert!(parse_cidr(bad).unwrap_err().contains("MODELCAST_TRUSTED_PROXIES"), "{bad}");
+        }
     }
 
     #[test]

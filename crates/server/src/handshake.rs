@@ -20,6 +20,12 @@ use crate::response::{Resp, error_response, json_response};
 use crate::session::run;
 use crate::state::{Admitted, App};
 
+/// Adds `Retry-After: seconds` to a refusal, so clients and proxies back off.
+fn retry_after(mut resp: Resp, seconds: &'static str) -> Resp {
+    resp.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static(seconds));
+    resp
+}
+
 fn valid_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -71,10 +77,13 @@ pub(crate) fn upgrade(
         return resp;
     }
     if app.shutdown.is_cancelled() {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down",
+        return retry_after(
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down",
+            ),
+            "5",
         );
     }
     if !app.security.origin_allowed(req.headers()) {
@@ -84,11 +93,15 @@ pub(crate) fn upgrade(
             "this page's origin may not connect",
         );
     }
-    if !app.security.admit_ip(peer) {
-        return error_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many connection attempts from this address; retry with backoff",
+    let client = app.security.client_ip(peer, req.headers());
+    if !app.security.admit_ip(client) {
+        return retry_after(
+            error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many connection attempts from this address; retry with backoff",
+            ),
+            "1",
         );
     }
     let identity = match (app.security.auth_required(), query_token(req.uri())) {
@@ -108,13 +121,16 @@ pub(crate) fn upgrade(
     if app.active.fetch_add(1, Ordering::Relaxed) >= max {
         app.active.fetch_sub(1, Ordering::Relaxed);
         app.metrics.error(&ErrorCode::Other("too_many_connections".into()));
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"error": {
-                "code": "too_many_connections",
-                "message": format!("the server holds its maximum of {max} connections; retry later"),
-                "max_connections": max,
-            }}),
+        return retry_after(
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": {
+                    "code": "too_many_connections",
+                    "message": format!("the server holds its maximum of {max} connections; retry later"),
+                    "max_connections": max,
+                }}),
+            ),
+            "5",
         );
     }
     let admitted = Admitted(app.clone());

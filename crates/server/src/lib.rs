@@ -27,4 +27,4 @@ mod session;
 mod state;
 
 pub use app::{Server, ShutdownHandle};
-pub use config::{Config, HealthLevel, JwtAlgorithm, LogFormat};
+pub use config::{Cidr, Config, HealthLevel, JwtAlgorithm, LogFormat};

@@ -12,7 +12,7 @@ use modelcast_protocol::Topic;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::config::{Config, JwtAlgorithm};
+use crate::config::{Cidr, Config, JwtAlgorithm};
 
 /// An authenticated connection's identity: the token's subject and roles.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +40,7 @@ pub(crate) struct Security {
     metrics_token: Option<Vec<u8>>,
     origins: Vec<String>,
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    trusted_proxies: Vec<Cidr>,
     message_quota: Quota,
 }
 
@@ -119,6 +120,7 @@ impl Security {
                 .map(|o| o.trim_end_matches('/').to_owned())
                 .collect(),
             per_ip,
+            trusted_proxies: config.trusted_proxies.clone(),
             message_quota: Quota::per_second(nonzero(config.rate_limit))
                 .allow_burst(nonzero(config.rate_burst)),
         })
@@ -221,6 +223,44 @@ impl Security {
         Box::new(RateLimiter::direct(self.message_quota))
     }
 
+    /// The client's address: `peer`, or, when `peer` is a trusted proxy, the nearest address
+    /// in `X-Forwarded-For` (else `Forwarded: for=`) that is not itself a trusted proxy.
+    /// Headers from untrusted peers are ignored: anyone can write them.
+    pub(crate) fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|c| c.contains(ip));
+        if !trusted(peer) {
+            return peer;
+        }
+        let forwarded_for = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_owned())
+            .collect::<Vec<_>>();
+        let chain = if forwarded_for.is_empty() {
+            headers
+                .get_all("forwarded")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .flat_map(|element| element.split(';'))
+                .filter_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    k.eq_ignore_ascii_case("for").then(|| v.trim_matches('"').to_owned())
+                })
+                .collect()
+        } else {
+            forwarded_for
+        };
+        chain
+            .iter()
+            .rev()
+            .filter_map(|s| parse_forwarded_ip(s))
+            .find(|ip| !trusted(*ip))
+            .unwrap_or(peer)
+    }
+
     /// Counts a connection attempt from `ip`; `false` when it exceeds the per-IP rate.
     pub(crate) fn admit_ip(&self, ip: IpAddr) -> bool {
         self.per_ip.check_key(&ip).is_ok()
@@ -245,4 +285,16 @@ fn check_bearer(keys: &[Vec<u8>], headers: &HeaderMap) -> Result<(), bool> {
         matched |= key.as_slice().ct_eq(presented.as_bytes());
     }
     if bool::from(matched) { Ok(()) } else { Err(false) }
+}
+
+/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `[::1]:80` or `::1`.
+fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Ok(addr) = s.parse::<std::net::SocketAddr>() {
+        return Some(addr.ip());
+    }
+    s.strip_prefix('[').and_then(|r| r.split(']').next()).and_then(|ip| ip.parse().ok())
 }
