@@ -293,3 +293,37 @@ async fn trusted_proxies_name_the_client_and_refusals_say_when_to_retry() {
     }
     assert_eq!(handshake_from(&direct, "198.51.100.99").await.0, 429);
 }
+
+/// Probe finding 8: history was capped by count only (1,000 alerts of 1 MiB took 1 GiB of
+/// RSS on one topic), and the publish size limit was not the one `--help` named. Now history
+/// has a byte budget (oldest dropped first; a recovery from before it reports the gap), and
+/// one publish limit, MODELCAST_MAX_PUBLISH_BYTES.
+#[tokio::test]
+async fn history_has_a_byte_budget_and_publishes_one_size_limit() {
+    let server =
+        TestServer::start(&["--history-bytes", "200000", "--max-publish-bytes", "50000"]).await;
+    let big = "x".repeat(10_000);
+    for i in 0..100 {
+        let alert = json!({"type": "alert", "data": {"alert_id": format!("a{i}"), "level": "warning",
+            "title": "t", "message": big, "timestamp": "2025-08-27T10:30:00Z"}});
+        let (status, body) = server.post("/api/publish", &alert).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let since = json!({"epoch": server.hub.epoch(), "seq": 0});
+    let mut ws = server.ws("/ws/big").await;
+    ws.send_json(&json!({"action": "subscribe", "topic": "alerts", "since": since})).await;
+    let reply = ws.next_json().await;
+    assert_eq!(reply["data"]["recovered"], false, "the oldest alerts were dropped: {reply}");
+    let first_held = reply["data"]["seq"].as_u64().unwrap() + 1;
+    let held = 100 - first_held + 1;
+    assert!((15..=20).contains(&held), "about 200,000 bytes of 10 kB alerts: {held}");
+    for seq in first_held..=100 {
+        assert_eq!(ws.next_json().await["seq"], seq);
+    }
+
+    let too_big = json!({"type": "alert", "data": {"alert_id": "huge", "level": "warning",
+        "title": "t", "message": "x".repeat(60_000), "timestamp": "2025-08-27T10:30:00Z"}});
+    let (status, body) = server.post("/api/publish", &too_big).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("MODELCAST_MAX_PUBLISH_BYTES"));
+}

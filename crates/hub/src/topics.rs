@@ -3,7 +3,7 @@
 //! publishers.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -28,11 +28,19 @@ pub struct HubConfig {
     pub history_age: Duration,
     /// Frames that may wait per connection before it is collapsed, then dropped (default 1000).
     pub outbox_capacity: usize,
+    /// Bytes of history kept, all topics together (default 256 MiB): a topic publishing over
+    /// the budget drops its own oldest messages first.
+    pub history_bytes: usize,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        Self { history_size: 1000, history_age: Duration::from_secs(300), outbox_capacity: 1000 }
+        Self {
+            history_size: 1000,
+            history_age: Duration::from_secs(300),
+            outbox_capacity: 1000,
+            history_bytes: 256 << 20,
+        }
     }
 }
 
@@ -46,6 +54,12 @@ impl HubConfig {
     /// Sets [`HubConfig::history_age`].
     pub fn history_age(mut self, age: Duration) -> Self {
         self.history_age = age;
+        self
+    }
+
+    /// Sets [`HubConfig::history_bytes`].
+    pub fn history_bytes(mut self, bytes: usize) -> Self {
+        self.history_bytes = bytes;
         self
     }
 
@@ -162,12 +176,20 @@ struct TopicState {
 }
 
 impl TopicState {
-    fn prune(&mut self, config: &HubConfig, now: Instant) {
-        while self.history.len() > config.history_size {
+    /// Drops the oldest messages beyond the count, the age, and the byte budget shared by all
+    /// topics (`total`: the bytes of every topic's history).
+    fn prune(&mut self, config: &HubConfig, now: Instant, total: &AtomicUsize) {
+        loop {
+            let Some(front) = self.history.front() else { break };
+            let over = self.history.len() > config.history_size
+                || now.duration_since(front.at) > config.history_age
+                || total.load(Ordering::Relaxed) > config.history_bytes;
+            if !over {
+                break;
+            }
+            let bytes = front.entry.frame.frame.len();
             self.history.pop_front();
-        }
-        while self.history.front().is_some_and(|e| now.duration_since(e.at) > config.history_age) {
-            self.history.pop_front();
+            total.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 
@@ -201,6 +223,8 @@ pub(crate) struct Topics {
     pub(crate) keys: Interner,
     pub(crate) stats: Stats,
     next_connection: AtomicU64,
+    /// Bytes of history across all topics (for `history_bytes`).
+    history_bytes: AtomicUsize,
 }
 
 impl Topics {
@@ -212,6 +236,7 @@ impl Topics {
             keys: Interner::default(),
             stats: Stats::default(),
             next_connection: AtomicU64::new(1),
+            history_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -290,12 +315,14 @@ impl Topics {
                 }
             }
         }
+        let frame = sequenced.clone();
+        self.history_bytes.fetch_add(frame.frame.len(), Ordering::Relaxed);
         let entry = Entry { frame: sequenced, subject: main.subject, urgent: main.urgent };
         state.history.push_back(HistoryEntry { at: now, entry });
-        state.prune(&self.config, now);
-
-        let Some(last) = state.history.back() else { unreachable!("just pushed") };
-        let (frame, subject, urgent) = (last.entry.frame.clone(), main.subject, main.urgent);
+        // May drop this very message from history if it alone is over the byte budget: it is
+        // still delivered, only not recoverable.
+        state.prune(&self.config, now, &self.history_bytes);
+        let (subject, urgent) = (main.subject, main.urgent);
         let mut delivered = 0u64;
         let mut gone = Vec::new();
         for (i, sub) in state.subs.iter().enumerate() {
@@ -340,7 +367,7 @@ impl Topics {
         });
         let now = Instant::now();
         let mut state = self.lock(topic);
-        state.prune(&self.config, now);
+        state.prune(&self.config, now, &self.history_bytes);
         let replaced = state.remove_sub(connection);
         let top = state.seq;
 

@@ -49,6 +49,7 @@ impl Server {
             HubConfig::default()
                 .history_size(config.history_size)
                 .history_age(config.history_age)
+                .history_bytes(config.history_bytes)
                 .outbox_capacity(config.queue_size),
         );
         let policy = Policy::new(

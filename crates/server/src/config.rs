@@ -66,16 +66,29 @@ pub struct Config {
           value_parser = seconds("MODELCAST_HISTORY_AGE"))]
     pub history_age: Duration,
 
+    /// Bytes of history kept for recovery, all topics together (default 256 MiB). A topic
+    /// over the budget drops its oldest messages first; recovery from before them reports a
+    /// gap.
+    #[arg(long, env = "MODELCAST_HISTORY_BYTES", default_value = "268435456", value_name = "BYTES",
+          value_parser = count("MODELCAST_HISTORY_BYTES"))]
+    pub history_bytes: usize,
+
     /// Milliseconds over which bursts of model status updates are batched.
     #[arg(long, env = "MODELCAST_BATCH_WINDOW_MS", default_value = "100", value_name = "MS",
           value_parser = millis("MODELCAST_BATCH_WINDOW_MS"))]
     pub batch_window: Duration,
 
-    /// Largest WebSocket frame (and publish body) accepted, in bytes. Larger WebSocket frames
-    /// close the connection with 1009; larger publish bodies get HTTP 413.
+    /// Largest WebSocket frame a client may send, in bytes; larger frames close the connection
+    /// with 1009. (Publish bodies have their own limit: --max-publish-bytes.)
     #[arg(long, env = "MODELCAST_MAX_FRAME_SIZE", default_value = "65536", value_name = "BYTES",
           value_parser = count("MODELCAST_MAX_FRAME_SIZE"))]
     pub max_frame_size: usize,
+
+    /// Largest `POST /api/publish` body, in bytes (one message or an array of them); larger
+    /// bodies get HTTP 413.
+    #[arg(long, env = "MODELCAST_MAX_PUBLISH_BYTES", default_value = "1048576", value_name = "BYTES",
+          value_parser = count("MODELCAST_MAX_PUBLISH_BYTES"))]
+    pub max_publish_bytes: usize,
 
     /// Seconds a client has to complete the HTTP/WebSocket handshake.
     #[arg(long, env = "MODELCAST_HANDSHAKE_TIMEOUT", default_value = "10", value_name = "SECONDS",

@@ -15,9 +15,6 @@ use serde_path_to_error::Segment;
 use crate::response::{Resp, error_response, json_response};
 use crate::state::App;
 
-/// The largest publish body, whatever the frame size (a batch of frames is allowed).
-const MIN_BODY_LIMIT: usize = 1 << 20;
-
 fn invalid(index: Option<usize>, field: Option<String>, message: String) -> Resp {
     let mut error = json!({"code": "invalid_message", "message": message});
     if let Some(i) = index {
@@ -55,7 +52,7 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             );
         }
     }
-    let limit = app.config.max_frame_size.max(MIN_BODY_LIMIT);
+    let limit = app.config.max_publish_bytes;
     let body = tokio::time::timeout(
         app.config.body_timeout,
         Limited::new(req.into_body(), limit).collect(),
@@ -81,7 +78,9 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                &format!("the body is larger than {limit} bytes; publish in smaller arrays"),
+                &format!(
+                    "the body is larger than {limit} bytes (MODELCAST_MAX_PUBLISH_BYTES); publish in smaller arrays"
+                ),
             );
         }
         Ok(Err(err)) => {
