@@ -179,8 +179,7 @@ impl TopicState {
     /// Drops the oldest messages beyond the count, the age, and the byte budget shared by all
     /// topics (`total`: the bytes of every topic's history).
     fn prune(&mut self, config: &HubConfig, now: Instant, total: &AtomicUsize) {
-        loop {
-            let Some(front) = self.history.front() else { break };
+        while let Some(front) = self.history.front() {
             let over = self.history.len() > config.history_size
                 || now.duration_since(front.at) > config.history_age
                 || total.load(Ordering::Relaxed) > config.history_bytes;
