@@ -327,3 +327,34 @@ async fn history_has_a_byte_budget_and_publishes_one_size_limit() {
     assert_eq!(status, 413, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("MODELCAST_MAX_PUBLISH_BYTES"));
 }
+
+/// Probe finding 7 (RFC 6455 closing handshake), the cases a client meets most; the full
+/// Autobahn 2–7 run is `tests/autobahn/closing.py` in CI. The server never answered a client's
+/// close (clients saw 1006), closed protocol errors with 1008 and invalid UTF-8 with 1000.
+#[tokio::test]
+async fn the_closing_handshake_follows_rfc_6455() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+    let server = TestServer::start(&[]).await;
+
+    // The client closes: the server echoes its code, cleanly.
+    let mut ws = server.ws("/ws/polite").await;
+    ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "bye".into() }))).await;
+    let (close, _) = ws.until_close().await;
+    assert_eq!(close.map(|c| c.0), Some(1001), "the client's code is echoed");
+
+    // Invalid UTF-8 in a text frame: 1007.
+    let mut ws = server.ws("/ws/bad-utf8").await;
+    let frame = Frame::message(vec![0xce, 0xba, 0xff, 0xfe], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(frame)).await;
+    let (close, _) = ws.until_close().await;
+    assert_eq!(close.map(|c| c.0), Some(modelcast_protocol::close::INVALID_PAYLOAD));
+
+    // A protocol error (a reserved opcode): 1002.
+    let mut ws = server.ws("/ws/bad-opcode").await;
+    let frame = Frame::message(b"x".to_vec(), OpCode::Data(Data::Reserved(3)), true);
+    ws.send(Message::Frame(frame)).await;
+    let (close, _) = ws.until_close().await;
+    assert_eq!(close.map(|c| c.0), Some(modelcast_protocol::close::PROTOCOL_ERROR));
+}

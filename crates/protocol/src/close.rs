@@ -5,7 +5,11 @@ pub const NORMAL: u16 = 1000;
 /// The server is shutting down (or restarting): reconnect, with `since`, to another node or
 /// after a short delay.
 pub const GOING_AWAY: u16 = 1001;
-/// Abuse: sustained rate-limit violations or a protocol violation. Do not reconnect at once.
+/// The client broke the WebSocket protocol (RFC 6455 §7.4.1): a bug in the client's library.
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// A text frame was not valid UTF-8 (RFC 6455 §8.1).
+pub const INVALID_PAYLOAD: u16 = 1007;
+/// Abuse: sustained rate-limit violations. Do not reconnect at once.
 pub const POLICY_VIOLATION: u16 = 1008;
 /// A frame exceeded the server's maximum frame size.
 pub const MESSAGE_TOO_BIG: u16 = 1009;

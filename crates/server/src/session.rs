@@ -46,6 +46,7 @@ pub(crate) async fn run(
         done: CancellationToken::new(),
         auth: Mutex::new(AuthState { identity, deadline, expiry_announced: false }),
         wake: tokio::sync::Notify::new(),
+        peer_closed: std::sync::atomic::AtomicBool::new(false),
         id: id.clone(),
         serial,
         registered: Mutex::new(None),
@@ -120,6 +121,12 @@ async fn writer(
                         let _ = tokio::time::timeout(Duration::from_secs(1), send_close(&mut sink, close::SLOW_CONSUMER, "not reading")).await;
                         break "write_failed";
                     }
+                }
+                Err(_) if control.peer_closed.load(Ordering::Relaxed) => {
+                    // The client started the closing handshake: flushing completes it with
+                    // the echo tungstenite queued (same code; 1002 for an invalid one).
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+                    break "client_closed";
                 }
                 Err(dropped) => {
                     let (code, text, label) = match (control.take_close(), dropped) {
@@ -221,6 +228,8 @@ fn close_label(code: u16) -> &'static str {
     match code {
         close::MESSAGE_TOO_BIG => "frame_too_large",
         close::POLICY_VIOLATION => "policy_violation",
+        close::PROTOCOL_ERROR => "protocol_error",
+        close::INVALID_PAYLOAD => "invalid_utf8",
         close::REPLACED => "replaced",
         close::GOING_AWAY => "shutdown",
         _ => "closed",
@@ -340,7 +349,10 @@ async fn reader(
                         "binary frames are not supported: send JSON in text frames".into(),
                         None,
                     ),
-                    Message::Close(_) => break,
+                    Message::Close(_) => {
+                        control.peer_closed.store(true, Ordering::Relaxed);
+                        break;
+                    }
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 }
             }
@@ -352,7 +364,14 @@ async fn reader(
                 break;
             }
             Some(Err(tungstenite::Error::Protocol(err))) => {
-                control.set_close(close::POLICY_VIOLATION, format!("protocol error: {err}"));
+                control.set_close(close::PROTOCOL_ERROR, format!("protocol error: {err}"));
+                break;
+            }
+            Some(Err(tungstenite::Error::Utf8(err))) => {
+                control.set_close(
+                    close::INVALID_PAYLOAD,
+                    format!("invalid UTF-8 in a text frame: {err}"),
+                );
                 break;
             }
             Some(Err(err)) => {

@@ -114,6 +114,9 @@ pub(crate) struct Control {
     pub(crate) auth: Mutex<AuthState>,
     /// Wakes the writer to re-check `auth` and `close` (set by the reader).
     pub(crate) wake: tokio::sync::Notify,
+    /// The peer sent a close frame: the writer completes the closing handshake (tungstenite
+    /// queued the echo) instead of sending a close of its own.
+    pub(crate) peer_closed: std::sync::atomic::AtomicBool,
     /// The connection id the client chose (or was given).
     pub(crate) id: String,
     /// Unique per session, to tell a session from its replacement in the registry.
