@@ -104,7 +104,7 @@ pub struct Config {
     /// Most TCP connections at once that have not (yet) become WebSockets: HTTP requests and
     /// handshakes in progress. More are answered 503 at once, so slow or idle HTTP clients can
     /// never use up the process's file descriptors (kept below the open-file limit).
-    #[arg(long, env = "MODELCAST_MAX_HTTP_CONNECTIONS", default_value = "1024", value_name = "N",
+    #[arg(long, env = "MODELCAST_MAX_HTTP_CONNECTIONS", default_value = "4096", value_name = "N",
           value_parser = count("MODELCAST_MAX_HTTP_CONNECTIONS"))]
     pub max_http_connections: usize,
 
