@@ -147,6 +147,11 @@ async fn browser_pages_cannot_publish_unless_their_origin_is_allowed() {
     assert_eq!(status, 202, "a backend (no Origin) publishes");
 
     let allowed = TestServer::start(&["--allowed-origin", "https://ops.example"]).await;
+    let ops = [("origin", "https://ops.example"), ("access-control-request-method", "POST")];
+    let (status, text) = allowed.request_with("OPTIONS", "/api/publish", &ops, None).await;
+    assert_eq!(status, 204, "an allowed page's CORS preflight passes: {text}");
+    let evil = [("origin", "https://evil.example"), ("access-control-request-method", "POST")];
+    assert_eq!(allowed.request_with("OPTIONS", "/api/publish", &evil, None).await.0, 403);
     let (status, text) = allowed
         .request_with("POST", "/api/publish", &[("origin", "https://ops.example")], body)
         .await;

@@ -38,7 +38,17 @@ pub(crate) async fn handle(
             let id = p["/ws/".len()..].to_owned();
             handshake::upgrade(&app, req, Some(id), peer.ip())
         }
-        ("/api/publish", &Method::POST) => publish::handle(&app, req).await,
+        ("/api/publish", &Method::POST) => {
+            let origin = req.headers().get(hyper::header::ORIGIN).cloned();
+            let mut resp = publish::handle(&app, req).await;
+            // An allowed browser page may read the answer (CORS).
+            if let Some(origin) = origin.filter(|_| resp.status() != StatusCode::FORBIDDEN) {
+                resp.headers_mut().insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+                resp.headers_mut().insert(hyper::header::VARY, HeaderValue::from_static("Origin"));
+            }
+            resp
+        }
+        ("/api/publish", &Method::OPTIONS) => publish::preflight(&app, req.headers()),
         ("/", &Method::GET) => {
             let mut resp = Response::new(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())));
             resp.headers_mut()

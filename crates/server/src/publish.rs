@@ -26,6 +26,38 @@ fn invalid(index: Option<usize>, field: Option<String>, message: String) -> Resp
     json_response(StatusCode::BAD_REQUEST, &json!({"error": error}))
 }
 
+/// A browser's CORS preflight for `POST /api/publish`: allowed origins (as for the publish
+/// itself) may send JSON with a publish key; others get 403.
+pub(crate) fn preflight(app: &App, headers: &hyper::HeaderMap) -> Resp {
+    use hyper::header::{
+        ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+        ACCESS_CONTROL_MAX_AGE, HeaderValue, ORIGIN, VARY,
+    };
+    let origin = headers.get(ORIGIN).cloned();
+    match (app.security.browser_may_publish(headers), origin) {
+        (Ok(()), Some(origin)) => {
+            let mut resp = Resp::new(Default::default());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            let h = resp.headers_mut();
+            h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST"));
+            h.insert(
+                ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("content-type, authorization"),
+            );
+            h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+            h.insert(VARY, HeaderValue::from_static("Origin"));
+            resp
+        }
+        (Err(message), _) => error_response(StatusCode::FORBIDDEN, "forbidden_origin", &message),
+        (Ok(()), None) => error_response(
+            StatusCode::BAD_REQUEST,
+            "not_a_preflight",
+            "OPTIONS /api/publish is a CORS preflight: it needs an Origin header",
+        ),
+    }
+}
+
 pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
     if let Err(message) = app.security.browser_may_publish(req.headers()) {
         return error_response(StatusCode::FORBIDDEN, "forbidden_origin", &message);
