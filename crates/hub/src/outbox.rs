@@ -501,7 +501,7 @@ impl Outbox {
         if let Some(reason) = state.closed {
             return Err(reason);
         }
-        release_due(&mut state, Instant::now());
+        release_due(&mut state);
         let start = out.len();
         while out.len() - start < max {
             let Some(item) = state.pop() else { break };
@@ -543,8 +543,10 @@ impl Outbox {
 
 /// Moves due `max_hz` updates into the routine lane (they were admitted when deferred), in
 /// `seq` order; each is marked late if newer frames of its topic went out meanwhile.
-fn release_due(state: &mut State, now: Instant) {
+fn release_due(state: &mut State) {
+    // Most connections have no `max_hz`: no clock read for them.
     let Some(rated) = state.rated.as_mut().filter(|r| !r.deferred.is_empty()) else { return };
+    let now = Instant::now();
     let mut due: Vec<(u64, Delivery)> = Vec::new();
     rated.deferred.retain(|_, d| {
         if d.due <= now {
