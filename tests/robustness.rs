@@ -363,3 +363,27 @@ async fn the_closing_handshake_follows_rfc_6455() {
     let (close, _) = ws.until_close().await;
     assert_eq!(close.map(|c| c.0), Some(modelcast_protocol::close::PROTOCOL_ERROR));
 }
+
+/// A closed tab or a dropped network (TCP gone without a close frame) was counted as a
+/// `policy_violation`, where an operator's alert would fire; it is `client_gone` now.
+#[tokio::test]
+async fn an_abrupt_disconnect_is_counted_as_client_gone() {
+    let server = TestServer::start(&[]).await;
+    let ws = server.ws("/ws/tab").await;
+    drop(ws); // no close frame: the socket just goes
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = server.get("/metrics").await.1;
+        if text.contains("reason=\"client_gone\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let closed: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("modelcast_connections_closed")).collect();
+    assert!(closed.iter().any(|l| l.contains("reason=\"client_gone\"} 1")), "{closed:?}");
+    assert!(
+        !closed.iter().any(|l| l.contains("policy_violation") || l.contains("protocol_error")),
+        "{closed:?}"
+    );
+}

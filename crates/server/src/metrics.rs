@@ -79,7 +79,10 @@ impl Metrics {
         registry.register("connections_opened", "WebSocket connections opened", opened.clone());
         registry.register(
             "connections_closed",
-            "WebSocket connections closed, by reason",
+            "WebSocket connections closed, by reason: client_closed (close frame), client_gone \
+             (no close frame: reset, EOF), slow_consumer, replaced, shutdown, write_failed, \
+             policy_violation (abuse), protocol_error, invalid_utf8, frame_too_large, \
+             unauthorized, heartbeat_timeout",
             closed.clone(),
         );
         registry.register(

@@ -47,6 +47,7 @@ pub(crate) async fn run(
         auth: Mutex::new(AuthState { identity, deadline, expiry_announced: false }),
         wake: tokio::sync::Notify::new(),
         peer_closed: std::sync::atomic::AtomicBool::new(false),
+        peer_gone: std::sync::atomic::AtomicBool::new(false),
         id: id.clone(),
         serial,
         registered: Mutex::new(None),
@@ -134,6 +135,7 @@ async fn writer(
                         (None, DropReason::SlowConsumer) => (close::SLOW_CONSUMER, "too far behind: reconnect with `since` to recover".to_owned(), "slow_consumer"),
                         (None, DropReason::Replaced) => (close::REPLACED, "replaced by a newer connection with the same id".to_owned(), "replaced"),
                         (None, DropReason::Shutdown) => (close::GOING_AWAY, "server shutting down".to_owned(), "shutdown"),
+                        (None, _) if control.peer_gone.load(Ordering::Relaxed) => (close::NORMAL, String::new(), "client_gone"),
                         (None, _) => (close::NORMAL, String::new(), "client_closed"),
                     };
                     let _ = tokio::time::timeout(Duration::from_secs(1), send_close(&mut sink, code, &text)).await;
@@ -232,6 +234,8 @@ fn close_label(code: u16) -> &'static str {
         close::INVALID_PAYLOAD => "invalid_utf8",
         close::REPLACED => "replaced",
         close::GOING_AWAY => "shutdown",
+        close::UNAUTHORIZED => "unauthorized",
+        close::SLOW_CONSUMER => "slow_consumer",
         _ => "closed",
     }
 }
@@ -302,7 +306,10 @@ async fn reader(
             next = stream.next() => next,
         };
         match next {
-            None => break,
+            None => {
+                control.peer_gone.store(true, Ordering::Relaxed);
+                break;
+            }
             Some(Ok(message)) => {
                 control.last_seen_ms.store(now_ms(app), Ordering::Relaxed);
                 if matches!(message, Message::Text(_) | Message::Binary(_)) {
@@ -363,6 +370,14 @@ async fn reader(
                 );
                 break;
             }
+            // A TCP reset or EOF without a close frame: the peer is gone (a closed tab, a
+            // dropped network), not a protocol violation.
+            Some(Err(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            ))) => {
+                control.peer_gone.store(true, Ordering::Relaxed);
+                break;
+            }
             Some(Err(tungstenite::Error::Protocol(err))) => {
                 control.set_close(close::PROTOCOL_ERROR, format!("protocol error: {err}"));
                 break;
@@ -376,6 +391,7 @@ async fn reader(
             }
             Some(Err(err)) => {
                 tracing::debug!(%err, "websocket read failed");
+                control.peer_gone.store(true, Ordering::Relaxed);
                 break;
             }
         }

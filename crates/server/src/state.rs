@@ -117,6 +117,9 @@ pub(crate) struct Control {
     /// The peer sent a close frame: the writer completes the closing handshake (tungstenite
     /// queued the echo) instead of sending a close of its own.
     pub(crate) peer_closed: std::sync::atomic::AtomicBool,
+    /// The peer went away without a closing handshake (reset, EOF, read error): counted as
+    /// `client_gone`, never as a policy or protocol violation.
+    pub(crate) peer_gone: std::sync::atomic::AtomicBool,
     /// The connection id the client chose (or was given).
     pub(crate) id: String,
     /// Unique per session, to tell a session from its replacement in the registry.
