@@ -227,11 +227,17 @@ struct State {
     /// of a counter per topic: it shares a cache line with the lanes.
     routine_topics: u16,
     lagging_queued: bool,
-    /// Frames queued with [`Origin::Start`] (outside the capacity).
-    start_queued: usize,
+    /// Frames queued with [`Origin::Start`] (outside the capacity). A `u32` (bounded by the
+    /// history and retained state) so that `State` keeps its size: a fan-out touches one
+    /// outbox per subscriber, and a larger one measured 20% slower.
+    start_queued: u32,
     conflated_since_notice: u64,
     rated: Option<Box<Rated>>,
 }
+
+// One outbox per subscriber is touched by every fan-out: its size decides how many cache lines
+// a delivery costs (96 bytes measured 20% slower than 88 in the fanout bench).
+const _: () = assert!(std::mem::size_of::<State>() <= 88);
 
 impl State {
     fn len(&self) -> usize {
@@ -240,7 +246,7 @@ impl State {
 
     /// Frames that count against the capacity.
     fn live_len(&self) -> usize {
-        self.len() - self.start_queued
+        self.len() - self.start_queued as usize
     }
 
     /// Puts `item` on its lane.
