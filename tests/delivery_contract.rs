@@ -209,7 +209,7 @@ fn run_with_client(
             }
         }
         // Quiet for longer than any `max_hz` hold-back and reconnect: everything is in.
-        events.extend(collect(&mut sub, Duration::from_millis(700)).await);
+        events.extend(collect(&mut sub, Duration::from_millis(1200)).await);
 
         let passes = |m: &Sent| match (&filter, m.subject) {
             (Some(f), Some(subject)) => f.contains(&subject),
