@@ -47,6 +47,22 @@ async fn publish_validates_with_the_typed_protocol_and_names_the_field() {
         assert_eq!(status, 400, "{body}");
         assert!(reply["error"]["message"].as_str().unwrap().contains(needle), "{reply}");
     }
+    // The unknown-type error lists what may be published, not control replies.
+    let (_, reply) =
+        server.post("/api/publish", &json!({"type": "weather_report", "data": {}})).await;
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("download_progress_update") && !message.contains("welcome"),
+        "{message}"
+    );
+    // A bad timestamp says what is expected.
+    let mut bad_time = alert("t", "m");
+    bad_time["data"]["timestamp"] = json!("yesterday");
+    let (status, reply) = server.post("/api/publish", &bad_time).await;
+    assert_eq!((status, reply["error"]["field"].as_str()), (400, Some("data.timestamp")));
+    assert!(
+        reply["error"]["message"].as_str().unwrap().contains("RFC 3339, e.g. 2025-08-27T10:30:00Z")
+    );
     let mut wrong_topic = seed("download_retry");
     wrong_topic["topic"] = json!("alerts");
     let (status, reply) = server.post("/api/publish", &wrong_topic).await;

@@ -247,9 +247,11 @@ async fn the_binary_shuts_down_on_sigterm_and_exits_zero() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut child = tokio::process::Command::new(bin)
+    let child = tokio::process::Command::new(bin)
         .args(["--bind", &format!("127.0.0.1:{port}")])
-        .env("MODELCAST_LOG", "warn")
+        .env("MODELCAST_LOG", "info")
+        .env("MODELCAST_LOG_FORMAT", "text")
+        .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn modelcast");
@@ -265,11 +267,25 @@ async fn the_binary_shuts_down_on_sigterm_and_exits_zero() {
     }
     let mut client = client.expect("the binary serves");
     assert_eq!(client.next_json().await["type"], "welcome");
+    // A refused handshake is logged with its reason.
+    let refused =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws/bad!id")).await;
+    assert!(refused.is_err());
     let pid = child.id().expect("running").to_string();
     let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());
     assert_eq!(client.until_close().await.0.map(|c| c.0), Some(close::GOING_AWAY));
-    let status =
-        tokio::time::timeout(PATIENCE, child.wait()).await.expect("exits in time").unwrap();
-    assert_eq!(status.code(), Some(0));
+    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    // What an operator reads: where to look, why a client was refused, how many were drained.
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(log.contains(&format!("open http://127.0.0.1:{port}/")), "{log}");
+    assert!(
+        log.contains("websocket handshake refused") && log.contains("invalid_connection_id"),
+        "{log}"
+    );
+    assert!(log.contains("shutting down: draining clients connections=1"), "{log}");
 }

@@ -31,8 +31,20 @@ fn known_type<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::E
     if ServerMessage::TYPES.contains(&name.as_str()) {
         Ok(name)
     } else {
-        Err(de::Error::unknown_variant(&name, ServerMessage::TYPES))
+        Err(de::Error::unknown_variant(&name, publishable()))
     }
+}
+
+/// The message types a publisher may send (those with a topic), for error messages.
+fn publishable() -> &'static [&'static str] {
+    static TYPES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    TYPES.get_or_init(|| {
+        ServerMessage::TYPES
+            .iter()
+            .copied()
+            .filter(|t| ServerMessage::topic_of(t).is_some())
+            .collect()
+    })
 }
 
 impl PublishFrame<'_> {

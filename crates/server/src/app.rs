@@ -33,11 +33,21 @@ pub struct Server {
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
     token: CancellationToken,
+    app: std::sync::Weak<App>,
 }
 
 impl ShutdownHandle {
     /// Begins the graceful shutdown.
     pub fn shutdown(&self) {
+        // Counted before the token fires: sessions start closing the moment it does.
+        if !self.token.is_cancelled()
+            && let Some(app) = self.app.upgrade()
+        {
+            tracing::info!(
+                connections = app.active.load(Ordering::Relaxed),
+                "shutting down: draining clients"
+            );
+        }
         self.token.cancel();
     }
 }
@@ -125,14 +135,26 @@ impl Server {
 
     /// A handle that shuts the server down.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle { token: self.app.shutdown.clone() }
+        ShutdownHandle { token: self.app.shutdown.clone(), app: Arc::downgrade(&self.app) }
     }
 
     /// Serves until shut down, then drains: stops accepting, closes every client with 1001
     /// after its queue is written (up to `shutdown_timeout`), and returns.
     pub async fn run(self) -> std::io::Result<()> {
         let Server { app, listener } = self;
-        tracing::info!(addr = %listener.local_addr()?, epoch = app.hub.epoch(), "modelcast listening");
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, epoch = app.hub.epoch(), "modelcast listening");
+        let host =
+            if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+        let page = if addr.is_ipv6() && !addr.ip().is_unspecified() {
+            format!("http://[{host}]:{}/", addr.port())
+        } else {
+            format!("http://{host}:{}/", addr.port())
+        };
+        tracing::info!(
+            "open {page} to watch every topic live; WebSocket: {}ws",
+            page.replacen("http", "ws", 1)
+        );
         let demo = app.config.demo.then(|| {
             tracing::info!("demo running: a simulated catalog publishes on every topic");
             modelcast_notifiers::demo::spawn(
@@ -151,10 +173,6 @@ impl Server {
                     for task in demo.iter().flatten() {
                         task.abort();
                     }
-                    tracing::info!(
-                        connections = app.active.load(Ordering::Relaxed),
-                        "shutting down: draining clients"
-                    );
                     app.tracker.close();
                     // Sessions drain and close themselves on the token; wait for them, within
                     // the deadline.

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use modelcast_protocol::AlertLevel;
 
 /// The `modelcast` server's settings.
@@ -120,7 +120,9 @@ pub struct Config {
 
     /// Run the demo: a simulated model catalog publishing every message type through the same
     /// notifiers and policy as production.
-    #[arg(long, env = "MODELCAST_DEMO")]
+    /// (MODELCAST_DEMO accepts true/false, 1/0, yes/no, on/off.)
+    #[arg(long, env = "MODELCAST_DEMO", action = ArgAction::SetTrue,
+          value_parser = boolish("MODELCAST_DEMO"))]
     pub demo: bool,
 
     /// Require a JWT signed with this HS256 secret (as `?token=` on the WebSocket URL or an
@@ -192,7 +194,8 @@ pub struct Config {
     pub metrics_token: Option<String>,
 
     /// Allow an open `POST /api/publish` on a non-loopback address (on purpose).
-    #[arg(long, env = "MODELCAST_INSECURE_PUBLISH", help_heading = "Security")]
+    #[arg(long, env = "MODELCAST_INSECURE_PUBLISH", action = ArgAction::SetTrue,
+          value_parser = boolish("MODELCAST_INSECURE_PUBLISH"), help_heading = "Security")]
     pub insecure_publish: bool,
 
     /// Browser origins allowed to open WebSockets (e.g. `https://app.example.com`); others get
@@ -440,6 +443,15 @@ fn parse_cidr(s: &str) -> Result<Cidr, String> {
 /// The shortest HS256 secret accepted: 256 bits, the hash's own size (RFC 7518 §3.2).
 const MIN_HS256_SECRET: usize = 32;
 
+/// The usual spellings of a yes/no setting; the error names the variable.
+fn boolish(var: &'static str) -> impl Fn(&str) -> Result<bool, String> + Clone {
+    move |s| match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "y" | "t" => Ok(true),
+        "0" | "false" | "no" | "off" | "n" | "f" | "" => Ok(false),
+        _ => Err(format!("{var}: expected true/false, 1/0, yes/no or on/off, got `{s}`")),
+    }
+}
+
 fn leeway(s: &str) -> Result<u64, String> {
     s.trim().parse::<u64>().ok().filter(|v| *v <= 300).ok_or_else(|| {
         format!("MODELCAST_JWT_LEEWAY: expected whole seconds from 0 to 300, got `{s}`")
@@ -481,33 +493,69 @@ fn count(var: &'static str) -> impl Fn(&str) -> Result<usize, String> + Clone {
 mod tests {
     use super::*;
 
-    /// `Config::default()` must not read the environment, while `try_parse_args` must. The
-    /// environment can only be set safely in a fresh process, so the test runs itself again
-    /// with a bad and a good variable set, and that run checks both.
-    #[test]
-    fn default_ignores_the_environment_and_parsing_reads_it() {
-        if std::env::var_os("MODELCAST_CONFIG_PROBE").is_some() {
-            assert_eq!(Config::default().max_connections, 10_000);
-            assert_eq!(Config::default().heartbeat_interval, Duration::from_secs(30));
-            let parsed = Config::try_parse_args(["modelcast"])
-                .map(|c| (c.max_connections, c.heartbeat_interval));
-            assert_eq!(parsed.ok(), Some((7, Duration::from_secs(11))));
-            return;
-        }
+    /// Runs this test binary again with `env` set, running only `test`; asserts it passed.
+    fn probe(test: &str, env: &[(&str, &str)]) {
         let exe = std::env::current_exe().expect("the test binary");
-        let out = std::process::Command::new(exe)
-            .args([
-                "--exact",
-                "config::tests::default_ignores_the_environment_and_parsing_reads_it",
-            ])
-            .env("MODELCAST_CONFIG_PROBE", "1")
-            .env("WEBSOCKET_MAX_CONNECTIONS", "7")
-            .env("WEBSOCKET_HEARTBEAT_INTERVAL", "11")
-            .output()
-            .expect("run the probe");
+        let mut command = std::process::Command::new(exe);
+        command.args(["--exact", test]).env("MODELCAST_CONFIG_PROBE", "1");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let out = command.output().expect("run the probe");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains("1 passed"), "the probe ran: {stdout}");
+    }
+
+    fn in_probe() -> bool {
+        std::env::var_os("MODELCAST_CONFIG_PROBE").is_some()
+    }
+
+    /// `Config::default()` must not read the environment, while `try_parse_args` must. The
+    /// environment can only be set safely in a fresh process, so the test runs itself again
+    /// with variables set, and that run checks both.
+    #[test]
+    fn default_ignores_the_environment_and_parsing_reads_it() {
+        if in_probe() {
+            assert_eq!(Config::default().max_connections, 10_000);
+            assert_eq!(Config::default().heartbeat_interval, Duration::from_secs(30));
+            assert!(!Config::default().demo);
+            let parsed = Config::try_parse_args(["modelcast"]).expect("valid environment");
+            assert_eq!(parsed.max_connections, 7);
+            assert_eq!(parsed.heartbeat_interval, Duration::from_secs(11));
+            assert!(parsed.demo, "MODELCAST_DEMO=yes");
+            return;
+        }
+        probe(
+            "config::tests::default_ignores_the_environment_and_parsing_reads_it",
+            &[
+                ("WEBSOCKET_MAX_CONNECTIONS", "7"),
+                ("WEBSOCKET_HEARTBEAT_INTERVAL", "11"),
+                ("MODELCAST_DEMO", "yes"),
+            ],
+        );
+    }
+
+    /// Yes/no settings take the usual spellings from the environment, and a bad one is named.
+    #[test]
+    fn boolean_variables_take_the_usual_spellings() {
+        if in_probe() {
+            let demo = std::env::var("MODELCAST_DEMO").unwrap_or_default();
+            match Config::try_parse_args(["modelcast"]) {
+                Ok(c) => assert_eq!(c.demo, ["1", "on", "true", "yes"].contains(&demo.as_str())),
+                Err(e) => {
+                    assert_eq!(demo, "maybe", "{e}");
+                    assert!(e.to_string().contains("MODELCAST_DEMO"), "{e}");
+                }
+            }
+            return;
+        }
+        for value in ["1", "on", "true", "yes", "0", "no", "off", "false", "maybe"] {
+            probe(
+                "config::tests::boolean_variables_take_the_usual_spellings",
+                &[("MODELCAST_DEMO", value)],
+            );
+        }
     }
 
     #[test]

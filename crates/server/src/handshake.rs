@@ -16,7 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use crate::response::{Resp, error_response, json_response};
+use crate::response::{Refusal, Resp, error_response, json_response};
 use crate::session::run;
 use crate::state::{Admitted, App};
 
@@ -121,17 +121,17 @@ pub(crate) fn upgrade(
     if app.active.fetch_add(1, Ordering::Relaxed) >= max {
         app.active.fetch_sub(1, Ordering::Relaxed);
         app.metrics.error(&ErrorCode::Other("too_many_connections".into()));
-        return retry_after(
-            json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({"error": {
-                    "code": "too_many_connections",
-                    "message": format!("the server holds its maximum of {max} connections; retry later"),
-                    "max_connections": max,
-                }}),
-            ),
-            "5",
+        let message = format!("the server holds its maximum of {max} connections; retry later");
+        let mut resp = json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": {
+                "code": "too_many_connections",
+                "message": message,
+                "max_connections": max,
+            }}),
         );
+        resp.extensions_mut().insert(Refusal { code: "too_many_connections".into(), message });
+        return retry_after(resp, "5");
     }
     let admitted = Admitted(app.clone());
     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -13,7 +13,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::response::{Resp, error_response, json_response, method_not_allowed};
+use crate::response::{Refusal, Resp, error_response, json_response, method_not_allowed};
 use crate::state::App;
 use crate::{handshake, publish};
 
@@ -91,7 +91,16 @@ pub(crate) async fn handle(
             &format!("no route for {method} {path}"),
         ),
     };
-    tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), "http");
+    let status = response.status().as_u16();
+    match response.extensions().get::<Refusal>() {
+        // A refused WebSocket handshake says why, for the operator looking at a client that
+        // cannot connect.
+        Some(refusal) if path.starts_with("/ws") => tracing::info!(
+            %peer, %path, status, code = %refusal.code, reason = %refusal.message,
+            "websocket handshake refused"
+        ),
+        _ => tracing::debug!(%peer, %method, %path, status, "http"),
+    }
     Ok(response)
 }
 

@@ -152,7 +152,11 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             Err(err) => {
                 let path = err.path().to_string();
                 let field = if path == "." { "data".to_owned() } else { format!("data.{path}") };
-                return invalid(index, Some(field), err.inner().to_string());
+                let mut message = err.inner().to_string();
+                if field.ends_with("timestamp") {
+                    message.push_str(" (expected RFC 3339, e.g. 2025-08-27T10:30:00Z)");
+                }
+                return invalid(index, Some(field), message);
             }
         };
         let Some(topic) = message.topic() else {

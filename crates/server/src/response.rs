@@ -17,9 +17,18 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> Resp {
     resp
 }
 
+/// The error code and message of an error response, kept beside its body for logging.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub(crate) code: String,
+    pub(crate) message: String,
+}
+
 /// `{"error": {"code": ..., "message": ...}}` with `status`.
 pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> Resp {
-    json_response(status, &json!({"error": {"code": code, "message": message}}))
+    let mut resp = json_response(status, &json!({"error": {"code": code, "message": message}}));
+    resp.extensions_mut().insert(Refusal { code: code.to_owned(), message: message.to_owned() });
+    resp
 }
 
 pub(crate) fn method_not_allowed(allow: &'static str) -> Resp {
