@@ -172,7 +172,9 @@ async fn a_slow_reader_does_not_delay_a_fast_one() {
     assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
     let (_, stats) = server.get("/api/stats").await;
     let stats: Value = serde_json::from_str(&stats).unwrap();
-    assert_eq!(stats["subscribers_dropped"]["slow_consumer"], 1, "{stats}");
+    assert_eq!(stats["connections_dropped"]["slow_consumer"], 1, "{stats}");
+    assert!(stats["topics"]["alerts"]["discarded_with_dropped_subscribers"].as_u64().unwrap() > 0);
+    assert!(stats["help"]["skipped_per_subscriber"].is_string(), "every figure is explained");
     let (close, frames) = slow.until_close().await;
     assert!(frames.len() < N, "the slow reader cannot have received everything");
     if let Some((code, _)) = close {

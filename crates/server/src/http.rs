@@ -104,8 +104,14 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
+/// `GET /api/stats`. Every figure is named for what it counts, and `help` says it, so a
+/// person can read the document without the source.
 fn stats(app: &App) -> Value {
+    use modelcast_hub::{ConflateReason, DropReason};
     let stats = app.hub.stats();
+    let by = |t: &modelcast_hub::TopicStats, reason: ConflateReason| {
+        t.conflated_by.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
+    };
     let topics: serde_json::Map<String, Value> = stats
         .topics
         .iter()
@@ -115,20 +121,43 @@ fn stats(app: &App) -> Value {
                 json!({
                     "subscriptions": t.subscribers,
                     "published": t.published,
+                    "absorbed_before_publish": {
+                        "throttle": by(t, ConflateReason::Throttle),
+                        "batch": by(t, ConflateReason::Batch),
+                    },
                     "delivered": t.delivered,
-                    "conflated": t.conflated,
-                    "dropped": t.dropped,
+                    "skipped_per_subscriber": {
+                        "max_hz": by(t, ConflateReason::MaxHz),
+                        "queue_full": by(t, ConflateReason::QueueFull),
+                    },
+                    "discarded_with_dropped_subscribers": t.dropped,
                 }),
             )
         })
         .collect();
-    let drops: serde_json::Map<String, Value> =
-        stats.drops.iter().map(|(r, n)| (r.as_str().to_owned(), json!(n))).collect();
+    let count =
+        |reason: DropReason| stats.drops.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n);
     json!({
         "uptime_seconds": app.started.elapsed().as_secs_f64(),
         "connections": app.active.load(Ordering::Relaxed),
         "epoch": app.hub.epoch(),
         "topics": topics,
-        "subscribers_dropped": drops,
+        "connections_dropped": {
+            "slow_consumer": count(DropReason::SlowConsumer),
+            "replaced": count(DropReason::Replaced),
+        },
+        "connections_ended": {
+            "closed": count(DropReason::Closed),
+            "shutdown": count(DropReason::Shutdown),
+        },
+        "help": {
+            "published": "messages sequenced on the topic (after throttling and batching)",
+            "absorbed_before_publish": "updates replaced by a newer value of their key before they were published: never sequenced, never sent",
+            "delivered": "frames queued to subscribers: each publish once per subscriber that receives it, plus replayed and current-state frames",
+            "skipped_per_subscriber": "per-subscriber deliveries replaced by a newer value of the key (max_hz, or a full queue collapsed)",
+            "discarded_with_dropped_subscribers": "frames still queued when their subscriber was dropped",
+            "connections_dropped": "connections the server closed: too slow (4001), or replaced by the same id (4002)",
+            "connections_ended": "connections closed by their owner or by a shutdown",
+        },
     })
 }
