@@ -4,6 +4,7 @@ mod client;
 mod codegen;
 mod contract_model;
 mod delivery_contract;
+mod deploy;
 mod hub_backpressure;
 mod hub_fanout;
 mod hub_state;

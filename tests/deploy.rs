@@ -1,0 +1,129 @@
+//! The deploy files, tested for real: Debian's nginx runs `deploy/nginx/modelcast.conf` in
+//! front of a server; WebSockets pass through it, and per-IP limits see each client's address
+//! (from `X-Forwarded-For`, the trusted-proxy setting), not nginx's.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use modelcast_tests::root;
+use modelcast_tests::server_util::{Client, TestServer};
+
+/// nginx, started with the committed site config rewritten to this test's addresses; killed
+/// on drop.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    _dir: PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Nginx {
+    /// Runs the committed config in front of `upstream`, connecting to it from `from`.
+    async fn start(upstream: SocketAddr, from: IpAddr) -> Self {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("nginx is needed: apt-get install nginx (.ci/run installs it)");
+        let port = free_port();
+        let site = std::fs::read_to_string(root().join("deploy/nginx/modelcast.conf")).unwrap();
+        assert!(site.contains("server 127.0.0.1:8000;") && site.contains("listen 80;"));
+        let site = site
+            .replace("server 127.0.0.1:8000;", &format!("server {upstream};"))
+            .replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
+        let dir = std::env::temp_dir().join(format!("modelcast-nginx-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("modelcast.conf"), site).unwrap();
+        let d = dir.display();
+        let main = format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               proxy_bind {from};\n  include {d}/modelcast.conf;\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), main).unwrap();
+        let child = Command::new(bin)
+            .args([
+                "-p",
+                &dir.display().to_string(),
+                "-c",
+                &dir.join("nginx.conf").display().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Self { child, addr, _dir: dir }
+    }
+
+    /// A WebSocket through nginx from the local address `from`; the HTTP status if refused.
+    async fn ws(&self, from: IpAddr, path: &str) -> Result<Client, u16> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        let stream = socket.connect(self.addr).await.expect("connect to nginx");
+        let url = format!("ws://{}{path}", self.addr);
+        match tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+        {
+            Ok((ws, _)) => Ok(Client { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn nginx_passes_websockets_and_the_server_sees_each_clients_address() {
+    let nginx_addr: IpAddr = "127.0.0.2".parse().unwrap();
+    // Trust only nginx's address; one connection per second per client, bursts of 10.
+    let server =
+        TestServer::start(&["--trusted-proxy", "127.0.0.2/32", "--connect-rate", "1"]).await;
+    let nginx = Nginx::start(server.addr, nginx_addr).await;
+
+    // A WebSocket through nginx works end to end.
+    let alice: IpAddr = "127.0.0.3".parse().unwrap();
+    let mut ws = nginx.ws(alice, "/ws/through-nginx").await.expect("upgraded through nginx");
+    assert_eq!(ws.next_json().await["type"], "welcome");
+    ws.subscribe("alerts").await;
+    server.hub.publish_message(modelcast_tests::msg::alert("via-nginx")).unwrap();
+    assert_eq!(ws.next_json().await["data"]["alert_id"], "via-nginx");
+
+    // Alice spends her burst; Bob, behind the same nginx, is still let in.
+    let mut refused = None;
+    for i in 0..12 {
+        if let Err(status) = nginx.ws(alice, &format!("/ws/a{i}")).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    assert_eq!(refused, Some(429), "the per-IP limit applies to Alice's address");
+    let bob: IpAddr = "127.0.0.4".parse().unwrap();
+    assert!(nginx.ws(bob, "/ws/bob").await.is_ok(), "not to nginx's: Bob still gets in");
+    // Plain HTTP goes through too.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut http = tokio::net::TcpStream::connect(nginx.addr).await.unwrap();
+    http.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut reply = String::new();
+    http.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("\"ok\""), "{reply}");
+}
