@@ -277,3 +277,57 @@ async fn subscribing_mid_download_gets_the_current_progress_then_live_updates() 
     assert_eq!(live["data"]["progress_percent"], 50.0);
     assert!(live["seq"].as_u64() > current["seq"].as_u64());
 }
+
+/// Part of issue 15: a publish with several problems fails with all of them in one 400
+/// (`errors: [{field, message}]`), and the server, as the newest writer, refuses nonsense the
+/// lenient readers would keep: unknown vocabulary values, out-of-range numbers.
+#[tokio::test]
+async fn a_bad_publish_reports_every_problem_at_once_and_nonsense_is_refused() {
+    let server = TestServer::start(&[]).await;
+    let (status, body) = server
+        .post(
+            "/api/publish",
+            &json!({"type": "alert", "data": {"level": "warning", "message": "m"}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let fields: Vec<&str> = body["error"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["data.alert_id", "data.title", "data.timestamp"], "{body}");
+
+    let mut nonsense = seed("download_progress_update");
+    nonsense["data"]["progress_percent"] = json!(150.0);
+    nonsense["data"]["downloaded_mb"] = json!(-1.0);
+    nonsense["data"]["status"] = json!("downloadin");
+    let (status, body) = server.post("/api/publish", &json!([alert("fine", "m"), nonsense])).await;
+    assert_eq!(status, 400, "{body}");
+    let errors = body["error"]["errors"].as_array().unwrap();
+    let fields: Vec<&str> = errors.iter().map(|e| e["field"].as_str().unwrap()).collect();
+    for field in ["data.progress_percent", "data.downloaded_mb", "data.status"] {
+        assert!(fields.contains(&field), "{field} in {body}");
+    }
+    assert!(errors.iter().all(|e| e["index"] == 1), "{body}");
+    assert!(
+        server.hub.retained(modelcast_protocol::Topic::DownloadProgress).is_empty(),
+        "nothing retained"
+    );
+    assert_eq!(
+        server.hub.last_seq(modelcast_protocol::Topic::Alerts),
+        0,
+        "nothing published from the batch"
+    );
+}
+
+/// Every example of the seed passes the publish checks as it is.
+#[test]
+fn the_seed_examples_have_no_publish_problems() {
+    for (name, frame) in fixtures("seed") {
+        let problems =
+            modelcast_protocol::publish_problems(frame["type"].as_str().unwrap(), &frame["data"]);
+        assert!(problems.is_empty(), "{name}: {problems:?}");
+    }
+}

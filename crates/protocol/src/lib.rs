@@ -24,6 +24,7 @@
 //! # Ok::<(), serde_json::Error>(())
 //! ```
 
+mod check;
 mod client;
 pub mod close;
 mod dupes;
@@ -34,6 +35,7 @@ pub mod schema;
 mod topic;
 mod vocab;
 
+pub use check::{Problem, publish_problems};
 pub use client::{
     AuthRequest, ClientMessage, FrameError, PingRequest, RequestId, Since, SubscribeRequest,
     SubscriptionFilter, UnsubscribeRequest,

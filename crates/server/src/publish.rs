@@ -143,45 +143,75 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             "the array is empty: send one message or a non-empty array".into(),
         );
     }
-    // Validate everything first: a bad element publishes nothing.
+    // Validate everything first: a bad element publishes nothing, and every problem of every
+    // element is reported at once.
     let mut messages = Vec::with_capacity(frames.len());
+    let mut problems: Vec<Value> = Vec::new();
     for (i, frame) in frames.into_iter().enumerate() {
         let index = (!single).then_some(i);
+        let mut report = |field: String, message: String| {
+            let mut problem = json!({"field": field, "message": message});
+            if let Some(i) = index {
+                problem["index"] = json!(i);
+            }
+            problems.push(problem);
+        };
+        let data: Value = serde_json::from_str(frame.data.get()).unwrap_or(Value::Null);
+        let found = modelcast_protocol::publish_problems(&frame.type_name, &data);
         let message = match frame.message() {
             Ok(message) => message,
-            Err(err) => {
+            Err(err) if found.is_empty() => {
+                // The schema walk found nothing the parser minds: report the parser's error.
                 let path = err.path().to_string();
                 let field = if path == "." { "data".to_owned() } else { format!("data.{path}") };
                 let mut message = err.inner().to_string();
                 if field.ends_with("timestamp") {
                     message.push_str(" (expected RFC 3339, e.g. 2025-08-27T10:30:00Z)");
                 }
-                return invalid(index, Some(field), message);
+                report(field, message);
+                continue;
+            }
+            Err(_) => {
+                found.into_iter().for_each(|p| report(p.path, p.message));
+                continue;
             }
         };
+        found.into_iter().for_each(|p| report(p.path, p.message));
         let Some(topic) = message.topic() else {
-            return invalid(
-                index,
-                Some("type".into()),
+            report(
+                "type".into(),
                 format!(
                     "`{}` is a control message; only topic messages can be published",
                     message.type_name()
                 ),
             );
+            continue;
         };
         if let Some(claimed) = frame.topic
             && claimed != topic.as_str()
         {
-            return invalid(
-                index,
-                Some("topic".into()),
+            report(
+                "topic".into(),
                 format!(
                     "`{}` messages belong to topic `{topic}`, not \"{claimed}\"",
                     message.type_name()
                 ),
             );
+            continue;
         }
         messages.push(message);
+    }
+    if let Some(first) = problems.first() {
+        let mut error = json!({
+            "code": "invalid_message",
+            "message": first["message"],
+            "field": first["field"],
+            "errors": problems,
+        });
+        if let Some(i) = first.get("index") {
+            error["index"] = i.clone();
+        }
+        return json_response(StatusCode::BAD_REQUEST, &json!({"error": error}));
     }
     let accepted: Vec<Value> = messages
         .into_iter()
