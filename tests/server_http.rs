@@ -297,7 +297,7 @@ async fn a_bad_publish_reports_every_problem_at_once_and_nonsense_is_refused() {
         .iter()
         .map(|e| e["field"].as_str().unwrap())
         .collect();
-    assert_eq!(fields, ["data.alert_id", "data.title", "data.timestamp"], "{body}");
+    assert_eq!(fields, ["data.alert_id", "data.title"], "the timestamp is stamped: {body}");
 
     let mut nonsense = seed("download_progress_update");
     nonsense["data"]["progress_percent"] = json!(150.0);
@@ -330,4 +330,25 @@ fn the_seed_examples_have_no_publish_problems() {
             modelcast_protocol::publish_problems(frame["type"].as_str().unwrap(), &frame["data"]);
         assert!(problems.is_empty(), "{name}: {problems:?}");
     }
+}
+
+/// Part of issue 15: a publisher may leave `timestamp` to the server (the schemas say so).
+#[tokio::test]
+async fn a_missing_timestamp_is_stamped_by_the_server() {
+    let server = TestServer::start(&[]).await;
+    let mut ws = server.ws("/ws/stamp").await;
+    ws.subscribe("alerts").await;
+    let before = chrono::Utc::now();
+    let (status, body) = server
+        .post(
+            "/api/publish",
+            &json!({"type": "alert", "data": {"alert_id": "a", "level": "info",
+            "title": "t", "message": "m"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let frame = ws.next_json().await;
+    let stamped: chrono::DateTime<chrono::Utc> =
+        frame["data"]["timestamp"].as_str().unwrap().parse().expect("RFC 3339");
+    assert!(stamped >= before - chrono::Duration::seconds(1), "{frame}");
 }

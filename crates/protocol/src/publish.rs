@@ -48,6 +48,21 @@ fn publishable() -> &'static [&'static str] {
 }
 
 impl PublishFrame<'_> {
+    /// As [`PublishFrame::message`], from `data` already parsed (e.g. after the server stamped
+    /// a missing `timestamp`).
+    pub fn message_from(
+        &self,
+        data: serde_json::Value,
+    ) -> Result<ServerMessage, serde_path_to_error::Error<serde_json::Error>> {
+        let mut track = serde_path_to_error::Track::new();
+        let deserializer = serde_path_to_error::Deserializer::new(data, &mut track);
+        match ServerMessage::from_type_and_data(&self.type_name, deserializer) {
+            Ok(Some(message)) => Ok(message),
+            Ok(None) => unreachable!("`type` was checked to be a known type"),
+            Err(err) => Err(serde_path_to_error::Error::new(track.path(), err)),
+        }
+    }
+
     /// Parses `data` as the message `type` names. The error's path is relative to `data`
     /// (e.g. `progress_percent`).
     pub fn message(&self) -> Result<ServerMessage, serde_path_to_error::Error<serde_json::Error>> {

@@ -74,6 +74,9 @@ fn root<T: JsonSchema>(file: &str, title: &str) -> Schema {
 fn decorate(schema: &mut Schema, file: &str, title: &str) {
     if let Some(map) = schema.as_object_mut() {
         map.values_mut().for_each(standard_formats_only);
+        if let Some(Value::Object(defs)) = map.get_mut("$defs") {
+            stamp_timestamps(defs);
+        }
     }
     schema.insert("$id".into(), json!(format!("{ID_BASE}/v{PROTOCOL_VERSION}/{file}")));
     schema.insert("title".into(), json!(title));
@@ -111,6 +114,33 @@ const STANDARD_FORMATS: &[&str] = &[
     "relative-json-pointer",
     "regex",
 ];
+
+/// What every `timestamp` says about publishing.
+const STAMPED: &str = " When publishing (`POST /api/publish`) it may be omitted: the server \
+                       stamps the time it receives the message.";
+
+/// Says on the `timestamp` of every publishable message's data that publishers may leave it
+/// to the server (control messages are never published: their definitions are left alone).
+fn stamp_timestamps(defs: &mut serde_json::Map<String, Value>) {
+    let control: Vec<String> = messages::data_schemas(&mut generator())
+        .into_iter()
+        .filter(|(_, topic, _)| topic.is_none())
+        .filter_map(|(_, _, data)| {
+            let target = data.get("$ref")?.as_str()?;
+            Some(target.trim_start_matches("#/$defs/").to_owned())
+        })
+        .collect();
+    for (name, def) in defs.iter_mut() {
+        if control.contains(name) {
+            continue;
+        }
+        if let Some(Value::String(d)) = def.pointer_mut("/properties/timestamp/description")
+            && !d.ends_with(STAMPED)
+        {
+            d.push_str(STAMPED);
+        }
+    }
+}
 
 /// Removes non-standard formats below `value`, bounding integers by their width instead.
 fn standard_formats_only(value: &mut Value) {

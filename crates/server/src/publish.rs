@@ -130,8 +130,8 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             format!("`{path}` appears twice; send each key once"),
         );
     }
-    // One pass: the envelopes delimit each `data`, which is then parsed once into its type; an
-    // error names the element and the field.
+    // The envelopes delimit each `data`; each `data` is parsed once (to a value that is
+    // checked, then read into its type); an error names the element and the field.
     let (frames, single) = match parse(&body) {
         Ok(parsed) => parsed,
         Err(resp) => return *resp,
@@ -156,9 +156,16 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             }
             problems.push(problem);
         };
-        let data: Value = serde_json::from_str(frame.data.get()).unwrap_or(Value::Null);
+        let mut data: Value = serde_json::from_str(frame.data.get()).unwrap_or(Value::Null);
+        // A publisher may leave the time to the server: stamped on arrival (the schemas say so).
+        if let Some(fields) = data.as_object_mut()
+            && !fields.contains_key("timestamp")
+            && modelcast_protocol::ServerMessage::topic_of(&frame.type_name).is_some()
+        {
+            fields.insert("timestamp".into(), json!(chrono::Utc::now()));
+        }
         let found = modelcast_protocol::publish_problems(&frame.type_name, &data);
-        let message = match frame.message() {
+        let message = match frame.message_from(data) {
             Ok(message) => message,
             Err(err) if found.is_empty() => {
                 // The schema walk found nothing the parser minds: report the parser's error.
