@@ -352,3 +352,18 @@ async fn a_missing_timestamp_is_stamped_by_the_server() {
         frame["data"]["timestamp"].as_str().unwrap().parse().expect("RFC 3339");
     assert!(stamped >= before - chrono::Duration::seconds(1), "{frame}");
 }
+
+/// Part of issue 15: a download published over HTTP whose publisher goes silent turns `stale`
+/// (it stayed "downloading 45.5%" forever), as notifier-driven downloads already did.
+#[tokio::test]
+async fn an_http_published_download_that_goes_silent_turns_stale() {
+    let server = TestServer::start(&["--stale-after", "0.3"]).await;
+    let mut ws = server.ws("/ws/stale").await;
+    ws.subscribe("download_progress").await;
+    let (status, body) = server.post("/api/publish", &seed("download_progress_update")).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(ws.next_json().await["type"], "download_progress_update");
+    let change = ws.next_of_type("download_status_change").await;
+    assert_eq!(change["data"]["new_status"], "stale", "{change}");
+    assert_eq!(change["data"]["old_status"], "downloading", "{change}");
+}

@@ -383,6 +383,38 @@ impl DownloadNotifier {
         stale
     }
 
+    /// A download message someone else published (over HTTP): tracked like the notifier's own,
+    /// so a download whose publisher goes silent turns `stale` here too, and a finished one
+    /// leaves the state.
+    pub fn observe(&self, message: &ServerMessage) {
+        let (model, status, sizes) = match message {
+            ServerMessage::DownloadProgressUpdate(p) => {
+                (&p.model_id, p.status.clone(), Some((p.downloaded_mb, p.total_mb)))
+            }
+            ServerMessage::DownloadStatusChange(c) => (&c.model_id, c.new_status.clone(), None),
+            ServerMessage::DownloadRetry(r) => (&r.model_id, DownloadStatus::Retrying, None),
+            _ => return,
+        };
+        let mut downloads = self.lock();
+        if crate::policy::download_finished(&status) {
+            downloads.remove(model);
+            return;
+        }
+        let d = downloads.entry(model.clone()).or_insert_with(|| Download {
+            status: status.clone(),
+            downloaded_mb: 0.0,
+            total_mb: 0.0,
+            retries: 0,
+            last_report: Instant::now(),
+        });
+        d.status = status;
+        d.last_report = Instant::now();
+        if let Some((downloaded_mb, total_mb)) = sizes {
+            d.downloaded_mb = downloaded_mb;
+            d.total_mb = total_mb;
+        }
+    }
+
     /// The models with an active download.
     pub fn active(&self) -> Vec<String> {
         let mut models: Vec<String> = self.lock().keys().cloned().collect();

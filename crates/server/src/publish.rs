@@ -224,6 +224,8 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         .into_iter()
         .map(|message| {
             let type_name = message.type_name();
+            // HTTP-published downloads feed the same stale watchdog as in-process ones.
+            app.notifiers.downloads().observe(&message);
             let outcome = app.policy.publish(message);
             match outcome {
                 Some(Outcome::Sent { topic, seq }) => {
