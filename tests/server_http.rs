@@ -367,3 +367,31 @@ async fn an_http_published_download_that_goes_silent_turns_stale() {
     assert_eq!(change["data"]["new_status"], "stale", "{change}");
     assert_eq!(change["data"]["old_status"], "downloading", "{change}");
 }
+
+/// Part of issue 15: `GET /api/state?topic=…` shows what a new subscriber gets first, and state
+/// whose publisher vanished is dropped after `MODELCAST_STATE_TTL` (the README's own example
+/// used to haunt every new subscriber forever).
+#[tokio::test]
+async fn current_state_can_be_inspected_and_expires() {
+    let server = TestServer::start(&["--state-ttl", "0.5"]).await;
+    let (status, body) = server.post("/api/publish", &seed("download_progress_update")).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, text) = server.get("/api/state?topic=download_progress").await;
+    assert_eq!(status, 200, "{text}");
+    let state: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(state["state"].as_array().unwrap().len(), 1, "{state}");
+    assert_eq!(state["state"][0]["type"], "download_progress_update");
+    assert_eq!(state["state"][0]["late"], true, "as a subscriber receives it");
+
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let (_, text) = server.get("/api/state?topic=download_progress").await;
+    let state: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(state["state"], json!([]), "expired: {state}");
+    let mut ws = server.ws("/ws/late-comer").await;
+    ws.subscribe("download_progress").await;
+    ws.send_json(&json!({"action": "ping", "id": 1})).await;
+    assert_eq!(ws.next_json().await["type"], "pong", "no expired state is sent");
+
+    assert_eq!(server.get("/api/state?topic=weather").await.0, 400);
+    assert_eq!(server.get("/api/state").await.0, 400);
+}

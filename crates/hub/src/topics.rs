@@ -31,6 +31,9 @@ pub struct HubConfig {
     /// Bytes of history kept, all topics together (default 256 MiB): a topic publishing over
     /// the budget drops its own oldest messages first.
     pub history_bytes: usize,
+    /// How long a key's retained state lives without a newer message (default 24 hours):
+    /// older state is dropped, so a publisher that vanished does not haunt new subscribers.
+    pub retained_ttl: Duration,
 }
 
 impl Default for HubConfig {
@@ -40,6 +43,7 @@ impl Default for HubConfig {
             history_age: Duration::from_secs(300),
             outbox_capacity: 1000,
             history_bytes: 256 << 20,
+            retained_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -54,6 +58,12 @@ impl HubConfig {
     /// Sets [`HubConfig::history_age`].
     pub fn history_age(mut self, age: Duration) -> Self {
         self.history_age = age;
+        self
+    }
+
+    /// Sets [`HubConfig::retained_ttl`].
+    pub fn retained_ttl(mut self, ttl: Duration) -> Self {
+        self.retained_ttl = ttl;
         self
     }
 
@@ -158,19 +168,16 @@ struct Entry {
     frame: TopicFrame,
     subject: KeyId,
     urgent: bool,
-}
-
-struct HistoryEntry {
+    /// When it was published (retained state expires by `retained_ttl`).
     at: Instant,
-    entry: Entry,
 }
 
 #[derive(Default)]
 struct TopicState {
     seq: u64,
-    history: VecDeque<HistoryEntry>,
-    /// The newest `Retain::Keep` message per state key; frames stored marked late, since they
-    /// are only ever sent below a new subscription's position.
+    history: VecDeque<Entry>,
+    /// The newest `Retain::Keep` message per state key, with when it was published; frames
+    /// stored marked late, since they are only ever sent below a new subscription's position.
     retained: HashMap<KeyId, Entry>,
     subs: Vec<Sub>,
 }
@@ -179,6 +186,7 @@ impl TopicState {
     /// Drops the oldest messages beyond the count, the age, and the byte budget shared by all
     /// topics (`total`: the bytes of every topic's history).
     fn prune(&mut self, config: &HubConfig, now: Instant, total: &AtomicUsize) {
+        self.retained.retain(|_, e| now.duration_since(e.at) <= config.retained_ttl);
         while let Some(front) = self.history.front() {
             let over = self.history.len() > config.history_size
                 || now.duration_since(front.at) > config.history_age
@@ -186,7 +194,7 @@ impl TopicState {
             if !over {
                 break;
             }
-            let bytes = front.entry.frame.frame.len();
+            let bytes = front.frame.frame.len();
             self.history.pop_front();
             total.fetch_sub(bytes, Ordering::Relaxed);
         }
@@ -309,15 +317,16 @@ impl Topics {
                         type_index: part.type_index,
                         ..sequenced.clone()
                     };
-                    let entry = Entry { frame, subject: part.subject, urgent: part.urgent };
+                    let entry =
+                        Entry { frame, subject: part.subject, urgent: part.urgent, at: now };
                     state.retained.insert(part.key, entry);
                 }
             }
         }
         let frame = sequenced.clone();
         self.history_bytes.fetch_add(frame.frame.len(), Ordering::Relaxed);
-        let entry = Entry { frame: sequenced, subject: main.subject, urgent: main.urgent };
-        state.history.push_back(HistoryEntry { at: now, entry });
+        let entry = Entry { frame: sequenced, subject: main.subject, urgent: main.urgent, at: now };
+        state.history.push_back(entry);
         // May drop this very message from history if it alone is over the byte budget: it is
         // still delivered, only not recoverable.
         state.prune(&self.config, now, &self.history_bytes);
@@ -370,7 +379,7 @@ impl Topics {
         let replaced = state.remove_sub(connection);
         let top = state.seq;
 
-        let oldest = state.history.front().map_or(top + 1, |e| e.entry.frame.seq);
+        let oldest = state.history.front().map_or(top + 1, |e| e.frame.seq);
         let start = match &options.since {
             None => Start::State,
             // Recovery: the whole range (since, top] is still held.
@@ -394,7 +403,6 @@ impl Topics {
             state
                 .history
                 .iter()
-                .map(|h| &h.entry)
                 .filter(move |e| e.frame.seq > after && passes(filter_ref, e.subject))
                 .map(|e| (e.frame.clone(), e.urgent))
         };
@@ -456,7 +464,8 @@ impl Topics {
 
     /// The frames retained on `topic` now, oldest first (as a new subscriber gets them).
     pub(crate) fn retained(&self, topic: Topic) -> Vec<crate::Frame> {
-        let state = self.lock(topic);
+        let mut state = self.lock(topic);
+        state.prune(&self.config, Instant::now(), &self.history_bytes);
         let mut entries: Vec<&Entry> = state.retained.values().collect();
         entries.sort_by_key(|e| e.frame.seq);
         entries.into_iter().map(|e| e.frame.frame.clone()).collect()
@@ -471,7 +480,7 @@ impl Topics {
 /// Keys touched after `after` are left to the replay.
 fn state_below(state: &TopicState, after: u64, filter: &Filter) -> Vec<(TopicFrame, bool)> {
     let mut newest_in_history: HashMap<KeyId, u64> = HashMap::new();
-    for entry in state.history.iter().map(|h| &h.entry) {
+    for entry in &state.history {
         newest_in_history.insert(entry.frame.key, entry.frame.seq);
     }
     let mut frames: Vec<(TopicFrame, bool)> = state

@@ -60,6 +60,7 @@ impl Server {
                 .history_size(config.history_size)
                 .history_age(config.history_age)
                 .history_bytes(config.history_bytes)
+                .retained_ttl(config.state_ttl)
                 .outbox_capacity(config.queue_size),
         );
         let policy = Policy::new(

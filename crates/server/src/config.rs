@@ -66,6 +66,12 @@ pub struct Config {
           value_parser = seconds("MODELCAST_HISTORY_AGE"))]
     pub history_age: Duration,
 
+    /// Seconds a key's current state (what new subscribers receive first) lives without a newer
+    /// message (default one day): state whose publisher vanished is dropped.
+    #[arg(long, env = "MODELCAST_STATE_TTL", default_value = "86400", value_name = "SECONDS",
+          value_parser = seconds("MODELCAST_STATE_TTL"))]
+    pub state_ttl: Duration,
+
     /// Bytes of history kept for recovery, all topics together (default 256 MiB). A topic
     /// over the budget drops its oldest messages first; recovery from before them reports a
     /// gap.

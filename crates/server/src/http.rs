@@ -69,6 +69,12 @@ pub(crate) async fn handle(
             "this endpoint needs `Authorization: Bearer <MODELCAST_METRICS_TOKEN>`",
         ),
         ("/api/stats", &Method::GET) => json_response(StatusCode::OK, &stats(&app)),
+        ("/api/state" | "/api/state/", &Method::GET) if metrics_denied.is_some() => error_response(
+            metrics_denied.unwrap_or(StatusCode::UNAUTHORIZED),
+            "unauthorized",
+            "this endpoint needs `Authorization: Bearer <MODELCAST_METRICS_TOKEN>`",
+        ),
+        ("/api/state" | "/api/state/", &Method::GET) => state(&app, req.uri().query()),
         ("/metrics", &Method::GET) => {
             let body = app.metrics.encode(&app.hub.stats());
             let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -80,7 +86,7 @@ pub(crate) async fn handle(
             );
             resp
         }
-        ("/ws" | "/healthz" | "/readyz" | "/api/stats" | "/metrics", _) => {
+        ("/ws" | "/healthz" | "/readyz" | "/api/stats" | "/api/state" | "/metrics", _) => {
             method_not_allowed("GET")
         }
         (p, _) if p.starts_with("/ws/") => method_not_allowed("GET"),
@@ -102,6 +108,39 @@ pub(crate) async fn handle(
         _ => tracing::debug!(%peer, %method, %path, status, "http"),
     }
     Ok(response)
+}
+
+/// `GET /api/state?topic=…`: the frames a new subscriber to the topic receives first, as it
+/// receives them (marked `late`).
+fn state(app: &App, query: Option<&str>) -> Resp {
+    let topic = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("topic="))
+        .map(|t| t.parse::<modelcast_protocol::Topic>());
+    let topic = match topic {
+        Some(Ok(topic)) => topic,
+        Some(Err(err)) => {
+            return error_response(StatusCode::BAD_REQUEST, "unknown_topic", &err.to_string());
+        }
+        None => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "missing_topic",
+                "name the topic: GET /api/state?topic=download_progress",
+            );
+        }
+    };
+    let frames: Vec<Value> = app
+        .hub
+        .retained(topic)
+        .iter()
+        .filter_map(|f| serde_json::from_slice(f.as_bytes()).ok())
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"topic": topic, "epoch": app.hub.epoch(), "seq": app.hub.last_seq(topic), "state": frames}),
+    )
 }
 
 /// `GET /api/stats`. Every figure is named for what it counts, and `help` says it, so a
