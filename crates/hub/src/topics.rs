@@ -185,8 +185,13 @@ struct TopicState {
 impl TopicState {
     /// Drops the oldest messages beyond the count, the age, and the byte budget shared by all
     /// topics (`total`: the bytes of every topic's history).
-    fn prune(&mut self, config: &HubConfig, now: Instant, total: &AtomicUsize) {
+    /// Drops retained state older than `retained_ttl`. Only where state is read (subscribe,
+    /// inspection), never per publish: it is bounded by the keys anyway.
+    fn expire_retained(&mut self, config: &HubConfig, now: Instant) {
         self.retained.retain(|_, e| now.duration_since(e.at) <= config.retained_ttl);
+    }
+
+    fn prune(&mut self, config: &HubConfig, now: Instant, total: &AtomicUsize) {
         while let Some(front) = self.history.front() {
             let over = self.history.len() > config.history_size
                 || now.duration_since(front.at) > config.history_age
@@ -376,6 +381,7 @@ impl Topics {
         let now = Instant::now();
         let mut state = self.lock(topic);
         state.prune(&self.config, now, &self.history_bytes);
+        state.expire_retained(&self.config, now);
         let replaced = state.remove_sub(connection);
         let top = state.seq;
 
@@ -465,7 +471,7 @@ impl Topics {
     /// The frames retained on `topic` now, oldest first (as a new subscriber gets them).
     pub(crate) fn retained(&self, topic: Topic) -> Vec<crate::Frame> {
         let mut state = self.lock(topic);
-        state.prune(&self.config, Instant::now(), &self.history_bytes);
+        state.expire_retained(&self.config, Instant::now());
         let mut entries: Vec<&Entry> = state.retained.values().collect();
         entries.sort_by_key(|e| e.frame.seq);
         entries.into_iter().map(|e| e.frame.frame.clone()).collect()
