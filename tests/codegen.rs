@@ -30,5 +30,6 @@ fn generation_is_deterministic_and_ends_with_newline() {
     let b = modelcast_protocol::schema::files();
     assert_eq!(a, b);
     assert!(a.values().all(|text| text.ends_with("}\n")));
-    assert_eq!(a.len(), 2 + modelcast_protocol::ServerMessage::TYPES.len());
+    // The two unions, one file per message type, and the OpenAPI document.
+    assert_eq!(a.len(), 2 + modelcast_protocol::ServerMessage::TYPES.len() + 1);
 }

@@ -395,3 +395,16 @@ async fn current_state_can_be_inspected_and_expires() {
     assert_eq!(server.get("/api/state?topic=weather").await.0, 400);
     assert_eq!(server.get("/api/state").await.0, 400);
 }
+
+/// Part of issue 15: the OpenAPI document served is the committed one (`cargo xtask codegen`).
+#[tokio::test]
+async fn the_openapi_document_is_served() {
+    let server = TestServer::start(&[]).await;
+    let (status, text) = server.get("/api/openapi.json").await;
+    assert_eq!(status, 200);
+    let served: Value = serde_json::from_str(&text).unwrap();
+    let committed =
+        modelcast_tests::read_json(&modelcast_tests::root().join("schemas/openapi.json"));
+    assert_eq!(served, committed);
+    assert!(served["paths"]["/api/publish"]["post"]["responses"]["400"].is_object());
+}

@@ -7,6 +7,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import Ajv2020 from "ajv/dist/2020.js";
 import addFormats from "ajv-formats";
+import { Validator } from "@seriousme/openapi-schema-validator";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const read = (path) => JSON.parse(readFileSync(path, "utf8"));
@@ -51,6 +52,15 @@ for (const [dir, schema] of [["seed", "server-message.schema.json"], ["client", 
 }
 const late = { type: "system_stats", topic: "system_stats", seq: 3, late: "yes", data: {} };
 check("a non-boolean `late` is rejected", !compiled["server-message.schema.json"]?.(late));
+
+// The OpenAPI document (schemas/openapi.json) is valid OpenAPI 3.1, and the validator does
+// reject a broken one.
+const openapi = read(join(root, "schemas", "openapi.json"));
+const result = await new Validator().validate(openapi);
+check("openapi.json is valid OpenAPI 3.1", result.valid, JSON.stringify(result.errors));
+const broken = await new Validator().validate({ ...openapi, info: undefined });
+check("an OpenAPI document without info is rejected", !broken.valid);
+check("openapi.json documents POST /api/publish", Boolean(openapi.paths?.["/api/publish"]?.post));
 
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed === 0 ? 0 : 1);

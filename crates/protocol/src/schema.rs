@@ -8,7 +8,7 @@ use schemars::transform::{Transform, transform_subschemas};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
-use crate::{ClientMessage, PROTOCOL_VERSION, ServerFrame, messages};
+use crate::{ClientMessage, PROTOCOL_VERSION, ServerFrame, ServerMessage, messages};
 
 /// The base URI of the schemas' `$id`s.
 const ID_BASE: &str = "https://modelcast.dev/schemas";
@@ -285,5 +285,158 @@ pub fn files() -> BTreeMap<String, String> {
     for (type_name, schema) in message_types() {
         put(format!("messages/{type_name}.schema.json"), &schema);
     }
+    let mut openapi = serde_json::to_string_pretty(&openapi()).expect("serializes");
+    openapi.push('\n');
+    files.insert("openapi.json".into(), openapi);
     files
+}
+
+/// The OpenAPI 3.1 document of the HTTP API (publish, state, stats, health), built from the
+/// same types as the JSON Schemas, so a backend team can generate a client. Written to
+/// `schemas/openapi.json` by `cargo xtask codegen` and served at `/api/openapi.json`.
+pub fn openapi() -> Value {
+    let union = server_message().to_value();
+    let mut components = union.get("$defs").and_then(Value::as_object).cloned().unwrap_or_default();
+    // A publishable frame: the union's branches that have a topic.
+    let publishable: Vec<Value> = union
+        .get("oneOf")
+        .and_then(Value::as_array)
+        .map(|branches| {
+            branches
+                .iter()
+                .filter(|b| {
+                    b.pointer("/properties/type/const")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| ServerMessage::topic_of(t).is_some())
+                })
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    components.insert(
+        "PublishFrame".into(),
+        json!({
+            "description": "A message a backend publishes: the same `{type, data}` subscribers receive. `topic` may be given (it must be the type's topic); `seq` and `late` are assigned by the hub.",
+            "type": "object",
+            "properties": {"topic": {"$ref": "#/components/schemas/Topic"}},
+            "oneOf": publishable,
+        }),
+    );
+    components.insert(
+        "Error".into(),
+        json!({
+            "description": "Why a request was refused.",
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "description": "Machine-readable, e.g. `invalid_message`, `unauthorized`, `payload_too_large`, `body_timeout`, `server_busy`."},
+                    "message": {"type": "string", "description": "What was wrong and what to do, for people."},
+                    "field": {"type": "string", "description": "The first problem's field, e.g. `data.progress_percent`."},
+                    "index": {"type": "integer", "minimum": 0, "description": "The first problem's element, for an array body."},
+                    "errors": {"type": "array", "description": "Every problem of the request.", "items": {
+                        "type": "object",
+                        "required": ["field", "message"],
+                        "properties": {
+                            "field": {"type": "string"},
+                            "message": {"type": "string"},
+                            "index": {"type": "integer", "minimum": 0}
+                        }
+                    }}
+                }
+            }}
+        }),
+    );
+    components.insert(
+        "Accepted".into(),
+        json!({
+            "description": "What became of each published message, in request order.",
+            "type": "object",
+            "required": ["accepted"],
+            "properties": {"accepted": {"type": "array", "items": {
+                "type": "object",
+                "required": ["type", "status"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "topic": {"$ref": "#/components/schemas/Topic"},
+                    "seq": {"type": "integer", "minimum": 0, "description": "Present when sent now."},
+                    "status": {"enum": ["sent", "held", "filtered"], "description": "`sent` now; `held` by a throttle or batch window (it or a newer value follows); `filtered` below HEALTH_CHECK_NOTIFICATION_LEVEL."}
+                }
+            }}}
+        }),
+    );
+    let error = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let mut document = json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "modelcast HTTP API",
+            "version": PROTOCOL_VERSION.to_string(),
+            "description": format!("Publish typed AI-model events to modelcast and inspect it. Generated by `cargo xtask codegen` from modelcast-protocol (protocol version {PROTOCOL_VERSION}); do not edit. Subscribers use the WebSocket at /ws/{{connection_id}} (see server-message.schema.json).")
+        },
+        "paths": {
+            "/api/publish": {"post": {
+                "summary": "Publish one message or an array of them",
+                "description": "Needs `Authorization: Bearer <key>` when MODELCAST_PUBLISH_KEYS is set. A bad request publishes nothing. A missing `timestamp` is stamped by the server.",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [
+                    {"$ref": "#/components/schemas/PublishFrame"},
+                    {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/PublishFrame"}}
+                ]}}}},
+                "responses": {
+                    "202": {"description": "Accepted", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                    "400": error("Invalid JSON or messages: every problem is listed"),
+                    "401": error("A publish key is required"),
+                    "403": error("Wrong publish key, or a browser origin that may not publish"),
+                    "408": error("The body did not arrive within MODELCAST_BODY_TIMEOUT"),
+                    "413": error("The body is larger than MODELCAST_MAX_PUBLISH_BYTES"),
+                    "503": error("Too many HTTP connections at once (Retry-After)")
+                }
+            }},
+            "/api/state": {"get": {
+                "summary": "The current state a new subscriber to a topic receives first",
+                "parameters": [{"name": "topic", "in": "query", "required": true, "schema": {"$ref": "#/components/schemas/Topic"}}],
+                "responses": {
+                    "200": {"description": "The frames, as a subscriber receives them", "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "required": ["topic", "epoch", "seq", "state"],
+                        "properties": {
+                            "topic": {"$ref": "#/components/schemas/Topic"},
+                            "epoch": {"type": "string"},
+                            "seq": {"type": "integer", "minimum": 0},
+                            "state": {"type": "array", "items": {"type": "object"}}
+                        }
+                    }}}},
+                    "400": error("Missing or unknown topic"),
+                    "401": error("MODELCAST_METRICS_TOKEN is set and missing")
+                }
+            }},
+            "/api/stats": {"get": {
+                "summary": "Counters per topic and connection, each explained in `help`",
+                "responses": {"200": {"description": "The counters", "content": {"application/json": {"schema": {"type": "object"}}}}, "401": error("MODELCAST_METRICS_TOKEN is set and missing")}
+            }},
+            "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "The process serves"}}}},
+            "/readyz": {"get": {"summary": "Ready", "responses": {"200": {"description": "Ready"}, "503": {"description": "Shutting down: draining clients"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics text)", "responses": {"200": {"description": "The metrics", "content": {"application/openmetrics-text": {}}}}}}
+        },
+        "components": {"schemas": Value::Object(components)},
+    });
+    retarget_refs(&mut document);
+    document
+}
+
+/// `#/$defs/X` → `#/components/schemas/X` everywhere.
+fn retarget_refs(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/$defs/")
+            {
+                *r = format!("#/components/schemas/{name}");
+            }
+            map.values_mut().for_each(retarget_refs);
+        }
+        Value::Array(items) => items.iter_mut().for_each(retarget_refs),
+        _ => {}
+    }
 }

@@ -69,6 +69,10 @@ pub(crate) async fn handle(
             "this endpoint needs `Authorization: Bearer <MODELCAST_METRICS_TOKEN>`",
         ),
         ("/api/stats", &Method::GET) => json_response(StatusCode::OK, &stats(&app)),
+        ("/api/openapi.json", &Method::GET) => {
+            static OPENAPI: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+            json_response(StatusCode::OK, OPENAPI.get_or_init(modelcast_protocol::schema::openapi))
+        }
         ("/api/state" | "/api/state/", &Method::GET) if metrics_denied.is_some() => error_response(
             metrics_denied.unwrap_or(StatusCode::UNAUTHORIZED),
             "unauthorized",
