@@ -221,7 +221,12 @@ async fn modelcast_watch_json_prints_valid_frames() {
         assert_eq!(frame["seq"], i + 1);
         assert_eq!(frame["data"]["alert_id"], format!("w{i}"));
     }
-    let _ = child.kill().await;
+    // `modelcast-watch --json | head -3`: the reader goes away; the next line ends the
+    // program quietly (it used to panic on the broken pipe).
+    drop(lines);
+    server.hub.publish_message(alert("after-the-pipe-closed")).unwrap();
+    let status = tokio::time::timeout(PATIENCE, child.wait()).await.expect("exits").unwrap();
+    assert_eq!(status.code(), Some(0), "a closed pipe ends modelcast-watch quietly");
 }
 
 /// Against a server that requires tokens: the client authenticates with a URL token or a

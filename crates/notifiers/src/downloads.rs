@@ -33,11 +33,16 @@ struct Download {
 impl Download {
     fn percent(&self) -> f64 {
         if self.total_mb > 0.0 {
-            (self.downloaded_mb / self.total_mb * 100.0).clamp(0.0, 100.0)
+            tenths((self.downloaded_mb / self.total_mb * 100.0).clamp(0.0, 100.0))
         } else {
             0.0
         }
     }
+}
+
+/// Rounded to a tenth: what people read (`313.6 s`, `45.5 %`), not `313.5777777777778`.
+fn tenths(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 /// Something a downloader reports, for [`crate::Notifiers::download_events`].
@@ -267,7 +272,7 @@ impl DownloadNotifier {
             downloaded_mb: d.downloaded_mb,
             total_mb: d.total_mb,
             speed_mbps,
-            eta_seconds: (downloading && speed_mbps > 0.0).then(|| remaining / speed_mbps),
+            eta_seconds: (downloading && speed_mbps > 0.0).then(|| tenths(remaining / speed_mbps)),
             can_pause: downloading,
             can_resume: d.status == DownloadStatus::Paused,
             can_cancel: true,

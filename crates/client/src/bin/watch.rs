@@ -83,6 +83,16 @@ struct Printer {
     progress: HashMap<String, ProgressBar>,
 }
 
+/// Writes a line to stdout; a closed pipe (`modelcast-watch --json | head -5`) ends the
+/// program quietly instead of panicking.
+fn out(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
 impl Printer {
     fn new(json: bool) -> Self {
         let bars = (!json && std::io::stdout().is_terminal()).then(MultiProgress::new);
@@ -94,7 +104,7 @@ impl Printer {
             Some(bars) => {
                 let _ = bars.println(text);
             }
-            None => println!("{text}"),
+            None => out(&text),
         }
     }
 
@@ -121,7 +131,7 @@ impl Printer {
         };
         if self.json {
             let frame = ServerFrame { topic: Some(topic), seq: Some(seq), late, message };
-            println!("{}", serde_json::to_string(&frame).unwrap_or_default());
+            out(&serde_json::to_string(&frame).unwrap_or_default());
             return;
         }
         if let (Some(bars), ServerMessage::DownloadProgressUpdate(p)) = (&self.bars, &message) {
