@@ -306,6 +306,35 @@ async fn an_availability_sweep_publishes_only_what_changed() {
     assert_eq!(types, [json!("model_availability_change"), json!("model_status_update")]);
 }
 
+/// Part of issue 15: a change announced between two sweeps (the demo's repair: corrupted →
+/// available) is where the next swept change starts from, not the state the sweep saw last.
+#[tokio::test(start_paused = true)]
+async fn a_swept_change_starts_from_the_last_announced_status() {
+    let (_h, n, conn) = setup(PolicyConfig::default());
+    let mut last = HashMap::new();
+    let corrupted = ModelState::new("m", AvailabilityStatus::Corrupted, 1.0);
+    n.availability().sweep(vec![corrupted], &mut last);
+    n.availability().change(
+        "m",
+        AvailabilityStatus::Corrupted,
+        AvailabilityStatus::Available,
+        "Repair completed",
+    );
+    let loaded = ModelState::new("m", AvailabilityStatus::Loaded, 1.0);
+    n.availability().sweep(vec![loaded], &mut last);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let changes: Vec<(Value, Value)> = frames(&conn)
+        .await
+        .iter()
+        .filter(|f| f["type"] == "model_availability_change")
+        .map(|f| (f["data"]["old_availability"].clone(), f["data"]["new_availability"].clone()))
+        .collect();
+    assert_eq!(
+        changes,
+        [(json!("corrupted"), json!("available")), (json!("available"), json!("loaded"))]
+    );
+}
+
 #[tokio::test]
 async fn wiring_a_downloader_is_one_channel() {
     let (_h, n, conn) = setup(PolicyConfig::default());

@@ -2,7 +2,7 @@
 //! and periodic sweeps of an availability source that publish only what changed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use modelcast_protocol::{
@@ -84,15 +84,23 @@ impl<F: Fn() -> Vec<ModelState> + Send + Sync + 'static> AvailabilitySource for 
     }
 }
 
-/// Publishes availability notifications.
+/// Publishes availability notifications. Cheap to clone; clones share what was announced.
 #[derive(Debug, Clone)]
 pub struct AvailabilityNotifier {
     policy: Policy,
+    /// The last availability announced per model, by [`AvailabilityNotifier::change`] or a
+    /// sweep: a sweep's change says where the model really came from, even when someone
+    /// announced a change between two sweeps.
+    announced: Arc<Mutex<HashMap<String, AvailabilityStatus>>>,
 }
 
 impl AvailabilityNotifier {
     pub(crate) fn new(policy: Policy) -> Self {
-        Self { policy }
+        Self { policy, announced: Arc::default() }
+    }
+
+    fn announced(&self) -> std::sync::MutexGuard<'_, HashMap<String, AvailabilityStatus>> {
+        self.announced.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A model's full status (retained per model; bursts are batched).
@@ -119,6 +127,7 @@ impl AvailabilityNotifier {
         new: AvailabilityStatus,
         reason: &str,
     ) -> Outcome {
+        self.announced().insert(model_id.to_owned(), new.clone());
         self.policy.publish_topic(ServerMessage::ModelAvailabilityChange(ModelAvailabilityChange {
             model_id: model_id.to_owned(),
             old_availability: old,
@@ -211,12 +220,16 @@ impl AvailabilityNotifier {
             if previous == Some(&state) {
                 continue;
             }
-            if let Some(previous) = previous
-                && previous.availability_status != state.availability_status
+            // Where the model came from: what was last announced (a change published between
+            // sweeps counts), else what the last sweep saw.
+            let announced = self.announced().get(&state.model_id).cloned();
+            let from = announced.or_else(|| previous.map(|p| p.availability_status.clone()));
+            if let Some(from) = from
+                && from != state.availability_status
             {
                 self.change(
                     &state.model_id,
-                    previous.availability_status.clone(),
+                    from,
                     state.availability_status.clone(),
                     "Detected by the availability sweep",
                 );

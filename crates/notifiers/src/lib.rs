@@ -77,6 +77,7 @@ pub struct Notifiers {
     policy: Policy,
     config: NotifiersConfig,
     downloads: DownloadNotifier,
+    availability: AvailabilityNotifier,
 }
 
 impl Notifiers {
@@ -87,7 +88,8 @@ impl Notifiers {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             downloads.spawn_watchdog(&runtime, config.stale_after);
         }
-        Self { policy, config, downloads }
+        let availability = AvailabilityNotifier::new(policy.clone());
+        Self { policy, config, downloads, availability }
     }
 
     /// The policy everything is published through.
@@ -107,7 +109,7 @@ impl Notifiers {
 
     /// Availability notifications and sweeps.
     pub fn availability(&self) -> AvailabilityNotifier {
-        AvailabilityNotifier::new(self.policy.clone())
+        self.availability.clone()
     }
 
     /// Fallback notifications.
