@@ -408,3 +408,43 @@ async fn the_openapi_document_is_served() {
     assert_eq!(served, committed);
     assert!(served["paths"]["/api/publish"]["post"]["responses"]["400"].is_object());
 }
+
+/// Part of issue 15: the example backend (`crates/server/examples/publish_download.rs`)
+/// publishes a whole download to a running server over HTTP, and a subscriber sees it.
+#[tokio::test]
+async fn the_example_backend_publishes_a_download_to_a_running_server() {
+    let server = TestServer::start(&["--download-progress-throttle", "0.001"]).await;
+    let mut ws = server.ws("/ws/watcher").await;
+    ws.subscribe("download_progress").await;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", "modelcast-server", "--example", "publish_download"])
+        .current_dir(modelcast_tests::root())
+        .status()
+        .expect("cargo build runs");
+    assert!(built.success());
+    let exe = std::env::current_exe().unwrap();
+    let example = exe.parent().and_then(|d| d.parent()).unwrap().join("examples/publish_download");
+    let out = tokio::process::Command::new(example)
+        .args([&format!("http://{}", server.addr), "5"])
+        .output()
+        .await
+        .expect("the example runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut seen = Vec::new();
+    loop {
+        let frame = ws.next_json().await;
+        let last =
+            frame["type"] == "download_status_change" && frame["data"]["new_status"] == "completed";
+        seen.push(frame);
+        if last {
+            break;
+        }
+    }
+    assert_eq!(seen[0]["data"]["new_status"], "downloading", "started first");
+    assert!(seen.iter().any(|f| f["type"] == "download_progress_update"), "progress in between");
+    assert!(
+        server.hub.retained(modelcast_protocol::Topic::DownloadProgress).is_empty(),
+        "finished: no state left"
+    );
+}
