@@ -102,9 +102,18 @@ impl Printer {
     fn line(&self, text: String) {
         match &self.bars {
             Some(bars) => {
-                let _ = bars.println(text);
+                // A terminal: one line per event, cut to its width (never wrapped).
+                let width = usize::from(console::Term::stdout().size().1).max(20);
+                let _ = bars.println(console::truncate_str(&text, width, "…"));
             }
             None => out(&text),
+        }
+    }
+
+    /// Drops the bars (a gap: the current state follows and rebuilds them).
+    fn clear_bars(&mut self) {
+        for (_, bar) in self.progress.drain() {
+            bar.finish_and_clear();
         }
     }
 
@@ -112,6 +121,9 @@ impl Printer {
         let (seq, late, message) = match event {
             Event::Message { seq, late, message } => (seq, late, message),
             Event::Gap { last_seq } => {
+                if topic == Topic::DownloadProgress {
+                    self.clear_bars();
+                }
                 if !self.json {
                     self.line(format!("{} {topic}: messages after seq {last_seq} could not be recovered; current state follows", style("gap").yellow()));
                 }
@@ -146,7 +158,17 @@ impl Printer {
                 bar
             });
             bar.set_position((p.progress_percent * 10.0) as u64);
-            bar.set_message(format!("{:.1} MB/s {}", p.speed_mbps, p.status));
+            if p.status.as_str() == "downloading" {
+                bar.set_message(format!("{:.1} MB/s", p.speed_mbps));
+            } else {
+                // Not moving: the status, never a stale speed.
+                bar.set_message(p.status.to_string());
+            }
+            if matches!(p.status.as_str(), "completed" | "failed" | "cancelled")
+                && let Some(bar) = self.progress.remove(&p.model_id)
+            {
+                bar.finish_and_clear();
+            }
             return;
         }
         let when = chrono_time(&message);
@@ -165,11 +187,15 @@ impl Printer {
             _ => summary,
         };
         self.line(format!("{when} {:<22} {tag:>6} {summary}", topic.as_str()));
-        if let ServerMessage::DownloadStatusChange(c) = &message
-            && matches!(c.new_status.as_str(), "completed" | "failed" | "cancelled")
-            && let Some(bar) = self.progress.remove(&c.model_id)
-        {
-            bar.finish_and_clear();
+        if let ServerMessage::DownloadStatusChange(c) = &message {
+            if matches!(c.new_status.as_str(), "completed" | "failed" | "cancelled") {
+                if let Some(bar) = self.progress.remove(&c.model_id) {
+                    bar.finish_and_clear();
+                }
+            } else if let Some(bar) = self.progress.get(&c.model_id) {
+                // Paused, retrying, stale…: the bar says so until progress moves again.
+                bar.set_message(c.new_status.to_string());
+            }
         }
     }
 }
