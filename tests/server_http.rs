@@ -448,3 +448,34 @@ async fn the_example_backend_publishes_a_download_to_a_running_server() {
         "finished: no state left"
     );
 }
+
+/// Part of issue 15: state a vanished publisher left behind can be cleared, and subscribers
+/// are told (`state_cleared`); new subscribers no longer receive it.
+#[tokio::test]
+async fn an_operator_clears_a_keys_state_and_subscribers_are_told() {
+    let key = "publish-key-0123456789";
+    let server = TestServer::start(&["--publish-key", key]).await;
+    let bearer = format!("Bearer {key}");
+    let auth = [("authorization", bearer.as_str())];
+    let progress = seed("download_progress_update").to_string();
+    let (status, _) = server.request_with("POST", "/api/publish", &auth, Some(progress)).await;
+    assert_eq!(status, 202);
+    let mut ws = server.ws("/ws/watching").await;
+    ws.subscribe("download_progress").await;
+    assert_eq!(ws.next_json().await["late"], true, "the current state");
+
+    let path = "/api/state/download_progress/t2v-a14b";
+    assert_eq!(server.request("DELETE", path, None).await.0, 401, "needs a publish key");
+    let (status, body) = server.request_with("DELETE", path, &auth, None).await;
+    assert_eq!(status, 200, "{body}");
+    let told = ws.next_json().await;
+    assert_eq!(told["type"], "state_cleared", "{told}");
+    assert_eq!(
+        (told["data"]["topic"].as_str(), told["data"]["key"].as_str()),
+        (Some("download_progress"), Some("t2v-a14b"))
+    );
+    let (_, state) = server.get("/api/state?topic=download_progress").await;
+    assert!(state.contains("\"state\":[]"), "{state}");
+    assert_eq!(server.request_with("DELETE", path, &auth, None).await.0, 404, "nothing left");
+    assert_eq!(server.request_with("DELETE", "/api/state/weather/x", &auth, None).await.0, 400);
+}

@@ -167,6 +167,12 @@ impl Hub {
         self.topics.retained(topic)
     }
 
+    /// Removes `key`'s current (retained) state on `topic` and tells its subscribers with a
+    /// `state_cleared` frame; returns whether there was any. For state a publisher left behind.
+    pub fn clear_state(&self, topic: Topic, key: &str) -> bool {
+        self.topics.clear_state(topic, key)
+    }
+
     /// Whether `key` has ever been used on this hub (keys are interned for the hub's life).
     pub fn knows_key(&self, key: &str) -> bool {
         self.topics.keys.lookup(key).is_some()

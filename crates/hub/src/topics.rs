@@ -468,6 +468,25 @@ impl Topics {
         removed
     }
 
+    /// Removes `key`'s retained state on `topic` and tells the subscribers whose filter passes
+    /// it (a `state_cleared` control frame). Returns whether there was any.
+    pub(crate) fn clear_state(&self, topic: Topic, key: &str) -> bool {
+        let Some(id) = self.keys.lookup(key) else { return false };
+        let mut state = self.lock(topic);
+        let Some(entry) = state.retained.remove(&id) else { return false };
+        let notice = ServerMessage::StateCleared(modelcast_protocol::StateCleared {
+            topic,
+            key: key.to_owned(),
+            timestamp: chrono::Utc::now(),
+        });
+        let type_index = u8::try_from(notice.type_index()).unwrap_or_default();
+        let frame = encode(&ServerFrame::control(notice), &self.stats);
+        for sub in state.subs.iter().filter(|s| passes(&s.filter, entry.subject)) {
+            sub.outbox.push_control(frame.clone(), type_index, &self.stats);
+        }
+        true
+    }
+
     /// The frames retained on `topic` now, oldest first (as a new subscriber gets them).
     pub(crate) fn retained(&self, topic: Topic) -> Vec<crate::Frame> {
         let mut state = self.lock(topic);

@@ -148,6 +148,8 @@ server_messages! {
     Lagging(Lagging) = "lagging" => None;
     /// A request could not be served. The connection stays open.
     Error(ErrorMessage) = "error" => None;
+    /// An operator removed a key's current state: forget it (it will not come back as state).
+    StateCleared(StateCleared) = "state_cleared" => None;
 }
 
 impl ServerMessage {
@@ -181,7 +183,8 @@ impl ServerMessage {
             | Self::Unsubscribed(_)
             | Self::Pong(_)
             | Self::Lagging(_)
-            | Self::Error(_) => None,
+            | Self::Error(_)
+            | Self::StateCleared(_) => None,
         }
     }
 
@@ -750,6 +753,19 @@ pub struct Lagging {
     /// The most messages that may wait for this connection.
     pub capacity: u32,
     /// When the notice was queued.
+    pub timestamp: Timestamp,
+}
+
+/// A key's current state on a topic was removed by an operator (`DELETE /api/state/…`), e.g. a
+/// download left "in progress" by a publisher that vanished. Sent to the topic's subscribers
+/// at once; new subscribers simply no longer receive the state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StateCleared {
+    /// The topic.
+    pub topic: Topic,
+    /// The state key that was cleared (for model topics, the `model_id`).
+    pub key: String,
+    /// When it was cleared.
     pub timestamp: Timestamp,
 }
 

@@ -411,6 +411,20 @@ pub fn openapi() -> Value {
                     "401": error("MODELCAST_METRICS_TOKEN is set and missing")
                 }
             }},
+            "/api/state/{topic}/{key}": {"delete": {
+                "summary": "Remove a key's current state and tell the topic's subscribers (`state_cleared`)",
+                "description": "Needs `Authorization: Bearer <key>` when MODELCAST_PUBLISH_KEYS is set.",
+                "parameters": [
+                    {"name": "topic", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/Topic"}},
+                    {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}, "description": "The state key: for model topics, the model_id."}
+                ],
+                "responses": {
+                    "200": {"description": "Cleared"},
+                    "400": error("Unknown topic or a malformed path"),
+                    "401": error("A publish key is required"),
+                    "404": error("No state for that key")
+                }
+            }},
             "/api/stats": {"get": {
                 "summary": "Counters per topic and connection, each explained in `help`",
                 "responses": {"200": {"description": "The counters", "content": {"application/json": {"schema": {"type": "object"}}}}, "401": error("MODELCAST_METRICS_TOKEN is set and missing")}

@@ -49,6 +49,9 @@ pub(crate) async fn handle(
             resp
         }
         ("/api/publish", &Method::OPTIONS) => publish::preflight(&app, req.headers()),
+        (p, &Method::DELETE) if p.starts_with("/api/state/") => {
+            publish::clear_state(&app, req.headers(), &p["/api/state/".len()..])
+        }
         ("/", &Method::GET) => {
             let mut resp = Response::new(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())));
             resp.headers_mut()

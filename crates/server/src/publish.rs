@@ -58,6 +58,54 @@ pub(crate) fn preflight(app: &App, headers: &hyper::HeaderMap) -> Resp {
     }
 }
 
+/// `DELETE /api/state/{topic}/{key}`: removes a key's current state (e.g. a download a
+/// vanished publisher left "in progress") and tells the topic's subscribers. Guarded like a
+/// publish: browser origins and publish keys.
+pub(crate) fn clear_state(app: &App, headers: &hyper::HeaderMap, rest: &str) -> Resp {
+    if let Err(message) = app.security.browser_may_publish(headers) {
+        return error_response(StatusCode::FORBIDDEN, "forbidden_origin", &message);
+    }
+    match app.security.check_publish_key(headers) {
+        Ok(()) => {}
+        Err(true) => {
+            return error_response(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "clearing state needs `Authorization: Bearer <key>` with one of the server's publish keys",
+            );
+        }
+        Err(false) => {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "that publish key is not valid here",
+            );
+        }
+    }
+    let Some((topic, key)) = rest.split_once('/').filter(|(_, k)| !k.is_empty()) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "name the topic and the key: DELETE /api/state/download_progress/<model_id>",
+        );
+    };
+    let topic: modelcast_protocol::Topic = match topic.parse() {
+        Ok(t) => t,
+        Err(err) => {
+            return error_response(StatusCode::BAD_REQUEST, "unknown_topic", &err.to_string());
+        }
+    };
+    if app.hub.clear_state(topic, key) {
+        json_response(StatusCode::OK, &json!({"cleared": {"topic": topic, "key": key}}))
+    } else {
+        error_response(
+            StatusCode::NOT_FOUND,
+            "no_state",
+            &format!("{topic} holds no state for `{key}` (GET /api/state?topic={topic} lists it)"),
+        )
+    }
+}
+
 pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
     if let Err(message) = app.security.browser_may_publish(req.headers()) {
         return error_response(StatusCode::FORBIDDEN, "forbidden_origin", &message);
