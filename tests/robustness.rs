@@ -240,7 +240,11 @@ async fn a_sustained_flood_is_closed_and_every_refused_frame_is_answered() {
                 let frame: Value = serde_json::from_str(t.as_str()).unwrap();
                 match frame["type"].as_str() {
                     Some("pong") => pongs += 1,
-                    Some("error") if frame["data"]["code"] == "rate_limited" => refused += 1,
+                    Some("error") if frame["data"]["code"] == "rate_limited" => {
+                        // The refused request is named, though the frame was not read.
+                        assert!(frame["data"]["request_id"].is_u64(), "{frame}");
+                        refused += 1;
+                    }
                     _ => panic!("unexpected {frame}"),
                 }
             }

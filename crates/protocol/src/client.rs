@@ -38,6 +38,17 @@ impl ClientMessage {
         }
     }
 
+    /// The `id` of a client frame that is not otherwise read (e.g. one refused by the rate
+    /// limit), so that its `error` reply can still name the request. `None` when the frame is
+    /// not a JSON object with a valid `id`.
+    pub fn request_id_of(text: &str) -> Option<RequestId> {
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            id: Option<RequestId>,
+        }
+        serde_json::from_str::<IdOnly>(text).ok().and_then(|f| f.id)
+    }
+
     /// Parses one text frame from a client, with the error a client should get: `invalid_json`,
     /// `unknown_action`, `unknown_topic`, or `invalid_message` naming the field. Never panics,
     /// whatever the input.

@@ -12,7 +12,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use modelcast_hub::{Connection, Delivery, DropReason};
-use modelcast_protocol::{ErrorCode, PROTOCOL_VERSION, ServerMessage, Topic, Welcome, close};
+use modelcast_protocol::{
+    ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, Topic, Welcome, close,
+};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -330,6 +332,10 @@ async fn reader(
                             );
                             break;
                         }
+                        let request_id = match &message {
+                            Message::Text(text) => ClientMessage::request_id_of(text.as_str()),
+                            _ => None,
+                        };
                         reply_error(
                             app,
                             conn,
@@ -342,7 +348,7 @@ async fn reader(
                                 window.1,
                                 app.config.abuse_limit
                             ),
-                            None,
+                            request_id,
                         );
                         continue;
                     }
