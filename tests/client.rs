@@ -318,3 +318,42 @@ async fn dropping_a_subscription_ends_it_on_the_server() {
     // The topic can be subscribed again.
     assert!(client.subscribe(Topic::Alerts).await.is_ok());
 }
+
+/// Part of issue 15: while the server is down `modelcast-watch` said nothing; it now says the
+/// connection was lost, and when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modelcast_watch_shows_the_connection_state() {
+    let server = TestServer::start(&[]).await;
+    let addr = server.addr;
+    let notifiers = server.notifiers.clone();
+    let bin = modelcast_tests::server_util::built_binary("modelcast-client", "modelcast-watch");
+    let mut child = tokio::process::Command::new(bin)
+        .args(["--url", &format!("ws://{addr}/ws/watcher"), "alerts"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("modelcast-watch starts");
+    for _ in 0..200 {
+        if server.hub.stats().topic(Topic::Alerts).subscribers == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut wait_for = async |needle: &str| loop {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("a line with `{needle}` in time"))
+            .unwrap()
+            .expect("a line");
+        if line.contains(needle) {
+            return line;
+        }
+    };
+    server.stop().await.unwrap();
+    wait_for("lost to").await;
+    let _restarted = TestServer::restart_on(addr, notifiers).await;
+    wait_for("reconnected").await;
+    let _ = child.kill().await;
+}

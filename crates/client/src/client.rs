@@ -161,6 +161,8 @@ struct Shared {
     reconnects: AtomicU64,
     duplicates: AtomicU64,
     next_token: AtomicU64,
+    /// A WebSocket is open now (false while reconnecting).
+    connected: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -227,6 +229,12 @@ impl Client {
             .map_err(|_| SubscribeError::Closed)?;
         confirmed.await.map_err(|_| SubscribeError::Closed)??;
         Ok(Subscription { topic, token, events: rx, commands: self.commands.clone() })
+    }
+
+    /// Whether a WebSocket is open now: `false` while the client reconnects (its
+    /// subscriptions resume, with recovery, once it is back).
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
     }
 
     /// The connection's counters.
@@ -399,7 +407,10 @@ impl Task {
                     }
                 },
             };
-            match self.session(ws, heartbeat, &mut commands).await {
+            self.shared.connected.store(true, Ordering::Relaxed);
+            let end = self.session(ws, heartbeat, &mut commands).await;
+            self.shared.connected.store(false, Ordering::Relaxed);
+            match end {
                 End::Closed => return,
                 End::Lost => tracing::debug!("connection lost; reconnecting"),
             }

@@ -63,12 +63,27 @@ async fn main() -> ExitCode {
     }
     let mut events = futures_util::stream::select_all(streams);
     let mut printer = Printer::new(args.json);
+    // The connection's state is shown as it changes: silence while the server is down would
+    // look like a quiet system.
+    let mut connected = true;
+    let mut check = tokio::time::interval(std::time::Duration::from_millis(250));
     loop {
         tokio::select! {
             event = events.next() => match event {
                 Some((topic, event)) => printer.print(topic, event),
                 None => return ExitCode::SUCCESS,
             },
+            _ = check.tick() => {
+                if client.is_connected() != connected {
+                    connected = !connected;
+                    let text = if connected {
+                        format!("{} reconnected to {}; recovering what was missed", style("connection").green(), args.url)
+                    } else {
+                        format!("{} lost to {}; reconnecting…", style("connection").red(), args.url)
+                    };
+                    printer.status(text);
+                }
+            }
             _ = tokio::signal::ctrl_c() => {
                 client.close();
                 return ExitCode::SUCCESS;
@@ -107,6 +122,15 @@ impl Printer {
                 let _ = bars.println(console::truncate_str(&text, width, "…"));
             }
             None => out(&text),
+        }
+    }
+
+    /// A line about the connection: on stderr with `--json` (stdout stays frames only).
+    fn status(&self, text: String) {
+        if self.json {
+            eprintln!("{}", console::strip_ansi_codes(&text));
+        } else {
+            self.line(text);
         }
     }
 
