@@ -185,23 +185,30 @@ async fn an_unrecoverable_gap_is_reported_then_the_current_state_follows() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn modelcast_watch_json_prints_valid_frames() {
-    let server = TestServer::start(&[]).await;
+/// `modelcast-watch <extra> alerts` against `server`, its stdout piped, once it is subscribed.
+async fn watch_alerts(server: &TestServer, extra: &[&str]) -> tokio::process::Child {
     let bin = modelcast_tests::server_util::built_binary("modelcast-client", "modelcast-watch");
-    let mut child = tokio::process::Command::new(bin)
-        .args(["--json", "--url", &format!("ws://{}/ws/watcher", server.addr), "alerts"])
+    let url = format!("ws://{}/ws/watcher", server.addr);
+    let child = tokio::process::Command::new(bin)
+        .args(extra)
+        .args(["--url", &url, "alerts"])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("modelcast-watch starts");
-    // Wait until it is subscribed.
     for _ in 0..200 {
         if server.hub.stats().topic(Topic::Alerts).subscribers == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modelcast_watch_json_prints_valid_frames() {
+    let server = TestServer::start(&[]).await;
+    let mut child = watch_alerts(&server, &["--json"]).await;
     for i in 0..3 {
         server.hub.publish_message(alert(&format!("w{i}"))).unwrap();
     }
@@ -326,19 +333,7 @@ async fn modelcast_watch_shows_the_connection_state() {
     let server = TestServer::start(&[]).await;
     let addr = server.addr;
     let notifiers = server.notifiers.clone();
-    let bin = modelcast_tests::server_util::built_binary("modelcast-client", "modelcast-watch");
-    let mut child = tokio::process::Command::new(bin)
-        .args(["--url", &format!("ws://{addr}/ws/watcher"), "alerts"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("modelcast-watch starts");
-    for _ in 0..200 {
-        if server.hub.stats().topic(Topic::Alerts).subscribers == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let mut child = watch_alerts(&server, &[]).await;
     let stdout = child.stdout.take().unwrap();
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
     let mut wait_for = async |needle: &str| loop {
