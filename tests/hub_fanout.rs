@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelcast_hub::{Delivery, Hub, HubConfig, MemoryBackplane, Publish, Retain, SubscribeOptions};
+use modelcast_hub::{Delivery, Hub, HubConfig, MemoryEngine, Publish, Retain, SubscribeOptions};
 use modelcast_protocol::{DownloadStatus, Topic};
 use modelcast_tests::msg::{alert, model_status, progress, status_change};
 use modelcast_tests::recv::{drain, of_type, seqs};
@@ -140,13 +140,14 @@ async fn control_messages_cannot_be_published() {
     assert!(err.to_string().contains("control message"), "{err}");
 }
 
-/// Two hubs on one backplane behave as two nodes: a publish on either reaches subscribers on
-/// both, with retained state, each node sequencing under its own epoch.
+/// Two hubs on one engine behave as one server: a publish on either reaches subscribers on
+/// both at the same `seq` under the same epoch, retained state included; a third node joining
+/// later starts with the engine's state.
 #[tokio::test]
-async fn the_backplane_carries_publishes_between_nodes() {
-    let backplane = Arc::new(MemoryBackplane::new());
-    let a = Hub::with_backplane(HubConfig::default(), backplane.clone());
-    let b = Hub::with_backplane(HubConfig::default(), backplane);
+async fn an_engine_makes_two_hubs_one_sequence() {
+    let engine = Arc::new(MemoryEngine::default());
+    let a = Hub::with_engine(HubConfig::default(), engine.clone());
+    let b = Hub::with_engine(HubConfig::default(), engine.clone());
     let on_a = a.connect();
     let on_b = b.connect();
     on_a.subscribe(Topic::DownloadProgress, SubscribeOptions::default()).unwrap();
@@ -164,4 +165,8 @@ async fn the_backplane_carries_publishes_between_nodes() {
         assert_eq!(seqs(&frames), [1, 2]);
     }
     assert_eq!(b.retained(Topic::DownloadProgress).len(), 1, "retained state crossed over");
+    assert_eq!(a.position(Topic::DownloadProgress), b.position(Topic::DownloadProgress));
+    let c = Hub::with_engine(HubConfig::default(), engine);
+    assert_eq!(c.position(Topic::DownloadProgress), a.position(Topic::DownloadProgress));
+    assert_eq!(c.retained(Topic::DownloadProgress), a.retained(Topic::DownloadProgress));
 }

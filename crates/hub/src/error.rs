@@ -27,6 +27,18 @@ pub enum Error {
     /// The connection is not subscribed to the topic.
     #[error("not subscribed to {0}")]
     NotSubscribed(Topic),
+    /// A recovery's `since` is ahead of what this node has received of the topic (another node
+    /// delivered it first): wait for the node to catch up, then subscribe again.
+    #[error("this node has {topic} up to seq {have}; the position asked for is ahead of it")]
+    Behind {
+        /// The topic.
+        topic: Topic,
+        /// The newest seq this node has applied.
+        have: u64,
+    },
+    /// The engine that sequences and stores messages (Redis) cannot be reached now; retry.
+    #[error("the message store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The smallest accepted `max_hz`: one update per key per day. Smaller rates would hold a value

@@ -1,15 +1,16 @@
-//! [`Hub`]: the publishing front of the engine — policy stages (throttle), the backplane to
-//! other nodes, and connections — over the topic table in `topics.rs`.
+//! [`Hub`]: the publishing front of the engine — policy stages (throttle), sequencing (here or
+//! in an [`Engine`]), and connections — over the topic table in `topics.rs`.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use modelcast_protocol::{ServerMessage, Topic};
 use tokio::time::Instant;
 
-use crate::backplane::{Backplane, Inbound, MemoryBackplane, NodeId};
 use crate::connection::Connection;
+use crate::engine::{Append, Engine, Pending, Replica};
 use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::keys::KeyId;
@@ -18,9 +19,10 @@ use crate::publish::{Kind, Publish};
 use crate::stats::HubStats;
 use crate::throttle::{Offered, Throttle};
 use crate::topics::{HubConfig, Topics};
+use crate::wire::Wire;
 
 /// What [`Hub::publish`] did with a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum Published {
     /// Sequenced and queued to the subscribers now, at this `seq` of its topic.
@@ -31,6 +33,31 @@ pub enum Published {
     /// Held by a throttle or batch window; it (or a newer value of its key) goes out when the
     /// window ends.
     Held,
+    /// Handed to the engine, which answers with its `seq` once stored (or with
+    /// [`Error::Unavailable`]). Subscribers receive it when the engine hands it back.
+    Appending(Pending<u64>),
+}
+
+impl Published {
+    /// The `seq` the message got: at once, or once the engine stored it. `None` when held.
+    pub async fn seq(self) -> Result<Option<u64>> {
+        match self {
+            Published::Sent { seq } => Ok(Some(seq)),
+            Published::Held => Ok(None),
+            Published::Appending(pending) => pending.wait().await.map(Some),
+        }
+    }
+}
+
+/// How long a single node remembers idempotency keys, and how many at most.
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
+const IDEMPOTENCY_KEYS: usize = 100_000;
+
+/// Idempotency keys a single node has sequenced: key → (seq, when).
+#[derive(Debug, Default)]
+struct Remembered {
+    seqs: HashMap<Arc<str>, u64>,
+    order: VecDeque<(Instant, Arc<str>)>,
 }
 
 /// The modelcast engine: a cheap, cloneable handle.
@@ -42,13 +69,16 @@ pub enum Published {
 pub struct Hub {
     pub(crate) topics: Arc<Topics>,
     throttle: Arc<Throttle>,
-    backplane: Arc<dyn Backplane>,
-    node: NodeId,
+    engine: Option<Arc<dyn Engine>>,
+    remembered: Arc<Mutex<Remembered>>,
 }
 
 impl fmt::Debug for Hub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hub").field("epoch", &self.topics.epoch).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("epoch", &self.topics.epoch)
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
     }
 }
 
@@ -59,23 +89,40 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// A hub on its own (a single node).
+    /// A hub on its own (a single node): it sequences, keeps history and retained state in
+    /// memory.
     pub fn new(config: HubConfig) -> Self {
-        Self::with_backplane(config, Arc::new(MemoryBackplane::new()))
+        Self::build(config, None)
     }
 
-    /// A hub that shares its publishes with the other nodes on `backplane`.
-    pub fn with_backplane(config: HubConfig, backplane: Arc<dyn Backplane>) -> Self {
-        let topics = Arc::new(Topics::new(config));
-        let node = NodeId::new();
-        backplane.attach(node, Inbound::new(&topics));
-        Hub { topics, throttle: Arc::default(), backplane, node }
+    fn build(config: HubConfig, engine: Option<Arc<dyn Engine>>) -> Self {
+        Hub {
+            topics: Arc::new(Topics::new(config, engine.is_some())),
+            throttle: Arc::default(),
+            engine,
+            remembered: Arc::default(),
+        }
     }
 
-    /// The hub's epoch: random per hub lifetime. Positions (`seq`) are only comparable within
-    /// one epoch.
+    /// A hub that is one node of several: `engine` sequences and stores every topic's
+    /// messages and hands them back to this hub (see [`Engine`]).
+    pub fn with_engine(config: HubConfig, engine: Arc<dyn Engine>) -> Self {
+        let hub = Self::build(config, Some(engine.clone()));
+        engine.attach(Replica::new(&hub.topics));
+        hub
+    }
+
+    /// The hub's own epoch: random per hub lifetime. Positions (`seq`) are only comparable
+    /// within one epoch; on an engine each topic has the engine's epoch ([`Hub::position`]),
+    /// normally this one's for no topic.
     pub fn epoch(&self) -> &str {
         &self.topics.epoch
+    }
+
+    /// The epoch and newest `seq` of `topic` on this node.
+    pub fn position(&self, topic: Topic) -> (String, u64) {
+        let (epoch, seq) = self.topics.position(topic);
+        (epoch.to_string(), seq)
     }
 
     /// The hub's configuration.
@@ -93,6 +140,19 @@ impl Hub {
         self.topics.stats.snapshot()
     }
 
+    /// Why publishing cannot succeed now (the engine is unreachable), or `None`.
+    pub fn unavailable(&self) -> Option<String> {
+        self.engine.as_ref()?.unavailable()
+    }
+
+    /// This node has not received `topic` up to a position a client asked for: asks the
+    /// engine to catch up (no-op on a single node, which is never behind).
+    pub fn catch_up(&self, topic: Topic) {
+        if let Some(engine) = &self.engine {
+            engine.catch_up(topic);
+        }
+    }
+
     /// Opens a connection: an outbox and the subscriptions that feed it.
     pub fn connect(&self) -> Connection {
         let id = self.topics.next_connection_id();
@@ -107,12 +167,12 @@ impl Hub {
     pub fn publish(&self, publish: Publish) -> Published {
         let key = self.topics.keys.intern(publish.key.as_ref());
         match (publish.kind, publish.throttle) {
-            _ if key == KeyId::NONE => self.send(publish),
+            _ if key == KeyId::NONE => self.publish_now(publish, Vec::new()),
             (Kind::Update, Some(interval)) => self.throttled(key, publish, interval),
-            (Kind::Transition, _) => Published::Sent {
-                seq: self.throttle.transition(key, publish, |p| self.publish_now(p, Vec::new())),
-            },
-            _ => self.send(publish),
+            (Kind::Transition, _) => {
+                self.throttle.transition(key, publish, |p| self.publish_now(p, Vec::new()))
+            }
+            _ => self.publish_now(publish, Vec::new()),
         }
     }
 
@@ -123,21 +183,17 @@ impl Hub {
         Ok(self.publish(publish))
     }
 
-    fn send(&self, publish: Publish) -> Published {
-        Published::Sent { seq: self.publish_now(publish, Vec::new()) }
-    }
-
     fn throttled(&self, key: KeyId, publish: Publish, interval: Duration) -> Published {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime, no timers: deliver rather than lose or hold the update.
-            return self.send(publish);
+            return self.publish_now(publish, Vec::new());
         };
         let topic = publish.topic;
         let stats = &self.topics.stats;
         match self.throttle.offer(key, publish, interval, stats, |p| self.publish_now(p, vec![])) {
-            Offered::Sent { seq, window_end } => {
+            Offered::Sent { sent, window_end } => {
                 self.arm(&runtime, topic, key, window_end);
-                Published::Sent { seq }
+                sent
             }
             Offered::Held => Published::Held,
         }
@@ -154,11 +210,55 @@ impl Hub {
         });
     }
 
-    /// Sequences, records and fans out one message now; `constituents` (a batch's parts) only
-    /// update the retained state. Forwards the publish to the other nodes.
-    pub(crate) fn publish_now(&self, publish: Publish, constituents: Vec<Publish>) -> u64 {
-        self.backplane.forward(self.node, &publish, &constituents);
-        self.topics.publish(publish, constituents)
+    /// Sequences (here, or in the engine), records and fans out one message now;
+    /// `constituents` (a batch's parts) only update the retained state.
+    pub(crate) fn publish_now(&self, publish: Publish, constituents: Vec<Publish>) -> Published {
+        match &self.engine {
+            None => match publish.idempotency_key.clone() {
+                None => Published::Sent { seq: self.topics.publish(publish, constituents) },
+                Some(key) => self.publish_once(key, publish, constituents),
+            },
+            Some(engine) => {
+                if let Some(reason) = engine.unavailable() {
+                    return Published::Appending(Pending::ready(Err(Error::Unavailable(reason))));
+                }
+                let topic = publish.topic;
+                let idempotency_key = publish.idempotency_key.as_ref().map(|k| k.to_string());
+                let wire = Wire::from_publish(publish, constituents, &self.topics.stats);
+                let (reply, pending) = Pending::new();
+                engine.append(Append {
+                    topic,
+                    payload: wire.to_bytes(),
+                    state: wire.state_changes(),
+                    idempotency_key,
+                    reply,
+                });
+                Published::Appending(pending)
+            }
+        }
+    }
+
+    /// A single node's idempotent publish: the first with `key` is sequenced, retries within
+    /// [`IDEMPOTENCY_TTL`] get its `seq`.
+    fn publish_once(&self, key: Arc<str>, publish: Publish, parts: Vec<Publish>) -> Published {
+        let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while let Some((at, old)) = remembered.order.front().cloned() {
+            if now.duration_since(at) <= IDEMPOTENCY_TTL
+                && remembered.order.len() <= IDEMPOTENCY_KEYS
+            {
+                break;
+            }
+            remembered.order.pop_front();
+            remembered.seqs.remove(&old);
+        }
+        if let Some(seq) = remembered.seqs.get(&key) {
+            return Published::Sent { seq: *seq };
+        }
+        let seq = self.topics.publish(publish, parts);
+        remembered.seqs.insert(key.clone(), seq);
+        remembered.order.push_back((now, key));
+        Published::Sent { seq }
     }
 
     /// The frames retained on `topic` now, oldest first, as a new subscriber receives them
@@ -168,9 +268,18 @@ impl Hub {
     }
 
     /// Removes `key`'s current (retained) state on `topic` and tells its subscribers with a
-    /// `state_cleared` frame; returns whether there was any. For state a publisher left behind.
-    pub fn clear_state(&self, topic: Topic, key: &str) -> bool {
-        self.topics.clear_state(topic, key)
+    /// `state_cleared` frame (on every node, through the engine); answers whether there was
+    /// any. For state a publisher left behind.
+    pub async fn clear_state(&self, topic: Topic, key: &str) -> Result<bool> {
+        match &self.engine {
+            None => Ok(self.topics.clear_state(topic, key)),
+            Some(engine) => {
+                if let Some(reason) = engine.unavailable() {
+                    return Err(Error::Unavailable(reason));
+                }
+                engine.clear(topic, key.to_owned()).wait().await
+            }
+        }
     }
 
     /// Whether `key` has ever been used on this hub (keys are interned for the hub's life).

@@ -55,9 +55,9 @@
 //! # }
 //! ```
 
-mod backplane;
 mod batch;
 mod connection;
+mod engine;
 mod error;
 mod frame;
 mod hub;
@@ -67,14 +67,16 @@ mod publish;
 mod stats;
 mod throttle;
 mod topics;
+mod wire;
 
-pub use backplane::{Backplane, Inbound, MemoryBackplane, NodeId};
 pub use batch::{Batcher, Combiner};
 pub use connection::Connection;
+pub use engine::{Append, Engine, MemoryEngine, Pending, Replica};
 pub use error::{DropReason, Error, MIN_MAX_HZ, Result};
 pub use frame::Frame;
 pub use hub::{Hub, Published};
 pub use outbox::Delivery;
 pub use publish::{Key, Kind, Publish, Retain};
 pub use stats::{ConflateReason, HubStats, TopicStats};
-pub use topics::{HubConfig, SubscribeOptions, SubscribeOutcome};
+pub use topics::{Applied, HubConfig, Logged, SubscribeOptions, SubscribeOutcome};
+pub use wire::StateChange;

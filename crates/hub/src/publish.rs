@@ -47,6 +47,7 @@ pub struct Publish {
     pub(crate) kind: Kind,
     pub(crate) urgent: bool,
     pub(crate) throttle: Option<Duration>,
+    pub(crate) idempotency_key: Option<Key>,
 }
 
 impl Publish {
@@ -63,6 +64,7 @@ impl Publish {
             kind: Kind::Event,
             urgent: false,
             throttle: None,
+            idempotency_key: None,
         })
     }
 
@@ -103,6 +105,14 @@ impl Publish {
     /// newest value is always delivered at the end of the window.
     pub fn throttle(mut self, interval: Duration) -> Self {
         self.throttle = Some(interval);
+        self
+    }
+
+    /// Sets a publisher's idempotency key: publishing again with the same key (a retry) gives
+    /// the first publish's `seq` and publishes nothing new. Applies to messages sent at once,
+    /// not to ones a throttle or batch holds (those are newest-value state anyway).
+    pub fn idempotency_key(mut self, key: impl Into<Key>) -> Self {
+        self.idempotency_key = Some(key.into());
         self
     }
 

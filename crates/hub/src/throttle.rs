@@ -28,10 +28,11 @@ struct Slot {
 }
 
 /// What [`Throttle::offer`] did with an update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Offered {
-    /// Sent now at `seq`; a window opened: arm a timer for `window_end`.
-    Sent { seq: u64, window_end: Instant },
+#[derive(Debug)]
+pub(crate) enum Offered<R> {
+    /// Sent now (`sent` is what `send` returned); a window opened: arm a timer for
+    /// `window_end`.
+    Sent { sent: R, window_end: Instant },
     /// Held until the key's window ends.
     Held,
 }
@@ -49,14 +50,14 @@ impl Throttle {
 
     /// An update of `key`: sent at once if its window is closed, else held (replacing the
     /// pending one).
-    pub(crate) fn offer(
+    pub(crate) fn offer<R>(
         &self,
         key: KeyId,
         publish: Publish,
         interval: Duration,
         stats: &Stats,
-        send: impl FnOnce(Publish) -> u64,
-    ) -> Offered {
+        send: impl FnOnce(Publish) -> R,
+    ) -> Offered<R> {
         let topic = publish.topic;
         let mut slots = self.lock();
         if let Some(slot) = slots.get_mut(&(topic, key)) {
@@ -68,16 +69,16 @@ impl Throttle {
         }
         let window_end = Instant::now() + interval;
         slots.insert((topic, key), Slot { interval, pending: None });
-        Offered::Sent { seq: send(publish), window_end }
+        Offered::Sent { sent: send(publish), window_end }
     }
 
     /// A transition of `key`: releases the pending update first, then sends the transition.
-    pub(crate) fn transition(
+    pub(crate) fn transition<R>(
         &self,
         key: KeyId,
         publish: Publish,
-        mut send: impl FnMut(Publish) -> u64,
-    ) -> u64 {
+        mut send: impl FnMut(Publish) -> R,
+    ) -> R {
         let mut slots = self.lock();
         if let Some(pending) = slots.get_mut(&(publish.topic, key)).and_then(|s| s.pending.take()) {
             send(pending);
@@ -87,11 +88,11 @@ impl Throttle {
 
     /// The window of `(topic, key)` ended: sends the pending update and returns when the next
     /// window ends (arm a timer), or removes the idle slot and returns `None`.
-    pub(crate) fn window_ended(
+    pub(crate) fn window_ended<R>(
         &self,
         topic: Topic,
         key: KeyId,
-        send: impl FnOnce(Publish) -> u64,
+        send: impl FnOnce(Publish) -> R,
     ) -> Option<Instant> {
         let mut slots = self.lock();
         let slot = slots.get_mut(&(topic, key))?;

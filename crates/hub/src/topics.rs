@@ -14,8 +14,9 @@ use crate::error::{DropReason, Error, MIN_MAX_HZ, Result};
 use crate::frame::{encode, encode_text, with_seq};
 use crate::keys::{Interner, KeyId};
 use crate::outbox::{Outbox, Pushed, TopicFrame};
-use crate::publish::{Kind, Publish, Retain};
+use crate::publish::{Key, Kind, Publish, Retain};
 use crate::stats::Stats;
+use crate::wire::Wire;
 
 /// The hub's limits. `Default` gives the product's defaults: 1000 messages or 5 minutes of
 /// history per topic, 1000 queued frames per connection.
@@ -130,6 +131,8 @@ enum Start {
     Recover(u64),
     /// Not recoverable: the history after this position, then the current state.
     Gap(u64),
+    /// The position asked for is ahead of this node's newest `seq` in the same epoch.
+    Ahead,
 }
 
 /// What a subscription started with (also sent to the connection as `subscribed`).
@@ -174,6 +177,8 @@ struct Entry {
 
 #[derive(Default)]
 struct TopicState {
+    /// The epoch of `seq`: the hub's own, or the engine's for the topic.
+    epoch: Arc<str>,
     seq: u64,
     history: VecDeque<Entry>,
     /// The newest `Retain::Keep` message per state key, with when it was published; frames
@@ -227,6 +232,39 @@ struct Prepared {
     type_index: u8,
 }
 
+/// What [`Topics::apply`] did with a message sequenced elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Recorded and fanned out: it was the next `seq`.
+    Applied,
+    /// Already had it (`seq` at or below the node's newest): ignored.
+    Duplicate,
+    /// Messages are missing between the node's newest `seq` (`last`) and this one: read
+    /// `last + 1 ..` from the log and apply in order (or reset the topic).
+    Gap {
+        /// The node's newest seq of the topic.
+        last: u64,
+    },
+    /// The message belongs to another epoch than the node's: reset the topic from the engine.
+    OtherEpoch,
+    /// The payload could not be decoded (a node of another version?): skipped, logged.
+    Invalid(String),
+    /// The hub is gone.
+    Gone,
+}
+
+/// A logged message as an engine reads it back: its position, when it was published
+/// (milliseconds since the Unix epoch) and its payload.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    /// Its `seq` in the topic.
+    pub seq: u64,
+    /// When it was published, in milliseconds since the Unix epoch.
+    pub published_ms: i64,
+    /// The engine payload (see [`crate::Engine`]).
+    pub payload: bytes::Bytes,
+}
+
 /// The topic table shared by the hub and its connections.
 pub(crate) struct Topics {
     pub(crate) config: HubConfig,
@@ -237,18 +275,31 @@ pub(crate) struct Topics {
     next_connection: AtomicU64,
     /// Bytes of history across all topics (for `history_bytes`).
     history_bytes: AtomicUsize,
+    /// Whether an engine sequences (this node may be behind a client's position).
+    pub(crate) replica: bool,
+}
+
+/// A wall-clock publish time as an `Instant` on this node's clock (for age limits).
+fn instant_of(published_ms: i64, now: Instant) -> Instant {
+    let age_ms = chrono::Utc::now().timestamp_millis().saturating_sub(published_ms).max(0);
+    now.checked_sub(Duration::from_millis(age_ms as u64)).unwrap_or(now)
 }
 
 impl Topics {
-    pub(crate) fn new(config: HubConfig) -> Self {
+    pub(crate) fn new(config: HubConfig, replica: bool) -> Self {
+        let epoch = format!("{:016x}", rand::random::<u64>());
+        let shared: Arc<str> = Arc::from(epoch.as_str());
         Self {
             config,
-            epoch: format!("{:016x}", rand::random::<u64>()),
-            topics: Default::default(),
+            topics: std::array::from_fn(|_| {
+                Mutex::new(TopicState { epoch: shared.clone(), ..TopicState::default() })
+            }),
+            epoch,
             keys: Interner::default(),
             stats: Stats::default(),
             next_connection: AtomicU64::new(1),
             history_bytes: AtomicUsize::new(0),
+            replica,
         }
     }
 
@@ -264,6 +315,12 @@ impl Topics {
 
     pub(crate) fn last_seq(&self, topic: Topic) -> u64 {
         self.lock(topic).seq
+    }
+
+    /// The topic's epoch and newest seq on this node.
+    pub(crate) fn position(&self, topic: Topic) -> (Arc<str>, u64) {
+        let state = self.lock(topic);
+        (state.epoch.clone(), state.seq)
     }
 
     fn prepare(&self, publish: Publish) -> Prepared {
@@ -285,6 +342,19 @@ impl Topics {
         }
     }
 
+    fn prepare_wire(&self, wire: &Wire) -> Prepared {
+        let intern = |k: &Option<String>| self.keys.intern(k.as_deref().map(Key::from).as_ref());
+        Prepared {
+            text: wire.frame.clone(),
+            key: intern(&wire.key),
+            subject: intern(&wire.subject),
+            retain: wire.retain(),
+            kind: wire.kind(),
+            urgent: wire.urgent,
+            type_index: wire.type_index,
+        }
+    }
+
     /// Sequences, records and fans out one message now; `parts` (a batch's constituents) only
     /// update the retained state, under the message's `seq`. Returns the `seq`.
     pub(crate) fn publish(&self, publish: Publish, parts: Vec<Publish>) -> u64 {
@@ -292,11 +362,57 @@ impl Topics {
         // Serialize once, outside the topic lock, without the seq; splice the seq in below.
         let main = self.prepare(publish);
         let parts: Vec<Prepared> = parts.into_iter().map(|p| self.prepare(p)).collect();
-
         let now = Instant::now();
-        let mut state = self.lock(topic);
-        state.seq += 1;
-        let seq = state.seq;
+        let state = self.lock(topic);
+        let seq = state.seq + 1;
+        self.commit(state, topic, seq, now, now, main, parts);
+        seq
+    }
+
+    /// Records and fans out a message an engine sequenced at `seq` under `epoch`, if it is the
+    /// next one this node expects.
+    pub(crate) fn apply(
+        &self,
+        topic: Topic,
+        epoch: &str,
+        seq: u64,
+        published_ms: i64,
+        payload: &[u8],
+    ) -> Applied {
+        let wire = match Wire::parse(payload) {
+            Ok(wire) => wire,
+            Err(err) => return Applied::Invalid(err),
+        };
+        let main = self.prepare_wire(&wire);
+        let parts: Vec<Prepared> = wire.parts.iter().map(|p| self.prepare_wire(p)).collect();
+        let now = Instant::now();
+        let state = self.lock(topic);
+        if *state.epoch != *epoch {
+            return Applied::OtherEpoch;
+        }
+        if seq <= state.seq {
+            return Applied::Duplicate;
+        }
+        if seq > state.seq + 1 {
+            return Applied::Gap { last: state.seq };
+        }
+        self.commit(state, topic, seq, now, instant_of(published_ms, now), main, parts);
+        Applied::Applied
+    }
+
+    /// Records `main` (and `parts`) at `seq` and fans it out; releases the topic lock.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        mut state: MutexGuard<'_, TopicState>,
+        topic: Topic,
+        seq: u64,
+        now: Instant,
+        at: Instant,
+        main: Prepared,
+        parts: Vec<Prepared>,
+    ) {
+        state.seq = seq;
         let sequenced = TopicFrame {
             frame: with_seq(&main.text, seq),
             topic,
@@ -322,15 +438,14 @@ impl Topics {
                         type_index: part.type_index,
                         ..sequenced.clone()
                     };
-                    let entry =
-                        Entry { frame, subject: part.subject, urgent: part.urgent, at: now };
+                    let entry = Entry { frame, subject: part.subject, urgent: part.urgent, at };
                     state.retained.insert(part.key, entry);
                 }
             }
         }
         let frame = sequenced.clone();
         self.history_bytes.fetch_add(frame.frame.len(), Ordering::Relaxed);
-        let entry = Entry { frame: sequenced, subject: main.subject, urgent: main.urgent, at: now };
+        let entry = Entry { frame: sequenced, subject: main.subject, urgent: main.urgent, at };
         state.history.push_back(entry);
         // May drop this very message from history if it alone is over the byte budget: it is
         // still delivered, only not recoverable.
@@ -355,7 +470,179 @@ impl Topics {
         }
         drop(state);
         self.stats.published(topic, main.type_index, delivered);
-        seq
+    }
+
+    /// Replaces the topic's history and retained state with the engine's (`top` is the log's
+    /// newest seq under `epoch`), when the node cannot continue from what it has: another
+    /// epoch, or a gap the log no longer holds. Every subscriber is restarted as if it had
+    /// resubscribed with its old position: a new `subscribed` (not recovered, unless nothing
+    /// was missed), what history holds, then the current state.
+    pub(crate) fn reset(
+        &self,
+        topic: Topic,
+        epoch: &str,
+        top: u64,
+        history: Vec<Logged>,
+        retained: Vec<Logged>,
+    ) {
+        let now = Instant::now();
+        let decode = |logged: Vec<Logged>| -> Vec<(u64, Instant, Prepared)> {
+            logged
+                .into_iter()
+                .filter_map(|l| match Wire::parse(&l.payload) {
+                    Ok(wire) => {
+                        Some((l.seq, instant_of(l.published_ms, now), self.prepare_wire(&wire)))
+                    }
+                    Err(err) => {
+                        tracing::warn!(%topic, seq = l.seq, "skipping a stored message: {err}");
+                        None
+                    }
+                })
+                .collect()
+        };
+        let history = decode(history);
+        let retained = decode(retained);
+        let mut guard = self.lock(topic);
+        let state = &mut *guard;
+        let old = Since { epoch: state.epoch.to_string(), seq: state.seq };
+        let dropped: usize = state.history.iter().map(|e| e.frame.frame.len()).sum();
+        self.history_bytes.fetch_sub(dropped, Ordering::Relaxed);
+        state.history.clear();
+        state.retained.clear();
+        state.epoch = Arc::from(epoch);
+        state.seq = top;
+        for (seq, at, p) in history {
+            let frame = TopicFrame {
+                frame: with_seq(&p.text, seq),
+                topic,
+                seq,
+                key: p.key,
+                kind: p.kind,
+                type_index: p.type_index,
+            };
+            self.history_bytes.fetch_add(frame.frame.len(), Ordering::Relaxed);
+            state.history.push_back(Entry { frame, subject: p.subject, urgent: p.urgent, at });
+        }
+        for (seq, at, p) in retained {
+            if p.key == KeyId::NONE {
+                continue;
+            }
+            let frame = TopicFrame {
+                frame: with_seq(&p.text, seq).late(),
+                topic,
+                seq,
+                key: p.key,
+                kind: p.kind,
+                type_index: p.type_index,
+            };
+            state.retained.insert(p.key, Entry { frame, subject: p.subject, urgent: p.urgent, at });
+        }
+        state.prune(&self.config, now, &self.history_bytes);
+        state.expire_retained(&self.config, now);
+        let subs = std::mem::take(&mut state.subs);
+        for sub in subs {
+            let start = self.start_of(state, Some(&old));
+            match self.begin(
+                state,
+                &sub.outbox,
+                topic,
+                start,
+                &sub.filter,
+                sub.rate.is_some(),
+                None,
+            ) {
+                Ok(_) => state.subs.push(sub),
+                Err(_) => self.stats.unsubscribed(topic),
+            }
+        }
+    }
+
+    /// Where a subscription asking for `since` starts in `state`.
+    fn start_of(&self, state: &TopicState, since: Option<&Since>) -> Start {
+        let top = state.seq;
+        let epoch = &*state.epoch;
+        let oldest = state.history.front().map_or(top + 1, |e| e.frame.seq);
+        match since {
+            None => Start::State,
+            // Recovery: the whole range (since, top] is still held.
+            Some(since)
+                if since.epoch == epoch
+                    && since.seq <= top
+                    && (since.seq + 1 >= oldest || since.seq == top) =>
+            {
+                Start::Recover(since.seq)
+            }
+            // Ahead of this replica: it has not received everything the client has yet. (A
+            // single node is never behind: such a position is made up, and gets the state.)
+            Some(since) if self.replica && since.epoch == epoch && since.seq > top => Start::Ahead,
+            // A gap in this epoch: what history still holds, then the state.
+            Some(since) if since.epoch == epoch && since.seq < oldest => Start::Gap(oldest - 1),
+            // Another epoch (the hub restarted): its whole history if nothing has expired yet.
+            Some(since) if since.epoch != epoch && oldest <= 1 => Start::Gap(0),
+            Some(_) => Start::State,
+        }
+    }
+
+    /// Queues `subscribed` and the start frames of a subscription starting at `start` into
+    /// `outbox`, under the topic's lock. Returns the outcome.
+    #[allow(clippy::too_many_arguments)]
+    fn begin(
+        &self,
+        state: &TopicState,
+        outbox: &Arc<Outbox>,
+        topic: Topic,
+        start: Start,
+        filter: &Filter,
+        rated: bool,
+        request_id: Option<RequestId>,
+    ) -> Result<SubscribeOutcome> {
+        let top = state.seq;
+        let history_after = |after: u64| {
+            state
+                .history
+                .iter()
+                .filter(move |e| e.frame.seq > after && passes(filter, e.subject))
+                .map(|e| (e.frame.clone(), e.urgent))
+        };
+        let retained = || {
+            let mut entries: Vec<&Entry> =
+                state.retained.values().filter(|e| passes(filter, e.subject)).collect();
+            entries.sort_by_key(|e| e.frame.seq);
+            entries.into_iter().map(|e| (e.frame.clone(), e.urgent))
+        };
+        let (position, initial): (u64, Vec<(TopicFrame, bool)>) = match start {
+            Start::State => (top, retained().collect()),
+            Start::Recover(after) => {
+                let mut frames = state_below(state, after, filter);
+                frames.extend(history_after(after));
+                (after, frames)
+            }
+            Start::Gap(after) => (after, history_after(after).chain(retained()).collect()),
+            Start::Ahead => return Err(Error::Behind { topic, have: top }),
+        };
+        let recovered = matches!(start, Start::Recover(_));
+        let epoch = state.epoch.to_string();
+        let reply = ServerMessage::Subscribed(Subscribed {
+            topic,
+            epoch: epoch.clone(),
+            seq: position,
+            recovered,
+            request_id,
+        });
+        let type_index = u8::try_from(reply.type_index()).unwrap_or_default();
+        let frame = encode(&ServerFrame::control(reply), &self.stats);
+        if outbox.push_control(frame, type_index, &self.stats) != Pushed::Queued {
+            return Err(Error::Closed(outbox.closed().unwrap_or(DropReason::Closed)));
+        }
+        outbox.start(topic, position, rated);
+        let count = initial.len();
+        for (frame, urgent) in initial {
+            if outbox.push_start(frame.delivery(None), frame.seq, urgent) != Pushed::Queued {
+                return Err(Error::Closed(outbox.closed().unwrap_or(DropReason::Closed)));
+            }
+        }
+        self.stats.delivered(topic, count as u64);
+        Ok(SubscribeOutcome { epoch, seq: position, recovered, initial: count })
     }
 
     /// Adds (or replaces) `connection`'s subscription to `topic`, queueing `subscribed` and then
@@ -382,80 +669,28 @@ impl Topics {
         let mut state = self.lock(topic);
         state.prune(&self.config, now, &self.history_bytes);
         state.expire_retained(&self.config, now);
+        let start = self.start_of(&state, options.since.as_ref());
+        if let Start::Ahead = start {
+            // Leave any current subscription as it is: the caller retries once caught up.
+            return Err(Error::Behind { topic, have: state.seq });
+        }
         let replaced = state.remove_sub(connection);
-        let top = state.seq;
-
-        let oldest = state.history.front().map_or(top + 1, |e| e.frame.seq);
-        let start = match &options.since {
-            None => Start::State,
-            // Recovery: the whole range (since, top] is still held.
-            Some(since)
-                if since.epoch == self.epoch
-                    && since.seq <= top
-                    && (since.seq + 1 >= oldest || since.seq == top) =>
-            {
-                Start::Recover(since.seq)
+        let begun =
+            self.begin(&state, outbox, topic, start, &filter, rate.is_some(), options.request_id);
+        let outcome = match begun {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                if replaced {
+                    self.stats.unsubscribed(topic);
+                }
+                return Err(err);
             }
-            // A gap in this epoch: what history still holds, then the state.
-            Some(since) if since.epoch == self.epoch && since.seq < oldest => {
-                Start::Gap(oldest - 1)
-            }
-            // Another epoch (the hub restarted): its whole history if nothing has expired yet.
-            Some(since) if since.epoch != self.epoch && oldest <= 1 => Start::Gap(0),
-            Some(_) => Start::State,
         };
-        let filter_ref = &filter;
-        let history_after = |after: u64| {
-            state
-                .history
-                .iter()
-                .filter(move |e| e.frame.seq > after && passes(filter_ref, e.subject))
-                .map(|e| (e.frame.clone(), e.urgent))
-        };
-        let retained = || {
-            let mut entries: Vec<&Entry> =
-                state.retained.values().filter(|e| passes(&filter, e.subject)).collect();
-            entries.sort_by_key(|e| e.frame.seq);
-            entries.into_iter().map(|e| (e.frame.clone(), e.urgent))
-        };
-        let (position, initial): (u64, Vec<(TopicFrame, bool)>) = match start {
-            Start::State => (top, retained().collect()),
-            Start::Recover(after) => {
-                let mut frames = state_below(&state, after, &filter);
-                frames.extend(history_after(after));
-                (after, frames)
-            }
-            Start::Gap(after) => (after, history_after(after).chain(retained()).collect()),
-        };
-        let recovered = matches!(start, Start::Recover(_));
-        let reply = ServerMessage::Subscribed(Subscribed {
-            topic,
-            epoch: self.epoch.clone(),
-            seq: position,
-            recovered,
-            request_id: options.request_id,
-        });
-        let type_index = u8::try_from(reply.type_index()).unwrap_or_default();
-        let frame = encode(&ServerFrame::control(reply), &self.stats);
-        if outbox.push_control(frame, type_index, &self.stats) != Pushed::Queued {
-            if replaced {
-                self.stats.unsubscribed(topic);
-            }
-            return Err(Error::Closed(outbox.closed().unwrap_or(DropReason::Closed)));
-        }
-        outbox.start(topic, position, rate.is_some());
-        let count = initial.len();
-        for (frame, urgent) in initial {
-            if outbox.push_start(frame.delivery(None), frame.seq, urgent) != Pushed::Queued {
-                return Err(Error::Closed(outbox.closed().unwrap_or(DropReason::Closed)));
-            }
-        }
-        self.stats.delivered(topic, count as u64);
         state.subs.push(Sub { connection, outbox: outbox.clone(), filter, rate });
         if !replaced {
             self.stats.subscribed(topic);
         }
-        Ok(SubscribeOutcome { epoch: self.epoch.clone(), seq: position, recovered, initial: count })
+        Ok(outcome)
     }
 
     /// Removes `connection`'s subscription to `topic`; returns whether there was one.

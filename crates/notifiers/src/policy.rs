@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelcast_hub::{Batcher, Hub, Kind, Publish, Published, Retain};
+use modelcast_hub::{Batcher, Hub, Kind, Pending, Publish, Published, Retain};
 use modelcast_protocol::{
     AlertLevel, BatchModelStatusUpdate, DownloadStatus, GenerationStatus, HealthStatus,
     ModelStatusSummary, ServerMessage, Severity, Topic,
@@ -102,9 +102,16 @@ impl Rule {
 }
 
 /// What [`Policy::publish`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum Outcome {
+    /// Handed to the cluster's engine, which answers with the `seq` once stored.
+    Appending {
+        /// The topic.
+        topic: Topic,
+        /// The engine's answer.
+        pending: Pending<u64>,
+    },
     /// Published now at `seq` of `topic`.
     Sent {
         /// The topic.
@@ -301,6 +308,16 @@ impl Policy {
     /// Publishes `message` by its rule. Returns `None` for a control message, which is never
     /// published.
     pub fn publish(&self, message: ServerMessage) -> Option<Outcome> {
+        self.publish_with(message, None)
+    }
+
+    /// [`Policy::publish`] with a publisher's idempotency key (see
+    /// [`Publish::idempotency_key`]): a retry with the same key gets the first `seq`.
+    pub fn publish_with(
+        &self,
+        message: ServerMessage,
+        idempotency_key: Option<&str>,
+    ) -> Option<Outcome> {
         let rule = self.rule(&message);
         let mut publish = Publish::new(message)?;
         let topic = publish.topic();
@@ -317,6 +334,9 @@ impl Policy {
         if let Some(interval) = rule.throttle {
             publish = publish.throttle(interval);
         }
+        if let Some(key) = idempotency_key {
+            publish = publish.idempotency_key(key);
+        }
         let published = if rule.batched {
             self.model_status.publish(publish)
         } else {
@@ -324,6 +344,7 @@ impl Policy {
         };
         Some(match published {
             Published::Sent { seq } => Outcome::Sent { topic, seq },
+            Published::Appending(pending) => Outcome::Appending { topic, pending },
             _ => Outcome::Held { topic },
         })
     }

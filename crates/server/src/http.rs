@@ -50,7 +50,7 @@ pub(crate) async fn handle(
         }
         ("/api/publish", &Method::OPTIONS) => publish::preflight(&app, req.headers()),
         (p, &Method::DELETE) if p.starts_with("/api/state/") => {
-            publish::clear_state(&app, req.headers(), &p["/api/state/".len()..])
+            publish::clear_state(&app, req.headers(), &p["/api/state/".len()..]).await
         }
         ("/", &Method::GET) => {
             let mut resp = Response::new(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())));

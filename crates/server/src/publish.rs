@@ -61,7 +61,7 @@ pub(crate) fn preflight(app: &App, headers: &hyper::HeaderMap) -> Resp {
 /// `DELETE /api/state/{topic}/{key}`: removes a key's current state (e.g. a download a
 /// vanished publisher left "in progress") and tells the topic's subscribers. Guarded like a
 /// publish: browser origins and publish keys.
-pub(crate) fn clear_state(app: &App, headers: &hyper::HeaderMap, rest: &str) -> Resp {
+pub(crate) async fn clear_state(app: &App, headers: &hyper::HeaderMap, rest: &str) -> Resp {
     if let Err(message) = app.security.browser_may_publish(headers) {
         return error_response(StatusCode::FORBIDDEN, "forbidden_origin", &message);
     }
@@ -95,14 +95,42 @@ pub(crate) fn clear_state(app: &App, headers: &hyper::HeaderMap, rest: &str) -> 
             return error_response(StatusCode::BAD_REQUEST, "unknown_topic", &err.to_string());
         }
     };
-    if app.hub.clear_state(topic, key) {
-        json_response(StatusCode::OK, &json!({"cleared": {"topic": topic, "key": key}}))
-    } else {
-        error_response(
+    match app.hub.clear_state(topic, key).await {
+        Ok(true) => {
+            json_response(StatusCode::OK, &json!({"cleared": {"topic": topic, "key": key}}))
+        }
+        Ok(false) => error_response(
             StatusCode::NOT_FOUND,
             "no_state",
             &format!("{topic} holds no state for `{key}` (GET /api/state?topic={topic} lists it)"),
-        )
+        ),
+        Err(err) => unavailable(&err.to_string()),
+    }
+}
+
+/// 503 with `Retry-After`: the engine (Redis) cannot store messages now; nothing was made up
+/// locally, so a retry is safe (with `Idempotency-Key`, even one that overlaps).
+fn unavailable(message: &str) -> Resp {
+    let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+    resp
+}
+
+/// The `Idempotency-Key` header: printable ASCII, at most 200 bytes.
+fn idempotency_key(headers: &hyper::HeaderMap) -> Result<Option<String>, Box<Resp>> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    match value.to_str() {
+        Ok(key)
+            if !key.is_empty() && key.len() <= 200 && key.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(key.to_owned()))
+        }
+        _ => Err(Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 200 printable ASCII characters without spaces (e.g. a UUID)",
+        ))),
     }
 }
 
@@ -131,6 +159,13 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
                 "that publish key is not valid here",
             );
         }
+    }
+    let idempotency = match idempotency_key(req.headers()) {
+        Ok(key) => key,
+        Err(resp) => return *resp,
+    };
+    if let Some(reason) = app.hub.unavailable() {
+        return unavailable(&format!("cannot publish now: {reason}"));
     }
     let limit = app.config.max_publish_bytes;
     let body = tokio::time::timeout(
@@ -268,27 +303,58 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         }
         return json_response(StatusCode::BAD_REQUEST, &json!({"error": error}));
     }
-    let accepted: Vec<Value> = messages
+    let single_key = single;
+    let outcomes: Vec<(&'static str, Option<Outcome>)> = messages
         .into_iter()
-        .map(|message| {
+        .enumerate()
+        .map(|(i, message)| {
             let type_name = message.type_name();
             // HTTP-published downloads feed the same stale watchdog as in-process ones.
             app.notifiers.downloads().observe(&message);
-            let outcome = app.policy.publish(message);
-            match outcome {
-                Some(Outcome::Sent { topic, seq }) => {
-                    json!({"type": type_name, "topic": topic, "seq": seq, "status": "sent"})
-                }
-                Some(Outcome::Held { topic }) => {
-                    json!({"type": type_name, "topic": topic, "status": "held"})
-                }
-                Some(Outcome::Filtered { topic }) => {
-                    json!({"type": type_name, "topic": topic, "status": "filtered"})
-                }
-                _ => json!({"type": type_name, "status": "rejected"}),
-            }
+            // One key per element: a retry of the same body maps element to element.
+            let key = idempotency
+                .as_ref()
+                .map(|k| if single_key { k.clone() } else { format!("{k}#{i}") });
+            (type_name, app.policy.publish_with(message, key.as_deref()))
         })
         .collect();
+    // Appends were all handed to the engine in order above; now wait for their positions.
+    let mut accepted = Vec::with_capacity(outcomes.len());
+    let mut failure = None;
+    for (type_name, outcome) in outcomes {
+        accepted.push(match outcome {
+            Some(Outcome::Sent { topic, seq }) => {
+                json!({"type": type_name, "topic": topic, "seq": seq, "status": "sent"})
+            }
+            Some(Outcome::Appending { topic, pending }) => match pending.wait().await {
+                Ok(seq) => json!({"type": type_name, "topic": topic, "seq": seq, "status": "sent"}),
+                Err(err) => {
+                    failure.get_or_insert(err.to_string());
+                    json!({"type": type_name, "topic": topic, "status": "failed"})
+                }
+            },
+            Some(Outcome::Held { topic }) => {
+                json!({"type": type_name, "topic": topic, "status": "held"})
+            }
+            Some(Outcome::Filtered { topic }) => {
+                json!({"type": type_name, "topic": topic, "status": "filtered"})
+            }
+            _ => json!({"type": type_name, "status": "rejected"}),
+        });
+    }
+    if let Some(reason) = failure {
+        let mut resp = json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": {
+                "code": "unavailable",
+                "message": format!("not every message was stored: {reason}; retry with the same Idempotency-Key to publish the rest without duplicates"),
+                "accepted": accepted,
+            }}),
+        );
+        resp.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+        return resp;
+    }
     json_response(StatusCode::ACCEPTED, &json!({"accepted": accepted}))
 }
 
