@@ -4,6 +4,7 @@
 //! every workspace crate, and nothing depends on it.
 
 pub mod arbitrary;
+pub mod cluster_util;
 pub mod server_util;
 
 use std::path::{Path, PathBuf};

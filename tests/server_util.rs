@@ -108,23 +108,49 @@ impl TestServer {
         headers: &[(&str, &str)],
         body: Option<String>,
     ) -> (u16, String) {
-        let stream = TcpStream::connect(self.addr).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("http handshake");
-        tokio::spawn(conn);
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string())
-            .header("content-type", "application/json");
-        let req = headers.iter().fold(req, |req, (name, value)| req.header(*name, *value));
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("request");
-        let resp = sender.send_request(req).await.expect("response");
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        (status, String::from_utf8_lossy(&bytes).into_owned())
+        http_request(self.addr, method, path, headers, body).await
     }
+}
+
+/// One HTTP/1.1 request to `addr` over a fresh connection, with hyper's client; returns the
+/// status and the body text.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> (u16, String) {
+    http_request_full(addr, method, path, headers, body)
+        .await
+        .map(|(status, _, body)| (status, body))
+        .expect("an HTTP response")
+}
+
+/// As [`http_request`], with the response headers; `None` if the server could not be reached.
+pub async fn http_request_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> Option<(u16, hyper::HeaderMap, String)> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json");
+    let req = headers.iter().fold(req, |req, (name, value)| req.header(*name, *value));
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("request");
+    let resp = sender.send_request(req).await.ok()?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, headers, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 impl Drop for TestServer {

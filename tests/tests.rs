@@ -1,6 +1,7 @@
 //! modelcast's one integration-test binary. Each module is one area; helpers live in `lib.rs`.
 
 mod client;
+mod cluster;
 mod codegen;
 mod contract_model;
 mod delivery_contract;

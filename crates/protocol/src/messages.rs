@@ -694,8 +694,12 @@ pub struct Welcome {
     pub heartbeat_interval_seconds: u64,
     /// The topics a client may subscribe to.
     pub topics: Vec<Topic>,
-    /// The server's current epoch; recovery with `since` needs a matching epoch.
+    /// The server's current epoch; recovery with `since` needs a matching epoch. In a cluster
+    /// each topic's epoch is the one its `subscribed` reply names.
     pub epoch: String,
+    /// The id of the node (server process) the connection is on, for support and logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     /// When the connection opened.
     pub timestamp: Timestamp,
 }

@@ -351,6 +351,9 @@ open_enum! {
         TooManySubscriptions = "too_many_subscriptions",
         /// The server failed; the request may be retried.
         Internal = "internal",
+        /// The cluster's message store (Redis) cannot be reached now, or this node has not
+        /// caught up with the position asked for: retry the request in a moment.
+        Unavailable = "unavailable",
     }
 }
 

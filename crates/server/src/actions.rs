@@ -1,7 +1,9 @@
 //! Client actions: a text frame parsed, validated, authorized and answered.
 
 use modelcast_hub::{Connection, SubscribeOptions};
-use modelcast_protocol::{ClientMessage, ErrorCode, ErrorMessage, Pong, RequestId, ServerMessage};
+use modelcast_protocol::{
+    ClientMessage, ErrorCode, ErrorMessage, Pong, RequestId, ServerMessage, Topic,
+};
 
 use std::sync::Arc;
 
@@ -37,6 +39,34 @@ fn authenticated(app: &App, conn: &Connection, control: &Arc<Control>, identity:
     *control.auth() =
         AuthState { identity: Some(identity), deadline: None, expiry_announced: false };
     control.wake.notify_one();
+}
+
+/// How long a recovery waits for this node to reach the position the client asks for (it got
+/// it from another node, which received the message first).
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A recovery asked for a position this node has not reached: ask the engine to catch up,
+/// then subscribe; after [`CATCH_UP_WAIT`] a retryable `unavailable` error instead.
+fn subscribe_when_caught_up(app: &App, conn: &Connection, topic: Topic, options: SubscribeOptions) {
+    app.hub.catch_up(topic);
+    let (hub, conn) = (app.hub.clone(), conn.clone());
+    let counter = app.metrics.error_counter(&ErrorCode::Unavailable);
+    let wanted = options.since.as_ref().map_or(0, |s| s.seq);
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        while hub.last_seq(topic) < wanted && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let request_id = options.request_id.clone();
+        if let Err(modelcast_hub::Error::Behind { have, .. }) = conn.subscribe(topic, options) {
+            let code = ErrorCode::Unavailable;
+            counter.inc();
+            let message = format!(
+                "this node has {topic} up to seq {have} only, not yet {wanted}; retry in a moment"
+            );
+            let _ = conn.send(&ServerMessage::Error(ErrorMessage { code, message, request_id }));
+        }
+    });
 }
 
 /// A client frame: parsed, validated, authorized, answered. Bad input gets an `error` with
@@ -92,15 +122,25 @@ pub(crate) fn handle_text(app: &App, conn: &Connection, control: &Arc<Control>, 
                     s.id,
                 );
             }
+            if s.since.is_some()
+                && let Some(reason) = app.hub.unavailable()
+            {
+                // Recovery needs the cluster's log: no answer made up from this node alone.
+                let message = format!("cannot recover now ({reason}); retry in a moment");
+                return reply_error(app, conn, ErrorCode::Unavailable, message, s.id);
+            }
             let options = SubscribeOptions::default()
                 .request_id(s.id.clone())
                 .since(s.since)
                 .subjects(s.filter.and_then(|f| f.model_ids))
                 .max_hz(s.max_hz);
-            match conn.subscribe(s.topic, options) {
+            match conn.subscribe(s.topic, options.clone()) {
                 Ok(_) => {}
                 Err(err @ modelcast_hub::Error::InvalidMaxHz(_)) => {
                     reply_error(app, conn, ErrorCode::InvalidMessage, err.to_string(), s.id);
+                }
+                Err(modelcast_hub::Error::Behind { topic, .. }) => {
+                    subscribe_when_caught_up(app, conn, topic, options);
                 }
                 Err(_) => {} // closed meanwhile
             }

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::{RedisEngine, RedisSettings, redact};
 use crate::config::Config;
 use crate::http;
 use crate::metrics::Metrics;
@@ -55,14 +56,40 @@ impl ShutdownHandle {
 impl Server {
     /// Binds the listener and builds the hub, policy and notifiers from `config`.
     pub async fn bind(config: Config) -> std::io::Result<Self> {
-        let hub = Hub::new(
-            HubConfig::default()
-                .history_size(config.history_size)
-                .history_age(config.history_age)
-                .history_bytes(config.history_bytes)
-                .retained_ttl(config.state_ttl)
-                .outbox_capacity(config.queue_size),
-        );
+        let hub_config = HubConfig::default()
+            .history_size(config.history_size)
+            .history_age(config.history_age)
+            .history_bytes(config.history_bytes)
+            .retained_ttl(config.state_ttl)
+            .outbox_capacity(config.queue_size);
+        let node_id =
+            config.node_id.clone().unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
+        let engine = match &config.redis_url {
+            None => None,
+            Some(url) => {
+                let settings = RedisSettings {
+                    url: url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    node: node_id.clone(),
+                    history_size: config.history_size,
+                };
+                let engine =
+                    RedisEngine::start(settings, CancellationToken::new()).await.map_err(|e| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::ConnectionRefused,
+                            format!(
+                                "MODELCAST_REDIS_URL: cannot reach Redis at {}: {e}",
+                                redact(url)
+                            ),
+                        )
+                    })?;
+                Some(engine)
+            }
+        };
+        let hub = match &engine {
+            None => Hub::new(hub_config),
+            Some(engine) => Hub::with_engine(hub_config, engine.clone()),
+        };
         let policy = Policy::new(
             &hub,
             PolicyConfig::default()
@@ -72,7 +99,7 @@ impl Server {
         );
         let notifiers =
             Notifiers::new(policy, NotifiersConfig::default().stale_after(config.stale_after));
-        Self::bind_with(config, notifiers).await
+        Self::bind_inner(config, notifiers, node_id, engine).await
     }
 
     /// Binds the listener in front of existing `notifiers` (and through them their policy and
@@ -80,6 +107,17 @@ impl Server {
     /// history, retained state, download state and the stale watchdog intact. The hub,
     /// policy and stale settings of `config` are not used.
     pub async fn bind_with(config: Config, notifiers: Notifiers) -> std::io::Result<Self> {
+        let node_id =
+            config.node_id.clone().unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
+        Self::bind_inner(config, notifiers, node_id, None).await
+    }
+
+    async fn bind_inner(
+        config: Config,
+        notifiers: Notifiers,
+        node_id: String,
+        engine: Option<Arc<RedisEngine>>,
+    ) -> std::io::Result<Self> {
         let security = Security::from_config(&config)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.bind).await?;
@@ -110,6 +148,8 @@ impl Server {
             started: Instant::now(),
             ws_config,
             http_permits,
+            node_id,
+            engine,
         });
         Ok(Self { app, listener })
     }

@@ -79,6 +79,20 @@ pub struct Config {
           value_parser = count("MODELCAST_HISTORY_BYTES"))]
     pub history_bytes: usize,
 
+    /// Run as one node of a cluster: `seq`, history and current state live in this Redis
+    /// (e.g. `redis://127.0.0.1:6379/0`), shared by every node with the same prefix. Without
+    /// it: a single node, everything in memory.
+    #[arg(long, env = "MODELCAST_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of the cluster's Redis keys, so several clusters can share one Redis.
+    #[arg(long, env = "MODELCAST_REDIS_PREFIX", default_value = "mc", value_name = "PREFIX")]
+    pub redis_prefix: String,
+
+    /// This node's id, shown in logs, `/api/stats`, `/metrics` and `welcome` (default: random).
+    #[arg(long, env = "MODELCAST_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+
     /// Milliseconds over which bursts of model status updates are batched.
     #[arg(long, env = "MODELCAST_BATCH_WINDOW_MS", default_value = "100", value_name = "MS",
           value_parser = millis("MODELCAST_BATCH_WINDOW_MS"))]

@@ -62,6 +62,11 @@ pub(crate) async fn handle(
         ("/readyz", &Method::GET) => {
             if app.shutdown.is_cancelled() {
                 json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "shutting_down"}))
+            } else if let Some(reason) = app.hub.unavailable() {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "engine_unavailable", "reason": reason}),
+                )
             } else {
                 json_response(StatusCode::OK, &json!({"status": "ready"}))
             }
@@ -83,6 +88,7 @@ pub(crate) async fn handle(
         ),
         ("/api/state" | "/api/state/", &Method::GET) => state(&app, req.uri().query()),
         ("/metrics", &Method::GET) => {
+            app.metrics.engine_up.set(i64::from(app.hub.unavailable().is_none()));
             let body = app.metrics.encode(&app.hub.stats());
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             resp.headers_mut().insert(
@@ -144,10 +150,28 @@ fn state(app: &App, query: Option<&str>) -> Resp {
         .iter()
         .filter_map(|f| serde_json::from_slice(f.as_bytes()).ok())
         .collect();
+    let (epoch, seq) = app.hub.position(topic);
     json_response(
         StatusCode::OK,
-        &json!({"topic": topic, "epoch": app.hub.epoch(), "seq": app.hub.last_seq(topic), "state": frames}),
+        &json!({"topic": topic, "epoch": epoch, "seq": seq, "state": frames}),
     )
+}
+
+/// The engine's part of `/api/stats`.
+fn engine(app: &App) -> Value {
+    let Some(engine) = &app.engine else { return json!({"kind": "memory", "up": true}) };
+    let h = &engine.health;
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    json!({
+        "kind": "redis",
+        "up": h.is_up(),
+        "following": h.following.load(Ordering::Relaxed),
+        "unavailable_reason": app.hub.unavailable(),
+        "append_failures": n(&h.append_failures),
+        "topic_repairs": n(&h.repairs),
+        "topic_resets": n(&h.resets),
+        "pubsub_reconnects": n(&h.reconnects),
+    })
 }
 
 /// `GET /api/stats`. Every figure is named for what it counts, and `help` says it, so a
@@ -187,6 +211,8 @@ fn stats(app: &App) -> Value {
         "uptime_seconds": app.started.elapsed().as_secs_f64(),
         "connections": app.active.load(Ordering::Relaxed),
         "epoch": app.hub.epoch(),
+        "node_id": app.node_id,
+        "engine": engine(app),
         "topics": topics,
         "connections_dropped": {
             "slow_consumer": count(DropReason::SlowConsumer),

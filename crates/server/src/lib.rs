@@ -16,6 +16,7 @@
 
 mod actions;
 mod app;
+mod cluster;
 mod config;
 mod handshake;
 mod http;

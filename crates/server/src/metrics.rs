@@ -54,6 +54,8 @@ pub(crate) struct Metrics {
     drops: Family<ReasonLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
     pub(crate) latency: Histogram,
+    /// 1 when the engine accepts publishes, 0 when not (Redis unreachable).
+    pub(crate) engine_up: Gauge,
 }
 
 impl Metrics {
@@ -113,6 +115,12 @@ impl Metrics {
             "Time from publish to the frame's flush to the socket",
             latency.clone(),
         );
+        let engine_up = Gauge::default();
+        registry.register(
+            "engine_up",
+            "1 when the message store (memory, or Redis in a cluster) accepts publishes, else 0",
+            engine_up.clone(),
+        );
         let delivered_by_type = ServerMessage::TYPES
             .iter()
             .map(|ty| {
@@ -135,6 +143,7 @@ impl Metrics {
             drops,
             errors,
             latency,
+            engine_up,
         }
     }
 
@@ -152,6 +161,11 @@ impl Metrics {
         if let Some(c) = self.delivered_by_type.get(type_index) {
             c.inc_by(n);
         }
+    }
+
+    /// The counter of error replies with `code`, for a task that outlives the borrow.
+    pub(crate) fn error_counter(&self, code: &ErrorCode) -> Counter {
+        self.errors.get_or_create(&CodeLabel { code: code.as_str().into() }).clone()
     }
 
     pub(crate) fn error(&self, code: &ErrorCode) {

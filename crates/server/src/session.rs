@@ -69,6 +69,7 @@ pub(crate) async fn run(
         heartbeat_interval_seconds: app.config.heartbeat_interval.as_secs().max(1),
         topics: Topic::ALL.to_vec(),
         epoch: app.hub.epoch().to_owned(),
+        node_id: Some(app.node_id.clone()),
         timestamp: chrono::Utc::now(),
     }));
 

@@ -39,6 +39,10 @@ pub(crate) struct App {
     pub(crate) ws_config: WebSocketConfig,
     /// One permit per TCP connection that is not a WebSocket (yet).
     pub(crate) http_permits: Arc<tokio::sync::Semaphore>,
+    /// This node's id (`MODELCAST_NODE_ID` or random).
+    pub(crate) node_id: String,
+    /// The Redis engine, when this node is one of a cluster.
+    pub(crate) engine: Option<Arc<crate::cluster::RedisEngine>>,
 }
 
 impl App {

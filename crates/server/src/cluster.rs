@@ -1,0 +1,682 @@
+//! The Redis engine: several modelcast nodes, one `seq` per topic, history and retained state
+//! that outlive any node.
+//!
+//! Per topic `T` (the topic is the Redis Cluster hash tag, so one topic's keys share a slot):
+//! `{prefix}:{T}:meta` (hash: `epoch`, `seq`), `{prefix}:{T}:log` (stream, entry id `0-<seq>`,
+//! fields `p` payload and `t` publish time in ms, capped at `history_size`), `{prefix}:{T}:ret`
+//! (hash: state key → `seq\nms\npayload`), `{prefix}:{T}:idem:<key>` (idempotency keys) and
+//! the channel `{prefix}:{T}:ch`. One Lua script appends atomically: epoch, `HINCRBY`,
+//! `XADD`, retained state, `PUBLISH` `m\n<epoch>\n<seq>\n<ms>\n<payload>`.
+//!
+//! Every node, the publishing one included, applies messages from the channel in `seq` order
+//! (the hub's `Replica`); a hole (`seq > last + 1`), a pub/sub reconnect, a periodic check of
+//! every topic's `seq`, or a client asking for a position the node has not reached triggers
+//! one stream read for the topic, shared by all its local subscribers. A probe message on a
+//! node's own channel detects a pub/sub connection that is open but delivers nothing. A log
+//! whose `seq` went backwards under the same epoch (Redis lost its tail) gets a new epoch
+//! rather than reused numbers.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use modelcast_hub::{
+    Append, Applied, Engine, Error as HubError, Logged, Pending, Replica, StateChange,
+};
+use modelcast_protocol::Topic;
+use redis::Value;
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Appends a message: see the module docs.
+const APPEND: &str = r#"
+if ARGV[7] == '1' then
+  local prev = redis.call('GET', KEYS[4])
+  if prev then return tonumber(prev) end
+end
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], '0-' .. seq, 'p', ARGV[3], 't', ARGV[4])
+for i = 8, #ARGV, 3 do
+  if ARGV[i] == 'k' then
+    redis.call('HSET', KEYS[3], ARGV[i + 1], seq .. '\n' .. ARGV[4] .. '\n' .. ARGV[i + 2])
+  else
+    redis.call('HDEL', KEYS[3], ARGV[i + 1])
+  end
+end
+redis.call('PUBLISH', ARGV[1], 'm\n' .. epoch .. '\n' .. seq .. '\n' .. ARGV[4] .. '\n' .. ARGV[3])
+if ARGV[7] == '1' then redis.call('SET', KEYS[4], seq, 'EX', ARGV[6]) end
+return seq
+"#;
+
+/// Reads a topic: its epoch (set to the candidate if it has none), newest seq, the log from a
+/// seq, and (if asked) the retained state — one consistent snapshot.
+const SNAPSHOT: &str = r#"
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+local entries = redis.call('XRANGE', KEYS[2], '0-' .. ARGV[2], '+', 'COUNT', ARGV[4])
+local state = {}
+if ARGV[3] == '1' then state = redis.call('HGETALL', KEYS[3]) end
+return {meta[1], meta[2] or '0', entries, state}
+"#;
+
+/// The rollback fence: a new epoch when the log's seq is below what a node already applied.
+const FENCE: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'epoch')
+local s = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+if e == ARGV[1] and s < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[3], 'seq', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Clears a key's retained state and tells every node.
+const CLEAR: &str = r#"
+if redis.call('HDEL', KEYS[1], ARGV[2]) == 1 then
+  redis.call('PUBLISH', ARGV[1], 'c\n' .. ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// How long an idempotency key is remembered.
+const IDEMPOTENCY_TTL_SECS: u64 = 600;
+/// How often every topic's seq is compared with the node's, and the pub/sub probe sent.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Probes unanswered for this many checks mean the pub/sub connection is wedged.
+const PROBE_PATIENCE: u64 = 3;
+
+/// Where the engine's keys live.
+#[derive(Debug, Clone)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn topic(&self, topic: Topic, what: &str) -> String {
+        format!("{}:{{{}}}:{what}", self.prefix, topic.as_str())
+    }
+    fn channel(&self, topic: Topic) -> String {
+        self.topic(topic, "ch")
+    }
+    fn probe(&self, node: &str) -> String {
+        format!("{}:probe:{node}", self.prefix)
+    }
+    fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+}
+
+/// The engine's health, shared with its tasks and the server's probes.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    up: AtomicBool,
+    reason: Mutex<String>,
+    /// Appends that failed (Redis unreachable or erroring).
+    pub(crate) append_failures: AtomicU64,
+    /// Topic repairs from the log (holes, reconnects, checks).
+    pub(crate) repairs: AtomicU64,
+    /// Topic resets (new epoch, or a hole the log no longer held).
+    pub(crate) resets: AtomicU64,
+    /// Pub/sub reconnects.
+    pub(crate) reconnects: AtomicU64,
+    /// Whether the node's pub/sub connection is subscribed and caught up (messages flow).
+    pub(crate) following: AtomicBool,
+}
+
+impl Health {
+    fn set_up(&self) {
+        if !self.up.swap(true, Ordering::SeqCst) {
+            tracing::info!("redis engine is up");
+        }
+    }
+    fn set_down(&self, reason: String) {
+        if self.up.swap(false, Ordering::SeqCst) {
+            tracing::warn!(%reason, "redis engine is down");
+        }
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+    /// Whether the engine is up.
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+    fn reason(&self) -> String {
+        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The Redis engine (see the module docs).
+pub(crate) struct RedisEngine {
+    keys: Keys,
+    conn: ConnectionManager,
+    appends: mpsc::UnboundedSender<Append>,
+    catch_up: mpsc::UnboundedSender<Topic>,
+    replica: Arc<OnceLock<Replica>>,
+    pub(crate) health: Arc<Health>,
+}
+
+impl fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisEngine")
+            .field("prefix", &self.keys.prefix)
+            .field("up", &self.health.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the engine needs to know.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisSettings {
+    pub(crate) url: String,
+    pub(crate) prefix: String,
+    pub(crate) node: String,
+    pub(crate) history_size: usize,
+}
+
+impl RedisEngine {
+    /// Connects to Redis (failing if it cannot be reached now) and starts the engine's tasks,
+    /// which stop with `stop`.
+    pub(crate) async fn start(
+        settings: RedisSettings,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, redis::RedisError> {
+        let client = redis::Client::open(settings.url.as_str())?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client.get_connection_manager_with_config(config).await?;
+        let keys = Keys { prefix: settings.prefix.clone() };
+        let (appends, appends_rx) = mpsc::unbounded_channel();
+        let (catch_up, catch_up_rx) = mpsc::unbounded_channel();
+        let health = Arc::new(Health::default());
+        let replica = Arc::new(OnceLock::new());
+        let engine = Arc::new(Self {
+            keys: keys.clone(),
+            conn: conn.clone(),
+            appends,
+            catch_up,
+            replica: replica.clone(),
+            health: health.clone(),
+        });
+        let appender = Appender {
+            keys: keys.clone(),
+            conn: conn.clone(),
+            health: health.clone(),
+            history_size: settings.history_size,
+            node_epoch: format!("{:016x}", rand::random::<u64>()),
+        };
+        tokio::spawn(appender.run(appends_rx, stop.clone()));
+        let follower = Follower {
+            client,
+            keys,
+            conn,
+            health,
+            replica,
+            node: settings.node,
+            history_size: settings.history_size,
+            candidate: String::new(),
+        };
+        tokio::spawn(follower.run(catch_up_rx, stop));
+        Ok(engine)
+    }
+}
+
+impl Engine for RedisEngine {
+    fn attach(&self, replica: Replica) {
+        if self.replica.set(replica).is_err() {
+            tracing::error!("a redis engine serves one hub; a second attach was ignored");
+        }
+    }
+
+    fn append(&self, append: Append) {
+        if let Err(mpsc::error::SendError(append)) = self.appends.send(append) {
+            let _ = append.reply.send(Err(HubError::Unavailable("the server is stopping".into())));
+        }
+    }
+
+    fn clear(&self, topic: Topic, key: String) -> Pending<bool> {
+        let (tx, pending) = Pending::new();
+        let mut conn = self.conn.clone();
+        let keys = self.keys.clone();
+        tokio::spawn(async move {
+            let result: redis::RedisResult<i64> = redis::cmd("EVAL")
+                .arg(CLEAR)
+                .arg(1)
+                .arg(keys.topic(topic, "ret"))
+                .arg(keys.channel(topic))
+                .arg(&key)
+                .query_async(&mut conn)
+                .await;
+            let _ =
+                tx.send(result.map(|n| n == 1).map_err(|e| HubError::Unavailable(e.to_string())));
+        });
+        pending
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        (!self.health.is_up()).then(|| self.health.reason())
+    }
+
+    fn catch_up(&self, topic: Topic) {
+        let _ = self.catch_up.send(topic);
+    }
+}
+
+/// Sends appends to Redis in order, pipelined: everything queued while a round trip is in
+/// flight goes in the next one.
+struct Appender {
+    keys: Keys,
+    conn: ConnectionManager,
+    health: Arc<Health>,
+    history_size: usize,
+    /// The epoch a topic gets if Redis has none for it when this node appends first (the
+    /// follower normally set it already).
+    node_epoch: String,
+}
+
+impl Appender {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Append>, stop: CancellationToken) {
+        let mut batch = Vec::new();
+        loop {
+            let n = tokio::select! {
+                n = rx.recv_many(&mut batch, 1024) => n,
+                () = stop.cancelled() => 0,
+            };
+            if n == 0 {
+                return;
+            }
+            let calls: Vec<_> = batch.iter().map(|a| self.call(a)).collect();
+            let results = futures_util::future::join_all(calls).await;
+            for (append, result) in batch.drain(..).zip(results) {
+                let reply = match result {
+                    Ok(seq) => Ok(seq),
+                    Err(err) => {
+                        self.health.append_failures.fetch_add(1, Ordering::Relaxed);
+                        if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() {
+                            self.health.set_down(format!("redis: {err}"));
+                        }
+                        tracing::warn!(topic = %append.topic, "append failed: {err}");
+                        Err(HubError::Unavailable(format!("redis: {err}")))
+                    }
+                };
+                let _ = append.reply.send(reply);
+            }
+        }
+    }
+
+    fn call(&self, append: &Append) -> impl Future<Output = redis::RedisResult<u64>> + use<> {
+        let topic = append.topic;
+        let idem = append.idempotency_key.as_deref();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(APPEND)
+            .arg(4)
+            .arg(self.keys.topic(topic, "meta"))
+            .arg(self.keys.topic(topic, "log"))
+            .arg(self.keys.topic(topic, "ret"))
+            .arg(self.keys.topic(topic, &format!("idem:{}", idem.unwrap_or("-"))))
+            .arg(self.keys.channel(topic))
+            .arg(&self.node_epoch)
+            .arg(append.payload.as_ref())
+            .arg(chrono::Utc::now().timestamp_millis())
+            .arg(self.history_size.max(1))
+            .arg(IDEMPOTENCY_TTL_SECS)
+            .arg(if idem.is_some() { "1" } else { "0" });
+        for change in &append.state {
+            match change {
+                StateChange::Keep { key, payload } => {
+                    cmd.arg("k").arg(key).arg(payload.as_ref());
+                }
+                StateChange::Clear { key } => {
+                    cmd.arg("c").arg(key).arg("");
+                }
+            }
+        }
+        let mut conn = self.conn.clone();
+        async move { cmd.query_async::<u64>(&mut conn).await }
+    }
+}
+
+/// A topic read from Redis.
+struct Snapshot {
+    epoch: String,
+    top: u64,
+    entries: Vec<Logged>,
+    retained: Vec<Logged>,
+}
+
+/// Follows the topics' channels and keeps the node's copy contiguous.
+struct Follower {
+    client: redis::Client,
+    keys: Keys,
+    conn: ConnectionManager,
+    health: Arc<Health>,
+    replica: Arc<OnceLock<Replica>>,
+    node: String,
+    history_size: usize,
+    /// The cluster's epoch for topics Redis has none for (`{prefix}:epoch`).
+    candidate: String,
+}
+
+impl Follower {
+    async fn run(mut self, mut catch_up: mpsc::UnboundedReceiver<Topic>, stop: CancellationToken) {
+        let replica = loop {
+            if let Some(r) = self.replica.get() {
+                break r.clone();
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                () = stop.cancelled() => return,
+            }
+        };
+        let mut backoff = Duration::from_millis(100);
+        let mut first = true;
+        loop {
+            if !first {
+                self.health.reconnects.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            first = false;
+            let mut pubsub = match self.client.get_async_pubsub().await {
+                Ok(p) => p,
+                Err(err) => {
+                    self.health.set_down(format!("redis pub/sub: {err}"));
+                    continue;
+                }
+            };
+            let mut channels: Vec<String> =
+                Topic::ALL.iter().map(|t| self.keys.channel(*t)).collect();
+            channels.push(self.keys.probe(&self.node));
+            if let Err(err) = pubsub.subscribe(&channels).await {
+                self.health.set_down(format!("redis pub/sub: {err}"));
+                continue;
+            }
+            // Subscribed first, then caught up: nothing published in between is missed (it
+            // is either in the snapshot or arrives on the channel, or both).
+            if let Err(err) = self.sync_all(&replica).await {
+                self.health.set_down(format!("redis: {err}"));
+                continue;
+            }
+            backoff = Duration::from_millis(100);
+            self.health.following.store(true, Ordering::SeqCst);
+            self.health.set_up();
+            let mut messages = pubsub.into_on_message();
+            let mut tick = tokio::time::interval(CHECK_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut probes_sent = 0u64;
+            let mut probes_seen = 0u64;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    message = messages.next() => {
+                        let Some(message) = message else {
+                            // Publishing goes on (another connection); delivery resumes, with
+                            // the hole filled from the log, once reconnected.
+                            tracing::warn!("redis pub/sub connection lost; reconnecting");
+                            self.health.following.store(false, Ordering::SeqCst);
+                            break;
+                        };
+                        if message.get_channel_name() == self.keys.probe(&self.node) {
+                            probes_seen = probes_sent;
+                            continue;
+                        }
+                        let topic = Topic::ALL.into_iter().find(|t| self.keys.channel(*t) == message.get_channel_name());
+                        if let Some(topic) = topic
+                            && let Err(err) = self.on_message(&replica, topic, message.get_payload_bytes()).await
+                        {
+                            tracing::warn!(%topic, "repair failed: {err}");
+                            self.health.set_down(format!("redis: {err}"));
+                        }
+                    }
+                    Some(topic) = catch_up.recv() => {
+                        if let Err(err) = self.repair(&replica, topic).await {
+                            tracing::warn!(%topic, "catch-up failed: {err}");
+                        }
+                    }
+                    _ = tick.tick() => {
+                        if probes_sent.saturating_sub(probes_seen) > PROBE_PATIENCE {
+                            tracing::warn!("redis pub/sub delivers nothing (probes lost); reconnecting");
+                            self.health.following.store(false, Ordering::SeqCst);
+                            break;
+                        }
+                        match self.check(&replica).await {
+                            Ok(()) => {
+                                self.health.set_up();
+                                probes_sent += 1;
+                                let mut conn = self.conn.clone();
+                                let probe: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                                    .arg(self.keys.probe(&self.node)).arg(probes_sent)
+                                    .query_async(&mut conn).await;
+                                if let Err(err) = probe {
+                                    self.health.set_down(format!("redis: {err}"));
+                                }
+                            }
+                            Err(err) => self.health.set_down(format!("redis: {err}")),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message from a topic's channel.
+    async fn on_message(
+        &mut self,
+        replica: &Replica,
+        topic: Topic,
+        payload: &[u8],
+    ) -> redis::RedisResult<()> {
+        let mut fields = payload.splitn(5, |b| *b == b'\n');
+        match fields.next() {
+            Some(b"m") => {
+                let epoch = fields.next().and_then(|f| std::str::from_utf8(f).ok()).unwrap_or("");
+                let num = |f: Option<&[u8]>| {
+                    f.and_then(|f| std::str::from_utf8(f).ok()).and_then(|s| s.parse::<i64>().ok())
+                };
+                let (Some(seq), Some(ms)) = (num(fields.next()), num(fields.next())) else {
+                    tracing::warn!(%topic, "undecodable message on the channel; skipped");
+                    return Ok(());
+                };
+                let body = fields.next().unwrap_or_default();
+                match replica.apply(topic, epoch, seq as u64, ms, body) {
+                    Applied::Applied | Applied::Duplicate | Applied::Gone => Ok(()),
+                    Applied::Gap { .. } | Applied::OtherEpoch => self.repair(replica, topic).await,
+                    Applied::Invalid(err) => {
+                        tracing::warn!(%topic, seq, "{err}");
+                        Ok(())
+                    }
+                }
+            }
+            Some(b"c") => {
+                let key = fields.next().map(String::from_utf8_lossy).unwrap_or_default();
+                replica.cleared(topic, &key);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets the cluster's epoch candidate and brings every topic up to date.
+    async fn sync_all(&mut self, replica: &Replica) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let fresh = format!("{:016x}", rand::random::<u64>());
+        let _: Value = redis::cmd("SET")
+            .arg(self.keys.epoch())
+            .arg(&fresh)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await?;
+        self.candidate = redis::cmd("GET").arg(self.keys.epoch()).query_async(&mut conn).await?;
+        for topic in Topic::ALL {
+            self.repair(replica, topic).await?;
+        }
+        Ok(())
+    }
+
+    /// Compares every topic's newest seq in Redis with the node's; repairs what differs.
+    async fn check(&mut self, replica: &Replica) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for topic in Topic::ALL {
+            pipe.cmd("HMGET").arg(self.keys.topic(topic, "meta")).arg("epoch").arg("seq");
+        }
+        let mut conn = self.conn.clone();
+        let metas: Vec<(Option<String>, Option<u64>)> = pipe.query_async(&mut conn).await?;
+        for (topic, (epoch, seq)) in Topic::ALL.into_iter().zip(metas) {
+            let Some((mine, last)) = replica.position(topic) else { return Ok(()) };
+            if epoch.as_deref() != Some(&*mine) || seq.unwrap_or(0) != last {
+                self.repair(replica, topic).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings `topic` up to Redis's newest seq: the missing range from the log if it holds
+    /// it, else (or on another epoch) a reset to Redis's snapshot. Fences a rollback.
+    async fn repair(&mut self, replica: &Replica, topic: Topic) -> redis::RedisResult<()> {
+        let Some((mine, last)) = replica.position(topic) else { return Ok(()) };
+        let snap = self.snapshot(topic, last + 1, false).await?;
+        if snap.epoch == *mine && snap.top < last {
+            // Redis lost messages this node applied: never hand out their numbers again.
+            let new_epoch = format!("{:016x}", rand::random::<u64>());
+            tracing::warn!(%topic, redis = snap.top, node = last, "redis's log went backwards; new epoch {new_epoch}");
+            let mut conn = self.conn.clone();
+            let _: i64 = redis::cmd("EVAL")
+                .arg(FENCE)
+                .arg(1)
+                .arg(self.keys.topic(topic, "meta"))
+                .arg(&*mine)
+                .arg(last)
+                .arg(&new_epoch)
+                .query_async(&mut conn)
+                .await?;
+            return self.reset(replica, topic).await;
+        }
+        if snap.epoch == *mine && snap.top == last {
+            return Ok(());
+        }
+        let contiguous =
+            snap.epoch == *mine && snap.entries.first().is_some_and(|e| e.seq == last + 1);
+        if !contiguous {
+            return self.reset(replica, topic).await;
+        }
+        self.health.repairs.fetch_add(1, Ordering::Relaxed);
+        for entry in snap.entries {
+            match replica.apply(topic, &snap.epoch, entry.seq, entry.published_ms, &entry.payload) {
+                Applied::Applied | Applied::Duplicate | Applied::Gone => {}
+                Applied::Invalid(err) => tracing::warn!(%topic, seq = entry.seq, "{err}"),
+                other => {
+                    tracing::warn!(%topic, seq = entry.seq, "repair did not apply ({other:?}); resetting");
+                    return self.reset(replica, topic).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset(&mut self, replica: &Replica, topic: Topic) -> redis::RedisResult<()> {
+        let snap = self.snapshot(topic, 1, true).await?;
+        self.health.resets.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%topic, epoch = %snap.epoch, seq = snap.top, "topic reset from redis");
+        replica.reset(topic, &snap.epoch, snap.top, snap.entries, snap.retained);
+        Ok(())
+    }
+
+    async fn snapshot(&self, topic: Topic, from: u64, state: bool) -> redis::RedisResult<Snapshot> {
+        let mut conn = self.conn.clone();
+        let candidate = if self.candidate.is_empty() { "0" } else { &self.candidate };
+        let value: Value = redis::cmd("EVAL")
+            .arg(SNAPSHOT)
+            .arg(3)
+            .arg(self.keys.topic(topic, "meta"))
+            .arg(self.keys.topic(topic, "log"))
+            .arg(self.keys.topic(topic, "ret"))
+            .arg(candidate)
+            .arg(from)
+            .arg(if state { "1" } else { "0" })
+            .arg(self.history_size.max(1))
+            .query_async(&mut conn)
+            .await?;
+        parse_snapshot(value).ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "unexpected snapshot reply"))
+        })
+    }
+}
+
+fn bytes_of(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn number_of(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        other => std::str::from_utf8(bytes_of(other)?).ok()?.parse().ok(),
+    }
+}
+
+fn array_of(value: &Value) -> Option<&[Value]> {
+    match value {
+        Value::Array(items) => Some(items),
+        Value::Nil => Some(&[]),
+        _ => None,
+    }
+}
+
+fn parse_snapshot(value: Value) -> Option<Snapshot> {
+    let parts = array_of(&value)?;
+    let epoch = String::from_utf8(bytes_of(parts.first()?)?.to_vec()).ok()?;
+    let top = number_of(parts.get(1)?)? as u64;
+    let mut entries = Vec::new();
+    for entry in array_of(parts.get(2)?)? {
+        let [id, fields] = array_of(entry)? else { return None };
+        let id = std::str::from_utf8(bytes_of(id)?).ok()?;
+        let seq: u64 = id.strip_prefix("0-")?.parse().ok()?;
+        let fields = array_of(fields)?;
+        let (mut payload, mut ms) = (None, 0);
+        for pair in fields.chunks(2) {
+            match (bytes_of(&pair[0])?, pair.get(1)) {
+                (b"p", Some(v)) => payload = Some(bytes_of(v)?.to_vec()),
+                (b"t", Some(v)) => ms = number_of(v)?,
+                _ => {}
+            }
+        }
+        entries.push(Logged { seq, published_ms: ms, payload: payload?.into() });
+    }
+    let mut retained = Vec::new();
+    for pair in array_of(parts.get(3)?)?.chunks(2) {
+        let value = bytes_of(pair.get(1)?)?;
+        let mut fields = value.splitn(3, |b| *b == b'\n');
+        let seq = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+        let ms = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+        retained.push(Logged { seq, published_ms: ms, payload: fields.next()?.to_vec().into() });
+    }
+    retained.sort_by_key(|l| l.seq);
+    Some(Snapshot { epoch, top, entries, retained })
+}
+
+/// `url` with its password hidden, for messages and logs.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,390 @@
+//! Several nodes on Redis behave, to every client, as one server — and a single node (the
+//! memory engine) passes the same conformance tests. Real processes: a private `redis-server`
+//! per test and `modelcast` binaries, real sockets, real WebSocket clients.
+
+use std::time::Duration;
+
+use modelcast_tests::cluster_util::{Node, Redis, alert, progress};
+use modelcast_tests::server_util::{Client, PATIENCE};
+use serde_json::{Value, json};
+
+/// One node without Redis, or `n` nodes on a private Redis.
+struct Cluster {
+    redis: Option<Redis>,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    async fn memory(args: &[&str]) -> Self {
+        Cluster { redis: None, nodes: vec![Node::start(args).await] }
+    }
+
+    async fn redis(n: usize, aof: bool, args: &[&str]) -> Self {
+        let redis = Redis::start(aof);
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            nodes.push(Node::on(&redis, &format!("n{i}"), args).await);
+        }
+        Cluster { redis: Some(redis), nodes }
+    }
+
+    /// Node `i` (on a single node, always that one).
+    fn node(&self, i: usize) -> &Node {
+        &self.nodes[i % self.nodes.len()]
+    }
+}
+
+/// Subscribes to `topic` (with `since`, if given); returns the `subscribed` reply's data.
+async fn subscribe(client: &mut Client, topic: &str, since: Option<(&str, u64)>) -> Value {
+    let mut request = json!({"action": "subscribe", "topic": topic});
+    if let Some((epoch, seq)) = since {
+        request["since"] = json!({"epoch": epoch, "seq": seq});
+    }
+    client.send_json(&request).await;
+    client.next_of_type("subscribed").await["data"].clone()
+}
+
+/// The next `n` frames carrying a `seq` (messages), in arrival order.
+async fn messages(client: &mut Client, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let frame = client.next_json().await;
+        if frame.get("seq").is_some() {
+            out.push(frame);
+        }
+    }
+    out
+}
+
+fn seqs(frames: &[Value]) -> Vec<u64> {
+    frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect()
+}
+
+fn alert_ids(frames: &[Value]) -> Vec<String> {
+    frames.iter().map(|f| f["data"]["alert_id"].as_str().unwrap_or_default().to_owned()).collect()
+}
+
+/// Publishes `body` on `node`, expecting success; the `seq`s it got.
+async fn publish_ok(node: &Node, body: &Value, headers: &[(&str, &str)]) -> Vec<u64> {
+    let (status, _, reply) = node.publish(body, headers).await;
+    assert_eq!(status, 202, "{reply}");
+    reply["accepted"].as_array().unwrap().iter().filter_map(|a| a["seq"].as_u64()).collect()
+}
+
+/// Publishes `body` as a careful backend does: with an `Idempotency-Key`, retrying on 503
+/// (e.g. the first request after Redis restarted meets the old, broken connection).
+async fn publish_retrying(node: &Node, body: &Value, key: &str) -> Vec<u64> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, headers, reply) = node.publish(body, &[("idempotency-key", key)]).await;
+        if status == 503 && tokio::time::Instant::now() < deadline {
+            assert!(headers.contains_key("retry-after"), "{reply}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(status, 202, "{reply}");
+        return reply["accepted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a["seq"].as_u64())
+            .collect();
+    }
+}
+
+/// Nothing more arrives within a short while.
+async fn quiet(client: &mut Client) {
+    use futures_util::StreamExt;
+    let next = tokio::time::timeout(Duration::from_millis(300), client.ws.next()).await;
+    assert!(next.is_err(), "unexpected frame: {next:?}");
+}
+
+// ---- the conformance suite: memory and Redis alike ------------------------------------
+
+/// Concurrent publishers on every node make one contiguous sequence, and every subscriber on
+/// every node sees the same messages at the same `seq` under the same epoch.
+async fn one_sequence(cluster: Cluster) {
+    let mut clients = Vec::new();
+    let mut epochs = Vec::new();
+    for i in 0..3 {
+        let mut client = cluster.node(i).ws(&format!("c{i}")).await;
+        epochs.push(subscribe(&mut client, "alerts", None).await["epoch"].clone());
+        clients.push(client);
+    }
+    assert!(epochs.iter().all(|e| *e == epochs[0]), "{epochs:?}");
+    let per_node = 30;
+    let publishers = (0..3).map(|i| {
+        let node = cluster.node(i);
+        async move {
+            for k in 0..per_node {
+                publish_ok(node, &alert(&format!("n{i}-{k}")), &[]).await;
+            }
+        }
+    });
+    futures_util::future::join_all(publishers).await;
+    let total = 3 * per_node;
+    let mut orders = Vec::new();
+    for client in &mut clients {
+        let frames = messages(client, total).await;
+        assert_eq!(seqs(&frames), (1..=total as u64).collect::<Vec<_>>());
+        orders.push(alert_ids(&frames));
+    }
+    assert!(orders.iter().all(|o| *o == orders[0]), "every node delivers the same order");
+}
+
+/// A client that loses node 0 recovers on node 1 with `since`: exactly what it missed.
+async fn recovery_on_another_node(cluster: Cluster) {
+    let mut a = cluster.node(0).ws("a").await;
+    let epoch = subscribe(&mut a, "alerts", None).await["epoch"].as_str().unwrap().to_owned();
+    for k in 0..5 {
+        publish_ok(cluster.node(1), &alert(&format!("x{k}")), &[]).await;
+    }
+    assert_eq!(seqs(&messages(&mut a, 5).await), [1, 2, 3, 4, 5]);
+    drop(a);
+    for k in 5..8 {
+        publish_ok(cluster.node(2), &alert(&format!("x{k}")), &[]).await;
+    }
+    let mut b = cluster.node(1).ws("b").await;
+    let reply = subscribe(&mut b, "alerts", Some((&epoch, 5))).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let missed = messages(&mut b, 3).await;
+    assert_eq!(seqs(&missed), [6, 7, 8]);
+    assert_eq!(alert_ids(&missed), ["x5", "x6", "x7"]);
+    quiet(&mut b).await;
+}
+
+/// Recovery from before what history holds: not recovered, the history that is left.
+async fn gap_over_history(cluster: Cluster) {
+    let mut sub = cluster.node(2).ws("g").await;
+    let epoch = subscribe(&mut sub, "alerts", None).await["epoch"].as_str().unwrap().to_owned();
+    for k in 0..12 {
+        publish_ok(cluster.node(0), &alert(&format!("g{k}")), &[]).await;
+    }
+    messages(&mut sub, 12).await; // this node has them all (its history holds 5)
+    let mut late = cluster.node(1).ws("late").await;
+    let reply = subscribe(&mut late, "alerts", Some((&epoch, 1))).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["seq"], 7, "continues after the oldest message kept: {reply}");
+    assert_eq!(seqs(&messages(&mut late, 5).await), [8, 9, 10, 11, 12]);
+}
+
+/// Current state published on one node reaches a new subscriber on another; a retried publish
+/// with the same `Idempotency-Key` (on any node) gets the same `seq` and is delivered once.
+async fn state_and_idempotency(cluster: Cluster) {
+    publish_ok(cluster.node(0), &progress("m1", 40.0), &[]).await;
+    let mut sub = cluster.node(2).ws("s").await;
+    let reply = subscribe(&mut sub, "download_progress", None).await;
+    assert_eq!(reply["seq"], 1);
+    let state = messages(&mut sub, 1).await;
+    assert_eq!(state[0]["late"], true);
+    assert_eq!(state[0]["data"]["progress_percent"], 40.0);
+
+    let mut alerts = cluster.node(2).ws("i").await;
+    subscribe(&mut alerts, "alerts", None).await;
+    let key = [("idempotency-key", "retry-7")];
+    let first = publish_ok(cluster.node(0), &alert("once"), &key).await;
+    let again = publish_ok(cluster.node(1), &alert("once"), &key).await;
+    assert_eq!(first, again, "a retry gets the first publish's seq");
+    let next = publish_ok(cluster.node(1), &alert("after"), &[]).await;
+    assert_eq!(next[0], first[0] + 1, "the retry used no seq");
+    let frames = messages(&mut alerts, 2).await;
+    assert_eq!(alert_ids(&frames), ["once", "after"]);
+    quiet(&mut alerts).await;
+}
+
+macro_rules! conformance {
+    ($($name:ident($setup:expr, $args:expr);)*) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn memory() {
+                $setup(Cluster::memory($args).await).await;
+            }
+            #[tokio::test]
+            async fn redis() {
+                $setup(Cluster::redis(3, false, $args).await).await;
+            }
+        }
+    )*};
+}
+
+conformance! {
+    one_seq(one_sequence, &[]);
+    recover_elsewhere(recovery_on_another_node, &[]);
+    gap(gap_over_history, &["--history-size", "5"]);
+    state_idempotency(state_and_idempotency, &[]);
+}
+
+// ---- what only a cluster can do --------------------------------------------------------
+
+/// Waits until `node`'s `/readyz` answers `status`.
+async fn ready_is(node: &Node, status: u16) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if node.get("/readyz").await.0 == status {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "readyz never said {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `kill -9` of a node loses nothing: after its restart the sequence continues under the same
+/// epoch and a client recovers on it.
+#[tokio::test]
+async fn a_killed_node_restarts_into_the_same_sequence() {
+    let mut cluster = Cluster::redis(2, false, &[]).await;
+    let mut sub = cluster.node(1).ws("k").await;
+    let epoch = subscribe(&mut sub, "alerts", None).await["epoch"].as_str().unwrap().to_owned();
+    for k in 0..3 {
+        publish_ok(cluster.node(0), &alert(&format!("k{k}")), &[]).await;
+    }
+    messages(&mut sub, 3).await;
+    drop(sub);
+    cluster.nodes[1].kill();
+    for k in 3..5 {
+        publish_ok(cluster.node(0), &alert(&format!("k{k}")), &[]).await;
+    }
+    cluster.nodes[1].restart().await;
+    let mut again = cluster.node(1).ws("k").await;
+    let reply = subscribe(&mut again, "alerts", Some((&epoch, 3))).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(alert_ids(&messages(&mut again, 2).await), ["k3", "k4"]);
+    assert_eq!(publish_ok(cluster.node(1), &alert("k5"), &[]).await, [6]);
+    assert_eq!(seqs(&messages(&mut again, 1).await), [6]);
+}
+
+/// Redis restarting with its AOF keeps the epoch: open subscriptions simply continue. Without
+/// persistence the epoch changes and every subscriber is told: a new `subscribed`, not
+/// recovered, from 0 — never a reused `seq`.
+#[tokio::test]
+async fn a_redis_restart_keeps_the_epoch_with_aof_and_tells_clients_without() {
+    for aof in [true, false] {
+        let mut cluster = Cluster::redis(2, aof, &[]).await;
+        let mut sub = cluster.node(1).ws("r").await;
+        let epoch = subscribe(&mut sub, "alerts", None).await["epoch"].clone();
+        for k in 0..3 {
+            publish_ok(cluster.node(0), &alert(&format!("r{k}")), &[]).await;
+        }
+        messages(&mut sub, 3).await;
+        cluster.redis.as_mut().unwrap().restart();
+        ready_is(cluster.node(0), 200).await;
+        ready_is(cluster.node(1), 200).await;
+        if !aof {
+            let told = sub.next_of_type("subscribed").await["data"].clone();
+            assert_ne!(told["epoch"], epoch, "aof={aof}: {told}");
+            assert_eq!(told["recovered"], false);
+            assert_eq!(told["seq"], 0);
+        }
+        let seq = publish_retrying(cluster.node(0), &alert("after"), "after-restart").await;
+        let expected = if aof { 4 } else { 1 };
+        assert_eq!(seq, [expected], "aof={aof}");
+        let frame = messages(&mut sub, 1).await;
+        assert_eq!(seqs(&frame), [expected], "aof={aof}");
+    }
+}
+
+/// Redis down: publishes fail fast with 503 and `Retry-After` (no locally made `seq`),
+/// recovery gets a retryable error, `/readyz` says why, open sockets stay open. Back up:
+/// publishing continues the sequence.
+#[tokio::test]
+async fn redis_down_fails_fast_and_the_cluster_catches_up_after() {
+    let mut cluster = Cluster::redis(2, true, &[]).await;
+    let mut sub = cluster.node(1).ws("d").await;
+    let epoch = subscribe(&mut sub, "alerts", None).await["epoch"].as_str().unwrap().to_owned();
+    publish_ok(cluster.node(0), &alert("before"), &[]).await;
+    messages(&mut sub, 1).await;
+    cluster.redis.as_mut().unwrap().kill();
+    ready_is(cluster.node(0), 503).await;
+    let (_, body) = cluster.node(0).get("/readyz").await;
+    assert!(body.contains("engine_unavailable"), "{body}");
+    let started = std::time::Instant::now();
+    let (status, headers, reply) = cluster.node(0).publish(&alert("lost?"), &[]).await;
+    assert_eq!(status, 503, "{reply}");
+    assert_eq!(headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
+    let mut other = cluster.node(1).ws("d2").await;
+    other
+        .send_json(&json!({"action": "subscribe", "topic": "alerts", "id": "r1",
+        "since": {"epoch": epoch, "seq": 1}}))
+        .await;
+    let error = other.next_of_type("error").await;
+    assert_eq!(error["data"]["code"], "unavailable", "{error}");
+    assert_eq!(error["data"]["request_id"], "r1");
+
+    cluster.redis.as_mut().unwrap().restart();
+    ready_is(cluster.node(0), 200).await;
+    assert_eq!(publish_retrying(cluster.node(0), &alert("after"), "back").await, [2]);
+    let frame = messages(&mut sub, 1).await;
+    assert_eq!(alert_ids(&frame), ["after"], "the open socket stayed and continues");
+}
+
+/// The pub/sub connections killed mid-burst (`CLIENT KILL TYPE pubsub`): the nodes reconnect
+/// and fill the hole from the log — every message arrives once, in order.
+#[tokio::test]
+async fn a_killed_pubsub_connection_loses_nothing() {
+    let cluster = Cluster::redis(2, false, &[]).await;
+    let mut sub = cluster.node(1).ws("p").await;
+    subscribe(&mut sub, "alerts", None).await;
+    let total = 200;
+    let publisher = async {
+        for k in 0..total {
+            if k == total / 2 {
+                let killed =
+                    cluster.redis.as_ref().unwrap().cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+                assert!(killed.is_some_and(|n| n.trim().parse::<u32>().unwrap_or(0) >= 2));
+            }
+            publish_ok(cluster.node(0), &alert(&format!("p{k}")), &[]).await;
+        }
+    };
+    let (frames, ()) = tokio::join!(messages(&mut sub, total), publisher);
+    assert_eq!(seqs(&frames), (1..=total as u64).collect::<Vec<_>>());
+    quiet(&mut sub).await;
+}
+
+/// Subscribing — fresh and with `since` — during a publish flood on another node: no
+/// duplicate, no hole at the boundary between what was sent first and live messages.
+#[tokio::test]
+async fn subscribing_during_a_flood_has_no_hole_or_duplicate() {
+    let cluster = Cluster::redis(3, false, &[]).await;
+    let mut early = cluster.node(1).ws("e").await;
+    let epoch = subscribe(&mut early, "alerts", None).await["epoch"].as_str().unwrap().to_owned();
+    let total = 300u64;
+    let publisher = async {
+        let bodies: Vec<Value> = (0..total).map(|k| alert(&format!("f{k}"))).collect();
+        for chunk in bodies.chunks(3) {
+            publish_ok(cluster.node(0), &json!(chunk), &[]).await;
+        }
+    };
+    let joiners = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut fresh = cluster.node(2).ws("fresh").await;
+        let from = subscribe(&mut fresh, "alerts", None).await["seq"].as_u64().unwrap();
+        let mut recovering = cluster.node(1).ws("since").await;
+        let reply = subscribe(&mut recovering, "alerts", Some((&epoch, 10))).await;
+        assert_eq!(reply["recovered"], true, "{reply}");
+        let a = messages(&mut fresh, (total - from) as usize).await;
+        let b = messages(&mut recovering, (total - 10) as usize).await;
+        assert_eq!(seqs(&a), (from + 1..=total).collect::<Vec<_>>());
+        assert_eq!(seqs(&b), (11..=total).collect::<Vec<_>>());
+    };
+    tokio::join!(publisher, joiners);
+    assert_eq!(seqs(&messages(&mut early, total as usize).await), (1..=total).collect::<Vec<_>>());
+}
+
+/// `/api/stats` and `welcome` name the node; `/metrics` shows the engine's state.
+#[tokio::test]
+async fn a_node_says_who_it_is_and_how_its_engine_is() {
+    let cluster = Cluster::redis(1, false, &[]).await;
+    let (_, stats) = cluster.node(0).get("/api/stats").await;
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["node_id"], "n0");
+    assert_eq!(stats["engine"]["kind"], "redis");
+    assert_eq!(stats["engine"]["up"], true);
+    let (_, metrics) = cluster.node(0).get("/metrics").await;
+    assert!(metrics.contains("modelcast_engine_up 1"), "{metrics}");
+    let url = format!("ws://{}/ws/w", cluster.node(0).addr);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let welcome = Client { ws }.next_json().await;
+    assert_eq!(welcome["data"]["node_id"], "n0");
+}

@@ -1,0 +1,216 @@
+//! Real processes for cluster tests: a private `redis-server` on a free port with its own
+//! directory, and `modelcast` nodes started as the binary (so they can be killed with -9).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::server_util::{Client, PATIENCE, http_request, http_request_full};
+
+/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it next).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A private Redis: its own port and directory, removed when dropped.
+#[derive(Debug)]
+pub struct Redis {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+    aof: bool,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// Starts `redis-server` (AOF with fsync always when `aof`, otherwise nothing on disk).
+    pub fn start(aof: bool) -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("modelcast-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut redis = Redis { port, dir, aof, child: None };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let aof = if self.aof { "yes" } else { "no" };
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--appendonly",
+                aof,
+                "--appendfsync",
+                "always",
+                "--maxmemory-policy",
+                "noeviction",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (the Debian package redis-server)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.cli(&["PING"]).is_some_and(|o| o.trim() == "PONG") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Runs `redis-cli` with `args`; its output, `None` if it failed.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+    }
+
+    /// Kills the server at once (`kill -9`): what was not written to its AOF is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory (with its AOF, if any).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `modelcast` process.
+#[derive(Debug)]
+pub struct Node {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts the binary on a free port with `args`; waits until it serves `/healthz`.
+    pub async fn start(args: &[&str]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut node =
+            Node { addr, args: args.iter().map(|s| (*s).to_owned()).collect(), child: None };
+        node.spawn().await;
+        node
+    }
+
+    /// Starts a node of the cluster on `redis`, named `id`.
+    pub async fn on(redis: &Redis, id: &str, args: &[&str]) -> Self {
+        let url = redis.url();
+        let mut all = vec!["--redis-url", &url, "--node-id", id];
+        all.extend_from_slice(args);
+        Self::start(&all).await
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(crate::server_util::binary())
+            .args(["--bind", &self.addr.to_string()])
+            .args(&self.args)
+            .env("MODELCAST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn modelcast");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::time::Instant::now() < deadline {
+            if http_request_full(self.addr, "GET", "/readyz", &[], None)
+                .await
+                .is_some_and(|(status, _, _)| status == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("modelcast on {} did not become ready", self.addr);
+    }
+
+    /// `kill -9`: no shutdown, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same address with the same arguments.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// A WebSocket client on `/ws/<id>`, past its `welcome`.
+    pub async fn ws(&self, id: &str) -> Client {
+        let url = format!("ws://{}/ws/{id}", self.addr);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket");
+        let mut client = Client { ws };
+        assert_eq!(client.next_json().await["type"], "welcome");
+        client
+    }
+
+    /// Publishes `body` (one message or an array); the status, headers and JSON reply.
+    pub async fn publish(
+        &self,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, hyper::HeaderMap, Value) {
+        let (status, headers, text) =
+            http_request_full(self.addr, "POST", "/api/publish", headers, Some(body.to_string()))
+                .await
+                .expect("the node answers");
+        (status, headers, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// `GET path`: status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_request(self.addr, "GET", path, &[], None).await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An alert with id `id`, as published over HTTP.
+pub fn alert(id: &str) -> Value {
+    serde_json::json!({"type": "alert", "data": {
+        "alert_id": id, "level": "info", "title": "t", "message": "m"}})
+}
+
+/// A download progress update of `model` at `percent` (retained state of the model).
+pub fn progress(model: &str, percent: f64) -> Value {
+    serde_json::json!({"type": "download_progress_update", "data": {
+        "model_id": model, "progress_percent": percent, "downloaded_mb": percent,
+        "total_mb": 100.0, "speed_mbps": 1.0, "eta_seconds": 1.0, "status": "downloading",
+        "can_pause": true, "can_resume": false, "can_cancel": true}})
+}
