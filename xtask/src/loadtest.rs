@@ -31,11 +31,19 @@ pub(crate) struct Options {
     seconds: u64,
     idle: Option<usize>,
     pin: bool,
+    redis_url: Option<String>,
 }
 
 impl Options {
     pub(crate) fn parse(args: &[&str]) -> Result<Self> {
-        let mut o = Options { subscribers: 1000, rate: 200, seconds: 10, idle: None, pin: true };
+        let mut o = Options {
+            subscribers: 1000,
+            rate: 200,
+            seconds: 10,
+            idle: None,
+            pin: true,
+            redis_url: None,
+        };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             let mut value = |name: &str| -> Result<u64> {
@@ -50,6 +58,9 @@ impl Options {
                 "--seconds" => o.seconds = value("--seconds")?,
                 "--idle" => o.idle = Some(value("--idle")? as usize),
                 "--no-pin" => o.pin = false,
+                "--redis-url" => {
+                    o.redis_url = Some(it.next().context("--redis-url needs a URL")?.to_string());
+                }
                 other => bail!("unknown loadtest option `{other}`\n{}", crate::USAGE),
             }
         }
@@ -137,6 +148,10 @@ fn start_server(o: &Options, connections: usize) -> Result<ServerProcess> {
         .args(["--connect-rate", "1000000"])
         .env("MODELCAST_LOG", "warn")
         .stdin(Stdio::null());
+    if let Some(url) = &o.redis_url {
+        // A node of a cluster: every publish goes through Redis and back.
+        cmd.args(["--redis-url", url, "--redis-prefix", &format!("loadtest{port}")]);
+    }
     let child = cmd.spawn().context("starting modelcast (is `taskset` installed? use --no-pin)")?;
     let server = ServerProcess { child, addr };
     for _ in 0..200 {

@@ -1,9 +1,12 @@
 //! `cargo xtask`: modelcast's developer tasks.
 //!
 //! - `cargo xtask codegen [--check]` writes (or checks) the generated files under `schemas/`.
+//! - `cargo xtask cluster [--nodes N] [--demo]` runs a private Redis and N nodes.
+//! - `cargo xtask loadtest` measures the release server.
 //!
 //! xtask may depend on any workspace crate; nothing depends on xtask.
 
+mod cluster;
 mod codegen;
 mod loadtest;
 
@@ -16,12 +19,17 @@ tasks:
                       (--check: fail, naming each stale file, if they differ)
   schema-baseline     freeze schemas/ as the compatibility baseline of the current
                       protocol version (after raising PROTOCOL_VERSION)
+  cluster [options]   a private Redis and N nodes on consecutive ports; Ctrl-C stops all
+      --nodes N         how many nodes (default 3)
+      --port P          the first node's port (default 8000)
+      --demo            node0 publishes the demo
   loadtest [options]  start the release server (pinned to core 0) and load it from core 1
       --subscribers N   subscriber connections (default 1000)
       --rate R          messages per second in the steady phase (default 200)
       --seconds S       length of each phase (default 10)
       --idle N          only open N idle subscribed connections and report RSS
-      --no-pin          do not pin server and generator to cores (no taskset)";
+      --no-pin          do not pin server and generator to cores (no taskset)
+      --redis-url URL   run the server as a cluster node on this Redis (a fresh key prefix)";
 
 /// The repository root.
 pub(crate) fn root() -> std::path::PathBuf {
@@ -38,6 +46,7 @@ fn main() -> ExitCode {
         ["codegen"] => codegen::run(codegen::Mode::Write),
         ["codegen", "--check"] => codegen::run(codegen::Mode::Check),
         ["schema-baseline"] => codegen::baseline(),
+        ["cluster", rest @ ..] => cluster::Options::parse(rest).and_then(cluster::run),
         ["loadtest", rest @ ..] => {
             loadtest::Options::parse(rest).and_then(|o| loadtest::run(o, rest))
         }

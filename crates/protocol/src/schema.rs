@@ -379,6 +379,9 @@ pub fn openapi() -> Value {
             "/api/publish": {"post": {
                 "summary": "Publish one message or an array of them",
                 "description": "Needs `Authorization: Bearer <key>` when MODELCAST_PUBLISH_KEYS is set. A bad request publishes nothing. A missing `timestamp` is stamped by the server.",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false,
+                    "description": "1 to 200 printable ASCII characters (e.g. a UUID). A retry with the same key within 10 minutes answers the first publish's seq and publishes nothing new; an array's elements are keyed `<key>#<index>`.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [
                     {"$ref": "#/components/schemas/PublishFrame"},
                     {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/PublishFrame"}}
@@ -390,7 +393,7 @@ pub fn openapi() -> Value {
                     "403": error("Wrong publish key, or a browser origin that may not publish"),
                     "408": error("The body did not arrive within MODELCAST_BODY_TIMEOUT"),
                     "413": error("The body is larger than MODELCAST_MAX_PUBLISH_BYTES"),
-                    "503": error("Too many HTTP connections at once (Retry-After)")
+                    "503": error("Too many HTTP connections at once, or (in a cluster) Redis cannot store messages now: code `unavailable`, nothing was sequenced locally; retry after Retry-After, with the same Idempotency-Key")
                 }
             }},
             "/api/state": {"get": {

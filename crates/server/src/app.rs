@@ -184,7 +184,12 @@ impl Server {
     pub async fn run(self) -> std::io::Result<()> {
         let Server { app, listener } = self;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, epoch = app.hub.epoch(), "modelcast listening");
+        tracing::info!(
+            %addr,
+            node_id = %app.node_id,
+            engine = if app.engine.is_some() { "redis" } else { "memory" },
+            "modelcast listening"
+        );
         let host =
             if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
         let page = if addr.is_ipv6() && !addr.ip().is_unspecified() {

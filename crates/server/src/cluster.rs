@@ -586,7 +586,11 @@ impl Follower {
     async fn reset(&mut self, replica: &Replica, topic: Topic) -> redis::RedisResult<()> {
         let snap = self.snapshot(topic, 1, true).await?;
         self.health.resets.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(%topic, epoch = %snap.epoch, seq = snap.top, "topic reset from redis");
+        if replica.position(topic).is_some_and(|(_, seq)| seq > 0) {
+            tracing::info!(%topic, epoch = %snap.epoch, seq = snap.top, "topic reset from redis");
+        } else {
+            tracing::debug!(%topic, epoch = %snap.epoch, seq = snap.top, "topic loaded from redis");
+        }
         replica.reset(topic, &snap.epoch, snap.top, snap.entries, snap.retained);
         Ok(())
     }
