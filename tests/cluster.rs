@@ -388,3 +388,32 @@ async fn a_node_says_who_it_is_and_how_its_engine_is() {
     let welcome = Client { ws }.next_json().await;
     assert_eq!(welcome["data"]["node_id"], "n0");
 }
+
+/// Redis comes back with a lower `seq` under the same epoch (a replica failover, a lost AOF
+/// tail — simulated by rewinding the topic's counter): the nodes fence it with a new epoch and
+/// tell their subscribers, so no `seq` they delivered is ever handed out again.
+#[tokio::test]
+async fn a_rolled_back_log_gets_a_new_epoch_not_reused_numbers() {
+    let cluster = Cluster::redis(2, false, &[]).await;
+    let mut sub = cluster.node(1).ws("f").await;
+    let epoch = subscribe(&mut sub, "alerts", None).await["epoch"].clone();
+    for k in 0..5 {
+        publish_ok(cluster.node(0), &alert(&format!("f{k}")), &[]).await;
+    }
+    messages(&mut sub, 5).await;
+    let redis = cluster.redis.as_ref().unwrap();
+    assert_eq!(
+        redis.cli(&["HSET", "mc:{alerts}:meta", "seq", "2"]).map(|s| s.trim().to_owned()),
+        Some("0".into())
+    );
+    // The periodic check (every second) finds the rewind and fences it.
+    let told = sub.next_of_type("subscribed").await["data"].clone();
+    assert_ne!(told["epoch"], epoch, "{told}");
+    assert_eq!(told["recovered"], false);
+    assert_eq!(told["seq"], 0, "what the log still holds follows, under the new epoch");
+    let next = publish_ok(cluster.node(0), &alert("after"), &[]).await;
+    assert_eq!(next, [6], "numbering continues above everything delivered");
+    let frames = messages(&mut sub, 6).await;
+    assert_eq!(seqs(&frames), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(alert_ids(&frames[5..]), ["after"]);
+}
