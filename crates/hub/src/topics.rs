@@ -232,7 +232,7 @@ struct Prepared {
     type_index: u8,
 }
 
-/// What [`Topics::apply`] did with a message sequenced elsewhere.
+/// What [`Replica::apply`](crate::Replica::apply) did with a message sequenced elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// Recorded and fanned out: it was the next `seq`.

@@ -41,7 +41,7 @@ pub(crate) struct Wire {
 /// log (so a snapshot of the state can be read without replaying the log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateChange {
-    /// `key`'s state is now this message (a [`Wire`] without parts, as bytes).
+    /// `key`'s state is now this message (the engine payload of the message alone, as bytes).
     Keep {
         /// The state key.
         key: String,
