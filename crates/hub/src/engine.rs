@@ -23,7 +23,7 @@ use modelcast_protocol::Topic;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::topics::{Applied, Logged, Topics};
+use crate::topics::{Applied, Logged, Topics, new_epoch};
 use crate::wire::StateChange;
 
 /// A sequenced, shared log per topic with its retained state: what makes several hubs one.
@@ -121,18 +121,11 @@ impl Replica {
         Some(self.topics.upgrade()?.position(topic))
     }
 
-    /// Records and fans out the message sequenced at `seq` under `epoch`, if it is the next
-    /// one; otherwise says what the engine must do (see [`Applied`]).
-    pub fn apply(
-        &self,
-        topic: Topic,
-        epoch: &str,
-        seq: u64,
-        published_ms: i64,
-        payload: &[u8],
-    ) -> Applied {
+    /// Records and fans out `logged`, sequenced under `epoch`, if it is the next message;
+    /// otherwise says what the engine must do (see [`Applied`]).
+    pub fn apply(&self, topic: Topic, epoch: &str, logged: &Logged) -> Applied {
         match self.topics.upgrade() {
-            Some(topics) => topics.apply(topic, epoch, seq, published_ms, payload),
+            Some(topics) => topics.apply(topic, epoch, logged),
             None => Applied::Gone,
         }
     }
@@ -195,11 +188,7 @@ impl Default for MemoryEngine {
 impl MemoryEngine {
     /// An empty engine keeping `history_size` messages per topic.
     pub fn new(history_size: usize) -> Self {
-        Self {
-            epoch: format!("{:016x}", rand::random::<u64>()),
-            history_size,
-            state: Mutex::default(),
-        }
+        Self { epoch: new_epoch(), history_size, state: Mutex::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, MemoryState> {
@@ -233,7 +222,7 @@ impl Engine for MemoryEngine {
         log.seq += 1;
         let seq = log.seq;
         let published_ms = chrono::Utc::now().timestamp_millis();
-        let logged = Logged { seq, published_ms, payload: append.payload.clone() };
+        let logged = Logged { seq, published_ms, payload: append.payload };
         for change in append.state {
             match change {
                 StateChange::Keep { key, payload } => {
@@ -244,7 +233,7 @@ impl Engine for MemoryEngine {
                 }
             }
         }
-        log.log.push_back(logged);
+        log.log.push_back(logged.clone());
         while log.log.len() > self.history_size {
             log.log.pop_front();
         }
@@ -260,8 +249,7 @@ impl Engine for MemoryEngine {
         // Delivered under the engine's lock: every replica applies the topic's messages in
         // `seq` order, so none ever sees a gap.
         for replica in &state.replicas {
-            let applied =
-                replica.apply(append.topic, &self.epoch, seq, published_ms, &append.payload);
+            let applied = replica.apply(append.topic, &self.epoch, &logged);
             debug_assert!(matches!(applied, Applied::Applied | Applied::Gone), "{applied:?}");
         }
         let _ = append.reply.send(Ok(seq));

@@ -225,14 +225,9 @@ impl Hub {
                 let topic = publish.topic;
                 let idempotency_key = publish.idempotency_key.as_ref().map(|k| k.to_string());
                 let wire = Wire::from_publish(publish, constituents, &self.topics.stats);
+                let (payload, state) = wire.encode();
                 let (reply, pending) = Pending::new();
-                engine.append(Append {
-                    topic,
-                    payload: wire.to_bytes(),
-                    state: wire.state_changes(),
-                    idempotency_key,
-                    reply,
-                });
+                engine.append(Append { topic, payload, state, idempotency_key, reply });
                 Published::Appending(pending)
             }
         }

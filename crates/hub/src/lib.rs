@@ -78,5 +78,5 @@ pub use hub::{Hub, Published};
 pub use outbox::Delivery;
 pub use publish::{Key, Kind, Publish, Retain};
 pub use stats::{ConflateReason, HubStats, TopicStats};
-pub use topics::{Applied, HubConfig, Logged, SubscribeOptions, SubscribeOutcome};
+pub use topics::{Applied, HubConfig, Logged, SubscribeOptions, SubscribeOutcome, new_epoch};
 pub use wire::StateChange;

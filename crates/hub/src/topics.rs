@@ -232,6 +232,28 @@ struct Prepared {
     type_index: u8,
 }
 
+impl Prepared {
+    /// The record of this message at `seq` (its frame marked `late` for retained state, which
+    /// is only ever sent below a subscriber's position).
+    fn entry(&self, topic: Topic, seq: u64, at: Instant, late: bool) -> Entry {
+        let frame = with_seq(&self.text, seq);
+        let frame = TopicFrame {
+            frame: if late { frame.late() } else { frame },
+            topic,
+            seq,
+            key: self.key,
+            kind: self.kind,
+            type_index: self.type_index,
+        };
+        Entry { frame, subject: self.subject, urgent: self.urgent, at }
+    }
+}
+
+/// A new random epoch: 16 hex digits.
+pub fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
 /// What [`Replica::apply`](crate::Replica::apply) did with a message sequenced elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
@@ -287,7 +309,7 @@ fn instant_of(published_ms: i64, now: Instant) -> Instant {
 
 impl Topics {
     pub(crate) fn new(config: HubConfig, replica: bool) -> Self {
-        let epoch = format!("{:016x}", rand::random::<u64>());
+        let epoch = new_epoch();
         let shared: Arc<str> = Arc::from(epoch.as_str());
         Self {
             config,
@@ -342,17 +364,25 @@ impl Topics {
         }
     }
 
-    fn prepare_wire(&self, wire: &Wire) -> Prepared {
+    fn prepare_wire(&self, wire: Wire) -> Prepared {
         let intern = |k: &Option<String>| self.keys.intern(k.as_deref().map(Key::from).as_ref());
         Prepared {
-            text: wire.frame.clone(),
             key: intern(&wire.key),
             subject: intern(&wire.subject),
             retain: wire.retain(),
             kind: wire.kind(),
             urgent: wire.urgent,
             type_index: wire.type_index,
+            text: wire.frame,
         }
+    }
+
+    /// A message and its parts from the engine's payload.
+    fn prepare_payload(&self, payload: &[u8]) -> Result<(Prepared, Vec<Prepared>), String> {
+        let mut wire = Wire::parse(payload)?;
+        let parts = std::mem::take(&mut wire.parts);
+        let parts = parts.into_iter().map(|p| self.prepare_wire(p)).collect();
+        Ok((self.prepare_wire(wire), parts))
     }
 
     /// Sequences, records and fans out one message now; `parts` (a batch's constituents) only
@@ -369,22 +399,14 @@ impl Topics {
         seq
     }
 
-    /// Records and fans out a message an engine sequenced at `seq` under `epoch`, if it is the
-    /// next one this node expects.
-    pub(crate) fn apply(
-        &self,
-        topic: Topic,
-        epoch: &str,
-        seq: u64,
-        published_ms: i64,
-        payload: &[u8],
-    ) -> Applied {
-        let wire = match Wire::parse(payload) {
-            Ok(wire) => wire,
+    /// Records and fans out a message an engine sequenced under `epoch`, if it is the next one
+    /// this node expects.
+    pub(crate) fn apply(&self, topic: Topic, epoch: &str, logged: &Logged) -> Applied {
+        let (main, parts) = match self.prepare_payload(&logged.payload) {
+            Ok(prepared) => prepared,
             Err(err) => return Applied::Invalid(err),
         };
-        let main = self.prepare_wire(&wire);
-        let parts: Vec<Prepared> = wire.parts.iter().map(|p| self.prepare_wire(p)).collect();
+        let seq = logged.seq;
         let now = Instant::now();
         let state = self.lock(topic);
         if *state.epoch != *epoch {
@@ -396,7 +418,7 @@ impl Topics {
         if seq > state.seq + 1 {
             return Applied::Gap { last: state.seq };
         }
-        self.commit(state, topic, seq, now, instant_of(published_ms, now), main, parts);
+        self.commit(state, topic, seq, now, instant_of(logged.published_ms, now), main, parts);
         Applied::Applied
     }
 
@@ -413,14 +435,6 @@ impl Topics {
         parts: Vec<Prepared>,
     ) {
         state.seq = seq;
-        let sequenced = TopicFrame {
-            frame: with_seq(&main.text, seq),
-            topic,
-            seq,
-            key: main.key,
-            kind: main.kind,
-            type_index: main.type_index,
-        };
         for part in std::iter::once(&main).chain(&parts) {
             if part.key == KeyId::NONE {
                 continue;
@@ -431,21 +445,13 @@ impl Topics {
                     state.retained.remove(&part.key);
                 }
                 Retain::Keep => {
-                    let frame = TopicFrame {
-                        frame: with_seq(&part.text, seq).late(),
-                        key: part.key,
-                        kind: part.kind,
-                        type_index: part.type_index,
-                        ..sequenced.clone()
-                    };
-                    let entry = Entry { frame, subject: part.subject, urgent: part.urgent, at };
-                    state.retained.insert(part.key, entry);
+                    state.retained.insert(part.key, part.entry(topic, seq, at, true));
                 }
             }
         }
-        let frame = sequenced.clone();
+        let entry = main.entry(topic, seq, at, false);
+        let frame = entry.frame.clone();
         self.history_bytes.fetch_add(frame.frame.len(), Ordering::Relaxed);
-        let entry = Entry { frame: sequenced, subject: main.subject, urgent: main.urgent, at };
         state.history.push_back(entry);
         // May drop this very message from history if it alone is over the byte budget: it is
         // still delivered, only not recoverable.
@@ -486,13 +492,11 @@ impl Topics {
         retained: Vec<Logged>,
     ) {
         let now = Instant::now();
-        let decode = |logged: Vec<Logged>| -> Vec<(u64, Instant, Prepared)> {
+        let decode = |logged: Vec<Logged>| -> Vec<(Prepared, u64, Instant)> {
             logged
                 .into_iter()
-                .filter_map(|l| match Wire::parse(&l.payload) {
-                    Ok(wire) => {
-                        Some((l.seq, instant_of(l.published_ms, now), self.prepare_wire(&wire)))
-                    }
+                .filter_map(|l| match self.prepare_payload(&l.payload) {
+                    Ok((p, _)) => Some((p, l.seq, instant_of(l.published_ms, now))),
                     Err(err) => {
                         tracing::warn!(%topic, seq = l.seq, "skipping a stored message: {err}");
                         None
@@ -511,46 +515,25 @@ impl Topics {
         state.retained.clear();
         state.epoch = Arc::from(epoch);
         state.seq = top;
-        for (seq, at, p) in history {
-            let frame = TopicFrame {
-                frame: with_seq(&p.text, seq),
-                topic,
-                seq,
-                key: p.key,
-                kind: p.kind,
-                type_index: p.type_index,
-            };
-            self.history_bytes.fetch_add(frame.frame.len(), Ordering::Relaxed);
-            state.history.push_back(Entry { frame, subject: p.subject, urgent: p.urgent, at });
+        for (p, seq, at) in history {
+            let entry = p.entry(topic, seq, at, false);
+            self.history_bytes.fetch_add(entry.frame.frame.len(), Ordering::Relaxed);
+            state.history.push_back(entry);
         }
-        for (seq, at, p) in retained {
-            if p.key == KeyId::NONE {
-                continue;
-            }
-            let frame = TopicFrame {
-                frame: with_seq(&p.text, seq).late(),
-                topic,
-                seq,
-                key: p.key,
-                kind: p.kind,
-                type_index: p.type_index,
-            };
-            state.retained.insert(p.key, Entry { frame, subject: p.subject, urgent: p.urgent, at });
+        for (p, seq, at) in retained.into_iter().filter(|(p, ..)| p.key != KeyId::NONE) {
+            state.retained.insert(p.key, p.entry(topic, seq, at, true));
         }
         state.prune(&self.config, now, &self.history_bytes);
         state.expire_retained(&self.config, now);
-        let subs = std::mem::take(&mut state.subs);
-        for sub in subs {
-            let start = self.start_of(state, Some(&old));
-            match self.begin(
-                state,
-                &sub.outbox,
-                topic,
-                start,
-                &sub.filter,
-                sub.rate.is_some(),
-                None,
-            ) {
+        // Every subscriber restarts from the same old position. (A node is never ahead of the
+        // log it was reset to; if it were, the current state is the honest start.)
+        let start = match self.start_of(state, Some(&old)) {
+            Start::Ahead => Start::State,
+            start => start,
+        };
+        for sub in std::mem::take(&mut state.subs) {
+            let rated = sub.rate.is_some();
+            match self.begin(state, &sub.outbox, topic, start, &sub.filter, rated, None) {
                 Ok(_) => state.subs.push(sub),
                 Err(_) => self.stats.unsubscribed(topic),
             }

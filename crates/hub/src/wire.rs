@@ -106,30 +106,36 @@ impl Wire {
         }
     }
 
-    pub(crate) fn to_bytes(&self) -> Bytes {
+    fn to_bytes(&self) -> Bytes {
         Bytes::from(serde_json::to_vec(self).expect("a wire message always serializes"))
     }
 
-    pub(crate) fn parse(bytes: &[u8]) -> Result<Wire, String> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| format!("undecodable message from the engine: {e}"))
-    }
-
-    /// The retained-state changes this publish makes, in order (the message, then its parts).
-    pub(crate) fn state_changes(&self) -> Vec<StateChange> {
-        std::iter::once(self)
+    /// The engine payload, and the retained-state changes it makes in order (the message, then
+    /// its parts). A message without parts that keeps its state shares the payload's bytes.
+    pub(crate) fn encode(&self) -> (Bytes, Vec<StateChange>) {
+        let payload = self.to_bytes();
+        let changes = std::iter::once(self)
             .chain(&self.parts)
             .filter_map(|w| {
                 let key = w.key.clone()?;
                 match w.retain() {
                     Retain::No => None,
                     Retain::Clear => Some(StateChange::Clear { key }),
+                    Retain::Keep if w.parts.is_empty() && std::ptr::eq(w, self) => {
+                        Some(StateChange::Keep { key, payload: payload.clone() })
+                    }
                     Retain::Keep => {
                         let alone = Wire { parts: Vec::new(), ..w.clone() };
                         Some(StateChange::Keep { key, payload: alone.to_bytes() })
                     }
                 }
             })
-            .collect()
+            .collect();
+        (payload, changes)
+    }
+
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Wire, String> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| format!("undecodable message from the engine: {e}"))
     }
 }

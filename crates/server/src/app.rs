@@ -62,8 +62,7 @@ impl Server {
             .history_bytes(config.history_bytes)
             .retained_ttl(config.state_ttl)
             .outbox_capacity(config.queue_size);
-        let node_id =
-            config.node_id.clone().unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
+        let node_id = node_id(&config);
         let engine = match &config.redis_url {
             None => None,
             Some(url) => {
@@ -107,8 +106,7 @@ impl Server {
     /// history, retained state, download state and the stale watchdog intact. The hub,
     /// policy and stale settings of `config` are not used.
     pub async fn bind_with(config: Config, notifiers: Notifiers) -> std::io::Result<Self> {
-        let node_id =
-            config.node_id.clone().unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
+        let node_id = node_id(&config);
         Self::bind_inner(config, notifiers, node_id, None).await
     }
 
@@ -264,6 +262,11 @@ impl Server {
         drop(listener);
         Ok(())
     }
+}
+
+/// `MODELCAST_NODE_ID`, or a random id for this process.
+fn node_id(config: &Config) -> String {
+    config.node_id.clone().unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()))
 }
 
 /// `MODELCAST_MAX_HTTP_CONNECTIONS`, lowered if the open-file limit cannot hold it next to

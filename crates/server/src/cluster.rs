@@ -18,17 +18,18 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use modelcast_hub::{
-    Append, Applied, Engine, Error as HubError, Logged, Pending, Replica, StateChange,
+    Append, Applied, Engine, Error as HubError, Logged, Pending, Replica, StateChange, new_epoch,
 };
 use modelcast_protocol::Topic;
 use redis::Value;
 use redis::aio::ConnectionManager;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Appends a message: see the module docs.
@@ -91,24 +92,57 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Probes unanswered for this many checks mean the pub/sub connection is wedged.
 const PROBE_PATIENCE: u64 = 3;
 
-/// Where the engine's keys live.
-#[derive(Debug, Clone)]
+/// One topic's Redis names (the topic in braces: the Redis Cluster hash tag).
+#[derive(Debug)]
+struct TopicKeys {
+    meta: String,
+    log: String,
+    ret: String,
+    channel: String,
+    /// `<idem><key>` is an idempotency key's record.
+    idem: String,
+}
+
+/// Every name the engine uses, made once at start-up.
+#[derive(Debug)]
 struct Keys {
     prefix: String,
+    topics: Vec<TopicKeys>,
+    /// The cluster's epoch for topics Redis has none for.
+    epoch: String,
+    /// This node's probe channel.
+    probe: String,
 }
 
 impl Keys {
-    fn topic(&self, topic: Topic, what: &str) -> String {
-        format!("{}:{{{}}}:{what}", self.prefix, topic.as_str())
+    fn new(prefix: &str, node: &str) -> Self {
+        let topics = Topic::ALL
+            .iter()
+            .map(|t| {
+                let base = format!("{prefix}:{{{}}}:", t.as_str());
+                TopicKeys {
+                    meta: format!("{base}meta"),
+                    log: format!("{base}log"),
+                    ret: format!("{base}ret"),
+                    channel: format!("{base}ch"),
+                    idem: format!("{base}idem:"),
+                }
+            })
+            .collect();
+        Keys {
+            prefix: prefix.to_owned(),
+            topics,
+            epoch: format!("{prefix}:epoch"),
+            probe: format!("{prefix}:probe:{node}"),
+        }
     }
-    fn channel(&self, topic: Topic) -> String {
-        self.topic(topic, "ch")
+
+    fn of(&self, topic: Topic) -> &TopicKeys {
+        &self.topics[topic.index()]
     }
-    fn probe(&self, node: &str) -> String {
-        format!("{}:probe:{node}", self.prefix)
-    }
-    fn epoch(&self) -> String {
-        format!("{}:epoch", self.prefix)
+
+    fn topic_of_channel(&self, channel: &str) -> Option<Topic> {
+        Topic::ALL.into_iter().find(|t| self.of(*t).channel == channel)
     }
 }
 
@@ -152,11 +186,12 @@ impl Health {
 
 /// The Redis engine (see the module docs).
 pub(crate) struct RedisEngine {
-    keys: Keys,
     conn: ConnectionManager,
     appends: mpsc::UnboundedSender<Append>,
     catch_up: mpsc::UnboundedSender<Topic>,
-    replica: Arc<OnceLock<Replica>>,
+    /// Hands the hub's replica to the follower (once).
+    attach: Mutex<Option<oneshot::Sender<Replica>>>,
+    keys: Arc<Keys>,
     pub(crate) health: Arc<Health>,
 }
 
@@ -192,46 +227,46 @@ impl RedisEngine {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = client.get_connection_manager_with_config(config).await?;
-        let keys = Keys { prefix: settings.prefix.clone() };
+        let keys = Arc::new(Keys::new(&settings.prefix, &settings.node));
         let (appends, appends_rx) = mpsc::unbounded_channel();
         let (catch_up, catch_up_rx) = mpsc::unbounded_channel();
+        let (attach, attached) = oneshot::channel();
         let health = Arc::new(Health::default());
-        let replica = Arc::new(OnceLock::new());
-        let engine = Arc::new(Self {
-            keys: keys.clone(),
-            conn: conn.clone(),
-            appends,
-            catch_up,
-            replica: replica.clone(),
-            health: health.clone(),
-        });
         let appender = Appender {
             keys: keys.clone(),
             conn: conn.clone(),
             health: health.clone(),
             history_size: settings.history_size,
-            node_epoch: format!("{:016x}", rand::random::<u64>()),
+            node_epoch: new_epoch(),
         };
         tokio::spawn(appender.run(appends_rx, stop.clone()));
         let follower = Follower {
             client,
-            keys,
-            conn,
-            health,
-            replica,
-            node: settings.node,
+            keys: keys.clone(),
+            conn: conn.clone(),
+            health: health.clone(),
             history_size: settings.history_size,
             candidate: String::new(),
         };
-        tokio::spawn(follower.run(catch_up_rx, stop));
-        Ok(engine)
+        tokio::spawn(follower.run(attached, catch_up_rx, stop));
+        Ok(Arc::new(Self {
+            conn,
+            appends,
+            catch_up,
+            attach: Mutex::new(Some(attach)),
+            keys,
+            health,
+        }))
     }
 }
 
 impl Engine for RedisEngine {
     fn attach(&self, replica: Replica) {
-        if self.replica.set(replica).is_err() {
-            tracing::error!("a redis engine serves one hub; a second attach was ignored");
+        match self.attach.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(attach) => {
+                let _ = attach.send(replica);
+            }
+            None => tracing::error!("a redis engine serves one hub; a second attach was ignored"),
         }
     }
 
@@ -246,11 +281,12 @@ impl Engine for RedisEngine {
         let mut conn = self.conn.clone();
         let keys = self.keys.clone();
         tokio::spawn(async move {
+            let names = keys.of(topic);
             let result: redis::RedisResult<i64> = redis::cmd("EVAL")
                 .arg(CLEAR)
                 .arg(1)
-                .arg(keys.topic(topic, "ret"))
-                .arg(keys.channel(topic))
+                .arg(&names.ret)
+                .arg(&names.channel)
                 .arg(&key)
                 .query_async(&mut conn)
                 .await;
@@ -272,7 +308,7 @@ impl Engine for RedisEngine {
 /// Sends appends to Redis in order, pipelined: everything queued while a round trip is in
 /// flight goes in the next one.
 struct Appender {
-    keys: Keys,
+    keys: Arc<Keys>,
     conn: ConnectionManager,
     health: Arc<Health>,
     history_size: usize,
@@ -314,14 +350,15 @@ impl Appender {
     fn call(&self, append: &Append) -> impl Future<Output = redis::RedisResult<u64>> + use<> {
         let topic = append.topic;
         let idem = append.idempotency_key.as_deref();
+        let names = self.keys.of(topic);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(APPEND)
             .arg(4)
-            .arg(self.keys.topic(topic, "meta"))
-            .arg(self.keys.topic(topic, "log"))
-            .arg(self.keys.topic(topic, "ret"))
-            .arg(self.keys.topic(topic, &format!("idem:{}", idem.unwrap_or("-"))))
-            .arg(self.keys.channel(topic))
+            .arg(&names.meta)
+            .arg(&names.log)
+            .arg(&names.ret)
+            .arg(format!("{}{}", names.idem, idem.unwrap_or("-")))
+            .arg(&names.channel)
             .arg(&self.node_epoch)
             .arg(append.payload.as_ref())
             .arg(chrono::Utc::now().timestamp_millis())
@@ -354,119 +391,134 @@ struct Snapshot {
 /// Follows the topics' channels and keeps the node's copy contiguous.
 struct Follower {
     client: redis::Client,
-    keys: Keys,
+    keys: Arc<Keys>,
     conn: ConnectionManager,
     health: Arc<Health>,
-    replica: Arc<OnceLock<Replica>>,
-    node: String,
     history_size: usize,
     /// The cluster's epoch for topics Redis has none for (`{prefix}:epoch`).
     candidate: String,
 }
 
+/// Why [`Follower::follow`] returned.
+enum Exit {
+    Stop,
+    Reconnect,
+}
+
 impl Follower {
-    async fn run(mut self, mut catch_up: mpsc::UnboundedReceiver<Topic>, stop: CancellationToken) {
-        let replica = loop {
-            if let Some(r) = self.replica.get() {
-                break r.clone();
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(5)) => {}
-                () = stop.cancelled() => return,
-            }
+    async fn run(
+        mut self,
+        attached: oneshot::Receiver<Replica>,
+        mut catch_up: mpsc::UnboundedReceiver<Topic>,
+        stop: CancellationToken,
+    ) {
+        let replica = tokio::select! {
+            replica = attached => match replica {
+                Ok(replica) => replica,
+                Err(_) => return, // the engine was dropped without a hub
+            },
+            () = stop.cancelled() => return,
         };
         let mut backoff = Duration::from_millis(100);
-        let mut first = true;
         loop {
-            if !first {
-                self.health.reconnects.fetch_add(1, Ordering::Relaxed);
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = stop.cancelled() => return,
+            match self.subscribe(&replica).await {
+                Ok(pubsub) => {
+                    backoff = Duration::from_millis(100);
+                    self.health.following.store(true, Ordering::SeqCst);
+                    self.health.set_up();
+                    if let Exit::Stop = self.follow(pubsub, &replica, &mut catch_up, &stop).await {
+                        return;
+                    }
+                    self.health.following.store(false, Ordering::SeqCst);
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                Err(err) => self.health.set_down(format!("redis: {err}")),
             }
-            first = false;
-            let mut pubsub = match self.client.get_async_pubsub().await {
-                Ok(p) => p,
-                Err(err) => {
-                    self.health.set_down(format!("redis pub/sub: {err}"));
-                    continue;
+            self.health.reconnects.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stop.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// A pub/sub connection subscribed to every topic's channel and the probe, then every
+    /// topic caught up: subscribed first, so nothing published in between is missed (it is
+    /// in the snapshot, on the channel, or both).
+    async fn subscribe(&mut self, replica: &Replica) -> redis::RedisResult<redis::aio::PubSub> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        let mut channels: Vec<&str> = self.keys.topics.iter().map(|t| t.channel.as_str()).collect();
+        channels.push(&self.keys.probe);
+        pubsub.subscribe(&channels).await?;
+        self.sync_all(replica).await?;
+        Ok(pubsub)
+    }
+
+    /// Applies channel messages, serves catch-up requests and checks every second, until the
+    /// connection is lost or wedged (reconnect) or the server stops.
+    async fn follow(
+        &mut self,
+        pubsub: redis::aio::PubSub,
+        replica: &Replica,
+        catch_up: &mut mpsc::UnboundedReceiver<Topic>,
+        stop: &CancellationToken,
+    ) -> Exit {
+        let mut messages = pubsub.into_on_message();
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut probes_sent, mut probes_seen) = (0u64, 0u64);
+        loop {
+            let result = tokio::select! {
+                () = stop.cancelled() => return Exit::Stop,
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        // Publishing goes on (another connection); delivery resumes, with the
+                        // hole filled from the log, once reconnected.
+                        tracing::warn!("redis pub/sub connection lost; reconnecting");
+                        return Exit::Reconnect;
+                    };
+                    let channel = message.get_channel_name();
+                    if channel == self.keys.probe {
+                        probes_seen = probes_sent;
+                        continue;
+                    }
+                    match self.keys.topic_of_channel(channel) {
+                        Some(topic) => self.on_message(replica, topic, message.get_payload_bytes()).await,
+                        None => Ok(()),
+                    }
+                }
+                Some(topic) = catch_up.recv() => self.repair(replica, topic).await,
+                _ = tick.tick() => {
+                    if probes_sent.saturating_sub(probes_seen) > PROBE_PATIENCE {
+                        tracing::warn!("redis pub/sub delivers nothing (probes lost); reconnecting");
+                        return Exit::Reconnect;
+                    }
+                    probes_sent += 1;
+                    self.check_and_probe(replica, probes_sent).await
                 }
             };
-            let mut channels: Vec<String> =
-                Topic::ALL.iter().map(|t| self.keys.channel(*t)).collect();
-            channels.push(self.keys.probe(&self.node));
-            if let Err(err) = pubsub.subscribe(&channels).await {
-                self.health.set_down(format!("redis pub/sub: {err}"));
-                continue;
-            }
-            // Subscribed first, then caught up: nothing published in between is missed (it
-            // is either in the snapshot or arrives on the channel, or both).
-            if let Err(err) = self.sync_all(&replica).await {
-                self.health.set_down(format!("redis: {err}"));
-                continue;
-            }
-            backoff = Duration::from_millis(100);
-            self.health.following.store(true, Ordering::SeqCst);
-            self.health.set_up();
-            let mut messages = pubsub.into_on_message();
-            let mut tick = tokio::time::interval(CHECK_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut probes_sent = 0u64;
-            let mut probes_seen = 0u64;
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    message = messages.next() => {
-                        let Some(message) = message else {
-                            // Publishing goes on (another connection); delivery resumes, with
-                            // the hole filled from the log, once reconnected.
-                            tracing::warn!("redis pub/sub connection lost; reconnecting");
-                            self.health.following.store(false, Ordering::SeqCst);
-                            break;
-                        };
-                        if message.get_channel_name() == self.keys.probe(&self.node) {
-                            probes_seen = probes_sent;
-                            continue;
-                        }
-                        let topic = Topic::ALL.into_iter().find(|t| self.keys.channel(*t) == message.get_channel_name());
-                        if let Some(topic) = topic
-                            && let Err(err) = self.on_message(&replica, topic, message.get_payload_bytes()).await
-                        {
-                            tracing::warn!(%topic, "repair failed: {err}");
-                            self.health.set_down(format!("redis: {err}"));
-                        }
-                    }
-                    Some(topic) = catch_up.recv() => {
-                        if let Err(err) = self.repair(&replica, topic).await {
-                            tracing::warn!(%topic, "catch-up failed: {err}");
-                        }
-                    }
-                    _ = tick.tick() => {
-                        if probes_sent.saturating_sub(probes_seen) > PROBE_PATIENCE {
-                            tracing::warn!("redis pub/sub delivers nothing (probes lost); reconnecting");
-                            self.health.following.store(false, Ordering::SeqCst);
-                            break;
-                        }
-                        match self.check(&replica).await {
-                            Ok(()) => {
-                                self.health.set_up();
-                                probes_sent += 1;
-                                let mut conn = self.conn.clone();
-                                let probe: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                                    .arg(self.keys.probe(&self.node)).arg(probes_sent)
-                                    .query_async(&mut conn).await;
-                                if let Err(err) = probe {
-                                    self.health.set_down(format!("redis: {err}"));
-                                }
-                            }
-                            Err(err) => self.health.set_down(format!("redis: {err}")),
-                        }
-                    }
+            match result {
+                Ok(()) => {}
+                Err(err) => {
+                    tracing::warn!("redis: {err}");
+                    self.health.set_down(format!("redis: {err}"));
                 }
             }
         }
+    }
+
+    /// The periodic check (every topic's seq against the node's), then a probe on the node's
+    /// own channel (it must come back on the pub/sub connection).
+    async fn check_and_probe(&mut self, replica: &Replica, probe: u64) -> redis::RedisResult<()> {
+        self.check(replica).await?;
+        self.health.set_up();
+        let mut conn = self.conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(&self.keys.probe)
+            .arg(probe)
+            .query_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// A message from a topic's channel.
@@ -487,8 +539,9 @@ impl Follower {
                     tracing::warn!(%topic, "undecodable message on the channel; skipped");
                     return Ok(());
                 };
-                let body = fields.next().unwrap_or_default();
-                match replica.apply(topic, epoch, seq as u64, ms, body) {
+                let payload = Bytes::copy_from_slice(fields.next().unwrap_or_default());
+                let logged = Logged { seq: seq as u64, published_ms: ms, payload };
+                match replica.apply(topic, epoch, &logged) {
                     Applied::Applied | Applied::Duplicate | Applied::Gone => Ok(()),
                     Applied::Gap { .. } | Applied::OtherEpoch => self.repair(replica, topic).await,
                     Applied::Invalid(err) => {
@@ -509,14 +562,14 @@ impl Follower {
     /// Sets the cluster's epoch candidate and brings every topic up to date.
     async fn sync_all(&mut self, replica: &Replica) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        let fresh = format!("{:016x}", rand::random::<u64>());
+        let fresh = new_epoch();
         let _: Value = redis::cmd("SET")
-            .arg(self.keys.epoch())
+            .arg(&self.keys.epoch)
             .arg(&fresh)
             .arg("NX")
             .query_async(&mut conn)
             .await?;
-        self.candidate = redis::cmd("GET").arg(self.keys.epoch()).query_async(&mut conn).await?;
+        self.candidate = redis::cmd("GET").arg(&self.keys.epoch).query_async(&mut conn).await?;
         for topic in Topic::ALL {
             self.repair(replica, topic).await?;
         }
@@ -527,7 +580,7 @@ impl Follower {
     async fn check(&mut self, replica: &Replica) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         for topic in Topic::ALL {
-            pipe.cmd("HMGET").arg(self.keys.topic(topic, "meta")).arg("epoch").arg("seq");
+            pipe.cmd("HMGET").arg(&self.keys.of(topic).meta).arg("epoch").arg("seq");
         }
         let mut conn = self.conn.clone();
         let metas: Vec<(Option<String>, Option<u64>)> = pipe.query_async(&mut conn).await?;
@@ -547,16 +600,16 @@ impl Follower {
         let snap = self.snapshot(topic, last + 1, false).await?;
         if snap.epoch == *mine && snap.top < last {
             // Redis lost messages this node applied: never hand out their numbers again.
-            let new_epoch = format!("{:016x}", rand::random::<u64>());
-            tracing::warn!(%topic, redis = snap.top, node = last, "redis's log went backwards; new epoch {new_epoch}");
+            let fenced = new_epoch();
+            tracing::warn!(%topic, redis = snap.top, node = last, "redis's log went backwards; new epoch {fenced}");
             let mut conn = self.conn.clone();
             let _: i64 = redis::cmd("EVAL")
                 .arg(FENCE)
                 .arg(1)
-                .arg(self.keys.topic(topic, "meta"))
+                .arg(&self.keys.of(topic).meta)
                 .arg(&*mine)
                 .arg(last)
-                .arg(&new_epoch)
+                .arg(&fenced)
                 .query_async(&mut conn)
                 .await?;
             return self.reset(replica, topic).await;
@@ -571,7 +624,7 @@ impl Follower {
         }
         self.health.repairs.fetch_add(1, Ordering::Relaxed);
         for entry in snap.entries {
-            match replica.apply(topic, &snap.epoch, entry.seq, entry.published_ms, &entry.payload) {
+            match replica.apply(topic, &snap.epoch, &entry) {
                 Applied::Applied | Applied::Duplicate | Applied::Gone => {}
                 Applied::Invalid(err) => tracing::warn!(%topic, seq = entry.seq, "{err}"),
                 other => {
@@ -598,12 +651,13 @@ impl Follower {
     async fn snapshot(&self, topic: Topic, from: u64, state: bool) -> redis::RedisResult<Snapshot> {
         let mut conn = self.conn.clone();
         let candidate = if self.candidate.is_empty() { "0" } else { &self.candidate };
+        let names = self.keys.of(topic);
         let value: Value = redis::cmd("EVAL")
             .arg(SNAPSHOT)
             .arg(3)
-            .arg(self.keys.topic(topic, "meta"))
-            .arg(self.keys.topic(topic, "log"))
-            .arg(self.keys.topic(topic, "ret"))
+            .arg(&names.meta)
+            .arg(&names.log)
+            .arg(&names.ret)
             .arg(candidate)
             .arg(from)
             .arg(if state { "1" } else { "0" })

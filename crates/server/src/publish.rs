@@ -303,7 +303,6 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         }
         return json_response(StatusCode::BAD_REQUEST, &json!({"error": error}));
     }
-    let single_key = single;
     let outcomes: Vec<(&'static str, Option<Outcome>)> = messages
         .into_iter()
         .enumerate()
@@ -312,9 +311,8 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             // HTTP-published downloads feed the same stale watchdog as in-process ones.
             app.notifiers.downloads().observe(&message);
             // One key per element: a retry of the same body maps element to element.
-            let key = idempotency
-                .as_ref()
-                .map(|k| if single_key { k.clone() } else { format!("{k}#{i}") });
+            let key =
+                idempotency.as_ref().map(|k| if single { k.clone() } else { format!("{k}#{i}") });
             (type_name, app.policy.publish_with(message, key.as_deref()))
         })
         .collect();
