@@ -8,6 +8,12 @@
 //! Phases: connect N subscribers (RSS per connection); publish at `--rate` messages per second
 //! for `--seconds` (latency, backlog, loss); publish flat out for `--seconds` (throughput, CPU
 //! per delivery). `--idle N` only opens N idle subscribed connections and reports RSS.
+//!
+//! `--nodes N` (N > 1) runs a cluster instead: a private `redis-server` (or `--redis-url`) and
+//! N nodes; publishes go to node 0 and subscribers connect to the other nodes, so every
+//! delivery crosses Redis; CPU and RSS are the nodes' sums; nothing is pinned. `--sources K`
+//! spreads client connections over 127.0.0.1…127.0.0.K (each source address has its own
+//! ephemeral ports toward each node).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -32,6 +38,10 @@ pub(crate) struct Options {
     idle: Option<usize>,
     pin: bool,
     redis_url: Option<String>,
+    nodes: usize,
+    sources: u8,
+    /// Internal (a helper process of `--idle`): hold this many connections to `targets`.
+    hold: Option<(usize, usize, Vec<SocketAddr>)>,
 }
 
 impl Options {
@@ -43,6 +53,9 @@ impl Options {
             idle: None,
             pin: true,
             redis_url: None,
+            nodes: 1,
+            sources: 1,
+            hold: None,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -58,6 +71,18 @@ impl Options {
                 "--seconds" => o.seconds = value("--seconds")?,
                 "--idle" => o.idle = Some(value("--idle")? as usize),
                 "--no-pin" => o.pin = false,
+                "--nodes" => o.nodes = (value("--nodes")? as usize).max(1),
+                "--sources" => o.sources = value("--sources")?.clamp(1, 254) as u8,
+                "--hold" => {
+                    let n = value("--hold")? as usize;
+                    let first = value("--hold")? as usize;
+                    let targets = it.next().context("--hold N FIRST TARGETS")?;
+                    let targets = targets
+                        .split(',')
+                        .map(|t| t.parse().context("--hold: targets are addr:port,…"))
+                        .collect::<Result<Vec<SocketAddr>>>()?;
+                    o.hold = Some((n, first, targets));
+                }
                 "--redis-url" => {
                     o.redis_url = Some(it.next().context("--redis-url needs a URL")?.to_string());
                 }
@@ -122,7 +147,47 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn start_server(o: &Options, connections: usize) -> Result<ServerProcess> {
+/// The servers under test: one node, or a cluster's nodes (with its private Redis).
+struct Servers {
+    nodes: Vec<ServerProcess>,
+    redis: Option<Child>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        if let Some(redis) = &mut self.redis {
+            let _ = redis.kill();
+            let _ = redis.wait();
+        }
+    }
+}
+
+impl Servers {
+    /// Where publishes go.
+    fn publish_to(&self) -> SocketAddr {
+        self.nodes[0].addr
+    }
+
+    /// Where subscriber `i` connects: node 0 alone, else the nodes after it in turn (every
+    /// delivery crosses the engine).
+    fn subscriber_node(&self, i: usize) -> SocketAddr {
+        match self.nodes.len() {
+            1 => self.nodes[0].addr,
+            n => self.nodes[1 + i % (n - 1)].addr,
+        }
+    }
+
+    /// CPU seconds and RSS bytes of every node together.
+    fn usage(&self) -> Result<(f64, u64)> {
+        self.nodes.iter().try_fold((0.0, 0), |(cpu, rss), node| {
+            let (c, r) = node.usage()?;
+            Ok((cpu + c, rss + r))
+        })
+    }
+}
+
+fn start_servers(o: &Options, connections: usize) -> Result<Servers> {
     say("building the server (release)…");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--quiet", "-p", "modelcast-server", "--bin", "modelcast"])
@@ -131,36 +196,72 @@ fn start_server(o: &Options, connections: usize) -> Result<ServerProcess> {
     if !status.success() {
         bail!("building modelcast failed");
     }
+    let mut servers = Servers { nodes: Vec::new(), redis: None };
+    let mut redis_url = o.redis_url.clone();
+    if o.nodes > 1 && redis_url.is_none() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let redis = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--maxmemory-policy", "noeviction"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server (Debian package redis-server)")?;
+        servers.redis = Some(redis);
+        wait_listening(format!("127.0.0.1:{port}").parse()?)?;
+        redis_url = Some(format!("redis://127.0.0.1:{port}/0"));
+        say(&format!("a private redis on port {port}; {} nodes, not pinned", o.nodes));
+    }
+    let prefix = format!("loadtest{}", std::process::id());
+    for _ in 0..o.nodes {
+        servers.nodes.push(start_node(o, connections, redis_url.as_deref(), &prefix)?);
+    }
+    Ok(servers)
+}
+
+fn wait_listening(addr: SocketAddr) -> Result<()> {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("nothing started listening on {addr}")
+}
+
+fn start_node(
+    o: &Options,
+    connections: usize,
+    redis_url: Option<&str>,
+    prefix: &str,
+) -> Result<ServerProcess> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let addr: SocketAddr = format!("0.0.0.0:{port}").parse()?;
     let bin = crate::root().join("target/release/modelcast");
-    let mut cmd = if o.pin {
+    let mut cmd = if o.pin && o.nodes == 1 {
         let mut c = Command::new("taskset");
         c.args(["-c", "0"]).arg(&bin);
         c
     } else {
         Command::new(&bin)
     };
+    // Bound to every local address, so clients may come from 127.0.0.x (`--sources`).
     cmd.args(["--bind", &addr.to_string()])
         .args(["--max-connections", &(connections + 100).to_string()])
         .args(["--queue-size", "10000"])
-        // One generator opens every connection from one address.
+        // One generator opens every connection from a few addresses.
         .args(["--connect-rate", "1000000"])
         .env("MODELCAST_LOG", "warn")
+        .env("MODELCAST_INSECURE_PUBLISH", "1")
         .stdin(Stdio::null());
-    if let Some(url) = &o.redis_url {
+    if let Some(url) = redis_url {
         // A node of a cluster: every publish goes through Redis and back.
-        cmd.args(["--redis-url", url, "--redis-prefix", &format!("loadtest{port}")]);
+        cmd.args(["--redis-url", url, "--redis-prefix", prefix]);
     }
     let child = cmd.spawn().context("starting modelcast (is `taskset` installed? use --no-pin)")?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let server = ServerProcess { child, addr };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return Ok(server);
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    bail!("the server did not start listening on {addr}")
+    wait_listening(addr)?;
+    Ok(server)
 }
 
 pub(crate) fn run(o: Options, args: &[&str]) -> Result<()> {
@@ -176,13 +277,25 @@ pub(crate) fn run(o: Options, args: &[&str]) -> Result<()> {
         }
         return Ok(());
     }
+    // Root may raise the hard limit too (the nodes inherit it); otherwise up to the hard one.
+    let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, 1 << 20, 1 << 20);
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    if let Some((n, first, targets)) = o.hold.clone() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return runtime.block_on(hold(n, first, &targets, o.sources));
+    }
     let connections = o.idle.unwrap_or(o.subscribers);
-    if limit < connections as u64 + 64 {
+    // `--idle` spreads its connections over helper processes; each process (node or helper)
+    // must hold its share.
+    let per_process = match o.idle {
+        Some(n) => n.div_ceil(o.nodes.saturating_sub(1).max(1)).min(HOLD_PER_PROCESS),
+        None => connections,
+    };
+    if limit < per_process as u64 + 64 {
         bail!("the open-file limit is {limit}, too low for {connections} connections");
     }
-    let server = start_server(&o, connections)?;
-    if o.pin {
+    let server = start_servers(&o, connections)?;
+    if o.pin && o.nodes == 1 {
         // Move this process (and the threads it will start) to core 1.
         let _ = Command::new("taskset")
             .args(["-a", "-cp", "1", &std::process::id().to_string()])
@@ -192,7 +305,7 @@ pub(crate) fn run(o: Options, args: &[&str]) -> Result<()> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(async move {
         match o.idle {
-            Some(n) => idle(&server, n).await,
+            Some(n) => idle(&server, n, o.sources).await,
             None => load(&server, &o).await,
         }
     })
@@ -206,11 +319,24 @@ struct Tally {
     closed: AtomicBool,
 }
 
+/// A subscribed client of `addr`, from source address 127.0.0.(1 + id % sources), with small
+/// buffers (the generator holds every connection of a scale run).
 async fn connect(
     addr: SocketAddr,
     id: usize,
-) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/load-{id}")).await?;
+    sources: u8,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (id % sources as usize) as u8);
+    socket.bind(SocketAddr::from((source, 0)))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let url = format!("ws://{addr}/ws/load-{id}");
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     ws.send(Message::Text(r#"{"action":"subscribe","topic":"alerts"}"#.into())).await?;
     // welcome, subscribed
     let mut seen = 0;
@@ -222,13 +348,58 @@ async fn connect(
     Ok(ws)
 }
 
-async fn idle(server: &ServerProcess, n: usize) -> Result<()> {
+/// Connections one helper process of `--idle` holds (below a 20,000 open-file limit).
+const HOLD_PER_PROCESS: usize = 15_000;
+
+/// A helper of `--idle`: opens `n` subscribed connections (ids from `first`) to `targets` in
+/// turn, says `ready`, and holds them until its stdin closes.
+async fn hold(n: usize, first: usize, targets: &[SocketAddr], sources: u8) -> Result<()> {
+    let mut conns = Vec::with_capacity(n);
+    for id in first..first + n {
+        let target = targets[id % targets.len()];
+        conns.push(connect(target, id, sources).await.with_context(|| format!("connection {id}"))?);
+    }
+    say("ready");
+    let mut line = String::new();
+    let _ = tokio::io::AsyncBufReadExt::read_line(
+        &mut tokio::io::BufReader::new(tokio::io::stdin()),
+        &mut line,
+    )
+    .await;
+    drop(conns);
+    Ok(())
+}
+
+async fn idle(server: &Servers, n: usize, sources: u8) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, before) = server.usage()?;
-    let mut conns = Vec::with_capacity(n);
-    for i in 0..n {
-        conns.push(connect(server.addr, i).await?);
+    let targets: Vec<String> =
+        (0..server.nodes.len().max(2) - 1).map(|i| server.subscriber_node(i).to_string()).collect();
+    let targets = targets.join(",");
+    let started = Instant::now();
+    let mut helpers = Vec::new();
+    for first in (0..n).step_by(HOLD_PER_PROCESS) {
+        let count = HOLD_PER_PROCESS.min(n - first);
+        let mut helper = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["loadtest", "--sources", &sources.to_string(), "--hold"])
+            .args([count.to_string(), first.to_string(), targets.clone()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = helper.stdout.take().context("helper stdout")?;
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        match lines.next_line().await? {
+            Some(line) if line == "ready" => helpers.push(helper),
+            _ => bail!("a connection helper failed (connections {first}..{})", first + count),
+        }
     }
+    let conns = helpers;
+    say(&format!(
+        "{n} connections opened in {:.1} s by {} helper processes from {sources} source address(es)",
+        started.elapsed().as_secs_f64(),
+        conns.len()
+    ));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, after) = server.usage()?;
     say(&format!(
@@ -320,14 +491,14 @@ fn parse(frame: &str) -> Option<(u64, Option<u128>)> {
     Some((seq, sent))
 }
 
-async fn load(server: &ServerProcess, o: &Options) -> Result<()> {
+async fn load(server: &Servers, o: &Options) -> Result<()> {
     let base = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, rss_before) = server.usage()?;
     say(&format!("connecting {} subscribers…", o.subscribers));
     let mut streams = Vec::with_capacity(o.subscribers);
     for i in 0..o.subscribers {
-        streams.push(connect(server.addr, i).await?);
+        streams.push(connect(server.subscriber_node(i), i, o.sources).await?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, rss_after) = server.usage()?;
@@ -369,10 +540,13 @@ async fn load(server: &ServerProcess, o: &Options) -> Result<()> {
     }
     let received =
         |t: &[Arc<Tally>]| t.iter().map(|t| t.received.load(Ordering::Relaxed)).sum::<u64>();
-    let mut publisher = Publisher::new(server.addr).await?;
+    let mut publisher = Publisher::new(server.publish_to()).await?;
+    // The publish-to-flush histogram of a node with subscribers (in a cluster: from the
+    // message's arrival from Redis on that node).
+    let mut watched = Publisher::new(server.subscriber_node(0)).await?;
     let mut next = 1u64;
 
-    let buckets_before = publisher.latency_buckets().await?;
+    let buckets_before = watched.latency_buckets().await?;
     // Phase 1: a steady rate.
     say(&format!("phase 1: {} messages/s for {} s…", o.rate, o.seconds));
     let per_tick = (o.rate / 100).max(1);
@@ -394,7 +568,7 @@ async fn load(server: &ServerProcess, o: &Options) -> Result<()> {
     let generator_cpu = own_cpu() - generator_cpu0;
     let generator_frames = received(&tallies) - steady_received0;
     let generator_wall = phase_start.elapsed().as_secs_f64();
-    let buckets_after = publisher.latency_buckets().await?;
+    let buckets_after = watched.latency_buckets().await?;
     let server_view = histogram_quantiles(&buckets_before, &buckets_after);
 
     // Phase 2: flat out.

@@ -29,7 +29,10 @@ tasks:
       --seconds S       length of each phase (default 10)
       --idle N          only open N idle subscribed connections and report RSS
       --no-pin          do not pin server and generator to cores (no taskset)
-      --redis-url URL   run the server as a cluster node on this Redis (a fresh key prefix)";
+      --redis-url URL   run the server as a cluster node on this Redis (a fresh key prefix)
+      --nodes N         N > 1: a private Redis and N nodes; publish on node 0, subscribers
+                        on the others (every delivery crosses Redis); CPU/RSS summed
+      --sources K       clients connect from 127.0.0.1 … 127.0.0.K";
 
 /// The repository root.
 pub(crate) fn root() -> std::path::PathBuf {
