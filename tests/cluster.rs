@@ -417,3 +417,36 @@ async fn a_rolled_back_log_gets_a_new_epoch_not_reused_numbers() {
     assert_eq!(seqs(&frames), [1, 2, 3, 4, 5, 6]);
     assert_eq!(alert_ids(&frames[5..]), ["after"]);
 }
+
+/// Redis loses its tail (the stream and the counter go back to 2 of 5) and takes three
+/// publishes before any periodic check runs, so its `seq` is back at the node's: the nodes
+/// find a different message at a `seq` they hold and fence the topic anyway. Nothing is
+/// lost and no number is reused under the old epoch.
+#[tokio::test]
+async fn a_reused_seq_is_fenced_even_when_the_counter_caught_up() {
+    let cluster = Cluster::redis(2, false, &[]).await;
+    let mut sub = cluster.node(1).ws("t").await;
+    let epoch = subscribe(&mut sub, "alerts", None).await["epoch"].clone();
+    for k in 0..5 {
+        publish_ok(cluster.node(0), &alert(&format!("t{k}")), &[]).await;
+    }
+    messages(&mut sub, 5).await;
+    let lose_tail = "local kept = redis.call('XRANGE', KEYS[1], '-', '0-2') \
+        redis.call('DEL', KEYS[1]) \
+        for _, e in ipairs(kept) do redis.call('XADD', KEYS[1], e[1], unpack(e[2])) end \
+        redis.call('HSET', KEYS[2], 'seq', 2) return #kept";
+    let redis = cluster.redis.as_ref().unwrap();
+    let kept = redis.cli(&["EVAL", lose_tail, "2", "mc:{alerts}:log", "mc:{alerts}:meta"]);
+    assert_eq!(kept.map(|k| k.trim().to_owned()), Some("2".into()));
+    let body = json!([alert("new0"), alert("new1"), alert("new2")]);
+    publish_ok(cluster.node(0), &body, &[]).await;
+    let told = sub.next_of_type("subscribed").await["data"].clone();
+    assert_ne!(told["epoch"], epoch, "{told}");
+    assert_eq!(told["recovered"], false);
+    // What the log holds under the new epoch follows: t0, t1 and the three new messages.
+    let frames = messages(&mut sub, 5).await;
+    assert_eq!(alert_ids(&frames), ["t0", "t1", "new0", "new1", "new2"]);
+    assert_eq!(seqs(&frames), [1, 2, 3, 4, 5]);
+    let next = publish_ok(cluster.node(0), &alert("after"), &[]).await;
+    assert_eq!(next, [6], "numbering continues above what the nodes delivered");
+}

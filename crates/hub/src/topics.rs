@@ -269,6 +269,9 @@ pub enum Applied {
     },
     /// The message belongs to another epoch than the node's: reset the topic from the engine.
     OtherEpoch,
+    /// The node holds a *different* message at this `seq` under this epoch: the log went back
+    /// and handed the number out again. The engine must give the topic a new epoch.
+    Conflict,
     /// The payload could not be decoded (a node of another version?): skipped, logged.
     Invalid(String),
     /// The hub is gone.
@@ -413,7 +416,10 @@ impl Topics {
             return Applied::OtherEpoch;
         }
         if seq <= state.seq {
-            return Applied::Duplicate;
+            return match state.history.iter().rev().find(|e| e.frame.seq == seq) {
+                Some(held) if held.frame.frame != with_seq(&main.text, seq) => Applied::Conflict,
+                _ => Applied::Duplicate,
+            };
         }
         if seq > state.seq + 1 {
             return Applied::Gap { last: state.seq };

@@ -66,11 +66,14 @@ return {meta[1], meta[2] or '0', entries, state}
 "#;
 
 /// The rollback fence: a new epoch when the log's seq is below what a node already applied.
+/// `ARGV[4] == '1'`: unconditionally (a node saw a reused seq), numbering continuing above
+/// both Redis's seq and the node's.
 const FENCE: &str = r#"
 local e = redis.call('HGET', KEYS[1], 'epoch')
 local s = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-if e == ARGV[1] and s < tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[3], 'seq', ARGV[2])
+local min = tonumber(ARGV[2])
+if e == ARGV[1] and (ARGV[4] == '1' or s < min) then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[3], 'seq', math.max(s, min))
   return 1
 end
 return 0
@@ -544,6 +547,9 @@ impl Follower {
                 match replica.apply(topic, epoch, &logged) {
                     Applied::Applied | Applied::Duplicate | Applied::Gone => Ok(()),
                     Applied::Gap { .. } | Applied::OtherEpoch => self.repair(replica, topic).await,
+                    // Redis handed out a seq again (it lost its tail, then took publishes
+                    // before any check noticed): whatever its seq is now, fence.
+                    Applied::Conflict => self.fence(replica, topic, true).await,
                     Applied::Invalid(err) => {
                         tracing::warn!(%topic, seq, "{err}");
                         Ok(())
@@ -600,19 +606,8 @@ impl Follower {
         let snap = self.snapshot(topic, last + 1, false).await?;
         if snap.epoch == *mine && snap.top < last {
             // Redis lost messages this node applied: never hand out their numbers again.
-            let fenced = new_epoch();
-            tracing::warn!(%topic, redis = snap.top, node = last, "redis's log went backwards; new epoch {fenced}");
-            let mut conn = self.conn.clone();
-            let _: i64 = redis::cmd("EVAL")
-                .arg(FENCE)
-                .arg(1)
-                .arg(&self.keys.of(topic).meta)
-                .arg(&*mine)
-                .arg(last)
-                .arg(&fenced)
-                .query_async(&mut conn)
-                .await?;
-            return self.reset(replica, topic).await;
+            tracing::warn!(%topic, redis = snap.top, node = last, "redis's log went backwards");
+            return self.fence(replica, topic, false).await;
         }
         if snap.epoch == *mine && snap.top == last {
             return Ok(());
@@ -634,6 +629,31 @@ impl Follower {
             }
         }
         Ok(())
+    }
+
+    /// Gives `topic` a new epoch (if it still has the node's: `forced`, or Redis's seq below
+    /// the node's), numbering on above both, then resets the node's copy from Redis.
+    async fn fence(
+        &mut self,
+        replica: &Replica,
+        topic: Topic,
+        forced: bool,
+    ) -> redis::RedisResult<()> {
+        let Some((mine, last)) = replica.position(topic) else { return Ok(()) };
+        let fenced = new_epoch();
+        tracing::warn!(%topic, node = last, "fencing a rolled-back log: new epoch {fenced}");
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("EVAL")
+            .arg(FENCE)
+            .arg(1)
+            .arg(&self.keys.of(topic).meta)
+            .arg(&*mine)
+            .arg(last)
+            .arg(&fenced)
+            .arg(if forced { "1" } else { "0" })
+            .query_async(&mut conn)
+            .await?;
+        self.reset(replica, topic).await
     }
 
     async fn reset(&mut self, replica: &Replica, topic: Topic) -> redis::RedisResult<()> {
