@@ -450,3 +450,27 @@ async fn a_reused_seq_is_fenced_even_when_the_counter_caught_up() {
     let next = publish_ok(cluster.node(0), &alert("after"), &[]).await;
     assert_eq!(next, [6], "numbering continues above what the nodes delivered");
 }
+
+/// In-process publishers (the demo's notifiers on node 0) go through the engine too: node 1
+/// serves their current state, at the same position.
+#[tokio::test]
+async fn in_process_publishes_reach_every_node() {
+    let redis = Redis::start(false);
+    let demo = Node::on(&redis, "demo", &["--demo"]).await;
+    let other = Node::on(&redis, "other", &[]).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, on_demo) = demo.get("/api/state?topic=model_status").await;
+        let (_, on_other) = other.get("/api/state?topic=model_status").await;
+        let (a, b): (Value, Value) =
+            (serde_json::from_str(&on_demo).unwrap(), serde_json::from_str(&on_other).unwrap());
+        let models = b["state"].as_array().map_or(0, Vec::len);
+        if models > 0 && a["seq"] == b["seq"] {
+            assert_eq!(a["epoch"], b["epoch"]);
+            assert_eq!(a["state"], b["state"], "the same current state on both nodes");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node 1 never got the demo's state");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

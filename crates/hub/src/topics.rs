@@ -596,7 +596,7 @@ impl Topics {
         let retained = || {
             let mut entries: Vec<&Entry> =
                 state.retained.values().filter(|e| passes(filter, e.subject)).collect();
-            entries.sort_by_key(|e| e.frame.seq);
+            entries.sort_by(|a, b| state_order(&a.frame, &b.frame));
             entries.into_iter().map(|e| (e.frame.clone(), e.urgent))
         };
         let (position, initial): (u64, Vec<(TopicFrame, bool)>) = match start {
@@ -716,9 +716,15 @@ impl Topics {
         let mut state = self.lock(topic);
         state.expire_retained(&self.config, Instant::now());
         let mut entries: Vec<&Entry> = state.retained.values().collect();
-        entries.sort_by_key(|e| e.frame.seq);
+        entries.sort_by(|a, b| state_order(&a.frame, &b.frame));
         entries.into_iter().map(|e| e.frame.frame.clone()).collect()
     }
+}
+
+/// The order current state is sent in: by `seq`, and the parts of one batch (which share its
+/// `seq`) by their bytes — the same order on every node, whatever the map's.
+fn state_order(a: &TopicFrame, b: &TopicFrame) -> std::cmp::Ordering {
+    a.seq.cmp(&b.seq).then_with(|| a.frame.as_bytes().cmp(b.frame.as_bytes()))
 }
 
 /// For a subscription recovering from `after`: the retained value of every key that nothing
@@ -742,6 +748,6 @@ fn state_below(state: &TopicState, after: u64, filter: &Filter) -> Vec<(TopicFra
         })
         .map(|(_, e)| (e.frame.clone(), e.urgent))
         .collect();
-    frames.sort_by_key(|(f, _)| f.seq);
+    frames.sort_by(|(a, _), (b, _)| state_order(a, b));
     frames
 }
