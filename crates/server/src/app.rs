@@ -272,20 +272,38 @@ fn node_id(config: &Config) -> String {
 /// `MODELCAST_MAX_HTTP_CONNECTIONS`, lowered if the open-file limit cannot hold it next to
 /// `WEBSOCKET_MAX_CONNECTIONS` (and a reserve for the listener, logs and Redis).
 fn http_connection_cap(config: &Config) -> usize {
-    const RESERVE: u64 = 64;
     let wanted = config.max_http_connections;
     let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else { return wanted };
-    let room = soft.saturating_sub(config.max_connections as u64 + RESERVE);
-    let cap = usize::try_from(room).unwrap_or(usize::MAX).clamp(16, wanted.max(16)).min(wanted);
-    if cap < wanted {
+    let (cap, ws_room) = split_open_files(soft, config.max_connections as u64, wanted as u64);
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    if ws_room < config.max_connections as u64 {
         tracing::warn!(
             open_file_limit = soft,
             max_connections = config.max_connections,
+            "the open-file limit holds about {ws_room} WebSocket connections, fewer than WEBSOCKET_MAX_CONNECTIONS; raise it (ulimit -n, LimitNOFILE)"
+        );
+    }
+    if cap < wanted {
+        tracing::warn!(
+            open_file_limit = soft,
             max_http_connections = cap,
             "the open-file limit leaves room for {cap} HTTP connections only (MODELCAST_MAX_HTTP_CONNECTIONS={wanted}); raise it (ulimit -n)"
         );
     }
     cap
+}
+
+/// Splits `soft` open files between HTTP connections (handshakes and publishers: at most
+/// `wanted`) and WebSockets (`max_ws`), keeping a reserve for the listener, logs and Redis.
+/// WebSockets get their room first, but HTTP always keeps a quarter of the limit: a
+/// `WEBSOCKET_MAX_CONNECTIONS` above the open-file limit must not starve the handshakes every
+/// WebSocket starts with. Returns (HTTP cap, room left for WebSockets).
+fn split_open_files(soft: u64, max_ws: u64, wanted: u64) -> (u64, u64) {
+    const RESERVE: u64 = 64;
+    let usable = soft.saturating_sub(RESERVE);
+    let floor = (usable / 4).max(16);
+    let http = usable.saturating_sub(max_ws).clamp(floor.min(wanted), wanted.max(16)).min(wanted);
+    (http, usable.saturating_sub(http))
 }
 
 /// Over `MODELCAST_MAX_HTTP_CONNECTIONS`: a fixed 503 with `Retry-After`, written without
@@ -337,5 +355,23 @@ async fn serve_connection(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(app.config.shutdown_timeout, conn).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_open_files;
+
+    #[test]
+    fn websockets_above_the_open_file_limit_leave_handshakes_a_quarter() {
+        // Room for both: HTTP gets what it wants.
+        assert_eq!(split_open_files(100_000, 10_000, 4096), (4096, 95_840));
+        // Tight: HTTP gets what WebSockets leave, but never under a quarter.
+        assert_eq!(split_open_files(20_000, 14_000, 8192), (5936, 14_000));
+        assert_eq!(split_open_files(20_000, 18_000, 8192), (4984, 14_952));
+        assert_eq!(split_open_files(20_000, 100_000, 4096), (4096, 15_840));
+        assert_eq!(split_open_files(8_000, 100_000, 4096), (1984, 5952));
+        // A small wanted cap is respected.
+        assert_eq!(split_open_files(20_000, 100_000, 20), (20, 19_916));
     }
 }
