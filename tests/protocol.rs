@@ -71,8 +71,16 @@ fn topic_and_seq_are_additive() {
 /// Every message type maps to the topic its schema says, and control messages to none.
 #[test]
 fn every_type_has_one_topic_or_is_control() {
-    let control =
-        ["welcome", "subscribed", "unsubscribed", "pong", "lagging", "error", "state_cleared"];
+    let control = [
+        "welcome",
+        "subscribed",
+        "unsubscribed",
+        "pong",
+        "lagging",
+        "error",
+        "state_cleared",
+        "published",
+    ];
     for ty in ServerMessage::TYPES {
         let schema = modelcast_tests::committed_schema(&format!("messages/{ty}.schema.json"));
         let topic = ServerMessage::topic_of(ty);

@@ -13,6 +13,7 @@ mod hub_timing;
 mod notifiers;
 mod protocol;
 mod protocol_props;
+mod publish_ws;
 mod robustness;
 mod schema_compat;
 mod security;

@@ -22,11 +22,15 @@ pub enum ClientMessage {
     Ping(PingRequest),
     /// Authenticate (or refresh an expiring token) when the server requires tokens.
     Auth(AuthRequest),
+    /// Publish a message, as `POST /api/publish` does, on a connection allowed to publish (a
+    /// backend's persistent publish channel).
+    Publish(PublishRequest),
 }
 
 impl ClientMessage {
     /// The actions a client may send, as they appear on the wire.
-    pub const ACTIONS: &'static [&'static str] = &["subscribe", "unsubscribe", "ping", "auth"];
+    pub const ACTIONS: &'static [&'static str] =
+        &["subscribe", "unsubscribe", "ping", "auth", "publish"];
 
     /// The request's `id`, if it has one.
     pub fn request_id(&self) -> Option<&RequestId> {
@@ -35,18 +39,8 @@ impl ClientMessage {
             Self::Unsubscribe(r) => r.id.as_ref(),
             Self::Ping(r) => r.id.as_ref(),
             Self::Auth(r) => r.id.as_ref(),
+            Self::Publish(r) => r.id.as_ref(),
         }
-    }
-
-    /// The `id` of a client frame that is not otherwise read (e.g. one refused by the rate
-    /// limit), so that its `error` reply can still name the request. `None` when the frame is
-    /// not a JSON object with a valid `id`.
-    pub fn request_id_of(text: &str) -> Option<RequestId> {
-        #[derive(serde::Deserialize)]
-        struct IdOnly {
-            id: Option<RequestId>,
-        }
-        serde_json::from_str::<IdOnly>(text).ok().and_then(|f| f.id)
     }
 
     /// Parses one text frame from a client, with the error a client should get: `invalid_json`,
@@ -132,6 +126,25 @@ pub struct AuthRequest {
     /// The token (a JWT).
     pub token: String,
     /// An id echoed in an error reply as `request_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+}
+
+/// `{"action":"publish","type":...,"data":{...}}`: the frame `POST /api/publish` takes, sent
+/// over the WebSocket. Allowed on connections opened with a publish key
+/// (`Authorization: Bearer <key>`), or by any non-browser client when the server has no
+/// publish keys. Answered with `published` only when it has an `id`; refused ones get `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PublishRequest {
+    /// The message type, e.g. `download_progress_update`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// The message's fields, as in the server frame (`timestamp` may be omitted).
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// The topic, if given: it must be the type's topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<Topic>,
+    /// An id echoed in the `published` reply (or an `error`) as `request_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<RequestId>,
 }

@@ -37,8 +37,8 @@ mod vocab;
 
 pub use check::{Problem, publish_problems};
 pub use client::{
-    AuthRequest, ClientMessage, FrameError, PingRequest, RequestId, Since, SubscribeRequest,
-    SubscriptionFilter, UnsubscribeRequest,
+    AuthRequest, ClientMessage, FrameError, PingRequest, PublishRequest, RequestId, Since,
+    SubscribeRequest, SubscriptionFilter, UnsubscribeRequest,
 };
 pub use dupes::first_duplicate_key;
 pub use frame::ServerFrame;

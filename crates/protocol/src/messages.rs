@@ -150,6 +150,8 @@ server_messages! {
     Error(ErrorMessage) = "error" => None;
     /// An operator removed a key's current state: forget it (it will not come back as state).
     StateCleared(StateCleared) = "state_cleared" => None;
+    /// Confirms a `publish` action that carried an `id`.
+    Published(Published) = "published" => None;
 }
 
 impl ServerMessage {
@@ -184,7 +186,8 @@ impl ServerMessage {
             | Self::Pong(_)
             | Self::Lagging(_)
             | Self::Error(_)
-            | Self::StateCleared(_) => None,
+            | Self::StateCleared(_)
+            | Self::Published(_) => None,
         }
     }
 
@@ -771,6 +774,24 @@ pub struct StateCleared {
     pub key: String,
     /// When it was cleared.
     pub timestamp: Timestamp,
+}
+
+/// Confirms a `publish` action sent with an `id` (without one, a publish is not answered
+/// unless it fails).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Published {
+    /// The topic it was published on.
+    pub topic: Topic,
+    /// `sent` (sequenced at `seq`), `held` (a throttle or batch window holds it; it or a newer
+    /// value of its key goes out when the window ends) or `filtered` (below the server's
+    /// health notification level: not published).
+    pub status: String,
+    /// Its position in the topic, when sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// The request's `id`, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
 }
 
 /// A request could not be served. The connection stays open unless the server says otherwise.

@@ -1,14 +1,16 @@
 //! Client actions: a text frame parsed, validated, authorized and answered.
 
 use modelcast_hub::{Connection, SubscribeOptions};
+use modelcast_notifiers::Outcome;
 use modelcast_protocol::{
-    ClientMessage, ErrorCode, ErrorMessage, Pong, RequestId, ServerMessage, Topic,
+    ClientMessage, ErrorCode, ErrorMessage, FrameError, Pong, PublishRequest, Published, RequestId,
+    ServerMessage, Topic,
 };
 
 use std::sync::Arc;
 
 use crate::security::Identity;
-use crate::state::{App, AuthState, Control};
+use crate::state::{App, AuthState, Control, Publisher};
 
 pub(crate) fn reply_error(
     app: &App,
@@ -69,13 +71,79 @@ fn subscribe_when_caught_up(app: &App, conn: &Connection, topic: Topic, options:
     });
 }
 
+/// A `publish` frame: checked like `POST /api/publish`, published through the policy.
+/// Answered with `published` when it has an `id`; a refusal is an `error` naming the field.
+fn publish(app: &App, conn: &Connection, control: &Control, request: PublishRequest) {
+    let PublishRequest { type_name, data, topic, id } = request;
+    if control.publisher == Publisher::No {
+        let message = if app.security.has_publish_keys() {
+            "publishing needs a connection opened with `Authorization: Bearer <publish key>`"
+        } else {
+            "this page's origin may not publish (MODELCAST_ALLOWED_ORIGINS); backends send no Origin header"
+        };
+        return reply_error(app, conn, ErrorCode::Forbidden, message.into(), id);
+    }
+    let data = serde_json::Value::Object(data);
+    let message = match crate::publish::check_message(&type_name, topic.map(Topic::as_str), data) {
+        Ok(message) => message,
+        Err(problems) => {
+            let text: Vec<String> = problems.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+            return reply_error(app, conn, ErrorCode::InvalidMessage, text.join("; "), id);
+        }
+    };
+    // Downloads published by a backend feed the stale watchdog, as over HTTP.
+    app.notifiers.downloads().observe(&message);
+    let answer = |status: &str, topic: Topic, seq: Option<u64>, request_id: Option<RequestId>| {
+        ServerMessage::Published(Published { topic, status: status.into(), seq, request_id })
+    };
+    match app.policy.publish(message) {
+        Some(Outcome::Appending { topic, pending }) => {
+            // Sequenced by the cluster's engine: answer (or report a failure) when stored.
+            let conn = conn.clone();
+            let counter = app.metrics.error_counter(&ErrorCode::Unavailable);
+            tokio::spawn(async move {
+                let reply = match pending.wait().await {
+                    Ok(_) if id.is_none() => return,
+                    Ok(seq) => answer("sent", topic, Some(seq), id),
+                    Err(err) => {
+                        counter.inc();
+                        let code = ErrorCode::Unavailable;
+                        let message = format!("not published: {err}; retry");
+                        ServerMessage::Error(ErrorMessage { code, message, request_id: id })
+                    }
+                };
+                let _ = conn.send(&reply);
+            });
+        }
+        _ if id.is_none() => {}
+        Some(Outcome::Sent { topic, seq }) => {
+            let _ = conn.send(&answer("sent", topic, Some(seq), id));
+        }
+        Some(Outcome::Held { topic }) => {
+            let _ = conn.send(&answer("held", topic, None, id));
+        }
+        Some(Outcome::Filtered { topic }) => {
+            let _ = conn.send(&answer("filtered", topic, None, id));
+        }
+        _ => {}
+    }
+}
+
 /// A client frame: parsed, validated, authorized, answered. Bad input gets an `error` with
 /// the precise code, and the connection stays.
-pub(crate) fn handle_text(app: &App, conn: &Connection, control: &Arc<Control>, text: &str) {
-    let message = match ClientMessage::parse_frame(text) {
+pub(crate) fn handle_frame(
+    app: &App,
+    conn: &Connection,
+    control: &Arc<Control>,
+    parsed: Result<ClientMessage, FrameError>,
+) {
+    let message = match parsed {
         Ok(m) => m,
         Err(e) => return reply_error(app, conn, e.code, e.message, e.request_id),
     };
+    if let ClientMessage::Publish(request) = message {
+        return publish(app, conn, control, request);
+    }
     if let ClientMessage::Auth(a) = &message {
         match app.security.verify(&a.token) {
             Ok(identity) => authenticated(app, conn, control, identity),

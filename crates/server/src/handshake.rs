@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::response::{Refusal, Resp, error_response, json_response};
 use crate::session::run;
-use crate::state::{Admitted, App};
+use crate::state::{Admitted, App, Publisher};
 
 /// Adds `Retry-After: seconds` to a refusal, so clients and proxies back off.
 fn retry_after(mut resp: Resp, seconds: &'static str) -> Resp {
@@ -117,6 +117,19 @@ pub(crate) fn upgrade(
             }
         },
     };
+    let publisher = match app.security.check_publish_key(req.headers()) {
+        Err(false) => {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "that publish key is not valid here",
+            );
+        }
+        Err(true) => Publisher::No,
+        Ok(()) if app.security.has_publish_keys() => Publisher::Key,
+        Ok(()) if app.security.browser_may_publish(req.headers()).is_ok() => Publisher::Open,
+        Ok(()) => Publisher::No,
+    };
     let max = app.config.max_connections;
     if app.active.fetch_add(1, Ordering::Relaxed) >= max {
         app.active.fetch_sub(1, Ordering::Relaxed);
@@ -146,7 +159,7 @@ pub(crate) fn upgrade(
                     Some(app.ws_config),
                 )
                 .await;
-                run(app, ws, id, admitted, identity).await;
+                run(app, ws, id, admitted, identity, publisher).await;
             }
             Err(err) => tracing::debug!(%err, "websocket upgrade failed"),
         }

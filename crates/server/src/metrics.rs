@@ -54,6 +54,8 @@ pub(crate) struct Metrics {
     drops: Family<ReasonLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
     pub(crate) latency: Histogram,
+    /// Frames written per flush (one `write` to the socket, unless the kernel takes less).
+    pub(crate) frames_per_flush: Histogram,
     /// 1 when the engine accepts publishes, 0 when not (Redis unreachable).
     pub(crate) engine_up: Gauge,
 }
@@ -73,6 +75,7 @@ impl Metrics {
         let errors = Family::<CodeLabel, Counter>::default();
         // 50 µs … ~1.6 s.
         let latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let frames_per_flush = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         registry.register(
             "connections_active",
             "Open WebSocket connections",
@@ -115,6 +118,11 @@ impl Metrics {
             "Time from publish to the frame's flush to the socket",
             latency.clone(),
         );
+        registry.register(
+            "frames_per_flush",
+            "Frames a connection's writer sent per flush: above 1 when frames queued while it was busy went out together",
+            frames_per_flush.clone(),
+        );
         let engine_up = Gauge::default();
         registry.register(
             "engine_up",
@@ -143,6 +151,7 @@ impl Metrics {
             drops,
             errors,
             latency,
+            frames_per_flush,
             engine_up,
         }
     }

@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use modelcast_notifiers::Outcome;
-use modelcast_protocol::PublishFrame;
+use modelcast_protocol::{PublishFrame, ServerMessage};
 use serde_json::{Value, json};
 use serde_path_to_error::Segment;
 
@@ -239,56 +239,14 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             }
             problems.push(problem);
         };
-        let mut data: Value = serde_json::from_str(frame.data.get()).unwrap_or(Value::Null);
-        // A publisher may leave the time to the server: stamped on arrival (the schemas say so).
-        if let Some(fields) = data.as_object_mut()
-            && !fields.contains_key("timestamp")
-            && modelcast_protocol::ServerMessage::topic_of(&frame.type_name).is_some()
-        {
-            fields.insert("timestamp".into(), json!(chrono::Utc::now()));
-        }
-        let found = modelcast_protocol::publish_problems(&frame.type_name, &data);
-        let message = match frame.message_from(data) {
+        let data: Value = serde_json::from_str(frame.data.get()).unwrap_or(Value::Null);
+        let message = match check_message(&frame.type_name, frame.topic.as_deref(), data) {
             Ok(message) => message,
-            Err(err) if found.is_empty() => {
-                // The schema walk found nothing the parser minds: report the parser's error.
-                let path = err.path().to_string();
-                let field = if path == "." { "data".to_owned() } else { format!("data.{path}") };
-                let mut message = err.inner().to_string();
-                if field.ends_with("timestamp") {
-                    message.push_str(" (expected RFC 3339, e.g. 2025-08-27T10:30:00Z)");
-                }
-                report(field, message);
-                continue;
-            }
-            Err(_) => {
-                found.into_iter().for_each(|p| report(p.path, p.message));
+            Err(found) => {
+                found.into_iter().for_each(|(field, message)| report(field, message));
                 continue;
             }
         };
-        found.into_iter().for_each(|p| report(p.path, p.message));
-        let Some(topic) = message.topic() else {
-            report(
-                "type".into(),
-                format!(
-                    "`{}` is a control message; only topic messages can be published",
-                    message.type_name()
-                ),
-            );
-            continue;
-        };
-        if let Some(claimed) = frame.topic
-            && claimed != topic.as_str()
-        {
-            report(
-                "topic".into(),
-                format!(
-                    "`{}` messages belong to topic `{topic}`, not \"{claimed}\"",
-                    message.type_name()
-                ),
-            );
-            continue;
-        }
         messages.push(message);
     }
     if let Some(first) = problems.first() {
@@ -354,6 +312,63 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         return resp;
     }
     json_response(StatusCode::ACCEPTED, &json!({"accepted": accepted}))
+}
+
+/// Checks one message for publishing, as `POST /api/publish` and the WebSocket `publish`
+/// action take it: a missing `timestamp` is stamped now; every problem is returned as
+/// (field, message), fields named `data.<path>`, `type` or `topic`.
+pub(crate) fn check_message(
+    type_name: &str,
+    claimed_topic: Option<&str>,
+    mut data: Value,
+) -> Result<ServerMessage, Vec<(String, String)>> {
+    let Some(topic) = ServerMessage::topic_of(type_name) else {
+        let message = if ServerMessage::TYPES.contains(&type_name) {
+            format!("`{type_name}` is a control message; only topic messages can be published")
+        } else {
+            format!("unknown message type `{type_name}`")
+        };
+        return Err(vec![("type".into(), message)]);
+    };
+    // A publisher may leave the time to the server: stamped on arrival (the schemas say so).
+    if let Some(fields) = data.as_object_mut()
+        && !fields.contains_key("timestamp")
+    {
+        fields.insert("timestamp".into(), json!(chrono::Utc::now()));
+    }
+    let found = modelcast_protocol::publish_problems(type_name, &data);
+    let mut track = serde_path_to_error::Track::new();
+    let parsed = ServerMessage::from_type_and_data(
+        type_name,
+        serde_path_to_error::Deserializer::new(data, &mut track),
+    );
+    if !found.is_empty() {
+        return Err(found.into_iter().map(|p| (p.path, p.message)).collect());
+    }
+    let message = match parsed {
+        Ok(Some(message)) => message,
+        Ok(None) => {
+            return Err(vec![("type".into(), format!("unknown message type `{type_name}`"))]);
+        }
+        Err(err) => {
+            // The schema walk found nothing the parser minds: report the parser's error.
+            let path = track.path().to_string();
+            let field = if path == "." { "data".to_owned() } else { format!("data.{path}") };
+            let mut message = err.to_string();
+            if field.ends_with("timestamp") {
+                message.push_str(" (expected RFC 3339, e.g. 2025-08-27T10:30:00Z)");
+            }
+            return Err(vec![(field, message)]);
+        }
+    };
+    if let Some(claimed) = claimed_topic
+        && claimed != topic.as_str()
+    {
+        let message =
+            format!("`{type_name}` messages belong to topic `{topic}`, not \"{claimed}\"");
+        return Err(vec![("topic".into(), message)]);
+    }
+    Ok(message)
 }
 
 /// The body as publish frames: one object, or an array of them (`true` for one object).

@@ -172,6 +172,11 @@ impl Security {
 
     /// Checks `POST /api/publish`'s `Authorization: Bearer <key>`: `Err(true)` when missing
     /// (401), `Err(false)` when wrong (403).
+    /// Whether publish keys are configured (`MODELCAST_PUBLISH_KEYS`).
+    pub(crate) fn has_publish_keys(&self) -> bool {
+        !self.publish_keys.is_empty()
+    }
+
     pub(crate) fn check_publish_key(&self, headers: &HeaderMap) -> Result<(), bool> {
         check_bearer(&self.publish_keys, headers)
     }

@@ -21,9 +21,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::{handle_text, reply_error};
+use crate::actions::{handle_frame, reply_error};
 use crate::security::Identity;
-use crate::state::{Admitted, App, AuthState, Control};
+use crate::state::{Admitted, App, AuthState, Control, Publisher};
 
 /// Frames taken from the outbox per burst (one flush each).
 const BURST: usize = 256;
@@ -36,13 +36,17 @@ pub(crate) async fn run(
     id: String,
     _admitted: Admitted,
     identity: Option<Identity>,
+    publisher: Publisher,
 ) {
     let conn = app.hub.connect();
     let serial = app.next_session.fetch_add(1, Ordering::Relaxed);
-    let deadline = (app.security.auth_required() && identity.is_none())
-        .then(|| tokio::time::Instant::now() + app.config.auth_deadline);
+    // A backend with a publish key needs no token; anyone else must authenticate in time.
+    let deadline =
+        (app.security.auth_required() && identity.is_none() && publisher != Publisher::Key)
+            .then(|| tokio::time::Instant::now() + app.config.auth_deadline);
     let subject = identity.as_ref().map(|i| i.subject.clone());
     let control = Arc::new(Control {
+        publisher,
         close: Mutex::new(None),
         last_seen_ms: AtomicU64::new(now_ms(&app)),
         done: CancellationToken::new(),
@@ -120,7 +124,7 @@ async fn writer(
             }
             received = conn.recv(&mut burst, BURST) => match received {
                 Ok(()) => {
-                    if tokio::time::timeout(write_timeout, write_burst(app, &mut sink, &mut burst)).await.map_or(true, |r| r.is_err()) {
+                    if tokio::time::timeout(write_timeout, write_live(app, conn, &mut sink, &mut burst)).await.map_or(true, |r| r.is_err()) {
                         // The peer has not taken a burst for a heartbeat interval, or the socket failed.
                         let _ = tokio::time::timeout(Duration::from_secs(1), send_close(&mut sink, close::SLOW_CONSUMER, "not reading")).await;
                         break "write_failed";
@@ -243,13 +247,71 @@ fn close_label(code: u16) -> &'static str {
     }
 }
 
-/// Feeds a burst and flushes once; records latency and delivery counts.
+/// Writes live frames: feeds the burst, then yields once before flushing and feeds whatever
+/// arrived meanwhile, so that when the server is busy (publishes in flight, other writers
+/// running) the frames of several publishes leave in one flush — one `write` instead of one
+/// per frame — without delaying a lone message by more than one turn of the scheduler.
+async fn write_live(
+    app: &App,
+    conn: &Connection,
+    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
+    burst: &mut Vec<Delivery>,
+) -> Result<(), tungstenite::Error> {
+    let mut published_at = Vec::new();
+    let mut frames = feed(app, sink, burst, &mut published_at).await?;
+    // While publishes keep arriving between turns, keep gathering (bounded): a flush costs a
+    // `write` (on loopback also the receiver's TCP processing), a turn costs one poll.
+    for _ in 0..MAX_GATHER_TURNS {
+        tokio::task::yield_now().await;
+        if frames >= BURST || conn.try_recv(burst, BURST).unwrap_or(0) == 0 {
+            break;
+        }
+        frames += feed(app, sink, burst, &mut published_at).await?;
+    }
+    flush(app, sink, frames, published_at).await
+}
+
+/// How many scheduler turns a writer waits at most, gathering frames, before it flushes.
+const MAX_GATHER_TURNS: usize = 64;
+
+/// Feeds a burst and flushes once.
 async fn write_burst(
     app: &App,
     sink: &mut futures_util::stream::SplitSink<Ws, Message>,
     burst: &mut Vec<Delivery>,
 ) -> Result<(), tungstenite::Error> {
     let mut published_at = Vec::new();
+    let frames = feed(app, sink, burst, &mut published_at).await?;
+    flush(app, sink, frames, published_at).await
+}
+
+/// Flushes what was fed; records frames per flush and each frame's publish-to-flush latency.
+async fn flush(
+    app: &App,
+    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
+    frames: usize,
+    published_at: Vec<tokio::time::Instant>,
+) -> Result<(), tungstenite::Error> {
+    sink.flush().await?;
+    if frames > 0 {
+        app.metrics.frames_per_flush.observe(frames as f64);
+    }
+    let now = tokio::time::Instant::now();
+    for at in published_at {
+        app.metrics.latency.observe(now.duration_since(at).as_secs_f64());
+    }
+    Ok(())
+}
+
+/// Feeds (without flushing) a burst; notes publish times and delivery counts. Returns how
+/// many frames were fed.
+async fn feed(
+    app: &App,
+    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
+    burst: &mut Vec<Delivery>,
+    published_at: &mut Vec<tokio::time::Instant>,
+) -> Result<usize, tungstenite::Error> {
+    let count = burst.len();
     // Delivery counters are shared by every writer: add once per run of one type, not per frame.
     let mut run: Option<(usize, u64)> = None;
     for delivery in burst.drain(..) {
@@ -272,12 +334,7 @@ async fn write_burst(
     if let Some((t, n)) = run {
         app.metrics.delivered(t, n);
     }
-    sink.flush().await?;
-    let now = tokio::time::Instant::now();
-    for at in published_at {
-        app.metrics.latency.observe(now.duration_since(at).as_secs_f64());
-    }
-    Ok(())
+    Ok(count)
 }
 
 async fn send_close(
@@ -315,7 +372,16 @@ async fn reader(
             }
             Some(Ok(message)) => {
                 control.last_seen_ms.store(now_ms(app), Ordering::Relaxed);
-                if matches!(message, Message::Text(_) | Message::Binary(_)) {
+                // Parsed first: a connection allowed to publish sends `publish` frames at a
+                // backend's rate (HTTP publishing has no per-client rate either); every other
+                // frame counts against the limit that guards against floods.
+                let parsed = match &message {
+                    Message::Text(text) => Some(ClientMessage::parse_frame(text.as_str())),
+                    _ => None,
+                };
+                let publishing = control.publisher != Publisher::No
+                    && matches!(parsed, Some(Ok(ClientMessage::Publish(_))));
+                if !publishing && matches!(message, Message::Text(_) | Message::Binary(_)) {
                     let limiter = limiter.get_or_insert_with(|| app.security.message_limiter());
                     if limiter.check().is_err() {
                         let now = tokio::time::Instant::now();
@@ -333,9 +399,10 @@ async fn reader(
                             );
                             break;
                         }
-                        let request_id = match &message {
-                            Message::Text(text) => ClientMessage::request_id_of(text.as_str()),
-                            _ => None,
+                        let request_id = match &parsed {
+                            Some(Ok(message)) => message.request_id().cloned(),
+                            Some(Err(err)) => err.request_id.clone(),
+                            None => None,
                         };
                         reply_error(
                             app,
@@ -355,7 +422,11 @@ async fn reader(
                     }
                 }
                 match message {
-                    Message::Text(text) => handle_text(app, conn, control, text.as_str()),
+                    Message::Text(_) => {
+                        if let Some(parsed) = parsed {
+                            handle_frame(app, conn, control, parsed);
+                        }
+                    }
                     Message::Binary(_) => reply_error(
                         app,
                         conn,

@@ -105,9 +105,24 @@ pub(crate) struct SessionHandle {
     pub(crate) control: Arc<Control>,
 }
 
-/// Shared by a session's reader and writer.
+/// Whether a WebSocket connection may send `publish` frames, decided at its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Publisher {
+    /// It may not (a browser page from an origin not allowed to publish, or no publish key on
+    /// a server that has keys).
+    No,
+    /// The server has no publish keys and the client is not a disallowed browser page.
+    Open,
+    /// It presented a valid publish key (`Authorization: Bearer <key>`): a trusted backend,
+    /// which needs no token even when the server requires them.
+    Key,
+}
+
+/// A session's shared state: between its reader and writer, and with the registry.
 #[derive(Debug)]
 pub(crate) struct Control {
+    /// Whether it may publish.
+    pub(crate) publisher: Publisher,
     /// The close frame to send, when something other than the outbox decided to close.
     pub(crate) close: Mutex<Option<(u16, String)>>,
     /// Milliseconds since the server started when the peer was last heard from.
