@@ -7,7 +7,9 @@
 //!
 //! Phases: connect N subscribers (RSS per connection); publish at `--rate` messages per second
 //! for `--seconds` (latency, backlog, loss); publish flat out for `--seconds` (throughput, CPU
-//! per delivery). `--idle N` only opens N idle subscribed connections and reports RSS.
+//! per delivery). Publishing is one message per HTTP request by default, as backends publish
+//! (`--per-request N` batches, `--publishers P` runs P connections concurrently,
+//! `--ws-publish` uses WebSocket publish channels instead of HTTP). `--idle N` only opens N idle subscribed connections and reports RSS.
 //!
 //! `--nodes N` (N > 1) runs a cluster instead: a private `redis-server` (or `--redis-url`) and
 //! N nodes; publishes go to node 0 and subscribers connect to the other nodes, so every
@@ -40,6 +42,12 @@ pub(crate) struct Options {
     redis_url: Option<String>,
     nodes: usize,
     sources: u8,
+    /// Messages per publish request (1: as backends publish).
+    per_request: u64,
+    /// Concurrent publisher connections.
+    publishers: usize,
+    /// Publish over WebSocket channels (`{"action":"publish"}`) instead of HTTP.
+    ws_publish: bool,
     /// Internal (a helper process of `--idle`): hold this many connections to `targets`.
     hold: Option<(usize, usize, Vec<SocketAddr>)>,
 }
@@ -55,6 +63,9 @@ impl Options {
             redis_url: None,
             nodes: 1,
             sources: 1,
+            per_request: 1,
+            publishers: 1,
+            ws_publish: false,
             hold: None,
         };
         let mut it = args.iter();
@@ -71,6 +82,9 @@ impl Options {
                 "--seconds" => o.seconds = value("--seconds")?,
                 "--idle" => o.idle = Some(value("--idle")? as usize),
                 "--no-pin" => o.pin = false,
+                "--per-request" => o.per_request = value("--per-request")?.max(1),
+                "--publishers" => o.publishers = (value("--publishers")? as usize).max(1),
+                "--ws-publish" => o.ws_publish = true,
                 "--nodes" => o.nodes = (value("--nodes")? as usize).max(1),
                 "--sources" => o.sources = value("--sources")?.clamp(1, 254) as u8,
                 "--hold" => {
@@ -475,9 +489,96 @@ impl Publisher {
     }
 }
 
-fn batch(from: u64, n: u64, base: Instant) -> String {
-    let items: Vec<String> = (from..from + n).map(|i| alert(i, base)).collect();
-    format!("[{}]", items.join(","))
+/// A publisher: an HTTP connection (one request per `per_request` messages) or a WebSocket
+/// publish channel (`{"action":"publish",…}` frames, fed together, one flush).
+enum Channel {
+    Http(Publisher),
+    Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
+}
+
+impl Channel {
+    async fn open(addr: SocketAddr, ws: bool, id: usize) -> Result<Self> {
+        if !ws {
+            return Ok(Channel::Http(Publisher::new(addr).await?));
+        }
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let url = format!("ws://{addr}/ws/publisher-{id}");
+        let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+        ws.next().await; // welcome
+        Ok(Channel::Ws(Box::new(ws)))
+    }
+
+    /// Publishes alerts `from..from + n` in one request (HTTP) or one flush (WebSocket).
+    async fn publish(&mut self, from: u64, n: u64, base: Instant) -> Result<()> {
+        match self {
+            Channel::Http(http) => {
+                let mut items: Vec<String> = (from..from + n).map(|i| alert(i, base)).collect();
+                let body = if n == 1 { items.remove(0) } else { format!("[{}]", items.join(",")) };
+                http.post(body).await
+            }
+            Channel::Ws(ws) => {
+                for i in from..from + n {
+                    let frame = format!("{{\"action\":\"publish\",{}", &alert(i, base)[1..]);
+                    ws.feed(Message::Text(frame.into())).await?;
+                }
+                Ok(ws.flush().await?)
+            }
+        }
+    }
+}
+
+/// How far (messages per subscriber) flat-out publishing may run ahead of the subscribers, so
+/// that "zero lost" is measured for subscribers that keep up.
+const FLAT_OUT_AHEAD: u64 = 2000;
+
+/// Runs `o.publishers` channels for `seconds`: each takes the next `per_request` messages from
+/// `next`; `pace` (per channel) spaces its requests, `None` is flat out (held back while the
+/// subscribers are more than [`FLAT_OUT_AHEAD`] messages behind). Returns the messages
+/// published.
+async fn publish_phase(
+    channels: &mut [Channel],
+    o: &Options,
+    next: &Arc<AtomicU64>,
+    base: Instant,
+    seconds: u64,
+    pace: Option<Duration>,
+    tallies: &[Arc<Tally>],
+) -> Result<u64> {
+    let start = Instant::now();
+    let first = next.load(Ordering::Relaxed);
+    let subscribers = tallies.len() as u64;
+    let received = || tallies.iter().map(|t| t.received.load(Ordering::Relaxed)).sum::<u64>();
+    let runs = channels.iter_mut().map(|channel| {
+        let next = next.clone();
+        async move {
+            let mut tick = pace.map(|p| {
+                let mut t = tokio::time::interval(p);
+                // Open loop: a late request is sent at once, so the target rate is kept if
+                // the server can keep it.
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            while start.elapsed() < Duration::from_secs(seconds) {
+                if let Some(tick) = &mut tick {
+                    tick.tick().await;
+                } else {
+                    while (next.load(Ordering::Relaxed) - 1) * subscribers
+                        > received() + FLAT_OUT_AHEAD * subscribers
+                    {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                let from = next.fetch_add(o.per_request, Ordering::Relaxed);
+                channel.publish(from, o.per_request, base).await?;
+            }
+            anyhow::Ok(())
+        }
+    });
+    for result in futures_util::future::join_all(runs).await {
+        result?;
+    }
+    Ok(next.load(Ordering::Relaxed) - first)
 }
 
 /// Extracts `"seq":N` (the frame starts with it) and the send time in the alert's message.
@@ -540,29 +641,53 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     }
     let received =
         |t: &[Arc<Tally>]| t.iter().map(|t| t.received.load(Ordering::Relaxed)).sum::<u64>();
-    let mut publisher = Publisher::new(server.publish_to()).await?;
+    let mut channels = Vec::new();
+    for i in 0..o.publishers {
+        channels.push(Channel::open(server.publish_to(), o.ws_publish, i).await?);
+    }
+    let next = Arc::new(AtomicU64::new(1));
     // The publish-to-flush histogram of a node with subscribers (in a cluster: from the
     // message's arrival from Redis on that node).
     let mut watched = Publisher::new(server.subscriber_node(0)).await?;
-    let mut next = 1u64;
 
     let buckets_before = watched.latency_buckets().await?;
     // Phase 1: a steady rate.
-    say(&format!("phase 1: {} messages/s for {} s…", o.rate, o.seconds));
-    let per_tick = (o.rate / 100).max(1);
+    say(&format!(
+        "phase 1: {} messages/s for {} s, {} per {}, {} publisher(s)…",
+        o.rate,
+        o.seconds,
+        o.per_request,
+        if o.ws_publish { "flush of a WebSocket publish channel" } else { "HTTP request" },
+        o.publishers
+    ));
     let (generator_cpu0, steady_received0) = (own_cpu(), received(&tallies));
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
     let phase_start = Instant::now();
-    let mut max_backlog = 0u64;
-    while phase_start.elapsed() < Duration::from_secs(o.seconds) {
-        tick.tick().await;
-        publisher.post(batch(next, per_tick, base)).await?;
-        next += per_tick;
-        let expected = (next - 1) * o.subscribers as u64;
-        max_backlog =
-            max_backlog.max(expected.saturating_sub(received(&tallies)) / o.subscribers as u64);
-    }
-    let steady_sent = next - 1;
+    // Each channel sends a request every `pace`: together `rate` messages per second.
+    let pace =
+        Duration::from_secs_f64(o.per_request as f64 * o.publishers as f64 / o.rate.max(1) as f64);
+    // Backlog per subscriber during the steady phase, sampled every 10 ms.
+    let monitoring = Arc::new(AtomicBool::new(true));
+    let monitor = {
+        let (tallies, next, monitoring) = (tallies.clone(), next.clone(), monitoring.clone());
+        let subscribers = o.subscribers as u64;
+        tokio::spawn(async move {
+            let mut max_backlog = 0u64;
+            while monitoring.load(Ordering::Relaxed) {
+                let published = next.load(Ordering::Relaxed) - 1;
+                let got: u64 = tallies.iter().map(|t| t.received.load(Ordering::Relaxed)).sum();
+                let behind = (published * subscribers).saturating_sub(got) / subscribers;
+                max_backlog = max_backlog.max(behind);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            max_backlog
+        })
+    };
+    let steady_sent =
+        publish_phase(&mut channels, o, &next, base, o.seconds, Some(pace), &tallies).await?;
+    let steady_wall = phase_start.elapsed().as_secs_f64();
+    monitoring.store(false, Ordering::Relaxed);
+    let max_backlog = monitor.await.unwrap_or(0);
+
     wait_for(&tallies, steady_sent * o.subscribers as u64, &received).await;
     recording.store(false, Ordering::Relaxed);
     let generator_cpu = own_cpu() - generator_cpu0;
@@ -576,15 +701,10 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     let (cpu0, _) = server.usage()?;
     let delivered0 = received(&tallies);
     let phase_start = Instant::now();
-    while phase_start.elapsed() < Duration::from_secs(o.seconds) {
-        publisher.post(batch(next, 100, base)).await?;
-        next += 100;
-        // Stay within the subscribers' reach so that "zero lost" is measured for keepers-up.
-        while (next - 1) * o.subscribers as u64 > received(&tallies) + 2000 * o.subscribers as u64 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-    wait_for(&tallies, (next - 1) * o.subscribers as u64, &received).await;
+    let flat = publish_phase(&mut channels, o, &next, base, o.seconds, None, &tallies).await?;
+    let flat_wall = phase_start.elapsed().as_secs_f64();
+    let total = next.load(Ordering::Relaxed) - 1;
+    wait_for(&tallies, total * o.subscribers as u64, &received).await;
     let elapsed = phase_start.elapsed().as_secs_f64();
     let (cpu1, _) = server.usage()?;
     let delivered = received(&tallies) - delivered0;
@@ -600,19 +720,26 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
             .copied()
             .unwrap_or(0)
     };
+    let how = format!(
+        "{} msg per {}, {} publisher(s)",
+        o.per_request,
+        if o.ws_publish { "WebSocket flush" } else { "HTTP request" },
+        o.publishers
+    );
     say(&format!(
-        "\n| subscribers | phase | published | deliveries/s | server CPU per delivery | p50 | p99 | max | max backlog (msgs/subscriber) | lost | dropped subscribers |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n\
-         | {n} | {rate}/s for {s} s | {steady_sent} | {:.0} | — | {:.2} ms | {:.2} ms | {:.2} ms | {max_backlog} | {lost} | {dropped} |\n\
-         | {n} | flat out for {s} s | {} | {:.0} | {:.3} µs | — | — | — | — | {lost} | {dropped} |\n\
+        "\n| subscribers | publishing | phase | published (msg/s achieved) | deliveries/s | server CPU per delivery | p50 | p99 | max | max backlog (msgs/subscriber) | lost | dropped subscribers |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n\
+         | {n} | {how} | {rate}/s for {s} s | {steady_sent} ({:.0}/s) | {:.0} | — | {:.2} ms | {:.2} ms | {:.2} ms | {max_backlog} | {lost} | {dropped} |\n\
+         | {n} | {how} | flat out for {s} s | {flat} ({:.0}/s) | {:.0} | {:.3} µs | — | — | — | — | {lost} | {dropped} |\n\
          \nload generator in the steady phase: {gen_us:.2} µs of its CPU per received frame, {gen_pct:.0}% of its core\n\
          server's own publish-to-flush latency in the steady phase (from /metrics, bucket upper bounds): {server_view}\n\
          server RSS: {:.1} MiB before connecting, {:.1} MiB with {n} subscribers: {:.2} KiB per connection",
-        steady_sent as f64 * o.subscribers as f64 / o.seconds as f64,
+        steady_sent as f64 / steady_wall,
+        steady_sent as f64 * o.subscribers as f64 / steady_wall,
         pct(0.50) as f64 / 1000.0,
         pct(0.99) as f64 / 1000.0,
         steady.last().copied().unwrap_or(0) as f64 / 1000.0,
-        next - 1 - steady_sent,
+        flat as f64 / flat_wall,
         delivered as f64 / elapsed,
         (cpu1 - cpu0) / delivered.max(1) as f64 * 1e6,
         rss_before as f64 / 1048576.0,

@@ -28,6 +28,9 @@ tasks:
       --rate R          messages per second in the steady phase (default 200)
       --seconds S       length of each phase (default 10)
       --idle N          only open N idle subscribed connections and report RSS
+      --per-request N   messages per publish request (default 1, as backends publish)
+      --publishers P    concurrent publisher connections (default 1)
+      --ws-publish      publish over WebSocket channels (action publish) instead of HTTP
       --no-pin          do not pin server and generator to cores (no taskset)
       --redis-url URL   run the server as a cluster node on this Redis (a fresh key prefix)
       --nodes N         N > 1: a private Redis and N nodes; publish on node 0, subscribers
