@@ -272,7 +272,7 @@ async fn write_live(
 }
 
 /// How many scheduler turns a writer waits at most, gathering frames, before it flushes.
-const MAX_GATHER_TURNS: usize = 64;
+const MAX_GATHER_TURNS: usize = 16;
 
 /// Feeds a burst and flushes once.
 async fn write_burst(
