@@ -124,7 +124,13 @@ async fn writer(
             }
             received = conn.recv(&mut burst, BURST) => match received {
                 Ok(()) => {
-                    if tokio::time::timeout(write_timeout, write_live(app, conn, &mut sink, &mut burst)).await.map_or(true, |r| r.is_err()) {
+                    if write_live(app, conn, &mut sink, &mut burst, write_timeout).await.is_err() {
+                        if control.peer_closed.load(Ordering::Relaxed) {
+                            // The peer's close frame arrived while frames were on their way
+                            // (tungstenite refuses data after it): complete the handshake.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+                            break "client_closed";
+                        }
                         // The peer has not taken a burst for a heartbeat interval, or the socket failed.
                         let _ = tokio::time::timeout(Duration::from_secs(1), send_close(&mut sink, close::SLOW_CONSUMER, "not reading")).await;
                         break "write_failed";
@@ -247,28 +253,56 @@ fn close_label(code: u16) -> &'static str {
     }
 }
 
-/// Writes live frames: feeds the burst, then yields once before flushing and feeds whatever
-/// arrived meanwhile, so that when the server is busy (publishes in flight, other writers
+/// Writes live frames: before feeding the burst, yields and takes whatever arrived meanwhile,
+/// so that when the server is busy (publishes in flight, other writers
 /// running) the frames of several publishes leave in one flush — one `write` instead of one
 /// per frame — without delaying a lone message by more than one turn of the scheduler.
+///
+/// Each socket step (feed, flush) must make progress within `write_timeout`, else the peer is
+/// dead or hopelessly slow. The timeouts wrap the socket steps only, not the turns: a timeout
+/// whose step completes at once never touches the timer wheel, a waiting one would.
 async fn write_live(
     app: &App,
     conn: &Connection,
     sink: &mut futures_util::stream::SplitSink<Ws, Message>,
     burst: &mut Vec<Delivery>,
-) -> Result<(), tungstenite::Error> {
-    let mut published_at = Vec::new();
-    let mut frames = feed(app, sink, burst, &mut published_at).await?;
+    write_timeout: Duration,
+) -> Result<(), WriteFailed> {
     // While publishes keep arriving between turns, keep gathering (bounded): a flush costs a
-    // `write` (on loopback also the receiver's TCP processing), a turn costs one poll.
+    // `write` (on loopback also the receiver's TCP processing), a turn costs one poll. Frames
+    // wait in `burst`, not in the socket's buffer: nothing is half-written across a turn (a
+    // close frame the peer sends meanwhile is echoed after complete frames only).
     for _ in 0..MAX_GATHER_TURNS {
-        tokio::task::yield_now().await;
-        if frames >= BURST || conn.try_recv(burst, BURST).unwrap_or(0) == 0 {
+        if burst.len() >= BURST {
             break;
         }
-        frames += feed(app, sink, burst, &mut published_at).await?;
+        tokio::task::yield_now().await;
+        match conn.try_recv(burst, BURST - burst.len()) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
     }
-    flush(app, sink, frames, published_at).await
+    use tokio::time::timeout as step;
+    let mut published_at = Vec::new();
+    let frames = step(write_timeout, feed(app, sink, burst, &mut published_at)).await??;
+    step(write_timeout, flush(app, sink, frames, published_at)).await??;
+    Ok(())
+}
+
+/// A write that failed or took longer than the write timeout.
+#[derive(Debug)]
+struct WriteFailed;
+
+impl From<tungstenite::Error> for WriteFailed {
+    fn from(_: tungstenite::Error) -> Self {
+        WriteFailed
+    }
+}
+
+impl From<tokio::time::error::Elapsed> for WriteFailed {
+    fn from(_: tokio::time::error::Elapsed) -> Self {
+        WriteFailed
+    }
 }
 
 /// How many scheduler turns a writer waits at most, gathering frames, before it flushes.
