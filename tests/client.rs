@@ -352,3 +352,47 @@ async fn modelcast_watch_shows_the_connection_state() {
     wait_for("reconnected").await;
     let _ = child.kill().await;
 }
+
+/// `Client::publish`: a backend publishes typed messages over its connection and gets each
+/// one's `seq`; the server's refusals come back as errors naming the problem.
+#[tokio::test]
+async fn a_client_publishes_over_its_connection() {
+    let key = "0123456789abcdef-publish";
+    let server = TestServer::start(&["--publish-key", key]).await;
+    let url = format!("ws://{}/ws/reader", server.addr);
+    let reader = Client::connect(&url, fast()).await.unwrap();
+    let mut alerts = reader.subscribe(Topic::Alerts).await.unwrap();
+    let url = format!("ws://{}/ws/backend", server.addr);
+    let backend = Client::connect(&url, fast().publish_key(key)).await.unwrap();
+    let first = backend.publish(&alert("a1")).await.unwrap();
+    assert_eq!((first.status.as_str(), first.seq), ("sent", Some(1)));
+    // Many in flight at once, answered in order.
+    let answers = futures_util::future::join_all((2..=20).map(|i| {
+        let backend = backend.clone();
+        async move { backend.publish(&alert(&format!("a{i}"))).await.unwrap().seq }
+    }))
+    .await;
+    let mut seqs: Vec<u64> = answers.into_iter().flatten().collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (2..=20).collect::<Vec<_>>());
+    expect_consecutive(&mut alerts, 1, 20).await;
+
+    // Refusals: a control message never leaves; a bad field is named; no key, no publishing.
+    let pong = ServerMessage::Pong(modelcast_protocol::Pong {
+        request_id: None,
+        timestamp: modelcast_tests::msg::ts(),
+    });
+    assert!(matches!(
+        backend.publish(&pong).await,
+        Err(modelcast_client::PublishError::NotATopicMessage("pong"))
+    ));
+    let mut bad = alert("bad");
+    if let ServerMessage::Alert(a) = &mut bad {
+        a.level = modelcast_protocol::AlertLevel::Other("apocalyptic".into());
+    }
+    let err = backend.publish(&bad).await.unwrap_err().to_string();
+    assert!(err.contains("invalid_message") && err.contains("data.level"), "{err}");
+    let anonymous = Client::connect(&url.replace("backend", "anon"), fast()).await.unwrap();
+    let err = anonymous.publish(&alert("x")).await.unwrap_err().to_string();
+    assert!(err.contains("forbidden") && err.contains("publish key"), "{err}");
+}

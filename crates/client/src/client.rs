@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, Stream, StreamExt};
 use modelcast_protocol::{
-    AuthRequest, ClientMessage, Lagging, PingRequest, RequestId, ServerFrame, ServerMessage, Since,
-    SubscribeRequest, SubscriptionFilter, Topic, UnsubscribeRequest,
+    AuthRequest, ClientMessage, Lagging, PingRequest, PublishRequest, Published, RequestId,
+    ServerFrame, ServerMessage, Since, SubscribeRequest, SubscriptionFilter, Topic,
+    UnsubscribeRequest,
 };
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::{ConnectError, SubscribeError};
+use crate::{ConnectError, PublishError, SubscribeError};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -42,6 +43,9 @@ pub struct ConnectOptions {
     pub token_mode: TokenMode,
     /// How long to wait for the server's `welcome` (default 10 s).
     pub welcome_timeout: Duration,
+    /// A publish key, sent as `Authorization: Bearer <key>` when connecting: needed by
+    /// [`Client::publish`] on a server with `MODELCAST_PUBLISH_KEYS`.
+    pub publish_key: Option<String>,
 }
 
 impl Default for ConnectOptions {
@@ -54,6 +58,7 @@ impl Default for ConnectOptions {
             token: None,
             token_mode: TokenMode::Query,
             welcome_timeout: Duration::from_secs(10),
+            publish_key: None,
         }
     }
 }
@@ -68,6 +73,12 @@ impl ConnectOptions {
     /// Sets the auth token.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Sets the publish key (see [`ConnectOptions::publish_key`]).
+    pub fn publish_key(mut self, key: impl Into<String>) -> Self {
+        self.publish_key = Some(key.into());
         self
     }
 
@@ -178,6 +189,10 @@ enum Command {
         topic: Topic,
         token: u64,
     },
+    Publish {
+        request: PublishRequest,
+        reply: oneshot::Sender<Result<Published, PublishError>>,
+    },
     Close,
 }
 
@@ -205,7 +220,14 @@ impl Client {
         let (commands, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
         let buffer = options.buffer.max(1);
-        let task = Task { url, options, shared: shared.clone(), subs: HashMap::new(), next_id: 1 };
+        let task = Task {
+            url,
+            options,
+            shared: shared.clone(),
+            subs: HashMap::new(),
+            next_id: 1,
+            publishes: HashMap::new(),
+        };
         tokio::spawn(task.run(ws, rx));
         Ok(Client { commands, shared, buffer })
     }
@@ -229,6 +251,32 @@ impl Client {
             .map_err(|_| SubscribeError::Closed)?;
         confirmed.await.map_err(|_| SubscribeError::Closed)??;
         Ok(Subscription { topic, token, events: rx, commands: self.commands.clone() })
+    }
+
+    /// Publishes `message` over this connection (the server's WebSocket publish channel, with
+    /// the same checks and policy as `POST /api/publish`) and waits for the server's answer:
+    /// its `status` (`sent` with its `seq`, `held`, `filtered`). On a server with publish keys
+    /// the client needs [`ConnectOptions::publish_key`]. Publishes are sent in call order;
+    /// many may be in flight at once.
+    pub async fn publish(&self, message: &ServerMessage) -> Result<Published, PublishError> {
+        let type_name = message.type_name();
+        if message.is_control() {
+            return Err(PublishError::NotATopicMessage(type_name));
+        }
+        let data = match serde_json::to_value(message) {
+            Ok(serde_json::Value::Object(mut frame)) => match frame.remove("data") {
+                Some(serde_json::Value::Object(data)) => data,
+                _ => serde_json::Map::new(),
+            },
+            _ => serde_json::Map::new(),
+        };
+        let request =
+            PublishRequest { type_name: type_name.to_owned(), data, topic: None, id: None };
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Publish { request, reply })
+            .map_err(|_| PublishError::Closed)?;
+        answer.await.map_err(|_| PublishError::Closed)?
     }
 
     /// Whether a WebSocket is open now: `false` while the client reconnects (its
@@ -315,7 +363,16 @@ fn build_url(url: &str, token: Option<&str>) -> Result<String, ConnectError> {
 
 /// Opens a WebSocket and reads the `welcome`.
 async fn open(url: &str, options: &ConnectOptions) -> Result<(Ws, u64), ConnectError> {
-    let (mut ws, _) = match tokio_tungstenite::connect_async(url).await {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let invalid = |reason: String| ConnectError::InvalidUrl { url: url.to_owned(), reason };
+    let mut request = url.into_client_request().map_err(|e| invalid(e.to_string()))?;
+    if let Some(key) = &options.publish_key {
+        let value = format!("Bearer {key}")
+            .parse()
+            .map_err(|_| invalid("the publish key is not a valid header value".to_owned()))?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let (mut ws, _) = match tokio_tungstenite::connect_async(request).await {
         Ok(ok) => ok,
         Err(tungstenite::Error::Http(resp)) => {
             let body = resp
@@ -375,6 +432,8 @@ struct Task {
     shared: Arc<Shared>,
     subs: HashMap<Topic, Sub>,
     next_id: i64,
+    /// Publishes sent on this connection and not yet answered, by request id.
+    publishes: HashMap<i64, oneshot::Sender<Result<Published, PublishError>>>,
 }
 
 /// Why a session ended.
@@ -410,6 +469,10 @@ impl Task {
             self.shared.connected.store(true, Ordering::Relaxed);
             let end = self.session(ws, heartbeat, &mut commands).await;
             self.shared.connected.store(false, Ordering::Relaxed);
+            // Unanswered publishes: the server may or may not have taken them.
+            for (_, reply) in self.publishes.drain() {
+                let _ = reply.send(Err(PublishError::ConnectionLost));
+            }
             match end {
                 End::Closed => return,
                 End::Lost => tracing::debug!("connection lost; reconnecting"),
@@ -482,6 +545,17 @@ impl Task {
                             return End::Lost;
                         }
                     }
+                    Some(Command::Publish { mut request, reply }) => {
+                        let id = self.request_id();
+                        request.id = Some(RequestId::Number(id));
+                        let Ok(text) = serde_json::to_string(&ClientMessage::Publish(request)) else {
+                            continue;
+                        };
+                        self.publishes.insert(id, reply);
+                        if ws.send(Message::Text(text.into())).await.is_err() {
+                            return End::Lost;
+                        }
+                    }
                     Some(Command::Unsubscribe { topic, token }) => {
                         if self.subs.get(&topic).is_some_and(|s| s.token == token) {
                             self.subs.remove(&topic);
@@ -535,11 +609,23 @@ impl Task {
                     let _ = reply.send(Ok(()));
                 }
             }
+            ServerMessage::Published(p) => {
+                if let Some(RequestId::Number(id)) = p.request_id
+                    && let Some(reply) = self.publishes.remove(&id)
+                {
+                    let _ = reply.send(Ok(p));
+                }
+            }
             ServerMessage::Error(e) => {
                 let Some(RequestId::Number(id)) = e.request_id else {
                     tracing::debug!(code = %e.code, message = %e.message, "server error");
                     return;
                 };
+                if let Some(reply) = self.publishes.remove(&id) {
+                    let _ = reply
+                        .send(Err(PublishError::Rejected { code: e.code, message: e.message }));
+                    return;
+                }
                 let refused = self
                     .subs
                     .iter()

@@ -62,3 +62,28 @@ pub enum SubscribeError {
     #[error("the client is closed; connect again")]
     Closed,
 }
+
+/// [`crate::Client::publish`] failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// A control message (`welcome`, `pong`, …): only topic messages are published.
+    #[error("`{0}` is a control message; only topic messages can be published")]
+    NotATopicMessage(&'static str),
+    /// The server refused it: `invalid_message` (the message names the field), `forbidden`
+    /// (the connection has no publish key), `unavailable` (a cluster's Redis is down: retry).
+    #[error("the server refused the message ({code}): {message}")]
+    Rejected {
+        /// The server's error code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The connection was lost before the server answered: the message may or may not have
+    /// been published (the client reconnects; publish again if a duplicate is harmless).
+    #[error("the connection was lost before the server answered; the outcome is unknown")]
+    ConnectionLost,
+    /// The client was closed.
+    #[error("the client is closed; connect again")]
+    Closed,
+}

@@ -34,4 +34,4 @@ mod error;
 pub use client::{
     Client, ClientStats, ConnectOptions, Event, SubscribeOptions, Subscription, TokenMode,
 };
-pub use error::{ConnectError, SubscribeError};
+pub use error::{ConnectError, PublishError, SubscribeError};
