@@ -1,0 +1,163 @@
+// The client against a real modelcast server (target/debug/modelcast, started per test).
+import assert from "node:assert/strict";
+import { after, test } from "node:test";
+import { WebSocket } from "ws";
+import { connect } from "../dist/index.js";
+import { alert, progress, proxy, publish, sleep, startServer, status, take, token, until } from "./helpers.mjs";
+
+const cleanups = [];
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup();
+});
+const use = (client) => (cleanups.push(() => client.close()), client);
+
+test("frames of a topic arrive typed, once, in order", async () => {
+  const server = await startServer();
+  cleanups.push(() => server.stop());
+  const client = use(connect(server.ws, { WebSocket }));
+  const sub = client.subscribe("alerts");
+  const frames = sub[Symbol.asyncIterator]();
+  await until(() => sub.state === "subscribed", "subscribed");
+  await publish(server.base, [1, 2, 3, 4, 5].map((i) => alert(i)));
+  const got = await take(frames, 5);
+  assert.deepEqual(got.map((f) => f.data.alert_id), ["a1", "a2", "a3", "a4", "a5"]);
+  assert.deepEqual(got.map((f) => f.seq), [1, 2, 3, 4, 5]);
+  assert.ok(got.every((f) => f.type === "alert" && f.topic === "alerts"));
+  assert.equal(client.state, "open");
+});
+
+test("a cut connection reconnects and recovers what was published meanwhile, nothing twice", async () => {
+  const server = await startServer();
+  const relay = await proxy(server.port);
+  cleanups.push(() => server.stop(), () => relay.close());
+  const client = use(connect(relay.ws, { WebSocket, minReconnectDelay: 50, maxReconnectDelay: 200 }));
+  const states = [];
+  client.on("state", (s) => states.push(s));
+  const sub = client.subscribe("alerts");
+  const gaps = [];
+  sub.on("gap", (gap) => gaps.push(gap));
+  const frames = sub[Symbol.asyncIterator]();
+  await until(() => sub.state === "subscribed", "subscribed");
+  await publish(server.base, [1, 2, 3].map((i) => alert(i)));
+  await take(frames, 3);
+
+  relay.cut();
+  await until(() => client.state === "reconnecting", "the client notices");
+  await publish(server.base, [4, 5, 6, 7, 8].map((i) => alert(i)));
+  await sleep(300); // a few refused attempts
+  relay.resume();
+  const recovered = await take(frames, 5);
+  assert.deepEqual(recovered.map((f) => f.seq), [4, 5, 6, 7, 8]);
+  await publish(server.base, alert(9));
+  const [live] = await take(frames, 1);
+  assert.equal(live.seq, 9, "nothing duplicated or skipped after recovery");
+  assert.deepEqual(gaps, []);
+  assert.ok(states.includes("reconnecting") && client.state === "open");
+});
+
+test("after a server restart: a gap event, then the current state", async () => {
+  const first = await startServer();
+  const client = use(connect(first.ws, { WebSocket, minReconnectDelay: 50, maxReconnectDelay: 200 }));
+  const sub = client.subscribe("model_status");
+  const log = [];
+  sub.on("gap", (gap) => log.push(["gap", gap]));
+  sub.on("message", (frame) => log.push(["frame", frame]));
+  await until(() => sub.state === "subscribed", "subscribed");
+  await publish(first.base, status("alpha"));
+  await until(() => log.length === 1, "the first status");
+  const epoch = sub.epoch;
+
+  await first.stop();
+  const second = await startServer({ port: first.port });
+  cleanups.push(() => second.stop());
+  await publish(second.base, status("beta", "downloading"));
+  await until(() => log.length >= 3, "a gap and the new state", 15000);
+  const [kind, gap] = log[1];
+  assert.equal(kind, "gap");
+  assert.equal(gap.previousEpoch, epoch);
+  assert.notEqual(gap.epoch, epoch, "a restarted server has another epoch");
+  assert.equal(gap.afterSeq, 1);
+  const [, frame] = log[2];
+  assert.equal(frame.type, "model_status_update");
+  assert.equal(frame.data.model_id, "beta");
+});
+
+test("replaced by another connection with the same id (4002): closed, no reconnect", async () => {
+  const server = await startServer();
+  cleanups.push(() => server.stop());
+  const url = `${server.ws}/tab-1`;
+  const client = use(connect(url, { WebSocket, minReconnectDelay: 20 }));
+  const errors = [];
+  client.on("error", (e) => errors.push(e.code));
+  await until(() => client.state === "open", "open");
+  const other = new WebSocket(url);
+  cleanups.push(() => other.close());
+  await until(() => client.state === "closed", "the replaced client closes");
+  assert.deepEqual(errors, ["replaced"]);
+  await sleep(300);
+  assert.equal(other.readyState, WebSocket.OPEN, "the replacement was not fought");
+});
+
+test("filter and maxHz reach the server", async () => {
+  const server = await startServer();
+  cleanups.push(() => server.stop());
+  const client = use(connect(server.ws, { WebSocket }));
+  const sub = client.subscribe("download_progress", { filter: { model_ids: ["m1"] }, maxHz: 1 });
+  const frames = sub[Symbol.asyncIterator]();
+  await until(() => sub.state === "subscribed", "subscribed");
+  // Spaced out beyond the server's per-model throttle; one per second per model reaches us.
+  await publish(server.base, progress("m2", 10));
+  await publish(server.base, progress("m1", 10));
+  const [first] = await take(frames, 1);
+  assert.equal(first.data.model_id, "m1");
+  for (const percent of [20, 30, 40]) {
+    await sleep(150);
+    await publish(server.base, progress("m1", percent));
+  }
+  const [next] = await take(frames, 1, 3000);
+  assert.equal(next.data.progress_percent, 40, "max_hz kept only the newest value");
+  assert.ok(next.seq > first.seq);
+});
+
+test("getToken: called on connect and again when the server says the token expires", async () => {
+  const secret = "a-test-secret-that-is-long-enough-for-hs256";
+  const server = await startServer({ env: { MODELCAST_JWT_SECRET: secret, MODELCAST_AUTH_DEADLINE: "5" } });
+  cleanups.push(() => server.stop());
+  let calls = 0;
+  const getToken = () => {
+    calls += 1;
+    return token(secret, {}, calls === 1 ? 2 : 600); // the first token expires in 2 s
+  };
+  const client = use(connect(server.ws, { WebSocket, getToken }));
+  const closes = [];
+  client.on("close", (info) => closes.push(info.code));
+  const sub = client.subscribe("alerts");
+  const frames = sub[Symbol.asyncIterator]();
+  await until(() => sub.state === "subscribed", "subscribed");
+  assert.equal(calls, 1);
+  await until(() => calls === 2, "a refresh after expiry", 8000);
+  await sleep(500);
+  await publish(server.base, alert(1));
+  const [frame] = await take(frames, 1);
+  assert.equal(frame.data.alert_id, "a1");
+  assert.deepEqual(closes, [], "the connection survived the refresh");
+});
+
+test("a forbidden topic fails its subscription only", async () => {
+  const secret = "a-test-secret-that-is-long-enough-for-hs256";
+  const server = await startServer({
+    env: { MODELCAST_JWT_SECRET: secret, MODELCAST_TOPIC_ROLES: "analytics_updates=admin" },
+  });
+  cleanups.push(() => server.stop());
+  const client = use(connect(server.ws, { WebSocket, token: token(secret, { roles: ["viewer"] }) }));
+  const forbidden = client.subscribe("analytics_updates");
+  const allowed = client.subscribe("alerts");
+  const failure = forbidden[Symbol.asyncIterator]().next();
+  await assert.rejects(failure, (e) => e.code === "forbidden" && e.topic === "analytics_updates");
+  assert.equal(forbidden.state, "failed");
+  const frames = allowed[Symbol.asyncIterator]();
+  await until(() => allowed.state === "subscribed", "the other topic works");
+  await publish(server.base, alert(1));
+  assert.equal((await take(frames, 1))[0].data.alert_id, "a1");
+  assert.equal(client.state, "open");
+});

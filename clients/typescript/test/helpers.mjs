@@ -1,0 +1,174 @@
+// Test helpers: a real modelcast binary on a free port, HTTP publishing, a TCP proxy that can
+// cut connections, HS256 tokens, and waiting for conditions.
+import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { existsSync } from "node:fs";
+import net from "node:net";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
+export const binary = process.env.MODELCAST_BIN ?? join(repo, "target/debug/modelcast");
+
+/** A free TCP port on 127.0.0.1. */
+export async function freePort() {
+  const server = net.createServer();
+  await new Promise((done) => server.listen(0, "127.0.0.1", done));
+  const { port } = server.address();
+  await new Promise((done) => server.close(done));
+  return port;
+}
+
+/** Starts `modelcast` on `port` (a free one by default); resolves once /healthz answers. */
+export async function startServer({ port, args = [], env = {} } = {}) {
+  if (!existsSync(binary)) {
+    throw new Error(`${binary} is missing: run \`cargo build -p modelcast-server\` first (or set MODELCAST_BIN)`);
+  }
+  port ??= await freePort();
+  const child = spawn(binary, ["--bind", `127.0.0.1:${port}`, "--log", "warn", ...args], {
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  const base = `http://127.0.0.1:${port}`;
+  await until(async () => {
+    if (child.exitCode !== null) throw new Error(`modelcast exited with ${child.exitCode}`);
+    try {
+      return (await fetch(`${base}/healthz`)).ok;
+    } catch {
+      return false;
+    }
+  }, "the server answers /healthz");
+  return {
+    port,
+    base,
+    ws: `ws://127.0.0.1:${port}/ws`,
+    async stop() {
+      if (child.exitCode !== null) return;
+      const exited = new Promise((done) => child.once("exit", done));
+      child.kill("SIGKILL");
+      await exited;
+    },
+  };
+}
+
+/** POSTs one frame or an array to /api/publish; returns the parsed answer (throws unless 202). */
+export async function publish(base, body) {
+  const response = await fetch(`${base}/api/publish`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const text = await response.text();
+  if (response.status !== 202) throw new Error(`publish: ${response.status} ${text}`);
+  return JSON.parse(text);
+}
+
+/** A TCP proxy to `target`: `cut()` ends every connection and refuses new ones until `resume()`. */
+export async function proxy(targetPort) {
+  const sockets = new Set();
+  let refusing = false;
+  const server = net.createServer((client) => {
+    if (refusing) return client.destroy();
+    const upstream = net.connect(targetPort, "127.0.0.1");
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on("close", () => sockets.delete(socket));
+      socket.on("error", () => {});
+    }
+    client.pipe(upstream).pipe(client);
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+  });
+  await new Promise((done) => server.listen(0, "127.0.0.1", done));
+  const { port } = server.address();
+  return {
+    ws: `ws://127.0.0.1:${port}/ws`,
+    cut() {
+      refusing = true;
+      for (const socket of sockets) socket.destroy();
+    },
+    resume() {
+      refusing = false;
+    },
+    close() {
+      this.cut();
+      return new Promise((done) => server.close(done));
+    },
+  };
+}
+
+/** An HS256 JWT for `secret` with `claims` (expiring in `ttl` seconds unless `exp` is given). */
+export function token(secret, claims = {}, ttl = 600) {
+  const b64 = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const body = { sub: "tester", exp: Math.floor(Date.now() / 1000) + ttl, ...claims };
+  const unsigned = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(body)}`;
+  const signature = createHmac("sha256", secret).update(unsigned).digest("base64url");
+  return `${unsigned}.${signature}`;
+}
+
+/** Resolves once `check()` is truthy (polled every 20 ms); fails after `ms` naming `what`. */
+export async function until(check, what, ms = 10000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((done) => setTimeout(done, 20));
+  }
+}
+
+/** Takes `n` frames from an async iterator (fails after `ms`). */
+export async function take(iterator, n, ms = 10000) {
+  const frames = [];
+  const timer = new Promise((_, fail) => setTimeout(() => fail(new Error(`only ${frames.length}/${n} frames arrived`)), ms));
+  const read = (async () => {
+    while (frames.length < n) {
+      const { value, done } = await iterator.next();
+      if (done) throw new Error(`the iterator ended after ${frames.length}/${n} frames`);
+      frames.push(value);
+    }
+    return frames;
+  })();
+  return Promise.race([read, timer]);
+}
+
+export const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+
+/** An alert frame for /api/publish. */
+export const alert = (id, extra = {}) => ({
+  type: "alert",
+  data: { alert_id: `a${id}`, level: "info", title: `alert ${id}`, message: `message ${id}`, ...extra },
+});
+
+/** A download progress frame for /api/publish. */
+export const progress = (model, percent) => ({
+  type: "download_progress_update",
+  data: {
+    model_id: model,
+    progress_percent: percent,
+    downloaded_mb: percent,
+    total_mb: 100,
+    speed_mbps: 10,
+    eta_seconds: 100 - percent,
+    status: "downloading",
+    can_pause: true,
+    can_resume: true,
+    can_cancel: true,
+  },
+});
+
+/** A model status frame for /api/publish. */
+export const status = (model, availability = "available") => ({
+  type: "model_status_update",
+  data: {
+    model_id: model,
+    availability_status: availability,
+    is_available: availability === "available",
+    is_loaded: false,
+    size_mb: 1000,
+    integrity_score: 1,
+    performance_score: 1,
+    usage_frequency: 0,
+    update_available: false,
+  },
+});
