@@ -187,7 +187,11 @@ async fn health_readiness_stats_and_metrics() {
     let server = TestServer::start(&[]).await;
     let (status, page) = server.get("/").await;
     assert_eq!(status, 200);
-    assert!(page.contains("new WebSocket") && page.contains(r#"action: "subscribe""#));
+    assert!(page.contains(r#"<script type="module" src="/assets/dashboard.js">"#));
+    let (status, script) = server.get("/assets/dashboard.js").await;
+    assert_eq!(status, 200);
+    // The bundled TypeScript client: subscribes and resubscribes with `since`.
+    assert!(script.contains(r#""subscribe""#) && script.contains("since"), "{}", &script[..200]);
     assert_eq!(server.get("/healthz").await.0, 200);
     let (status, ready) = server.get("/readyz").await;
     assert_eq!((status, ready.contains("ready")), (200, true));

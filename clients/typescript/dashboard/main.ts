@@ -1,1 +1,335 @@
-import { connect } from "../src/index.js"; void connect;
+// The dashboard at `/`: what an operator keeps open. Driven only by the public protocol,
+// through @modelcast/client (this is its first user), plus GET /api/stats for server figures.
+// Plain DOM and SVG: no framework, no chart library, nothing to load from elsewhere.
+import { connect, ModelcastError, TOPIC_TYPES } from "../src/index.js";
+import type { AnyTopicFrame, ServerMessage, Topic } from "../src/index.js";
+
+type Download = {
+  percent: number;
+  status: string;
+  speed?: number;
+  eta?: number | null;
+  downloaded?: number;
+  total?: number;
+  note?: string;
+};
+
+type Model = {
+  id: string;
+  status: string;
+  available?: boolean;
+  loaded?: boolean;
+  sizeMb?: number;
+  health?: { status: string; score?: number };
+  changedAt: string;
+  download?: Download;
+  fallback?: string;
+  queue?: string;
+};
+
+type FeedItem = { level: string; title: string; detail: string; at: string };
+
+const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+const models = new Map<string, Model>();
+const feed: FeedItem[] = [];
+const raw: string[] = [];
+const series: Record<string, number[]> = { cpu: [], memory: [], vram: [], gpu: [], active: [] };
+const SERIES_POINTS = 150; // about five minutes of the demo's system stats (every 2 s)
+let dirty = false;
+
+const h = (tag: string, attrs: Record<string, string> = {}, ...children: (Node | string)[]) => {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  el.append(...children);
+  return el;
+};
+const fmt = (n: number | undefined | null, digits = 1) =>
+  n === undefined || n === null || Number.isNaN(n) ? "–" : n.toFixed(digits);
+const time = (iso: string) => {
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso : d.toLocaleTimeString();
+};
+const eta = (s: number | null | undefined) =>
+  s === undefined || s === null ? "" : s >= 60 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${Math.round(s)} s`;
+
+function model(id: string, at: string): Model {
+  let m = models.get(id);
+  if (!m) {
+    m = { id, status: "unknown", changedAt: at };
+    models.set(id, m);
+  }
+  return m;
+}
+
+function push(level: string, title: string, detail: string, at: string) {
+  feed.unshift({ level, title, detail, at });
+  feed.length = Math.min(feed.length, 80);
+}
+
+function apply(frame: AnyTopicFrame) {
+  switch (frame.type) {
+    case "model_status_update": {
+      const d = frame.data;
+      const m = model(d.model_id, d.timestamp);
+      if (m.status !== d.availability_status) m.changedAt = d.timestamp;
+      Object.assign(m, { status: d.availability_status, available: d.is_available, loaded: d.is_loaded, sizeMb: d.size_mb });
+      break;
+    }
+    case "batch_model_status_update":
+      for (const d of frame.data.models) {
+        const m = model(d.model_id, frame.data.timestamp);
+        if (m.status !== d.availability_status) m.changedAt = frame.data.timestamp;
+        Object.assign(m, { status: d.availability_status, available: d.is_available, loaded: d.is_loaded, sizeMb: d.size_mb });
+      }
+      break;
+    case "model_availability_change": {
+      const d = frame.data;
+      Object.assign(model(d.model_id, d.timestamp), { status: d.new_availability, changedAt: d.timestamp });
+      break;
+    }
+    case "model_lifecycle": {
+      const d = frame.data;
+      const m = model(d.model_id, d.timestamp);
+      m.changedAt = d.timestamp;
+      if (/^load/.test(d.event)) m.loaded = d.event === "loaded" || d.event === "load_completed" ? true : m.loaded;
+      if (/unload/.test(d.event)) m.loaded = false;
+      break;
+    }
+    case "download_progress_update": {
+      const d = frame.data;
+      model(d.model_id, d.timestamp).download = {
+        percent: d.progress_percent,
+        status: d.status,
+        speed: d.speed_mbps,
+        eta: d.eta_seconds,
+        downloaded: d.downloaded_mb,
+        total: d.total_mb,
+      };
+      break;
+    }
+    case "download_status_change": {
+      const d = frame.data;
+      const m = model(d.model_id, d.timestamp);
+      const percent = d.progress_percent ?? m.download?.percent ?? 0;
+      if (d.new_status === "completed") m.download = undefined;
+      else m.download = { ...(m.download ?? { percent }), percent, status: d.new_status, note: d.error_message ?? d.reason ?? undefined };
+      if (d.new_status === "failed" || d.new_status === "stale")
+        push(d.new_status === "failed" ? "error" : "warning", `download ${d.new_status}: ${d.model_id}`, d.error_message ?? d.reason ?? "", d.timestamp);
+      break;
+    }
+    case "download_retry": {
+      const d = frame.data;
+      const m = model(d.model_id, d.timestamp);
+      m.download = { ...(m.download ?? { percent: 0 }), status: "retrying", note: `retry ${d.retry_count}/${d.max_retries} in ${eta(d.next_retry_in_seconds)}` };
+      break;
+    }
+    case "health_monitoring_alert": {
+      const d = frame.data;
+      model(d.model_id, d.timestamp).health = { status: d.health_status, score: d.integrity_score };
+      if (!d.is_healthy) push("warning", `health: ${d.model_id} ${d.health_status}`, (d.issues ?? []).join("; "), d.timestamp);
+      break;
+    }
+    case "corruption_detection": {
+      const d = frame.data;
+      model(d.model_id, d.timestamp).health = { status: "corrupted" };
+      push(d.severity === "high" || d.severity === "critical" ? "critical" : "error", `corruption: ${d.model_id}`, `${d.corruption_type} → ${d.repair_action}`, d.timestamp);
+      break;
+    }
+    case "performance_degradation": {
+      const d = frame.data;
+      push("warning", `slower: ${d.model_id} ${d.metric}`, `${fmt(d.degradation_percent)}% worse${d.recommendation ? ` — ${d.recommendation}` : ""}`, d.timestamp);
+      break;
+    }
+    case "model_repair": {
+      const d = frame.data;
+      if (d.phase === "completed") model(d.model_id, d.timestamp).health = { status: "healthy" };
+      push(d.phase === "failed" ? "error" : "info", `repair ${d.phase}: ${d.model_id}`, d.message ?? d.repair_action, d.timestamp);
+      break;
+    }
+    case "fallback_strategy": {
+      const d = frame.data;
+      model(d.original_model, d.timestamp).fallback =
+        `${d.strategy_type}${d.alternative_model ? ` → ${d.alternative_model}` : ""}: ${d.user_message}`;
+      break;
+    }
+    case "alternative_model_suggestion": {
+      const d = frame.data;
+      model(d.original_model, d.timestamp).fallback =
+        `try ${d.suggested_model} (${Math.round(d.compatibility_score * 100)}% compatible): ${d.reason}`;
+      break;
+    }
+    case "model_queue_update": {
+      const d = frame.data;
+      model(d.model_id, d.timestamp).queue = `queue #${d.queue_position}, ~${eta(d.estimated_wait_time)}`;
+      break;
+    }
+    case "alert": {
+      const d = frame.data;
+      push(d.level, d.title, d.message, d.timestamp);
+      break;
+    }
+    case "system_stats": {
+      const d = frame.data;
+      sample("cpu", d.cpu_percent);
+      sample("memory", d.memory_percent);
+      sample("gpu", d.gpu_percent ?? NaN);
+      sample("vram", d.vram_total_mb ? ((d.vram_used_mb ?? 0) / d.vram_total_mb) * 100 : NaN);
+      $("sys-now").textContent =
+        `CPU ${fmt(d.cpu_percent)}% · memory ${fmt(d.memory_percent)}% · VRAM ${fmt((d.vram_used_mb ?? 0) / 1024)} / ${fmt((d.vram_total_mb ?? 0) / 1024)} GB · GPU ${fmt(d.gpu_percent)}%`;
+      break;
+    }
+    case "usage_statistics_update": {
+      const d = frame.data;
+      sample("active", d.active_models);
+      $("usage-now").textContent = `${d.active_models} of ${d.total_models} models active · most used: ${d.most_used_model ?? "–"}`;
+      break;
+    }
+    case "generation_progress": {
+      const d = frame.data;
+      const row = $("gen").querySelector(`[data-task="${CSS.escape(d.task_id)}"]`) ?? $("gen").appendChild(h("div", { class: "gen", "data-task": d.task_id }));
+      row.replaceChildren(
+        h("span", {}, `${d.task_id} · ${d.model_id} · ${d.status}`),
+        bar(d.progress_percent, d.status),
+        h("small", {}, `step ${d.current_step ?? "–"}/${d.total_steps ?? "–"} ${eta(d.eta_seconds)}`),
+      );
+      break;
+    }
+    case "queue_update":
+      $("queue").textContent = `${frame.data.queue_length} queued · ${frame.data.active_tasks} running`;
+      break;
+    default:
+      break;
+  }
+  dirty = true;
+}
+
+function sample(name: string, value: number) {
+  const s = series[name]!;
+  s.push(value);
+  if (s.length > SERIES_POINTS) s.shift();
+}
+
+function bar(percent: number, status: string) {
+  const outer = h("div", { class: `bar ${status}`, role: "progressbar", "aria-valuenow": String(percent) });
+  const inner = h("div", { class: "fill" });
+  inner.style.width = `${Math.max(0, Math.min(100, percent))}%`;
+  outer.append(inner);
+  return outer;
+}
+
+function renderModels() {
+  const cards = [...models.values()].sort((a, b) => a.id.localeCompare(b.id)).map((m) => {
+    const card = h("article", { class: `card ${m.status}`, id: `model-${m.id}`, "data-model": m.id });
+    const health = m.health
+      ? h("span", { class: `badge health-${m.health.status}` }, `${m.health.status}${m.health.score !== undefined ? ` ${Math.round(m.health.score * 100)}%` : ""}`)
+      : h("span", { class: "badge muted" }, "health –");
+    card.append(
+      h("header", {}, h("b", {}, m.id), h("span", { class: `badge status status-${m.status}` }, m.status)),
+      h("div", { class: "facts" },
+        h("span", { class: m.loaded ? "badge loaded" : "badge muted" }, m.loaded ? "loaded" : "not loaded"),
+        health,
+        h("span", {}, m.sizeMb ? `${fmt(m.sizeMb / 1024)} GB` : ""),
+      ),
+    );
+    if (m.download) {
+      const d = m.download;
+      card.append(
+        h("div", { class: "download" },
+          bar(d.percent, d.status),
+          h("small", {}, `${d.status} · ${fmt(d.percent)}%${d.speed !== undefined && d.status === "downloading" ? ` · ${fmt(d.speed)} MB/s · ${eta(d.eta)} left` : ""}${d.note ? ` · ${d.note}` : ""}`),
+        ),
+      );
+    }
+    if (m.fallback) card.append(h("p", { class: "fallback" }, m.fallback));
+    if (m.queue) card.append(h("p", { class: "queue" }, m.queue));
+    card.append(h("small", { class: "muted" }, `changed ${time(m.changedAt)}`));
+    return card;
+  });
+  $("models").replaceChildren(...(cards.length ? cards : [h("p", { class: "muted" }, "no model has reported yet")]));
+}
+
+function renderFeed() {
+  $("feed").replaceChildren(
+    ...feed.map((f) => h("li", { class: `level-${f.level}` }, h("b", {}, f.title), h("span", {}, f.detail), h("time", {}, time(f.at)))),
+  );
+}
+
+function chart(id: string, lines: [string, string][], max = 100) {
+  const svg = $(id) as unknown as SVGSVGElement;
+  const W = 300, H = 80;
+  const paths = lines.map(([name, colour]) => {
+    const s = series[name]!;
+    const top = Math.max(max, ...s.filter((v) => !Number.isNaN(v)));
+    // The newest point at the right edge; until the window fills, 30 slots wide at least.
+    const slots = Math.max(s.length, 30);
+    const pts = s
+      .map((v, i) => (Number.isNaN(v) ? null : `${((i + slots - s.length) / (slots - 1)) * W},${H - (v / top) * (H - 4) - 2}`))
+      .filter(Boolean)
+      .join(" ");
+    return `<polyline fill="none" stroke="${colour}" stroke-width="1.6" points="${pts}"/>`;
+  });
+  svg.innerHTML = `<line x1="0" y1="${H / 2}" x2="${W}" y2="${H / 2}" class="grid"/>${paths.join("")}`;
+}
+
+function render() {
+  if (!dirty) return;
+  dirty = false;
+  renderModels();
+  renderFeed();
+  chart("sys-chart", [["cpu", "#3b82f6"], ["memory", "#10b981"], ["vram", "#f59e0b"], ["gpu", "#a855f7"]]);
+  chart("usage-chart", [["active", "#0ea5e9"]], 1);
+  $("raw").textContent = raw.join("\n");
+}
+
+async function stats() {
+  try {
+    const response = await fetch("/api/stats");
+    if (!response.ok) {
+      $("stats").textContent = response.status === 401 ? "server stats need the metrics token" : `stats: ${response.status}`;
+      return;
+    }
+    const s = await response.json();
+    const rows = Object.entries(s.topics as Record<string, { published: number; delivered: number; subscriptions: number }>).map(
+      ([topic, t]) => {
+        const last = previous[topic];
+        previous[topic] = t.published;
+        const rate = last === undefined ? 0 : (t.published - last) / 2;
+        return h("tr", {}, h("td", {}, topic), h("td", {}, String(t.subscriptions)), h("td", {}, fmt(rate)), h("td", {}, String(t.delivered)));
+      },
+    );
+    const dropped = Object.values(s.connections_dropped as Record<string, number>).reduce((a, b) => a + b, 0);
+    $("stats").replaceChildren(
+      h("p", {}, `${s.connections} connections · ${dropped} dropped · node ${s.node_id} · engine ${s.engine?.kind ?? "memory"}${s.engine?.up === false ? " (down)" : ""}`),
+      h("table", {}, h("tr", {}, h("th", {}, "topic"), h("th", {}, "subs"), h("th", {}, "msg/s"), h("th", {}, "delivered")), ...rows),
+    );
+  } catch {
+    $("stats").textContent = "server stats unavailable";
+  }
+}
+const previous: Record<string, number> = {};
+
+const scheme = location.protocol === "https:" ? "wss" : "ws";
+const client = connect(`${scheme}://${location.host}/ws`);
+client.on("state", (state) => {
+  const pill = $("conn");
+  pill.textContent = state;
+  pill.className = `pill ${state}`;
+});
+client.on("frame", (frame: ServerMessage) => {
+  raw.unshift(JSON.stringify(frame));
+  raw.length = Math.min(raw.length, 100);
+  dirty = true;
+});
+client.on("welcome", (w) => ($("node").textContent = `connection ${w.connection_id}`));
+client.on("error", (e: ModelcastError) => push("warning", `connection: ${e.code}`, e.message, new Date().toISOString()));
+for (const topic of Object.keys(TOPIC_TYPES) as Topic[]) {
+  const sub = client.subscribe(topic);
+  sub.on("message", (frame) => apply(frame as AnyTopicFrame));
+  sub.on("gap", (gap) => push("warning", `gap in ${gap.topic}`, `messages after ${gap.afterSeq} were lost (server restarted or history exceeded); showing the current state`, new Date().toISOString()));
+  sub.on("error", (e) => {
+    $("topics-off").textContent = `${$("topics-off").textContent ? `${$("topics-off").textContent}, ` : "not allowed: "}${topic} (${e.code})`;
+  });
+}
+setInterval(render, 250);
+setInterval(stats, 2000);
+void stats();

@@ -41,6 +41,7 @@ if (check) {
   console.log("crates/server/assets/dashboard.js is up to date");
 } else {
   execFileSync(join(root, "node_modules/.bin/tsc"), ["-p", root], { stdio: "inherit" });
+  execFileSync(join(root, "node_modules/.bin/tsc"), ["-p", join(root, "dashboard")], { stdio: "inherit" });
   const min = await bundle("src/index.ts");
   writeFileSync(join(root, "dist/modelcast.min.js"), min);
   const gz = gzipSync(min, { level: 9 }).length;

@@ -17,8 +17,22 @@ use crate::response::{Refusal, Resp, error_response, json_response, method_not_a
 use crate::state::App;
 use crate::{handshake, publish};
 
-/// A small page that subscribes to every topic and shows frames as they arrive.
+/// The dashboard page (`/`): markup and style; its script is [`DASHBOARD_JS`].
 const INDEX_HTML: &str = include_str!("../assets/index.html");
+
+/// The dashboard's script: `clients/typescript/dashboard/main.ts` bundled with the TypeScript
+/// client (`npm run build` there; committed, checked for staleness in CI), so running the
+/// server needs no Node.js.
+const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
+
+/// An embedded file, revalidated by browsers on every load (a new binary may change it).
+fn static_asset(body: &'static str, content_type: &'static str) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
 
 pub(crate) async fn handle(
     app: Arc<App>,
@@ -52,11 +66,9 @@ pub(crate) async fn handle(
         (p, &Method::DELETE) if p.starts_with("/api/state/") => {
             publish::clear_state(&app, req.headers(), &p["/api/state/".len()..]).await
         }
-        ("/", &Method::GET) => {
-            let mut resp = Response::new(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())));
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-            resp
+        ("/", &Method::GET) => static_asset(INDEX_HTML, "text/html; charset=utf-8"),
+        ("/assets/dashboard.js", &Method::GET) => {
+            static_asset(DASHBOARD_JS, "text/javascript; charset=utf-8")
         }
         ("/healthz", &Method::GET) => json_response(StatusCode::OK, &json!({"status": "ok"})),
         ("/readyz", &Method::GET) => {

@@ -1,0 +1,75 @@
+// In headless Chromium: the built bundle (dist/modelcast.min.js) in a page, and the dashboard at
+// `/` against `--demo`. Writes target/dashboard.png (the README's picture comes from it).
+import assert from "node:assert/strict";
+import { readFileSync, mkdirSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { launch } from "./cdp.mjs";
+import { alert, publish, repo, startServer, until } from "./helpers.mjs";
+
+const cleanups = [];
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup();
+});
+
+test("the minified bundle works in a browser: typed frames, once, in order", async () => {
+  const server = await startServer();
+  cleanups.push(() => server.stop());
+  const bundle = readFileSync(new URL("../dist/modelcast.min.js", import.meta.url));
+  const page = `<!doctype html><meta charset="utf-8"><script type="module">
+    import { connect } from "/modelcast.min.js";
+    window.got = [];
+    const client = connect(${JSON.stringify(server.ws)});
+    const sub = client.subscribe("alerts");
+    sub.on("subscribed", () => (window.subscribed = true));
+    (async () => { for await (const f of sub) window.got.push(f.type + ":" + f.data.alert_id + "@" + f.seq); })();
+  </script>`;
+  const site = createServer((req, res) => {
+    const js = req.url === "/modelcast.min.js";
+    res.writeHead(200, { "content-type": js ? "text/javascript" : "text/html" });
+    res.end(js ? bundle : page);
+  });
+  await new Promise((done) => site.listen(0, "127.0.0.1", done));
+  cleanups.push(() => new Promise((done) => site.close(done)));
+  const browser = await launch();
+  cleanups.push(() => browser.close());
+  await browser.goto(`http://127.0.0.1:${site.address().port}/`);
+  await until(() => browser.evaluate("window.subscribed === true"), "the page subscribes", 15000);
+  await publish(server.base, [alert(1), alert(2)]);
+  const got = await until(async () => {
+    const got = await browser.evaluate("window.got");
+    return got.length >= 2 && got;
+  }, "two frames in the page");
+  assert.deepEqual(got, ["alert:a1@1", "alert:a2@2"]);
+  assert.deepEqual(browser.problems, []);
+});
+
+test("the dashboard renders models, downloads, alerts and charts from the demo", async () => {
+  const server = await startServer({ args: ["--demo"] });
+  cleanups.push(() => server.stop());
+  const browser = await launch();
+  cleanups.push(() => browser.close());
+  await browser.goto(`${server.base}/`);
+  const count = (selector) => browser.evaluate(`document.querySelectorAll(${JSON.stringify(selector)}).length`);
+  await until(() => browser.evaluate(`document.getElementById("conn").textContent === "open"`), "connected", 15000);
+  await until(async () => (await count(".card[data-model]")) >= 3, "model cards", 15000);
+  await until(async () => (await count(".card .download .bar")) >= 1, "a download bar", 15000);
+  await until(async () => (await count("#feed li")) >= 1, "an alert or health item", 30000);
+  await until(async () => (await count("#sys-chart polyline")) === 4 && browser.evaluate(
+    `[...document.querySelectorAll("#sys-chart polyline")].some((p) => p.getAttribute("points").split(" ").length >= 2)`,
+  ), "system charts with points", 15000);
+  await until(() => browser.evaluate(`document.querySelector("#stats table") !== null`), "server stats", 10000);
+  const card = await browser.evaluate(`(() => { const c = document.querySelector(".card[data-model]");
+    return { id: c.dataset.model, status: c.querySelector(".status").textContent }; })()`);
+  assert.match(card.id, /\S/);
+  assert.match(card.status, /^[a-z_]+$/);
+  const width = await browser.evaluate(`document.querySelector(".card .download .bar .fill").style.width`);
+  assert.match(width, /^\d+(\.\d+)?%$/, "the bar's width comes from a real progress_percent");
+  const raw = await browser.evaluate(`document.getElementById("raw").textContent.split("\\n")[0]`);
+  assert.ok(JSON.parse(raw).type, "the raw panel shows real frames");
+  assert.deepEqual(browser.problems, [], "no console errors");
+  const out = join(repo, "target");
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, "dashboard.png"), await browser.screenshot());
+});
