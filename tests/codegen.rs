@@ -30,6 +30,9 @@ fn generation_is_deterministic_and_ends_with_newline() {
     let b = modelcast_protocol::schema::files();
     assert_eq!(a, b);
     assert!(a.values().all(|text| text.ends_with("}\n")));
-    // The two unions, one file per message type, and the OpenAPI document.
-    assert_eq!(a.len(), 2 + modelcast_protocol::ServerMessage::TYPES.len() + 1);
+    // The two unions, one file per message type, the topic map and the OpenAPI document.
+    assert_eq!(a.len(), 2 + modelcast_protocol::ServerMessage::TYPES.len() + 2);
+    let topics: serde_json::Value = serde_json::from_str(&a["topics.json"]).unwrap();
+    assert_eq!(topics["topics"]["download_progress"][0], "download_progress_update");
+    assert!(topics["control"].as_array().unwrap().iter().any(|t| t == "welcome"));
 }

@@ -309,7 +309,10 @@ async function stats() {
 const previous: Record<string, number> = {};
 
 const scheme = location.protocol === "https:" ? "wss" : "ws";
-const client = connect(`${scheme}://${location.host}/ws`);
+// A server that requires tokens: open the page as `/?token=<JWT>` (the token's roles decide
+// which topics show; the others are listed as not allowed).
+const token = new URLSearchParams(location.search).get("token") ?? undefined;
+const client = connect(`${scheme}://${location.host}/ws`, token ? { token } : {});
 client.on("state", (state) => {
   const pill = $("conn");
   pill.textContent = state;

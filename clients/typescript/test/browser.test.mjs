@@ -6,7 +6,7 @@ import { createServer } from "node:http";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { launch } from "./cdp.mjs";
-import { alert, publish, repo, startServer, until } from "./helpers.mjs";
+import { alert, publish, repo, startServer, status, token, until } from "./helpers.mjs";
 
 const cleanups = [];
 after(async () => {
@@ -72,4 +72,23 @@ test("the dashboard renders models, downloads, alerts and charts from the demo",
   const out = join(repo, "target");
   mkdirSync(out, { recursive: true });
   writeFileSync(join(out, "dashboard.png"), await browser.screenshot());
+});
+
+test("the dashboard with a token whose roles forbid a topic: that topic is listed, the rest works", async () => {
+  const secret = "a-test-secret-that-is-long-enough-for-hs256";
+  const server = await startServer({
+    env: { MODELCAST_JWT_SECRET: secret, MODELCAST_TOPIC_ROLES: "analytics_updates=admin,alerts=admin|ops" },
+  });
+  cleanups.push(() => server.stop());
+  const browser = await launch();
+  cleanups.push(() => browser.close());
+  await browser.goto(`${server.base}/?token=${token(secret, { roles: ["viewer"] })}`);
+  await until(() => browser.evaluate(`document.getElementById("conn").textContent === "open"`), "connected", 15000);
+  await until(
+    () => browser.evaluate(`(t => t.includes("analytics_updates") && t.includes("alerts"))(document.getElementById("topics-off").textContent)`),
+    "the forbidden topics are listed",
+  );
+  await publish(server.base, status("gamma", "corrupted"));
+  await until(() => browser.evaluate(`document.querySelector("#model-gamma .status")?.textContent === "corrupted"`), "a card from an allowed topic", 15000);
+  assert.deepEqual(browser.problems, [], "no console errors");
 });
