@@ -55,6 +55,25 @@ test("a cut connection reconnects and recovers what was published meanwhile, not
   assert.ok(states.includes("reconnecting") && client.state === "open");
 });
 
+test("a connection that goes silent without closing is noticed by heartbeat and replaced", async () => {
+  const server = await startServer({ env: { WEBSOCKET_HEARTBEAT_INTERVAL: "1" } });
+  const relay = await proxy(server.port);
+  cleanups.push(() => server.stop(), () => relay.close());
+  const client = use(connect(relay.ws, { WebSocket, minReconnectDelay: 50, maxReconnectDelay: 200 }));
+  const closes = [];
+  client.on("close", (info) => closes.push(info.reason));
+  const sub = client.subscribe("alerts");
+  const frames = sub[Symbol.asyncIterator]();
+  await until(() => sub.state === "subscribed", "subscribed");
+  relay.freeze();
+  await publish(server.base, alert(1));
+  await until(() => client.state === "reconnecting", "the dead path is noticed", 8000);
+  assert.deepEqual(closes, ["no heartbeat"]);
+  relay.resume();
+  const [frame] = await take(frames, 1);
+  assert.equal(frame.data.alert_id, "a1", "what was published into the dead path is recovered");
+});
+
 test("after a server restart: a gap event, then the current state", async () => {
   const first = await startServer();
   const client = use(connect(first.ws, { WebSocket, minReconnectDelay: 50, maxReconnectDelay: 200 }));

@@ -63,10 +63,12 @@ export async function publish(base, body) {
   return JSON.parse(text);
 }
 
-/** A TCP proxy to `target`: `cut()` ends every connection and refuses new ones until `resume()`. */
+/** A TCP proxy to `target`: `cut()` ends every connection and refuses new ones until `resume()`;
+ * `freeze()` silently drops all traffic (until `resume()`). */
 export async function proxy(targetPort) {
   const sockets = new Set();
   let refusing = false;
+  let frozen = false;
   const server = net.createServer((client) => {
     if (refusing) return client.destroy();
     const upstream = net.connect(targetPort, "127.0.0.1");
@@ -75,9 +77,12 @@ export async function proxy(targetPort) {
       socket.on("close", () => sockets.delete(socket));
       socket.on("error", () => {});
     }
-    client.pipe(upstream).pipe(client);
-    client.on("close", () => upstream.destroy());
-    upstream.on("close", () => client.destroy());
+    // Forwards unless frozen: a frozen proxy keeps both sockets open and drops every byte,
+    // like a network path that died without a FIN.
+    client.on("data", (chunk) => frozen || upstream.write(chunk));
+    upstream.on("data", (chunk) => frozen || client.write(chunk));
+    client.on("close", () => frozen || upstream.destroy());
+    upstream.on("close", () => frozen || client.destroy());
   });
   await new Promise((done) => server.listen(0, "127.0.0.1", done));
   const { port } = server.address();
@@ -89,6 +94,10 @@ export async function proxy(targetPort) {
     },
     resume() {
       refusing = false;
+      frozen = false;
+    },
+    freeze() {
+      frozen = true;
     },
     close() {
       this.cut();
