@@ -1,0 +1,42 @@
+"""Exceptions: every refusal carries what the server said."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem of a refused publish: `field` is a JSON path such as `data.progress_percent`;
+    `index` is the element of an array publish it belongs to."""
+
+    field: str
+    message: str
+    index: int | None = None
+
+
+class ModelcastError(Exception):
+    """Base class of the package's errors."""
+
+
+class PublishError(ModelcastError):
+    """The server refused a publish. `status` is the HTTP status, `code` the server's error
+    code (`invalid_message`, `unauthorized`, `unavailable`, …), `problems` every field problem
+    of a 400 (all of them, not only the first)."""
+
+    def __init__(self, status: int, code: str, message: str, problems: list[Problem] | None = None):
+        self.status = status
+        self.code = code
+        self.message = message
+        self.problems = problems or []
+        detail = "; ".join(f"{'' if p.index is None else f'[{p.index}] '}{p.field}: {p.message}" for p in self.problems)
+        super().__init__(f"{status} {code}: {message}" + (f" ({detail})" if detail else ""))
+
+
+class UnavailableError(PublishError):
+    """The server (or its cluster store) could not take the publish now, and retries ran out."""
+
+
+class MappingError(ModelcastError, ValueError):
+    """A notifier argument cannot be turned into a message (unknown keys, missing values):
+    raised before anything is sent, never a silent drop."""
