@@ -272,14 +272,26 @@ async fn write_live(
     // `write` (on loopback also the receiver's TCP processing), a turn costs one poll. Frames
     // wait in `burst`, not in the socket's buffer: nothing is half-written across a turn (a
     // close frame the peer sends meanwhile is echoed after complete frames only).
+    // One turn without a new frame does not end the gather: with a request-response publisher
+    // (one message per POST) the next request has often arrived but not been read yet in that
+    // turn. Tolerating one measured 12% less server CPU per delivery in that mode (5 of 5
+    // interleaved runs) and no change with a WebSocket publisher; an idle writer pays one
+    // extra, empty turn (microseconds) before it flushes a lone message.
+    let mut empty_turns = 0;
     for _ in 0..MAX_GATHER_TURNS {
         if burst.len() >= BURST {
             break;
         }
         tokio::task::yield_now().await;
         match conn.try_recv(burst, BURST - burst.len()) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+            Err(_) => break,
+            Ok(0) => {
+                empty_turns += 1;
+                if empty_turns >= MAX_EMPTY_TURNS {
+                    break;
+                }
+            }
+            Ok(_) => empty_turns = 0,
         }
     }
     use tokio::time::timeout as step;
@@ -307,6 +319,9 @@ impl From<tokio::time::error::Elapsed> for WriteFailed {
 
 /// How many scheduler turns a writer waits at most, gathering frames, before it flushes.
 const MAX_GATHER_TURNS: usize = 16;
+
+/// How many turns in a row without a new frame end a gather.
+const MAX_EMPTY_TURNS: usize = 2;
 
 /// Feeds a burst and flushes once.
 async fn write_burst(
@@ -361,14 +376,22 @@ async fn feed(
         if let Some(at) = delivery.published_at() {
             published_at.push(at);
         }
-        // Frames are serialized JSON (UTF-8); the conversion shares the buffer, no copy.
-        let Ok(text) = Utf8Bytes::try_from(delivery.into_frame().into_bytes()) else { continue };
-        sink.feed(Message::Text(text)).await?;
+        sink.feed(text_frame(delivery.into_frame().into_bytes())).await?;
     }
     if let Some((t, n)) = run {
         app.metrics.delivered(t, n);
     }
     Ok(count)
+}
+
+/// A text message of already-valid UTF-8: hub frames are only ever made from `String`s
+/// (`modelcast_hub::Frame`), so the per-delivery UTF-8 check `Message::Text` would need is
+/// skipped (4% of a fan-out's CPU) by handing tungstenite the frame itself. The same bytes go
+/// out on the wire; the buffer is shared, not copied.
+fn text_frame(json: bytes::Bytes) -> Message {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    Message::Frame(Frame::message(json, OpCode::Data(Data::Text), true))
 }
 
 async fn send_close(
