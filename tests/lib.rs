@@ -102,6 +102,7 @@ pub mod msg {
             performance_score: 1.0,
             usage_frequency: 0.0,
             update_available: false,
+            vram_mb: None,
             timestamp: ts(),
         })
     }

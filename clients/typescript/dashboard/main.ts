@@ -20,6 +20,7 @@ type Model = {
   available?: boolean;
   loaded?: boolean;
   sizeMb?: number;
+  vramMb?: number;
   health?: { status: string; score?: number };
   changedAt: string;
   download?: Download;
@@ -72,14 +73,14 @@ function apply(frame: AnyTopicFrame) {
       const d = frame.data;
       const m = model(d.model_id, d.timestamp);
       if (m.status !== d.availability_status) m.changedAt = d.timestamp;
-      Object.assign(m, { status: d.availability_status, available: d.is_available, loaded: d.is_loaded, sizeMb: d.size_mb });
+      Object.assign(m, { status: d.availability_status, available: d.is_available, loaded: d.is_loaded, sizeMb: d.size_mb, vramMb: d.vram_mb });
       break;
     }
     case "batch_model_status_update":
       for (const d of frame.data.models) {
         const m = model(d.model_id, frame.data.timestamp);
         if (m.status !== d.availability_status) m.changedAt = frame.data.timestamp;
-        Object.assign(m, { status: d.availability_status, available: d.is_available, loaded: d.is_loaded, sizeMb: d.size_mb });
+        Object.assign(m, { status: d.availability_status, available: d.is_available, loaded: d.is_loaded, sizeMb: d.size_mb, vramMb: d.vram_mb });
       }
       break;
     case "model_availability_change": {
@@ -91,8 +92,11 @@ function apply(frame: AnyTopicFrame) {
       const d = frame.data;
       const m = model(d.model_id, d.timestamp);
       m.changedAt = d.timestamp;
-      if (/^load/.test(d.event)) m.loaded = d.event === "loaded" || d.event === "load_completed" ? true : m.loaded;
-      if (/unload/.test(d.event)) m.loaded = false;
+      if (d.event === "loaded") m.loaded = true;
+      if (d.event === "unloaded") {
+        m.loaded = false;
+        m.vramMb = undefined;
+      }
       break;
     }
     case "download_progress_update": {
@@ -229,6 +233,7 @@ function renderModels() {
         h("span", { class: m.loaded ? "badge loaded" : "badge muted" }, m.loaded ? "loaded" : "not loaded"),
         health,
         h("span", {}, m.sizeMb ? `${fmt(m.sizeMb / 1024)} GB` : ""),
+        m.loaded && m.vramMb !== undefined ? h("span", { class: "badge vram" }, `VRAM ${fmt(m.vramMb / 1024)} GB`) : "",
       ),
     );
     if (m.download) {

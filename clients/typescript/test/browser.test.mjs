@@ -60,6 +60,11 @@ test("the dashboard renders models, downloads, alerts and charts from the demo",
     `[...document.querySelectorAll("#sys-chart polyline")].some((p) => p.getAttribute("points").split(" ").length >= 2)`,
   ), "system charts with points", 15000);
   await until(() => browser.evaluate(`document.querySelector("#stats table") !== null`), "server stats", 10000);
+  const vram = await until(
+    () => browser.evaluate(`document.querySelector(".card .badge.vram")?.textContent ?? ""`),
+    "a loaded model's VRAM",
+  );
+  assert.match(vram, /^VRAM \d+(\.\d)? GB$/);
   const card = await browser.evaluate(`(() => { const c = document.querySelector(".card[data-model]");
     return { id: c.dataset.model, status: c.querySelector(".status").textContent }; })()`);
   assert.match(card.id, /\S/);

@@ -36,6 +36,8 @@ pub struct ModelState {
     pub usage_frequency: f64,
     /// A newer version exists.
     pub update_available: bool,
+    /// GPU memory it occupies while loaded, MB (`None`: not loaded, or unknown).
+    pub vram_mb: Option<f64>,
 }
 
 impl ModelState {
@@ -53,6 +55,7 @@ impl ModelState {
             performance_score: 1.0,
             usage_frequency: 0.0,
             update_available: false,
+            vram_mb: None,
         }
     }
 }
@@ -115,6 +118,7 @@ impl AvailabilityNotifier {
             performance_score: state.performance_score,
             usage_frequency: state.usage_frequency,
             update_available: state.update_available,
+            vram_mb: state.vram_mb,
             timestamp: chrono::Utc::now(),
         }))
     }

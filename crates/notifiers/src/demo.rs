@@ -79,6 +79,8 @@ fn set(catalog: &Catalog, model: &str, status: AvailabilityStatus) {
         m.is_available =
             matches!(status, AvailabilityStatus::Available | AvailabilityStatus::Loaded);
         m.is_loaded = status == AvailabilityStatus::Loaded;
+        // The demo's stand-in for a measured figure: half the size on disk while loaded.
+        m.vram_mb = m.is_loaded.then_some(m.size_mb / 2.0);
         m.availability_status = status;
     }
 }
@@ -93,7 +95,10 @@ pub fn spawn(notifiers: &Notifiers, config: DemoConfig) -> Vec<JoinHandle<()>> {
             ModelState::new("s2v-14b", AvailabilityStatus::Missing, 0.0),
         ]
         .into_iter()
-        .map(|m| (m.model_id.clone(), m))
+        .map(|mut m| {
+            m.vram_mb = m.is_loaded.then_some(m.size_mb / 2.0);
+            (m.model_id.clone(), m)
+        })
         .collect(),
     ));
     let source = {

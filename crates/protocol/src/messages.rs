@@ -228,6 +228,10 @@ pub struct ModelStatusUpdate {
     pub usage_frequency: f64,
     /// `true` when a newer version can be downloaded.
     pub update_available: bool,
+    /// GPU memory the model occupies while loaded, in MB; absent when it is not loaded or the
+    /// publisher does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_mb: Option<f64>,
     /// When the status was observed.
     pub timestamp: Timestamp,
 }
@@ -287,6 +291,9 @@ pub struct ModelStatusSummary {
     /// `true` when a newer version can be downloaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_available: Option<bool>,
+    /// GPU memory the model occupies while loaded, in MB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_mb: Option<f64>,
 }
 
 impl From<&ModelStatusUpdate> for ModelStatusSummary {
@@ -301,6 +308,7 @@ impl From<&ModelStatusUpdate> for ModelStatusSummary {
             performance_score: Some(u.performance_score),
             usage_frequency: Some(u.usage_frequency),
             update_available: Some(u.update_available),
+            vram_mb: u.vram_mb,
         }
     }
 }

@@ -494,6 +494,10 @@ class ModelStatusSummary(BaseModel):
     """
     Average uses per day.
     """
+    vram_mb: float | None = None
+    """
+    GPU memory the model occupies while loaded, in MB.
+    """
 
 
 class ModelStatusUpdate(BaseModel):
@@ -540,6 +544,11 @@ class ModelStatusUpdate(BaseModel):
     usage_frequency: float
     """
     Average uses per day.
+    """
+    vram_mb: float | None = None
+    """
+    GPU memory the model occupies while loaded, in MB; absent when it is not loaded or the
+    publisher does not know.
     """
 
 

@@ -221,6 +221,11 @@ export interface ModelStatusUpdate {
    * Average uses per day.
    */
   usage_frequency: number;
+  /**
+   * GPU memory the model occupies while loaded, in MB; absent when it is not loaded or the
+   * publisher does not know.
+   */
+  vram_mb?: number;
 }
 /**
  * A model's availability changed.
@@ -335,6 +340,10 @@ export interface ModelStatusSummary {
    * Average uses per day.
    */
   usage_frequency?: number;
+  /**
+   * GPU memory the model occupies while loaded, in MB.
+   */
+  vram_mb?: number;
 }
 /**
  * A model is being loaded into or unloaded from memory.
