@@ -37,6 +37,7 @@ const raw: string[] = [];
 const series: Record<string, number[]> = { cpu: [], memory: [], vram: [], gpu: [], active: [] };
 const SERIES_POINTS = 150; // about five minutes of the demo's system stats (every 2 s)
 let dirty = false;
+const previous: Record<string, number> = {}; // per topic: `published` at the last stats poll
 
 const h = (tag: string, attrs: Record<string, string> = {}, ...children: (Node | string)[]) => {
   const el = document.createElement(tag);
@@ -311,8 +312,6 @@ async function stats() {
     $("stats").textContent = "server stats unavailable";
   }
 }
-const previous: Record<string, number> = {};
-
 const scheme = location.protocol === "https:" ? "wss" : "ws";
 // A server that requires tokens: open the page as `/?token=<JWT>` (the token's roles decide
 // which topics show; the others are listed as not allowed).

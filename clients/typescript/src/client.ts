@@ -319,7 +319,6 @@ export class Client extends Emitter<ClientEvents> {
   #heartbeat: ReturnType<typeof setInterval> | undefined;
   #lastFrameAt = 0;
   #closed = false;
-  #welcomed = false;
 
   /** @internal Use {@link connect}. */
   constructor(url: string, options: ConnectOptions = {}) {
@@ -347,7 +346,7 @@ export class Client extends Emitter<ClientEvents> {
     }
     const sub = new Subscription(this, topic, options);
     this.#subs.set(topic, sub as unknown as Subscription<Topic>);
-    if (this.#welcomed) this.#send(sub._request());
+    if (this.state === "open") this.#send(sub._request());
     return sub;
   }
 
@@ -381,7 +380,7 @@ export class Client extends Emitter<ClientEvents> {
   _unsubscribe(sub: { topic: Topic }): void {
     if ((this.#subs.get(sub.topic) as unknown) !== sub) return;
     this.#subs.delete(sub.topic);
-    if (this.#welcomed) this.#send({ action: "unsubscribe", topic: sub.topic });
+    if (this.state === "open") this.#send({ action: "unsubscribe", topic: sub.topic });
   }
 
   /** @internal A failed subscription leaves the set that is resubscribed. */
@@ -391,8 +390,7 @@ export class Client extends Emitter<ClientEvents> {
 
   async #open(): Promise<void> {
     if (this.#closed) return;
-    this.#setState(this.#attempt === 0 && !this.#welcomed ? "connecting" : "reconnecting");
-    this.#welcomed = false;
+    // The state is already `connecting` (the first time) or `reconnecting` (set by #retry).
     let url = this.url;
     let token = this.#options.token;
     if (this.#options.getToken) {
@@ -460,7 +458,6 @@ export class Client extends Emitter<ClientEvents> {
 
   #welcome(welcome: Welcome): void {
     this.#attempt = 0;
-    this.#welcomed = true;
     this.connectionId = welcome.connection_id;
     this.#setState("open");
     this.emit("welcome", welcome);

@@ -129,7 +129,10 @@ export async function until(check, what, ms = 10000) {
 /** Takes `n` frames from an async iterator (fails after `ms`). */
 export async function take(iterator, n, ms = 10000) {
   const frames = [];
-  const timer = new Promise((_, fail) => setTimeout(() => fail(new Error(`only ${frames.length}/${n} frames arrived`)), ms));
+  let timeout;
+  const timer = new Promise((_, fail) => {
+    timeout = setTimeout(() => fail(new Error(`only ${frames.length}/${n} frames arrived`)), ms);
+  });
   const read = (async () => {
     while (frames.length < n) {
       const { value, done } = await iterator.next();
@@ -138,7 +141,7 @@ export async function take(iterator, n, ms = 10000) {
     }
     return frames;
   })();
-  return Promise.race([read, timer]);
+  return Promise.race([read, timer]).finally(() => clearTimeout(timeout));
 }
 
 export const sleep = (ms) => new Promise((done) => setTimeout(done, ms));

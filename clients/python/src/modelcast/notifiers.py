@@ -55,6 +55,12 @@ class _Notifier:
     async def _publish(self, model: type[BaseModel], what: str, **fields: Any) -> Accepted:
         return await self.publisher.publish(_build(model, fields, what))
 
+    async def _publish_mapped(
+        self, model: type[BaseModel], what: str, value: Any, argument: str, fixed: Mapping[str, Any]
+    ) -> Accepted:
+        """Publishes a message whose fields come from the caller's dict `value` (see `_mapping`)."""
+        return await self._publish(model, what, **_mapping(value, model, argument, fixed))
+
 
 class DownloadNotifier(_Notifier):
     """`download_progress`: progress, state changes (started, paused, resumed, cancelled,
@@ -243,8 +249,9 @@ class AvailabilityNotifier(_Notifier):
 
     async def on_model_status_update(self, model_id: str, status_data: Mapping[str, Any]) -> Accepted:
         """A model's full status (`model_status_update`); `status_data` holds its fields."""
-        d = _mapping(status_data, models.ModelStatusUpdate, "status_data", {"model_id": model_id})
-        return await self._publish(models.ModelStatusUpdate, "on_model_status_update", **d)
+        return await self._publish_mapped(
+            models.ModelStatusUpdate, "on_model_status_update", status_data, "status_data", {"model_id": model_id}
+        )
 
     async def on_model_availability_changed(
         self, model_id: str, old_availability: str, new_availability: str, reason: str
@@ -304,8 +311,9 @@ class AvailabilityNotifier(_Notifier):
 
     async def on_usage_statistics(self, usage_data: Mapping[str, Any]) -> Accepted:
         """Usage analytics (`usage_statistics_update`); `usage_data` holds its fields."""
-        d = _mapping(usage_data, models.UsageStatisticsUpdate, "usage_data", {})
-        return await self._publish(models.UsageStatisticsUpdate, "on_usage_statistics", **d)
+        return await self._publish_mapped(
+            models.UsageStatisticsUpdate, "on_usage_statistics", usage_data, "usage_data", {}
+        )
 
 
 class FallbackNotifier(_Notifier):
@@ -322,8 +330,13 @@ class FallbackNotifier(_Notifier):
     async def on_alternative_model_suggested(self, original_model: str, suggestion: Mapping[str, Any]) -> Accepted:
         """Another model is suggested (`alternative_model_suggestion`); `suggestion` holds
         `suggested_model`, `compatibility_score`, `performance_difference` and `reason`."""
-        d = _mapping(suggestion, models.AlternativeModelSuggestion, "suggestion", {"original_model": original_model})
-        return await self._publish(models.AlternativeModelSuggestion, "on_alternative_model_suggested", **d)
+        return await self._publish_mapped(
+            models.AlternativeModelSuggestion,
+            "on_alternative_model_suggested",
+            suggestion,
+            "suggestion",
+            {"original_model": original_model},
+        )
 
     async def on_queue_position_updated(
         self, model_id: str, queue_position: int, estimated_wait_time: float
@@ -343,18 +356,17 @@ class SystemNotifier(_Notifier):
 
     async def on_system_stats(self, stats: Mapping[str, Any]) -> Accepted:
         """System figures (`system_stats`); `stats` holds its fields."""
-        d = _mapping(stats, models.SystemStats, "stats", {})
-        return await self._publish(models.SystemStats, "on_system_stats", **d)
+        return await self._publish_mapped(models.SystemStats, "on_system_stats", stats, "stats", {})
 
     async def on_generation_progress(self, task_id: str, progress_data: Mapping[str, Any]) -> Accepted:
         """A generation task's progress (`generation_progress`)."""
-        d = _mapping(progress_data, models.GenerationProgress, "progress_data", {"task_id": task_id})
-        return await self._publish(models.GenerationProgress, "on_generation_progress", **d)
+        return await self._publish_mapped(
+            models.GenerationProgress, "on_generation_progress", progress_data, "progress_data", {"task_id": task_id}
+        )
 
     async def on_queue_update(self, queue_data: Mapping[str, Any]) -> Accepted:
         """The generation queue (`queue_update`)."""
-        d = _mapping(queue_data, models.QueueUpdate, "queue_data", {})
-        return await self._publish(models.QueueUpdate, "on_queue_update", **d)
+        return await self._publish_mapped(models.QueueUpdate, "on_queue_update", queue_data, "queue_data", {})
 
     async def on_alert(self, alert_id: str, level: str, title: str, message: str, **fields: Any) -> Accepted:
         """An alert for people (`alert`); other `Alert` fields (e.g. `model_id`) as keywords."""

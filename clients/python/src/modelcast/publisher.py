@@ -8,6 +8,7 @@ code path to test), typed, with timeouts per phase and HTTP/1.1 keep-alive by de
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import time
@@ -92,6 +93,20 @@ def _error(response: httpx.Response) -> PublishError:
     return kind(response.status_code, code, message, problems)
 
 
+def _outcome(retry: RetryPolicy, attempt: int, result: httpx.Response | httpx.TransportError) -> list[Accepted] | float:
+    """What attempt number `attempt` came to, for both publishers: what was accepted, or how
+    long to wait before retrying; raises when the attempt is final."""
+    if isinstance(result, httpx.TransportError):
+        if attempt >= retry.attempts:
+            raise UnavailableError(0, "connection_failed", f"{type(result).__name__}: {result}") from result
+        return retry.delay(attempt, None)
+    if result.status_code == 202:
+        return _accepted(result)
+    if result.status_code in RETRYABLE_STATUS and attempt < retry.attempts:
+        return retry.delay(attempt, result.headers.get("retry-after"))
+    raise _error(result)
+
+
 def _body(messages: Any, many: bool) -> Any:
     if many:
         frames = [frame_of(m) for m in messages]
@@ -129,23 +144,18 @@ class Publisher:
         return await self._send(_body(list(messages), many=True))
 
     async def _send(self, body: Any) -> list[Accepted]:
-        key = uuid.uuid4().hex
-        attempt = 0
-        while True:
-            attempt += 1
+        headers = {"idempotency-key": uuid.uuid4().hex}  # the same for every retry
+        for attempt in itertools.count(1):
             try:
-                response = await self._http.post(self.endpoint, json=body, headers={"idempotency-key": key})
+                outcome = _outcome(
+                    self.retry, attempt, await self._http.post(self.endpoint, json=body, headers=headers)
+                )
             except httpx.TransportError as error:
-                if attempt >= self.retry.attempts:
-                    raise UnavailableError(0, "connection_failed", f"{type(error).__name__}: {error}") from error
-                await asyncio.sleep(self.retry.delay(attempt, None))
-                continue
-            if response.status_code == 202:
-                return _accepted(response)
-            if response.status_code in RETRYABLE_STATUS and attempt < self.retry.attempts:
-                await asyncio.sleep(self.retry.delay(attempt, response.headers.get("retry-after")))
-                continue
-            raise _error(response)
+                outcome = _outcome(self.retry, attempt, error)
+            if isinstance(outcome, list):
+                return outcome
+            await asyncio.sleep(outcome)
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         """Closes the connection pool."""
@@ -182,23 +192,16 @@ class SyncPublisher:
         return self._send(_body(list(messages), many=True))
 
     def _send(self, body: Any) -> list[Accepted]:
-        key = uuid.uuid4().hex
-        attempt = 0
-        while True:
-            attempt += 1
+        headers = {"idempotency-key": uuid.uuid4().hex}  # the same for every retry
+        for attempt in itertools.count(1):
             try:
-                response = self._http.post(self.endpoint, json=body, headers={"idempotency-key": key})
+                outcome = _outcome(self.retry, attempt, self._http.post(self.endpoint, json=body, headers=headers))
             except httpx.TransportError as error:
-                if attempt >= self.retry.attempts:
-                    raise UnavailableError(0, "connection_failed", f"{type(error).__name__}: {error}") from error
-                time.sleep(self.retry.delay(attempt, None))
-                continue
-            if response.status_code == 202:
-                return _accepted(response)
-            if response.status_code in RETRYABLE_STATUS and attempt < self.retry.attempts:
-                time.sleep(self.retry.delay(attempt, response.headers.get("retry-after")))
-                continue
-            raise _error(response)
+                outcome = _outcome(self.retry, attempt, error)
+            if isinstance(outcome, list):
+                return outcome
+            time.sleep(outcome)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Closes the connection pool."""
