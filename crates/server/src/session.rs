@@ -104,6 +104,9 @@ async fn writer(
     let write_timeout = heartbeat.max(Duration::from_secs(5));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut burst: Vec<Delivery> = Vec::new();
+    // Publish times of the frames in flight, for the latency histogram (reused: no allocation
+    // per flush).
+    let mut stamps: Vec<tokio::time::Instant> = Vec::new();
     let auth_required = app.security.auth_required();
     // One registration with the Notify for the whole session, re-armed only after it fires.
     let wake = control.wake.notified();
@@ -115,7 +118,7 @@ async fn writer(
             () = app.shutdown.cancelled() => {
                 // Drain what is queued (bounded by the queue size), then say goodbye.
                 while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
-                    if write_burst(app, &mut sink, &mut burst).await.is_err() {
+                    if write_burst(app, &mut sink, &mut burst, &mut stamps).await.is_err() {
                         break;
                     }
                 }
@@ -124,7 +127,7 @@ async fn writer(
             }
             received = conn.recv(&mut burst, BURST) => match received {
                 Ok(()) => {
-                    if write_live(app, conn, &mut sink, &mut burst, write_timeout).await.is_err() {
+                    if write_live(app, conn, &mut sink, &mut burst, &mut stamps, write_timeout).await.is_err() {
                         if control.peer_closed.load(Ordering::Relaxed) {
                             // The peer's close frame arrived while frames were on their way
                             // (tungstenite refuses data after it): complete the handshake.
@@ -158,7 +161,7 @@ async fn writer(
             () = sleep_until_opt(auth_check), if auth_check.is_some() => {
                 if let Some(label) = check_auth(app, conn, control) {
                     while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
-                        if write_burst(app, &mut sink, &mut burst).await.is_err() {
+                        if write_burst(app, &mut sink, &mut burst, &mut stamps).await.is_err() {
                             break;
                         }
                     }
@@ -171,7 +174,7 @@ async fn writer(
                 // The reader decided to close (frame too large, abuse): queued replies first.
                 if let Some((code, text)) = control.take_close() {
                     while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
-                        if write_burst(app, &mut sink, &mut burst).await.is_err() {
+                        if write_burst(app, &mut sink, &mut burst, &mut stamps).await.is_err() {
                             break;
                         }
                     }
@@ -266,6 +269,7 @@ async fn write_live(
     conn: &Connection,
     sink: &mut futures_util::stream::SplitSink<Ws, Message>,
     burst: &mut Vec<Delivery>,
+    stamps: &mut Vec<tokio::time::Instant>,
     write_timeout: Duration,
 ) -> Result<(), WriteFailed> {
     // While publishes keep arriving between turns, keep gathering (bounded): a flush costs a
@@ -295,9 +299,8 @@ async fn write_live(
         }
     }
     use tokio::time::timeout as step;
-    let mut published_at = Vec::new();
-    let frames = step(write_timeout, feed(app, sink, burst, &mut published_at)).await??;
-    step(write_timeout, flush(app, sink, frames, published_at)).await??;
+    let frames = step(write_timeout, feed(app, sink, burst, stamps)).await??;
+    step(write_timeout, flush(app, sink, frames, stamps)).await??;
     Ok(())
 }
 
@@ -328,28 +331,27 @@ async fn write_burst(
     app: &App,
     sink: &mut futures_util::stream::SplitSink<Ws, Message>,
     burst: &mut Vec<Delivery>,
+    stamps: &mut Vec<tokio::time::Instant>,
 ) -> Result<(), tungstenite::Error> {
-    let mut published_at = Vec::new();
-    let frames = feed(app, sink, burst, &mut published_at).await?;
-    flush(app, sink, frames, published_at).await
+    let frames = feed(app, sink, burst, stamps).await?;
+    flush(app, sink, frames, stamps).await
 }
 
-/// Flushes what was fed; records frames per flush and each frame's publish-to-flush latency.
+/// Flushes what was fed; records frames per flush and each frame's publish-to-flush latency
+/// (`stamps`, emptied).
 async fn flush(
     app: &App,
     sink: &mut futures_util::stream::SplitSink<Ws, Message>,
     frames: usize,
-    published_at: Vec<tokio::time::Instant>,
+    stamps: &mut Vec<tokio::time::Instant>,
 ) -> Result<(), tungstenite::Error> {
-    sink.flush().await?;
-    if frames > 0 {
+    let flushed = sink.flush().await;
+    if flushed.is_ok() && frames > 0 {
         app.metrics.frames_per_flush.observe(frames as f64);
+        app.metrics.latency.observe_since(tokio::time::Instant::now(), stamps);
     }
-    let now = tokio::time::Instant::now();
-    for at in published_at {
-        app.metrics.latency.observe(now.duration_since(at).as_secs_f64());
-    }
-    Ok(())
+    stamps.clear();
+    flushed
 }
 
 /// Feeds (without flushing) a burst; notes publish times and delivery counts. Returns how
@@ -358,9 +360,10 @@ async fn feed(
     app: &App,
     sink: &mut futures_util::stream::SplitSink<Ws, Message>,
     burst: &mut Vec<Delivery>,
-    published_at: &mut Vec<tokio::time::Instant>,
+    stamps: &mut Vec<tokio::time::Instant>,
 ) -> Result<usize, tungstenite::Error> {
     let count = burst.len();
+    stamps.clear();
     // Delivery counters are shared by every writer: add once per run of one type, not per frame.
     let mut run: Option<(usize, u64)> = None;
     for delivery in burst.drain(..) {
@@ -374,7 +377,7 @@ async fn feed(
             }
         }
         if let Some(at) = delivery.published_at() {
-            published_at.push(at);
+            stamps.push(at);
         }
         sink.feed(text_frame(delivery.into_frame().into_bytes())).await?;
     }
