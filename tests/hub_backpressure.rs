@@ -129,3 +129,52 @@ async fn a_full_queue_collapses_updates_keeps_transitions_and_says_lagging() {
         assert!(all.contains(&newest), "newest progress of m{k} (seq {newest}) is missing");
     }
 }
+
+/// A run fanned out at once (`publish_many`) fills a small queue as the same publishes one by
+/// one do: updates collapse to the newest per key with one `lagging` notice, and events that
+/// still do not fit drop the subscriber as a slow consumer.
+#[tokio::test]
+async fn a_run_published_at_once_collapses_and_drops_as_one_by_one() {
+    async fn run(many: bool, events: usize) -> (Result<Vec<Value>, DropReason>, u64) {
+        let hub = Hub::new(HubConfig::default().outbox_capacity(8));
+        let c = hub.connect();
+        c.subscribe(Topic::DownloadProgress, SubscribeOptions::default()).unwrap();
+        drain(&c, Duration::from_millis(100)).await.unwrap();
+        let updates = (0..40u32).map(|i| {
+            let model = format!("m{}", i % 4);
+            Publish::new(progress(&model, f64::from(i))).unwrap().key(model).kind(Kind::Update)
+        });
+        let stops = (0..events).map(|i| {
+            let model = format!("e{i}");
+            let change = status_change(&model, DownloadStatus::Downloading, DownloadStatus::Paused);
+            Publish::new(change).unwrap()
+        });
+        let script: Vec<Publish> = updates.chain(stops).collect();
+        if many {
+            hub.publish_many(script);
+        } else {
+            script.into_iter().for_each(|p| drop(hub.publish(p)));
+        }
+        let frames = drain(&c, Duration::from_millis(100)).await.map(|frames| {
+            frames
+                .into_iter()
+                .map(|mut f| {
+                    f["data"].as_object_mut().map(|d| d.remove("timestamp"));
+                    f
+                })
+                .collect()
+        });
+        (frames, hub.stats().drops(DropReason::SlowConsumer))
+    }
+    // Collapsed, not dropped: 4 keys' newest values, a lagging notice, 3 events.
+    let (one_by_one, dropped) = run(false, 3).await;
+    assert_eq!(run(true, 3).await, (one_by_one.clone(), dropped));
+    let frames = one_by_one.unwrap();
+    assert_eq!(dropped, 0);
+    assert_eq!(of_type(&frames, "lagging").len(), 1);
+    assert_eq!(of_type(&frames, "download_progress_update").len(), 4);
+    // Events beyond what collapsing frees: dropped, the same way.
+    let (one_by_one, dropped) = run(false, 20).await;
+    assert_eq!(run(true, 20).await, (one_by_one.clone(), dropped));
+    assert_eq!((one_by_one, dropped), (Err(DropReason::SlowConsumer), 1));
+}

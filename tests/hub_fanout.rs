@@ -7,6 +7,7 @@ use modelcast_hub::{Delivery, Hub, HubConfig, MemoryEngine, Publish, Retain, Sub
 use modelcast_protocol::{DownloadStatus, Topic};
 use modelcast_tests::msg::{alert, model_status, progress, status_change};
 use modelcast_tests::recv::{drain, of_type, seqs};
+use serde_json::Value;
 
 const NOW: Duration = Duration::from_millis(200);
 
@@ -169,4 +170,126 @@ async fn an_engine_makes_two_hubs_one_sequence() {
     let c = Hub::with_engine(HubConfig::default(), engine);
     assert_eq!(c.position(Topic::DownloadProgress), a.position(Topic::DownloadProgress));
     assert_eq!(c.retained(Topic::DownloadProgress), a.retained(Topic::DownloadProgress));
+}
+
+/// The same publishes, in order: downloads of three models (keyed updates, throttled updates,
+/// transitions, keyless updates), alerts (urgent) and model status, interleaved so that runs
+/// of one topic are short and long; then a burst of updates of one key.
+fn mixed_script() -> Vec<Publish> {
+    (0..90u32)
+        .map(|i| {
+            let model = format!("m{}", i % 3);
+            let percent = f64::from(i);
+            match i % 9 {
+                0..=2 => Publish::new(progress(&model, percent))
+                    .unwrap()
+                    .key(model.as_str())
+                    .subject(model.as_str())
+                    .kind(modelcast_hub::Kind::Update),
+                3 => Publish::new(progress(&model, percent))
+                    .unwrap()
+                    .key(model.as_str())
+                    .subject(model.as_str())
+                    .kind(modelcast_hub::Kind::Update)
+                    .throttle(Duration::from_millis(50)),
+                4 => Publish::new(status_change(
+                    &model,
+                    DownloadStatus::Downloading,
+                    DownloadStatus::Paused,
+                ))
+                .unwrap()
+                .key(model.as_str())
+                .subject(model.as_str())
+                .kind(modelcast_hub::Kind::Transition),
+                5 => {
+                    Publish::new(alert(&format!("a{i}"))).unwrap().key(format!("a{i}")).urgent(true)
+                }
+                6 => Publish::new(model_status(&model, percent))
+                    .unwrap()
+                    .key(model.as_str())
+                    .retain(Retain::Keep),
+                _ => Publish::new(progress("keyless", percent)).unwrap(),
+            }
+        })
+        // A burst of one key's updates at the end: what `max_hz` collapses.
+        .chain((0..5).map(|i| {
+            Publish::new(progress("m0", f64::from(i)))
+                .unwrap()
+                .key("m0")
+                .subject("m0")
+                .kind(modelcast_hub::Kind::Update)
+        }))
+        .collect()
+}
+
+/// `publish_many` (which fans a run of one topic out with one lock per subscriber) delivers
+/// exactly what `publish` one by one does — same frames, seqs, order and `late` marks — to a
+/// subscriber of everything, a subject-filtered one and a `max_hz` one, throttle windows and
+/// transitions included; and answers each message as `publish` would.
+#[tokio::test(start_paused = true)]
+async fn publishing_many_at_once_delivers_what_publishing_one_by_one_does() {
+    async fn run(many: bool) -> (Vec<Option<u64>>, Vec<Vec<Value>>) {
+        let hub = Hub::default();
+        let all = hub.connect();
+        for topic in [Topic::DownloadProgress, Topic::Alerts, Topic::ModelStatus] {
+            all.subscribe(topic, SubscribeOptions::default()).unwrap();
+        }
+        let filtered = hub.connect();
+        let only_m1 = SubscribeOptions::default().subjects(Some(vec!["m1".into()]));
+        filtered.subscribe(Topic::DownloadProgress, only_m1).unwrap();
+        let rated = hub.connect();
+        let slow = SubscribeOptions::default().max_hz(Some(5.0));
+        rated.subscribe(Topic::DownloadProgress, slow).unwrap();
+        let conns = [all, filtered, rated];
+        for c in &conns {
+            drain(c, NOW).await.unwrap();
+        }
+        let published = if many {
+            hub.publish_many(mixed_script())
+        } else {
+            mixed_script().into_iter().map(|p| hub.publish(p)).collect()
+        };
+        let seqs = published
+            .iter()
+            .map(|p| match p {
+                modelcast_hub::Published::Sent { seq } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        // Throttle windows and max_hz hold-backs end on the (paused, auto-advancing) clock.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut received = Vec::new();
+        for c in &conns {
+            received.push(drain(c, NOW).await.unwrap());
+        }
+        (seqs, received)
+    }
+    let (one_by_one, frames_one) = run(false).await;
+    let (many, frames_many) = run(true).await;
+    assert_eq!(one_by_one, many, "each message is answered the same");
+    assert_eq!(frames_one, frames_many);
+    let [all, filtered, rated] = &frames_many[..] else { unreachable!() };
+    // The comparison is not vacuous: every kind of subscriber got a mix of frames.
+    assert_eq!(of_type(all, "alert").len(), 10);
+    assert_eq!(of_type(all, "model_status_update").len(), 10);
+    assert!(of_type(all, "download_progress_update").len() > 30, "{}", all.len());
+    assert!(!filtered.is_empty() && filtered.len() < all.len());
+    assert!(
+        filtered
+            .iter()
+            .all(|f| f["data"]["model_id"] == "m1" || f["data"]["model_id"] == "keyless")
+    );
+    let keyed_updates = |frames: &[Value]| {
+        of_type(frames, "download_progress_update")
+            .iter()
+            .filter(|f| f["data"]["model_id"] != "keyless")
+            .count()
+    };
+    assert!(
+        keyed_updates(rated) < keyed_updates(all),
+        "max_hz held keyed updates back: {} of {}",
+        keyed_updates(rated),
+        keyed_updates(all)
+    );
+    assert!(one_by_one.iter().filter(|s| s.is_none()).count() > 0, "some were held");
 }

@@ -176,6 +176,47 @@ impl Hub {
         }
     }
 
+    /// Publishes several messages, in order, each with its policy as [`Hub::publish`] would.
+    /// Consecutive messages of one topic that go out at once (no throttle window, no
+    /// transition, no idempotency key, no engine) are fanned out together: each subscriber's
+    /// queue is locked once for the run instead of once per message, which is most of a
+    /// fan-out's cost when a backend streams messages (one read of its connection holds many).
+    pub fn publish_many(&self, publishes: Vec<Publish>) -> Vec<Published> {
+        let mut out = Vec::with_capacity(publishes.len());
+        let mut run: Vec<(Publish, Vec<Publish>)> = Vec::new();
+        for publish in publishes {
+            let immediate = self.engine.is_none()
+                && publish.idempotency_key.is_none()
+                && publish.throttle.is_none()
+                && publish.kind != Kind::Transition;
+            if !immediate || run.first().is_some_and(|(p, _)| p.topic != publish.topic) {
+                self.publish_run(&mut run, &mut out);
+            }
+            if immediate {
+                run.push((publish, Vec::new()));
+            } else {
+                out.push(self.publish(publish));
+            }
+        }
+        self.publish_run(&mut run, &mut out);
+        out
+    }
+
+    fn publish_run(&self, run: &mut Vec<(Publish, Vec<Publish>)>, out: &mut Vec<Published>) {
+        match run.len() {
+            0 => {}
+            1 => {
+                let (publish, parts) = run.pop().expect("one");
+                out.push(self.publish_now(publish, parts));
+            }
+            _ => {
+                let topic = run[0].0.topic;
+                let seqs = self.topics.publish_run(topic, std::mem::take(run));
+                out.extend(seqs.into_iter().map(|seq| Published::Sent { seq }));
+            }
+        }
+    }
+
     /// Publishes `message` with default policy (an event, no key, no subject).
     pub fn publish_message(&self, message: ServerMessage) -> Result<Published> {
         let type_name = message.type_name();

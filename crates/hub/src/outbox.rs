@@ -365,6 +365,46 @@ impl Outbox {
         }
     }
 
+    /// Queues several frames (`(index, item, seq, urgent)`, in order) with one acquisition of
+    /// the lock — a fan-out of several messages locks each subscriber once, not once per
+    /// message. Calls `queued(index)` for each frame queued now; returns `false` once the
+    /// outbox is closed or this push dropped the subscriber. With a `rate` (`max_hz`) each
+    /// frame goes through [`Outbox::push`].
+    pub(crate) fn push_many(
+        &self,
+        batch: &mut Vec<(usize, Delivery, u64, bool)>,
+        rate: Option<Duration>,
+        now: Instant,
+        stats: &Stats,
+        mut queued: impl FnMut(usize),
+    ) -> bool {
+        if rate.is_some() {
+            for (index, item, seq, urgent) in batch.drain(..) {
+                match self.push(item, seq, urgent, rate, now, stats) {
+                    Pushed::Queued => queued(index),
+                    Pushed::Deferred => {}
+                    Pushed::Closed | Pushed::Dropped => return false,
+                }
+            }
+            return true;
+        }
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            batch.clear();
+            return false;
+        }
+        for (index, item, _, urgent) in batch.drain(..) {
+            match self.enqueue(&mut state, item, urgent, stats) {
+                Pushed::Dropped => {
+                    self.dropped(state);
+                    return false;
+                }
+                _ => queued(index),
+            }
+        }
+        true
+    }
+
     fn dropped(&self, state: std::sync::MutexGuard<'_, State>) -> Pushed {
         drop(state);
         self.notify.notify_one();

@@ -222,6 +222,15 @@ impl TopicState {
 }
 
 /// One message serialized (without its `seq`) and interned, ready for the topic lock.
+/// A message recorded at its `seq`, to be fanned out.
+struct Recorded {
+    frame: TopicFrame,
+    seq: u64,
+    subject: KeyId,
+    urgent: bool,
+    type_index: u8,
+}
+
 struct Prepared {
     text: String,
     key: KeyId,
@@ -428,6 +437,28 @@ impl Topics {
         Applied::Applied
     }
 
+    /// Sequences, records and fans out several messages of one topic (`publish`'s, in order)
+    /// under one acquisition of the topic lock: each subscriber's outbox is locked once for
+    /// all of them. Returns their `seq`s.
+    pub(crate) fn publish_run(&self, topic: Topic, run: Vec<(Publish, Vec<Publish>)>) -> Vec<u64> {
+        let prepared: Vec<(Prepared, Vec<Prepared>)> = run
+            .into_iter()
+            .map(|(p, parts)| {
+                (self.prepare(p), parts.into_iter().map(|p| self.prepare(p)).collect())
+            })
+            .collect();
+        let now = Instant::now();
+        let mut state = self.lock(topic);
+        let mut recorded = Vec::with_capacity(prepared.len());
+        for (main, parts) in prepared {
+            let seq = state.seq + 1;
+            recorded.push(self.record(&mut state, topic, seq, now, now, main, parts));
+        }
+        let seqs = recorded.iter().map(|r| r.seq).collect();
+        self.fan_out(state, topic, now, &recorded);
+        seqs
+    }
+
     /// Records `main` (and `parts`) at `seq` and fans it out; releases the topic lock.
     #[allow(clippy::too_many_arguments)]
     fn commit(
@@ -440,6 +471,22 @@ impl Topics {
         main: Prepared,
         parts: Vec<Prepared>,
     ) {
+        let recorded = self.record(&mut state, topic, seq, now, at, main, parts);
+        self.fan_out(state, topic, now, std::slice::from_ref(&recorded));
+    }
+
+    /// Records `main` (and `parts`) at `seq`: the topic's position, retained state, history.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        state: &mut TopicState,
+        topic: Topic,
+        seq: u64,
+        now: Instant,
+        at: Instant,
+        main: Prepared,
+        parts: Vec<Prepared>,
+    ) -> Recorded {
         state.seq = seq;
         for part in std::iter::once(&main).chain(&parts) {
             if part.key == KeyId::NONE {
@@ -462,18 +509,55 @@ impl Topics {
         // May drop this very message from history if it alone is over the byte budget: it is
         // still delivered, only not recoverable.
         state.prune(&self.config, now, &self.history_bytes);
-        let (subject, urgent) = (main.subject, main.urgent);
-        let mut delivered = 0u64;
+        Recorded {
+            frame,
+            seq,
+            subject: main.subject,
+            urgent: main.urgent,
+            type_index: main.type_index,
+        }
+    }
+
+    /// Queues `recorded` (in order) to every subscriber whose filter passes, one outbox lock
+    /// per subscriber; drops the subscribers that are gone; releases the topic lock.
+    fn fan_out(
+        &self,
+        mut state: MutexGuard<'_, TopicState>,
+        topic: Topic,
+        now: Instant,
+        recorded: &[Recorded],
+    ) {
+        let mut delivered = vec![0u64; recorded.len()];
         let mut gone = Vec::new();
+        let mut batch = Vec::new();
         for (i, sub) in state.subs.iter().enumerate() {
-            if !passes(&sub.filter, subject) {
-                continue;
-            }
-            let delivery = frame.delivery(Some(now));
-            match sub.outbox.push(delivery, seq, urgent, sub.rate, now, &self.stats) {
-                Pushed::Queued => delivered += 1,
-                Pushed::Deferred => {}
-                Pushed::Closed | Pushed::Dropped => gone.push(i),
+            let alive = if let [one] = recorded {
+                // One message (every single publish): no batch to build.
+                if !passes(&sub.filter, one.subject) {
+                    continue;
+                }
+                let delivery = one.frame.delivery(Some(now));
+                match sub.outbox.push(delivery, one.seq, one.urgent, sub.rate, now, &self.stats) {
+                    Pushed::Queued => {
+                        delivered[0] += 1;
+                        true
+                    }
+                    Pushed::Deferred => true,
+                    Pushed::Closed | Pushed::Dropped => false,
+                }
+            } else {
+                batch.clear();
+                batch.extend(
+                    recorded
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| passes(&sub.filter, r.subject))
+                        .map(|(j, r)| (j, r.frame.delivery(Some(now)), r.seq, r.urgent)),
+                );
+                sub.outbox.push_many(&mut batch, sub.rate, now, &self.stats, |j| delivered[j] += 1)
+            };
+            if !alive {
+                gone.push(i);
             }
         }
         for i in gone.into_iter().rev() {
@@ -481,7 +565,9 @@ impl Topics {
             self.stats.unsubscribed(topic);
         }
         drop(state);
-        self.stats.published(topic, main.type_index, delivered);
+        for (r, delivered) in recorded.iter().zip(delivered) {
+            self.stats.published(topic, r.type_index, delivered);
+        }
     }
 
     /// Replaces the topic's history and retained state with the engine's (`top` is the log's

@@ -131,6 +131,24 @@ pub enum Outcome {
     },
 }
 
+/// Where a message goes by its rule.
+enum Routed {
+    /// Nowhere: decided already (filtered).
+    Done(Outcome),
+    /// Into the model-status batcher.
+    Batched(Publish),
+    /// Straight to the hub.
+    Hub(Publish),
+}
+
+fn outcome_of(topic: Topic, published: Published) -> Outcome {
+    match published {
+        Published::Sent { seq } => Outcome::Sent { topic, seq },
+        Published::Appending(pending) => Outcome::Appending { topic, pending },
+        _ => Outcome::Held { topic },
+    }
+}
+
 /// The policy, bound to a hub: the one way messages are published.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -318,11 +336,64 @@ impl Policy {
         message: ServerMessage,
         idempotency_key: Option<&str>,
     ) -> Option<Outcome> {
+        Some(match self.route(message, idempotency_key)? {
+            Routed::Done(outcome) => outcome,
+            Routed::Batched(publish) => {
+                outcome_of(publish.topic(), self.model_status.publish(publish))
+            }
+            Routed::Hub(publish) => outcome_of(publish.topic(), self.hub.publish(publish)),
+        })
+    }
+
+    /// Publishes several messages in order, each by its rule, as [`Policy::publish`] would
+    /// one by one; consecutive messages of one topic that go out at once are fanned out
+    /// together ([`Hub::publish_many`]). One outcome per message (`None` for a control
+    /// message).
+    pub fn publish_many(&self, messages: Vec<ServerMessage>) -> Vec<Option<Outcome>> {
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(messages.len());
+        // Messages for the hub, waiting to go in one call: (their index in `outcomes`, topic).
+        let mut waiting: Vec<(usize, Topic)> = Vec::new();
+        let mut publishes: Vec<Publish> = Vec::new();
+        let flush = |outcomes: &mut Vec<Option<Outcome>>,
+                     waiting: &mut Vec<(usize, Topic)>,
+                     publishes: &mut Vec<Publish>| {
+            let published = self.hub.publish_many(std::mem::take(publishes));
+            for ((index, topic), published) in waiting.drain(..).zip(published) {
+                outcomes[index] = Some(outcome_of(topic, published));
+            }
+        };
+        for message in messages {
+            match self.route(message, None) {
+                Some(Routed::Hub(publish)) => {
+                    waiting.push((outcomes.len(), publish.topic()));
+                    publishes.push(publish);
+                    outcomes.push(None);
+                }
+                routed => {
+                    // Anything else goes after what waits, to keep the order.
+                    flush(&mut outcomes, &mut waiting, &mut publishes);
+                    outcomes.push(match routed {
+                        None => None,
+                        Some(Routed::Done(outcome)) => Some(outcome),
+                        Some(Routed::Batched(publish)) => {
+                            Some(outcome_of(publish.topic(), self.model_status.publish(publish)))
+                        }
+                        Some(Routed::Hub(_)) => unreachable!("matched above"),
+                    });
+                }
+            }
+        }
+        flush(&mut outcomes, &mut waiting, &mut publishes);
+        outcomes
+    }
+
+    /// Applies `message`'s rule: where it goes, or what became of it already.
+    fn route(&self, message: ServerMessage, idempotency_key: Option<&str>) -> Option<Routed> {
         let rule = self.rule(&message);
         let mut publish = Publish::new(message)?;
         let topic = publish.topic();
         if rule.filtered {
-            return Some(Outcome::Filtered { topic });
+            return Some(Routed::Done(Outcome::Filtered { topic }));
         }
         if let Some(key) = rule.key {
             publish = publish.key(key);
@@ -337,15 +408,6 @@ impl Policy {
         if let Some(key) = idempotency_key {
             publish = publish.idempotency_key(key);
         }
-        let published = if rule.batched {
-            self.model_status.publish(publish)
-        } else {
-            self.hub.publish(publish)
-        };
-        Some(match published {
-            Published::Sent { seq } => Outcome::Sent { topic, seq },
-            Published::Appending(pending) => Outcome::Appending { topic, pending },
-            _ => Outcome::Held { topic },
-        })
+        Some(if rule.batched { Routed::Batched(publish) } else { Routed::Hub(publish) })
     }
 }
