@@ -171,3 +171,79 @@ async fn frames_queued_while_a_writer_is_busy_share_a_flush() {
     let flushes = count1 - count0;
     assert!((1.0..100.0).contains(&flushes), "100 frames took {flushes} flushes");
 }
+
+/// `publish` frames that arrive in one read are published together (a topic's run is fanned
+/// out at once) but answered one by one, in order: a refusal and another action in the middle
+/// keep their place, and subscribers get every accepted message in order.
+#[tokio::test]
+async fn publish_frames_read_together_are_answered_in_order() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start(&[]).await;
+    let mut subscriber = server.ws("/ws/sub").await;
+    subscriber.subscribe("alerts").await;
+    subscriber.subscribe("model_status").await;
+    let mut backend = open(&server, "backend", &[]).await.unwrap();
+    let status = |k: u64| {
+        json!({"action": "publish", "id": k, "type": "model_status_update", "data": {
+            "model_id": format!("m{k}"), "availability_status": "available", "is_available": true,
+            "is_loaded": false, "size_mb": 10.0, "integrity_score": 1.0, "performance_score": 1.0,
+            "usage_frequency": 0.0, "update_available": false}})
+    };
+    let frames: Vec<Value> = (0..40u64)
+        .map(|k| match k {
+            10 => {
+                json!({"action": "publish", "id": k, "type": "alert", "data": {"level": "warning"}})
+            }
+            20 => json!({"action": "ping", "id": k}),
+            k if k % 7 == 3 => status(k),
+            k => publish(None, &format!("a{k}"))
+                .as_object()
+                .unwrap()
+                .clone()
+                .into_iter()
+                .chain([("id".to_owned(), json!(k))])
+                .collect(),
+        })
+        .collect();
+    for frame in &frames {
+        backend.ws.feed(Message::text(frame.to_string())).await.unwrap();
+    }
+    backend.ws.flush().await.unwrap();
+
+    let mut answers = Vec::new();
+    while answers.len() < 40 {
+        let frame = backend.next_json().await;
+        if let Some(id) = frame["data"]["request_id"].as_u64() {
+            answers.push((id, frame["type"].as_str().unwrap().to_owned()));
+        }
+    }
+    let expected: Vec<(u64, String)> = (0..40u64)
+        .map(|k| {
+            let ty = match k {
+                10 => "error",
+                20 => "pong",
+                _ => "published",
+            };
+            (k, ty.to_owned())
+        })
+        .collect();
+    assert_eq!(answers, expected);
+
+    let alerts: Vec<u64> = (0..40u64).filter(|k| *k != 10 && *k != 20 && k % 7 != 3).collect();
+    let mut got = Vec::new();
+    while got.len() < alerts.len() {
+        let alert = subscriber.next_of_type("alert").await;
+        got.push(alert["data"]["alert_id"].as_str().unwrap()[1..].parse::<u64>().unwrap());
+        assert_eq!(alert["seq"].as_u64(), Some(got.len() as u64), "consecutive seqs");
+    }
+    assert_eq!(got, alerts);
+    // The model statuses went through their batch window (answered `held`) and still arrive.
+    let statuses = loop {
+        let frame = subscriber.next_json().await;
+        if frame["topic"] == "model_status" {
+            break frame;
+        }
+    };
+    assert!(statuses.to_string().contains("\"m3\""), "{statuses}");
+}

@@ -71,61 +71,92 @@ fn subscribe_when_caught_up(app: &App, conn: &Connection, topic: Topic, options:
     });
 }
 
-/// A `publish` frame: checked like `POST /api/publish`, published through the policy.
-/// Answered with `published` when it has an `id`; a refusal is an `error` naming the field.
-fn publish(app: &App, conn: &Connection, control: &Control, request: PublishRequest) {
-    let PublishRequest { type_name, data, topic, id } = request;
-    if control.publisher == Publisher::No {
-        let message = if app.security.has_publish_keys() {
-            "publishing needs a connection opened with `Authorization: Bearer <publish key>`"
-        } else {
-            "this page's origin may not publish (MODELCAST_ALLOWED_ORIGINS); backends send no Origin header"
-        };
-        return reply_error(app, conn, ErrorCode::Forbidden, message.into(), id);
-    }
-    let data = serde_json::Value::Object(data);
-    let message = match crate::publish::check_message(&type_name, topic.map(Topic::as_str), data) {
-        Ok(message) => message,
-        Err(problems) => {
-            let text: Vec<String> = problems.iter().map(|(f, m)| format!("{f}: {m}")).collect();
-            return reply_error(app, conn, ErrorCode::InvalidMessage, text.join("; "), id);
+/// `publish` frames that arrived together (in order): each checked like `POST /api/publish`,
+/// then published through the policy in one call, so that consecutive messages of a topic are
+/// fanned out together. Each is answered with `published` when it has an `id`; a refusal is
+/// an `error` naming the field, sent in order with the answers.
+pub(crate) fn publish_frames(
+    app: &App,
+    conn: &Connection,
+    control: &Control,
+    requests: Vec<PublishRequest>,
+) {
+    let mut messages = Vec::with_capacity(requests.len());
+    let mut ids = Vec::with_capacity(requests.len());
+    for PublishRequest { type_name, data, topic, id } in requests {
+        if control.publisher == Publisher::No {
+            let message = if app.security.has_publish_keys() {
+                "publishing needs a connection opened with `Authorization: Bearer <publish key>`"
+            } else {
+                "this page's origin may not publish (MODELCAST_ALLOWED_ORIGINS); backends send no Origin header"
+            };
+            reply_error(app, conn, ErrorCode::Forbidden, message.into(), id);
+            continue;
         }
-    };
-    // Downloads published by a backend feed the stale watchdog, as over HTTP.
-    app.notifiers.downloads().observe(&message);
+        let data = serde_json::Value::Object(data);
+        match crate::publish::check_message(&type_name, topic.map(Topic::as_str), data) {
+            Ok(message) => {
+                // Downloads published by a backend feed the stale watchdog, as over HTTP.
+                app.notifiers.downloads().observe(&message);
+                messages.push(message);
+                ids.push(id);
+            }
+            Err(problems) => {
+                // What came before is published and answered first: answers keep the order.
+                publish_checked(app, conn, std::mem::take(&mut messages), std::mem::take(&mut ids));
+                let text: Vec<String> = problems.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+                reply_error(app, conn, ErrorCode::InvalidMessage, text.join("; "), id);
+            }
+        }
+    }
+    publish_checked(app, conn, messages, ids);
+}
+
+/// Publishes checked messages in order and answers each that has an id.
+fn publish_checked(
+    app: &App,
+    conn: &Connection,
+    messages: Vec<ServerMessage>,
+    ids: Vec<Option<RequestId>>,
+) {
+    if messages.is_empty() {
+        return;
+    }
     let answer = |status: &str, topic: Topic, seq: Option<u64>, request_id: Option<RequestId>| {
         ServerMessage::Published(Published { topic, status: status.into(), seq, request_id })
     };
-    match app.policy.publish(message) {
-        Some(Outcome::Appending { topic, pending }) => {
-            // Sequenced by the cluster's engine: answer (or report a failure) when stored.
-            let conn = conn.clone();
-            let counter = app.metrics.error_counter(&ErrorCode::Unavailable);
-            tokio::spawn(async move {
-                let reply = match pending.wait().await {
-                    Ok(_) if id.is_none() => return,
-                    Ok(seq) => answer("sent", topic, Some(seq), id),
-                    Err(err) => {
-                        counter.inc();
-                        let code = ErrorCode::Unavailable;
-                        let message = format!("not published: {err}; retry");
-                        ServerMessage::Error(ErrorMessage { code, message, request_id: id })
-                    }
-                };
-                let _ = conn.send(&reply);
-            });
+    for (outcome, id) in app.policy.publish_many(messages).into_iter().zip(ids) {
+        match outcome {
+            Some(Outcome::Appending { topic, pending }) => {
+                // Sequenced by the cluster's engine: answer (or report a failure) when stored.
+                let conn = conn.clone();
+                let counter = app.metrics.error_counter(&ErrorCode::Unavailable);
+                tokio::spawn(async move {
+                    let reply = match pending.wait().await {
+                        Ok(_) if id.is_none() => return,
+                        Ok(seq) => answer("sent", topic, Some(seq), id),
+                        Err(err) => {
+                            counter.inc();
+                            let code = ErrorCode::Unavailable;
+                            let message = format!("not published: {err}; retry");
+                            ServerMessage::Error(ErrorMessage { code, message, request_id: id })
+                        }
+                    };
+                    let _ = conn.send(&reply);
+                });
+            }
+            _ if id.is_none() => {}
+            Some(Outcome::Sent { topic, seq }) => {
+                let _ = conn.send(&answer("sent", topic, Some(seq), id));
+            }
+            Some(Outcome::Held { topic }) => {
+                let _ = conn.send(&answer("held", topic, None, id));
+            }
+            Some(Outcome::Filtered { topic }) => {
+                let _ = conn.send(&answer("filtered", topic, None, id));
+            }
+            _ => {}
         }
-        _ if id.is_none() => {}
-        Some(Outcome::Sent { topic, seq }) => {
-            let _ = conn.send(&answer("sent", topic, Some(seq), id));
-        }
-        Some(Outcome::Held { topic }) => {
-            let _ = conn.send(&answer("held", topic, None, id));
-        }
-        Some(Outcome::Filtered { topic }) => {
-            let _ = conn.send(&answer("filtered", topic, None, id));
-        }
-        _ => {}
     }
 }
 
@@ -142,7 +173,7 @@ pub(crate) fn handle_frame(
         Err(e) => return reply_error(app, conn, e.code, e.message, e.request_id),
     };
     if let ClientMessage::Publish(request) = message {
-        return publish(app, conn, control, request);
+        return publish_frames(app, conn, control, vec![request]);
     }
     if let ClientMessage::Auth(a) = &message {
         match app.security.verify(&a.token) {

@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use modelcast_hub::{Connection, Delivery, DropReason};
 use modelcast_protocol::{
-    ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, Topic, Welcome, close,
+    ClientMessage, ErrorCode, PROTOCOL_VERSION, PublishRequest, ServerMessage, Topic, Welcome,
+    close,
 };
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -21,12 +22,16 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::{handle_frame, reply_error};
+use crate::actions::{handle_frame, publish_frames, reply_error};
 use crate::security::Identity;
 use crate::state::{Admitted, App, AuthState, Control, Publisher};
 
 /// Frames taken from the outbox per burst (one flush each).
 const BURST: usize = 256;
+
+/// `publish` frames read together that are published in one call at most (bounds how long a
+/// topic's lock is held for one run).
+const MAX_PUBLISH_BATCH: usize = 64;
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -420,23 +425,67 @@ async fn reader(
     // (more than MODELCAST_ABUSE_LIMIT refused within a second) closes the connection, however
     // the refusals interleave with served frames.
     let mut window = (tokio::time::Instant::now(), 0usize);
+    // `publish` frames already read and not yet published: a backend streaming messages sends
+    // many per read, and publishing them in one call fans each topic's run out with one lock
+    // per subscriber instead of one per message. Published before any other frame is handled
+    // and before waiting for more input, so nothing waits for a later frame.
+    let mut publishes: Vec<PublishRequest> = Vec::new();
     loop {
-        let next = tokio::select! {
-            () = control.done.cancelled() => break,
-            next = stream.next() => next,
+        let next = if publishes.is_empty() {
+            tokio::select! {
+                () = control.done.cancelled() => break,
+                next = stream.next() => next,
+            }
+        } else {
+            match stream.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    publish_frames(app, conn, control, std::mem::take(&mut publishes));
+                    continue;
+                }
+            }
+        };
+        let next = match next {
+            // Only a connection allowed to publish has its frames parsed here (others' `publish`
+            // frames are refused below, rate limited like any frame).
+            Some(Ok(Message::Text(text))) if control.publisher != Publisher::No => {
+                match ClientMessage::parse_frame(text.as_str()) {
+                    Ok(ClientMessage::Publish(request)) => {
+                        control.last_seen_ms.store(now_ms(app), Ordering::Relaxed);
+                        publishes.push(request);
+                        if publishes.len() >= MAX_PUBLISH_BATCH {
+                            publish_frames(app, conn, control, std::mem::take(&mut publishes));
+                        }
+                        continue;
+                    }
+                    parsed => {
+                        if !publishes.is_empty() {
+                            publish_frames(app, conn, control, std::mem::take(&mut publishes));
+                        }
+                        Some(Ok((Message::Text(text), Some(parsed))))
+                    }
+                }
+            }
+            other => {
+                if !publishes.is_empty() {
+                    publish_frames(app, conn, control, std::mem::take(&mut publishes));
+                }
+                other.map(|r| r.map(|m| (m, None)))
+            }
         };
         match next {
             None => {
                 control.peer_gone.store(true, Ordering::Relaxed);
                 break;
             }
-            Some(Ok(message)) => {
+            Some(Ok((message, parsed))) => {
                 control.last_seen_ms.store(now_ms(app), Ordering::Relaxed);
                 // Parsed first: a connection allowed to publish sends `publish` frames at a
                 // backend's rate (HTTP publishing has no per-client rate either); every other
                 // frame counts against the limit that guards against floods.
-                let parsed = match &message {
-                    Message::Text(text) => Some(ClientMessage::parse_frame(text.as_str())),
+                let parsed = match (&message, parsed) {
+                    (_, Some(parsed)) => Some(parsed),
+                    (Message::Text(text), None) => Some(ClientMessage::parse_frame(text.as_str())),
                     _ => None,
                 };
                 let publishing = control.publisher != Publisher::No
