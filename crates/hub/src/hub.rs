@@ -203,17 +203,10 @@ impl Hub {
     }
 
     fn publish_run(&self, run: &mut Vec<(Publish, Vec<Publish>)>, out: &mut Vec<Published>) {
-        match run.len() {
-            0 => {}
-            1 => {
-                let (publish, parts) = run.pop().expect("one");
-                out.push(self.publish_now(publish, parts));
-            }
-            _ => {
-                let topic = run[0].0.topic;
-                let seqs = self.topics.publish_run(topic, std::mem::take(run));
-                out.extend(seqs.into_iter().map(|seq| Published::Sent { seq }));
-            }
+        if let Some((first, _)) = run.first() {
+            let topic = first.topic;
+            let seqs = self.topics.publish_run(topic, std::mem::take(run));
+            out.extend(seqs.into_iter().map(|seq| Published::Sent { seq }));
         }
     }
 

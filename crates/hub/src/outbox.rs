@@ -365,21 +365,25 @@ impl Outbox {
         }
     }
 
-    /// Queues several frames (`(index, item, seq, urgent)`, in order) with one acquisition of
-    /// the lock — a fan-out of several messages locks each subscriber once, not once per
-    /// message. Calls `queued(index)` for each frame queued now; returns `false` once the
-    /// outbox is closed or this push dropped the subscriber. With a `rate` (`max_hz`) each
-    /// frame goes through [`Outbox::push`].
+    /// Queues frames (`(index, item, seq, urgent)`, in order) with one acquisition of the lock
+    /// — a fan-out of several messages locks each subscriber once, not once per message; none
+    /// at all when nothing passes its filter. Calls `queued(index)` for each frame queued now;
+    /// returns `false` once the outbox is closed or this push dropped the subscriber. With a
+    /// `rate` (`max_hz`) each frame goes through [`Outbox::push`].
     pub(crate) fn push_many(
         &self,
-        batch: &mut Vec<(usize, Delivery, u64, bool)>,
+        items: impl Iterator<Item = (usize, Delivery, u64, bool)>,
         rate: Option<Duration>,
         now: Instant,
         stats: &Stats,
         mut queued: impl FnMut(usize),
     ) -> bool {
+        let mut items = items.peekable();
+        if items.peek().is_none() {
+            return true;
+        }
         if rate.is_some() {
-            for (index, item, seq, urgent) in batch.drain(..) {
+            for (index, item, seq, urgent) in items {
                 match self.push(item, seq, urgent, rate, now, stats) {
                     Pushed::Queued => queued(index),
                     Pushed::Deferred => {}
@@ -390,17 +394,14 @@ impl Outbox {
         }
         let mut state = self.lock();
         if state.closed.is_some() {
-            batch.clear();
             return false;
         }
-        for (index, item, _, urgent) in batch.drain(..) {
-            match self.enqueue(&mut state, item, urgent, stats) {
-                Pushed::Dropped => {
-                    self.dropped(state);
-                    return false;
-                }
-                _ => queued(index),
+        for (index, item, _, urgent) in items {
+            if self.enqueue(&mut state, item, urgent, stats) == Pushed::Dropped {
+                self.dropped(state);
+                return false;
             }
+            queued(index);
         }
         true
     }

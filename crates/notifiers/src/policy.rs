@@ -336,13 +336,7 @@ impl Policy {
         message: ServerMessage,
         idempotency_key: Option<&str>,
     ) -> Option<Outcome> {
-        Some(match self.route(message, idempotency_key)? {
-            Routed::Done(outcome) => outcome,
-            Routed::Batched(publish) => {
-                outcome_of(publish.topic(), self.model_status.publish(publish))
-            }
-            Routed::Hub(publish) => outcome_of(publish.topic(), self.hub.publish(publish)),
-        })
+        self.route(message, idempotency_key).map(|routed| self.settle(routed))
     }
 
     /// Publishes several messages in order, each by its rule, as [`Policy::publish`] would
@@ -350,41 +344,48 @@ impl Policy {
     /// together ([`Hub::publish_many`]). One outcome per message (`None` for a control
     /// message).
     pub fn publish_many(&self, messages: Vec<ServerMessage>) -> Vec<Option<Outcome>> {
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(messages.len());
-        // Messages for the hub, waiting to go in one call: (their index in `outcomes`, topic).
-        let mut waiting: Vec<(usize, Topic)> = Vec::new();
-        let mut publishes: Vec<Publish> = Vec::new();
-        let flush = |outcomes: &mut Vec<Option<Outcome>>,
-                     waiting: &mut Vec<(usize, Topic)>,
-                     publishes: &mut Vec<Publish>| {
-            let published = self.hub.publish_many(std::mem::take(publishes));
-            for ((index, topic), published) in waiting.drain(..).zip(published) {
-                outcomes[index] = Some(outcome_of(topic, published));
-            }
-        };
+        let mut outcomes = Vec::with_capacity(messages.len());
+        // Messages for the hub, waiting to go in one call, with their index in `outcomes`.
+        let mut waiting: Vec<(usize, Publish)> = Vec::new();
         for message in messages {
             match self.route(message, None) {
                 Some(Routed::Hub(publish)) => {
-                    waiting.push((outcomes.len(), publish.topic()));
-                    publishes.push(publish);
+                    waiting.push((outcomes.len(), publish));
                     outcomes.push(None);
                 }
                 routed => {
                     // Anything else goes after what waits, to keep the order.
-                    flush(&mut outcomes, &mut waiting, &mut publishes);
-                    outcomes.push(match routed {
-                        None => None,
-                        Some(Routed::Done(outcome)) => Some(outcome),
-                        Some(Routed::Batched(publish)) => {
-                            Some(outcome_of(publish.topic(), self.model_status.publish(publish)))
-                        }
-                        Some(Routed::Hub(_)) => unreachable!("matched above"),
-                    });
+                    self.publish_waiting(&mut waiting, &mut outcomes);
+                    outcomes.push(routed.map(|routed| self.settle(routed)));
                 }
             }
         }
-        flush(&mut outcomes, &mut waiting, &mut publishes);
+        self.publish_waiting(&mut waiting, &mut outcomes);
         outcomes
+    }
+
+    /// Hands `waiting` to the hub in one call and fills in their outcomes.
+    fn publish_waiting(
+        &self,
+        waiting: &mut Vec<(usize, Publish)>,
+        outcomes: &mut [Option<Outcome>],
+    ) {
+        let (slots, publishes): (Vec<(usize, Topic)>, Vec<Publish>) =
+            waiting.drain(..).map(|(index, p)| ((index, p.topic()), p)).unzip();
+        for ((index, topic), published) in slots.into_iter().zip(self.hub.publish_many(publishes)) {
+            outcomes[index] = Some(outcome_of(topic, published));
+        }
+    }
+
+    /// Publishes one routed message.
+    fn settle(&self, routed: Routed) -> Outcome {
+        match routed {
+            Routed::Done(outcome) => outcome,
+            Routed::Batched(publish) => {
+                outcome_of(publish.topic(), self.model_status.publish(publish))
+            }
+            Routed::Hub(publish) => outcome_of(publish.topic(), self.hub.publish(publish)),
+        }
     }
 
     /// Applies `message`'s rule: where it goes, or what became of it already.

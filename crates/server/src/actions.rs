@@ -81,18 +81,20 @@ pub(crate) fn publish_frames(
     control: &Control,
     requests: Vec<PublishRequest>,
 ) {
+    if control.publisher == Publisher::No {
+        let message = if app.security.has_publish_keys() {
+            "publishing needs a connection opened with `Authorization: Bearer <publish key>`"
+        } else {
+            "this page's origin may not publish (MODELCAST_ALLOWED_ORIGINS); backends send no Origin header"
+        };
+        for request in requests {
+            reply_error(app, conn, ErrorCode::Forbidden, message.into(), request.id);
+        }
+        return;
+    }
     let mut messages = Vec::with_capacity(requests.len());
     let mut ids = Vec::with_capacity(requests.len());
     for PublishRequest { type_name, data, topic, id } in requests {
-        if control.publisher == Publisher::No {
-            let message = if app.security.has_publish_keys() {
-                "publishing needs a connection opened with `Authorization: Bearer <publish key>`"
-            } else {
-                "this page's origin may not publish (MODELCAST_ALLOWED_ORIGINS); backends send no Origin header"
-            };
-            reply_error(app, conn, ErrorCode::Forbidden, message.into(), id);
-            continue;
-        }
         let data = serde_json::Value::Object(data);
         match crate::publish::check_message(&type_name, topic.map(Topic::as_str), data) {
             Ok(message) => {

@@ -262,31 +262,26 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         return json_response(StatusCode::BAD_REQUEST, &json!({"error": error}));
     }
     let type_names: Vec<&'static str> = messages.iter().map(ServerMessage::type_name).collect();
-    let outcomes: Vec<(&'static str, Option<Outcome>)> = if idempotency.is_none() {
-        // Without keys the whole body goes in one call: consecutive messages of a topic are
+    // HTTP-published downloads feed the same stale watchdog as in-process ones.
+    messages.iter().for_each(|message| app.notifiers.downloads().observe(message));
+    let outcomes: Vec<Option<Outcome>> = match &idempotency {
+        // Without a key the whole body goes in one call: consecutive messages of a topic are
         // fanned out together (one lock per subscriber per run, not per message).
-        messages.iter().for_each(|message| app.notifiers.downloads().observe(message));
-        type_names.into_iter().zip(app.policy.publish_many(messages)).collect()
-    } else {
-        messages
+        None => app.policy.publish_many(messages),
+        // One key per element: a retry of the same body maps element to element.
+        Some(k) => messages
             .into_iter()
             .enumerate()
             .map(|(i, message)| {
-                let type_name = message.type_name();
-                // HTTP-published downloads feed the same stale watchdog as in-process ones.
-                app.notifiers.downloads().observe(&message);
-                // One key per element: a retry of the same body maps element to element.
-                let key = idempotency
-                    .as_ref()
-                    .map(|k| if single { k.clone() } else { format!("{k}#{i}") });
-                (type_name, app.policy.publish_with(message, key.as_deref()))
+                let key = if single { k.clone() } else { format!("{k}#{i}") };
+                app.policy.publish_with(message, Some(&key))
             })
-            .collect()
+            .collect(),
     };
     // Appends were all handed to the engine in order above; now wait for their positions.
     let mut accepted = Vec::with_capacity(outcomes.len());
     let mut failure = None;
-    for (type_name, outcome) in outcomes {
+    for (type_name, outcome) in type_names.into_iter().zip(outcomes) {
         accepted.push(match outcome {
             Some(Outcome::Sent { topic, seq }) => {
                 json!({"type": type_name, "topic": topic, "seq": seq, "status": "sent"})

@@ -459,17 +459,13 @@ async fn reader(
                         continue;
                     }
                     parsed => {
-                        if !publishes.is_empty() {
-                            publish_frames(app, conn, control, std::mem::take(&mut publishes));
-                        }
+                        publish_frames(app, conn, control, std::mem::take(&mut publishes));
                         Some(Ok((Message::Text(text), Some(parsed))))
                     }
                 }
             }
             other => {
-                if !publishes.is_empty() {
-                    publish_frames(app, conn, control, std::mem::take(&mut publishes));
-                }
+                publish_frames(app, conn, control, std::mem::take(&mut publishes));
                 other.map(|r| r.map(|m| (m, None)))
             }
         };
