@@ -3,9 +3,11 @@
 //! - `cargo xtask codegen [--check]` writes (or checks) the generated files under `schemas/`.
 //! - `cargo xtask cluster [--nodes N] [--demo]` runs a private Redis and N nodes.
 //! - `cargo xtask loadtest` measures the release server.
+//! - `cargo xtask callgrind` counts the instructions of a fixed fan-out workload.
 //!
 //! xtask may depend on any workspace crate; nothing depends on xtask.
 
+mod callgrind;
 mod cluster;
 mod codegen;
 mod loadtest;
@@ -35,7 +37,9 @@ tasks:
       --redis-url URL   run the server as a cluster node on this Redis (a fresh key prefix)
       --nodes N         N > 1: a private Redis and N nodes; publish on node 0, subscribers
                         on the others (every delivery crosses Redis); CPU/RSS summed
-      --sources K       clients connect from 127.0.0.1 … 127.0.0.K";
+      --sources K       clients connect from 127.0.0.1 … 127.0.0.K
+  callgrind           instructions a fixed fan-out workload executes (valgrind), to
+                      compare two versions of the hub's delivery path exactly";
 
 /// The repository root.
 pub(crate) fn root() -> std::path::PathBuf {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         ["loadtest", rest @ ..] => {
             loadtest::Options::parse(rest).and_then(|o| loadtest::run(o, rest))
         }
+        ["callgrind"] => callgrind::run(),
         ["help" | "--help" | "-h"] => {
             println_usage();
             return ExitCode::SUCCESS;
