@@ -23,7 +23,8 @@ use modelcast_protocol::Topic;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::topics::{Applied, Logged, Topics, new_epoch};
+use crate::idempotency::Remembered;
+use crate::topics::{Applied, HubConfig, Logged, Topics, new_epoch};
 use crate::wire::StateChange;
 
 /// A sequenced, shared log per topic with its retained state: what makes several hubs one.
@@ -152,9 +153,6 @@ impl Replica {
     }
 }
 
-/// How long [`MemoryEngine`] remembers idempotency keys (as the Redis engine does).
-const IDEMPOTENCY_KEYS: usize = 100_000;
-
 #[derive(Debug, Default)]
 struct MemoryLog {
     seq: u64,
@@ -162,12 +160,11 @@ struct MemoryLog {
     retained: HashMap<String, Logged>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct MemoryState {
     topics: HashMap<Topic, MemoryLog>,
     replicas: Vec<Replica>,
-    idempotency: HashMap<String, u64>,
-    idempotency_order: VecDeque<String>,
+    idempotency: Remembered,
 }
 
 /// An engine in memory shared by hubs in one process: one `seq` per topic across them, like
@@ -188,7 +185,12 @@ impl Default for MemoryEngine {
 impl MemoryEngine {
     /// An empty engine keeping `history_size` messages per topic.
     pub fn new(history_size: usize) -> Self {
-        Self { epoch: new_epoch(), history_size, state: Mutex::default() }
+        let state = MemoryState {
+            topics: HashMap::new(),
+            replicas: Vec::new(),
+            idempotency: Remembered::new(HubConfig::default().idempotency_keys),
+        };
+        Self { epoch: new_epoch(), history_size, state: Mutex::new(state) }
     }
 
     fn lock(&self) -> MutexGuard<'_, MemoryState> {
@@ -212,11 +214,15 @@ impl Engine for MemoryEngine {
     fn append(&self, append: Append) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        if let Some(key) = &append.idempotency_key
-            && let Some(seq) = state.idempotency.get(key)
-        {
-            let _ = append.reply.send(Ok(*seq));
-            return;
+        let now = tokio::time::Instant::now();
+        if let Some(key) = &append.idempotency_key {
+            match state.idempotency.check(key, now) {
+                Ok(None) => {}
+                answered => {
+                    let _ = append.reply.send(answered.map(|seq| seq.unwrap_or_default()));
+                    return;
+                }
+            }
         }
         let log = state.topics.entry(append.topic).or_default();
         log.seq += 1;
@@ -237,14 +243,8 @@ impl Engine for MemoryEngine {
         while log.log.len() > self.history_size {
             log.log.pop_front();
         }
-        if let Some(key) = append.idempotency_key {
-            state.idempotency.insert(key.clone(), seq);
-            state.idempotency_order.push_back(key);
-            while state.idempotency_order.len() > IDEMPOTENCY_KEYS {
-                if let Some(old) = state.idempotency_order.pop_front() {
-                    state.idempotency.remove(&old);
-                }
-            }
+        if let Some(key) = &append.idempotency_key {
+            state.idempotency.record(key, seq, now);
         }
         // Delivered under the engine's lock: every replica applies the topic's messages in
         // `seq` order, so none ever sees a gap.

@@ -36,6 +36,28 @@ pub enum Error {
         /// The newest seq this node has applied.
         have: u64,
     },
+    /// A subscription's filter lists more subjects than the hub allows.
+    #[error(
+        "a filter may list at most {max} ids, this one has {got}; subscribe without a filter or to fewer ids"
+    )]
+    FilterTooLarge {
+        /// How many it listed.
+        got: usize,
+        /// The limit ([`crate::HubConfig::filter_max_subjects`]).
+        max: usize,
+    },
+    /// An idempotency key cannot be remembered: the engine holds its maximum of unexpired
+    /// keys. Nothing was published; retry after `retry_after` seconds (keys are never
+    /// forgotten early, so a retry is never published twice).
+    #[error(
+        "the server remembers its maximum of {capacity} idempotency keys (each for 10 minutes); nothing was published: retry in {retry_after} s"
+    )]
+    IdempotencyFull {
+        /// How many keys are held.
+        capacity: usize,
+        /// Seconds until the oldest key expires.
+        retry_after: u64,
+    },
     /// The engine that sequences and stores messages (Redis) cannot be reached now; retry.
     #[error("the message store is unavailable: {0}")]
     Unavailable(String),

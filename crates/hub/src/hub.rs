@@ -1,7 +1,6 @@
 //! [`Hub`]: the publishing front of the engine — policy stages (throttle), sequencing (here or
 //! in an [`Engine`]), and connections — over the topic table in `topics.rs`.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,12 +12,12 @@ use crate::connection::Connection;
 use crate::engine::{Append, Engine, Pending, Replica};
 use crate::error::{Error, Result};
 use crate::frame::Frame;
-use crate::keys::KeyId;
+use crate::idempotency::Remembered;
 use crate::outbox::Outbox;
-use crate::publish::{Kind, Publish};
+use crate::publish::{Key, Kind, Publish};
 use crate::stats::HubStats;
 use crate::throttle::{Offered, Throttle};
-use crate::topics::{HubConfig, Topics};
+use crate::topics::{HubConfig, StatePage, Topics};
 use crate::wire::Wire;
 
 /// What [`Hub::publish`] did with a message.
@@ -47,17 +46,6 @@ impl Published {
             Published::Appending(pending) => pending.wait().await.map(Some),
         }
     }
-}
-
-/// How long a single node remembers idempotency keys, and how many at most.
-const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
-const IDEMPOTENCY_KEYS: usize = 100_000;
-
-/// Idempotency keys a single node has sequenced: key → (seq, when).
-#[derive(Debug, Default)]
-struct Remembered {
-    seqs: HashMap<Arc<str>, u64>,
-    order: VecDeque<(Instant, Arc<str>)>,
 }
 
 /// The modelcast engine: a cheap, cloneable handle.
@@ -97,10 +85,10 @@ impl Hub {
 
     fn build(config: HubConfig, engine: Option<Arc<dyn Engine>>) -> Self {
         Hub {
-            topics: Arc::new(Topics::new(config, engine.is_some())),
             throttle: Arc::default(),
+            remembered: Arc::new(Mutex::new(Remembered::new(config.idempotency_keys))),
+            topics: Arc::new(Topics::new(config, engine.is_some())),
             engine,
-            remembered: Arc::default(),
         }
     }
 
@@ -137,7 +125,9 @@ impl Hub {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> HubStats {
-        self.topics.stats.snapshot()
+        let mut stats = self.topics.stats.snapshot();
+        stats.keys = self.topics.keys.live() as u64;
+        stats
     }
 
     /// Why publishing cannot succeed now (the engine is unreachable), or `None`.
@@ -165,9 +155,8 @@ impl Hub {
     /// transitions release a pending update of their key first, everything else goes out now.
     /// Never blocks on subscribers. Throttling needs a tokio runtime (it arms timers).
     pub fn publish(&self, publish: Publish) -> Published {
-        let key = self.topics.keys.intern(publish.key.as_ref());
+        let Some(key) = publish.key.clone() else { return self.publish_now(publish, Vec::new()) };
         match (publish.kind, publish.throttle) {
-            _ if key == KeyId::NONE => self.publish_now(publish, Vec::new()),
             (Kind::Update, Some(interval)) => self.throttled(key, publish, interval),
             (Kind::Transition, _) => {
                 self.throttle.transition(key, publish, |p| self.publish_now(p, Vec::new()))
@@ -217,14 +206,17 @@ impl Hub {
         Ok(self.publish(publish))
     }
 
-    fn throttled(&self, key: KeyId, publish: Publish, interval: Duration) -> Published {
+    fn throttled(&self, key: Key, publish: Publish, interval: Duration) -> Published {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime, no timers: deliver rather than lose or hold the update.
             return self.publish_now(publish, Vec::new());
         };
         let topic = publish.topic;
         let stats = &self.topics.stats;
-        match self.throttle.offer(key, publish, interval, stats, |p| self.publish_now(p, vec![])) {
+        match self
+            .throttle
+            .offer(key.clone(), publish, interval, stats, |p| self.publish_now(p, vec![]))
+        {
             Offered::Sent { sent, window_end } => {
                 self.arm(&runtime, topic, key, window_end);
                 sent
@@ -233,11 +225,11 @@ impl Hub {
         }
     }
 
-    fn arm(&self, runtime: &tokio::runtime::Handle, topic: Topic, key: KeyId, at: Instant) {
+    fn arm(&self, runtime: &tokio::runtime::Handle, topic: Topic, key: Key, at: Instant) {
         let hub = self.clone();
         runtime.spawn(async move {
             tokio::time::sleep_until(at).await;
-            let next = hub.throttle.window_ended(topic, key, |p| hub.publish_now(p, Vec::new()));
+            let next = hub.throttle.window_ended(topic, &key, |p| hub.publish_now(p, Vec::new()));
             if let (Some(next), Ok(runtime)) = (next, tokio::runtime::Handle::try_current()) {
                 hub.arm(&runtime, topic, key, next);
             }
@@ -268,26 +260,20 @@ impl Hub {
     }
 
     /// A single node's idempotent publish: the first with `key` is sequenced, retries within
-    /// [`IDEMPOTENCY_TTL`] get its `seq`.
+    /// [`IDEMPOTENCY_TTL`](crate::IDEMPOTENCY_TTL) get its `seq` (see `idempotency.rs` for the
+    /// rule).
     fn publish_once(&self, key: Arc<str>, publish: Publish, parts: Vec<Publish>) -> Published {
         let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        while let Some((at, old)) = remembered.order.front().cloned() {
-            if now.duration_since(at) <= IDEMPOTENCY_TTL
-                && remembered.order.len() <= IDEMPOTENCY_KEYS
-            {
-                break;
+        match remembered.check(&key, now) {
+            Ok(Some(seq)) => Published::Sent { seq },
+            Ok(None) => {
+                let seq = self.topics.publish(publish, parts);
+                remembered.record(&key, seq, now);
+                Published::Sent { seq }
             }
-            remembered.order.pop_front();
-            remembered.seqs.remove(&old);
+            Err(refused) => Published::Appending(Pending::ready(Err(refused))),
         }
-        if let Some(seq) = remembered.seqs.get(&key) {
-            return Published::Sent { seq: *seq };
-        }
-        let seq = self.topics.publish(publish, parts);
-        remembered.seqs.insert(key.clone(), seq);
-        remembered.order.push_back((now, key));
-        Published::Sent { seq }
     }
 
     /// The frames retained on `topic` now, oldest first, as a new subscriber receives them
@@ -311,9 +297,18 @@ impl Hub {
         }
     }
 
-    /// Whether `key` has ever been used on this hub (keys are interned for the hub's life).
+    /// Whether something on this hub holds `key` now (retained state, history, a filter):
+    /// keys are freed with their last user.
     pub fn knows_key(&self, key: &str) -> bool {
         self.topics.keys.lookup(key).is_some()
+    }
+
+    /// A page of `topic`'s retained state, in the order a new subscriber receives it: the
+    /// frames after the cursor `after` (the previous page's [`StatePage::next`]), at least
+    /// `limit` unless the state ends first (a batch's parts, which share a `seq`, are never
+    /// split across pages).
+    pub fn state_page(&self, topic: Topic, after: Option<u64>, limit: usize) -> StatePage {
+        self.topics.retained_page(topic, after, limit)
     }
 
     /// Counts a conflation by the batcher (which lives outside the hub's core).

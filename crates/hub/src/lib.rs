@@ -61,9 +61,11 @@ mod engine;
 mod error;
 mod frame;
 mod hub;
+mod idempotency;
 mod keys;
 mod outbox;
 mod publish;
+mod retained;
 mod stats;
 mod throttle;
 mod topics;
@@ -75,8 +77,11 @@ pub use engine::{Append, Engine, MemoryEngine, Pending, Replica};
 pub use error::{DropReason, Error, MIN_MAX_HZ, Result};
 pub use frame::Frame;
 pub use hub::{Hub, Published};
+pub use idempotency::IDEMPOTENCY_TTL;
 pub use outbox::Delivery;
 pub use publish::{Key, Kind, Publish, Retain};
 pub use stats::{ConflateReason, HubStats, TopicStats};
-pub use topics::{Applied, HubConfig, Logged, SubscribeOptions, SubscribeOutcome, new_epoch};
+pub use topics::{
+    Applied, HubConfig, Logged, StatePage, SubscribeOptions, SubscribeOutcome, new_epoch,
+};
 pub use wire::StateChange;

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::error::DropReason;
 use crate::frame::{Frame, encode};
-use crate::keys::KeyId;
+use crate::keys::{KeyId, KeyRef, id_of};
 use crate::publish::Kind;
 use crate::stats::{ConflateReason, Stats};
 
@@ -131,7 +131,8 @@ pub(crate) struct TopicFrame {
     pub(crate) frame: Frame,
     pub(crate) topic: Topic,
     pub(crate) seq: u64,
-    pub(crate) key: KeyId,
+    /// The state key, held: history and retained state keep it interned.
+    pub(crate) key: Option<KeyRef>,
     pub(crate) kind: Kind,
     pub(crate) type_index: u8,
 }
@@ -141,7 +142,7 @@ impl TopicFrame {
         Delivery {
             frame: self.frame.clone(),
             topic: Some(self.topic),
-            key: self.key,
+            key: id_of(self.key.as_ref()),
             kind: self.kind,
             published_at,
             type_index: self.type_index,
@@ -177,18 +178,27 @@ struct Deferred {
     due: Instant,
     seq: u64,
     item: Delivery,
+    /// The subscription's interval: the key's next window starts when this goes out.
+    rate: Duration,
 }
 
-type Slot = (Topic, KeyId);
+/// A (topic, key) of a rate-limited subscription. The key is held, so it keeps meaning the
+/// same string for as long as something is held back for it.
+type Slot = (Topic, KeyRef);
 
 /// `max_hz` state: allocated on a connection's first rate-limited frame, so the per-delivery
-/// path of every other connection stays small.
+/// path of every other connection stays small. Bounded: at most the outbox's capacity of keys
+/// held back (past that, an update of another key goes out at once), and windows that ended are
+/// pruned as the map grows (past four times the capacity of open windows, all are forgotten:
+/// the next update of each key goes out at once).
 #[derive(Debug, Default)]
 struct Rated {
     /// The newest held-back update per (topic, key), and when it may go.
     deferred: HashMap<Slot, Deferred>,
-    /// When the last update per (topic, key) was queued.
-    last_sent: HashMap<Slot, Instant>,
+    /// When the next update per (topic, key) may go (its window's end).
+    next_send: HashMap<Slot, Instant>,
+    /// `next_send`'s size after its last pruning.
+    pruned_len: usize,
     /// The highest `seq` given per topic: a held-back update released below it is late.
     position: [u64; TOPICS],
 }
@@ -196,7 +206,19 @@ struct Rated {
 impl Rated {
     fn forget(&mut self, topic: Topic) {
         self.deferred.retain(|(t, _), _| *t != topic);
-        self.last_sent.retain(|(t, _), _| *t != topic);
+        self.next_send.retain(|(t, _), _| *t != topic);
+    }
+
+    /// Opens `slot`'s window until `until`, pruning windows that ended once the map doubled.
+    fn sent(&mut self, slot: Slot, until: Instant, now: Instant, capacity: usize) {
+        self.next_send.insert(slot, until);
+        if self.next_send.len() > 2 * self.pruned_len + 64 {
+            self.next_send.retain(|_, until| *until > now);
+            if self.next_send.len() > 4 * capacity {
+                self.next_send.clear();
+            }
+            self.pruned_len = self.next_send.len();
+        }
     }
 
     /// `item` (at `seq`) goes out now: marks it late if newer frames of its topic went out
@@ -308,56 +330,11 @@ impl Outbox {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues `item` (at `seq` of its topic; 0 for control frames), applying the
-    /// subscription's per-key `rate` (from `max_hz`). The `seq` is not stored in the delivery:
-    /// only rate-limited subscriptions need it, and every byte of a delivery is paid per
-    /// subscriber.
-    pub(crate) fn push(
-        &self,
-        item: Delivery,
-        seq: u64,
-        urgent: bool,
-        rate: Option<Duration>,
-        now: Instant,
-        stats: &Stats,
-    ) -> Pushed {
+    /// Queues a live `item` of a subscription without `max_hz`.
+    pub(crate) fn push(&self, item: Delivery, urgent: bool, stats: &Stats) -> Pushed {
         let mut state = self.lock();
         if state.closed.is_some() {
             return Pushed::Closed;
-        }
-        let mut item = item;
-        if let (Some(rate), Some(topic)) = (rate, item.topic) {
-            let rated = state.rated.get_or_insert_with(Box::default);
-            let slot = (topic, item.key);
-            if item.conflatable() {
-                let next = rated.last_sent.get(&slot).map(|last| *last + rate);
-                if let Some(due) = next.filter(|due| now < *due) {
-                    if let Some(old) = rated.deferred.insert(slot, Deferred { due, seq, item }) {
-                        stats.conflated(old.item.topic, ConflateReason::MaxHz, 1);
-                    }
-                    drop(state);
-                    self.notify.notify_one(); // the receiver may need an earlier deadline
-                    return Pushed::Deferred;
-                }
-                rated.last_sent.insert(slot, now);
-                // A held-back older value of the key is superseded, never sent after this one.
-                if let Some(old) = rated.deferred.remove(&slot) {
-                    stats.conflated(old.item.topic, ConflateReason::MaxHz, 1);
-                }
-            } else if item.key != KeyId::NONE {
-                // A transition or event releases the held-back update of its key first: the
-                // key's own order is kept.
-                rated.last_sent.insert(slot, now);
-                if let Some(held) = rated.deferred.remove(&slot) {
-                    let held = rated.release(held.item, held.seq);
-                    if self.enqueue(&mut state, held, false, stats) == Pushed::Dropped {
-                        return self.dropped(state);
-                    }
-                }
-            }
-            if let Some(rated) = state.rated.as_mut() {
-                item = rated.release(item, seq);
-            }
         }
         match self.enqueue(&mut state, item, urgent, stats) {
             Pushed::Dropped => self.dropped(state),
@@ -365,14 +342,75 @@ impl Outbox {
         }
     }
 
-    /// Queues frames (`(index, item, seq, urgent)`, in order) with one acquisition of the lock
-    /// — a fan-out of several messages locks each subscriber once, not once per message; none
-    /// at all when nothing passes its filter. Calls `queued(index)` for each frame queued now;
-    /// returns `false` once the outbox is closed or this push dropped the subscriber. With a
-    /// `rate` (`max_hz`) each frame goes through [`Outbox::push`].
-    pub(crate) fn push_many(
+    /// Queues the live `frame` (published `now`) of a subscription with a per-key `rate`
+    /// (from `max_hz`): an update inside its key's window is held back (replacing an older
+    /// held-back one) until the window ends.
+    pub(crate) fn push_rated(
         &self,
-        items: impl Iterator<Item = (usize, Delivery, u64, bool)>,
+        frame: &TopicFrame,
+        urgent: bool,
+        rate: Duration,
+        now: Instant,
+        stats: &Stats,
+    ) -> Pushed {
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            return Pushed::Closed;
+        }
+        let (seq, topic) = (frame.seq, frame.topic);
+        let mut item = frame.delivery(Some(now));
+        let capacity = self.capacity;
+        let rated = state.rated.get_or_insert_with(Box::default);
+        if let Some(key) = &frame.key {
+            let slot = (topic, key.clone());
+            if item.conflatable() {
+                let due = rated.next_send.get(&slot).copied().filter(|due| now < *due);
+                let room = rated.deferred.len() < capacity || rated.deferred.contains_key(&slot);
+                if let Some(due) = due.filter(|_| room) {
+                    let held = Deferred { due, seq, item, rate };
+                    if let Some(old) = rated.deferred.insert(slot, held) {
+                        stats.conflated(old.item.topic, ConflateReason::MaxHz, 1);
+                    }
+                    drop(state);
+                    self.notify.notify_one(); // the receiver may need an earlier deadline
+                    return Pushed::Deferred;
+                }
+                // A held-back older value of the key is superseded, never sent after this one.
+                if let Some(old) = rated.deferred.remove(&slot) {
+                    stats.conflated(old.item.topic, ConflateReason::MaxHz, 1);
+                }
+                rated.sent(slot, now + rate, now, capacity);
+            } else {
+                // A transition or event releases the held-back update of its key first: the
+                // key's own order is kept.
+                let held = rated.deferred.remove(&slot);
+                rated.sent(slot, now + rate, now, capacity);
+                if let Some(held) = held {
+                    let held = rated.release(held.item, held.seq);
+                    if self.enqueue(&mut state, held, false, stats) == Pushed::Dropped {
+                        return self.dropped(state);
+                    }
+                }
+            }
+        }
+        if let Some(rated) = state.rated.as_mut() {
+            item = rated.release(item, seq);
+        }
+        match self.enqueue(&mut state, item, urgent, stats) {
+            Pushed::Dropped => self.dropped(state),
+            outcome => outcome,
+        }
+    }
+
+    /// Queues frames (`(index, frame, urgent)`, in order, published `now`) with one
+    /// acquisition of the lock — a fan-out of several messages locks each subscriber once, not
+    /// once per message; none at all when nothing passes its filter. Calls `queued(index)` for
+    /// each frame queued now; returns `false` once the outbox is closed or this push dropped
+    /// the subscriber. With a `rate` (`max_hz`) each frame goes through
+    /// [`Outbox::push_rated`].
+    pub(crate) fn push_many<'a>(
+        &self,
+        items: impl Iterator<Item = (usize, &'a TopicFrame, bool)>,
         rate: Option<Duration>,
         now: Instant,
         stats: &Stats,
@@ -382,9 +420,9 @@ impl Outbox {
         if items.peek().is_none() {
             return true;
         }
-        if rate.is_some() {
-            for (index, item, seq, urgent) in items {
-                match self.push(item, seq, urgent, rate, now, stats) {
+        if let Some(rate) = rate {
+            for (index, frame, urgent) in items {
+                match self.push_rated(frame, urgent, rate, now, stats) {
                     Pushed::Queued => queued(index),
                     Pushed::Deferred => {}
                     Pushed::Closed | Pushed::Dropped => return false,
@@ -396,7 +434,8 @@ impl Outbox {
         if state.closed.is_some() {
             return false;
         }
-        for (index, item, _, urgent) in items {
+        for (index, frame, urgent) in items {
+            let item = frame.delivery(Some(now));
             if self.enqueue(&mut state, item, urgent, stats) == Pushed::Dropped {
                 self.dropped(state);
                 return false;
@@ -548,7 +587,7 @@ impl Outbox {
         if let Some(reason) = state.closed {
             return Err(reason);
         }
-        release_due(&mut state);
+        release_due(&mut state, self.capacity);
         let start = out.len();
         while out.len() - start < max {
             let Some(item) = state.pop() else { break };
@@ -589,30 +628,24 @@ impl Outbox {
 }
 
 /// Moves due `max_hz` updates into the routine lane (they were admitted when deferred), in
-/// `seq` order; each is marked late if newer frames of its topic went out meanwhile.
-fn release_due(state: &mut State) {
+/// `seq` order; each is marked late if newer frames of its topic went out meanwhile, and opens
+/// its key's next window.
+fn release_due(state: &mut State, capacity: usize) {
     // Most connections have no `max_hz`: no clock read for them.
     let Some(rated) = state.rated.as_mut().filter(|r| !r.deferred.is_empty()) else { return };
     let now = Instant::now();
-    let mut due: Vec<(u64, Delivery)> = Vec::new();
-    rated.deferred.retain(|_, d| {
-        if d.due <= now {
-            due.push((d.seq, d.item.clone()));
-            false
-        } else {
-            true
-        }
-    });
-    due.sort_by_key(|(seq, _)| *seq);
-    let released: Vec<Delivery> = due
+    let due_slots: Vec<Slot> =
+        rated.deferred.iter().filter(|(_, d)| d.due <= now).map(|(slot, _)| slot.clone()).collect();
+    let mut due: Vec<(Slot, Deferred)> = due_slots
         .into_iter()
-        .map(|(seq, item)| {
-            if let Some(topic) = item.topic {
-                rated.last_sent.insert((topic, item.key), now);
-            }
-            rated.release(item, seq)
-        })
+        .filter_map(|slot| rated.deferred.remove(&slot).map(|d| (slot, d)))
         .collect();
+    due.sort_by_key(|(_, d)| d.seq);
+    let mut released = Vec::with_capacity(due.len());
+    for (slot, held) in due {
+        rated.sent(slot, now + held.rate, now, capacity);
+        released.push(rated.release(held.item, held.seq));
+    }
     for item in released {
         state.place(item, false);
     }

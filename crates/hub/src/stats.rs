@@ -47,6 +47,8 @@ struct TopicCounters {
     delivered: AtomicU64,
     conflated: [AtomicU64; ConflateReason::ALL.len()],
     dropped: AtomicU64,
+    state_keys: AtomicU64,
+    state_evicted: AtomicU64,
 }
 
 /// The hub's live counters.
@@ -100,6 +102,16 @@ impl Stats {
         self.drops[reason as usize].fetch_add(1, Relaxed);
     }
 
+    /// The topic now holds state for `keys` keys.
+    pub(crate) fn state_keys(&self, topic: Topic, keys: usize) {
+        self.topics[topic.index()].state_keys.store(keys as u64, Relaxed);
+    }
+
+    /// A key's state was evicted to keep the topic within its cap.
+    pub(crate) fn state_evicted(&self, topic: Topic) {
+        self.topics[topic.index()].state_evicted.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn serialized(&self) {
         self.serializations.fetch_add(1, Relaxed);
     }
@@ -129,6 +141,8 @@ impl Stats {
                             .map(|&r| (r, t.conflated[r as usize].load(Relaxed)))
                             .collect(),
                         dropped: t.dropped.load(Relaxed),
+                        state_keys: t.state_keys.load(Relaxed),
+                        state_evicted: t.state_evicted.load(Relaxed),
                     }
                 })
                 .collect(),
@@ -143,6 +157,7 @@ impl Stats {
                 .collect(),
             serializations: self.serializations.load(Relaxed),
             connections: self.connections.load(Relaxed),
+            keys: 0,
         }
     }
 }
@@ -161,6 +176,9 @@ pub struct HubStats {
     pub serializations: u64,
     /// Connections open now.
     pub connections: u64,
+    /// Distinct keys and filter ids the hub holds now (state keys, subjects, filters): each
+    /// lives while something uses it.
+    pub keys: u64,
 }
 
 impl HubStats {
@@ -193,4 +211,9 @@ pub struct TopicStats {
     pub conflated_by: Vec<(ConflateReason, u64)>,
     /// Frames discarded because their subscriber was dropped.
     pub dropped: u64,
+    /// Keys the topic holds current state for now.
+    pub state_keys: u64,
+    /// Keys whose state was evicted because the topic held its maximum
+    /// ([`crate::HubConfig::state_max_keys`]).
+    pub state_evicted: u64,
 }

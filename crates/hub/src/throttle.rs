@@ -17,8 +17,7 @@ use std::time::Duration;
 use modelcast_protocol::Topic;
 use tokio::time::Instant;
 
-use crate::keys::KeyId;
-use crate::publish::Publish;
+use crate::publish::{Key, Publish};
 use crate::stats::{ConflateReason, Stats};
 
 #[derive(Debug)]
@@ -40,11 +39,11 @@ pub(crate) enum Offered<R> {
 /// The throttle's slots. Lock order: throttle, then a topic, then an outbox.
 #[derive(Debug, Default)]
 pub(crate) struct Throttle {
-    slots: Mutex<HashMap<(Topic, KeyId), Slot>>,
+    slots: Mutex<HashMap<(Topic, Key), Slot>>,
 }
 
 impl Throttle {
-    fn lock(&self) -> MutexGuard<'_, HashMap<(Topic, KeyId), Slot>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(Topic, Key), Slot>> {
         self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -52,7 +51,7 @@ impl Throttle {
     /// pending one).
     pub(crate) fn offer<R>(
         &self,
-        key: KeyId,
+        key: Key,
         publish: Publish,
         interval: Duration,
         stats: &Stats,
@@ -60,7 +59,7 @@ impl Throttle {
     ) -> Offered<R> {
         let topic = publish.topic;
         let mut slots = self.lock();
-        if let Some(slot) = slots.get_mut(&(topic, key)) {
+        if let Some(slot) = slots.get_mut(&(topic, key.clone())) {
             slot.interval = interval;
             if slot.pending.replace(publish).is_some() {
                 stats.conflated(Some(topic), ConflateReason::Throttle, 1);
@@ -75,7 +74,7 @@ impl Throttle {
     /// A transition of `key`: releases the pending update first, then sends the transition.
     pub(crate) fn transition<R>(
         &self,
-        key: KeyId,
+        key: Key,
         publish: Publish,
         mut send: impl FnMut(Publish) -> R,
     ) -> R {
@@ -91,11 +90,11 @@ impl Throttle {
     pub(crate) fn window_ended<R>(
         &self,
         topic: Topic,
-        key: KeyId,
+        key: &Key,
         send: impl FnOnce(Publish) -> R,
     ) -> Option<Instant> {
         let mut slots = self.lock();
-        let slot = slots.get_mut(&(topic, key))?;
+        let slot = slots.get_mut(&(topic, key.clone()))?;
         match slot.pending.take() {
             Some(pending) => {
                 let next = Instant::now() + slot.interval;
@@ -103,7 +102,7 @@ impl Throttle {
                 Some(next)
             }
             None => {
-                slots.remove(&(topic, key));
+                slots.remove(&(topic, key.clone()));
                 None
             }
         }

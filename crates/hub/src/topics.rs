@@ -12,9 +12,10 @@ use tokio::time::Instant;
 
 use crate::error::{DropReason, Error, MIN_MAX_HZ, Result};
 use crate::frame::{encode, encode_text, with_seq};
-use crate::keys::{Interner, KeyId};
+use crate::keys::{Interner, KeyId, KeyRef, id_of};
 use crate::outbox::{Outbox, Pushed, TopicFrame};
 use crate::publish::{Key, Kind, Publish, Retain};
+use crate::retained::{Entry, Retained};
 use crate::stats::Stats;
 use crate::wire::Wire;
 
@@ -35,6 +36,16 @@ pub struct HubConfig {
     /// How long a key's retained state lives without a newer message (default 24 hours):
     /// older state is dropped, so a publisher that vanished does not haunt new subscribers.
     pub retained_ttl: Duration,
+    /// Keys with retained state per topic (default 10,000): keeping one more evicts the key
+    /// updated longest ago, whose subscribers get `state_cleared`.
+    pub state_max_keys: usize,
+    /// Subjects a subscription's filter may list (default 256): a longer filter is refused
+    /// with [`Error::FilterTooLarge`].
+    pub filter_max_subjects: usize,
+    /// Idempotency keys remembered at once, each for
+    /// [`IDEMPOTENCY_TTL`](crate::IDEMPOTENCY_TTL) (default 100,000): with that many
+    /// unexpired, a publish with a new key is refused with [`Error::IdempotencyFull`].
+    pub idempotency_keys: usize,
 }
 
 impl Default for HubConfig {
@@ -45,6 +56,9 @@ impl Default for HubConfig {
             outbox_capacity: 1000,
             history_bytes: 256 << 20,
             retained_ttl: Duration::from_secs(24 * 3600),
+            state_max_keys: 10_000,
+            filter_max_subjects: 256,
+            idempotency_keys: 100_000,
         }
     }
 }
@@ -71,6 +85,24 @@ impl HubConfig {
     /// Sets [`HubConfig::history_bytes`].
     pub fn history_bytes(mut self, bytes: usize) -> Self {
         self.history_bytes = bytes;
+        self
+    }
+
+    /// Sets [`HubConfig::state_max_keys`].
+    pub fn state_max_keys(mut self, n: usize) -> Self {
+        self.state_max_keys = n;
+        self
+    }
+
+    /// Sets [`HubConfig::filter_max_subjects`].
+    pub fn filter_max_subjects(mut self, n: usize) -> Self {
+        self.filter_max_subjects = n;
+        self
+    }
+
+    /// Sets [`HubConfig::idempotency_keys`].
+    pub fn idempotency_keys(mut self, n: usize) -> Self {
+        self.idempotency_keys = n;
         self
     }
 
@@ -150,11 +182,19 @@ pub struct SubscribeOutcome {
     pub initial: usize,
 }
 
-type Filter = Option<Arc<HashSet<KeyId>>>;
+/// A subscription's subject filter: the ids it matches, and the held keys that keep each id
+/// meaning its string for as long as the filter exists (and no longer: a client's filter costs
+/// memory only while its subscription lives).
+struct Filter {
+    ids: HashSet<KeyId>,
+    _held: Vec<KeyRef>,
+}
 
-fn passes(filter: &Filter, subject: KeyId) -> bool {
+type FilterRef = Option<Arc<Filter>>;
+
+fn passes(filter: &FilterRef, subject: KeyId) -> bool {
     match filter {
-        Some(subjects) => subject == KeyId::NONE || subjects.contains(&subject),
+        Some(filter) => subject == KeyId::NONE || filter.ids.contains(&subject),
         None => true,
     }
 }
@@ -162,17 +202,8 @@ fn passes(filter: &Filter, subject: KeyId) -> bool {
 struct Sub {
     connection: u64,
     outbox: Arc<Outbox>,
-    filter: Filter,
+    filter: FilterRef,
     rate: Option<Duration>,
-}
-
-/// A sequenced message as history and retained state hold it.
-struct Entry {
-    frame: TopicFrame,
-    subject: KeyId,
-    urgent: bool,
-    /// When it was published (retained state expires by `retained_ttl`).
-    at: Instant,
 }
 
 #[derive(Default)]
@@ -183,19 +214,19 @@ struct TopicState {
     history: VecDeque<Entry>,
     /// The newest `Retain::Keep` message per state key, with when it was published; frames
     /// stored marked late, since they are only ever sent below a new subscription's position.
-    retained: HashMap<KeyId, Entry>,
+    retained: Retained,
     subs: Vec<Sub>,
 }
 
 impl TopicState {
-    /// Drops the oldest messages beyond the count, the age, and the byte budget shared by all
-    /// topics (`total`: the bytes of every topic's history).
     /// Drops retained state older than `retained_ttl`. Only where state is read (subscribe,
-    /// inspection), never per publish: it is bounded by the keys anyway.
+    /// inspection), never per publish: it is bounded by `state_max_keys` anyway.
     fn expire_retained(&mut self, config: &HubConfig, now: Instant) {
-        self.retained.retain(|_, e| now.duration_since(e.at) <= config.retained_ttl);
+        self.retained.expire(config.retained_ttl, now);
     }
 
+    /// Drops the oldest messages beyond the count, the age, and the byte budget shared by all
+    /// topics (`total`: the bytes of every topic's history).
     fn prune(&mut self, config: &HubConfig, now: Instant, total: &AtomicUsize) {
         while let Some(front) = self.history.front() {
             let over = self.history.len() > config.history_size
@@ -221,7 +252,6 @@ impl TopicState {
     }
 }
 
-/// One message serialized (without its `seq`) and interned, ready for the topic lock.
 /// A message recorded at its `seq`, to be fanned out.
 struct Recorded {
     frame: TopicFrame,
@@ -231,10 +261,11 @@ struct Recorded {
     type_index: u8,
 }
 
+/// One message serialized (without its `seq`) and its keys interned, ready for the topic lock.
 struct Prepared {
     text: String,
-    key: KeyId,
-    subject: KeyId,
+    key: Option<KeyRef>,
+    subject: Option<KeyRef>,
     retain: Retain,
     kind: Kind,
     urgent: bool,
@@ -250,11 +281,11 @@ impl Prepared {
             frame: if late { frame.late() } else { frame },
             topic,
             seq,
-            key: self.key,
+            key: self.key.clone(),
             kind: self.kind,
             type_index: self.type_index,
         };
-        Entry { frame, subject: self.subject, urgent: self.urgent, at }
+        Entry { frame, subject: self.subject.clone(), urgent: self.urgent, at }
     }
 }
 
@@ -367,8 +398,8 @@ impl Topics {
         };
         Prepared {
             text: encode_text(&frame, &self.stats),
-            key: self.keys.intern(publish.key.as_ref()),
-            subject: self.keys.intern(publish.subject.as_ref()),
+            key: self.keys.intern_opt(publish.key.as_ref()),
+            subject: self.keys.intern_opt(publish.subject.as_ref()),
             retain: publish.retain,
             kind: publish.kind,
             urgent: publish.urgent,
@@ -377,7 +408,7 @@ impl Topics {
     }
 
     fn prepare_wire(&self, wire: Wire) -> Prepared {
-        let intern = |k: &Option<String>| self.keys.intern(k.as_deref().map(Key::from).as_ref());
+        let intern = |k: &Option<String>| k.as_deref().map(|k| self.keys.intern(&Key::from(k)));
         Prepared {
             key: intern(&wire.key),
             subject: intern(&wire.subject),
@@ -469,19 +500,22 @@ impl Topics {
     ) -> Recorded {
         state.seq = seq;
         for part in std::iter::once(&main).chain(&parts) {
-            if part.key == KeyId::NONE {
-                continue;
-            }
+            let Some(key) = &part.key else { continue };
             match part.retain {
                 Retain::No => {}
                 Retain::Clear => {
-                    state.retained.remove(&part.key);
+                    state.retained.remove(key.id());
                 }
                 Retain::Keep => {
-                    state.retained.insert(part.key, part.entry(topic, seq, at, true));
+                    let entry = part.entry(topic, seq, at, true);
+                    if let Some(evicted) = state.retained.keep(entry, self.config.state_max_keys) {
+                        self.stats.state_evicted(topic);
+                        self.tell_cleared(state, topic, &evicted);
+                    }
                 }
             }
         }
+        self.stats.state_keys(topic, state.retained.len());
         let entry = main.entry(topic, seq, at, false);
         let frame = entry.frame.clone();
         self.history_bytes.fetch_add(frame.frame.len(), Ordering::Relaxed);
@@ -492,7 +526,7 @@ impl Topics {
         Recorded {
             frame,
             seq,
-            subject: main.subject,
+            subject: id_of(main.subject.as_ref()),
             urgent: main.urgent,
             type_index: main.type_index,
         }
@@ -517,8 +551,13 @@ impl Topics {
                 if !passes(&sub.filter, one.subject) {
                     continue;
                 }
-                let delivery = one.frame.delivery(Some(now));
-                match sub.outbox.push(delivery, one.seq, one.urgent, sub.rate, now, &self.stats) {
+                let pushed = match sub.rate {
+                    None => sub.outbox.push(one.frame.delivery(Some(now)), one.urgent, &self.stats),
+                    Some(rate) => {
+                        sub.outbox.push_rated(&one.frame, one.urgent, rate, now, &self.stats)
+                    }
+                };
+                match pushed {
                     Pushed::Queued => {
                         delivered[0] += 1;
                         true
@@ -531,7 +570,7 @@ impl Topics {
                     .iter()
                     .enumerate()
                     .filter(|(_, r)| passes(&sub.filter, r.subject))
-                    .map(|(j, r)| (j, r.frame.delivery(Some(now)), r.seq, r.urgent));
+                    .map(|(j, r)| (j, &r.frame, r.urgent));
                 sub.outbox.push_many(passing, sub.rate, now, &self.stats, |j| delivered[j] += 1)
             };
             if !alive {
@@ -590,9 +629,11 @@ impl Topics {
             self.history_bytes.fetch_add(entry.frame.frame.len(), Ordering::Relaxed);
             state.history.push_back(entry);
         }
-        for (p, seq, at) in retained.into_iter().filter(|(p, ..)| p.key != KeyId::NONE) {
-            state.retained.insert(p.key, p.entry(topic, seq, at, true));
+        for (p, seq, at) in retained.into_iter().filter(|(p, ..)| p.key.is_some()) {
+            // Past the cap the least recently updated keys leave (as they would have here).
+            let _ = state.retained.keep(p.entry(topic, seq, at, true), self.config.state_max_keys);
         }
+        self.stats.state_keys(topic, state.retained.len());
         state.prune(&self.config, now, &self.history_bytes);
         state.expire_retained(&self.config, now);
         // Every subscriber restarts from the same old position. (A node is never ahead of the
@@ -645,7 +686,7 @@ impl Topics {
         outbox: &Arc<Outbox>,
         topic: Topic,
         start: Start,
-        filter: &Filter,
+        filter: &FilterRef,
         rated: bool,
         request_id: Option<RequestId>,
     ) -> Result<SubscribeOutcome> {
@@ -654,14 +695,15 @@ impl Topics {
             state
                 .history
                 .iter()
-                .filter(move |e| e.frame.seq > after && passes(filter, e.subject))
+                .filter(move |e| e.frame.seq > after && passes(filter, e.subject_id()))
                 .map(|e| (e.frame.clone(), e.urgent))
         };
         let retained = || {
-            let mut entries: Vec<&Entry> =
-                state.retained.values().filter(|e| passes(filter, e.subject)).collect();
-            entries.sort_by(|a, b| state_order(&a.frame, &b.frame));
-            entries.into_iter().map(|e| (e.frame.clone(), e.urgent))
+            state
+                .retained
+                .in_order()
+                .filter(|e| passes(filter, e.subject_id()))
+                .map(|e| (e.frame.clone(), e.urgent))
         };
         let (position, initial): (u64, Vec<(TopicFrame, bool)>) = match start {
             Start::State => (top, retained().collect()),
@@ -714,10 +756,18 @@ impl Topics {
             }
             Some(hz) => return Err(Error::InvalidMaxHz(hz)),
         };
-        let filter: Filter = options.subjects.map(|subjects| {
-            let intern = |s: &String| self.keys.intern(Some(&s.as_str().into()));
-            Arc::new(subjects.iter().map(intern).collect())
-        });
+        let max = self.config.filter_max_subjects;
+        let filter: FilterRef = match options.subjects {
+            Some(subjects) if subjects.len() > max => {
+                return Err(Error::FilterTooLarge { got: subjects.len(), max });
+            }
+            Some(subjects) => {
+                let held: Vec<KeyRef> =
+                    subjects.iter().map(|s| self.keys.intern(&Key::from(s.as_str()))).collect();
+                Some(Arc::new(Filter { ids: held.iter().map(KeyRef::id).collect(), _held: held }))
+            }
+            None => None,
+        };
         let now = Instant::now();
         let mut state = self.lock(topic);
         state.prune(&self.config, now, &self.history_bytes);
@@ -759,36 +809,71 @@ impl Topics {
     /// Removes `key`'s retained state on `topic` and tells the subscribers whose filter passes
     /// it (a `state_cleared` control frame). Returns whether there was any.
     pub(crate) fn clear_state(&self, topic: Topic, key: &str) -> bool {
-        let Some(id) = self.keys.lookup(key) else { return false };
+        let Some(held) = self.keys.lookup(key) else { return false };
         let mut state = self.lock(topic);
-        let Some(entry) = state.retained.remove(&id) else { return false };
+        let Some(entry) = state.retained.remove(held.id()) else { return false };
+        self.stats.state_keys(topic, state.retained.len());
+        self.tell_cleared(&state, topic, &entry);
+        true
+    }
+
+    /// Tells the subscribers of `topic` whose filter passes `entry` that its key's state is gone
+    /// (a `state_cleared` control frame).
+    fn tell_cleared(&self, state: &TopicState, topic: Topic, entry: &Entry) {
+        let Some(key) = &entry.frame.key else { return };
         let notice = ServerMessage::StateCleared(modelcast_protocol::StateCleared {
             topic,
-            key: key.to_owned(),
+            key: key.name().to_string(),
             timestamp: chrono::Utc::now(),
         });
         let type_index = u8::try_from(notice.type_index()).unwrap_or_default();
         let frame = encode(&ServerFrame::control(notice), &self.stats);
-        for sub in state.subs.iter().filter(|s| passes(&s.filter, entry.subject)) {
+        for sub in state.subs.iter().filter(|s| passes(&s.filter, entry.subject_id())) {
             sub.outbox.push_control(frame.clone(), type_index, &self.stats);
         }
-        true
     }
 
-    /// The frames retained on `topic` now, oldest first (as a new subscriber gets them).
+    /// The frames retained on `topic` now, in the order a new subscriber gets them.
     pub(crate) fn retained(&self, topic: Topic) -> Vec<crate::Frame> {
+        self.retained_page(topic, None, usize::MAX).frames
+    }
+
+    /// A page of the frames retained on `topic`: those after the cursor `after` (from the
+    /// previous page), at least `limit` unless the state ends first (the keys of one `seq`, a
+    /// batch's parts, are never split).
+    pub(crate) fn retained_page(
+        &self,
+        topic: Topic,
+        after: Option<u64>,
+        limit: usize,
+    ) -> StatePage {
         let mut state = self.lock(topic);
         state.expire_retained(&self.config, Instant::now());
-        let mut entries: Vec<&Entry> = state.retained.values().collect();
-        entries.sort_by(|a, b| state_order(&a.frame, &b.frame));
-        entries.into_iter().map(|e| e.frame.frame.clone()).collect()
+        let (entries, next) = state.retained.page(after, limit);
+        StatePage {
+            frames: entries.into_iter().map(|e| e.frame.frame.clone()).collect(),
+            next,
+            epoch: state.epoch.to_string(),
+            seq: state.seq,
+            keys: state.retained.len(),
+        }
     }
 }
 
-/// The order current state is sent in: by `seq`, and the parts of one batch (which share its
-/// `seq`) by their bytes — the same order on every node, whatever the map's.
-fn state_order(a: &TopicFrame, b: &TopicFrame) -> std::cmp::Ordering {
-    a.seq.cmp(&b.seq).then_with(|| a.frame.as_bytes().cmp(b.frame.as_bytes()))
+/// A page of a topic's retained state ([`crate::Hub::state_page`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StatePage {
+    /// The frames, as a new subscriber receives them (marked `"late":true`).
+    pub frames: Vec<crate::Frame>,
+    /// The cursor of the next page (pass it as `after`), or `None` after the last.
+    pub next: Option<u64>,
+    /// The topic's epoch.
+    pub epoch: String,
+    /// The topic's newest `seq`.
+    pub seq: u64,
+    /// How many keys the topic holds state for, all pages together.
+    pub keys: usize,
 }
 
 /// For a subscription recovering from `after`: the retained value of every key that nothing
@@ -797,21 +882,20 @@ fn state_order(a: &TopicFrame, b: &TopicFrame) -> std::cmp::Ordering {
 /// connection was lost in the middle of the current state sent after `subscribed` — so a
 /// recovery sends it again: applying a key's newest value twice is harmless, losing it is not.
 /// Keys touched after `after` are left to the replay.
-fn state_below(state: &TopicState, after: u64, filter: &Filter) -> Vec<(TopicFrame, bool)> {
+fn state_below(state: &TopicState, after: u64, filter: &FilterRef) -> Vec<(TopicFrame, bool)> {
     let mut newest_in_history: HashMap<KeyId, u64> = HashMap::new();
     for entry in &state.history {
-        newest_in_history.insert(entry.frame.key, entry.frame.seq);
+        newest_in_history.insert(id_of(entry.frame.key.as_ref()), entry.frame.seq);
     }
-    let mut frames: Vec<(TopicFrame, bool)> = state
+    state
         .retained
-        .iter()
-        .filter(|(key, e)| {
+        .in_order()
+        .filter(|e| {
+            let key = id_of(e.frame.key.as_ref());
             e.frame.seq <= after
-                && newest_in_history.get(key).is_none_or(|seq| *seq <= e.frame.seq)
-                && passes(filter, e.subject)
+                && newest_in_history.get(&key).is_none_or(|seq| *seq <= e.frame.seq)
+                && passes(filter, e.subject_id())
         })
-        .map(|(_, e)| (e.frame.clone(), e.urgent))
-        .collect();
-    frames.sort_by(|(a, _), (b, _)| state_order(a, b));
-    frames
+        .map(|e| (e.frame.clone(), e.urgent))
+        .collect()
 }
