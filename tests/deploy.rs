@@ -2,6 +2,7 @@
 //! front of a server; WebSockets pass through it, and per-IP limits see each client's address
 //! (from `X-Forwarded-For`, the trusted-proxy setting), not nginx's.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -126,4 +127,104 @@ async fn nginx_passes_websockets_and_the_server_sees_each_clients_address() {
     let mut reply = String::new();
     http.read_to_string(&mut reply).await.unwrap();
     assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("\"ok\""), "{reply}");
+}
+
+/// A systemd `EnvironmentFile=` as systemd reads it (systemd.exec(5)): `KEY=VALUE` lines,
+/// `#` and `;` lines ignored, values in double quotes (with backslash escapes) or single
+/// quotes, unquoted values with surrounding whitespace stripped.
+fn systemd_environment(text: &str) -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::new();
+    for line in text.lines().map(str::trim_start) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else { continue };
+        let value = value.trim_start();
+        let value = if let Some(rest) = value.strip_prefix('"') {
+            let mut out = String::new();
+            let mut chars = rest.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => out.extend(chars.next()),
+                    c => out.push(c),
+                }
+            }
+            out
+        } else if let Some(rest) = value.strip_prefix('\'') {
+            rest.split('\'').next().unwrap_or_default().to_owned()
+        } else {
+            value.trim_end().to_owned()
+        };
+        vars.insert(key.trim().to_owned(), value);
+    }
+    vars
+}
+
+/// Probe finding 14: `set -a; . ./production.env` read `alerts=admin|ops` as a pipe and
+/// dropped the roles without a word. The file must mean the same to a shell and to systemd,
+/// and the server must accept every value in it.
+#[test]
+fn production_env_means_the_same_to_a_shell_and_to_systemd_and_is_valid() {
+    let path = root().join("deploy/production.env");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let systemd = systemd_environment(&text);
+    let out = Command::new("bash")
+        .args(["-c", r#"set -a; . "$1"; set +a; env -0"#, "_"])
+        .arg(&path)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "the shell complained: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shell: BTreeMap<String, String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split('\0')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| systemd.contains_key(*k))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert_eq!(shell, systemd, "the shell and systemd read different values");
+    assert_eq!(systemd["MODELCAST_TOPIC_ROLES"], "analytics_updates=admin,alerts=admin|ops");
+    assert!(systemd.contains_key("MODELCAST_TRUSTED_PROXIES"), "the nginx site asks for it");
+
+    // Every value is valid (with the secrets the file leaves to a secret store).
+    let dir = std::env::temp_dir().join(format!("modelcast-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (private, public) = (dir.join("private.pem"), dir.join("public.pem"));
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl").args(args).stderr(Stdio::null()).status().unwrap();
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let private_path = private.display().to_string();
+    let public_path = public.display().to_string();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &private_path,
+    ]);
+    openssl(&["pkey", "-in", &private_path, "-pubout", "-out", &public_path]);
+    let out = Command::new(modelcast_tests::server_util::binary())
+        .arg("--check-config")
+        .env_clear()
+        .envs(&systemd)
+        .env("MODELCAST_JWT_PUBLIC_KEY", &public)
+        .env("MODELCAST_PUBLISH_KEYS", "a-publish-key-of-32-characters--")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("topic roles: analytics_updates=admin,alerts=admin|ops"), "{said}");
+    assert!(said.contains("trusted proxies: 127.0.0.1/32,::1/128"), "{said}");
+    assert!(said.contains("authentication: JWT required"), "{said}");
 }

@@ -82,6 +82,14 @@ async fn bad_tokens_are_refused_at_the_handshake() {
         ),
         ("no expiry", token(json!({"sub": "a", "aud": "modelcast"}), SECRET), "exp"),
         ("garbage", "not.a.jwt".to_owned(), "invalid"),
+        // Probe finding 12: without `sub`, every such token was the user "" (and could
+        // replace the others' connections).
+        ("no subject", token(json!({"exp": now() + 60, "aud": "modelcast"}), SECRET), "`sub`"),
+        (
+            "empty subject",
+            token(json!({"sub": "", "exp": now() + 60, "aud": "modelcast"}), SECRET),
+            "`sub`",
+        ),
     ];
     for (what, t, needle) in cases {
         let (status, body) = refused(&server, &format!("/ws/x?token={t}"), None).await;

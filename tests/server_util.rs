@@ -167,6 +167,14 @@ pub struct Client {
 }
 
 impl Client {
+    /// Opens a WebSocket to `path` on `addr` without reading anything.
+    pub async fn connect(addr: SocketAddr, path: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+            .await
+            .expect("websocket handshake");
+        Client { ws }
+    }
+
     /// Sends a JSON text frame.
     pub async fn send_json(&mut self, v: &Value) {
         self.ws.send(Message::Text(v.to_string().into())).await.expect("send");
@@ -330,5 +338,91 @@ async fn pump(a: TcpStream, b: TcpStream, conn: ProxiedConn) {
         () = copy(ar, bw, frozen.clone()) => {}
         () = copy(br, aw, frozen) => {}
         () = conn.killed.notified() => {}
+    }
+}
+
+/// The real `modelcast` binary on a free port (its stdout and stderr piped), killed on drop:
+/// for what only a process shows — its memory, its signals, its log.
+#[derive(Debug)]
+pub struct BinaryServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The process.
+    pub child: std::process::Child,
+}
+
+impl BinaryServer {
+    /// Starts the binary with `args` (after `--bind`) and `env`, its output discarded, and
+    /// waits until it serves.
+    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with(args, env, std::process::Stdio::null(), std::process::Stdio::null()).await
+    }
+
+    /// As [`BinaryServer::start`], with its stdout and stderr going to `stdout` and `stderr`.
+    pub async fn start_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdout: std::process::Stdio,
+        stderr: std::process::Stdio,
+    ) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = std::process::Command::new(binary())
+            .args(["--bind", &addr.to_string()])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn modelcast");
+        let server = Self { addr, child };
+        for _ in 0..200 {
+            if http_request_full(addr, "GET", "/healthz", &[], None).await.is_some() {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the binary did not serve on {addr}");
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `/proc/<pid>/status` figure in KiB: `VmRSS` (resident now) or `VmHWM` (the peak).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"))
+    }
+
+    /// Sends `signal` (e.g. `-TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
+        let sent = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
+    /// Waits up to `patience` for the process to exit; its status if it did.
+    pub async fn exited_within(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + patience;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

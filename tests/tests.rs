@@ -1,12 +1,15 @@
 //! modelcast's one integration-test binary. Each module is one area; helpers live in `lib.rs`.
 
+mod bounded;
 mod client;
 mod cluster;
 mod codegen;
 mod contract_model;
 mod delivery_contract;
 mod deploy;
+mod edge;
 mod hub_backpressure;
+mod hub_bounds;
 mod hub_fanout;
 mod hub_state;
 mod hub_timing;

@@ -97,3 +97,40 @@ test("the dashboard with a token whose roles forbid a topic: that topic is liste
   await until(() => browser.evaluate(`document.querySelector("#model-gamma .status")?.textContent === "corrupted"`), "a card from an allowed topic", 15000);
   assert.deepEqual(browser.problems, [], "no console errors");
 });
+
+test("published text is shown as text, never run, under the page's Content-Security-Policy", async () => {
+  const server = await startServer();
+  cleanups.push(() => server.stop());
+  const payloads = [
+    `<img src=x onerror="window.__xss='img'">`,
+    `"><script>window.__xss='script'</script>`,
+    `<svg onload="window.__xss='svg'"></svg>`,
+    `javascript:window.__xss='url'`,
+    `' onmouseover='window.__xss=1' x='`,
+    "${window.__xss='template'}",
+  ];
+  const browser = await launch();
+  cleanups.push(() => browser.close());
+  await browser.goto(`${server.base}/`);
+  await until(() => browser.evaluate(`document.getElementById("conn").textContent === "open"`), "connected", 15000);
+  const frames = payloads.flatMap((p, i) => [
+    alert(`x${i}`, { title: p, message: p, source: p }),
+    status(`m${i}${p}`),
+    { type: "health_monitoring_alert", data: { model_id: `h${i}${p}`, health_status: "degraded",
+      is_healthy: false, issues: [p], integrity_score: 0.5, file_count: 1, total_size_mb: 1 } },
+    { type: "generation_progress", data: { task_id: `t${i}${p}`, model_id: p, status: "running", progress_percent: 5, message: p } },
+  ]);
+  await publish(server.base, frames);
+  await until(
+    () => browser.evaluate(`document.querySelectorAll(".card[data-model]").length >= ${payloads.length}`),
+    "a card per model",
+    15000,
+  );
+  await until(() => browser.evaluate(`document.querySelectorAll("#feed li").length >= ${payloads.length}`), "the alerts", 15000);
+  const text = await browser.evaluate("document.body.textContent");
+  for (const p of payloads) assert.ok(text.includes(p), `shown as text: ${p}`);
+  assert.equal(await browser.evaluate("typeof window.__xss"), "undefined", "nothing ran");
+  assert.equal(await browser.evaluate(`document.querySelectorAll('img[src="x"], script:not([src])').length`), 0);
+  assert.equal(await browser.evaluate(`document.querySelectorAll("svg[onload], [onerror], [onmouseover]").length`), 0);
+  assert.deepEqual(browser.problems, [], "no console errors (a blocked injection would be one)");
+});

@@ -3,7 +3,8 @@
 //! Readers stay lenient (an unknown status is kept as `Other`, as the schemas promise); the
 //! server, as the newest writer, is strict: every field the schema requires is present with
 //! its type, closed vocabularies hold known values only, and numbers are in their range
-//! (percentages 0–100, scores 0–1, sizes and durations ≥ 0, downloaded ≤ total). The walk is
+//! (percentages 0–100, scores 0–1, sizes and durations ≥ 0, downloaded ≤ total), and ids
+//! (`model_id`, `task_id`…) are not empty. The walk is
 //! driven by the generated per-type schema, so it covers every type without a list to keep.
 
 use std::collections::BTreeMap;
@@ -122,6 +123,11 @@ impl Walk<'_> {
                         "`{s}` is not a timestamp: expected RFC 3339, e.g. 2025-08-27T10:30:00Z"
                     ),
                 );
+            }
+            // An id names what the message is about (the state key, the filter subject): a
+            // message about nothing nameable cannot be shown, filtered or cleared.
+            Value::String(s) if s.is_empty() && field.is_some_and(|f| f.ends_with("_id")) => {
+                self.problem(path, "must not be empty: it names what the message is about".into());
             }
             _ => {}
         }
@@ -262,5 +268,21 @@ mod tests {
         );
         assert!(found.iter().any(|p| p.starts_with("data.progress_percent: 150 is out of range")));
         assert!(found.iter().any(|p| p.contains("RFC 3339")));
+    }
+
+    #[test]
+    fn ids_must_name_something() {
+        let found = paths(
+            "alert",
+            json!({"alert_id": "", "level": "warning", "title": "t", "message": "m",
+                   "model_id": "", "timestamp": "2025-08-27T10:30:00Z"}),
+        );
+        assert_eq!(
+            found,
+            [
+                "data.alert_id: must not be empty: it names what the message is about",
+                "data.model_id: must not be empty: it names what the message is about"
+            ]
+        );
     }
 }

@@ -421,25 +421,32 @@ pub fn openapi() -> Value {
                     "401": error("A publish key is required"),
                     "403": error("Wrong publish key, or a browser origin that may not publish"),
                     "408": error("The body did not arrive within MODELCAST_BODY_TIMEOUT"),
-                    "413": error("The body is larger than MODELCAST_MAX_PUBLISH_BYTES"),
-                    "503": error("Too many HTTP connections at once, or (in a cluster) Redis cannot store messages now: code `unavailable`, nothing was sequenced locally; retry after Retry-After, with the same Idempotency-Key")
+                    "413": error("The body (or its declared Content-Length, refused before it is read) is larger than MODELCAST_MAX_PUBLISH_BYTES"),
+                    "503": error("Too many HTTP connections at once, or (in a cluster) Redis cannot store messages now: code `unavailable`, nothing was sequenced locally; or the server holds MODELCAST_IDEMPOTENCY_KEYS unexpired idempotency keys: code `idempotency_keys_full`, nothing was published. Retry after Retry-After, with the same Idempotency-Key")
                 }
             }},
             "/api/state": {"get": {
-                "summary": "The current state a new subscriber to a topic receives first",
-                "parameters": [{"name": "topic", "in": "query", "required": true, "schema": {"$ref": "#/components/schemas/Topic"}}],
+                "summary": "The current state a new subscriber to a topic receives first, a page at a time",
+                "description": "Frames in the order a new subscriber receives them (by the seq of each key's newest message). A page holds at least `limit` frames unless the state ends first; the keys of one seq (a batch's parts) are never split across pages. Pass `next` as `after` for the following page; a key updated meanwhile may come again, later, with its newer value.",
+                "parameters": [
+                    {"name": "topic", "in": "query", "required": true, "schema": {"$ref": "#/components/schemas/Topic"}},
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
+                    {"name": "after", "in": "query", "required": false, "description": "The `next` of the previous page", "schema": {"type": "integer", "minimum": 0}}
+                ],
                 "responses": {
-                    "200": {"description": "The frames, as a subscriber receives them", "content": {"application/json": {"schema": {
+                    "200": {"description": "A page of the frames, as a subscriber receives them", "content": {"application/json": {"schema": {
                         "type": "object",
-                        "required": ["topic", "epoch", "seq", "state"],
+                        "required": ["topic", "epoch", "seq", "keys", "next", "state"],
                         "properties": {
                             "topic": {"$ref": "#/components/schemas/Topic"},
                             "epoch": {"type": "string"},
                             "seq": {"type": "integer", "minimum": 0},
+                            "keys": {"type": "integer", "minimum": 0, "description": "Keys with state, all pages together"},
+                            "next": {"type": ["integer", "null"], "minimum": 0, "description": "The cursor of the next page; null after the last"},
                             "state": {"type": "array", "items": {"type": "object"}}
                         }
                     }}}},
-                    "400": error("Missing or unknown topic"),
+                    "400": error("Missing or unknown topic, or a bad limit or cursor"),
                     "401": error("MODELCAST_METRICS_TOKEN is set and missing")
                 }
             }},

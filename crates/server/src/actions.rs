@@ -240,6 +240,10 @@ pub(crate) fn handle_frame(
                 Err(err @ modelcast_hub::Error::InvalidMaxHz(_)) => {
                     reply_error(app, conn, ErrorCode::InvalidMessage, err.to_string(), s.id);
                 }
+                Err(err @ modelcast_hub::Error::FilterTooLarge { .. }) => {
+                    let message = format!("filter.model_ids: {err} (MODELCAST_MAX_FILTER_IDS)");
+                    reply_error(app, conn, ErrorCode::InvalidMessage, message, s.id);
+                }
                 Err(modelcast_hub::Error::Behind { topic, .. }) => {
                     subscribe_when_caught_up(app, conn, topic, options);
                 }

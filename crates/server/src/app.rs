@@ -61,6 +61,9 @@ impl Server {
             .history_age(config.history_age)
             .history_bytes(config.history_bytes)
             .retained_ttl(config.state_ttl)
+            .state_max_keys(config.state_max_keys)
+            .filter_max_subjects(config.max_filter_ids)
+            .idempotency_keys(config.idempotency_keys)
             .outbox_capacity(config.queue_size);
         let node_id = node_id(&config);
         let engine = match &config.redis_url {
@@ -71,6 +74,7 @@ impl Server {
                     prefix: config.redis_prefix.clone(),
                     node: node_id.clone(),
                     history_size: config.history_size,
+                    state_max_keys: config.state_max_keys,
                 };
                 let engine =
                     RedisEngine::start(settings, CancellationToken::new()).await.map_err(|e| {
@@ -118,7 +122,12 @@ impl Server {
     ) -> std::io::Result<Self> {
         let security = Security::from_config(&config)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let listener = TcpListener::bind(config.bind).await?;
+        let listener = TcpListener::bind(config.bind).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {} (MODELCAST_BIND / --bind): {e}", config.bind),
+            )
+        })?;
         let policy = notifiers.policy().clone();
         let hub = policy.hub().clone();
         // Sized for many idle connections: a 1 KiB eager read buffer (client frames are small;

@@ -4,8 +4,10 @@
 //! Per topic `T` (the topic is the Redis Cluster hash tag, so one topic's keys share a slot):
 //! `{prefix}:{T}:meta` (hash: `epoch`, `seq`), `{prefix}:{T}:log` (stream, entry id `0-<seq>`,
 //! fields `p` payload and `t` publish time in ms, capped at `history_size`), `{prefix}:{T}:ret`
-//! (hash: state key → `seq\nms\npayload`), `{prefix}:{T}:idem:<key>` (idempotency keys) and
-//! the channel `{prefix}:{T}:ch`. One Lua script appends atomically: epoch, `HINCRBY`,
+//! (hash: state key → `seq\nms\npayload`), `{prefix}:{T}:reto` (sorted set: state key by the
+//! seq of its newest message, to evict the least recently updated past
+//! `MODELCAST_STATE_MAX_KEYS`), `{prefix}:{T}:idem:<key>` (idempotency keys) and the channel
+//! `{prefix}:{T}:ch`. One Lua script appends atomically: epoch, `HINCRBY`,
 //! `XADD`, retained state, `PUBLISH` `m\n<epoch>\n<seq>\n<ms>\n<payload>`.
 //!
 //! Every node, the publishing one included, applies messages from the channel in `seq` order
@@ -42,12 +44,18 @@ redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], '0-' .. seq, 'p', ARGV[3], 't', ARGV[4])
-for i = 8, #ARGV, 3 do
+for i = 9, #ARGV, 3 do
   if ARGV[i] == 'k' then
     redis.call('HSET', KEYS[3], ARGV[i + 1], seq .. '\n' .. ARGV[4] .. '\n' .. ARGV[i + 2])
+    redis.call('ZADD', KEYS[5], seq, ARGV[i + 1])
   else
     redis.call('HDEL', KEYS[3], ARGV[i + 1])
+    redis.call('ZREM', KEYS[5], ARGV[i + 1])
   end
+end
+while redis.call('ZCARD', KEYS[5]) > tonumber(ARGV[8]) do
+  local oldest = redis.call('ZPOPMIN', KEYS[5])
+  redis.call('HDEL', KEYS[3], oldest[1])
 end
 redis.call('PUBLISH', ARGV[1], 'm\n' .. epoch .. '\n' .. seq .. '\n' .. ARGV[4] .. '\n' .. ARGV[3])
 if ARGV[7] == '1' then redis.call('SET', KEYS[4], seq, 'EX', ARGV[6]) end
@@ -81,6 +89,7 @@ return 0
 
 /// Clears a key's retained state and tells every node.
 const CLEAR: &str = r#"
+redis.call('ZREM', KEYS[2], ARGV[2])
 if redis.call('HDEL', KEYS[1], ARGV[2]) == 1 then
   redis.call('PUBLISH', ARGV[1], 'c\n' .. ARGV[2])
   return 1
@@ -101,6 +110,9 @@ struct TopicKeys {
     meta: String,
     log: String,
     ret: String,
+    /// The retained keys by the seq of their newest message (a sorted set): the least recently
+    /// updated leaves first when the topic holds `MODELCAST_STATE_MAX_KEYS`, as on every node.
+    order: String,
     channel: String,
     /// `<idem><key>` is an idempotency key's record.
     idem: String,
@@ -115,6 +127,8 @@ struct Keys {
     epoch: String,
     /// This node's probe channel.
     probe: String,
+    /// This node's write probe (a key that expires).
+    alive: String,
 }
 
 impl Keys {
@@ -127,6 +141,7 @@ impl Keys {
                     meta: format!("{base}meta"),
                     log: format!("{base}log"),
                     ret: format!("{base}ret"),
+                    order: format!("{base}reto"),
                     channel: format!("{base}ch"),
                     idem: format!("{base}idem:"),
                 }
@@ -137,6 +152,7 @@ impl Keys {
             topics,
             epoch: format!("{prefix}:epoch"),
             probe: format!("{prefix}:probe:{node}"),
+            alive: format!("{prefix}:alive:{node}"),
         }
     }
 
@@ -154,6 +170,8 @@ impl Keys {
 pub(crate) struct Health {
     up: AtomicBool,
     reason: Mutex<String>,
+    /// What is wrong with Redis's configuration but does not stop the engine (found at start).
+    warning: Mutex<Option<String>>,
     /// Appends that failed (Redis unreachable or erroring).
     pub(crate) append_failures: AtomicU64,
     /// Topic repairs from the log (holes, reconnects, checks).
@@ -172,11 +190,16 @@ impl Health {
             tracing::info!("redis engine is up");
         }
     }
+    /// The engine cannot take appends now, for `reason`: logged at warn when it goes down and
+    /// whenever the reason changes (once, not per retry), so an operator sees why from the
+    /// log alone — also when it never came up (a `NOAUTH` or a read-only replica from start).
     fn set_down(&self, reason: String) {
-        if self.up.swap(false, Ordering::SeqCst) {
-            tracing::warn!(%reason, "redis engine is down");
+        let was_up = self.up.swap(false, Ordering::SeqCst);
+        let mut current = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if was_up || *current != reason {
+            tracing::warn!(%reason, "redis engine is down: publishes are refused (503) until it recovers");
         }
-        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+        *current = reason;
     }
     /// Whether the engine is up.
     pub(crate) fn is_up(&self) -> bool {
@@ -184,6 +207,29 @@ impl Health {
     }
     fn reason(&self) -> String {
         self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// What is wrong with Redis's configuration, if anything (shown by `/readyz`).
+    pub(crate) fn warning(&self) -> Option<String> {
+        self.warning.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Redis's eviction policy must be `noeviction`: an evicted key would silently drop history,
+/// state or an idempotency key. Returns what is wrong, if anything.
+async fn eviction_warning(conn: &mut ConnectionManager) -> Option<String> {
+    let reply: redis::RedisResult<Vec<String>> =
+        redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(conn).await;
+    match reply.as_deref() {
+        Ok([_, policy]) if policy == "noeviction" => None,
+        Ok([_, policy]) => Some(format!(
+            "redis maxmemory-policy is `{policy}`, not `noeviction`: under memory pressure Redis \
+             would silently drop history, current state or idempotency keys; set \
+             `maxmemory-policy noeviction`"
+        )),
+        Ok(_) => Some("redis did not report maxmemory-policy; make sure it is `noeviction`".into()),
+        Err(err) => Some(format!(
+            "cannot read redis maxmemory-policy ({err}); make sure it is `noeviction`"
+        )),
     }
 }
 
@@ -214,6 +260,7 @@ pub(crate) struct RedisSettings {
     pub(crate) prefix: String,
     pub(crate) node: String,
     pub(crate) history_size: usize,
+    pub(crate) state_max_keys: usize,
 }
 
 impl RedisEngine {
@@ -229,17 +276,22 @@ impl RedisEngine {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = client.get_connection_manager_with_config(config).await?;
+        let mut conn = client.get_connection_manager_with_config(config).await?;
         let keys = Arc::new(Keys::new(&settings.prefix, &settings.node));
+        let health = Arc::new(Health::default());
+        if let Some(warning) = eviction_warning(&mut conn).await {
+            tracing::warn!("{warning}");
+            *health.warning.lock().unwrap_or_else(|e| e.into_inner()) = Some(warning);
+        }
         let (appends, appends_rx) = mpsc::unbounded_channel();
         let (catch_up, catch_up_rx) = mpsc::unbounded_channel();
         let (attach, attached) = oneshot::channel();
-        let health = Arc::new(Health::default());
         let appender = Appender {
             keys: keys.clone(),
             conn: conn.clone(),
             health: health.clone(),
             history_size: settings.history_size,
+            state_max_keys: settings.state_max_keys,
             node_epoch: new_epoch(),
         };
         tokio::spawn(appender.run(appends_rx, stop.clone()));
@@ -287,8 +339,9 @@ impl Engine for RedisEngine {
             let names = keys.of(topic);
             let result: redis::RedisResult<i64> = redis::cmd("EVAL")
                 .arg(CLEAR)
-                .arg(1)
+                .arg(2)
                 .arg(&names.ret)
+                .arg(&names.order)
                 .arg(&names.channel)
                 .arg(&key)
                 .query_async(&mut conn)
@@ -315,6 +368,7 @@ struct Appender {
     conn: ConnectionManager,
     health: Arc<Health>,
     history_size: usize,
+    state_max_keys: usize,
     /// The epoch a topic gets if Redis has none for it when this node appends first (the
     /// follower normally set it already).
     node_epoch: String,
@@ -337,11 +391,11 @@ impl Appender {
                 let reply = match result {
                     Ok(seq) => Ok(seq),
                     Err(err) => {
+                        // Unreachable, or refusing writes (a read-only replica, NOAUTH, OOM):
+                        // publishes fail fast until the follower's write probe succeeds.
                         self.health.append_failures.fetch_add(1, Ordering::Relaxed);
-                        if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() {
-                            self.health.set_down(format!("redis: {err}"));
-                        }
-                        tracing::warn!(topic = %append.topic, "append failed: {err}");
+                        self.health.set_down(format!("redis: {err}"));
+                        tracing::debug!(topic = %append.topic, "append failed: {err}");
                         Err(HubError::Unavailable(format!("redis: {err}")))
                     }
                 };
@@ -356,18 +410,20 @@ impl Appender {
         let names = self.keys.of(topic);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(APPEND)
-            .arg(4)
+            .arg(5)
             .arg(&names.meta)
             .arg(&names.log)
             .arg(&names.ret)
             .arg(format!("{}{}", names.idem, idem.unwrap_or("-")))
+            .arg(&names.order)
             .arg(&names.channel)
             .arg(&self.node_epoch)
             .arg(append.payload.as_ref())
             .arg(chrono::Utc::now().timestamp_millis())
             .arg(self.history_size.max(1))
             .arg(IDEMPOTENCY_TTL_SECS)
-            .arg(if idem.is_some() { "1" } else { "0" });
+            .arg(if idem.is_some() { "1" } else { "0" })
+            .arg(self.state_max_keys.max(1));
         for change in &append.state {
             match change {
                 StateChange::Keep { key, payload } => {
@@ -510,12 +566,20 @@ impl Follower {
         }
     }
 
-    /// The periodic check (every topic's seq against the node's), then a probe on the node's
-    /// own channel (it must come back on the pub/sub connection).
+    /// The periodic check (every topic's seq against the node's), a write (Redis takes
+    /// writes: not a read-only replica, authenticated, not out of memory), then a probe on the
+    /// node's own channel (it must come back on the pub/sub connection).
     async fn check_and_probe(&mut self, replica: &Replica, probe: u64) -> redis::RedisResult<()> {
         self.check(replica).await?;
-        self.health.set_up();
         let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(&self.keys.alive)
+            .arg(probe)
+            .arg("PX")
+            .arg(10_000)
+            .query_async::<()>(&mut conn)
+            .await?;
+        self.health.set_up();
         redis::cmd("PUBLISH")
             .arg(&self.keys.probe)
             .arg(probe)

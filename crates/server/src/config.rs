@@ -72,6 +72,25 @@ pub struct Config {
           value_parser = seconds("MODELCAST_STATE_TTL"))]
     pub state_ttl: Duration,
 
+    /// Keys with current state per topic (download ids, model ids, task ids…). Keeping one more
+    /// evicts the key updated longest ago: its subscribers get `state_cleared`, and
+    /// `modelcast_state_evicted_total` counts it.
+    #[arg(long, env = "MODELCAST_STATE_MAX_KEYS", default_value = "10000", value_name = "N",
+          value_parser = count("MODELCAST_STATE_MAX_KEYS"))]
+    pub state_max_keys: usize,
+
+    /// Ids a subscription's `filter.model_ids` may list; a longer filter is refused with an
+    /// `error` (the connection stays).
+    #[arg(long, env = "MODELCAST_MAX_FILTER_IDS", default_value = "256", value_name = "N",
+          value_parser = count("MODELCAST_MAX_FILTER_IDS"))]
+    pub max_filter_ids: usize,
+
+    /// Idempotency keys a node remembers at once (each for 10 minutes). When that many are
+    /// unexpired, a keyed publish is refused with 503 and `Retry-After` (never published twice).
+    #[arg(long, env = "MODELCAST_IDEMPOTENCY_KEYS", default_value = "100000", value_name = "N",
+          value_parser = count("MODELCAST_IDEMPOTENCY_KEYS"))]
+    pub idempotency_keys: usize,
+
     /// Bytes of history kept for recovery, all topics together (default 256 MiB). A topic
     /// over the budget drops its oldest messages first; recovery from before them reports a
     /// gap.
@@ -273,6 +292,12 @@ pub struct Config {
     /// Log filter, e.g. `info` or `modelcast_server=debug,info`.
     #[arg(long, env = "MODELCAST_LOG", default_value = "info", value_name = "FILTER")]
     pub log: String,
+
+    /// Check the configuration (every setting, and the JWT key file if one is set), print what
+    /// it amounts to and exit: 0 when it is valid, 1 with the problem when not. Nothing is
+    /// bound and Redis is not contacted — for a configuration change before a restart.
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub check_config: bool,
 }
 
 impl Default for Config {
@@ -440,6 +465,12 @@ impl Cidr {
             }
             _ => false,
         }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
     }
 }
 

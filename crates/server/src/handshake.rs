@@ -31,6 +31,13 @@ fn valid_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// A `Sec-WebSocket-Key`: 16 bytes in base64, which is 22 characters of the alphabet and `==`.
+fn valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22].iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
+}
+
 fn header_has(req: &Request<Incoming>, name: hyper::header::HeaderName, token: &str) -> bool {
     req.headers().get_all(name).iter().any(|v| {
         v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -55,10 +62,9 @@ pub(crate) fn upgrade(
         }
         None => format!("c-{:016x}", rand_u64()),
     };
-    let key = req.headers().get(SEC_WEBSOCKET_KEY).cloned();
     let is_upgrade =
         header_has(&req, UPGRADE, "websocket") && header_has(&req, CONNECTION, "upgrade");
-    let Some(key) = key.filter(|_| is_upgrade) else {
+    if !is_upgrade {
         let mut resp = error_response(
             StatusCode::UPGRADE_REQUIRED,
             "websocket_required",
@@ -66,16 +72,42 @@ pub(crate) fn upgrade(
         );
         resp.headers_mut().insert(UPGRADE, HeaderValue::from_static("websocket"));
         return resp;
-    };
-    if req.headers().get(SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
-        let mut resp = error_response(
-            StatusCode::BAD_REQUEST,
-            "unsupported_websocket_version",
-            "only WebSocket version 13 is supported",
-        );
-        resp.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return resp;
     }
+    // RFC 6455 §4.2.1–4.2.2: one version, 13 (another gets 426 naming the one spoken), and one
+    // key that is 16 bytes in base64.
+    let versions: Vec<&HeaderValue> = req.headers().get_all(SEC_WEBSOCKET_VERSION).iter().collect();
+    match versions.as_slice() {
+        [version] if version.as_bytes() == b"13" => {}
+        [_] => {
+            let mut resp = error_response(
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported_websocket_version",
+                "only WebSocket version 13 is supported",
+            );
+            resp.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            return resp;
+        }
+        _ => {
+            let mut resp = error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_websocket_version",
+                "send exactly one Sec-WebSocket-Version header: 13",
+            );
+            resp.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            return resp;
+        }
+    }
+    let keys: Vec<&HeaderValue> = req.headers().get_all(SEC_WEBSOCKET_KEY).iter().collect();
+    let key = match keys.as_slice() {
+        [key] if valid_key(key.as_bytes()) => (*key).clone(),
+        _ => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_websocket_key",
+                "send exactly one Sec-WebSocket-Key: 16 random bytes in base64 (24 characters)",
+            );
+        }
+    };
     if app.shutdown.is_cancelled() {
         return retry_after(
             error_response(
@@ -176,31 +208,11 @@ pub(crate) fn upgrade(
     resp
 }
 
-/// The `token` query parameter, percent-decoded.
+/// The `token` query parameter, decoded as a browser encodes a query.
 fn query_token(uri: &hyper::Uri) -> Option<String> {
-    let query = uri.query()?;
-    let raw = query.split('&').find_map(|kv| kv.strip_prefix("token="))?;
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => {
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
 }
 
 fn rand_u64() -> u64 {

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::response::{Refusal, Resp, error_response, json_response, method_not_allowed};
+use crate::response::{Body, Refusal, Resp, error_response, json_response, method_not_allowed};
 use crate::state::App;
 use crate::{handshake, publish};
 
@@ -25,13 +24,106 @@ const INDEX_HTML: &str = include_str!("../assets/index.html");
 /// server needs no Node.js.
 const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
 
-/// An embedded file, revalidated by browsers on every load (a new binary may change it).
+/// The dashboard's style sheet (its own file: the page's Content-Security-Policy allows no
+/// inline style).
+const DASHBOARD_CSS: &str = include_str!("../assets/dashboard.css");
+
+/// An embedded file, revalidated by browsers on every load (a new binary may change it), with
+/// the headers that keep a browser from reading it as anything else or leaking the URL.
 fn static_asset(body: &'static str, content_type: &'static str) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut resp = Response::new(Body::from(Bytes::from_static(body.as_bytes())));
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(hyper::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(hyper::header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     resp
+}
+
+/// The dashboard page, with a Content-Security-Policy: its own scripts and styles only, no
+/// framing, and connections to its own origin (HTTP, and the WebSocket on the same host, which
+/// `'self'` does not cover in every browser).
+fn dashboard(headers: &hyper::HeaderMap) -> Resp {
+    let mut resp = static_asset(INDEX_HTML, "text/html; charset=utf-8");
+    let host =
+        headers.get(hyper::header::HOST).and_then(|h| h.to_str().ok()).filter(|h| valid_host(h));
+    let connect = match host {
+        Some(host) => format!("'self' ws://{host} wss://{host}"),
+        None => "'self'".to_owned(),
+    };
+    let policy = format!(
+        "default-src 'self'; connect-src {connect}; img-src 'self' data:; \
+         frame-ancestors 'none'; base-uri 'none'; form-action 'none'; object-src 'none'"
+    );
+    if let Ok(value) = HeaderValue::from_str(&policy) {
+        resp.headers_mut().insert(hyper::header::CONTENT_SECURITY_POLICY, value);
+    }
+    resp
+}
+
+/// A `Host` header that may go into a policy: a name or address and a port, nothing else.
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+}
+
+/// What a path is, whatever the method.
+enum Route<'a> {
+    WebSocket(Option<&'a str>),
+    Publish,
+    /// `/api/state/{topic}/{key}` (the rest after `/api/state/`, still percent-encoded).
+    StateKey(&'a str),
+    State,
+    Dashboard,
+    DashboardJs,
+    DashboardCss,
+    Healthz,
+    Readyz,
+    Stats,
+    OpenApi,
+    Metrics,
+}
+
+impl<'a> Route<'a> {
+    fn of(path: &'a str) -> Option<Self> {
+        Some(match path {
+            "/ws" => Route::WebSocket(None),
+            "/api/publish" => Route::Publish,
+            "/api/state" | "/api/state/" => Route::State,
+            "/" => Route::Dashboard,
+            "/assets/dashboard.js" => Route::DashboardJs,
+            "/assets/dashboard.css" => Route::DashboardCss,
+            "/healthz" => Route::Healthz,
+            "/readyz" => Route::Readyz,
+            "/api/stats" => Route::Stats,
+            "/api/openapi.json" => Route::OpenApi,
+            "/metrics" => Route::Metrics,
+            p => {
+                if let Some(id) = p.strip_prefix("/ws/") {
+                    Route::WebSocket(Some(id))
+                } else if let Some(rest) = p.strip_prefix("/api/state/") {
+                    Route::StateKey(rest)
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// The methods the route answers (the `Allow` header of a 405).
+    fn allow(&self) -> &'static str {
+        match self {
+            Route::WebSocket(_) => "GET",
+            Route::Publish => "POST, OPTIONS",
+            Route::StateKey(_) => "DELETE",
+            _ => "GET, HEAD",
+        }
+    }
+
+    fn allows(&self, method: &Method) -> bool {
+        self.allow().split(", ").any(|m| m == method.as_str())
+    }
 }
 
 pub(crate) async fn handle(
@@ -41,86 +133,14 @@ pub(crate) async fn handle(
 ) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let metrics_denied = match app.security.check_metrics_token(req.headers()) {
-        Ok(()) => None,
-        Err(true) => Some(StatusCode::UNAUTHORIZED),
-        Err(false) => Some(StatusCode::FORBIDDEN),
-    };
-    let response = match (path.as_str(), &method) {
-        ("/ws", &Method::GET) => handshake::upgrade(&app, req, None, peer.ip()),
-        (p, &Method::GET) if p.starts_with("/ws/") => {
-            let id = p["/ws/".len()..].to_owned();
-            handshake::upgrade(&app, req, Some(id), peer.ip())
-        }
-        ("/api/publish", &Method::POST) => {
-            let origin = req.headers().get(hyper::header::ORIGIN).cloned();
-            let mut resp = publish::handle(&app, req).await;
-            // An allowed browser page may read the answer (CORS).
-            if let Some(origin) = origin.filter(|_| resp.status() != StatusCode::FORBIDDEN) {
-                resp.headers_mut().insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-                resp.headers_mut().insert(hyper::header::VARY, HeaderValue::from_static("Origin"));
-            }
-            resp
-        }
-        ("/api/publish", &Method::OPTIONS) => publish::preflight(&app, req.headers()),
-        (p, &Method::DELETE) if p.starts_with("/api/state/") => {
-            publish::clear_state(&app, req.headers(), &p["/api/state/".len()..]).await
-        }
-        ("/", &Method::GET) => static_asset(INDEX_HTML, "text/html; charset=utf-8"),
-        ("/assets/dashboard.js", &Method::GET) => {
-            static_asset(DASHBOARD_JS, "text/javascript; charset=utf-8")
-        }
-        ("/healthz", &Method::GET) => json_response(StatusCode::OK, &json!({"status": "ok"})),
-        ("/readyz", &Method::GET) => {
-            if app.shutdown.is_cancelled() {
-                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "shutting_down"}))
-            } else if let Some(reason) = app.hub.unavailable() {
-                json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"status": "engine_unavailable", "reason": reason}),
-                )
-            } else {
-                json_response(StatusCode::OK, &json!({"status": "ready"}))
-            }
-        }
-        ("/api/stats" | "/metrics", &Method::GET) if metrics_denied.is_some() => error_response(
-            metrics_denied.unwrap_or(StatusCode::UNAUTHORIZED),
-            "unauthorized",
-            "this endpoint needs `Authorization: Bearer <MODELCAST_METRICS_TOKEN>`",
-        ),
-        ("/api/stats", &Method::GET) => json_response(StatusCode::OK, &stats(&app)),
-        ("/api/openapi.json", &Method::GET) => {
-            static OPENAPI: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-            json_response(StatusCode::OK, OPENAPI.get_or_init(modelcast_protocol::schema::openapi))
-        }
-        ("/api/state" | "/api/state/", &Method::GET) if metrics_denied.is_some() => error_response(
-            metrics_denied.unwrap_or(StatusCode::UNAUTHORIZED),
-            "unauthorized",
-            "this endpoint needs `Authorization: Bearer <MODELCAST_METRICS_TOKEN>`",
-        ),
-        ("/api/state" | "/api/state/", &Method::GET) => state(&app, req.uri().query()),
-        ("/metrics", &Method::GET) => {
-            app.metrics.engine_up.set(i64::from(app.hub.unavailable().is_none()));
-            let body = app.metrics.encode(&app.hub.stats());
-            let mut resp = Response::new(Full::new(Bytes::from(body)));
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            resp
-        }
-        ("/ws" | "/healthz" | "/readyz" | "/api/stats" | "/api/state" | "/metrics", _) => {
-            method_not_allowed("GET")
-        }
-        (p, _) if p.starts_with("/ws/") => method_not_allowed("GET"),
-        ("/api/publish", _) => method_not_allowed("POST"),
-        _ => error_response(
+    let response = match Route::of(&path) {
+        None => error_response(
             StatusCode::NOT_FOUND,
             "not_found",
             &format!("no route for {method} {path}"),
         ),
+        Some(route) if !route.allows(&method) => method_not_allowed(route.allow()),
+        Some(route) => respond(&app, route, req, peer).await,
     };
     let status = response.status().as_u16();
     match response.extensions().get::<Refusal>() {
@@ -135,15 +155,96 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
-/// `GET /api/state?topic=…`: the frames a new subscriber to the topic receives first, as it
-/// receives them (marked `late`).
+/// Answers a request whose route allows its method (`HEAD` is answered as `GET`; hyper sends
+/// the headers only).
+async fn respond(
+    app: &Arc<App>,
+    route: Route<'_>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Resp {
+    let metrics_denied = || match app.security.check_metrics_token(req.headers()) {
+        Ok(()) => None,
+        Err(true) => Some(StatusCode::UNAUTHORIZED),
+        Err(false) => Some(StatusCode::FORBIDDEN),
+    };
+    let guarded = matches!(route, Route::Stats | Route::Metrics | Route::State);
+    if let Some(status) = guarded.then(metrics_denied).flatten() {
+        return error_response(
+            status,
+            "unauthorized",
+            "this endpoint needs `Authorization: Bearer <MODELCAST_METRICS_TOKEN>`",
+        );
+    }
+    match route {
+        Route::WebSocket(id) => {
+            let id = id.map(str::to_owned);
+            handshake::upgrade(app, req, id, peer.ip())
+        }
+        Route::Publish if req.method() == Method::OPTIONS => publish::preflight(app, req.headers()),
+        Route::Publish => {
+            let origin = req.headers().get(hyper::header::ORIGIN).cloned();
+            let mut resp = publish::handle(app, req).await;
+            // An allowed browser page may read the answer (CORS).
+            if let Some(origin) = origin.filter(|_| resp.status() != StatusCode::FORBIDDEN) {
+                resp.headers_mut().insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+                resp.headers_mut().insert(hyper::header::VARY, HeaderValue::from_static("Origin"));
+            }
+            resp
+        }
+        Route::StateKey(rest) => publish::clear_state(app, req.headers(), rest).await,
+        Route::Dashboard => dashboard(req.headers()),
+        Route::DashboardJs => static_asset(DASHBOARD_JS, "text/javascript; charset=utf-8"),
+        Route::DashboardCss => static_asset(DASHBOARD_CSS, "text/css; charset=utf-8"),
+        Route::Healthz => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        Route::Readyz => {
+            let (status, mut body) = if app.shutdown.is_cancelled() {
+                (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "shutting_down"}))
+            } else if let Some(reason) = app.hub.unavailable() {
+                let body = json!({"status": "engine_unavailable", "reason": reason});
+                (StatusCode::SERVICE_UNAVAILABLE, body)
+            } else {
+                (StatusCode::OK, json!({"status": "ready"}))
+            };
+            // A configuration that works but can lose data (Redis evicting keys) is said here.
+            if let Some(warning) = app.engine.as_ref().and_then(|e| e.health.warning()) {
+                body["warnings"] = json!([warning]);
+            }
+            json_response(status, &body)
+        }
+        Route::Stats => json_response(StatusCode::OK, &stats(app)),
+        Route::OpenApi => {
+            static OPENAPI: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+            json_response(StatusCode::OK, OPENAPI.get_or_init(modelcast_protocol::schema::openapi))
+        }
+        Route::State => state(app, req.uri().query()),
+        Route::Metrics => {
+            app.metrics.engine_up.set(i64::from(app.hub.unavailable().is_none()));
+            let body = app.metrics.encode(&app.hub.stats());
+            let mut resp = Response::new(Body::from(Bytes::from(body)));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+    }
+}
+
+/// The most frames one `GET /api/state` page holds, and the default.
+const STATE_PAGE_MAX: usize = 10_000;
+const STATE_PAGE_DEFAULT: usize = 1_000;
+
+/// `GET /api/state?topic=…[&limit=N][&after=CURSOR]`: a page of the frames a new subscriber
+/// to the topic receives first, as it receives them (marked `late`). The frames the hub holds
+/// are written as they are, between a small head and tail: no value tree, no copy.
 fn state(app: &App, query: Option<&str>) -> Resp {
-    let topic = query
-        .unwrap_or_default()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("topic="))
-        .map(|t| t.parse::<modelcast_protocol::Topic>());
-    let topic = match topic {
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
+    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let topic = match param("topic").map(str::parse::<modelcast_protocol::Topic>) {
         Some(Ok(topic)) => topic,
         Some(Err(err)) => {
             return error_response(StatusCode::BAD_REQUEST, "unknown_topic", &err.to_string());
@@ -156,17 +257,48 @@ fn state(app: &App, query: Option<&str>) -> Resp {
             );
         }
     };
-    let frames: Vec<Value> = app
-        .hub
-        .retained(topic)
-        .iter()
-        .filter_map(|f| serde_json::from_slice(f.as_bytes()).ok())
-        .collect();
-    let (epoch, seq) = app.hub.position(topic);
-    json_response(
-        StatusCode::OK,
-        &json!({"topic": topic, "epoch": epoch, "seq": seq, "state": frames}),
-    )
+    let limit = match param("limit").map(str::parse::<usize>) {
+        None => STATE_PAGE_DEFAULT,
+        Some(Ok(n)) if (1..=STATE_PAGE_MAX).contains(&n) => n,
+        Some(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_limit",
+                &format!("limit is a whole number from 1 to {STATE_PAGE_MAX}"),
+            );
+        }
+    };
+    let after = match param("after").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(cursor)) => Some(cursor),
+        Some(Err(_)) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+                "after is the `next` of the previous page (a whole number)",
+            );
+        }
+    };
+    let page = app.hub.state_page(topic, after, limit);
+    let head = json!({"topic": topic, "epoch": page.epoch, "seq": page.seq, "keys": page.keys,
+        "next": page.next});
+    // `{…head…,"state":[` frame `,` frame … `]}`: the head's closing brace makes way.
+    let mut head = head.to_string();
+    head.pop();
+    head.push_str(",\"state\":[");
+    let comma = Bytes::from_static(b",");
+    let mut chunks = Vec::with_capacity(2 * page.frames.len() + 2);
+    chunks.push(Bytes::from(head));
+    for (i, frame) in page.frames.into_iter().enumerate() {
+        if i > 0 {
+            chunks.push(comma.clone());
+        }
+        chunks.push(frame.into_bytes());
+    }
+    chunks.push(Bytes::from_static(b"]}"));
+    let mut resp = Response::new(Body::chunks(chunks));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// The engine's part of `/api/stats`.
@@ -183,6 +315,7 @@ fn engine(app: &App) -> Value {
         "topic_repairs": n(&h.repairs),
         "topic_resets": n(&h.resets),
         "pubsub_reconnects": n(&h.reconnects),
+        "warning": h.warning(),
     })
 }
 
@@ -213,6 +346,8 @@ fn stats(app: &App) -> Value {
                         "queue_full": by(t, ConflateReason::QueueFull),
                     },
                     "discarded_with_dropped_subscribers": t.dropped,
+                    "state_keys": t.state_keys,
+                    "state_evicted": t.state_evicted,
                 }),
             )
         })
@@ -222,6 +357,7 @@ fn stats(app: &App) -> Value {
     json!({
         "uptime_seconds": app.started.elapsed().as_secs_f64(),
         "connections": app.active.load(Ordering::Relaxed),
+        "keys": stats.keys,
         "epoch": app.hub.epoch(),
         "node_id": app.node_id,
         "engine": engine(app),
@@ -240,6 +376,9 @@ fn stats(app: &App) -> Value {
             "delivered": "frames queued to subscribers: each publish once per subscriber that receives it, plus replayed and current-state frames",
             "skipped_per_subscriber": "per-subscriber deliveries replaced by a newer value of the key (max_hz, or a full queue collapsed)",
             "discarded_with_dropped_subscribers": "frames still queued when their subscriber was dropped",
+            "state_keys": "keys the topic holds current state for now (at most MODELCAST_STATE_MAX_KEYS)",
+            "state_evicted": "keys whose state left because the topic held MODELCAST_STATE_MAX_KEYS keys; their subscribers got state_cleared",
+            "keys": "distinct keys and filter ids the server holds now, all topics and subscriptions together; each is freed with its last user",
             "connections_dropped": "connections the server closed: too slow (4001), or replaced by the same id (4002)",
             "connections_ended": "connections closed by their owner or by a shutdown",
         },

@@ -29,3 +29,4 @@ mod state;
 
 pub use app::{Server, ShutdownHandle};
 pub use config::{Cidr, Config, HealthLevel, JwtAlgorithm, LogFormat};
+pub use security::check_config;

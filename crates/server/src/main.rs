@@ -9,6 +9,19 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    if config.check_config {
+        #[allow(clippy::print_stdout, clippy::print_stderr)]
+        return match modelcast_server::check_config(&config) {
+            Ok(summary) => {
+                println!("{summary}\nthe configuration is valid");
+                ExitCode::SUCCESS
+            }
+            Err(problem) => {
+                eprintln!("error: invalid configuration: {problem}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let filter = match EnvFilter::try_new(&config.log) {
         Ok(f) => f,
         Err(err) => {
@@ -19,12 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    init_logging(filter, config.log_format);
     // Each connection is a file descriptor: lift the soft limit to the hard one.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) if limit < config.max_connections as u64 + 64 => tracing::warn!(
@@ -51,17 +59,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stdout through `filter`. Two rules hold whatever the filter says: a failed write
+/// (the pipe's reader went away) is dropped, never reported on stderr — that report panics the
+/// task that logged, the signal handler's too, which then never shut down; and the WebSocket
+/// library's trace events, which print whole frames (an `auth` frame's token among them), are
+/// never written.
+fn init_logging(filter: EnvFilter, format: LogFormat) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let frames_unlogged = tracing_subscriber::filter::filter_fn(|meta| {
+        let library = meta.target().starts_with("tungstenite")
+            || meta.target().starts_with("tokio_tungstenite");
+        !(library && *meta.level() == tracing::Level::TRACE)
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let layer = tracing_subscriber::fmt::layer().with_ansi(ansi).log_internal_errors(false);
+    let layer = match format {
+        LogFormat::Json => layer.json().with_filter(frames_unlogged).boxed(),
+        LogFormat::Text => layer.with_filter(frames_unlogged).boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(layer).init();
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let bind = config.bind;
+    // Each start-up error names its own cause: the listener, Redis, or a setting.
     let server = Server::bind(config).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidInput => anyhow::anyhow!("invalid configuration: {e}"),
-        _ => anyhow::anyhow!("cannot listen on {bind} (MODELCAST_BIND / --bind): {e}"),
+        _ => anyhow::anyhow!("{e}"),
     })?;
     let shutdown = server.shutdown_handle();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("signal received: shutting down gracefully");
+        // First the shutdown, then the word: nothing a log does can stop the shutdown.
         shutdown.shutdown();
+        tracing::info!("signal received: shutting down gracefully");
     });
     server.run().await?;
     tracing::info!("stopped");

@@ -61,6 +61,9 @@ pub(crate) struct Metrics {
     pub(crate) frames_per_flush: Histogram,
     /// 1 when the engine accepts publishes, 0 when not (Redis unreachable).
     pub(crate) engine_up: Gauge,
+    state_keys: Family<TopicLabel, Gauge>,
+    state_evicted: Family<TopicLabel, Counter>,
+    keys: Gauge,
 }
 
 impl Metrics {
@@ -132,6 +135,24 @@ impl Metrics {
             "1 when the message store (memory, or Redis in a cluster) accepts publishes, else 0",
             engine_up.clone(),
         );
+        let state_keys = Family::<TopicLabel, Gauge>::default();
+        registry.register(
+            "state_keys",
+            "Keys with current state (sent to new subscribers), by topic; at most MODELCAST_STATE_MAX_KEYS each",
+            state_keys.clone(),
+        );
+        let state_evicted = Family::<TopicLabel, Counter>::default();
+        registry.register(
+            "state_evicted",
+            "Keys whose current state was evicted (subscribers got state_cleared) because the topic held MODELCAST_STATE_MAX_KEYS keys, by topic",
+            state_evicted.clone(),
+        );
+        let keys = Gauge::default();
+        registry.register(
+            "interned_keys",
+            "Distinct keys and filter ids held now (state keys, subjects, subscription filters); each is freed with its last user",
+            keys.clone(),
+        );
         let delivered_by_type = ServerMessage::TYPES
             .iter()
             .map(|ty| {
@@ -156,6 +177,9 @@ impl Metrics {
             latency,
             frames_per_flush,
             engine_up,
+            state_keys,
+            state_evicted,
+            keys,
         }
     }
 
@@ -197,7 +221,10 @@ impl Metrics {
                 catch_up(&self.conflated.get_or_create(&label), *n);
             }
             catch_up(&self.dropped.get_or_create(&label), t.dropped);
+            catch_up(&self.state_evicted.get_or_create(&label), t.state_evicted);
+            self.state_keys.get_or_create(&label).set(t.state_keys as i64);
         }
+        self.keys.set(stats.keys as i64);
         for (type_name, n) in &stats.published_by_type {
             if let Some(topic) = ServerMessage::topic_of(type_name) {
                 let label =

@@ -82,13 +82,29 @@ pub(crate) async fn clear_state(app: &App, headers: &hyper::HeaderMap, rest: &st
             );
         }
     }
-    let Some((topic, key)) = rest.split_once('/').filter(|(_, k)| !k.is_empty()) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_path",
-            "name the topic and the key: DELETE /api/state/download_progress/<model_id>",
-        );
+    // The key is one path segment, percent-encoded (`sp%20ace`, `a%2Fb`); a `/` left in it
+    // is part of the key too.
+    let decoded = rest.split_once('/').map(|(topic, key)| {
+        (topic, percent_encoding::percent_decode_str(key).decode_utf8().map(|k| k.into_owned()))
+    });
+    let (topic, key) = match decoded {
+        Some((topic, Ok(key))) if !key.is_empty() => (topic, key),
+        Some((_, Err(_))) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "the key is not UTF-8 once percent-decoded",
+            );
+        }
+        _ => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "name the topic and the key: DELETE /api/state/download_progress/<model_id> (percent-encode the key)",
+            );
+        }
     };
+    let key = key.as_str();
     let topic: modelcast_protocol::Topic = match topic.parse() {
         Ok(t) => t,
         Err(err) => {
@@ -168,6 +184,25 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         return unavailable(&format!("cannot publish now: {reason}"));
     }
     let limit = app.config.max_publish_bytes;
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            &format!(
+                "the body is larger than {limit} bytes (MODELCAST_MAX_PUBLISH_BYTES); publish in smaller arrays"
+            ),
+        )
+    };
+    let declared = req.headers().get(hyper::header::CONTENT_LENGTH);
+    if declared.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        > Some(limit as u64)
+    {
+        // Refused before a byte of it is read; the unread body ends the connection.
+        let mut resp = too_large();
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+        return resp;
+    }
     let body = tokio::time::timeout(
         app.config.body_timeout,
         Limited::new(req.into_body(), limit).collect(),
@@ -189,15 +224,7 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             return resp;
         }
         Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                &format!(
-                    "the body is larger than {limit} bytes (MODELCAST_MAX_PUBLISH_BYTES); publish in smaller arrays"
-                ),
-            );
-        }
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
         Ok(Err(err)) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
@@ -280,7 +307,7 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
     };
     // Appends were all handed to the engine in order above; now wait for their positions.
     let mut accepted = Vec::with_capacity(outcomes.len());
-    let mut failure = None;
+    let mut failure: Option<modelcast_hub::Error> = None;
     for (type_name, outcome) in type_names.into_iter().zip(outcomes) {
         accepted.push(match outcome {
             Some(Outcome::Sent { topic, seq }) => {
@@ -289,7 +316,7 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             Some(Outcome::Appending { topic, pending }) => match pending.wait().await {
                 Ok(seq) => json!({"type": type_name, "topic": topic, "seq": seq, "status": "sent"}),
                 Err(err) => {
-                    failure.get_or_insert(err.to_string());
+                    failure.get_or_insert(err);
                     json!({"type": type_name, "topic": topic, "status": "failed"})
                 }
             },
@@ -303,16 +330,24 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         });
     }
     if let Some(reason) = failure {
+        // Refused by the idempotency table (full of unexpired keys) or the engine (down): a
+        // retry with the same key publishes the rest without duplicates.
+        let (code, retry_after) = match &reason {
+            modelcast_hub::Error::IdempotencyFull { retry_after, .. } => {
+                ("idempotency_keys_full", *retry_after)
+            }
+            _ => ("unavailable", 1),
+        };
+        app.metrics.error(&modelcast_protocol::ErrorCode::Other(code.into()));
         let mut resp = json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"error": {
-                "code": "unavailable",
+                "code": code,
                 "message": format!("not every message was stored: {reason}; retry with the same Idempotency-Key to publish the rest without duplicates"),
                 "accepted": accepted,
             }}),
         );
-        resp.headers_mut()
-            .insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+        resp.headers_mut().insert(hyper::header::RETRY_AFTER, retry_after.into());
         return resp;
     }
     json_response(StatusCode::ACCEPTED, &json!({"accepted": accepted}))

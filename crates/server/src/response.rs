@@ -1,17 +1,68 @@
 //! The response type of every route and the JSON response helpers: a leaf that the router and
 //! every handler import.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
-use http_body_util::Full;
+use hyper::body::{Frame, SizeHint};
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
 /// The response type of every route.
-pub(crate) type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Body>;
+
+/// A response body of shared buffers, written as they are: an answer made of frames the hub
+/// already holds (`GET /api/state`) is sent without copying them into one buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Body {
+    chunks: VecDeque<Bytes>,
+    len: u64,
+}
+
+impl Body {
+    /// A body of these buffers, in order.
+    pub(crate) fn chunks(chunks: impl IntoIterator<Item = Bytes>) -> Self {
+        let chunks: VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        let len = chunks.iter().map(|c| c.len() as u64).sum();
+        Self { chunks, len }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        Self::chunks([bytes])
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let body = self.get_mut();
+        let chunk = body.chunks.pop_front();
+        body.len -= chunk.as_ref().map_or(0, |c| c.len() as u64);
+        Poll::Ready(chunk.map(|chunk| Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len)
+    }
+}
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut resp = Response::new(Body::from(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp

@@ -32,6 +32,39 @@ struct Claims {
     exp: Option<u64>,
 }
 
+/// Checks `config` as start-up would (settings that depend on each other, the JWT key file)
+/// without binding or connecting, and says what it amounts to, one setting per line.
+pub fn check_config(config: &Config) -> Result<String, String> {
+    let security = Security::from_config(config)?;
+    let roles: Vec<String> = config
+        .topic_roles
+        .iter()
+        .map(|(topic, roles)| format!("{topic}={}", roles.join("|")))
+        .collect();
+    let list = |items: &[String]| if items.is_empty() { "-".to_owned() } else { items.join(",") };
+    let proxies: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
+    Ok([
+        format!("bind: {}", config.bind),
+        format!(
+            "engine: {}",
+            config.redis_url.as_deref().map_or("memory".to_owned(), crate::cluster::redact)
+        ),
+        format!(
+            "authentication: {}",
+            if security.auth_required() { "JWT required" } else { "open" }
+        ),
+        format!("topic roles: {}", list(&roles)),
+        format!("publish keys: {}", config.publish_keys.len()),
+        format!("allowed origins: {}", list(&config.allowed_origins)),
+        format!("trusted proxies: {}", list(&proxies)),
+        format!("max connections: {}", config.max_connections),
+        format!("state keys per topic: {}", config.state_max_keys),
+        format!("ids per filter: {}", config.max_filter_ids),
+        format!("idempotency keys: {}", config.idempotency_keys),
+    ]
+    .join("\n"))
+}
+
 /// The security settings, resolved at start-up.
 pub(crate) struct Security {
     jwt: Option<(DecodingKey, Validation)>,
@@ -89,8 +122,9 @@ impl Security {
         let jwt = jwt.map(|(key, mut validation)| {
             validation.leeway = config.jwt_leeway;
             validation.validate_nbf = true;
-            // A configured audience or issuer is required, not only checked when present.
-            let mut required = vec!["exp"];
+            // A configured audience or issuer is required, not only checked when present; the
+            // subject always is: it is the connection's identity (whose ids it may replace).
+            let mut required = vec!["exp", "sub"];
             match &config.jwt_audience {
                 Some(aud) => {
                     validation.set_audience(&[aud]);
@@ -148,6 +182,9 @@ impl Security {
                 _ => format!("the token is invalid: {e}"),
             }
         })?;
+        if data.claims.sub.is_empty() {
+            return Err("the token's `sub` claim is empty: it must name the user".into());
+        }
         Ok(Identity {
             subject: data.claims.sub,
             roles: data.claims.roles,
