@@ -475,14 +475,19 @@ async fn in_process_publishes_reach_every_node() {
     }
 }
 
-/// `GET /readyz` of `addr`, once it answers `status`: its JSON.
-async fn readyz_becomes(addr: std::net::SocketAddr, status: u16) -> Value {
+/// `GET /readyz` of `addr`, once it answers `status` with a reason `reason` accepts: its JSON.
+async fn readyz_becomes(
+    addr: std::net::SocketAddr,
+    status: u16,
+    reason: impl Fn(&str) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let (got, _, body) =
             http_request_full(addr, "GET", "/readyz", &[], None).await.expect("answers");
-        if got == status {
-            return serde_json::from_str(&body).unwrap();
+        let json: Value = serde_json::from_str(&body).unwrap();
+        if got == status && reason(json["reason"].as_str().unwrap_or_default()) {
+            return json;
         }
         assert!(tokio::time::Instant::now() < deadline, "readyz stayed {got}: {body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -496,26 +501,16 @@ async fn readyz_becomes(addr: std::net::SocketAddr, status: u16) -> Value {
 async fn redis_trouble_is_said_in_the_log_and_readyz() {
     let redis = Redis::start(false);
     redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]).unwrap();
-    let dir = std::env::temp_dir().join(format!("modelcast-redis-log-{}", redis.port));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log_path = dir.join("log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let server = BinaryServer::start_with(
-        &["--redis-url", &redis.url()],
-        &[("MODELCAST_LOG", "warn")],
-        log.try_clone().unwrap().into(),
-        log.into(),
-    )
-    .await;
-    let ready = readyz_becomes(server.addr, 200).await;
+    let warn = [("MODELCAST_LOG", "warn")];
+    let server = BinaryServer::start_logged(&["--redis-url", &redis.url()], &warn).await;
+    let ready = readyz_becomes(server.addr, 200, |_| true).await;
     let warning = ready["warnings"][0].as_str().unwrap_or_default();
     assert!(warning.contains("allkeys-lru") && warning.contains("noeviction"), "{ready}");
 
     // A Redis that turned into a replica refuses writes: 503 at once, and said once at warn.
     redis.cli(&["REPLICAOF", "127.0.0.1", &free_port().to_string()]).unwrap();
-    let down = readyz_becomes(server.addr, 503).await;
     let read_only = |s: &str| s.to_ascii_lowercase().contains("read only");
-    assert!(read_only(down["reason"].as_str().unwrap()), "{down}");
+    readyz_becomes(server.addr, 503, read_only).await;
     let (status, _, _) = http_request_full(
         server.addr,
         "POST",
@@ -528,10 +523,9 @@ async fn redis_trouble_is_said_in_the_log_and_readyz() {
     assert_eq!(status, 503);
     tokio::time::sleep(Duration::from_secs(2)).await; // more checks, the same reason
     redis.cli(&["REPLICAOF", "NO", "ONE"]).unwrap();
-    readyz_becomes(server.addr, 200).await;
+    readyz_becomes(server.addr, 200, |_| true).await;
+    let text = server.log();
     drop(server);
-    let text = std::fs::read_to_string(&log_path).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(text.contains("maxmemory-policy"), "{text}");
     let down_lines = text.lines().filter(|l| l.contains("redis engine is down")).count();
     assert_eq!(down_lines, 1, "once per change of reason: {text}");
@@ -539,21 +533,10 @@ async fn redis_trouble_is_said_in_the_log_and_readyz() {
 
     // A Redis that wants a password the URL lacks: the node starts, not ready, and says why.
     redis.cli(&["CONFIG", "SET", "requirepass", "a-password-the-node-lacks"]).unwrap();
-    let log_path = std::env::temp_dir().join(format!("modelcast-noauth-{}.log", redis.port));
-    let log = std::fs::File::create(&log_path).unwrap();
-    let server = BinaryServer::start_with(
-        &["--redis-url", &redis.url()],
-        &[("MODELCAST_LOG", "warn")],
-        log.try_clone().unwrap().into(),
-        log.into(),
-    )
-    .await;
-    let down = readyz_becomes(server.addr, 503).await;
+    let server = BinaryServer::start_logged(&["--redis-url", &redis.url()], &warn).await;
     let no_auth = |s: &str| s.to_ascii_lowercase().contains("auth");
-    assert!(no_auth(down["reason"].as_str().unwrap()), "{down}");
-    drop(server);
-    let text = std::fs::read_to_string(&log_path).unwrap();
-    let _ = std::fs::remove_file(&log_path);
+    readyz_becomes(server.addr, 503, no_auth).await; // the reason is stored after it is logged
+    let text = server.log();
     assert!(text.lines().any(|l| l.contains("WARN") && no_auth(l)), "{text}");
 
     // Nothing listens: the error names Redis, not the listener.

@@ -192,18 +192,8 @@ async fn sigterm_stops_the_server_after_its_log_pipe_closed() {
 /// Probe finding 11: with `--log trace` the WebSocket library printed `auth` frames.
 #[tokio::test]
 async fn no_token_reaches_the_log_even_at_trace() {
-    let dir = std::env::temp_dir().join(format!("modelcast-trace-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log_path = dir.join("log");
-    let log = std::fs::File::create(&log_path).unwrap();
     let secret = "a-test-secret-that-is-long-enough-for-hs256";
-    let server = BinaryServer::start_with(
-        &["--log", "trace", "--jwt-secret", secret],
-        &[],
-        log.try_clone().unwrap().into(),
-        log.into(),
-    )
-    .await;
+    let server = BinaryServer::start_logged(&["--log", "trace", "--jwt-secret", secret], &[]).await;
     let token = |sub: &str| {
         let claims = json!({"sub": sub, "exp": chrono::Utc::now().timestamp() + 600});
         jsonwebtoken::encode(
@@ -225,9 +215,8 @@ async fn no_token_reaches_the_log_even_at_trace() {
     while ws.next_json().await["type"] != "pong" {}
     drop(ws);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = server.log();
     drop(server);
-    let text = std::fs::read_to_string(&log_path).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(text.contains("DEBUG tokio_tungstenite"), "the WebSocket library logs: {text}");
     for (name, token) in [("the URL's", &in_url), ("the auth frame's", &in_frame)] {
         // A token's signature is the part that must never be seen.

@@ -349,6 +349,8 @@ pub struct BinaryServer {
     pub addr: SocketAddr,
     /// The process.
     pub child: std::process::Child,
+    /// Where its stdout and stderr go, when started with [`BinaryServer::start_logged`].
+    log: Option<std::path::PathBuf>,
 }
 
 impl BinaryServer {
@@ -356,6 +358,27 @@ impl BinaryServer {
     /// waits until it serves.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::start_with(args, env, std::process::Stdio::null(), std::process::Stdio::null()).await
+    }
+
+    /// As [`BinaryServer::start`], with its stdout and stderr in a file of its own (read with
+    /// [`BinaryServer::log`], removed on drop).
+    pub async fn start_logged(args: &[&str], env: &[(&str, &str)]) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("modelcast-{}-{n}.log", std::process::id()));
+        let file = std::fs::File::create(&path).expect("a log file");
+        let stderr = file.try_clone().expect("a second handle");
+        let mut server = Self::start_with(args, env, file.into(), stderr.into()).await;
+        server.log = Some(path);
+        server
+    }
+
+    /// What the process has logged so far (started with [`BinaryServer::start_logged`]).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// As [`BinaryServer::start`], with its stdout and stderr going to `stdout` and `stderr`.
@@ -375,7 +398,7 @@ impl BinaryServer {
             .stderr(stderr)
             .spawn()
             .expect("spawn modelcast");
-        let server = Self { addr, child };
+        let server = Self { addr, child, log: None };
         for _ in 0..200 {
             if http_request_full(addr, "GET", "/healthz", &[], None).await.is_some() {
                 return server;
@@ -424,5 +447,8 @@ impl Drop for BinaryServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(log) = &self.log {
+            let _ = std::fs::remove_file(log);
+        }
     }
 }
