@@ -360,6 +360,10 @@ async fn subscribing_during_a_flood_has_no_hole_or_duplicate() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut fresh = cluster.node(2).ws("fresh").await;
         let from = subscribe(&mut fresh, "alerts", None).await["seq"].as_u64().unwrap();
+        // A position a client can hold: seq 10 exists (node 0 has it). Node 1 may not yet.
+        while published(cluster.node(0), "alerts").await < 10 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let mut recovering = cluster.node(1).ws("since").await;
         let reply = subscribe(&mut recovering, "alerts", Some((&epoch, 10))).await;
         assert_eq!(reply["recovered"], true, "{reply}");
@@ -370,6 +374,13 @@ async fn subscribing_during_a_flood_has_no_hole_or_duplicate() {
     };
     tokio::join!(publisher, joiners);
     assert_eq!(seqs(&messages(&mut early, total as usize).await), (1..=total).collect::<Vec<_>>());
+}
+
+/// How many messages of `topic` `node` has applied (`/api/stats`).
+async fn published(node: &Node, topic: &str) -> u64 {
+    let (_, stats) = node.get("/api/stats").await;
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    stats["topics"][topic]["published"].as_u64().unwrap_or(0)
 }
 
 /// `/api/stats` and `welcome` name the node; `/metrics` shows the engine's state.

@@ -22,31 +22,36 @@ pub struct Redis {
     /// Its port on 127.0.0.1.
     pub port: u16,
     dir: PathBuf,
-    aof: bool,
+    aof: Option<&'static str>,
     child: Option<Child>,
 }
 
 impl Redis {
     /// Starts `redis-server` (AOF with fsync always when `aof`, otherwise nothing on disk).
     pub fn start(aof: bool) -> Self {
+        Self::with_aof(aof.then_some("always"))
+    }
+
+    /// Starts `redis-server` with an AOF fsynced `fsync` (`always`, `everysec`, `no`), or none.
+    pub fn with_aof(fsync: Option<&'static str>) -> Self {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("modelcast-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut redis = Redis { port, dir, aof, child: None };
+        let mut redis = Redis { port, dir, aof: fsync, child: None };
         redis.spawn();
         redis
     }
 
     fn spawn(&mut self) {
-        let aof = if self.aof { "yes" } else { "no" };
+        let aof = if self.aof.is_some() { "yes" } else { "no" };
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args([
                 "--appendonly",
                 aof,
                 "--appendfsync",
-                "always",
+                self.aof.unwrap_or("always"),
                 "--maxmemory-policy",
                 "noeviction",
             ])
@@ -82,12 +87,42 @@ impl Redis {
         (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
     }
 
+    /// Sends `signal` (e.g. `-STOP`, `-CONT`) to the server.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let sent = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
     /// Kills the server at once (`kill -9`): what was not written to its AOF is lost.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Drops the last `n` transactions from its AOF (stopped first): what a crash loses with
+    /// `appendfsync everysec`. Returns how many there were.
+    pub fn lose_aof_tail(&mut self, n: usize) -> usize {
+        self.kill();
+        let aof_dir = self.dir.join("appendonlydir");
+        let incr = std::fs::read_dir(&aof_dir)
+            .expect("an AOF directory")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.to_string_lossy().ends_with(".incr.aof"))
+            .expect("an incremental AOF file");
+        let bytes = std::fs::read(&incr).unwrap();
+        let marker = b"*1\r\n$5\r\nMULTI\r\n";
+        let starts: Vec<usize> = bytes
+            .windows(marker.len())
+            .enumerate()
+            .filter(|(_, w)| *w == marker)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(starts.len() > n, "only {} transactions in the AOF", starts.len());
+        std::fs::write(&incr, &bytes[..starts[starts.len() - n]]).unwrap();
+        starts.len()
     }
 
     /// Starts it again on the same port and directory (with its AOF, if any).
@@ -151,6 +186,11 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("modelcast on {} did not become ready", self.addr);
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `kill -9`: no shutdown, no goodbye.

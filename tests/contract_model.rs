@@ -209,7 +209,7 @@ fn publish(hub: &Hub, topic: usize, n: usize, sent: &Sent, urgent: bool) -> u64 
         p = p.subject(SUBJECTS[s]);
     }
     match hub.publish(p) {
-        modelcast_hub::Published::Sent { seq } => seq,
+        modelcast_hub::Published::Sent(at) => at.seq,
         other => panic!("no throttle here, so every publish is sent: {other:?}"),
     }
 }

@@ -252,7 +252,7 @@ async fn publishing_many_at_once_delivers_what_publishing_one_by_one_does() {
         let seqs = published
             .iter()
             .map(|p| match p {
-                modelcast_hub::Published::Sent { seq } => Some(*seq),
+                modelcast_hub::Published::Sent(at) => Some(at.seq),
                 _ => None,
             })
             .collect();

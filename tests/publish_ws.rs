@@ -43,12 +43,14 @@ async fn a_backend_publishes_over_its_websocket_with_the_http_checks() {
     subscriber.subscribe("alerts").await;
     let mut backend = open(&server, "backend", &[]).await.unwrap();
 
-    // With an id: answered with its seq; the subscriber gets the alert (timestamp stamped).
+    // With an id: answered with its epoch and seq; the subscriber gets the alert (timestamp
+    // stamped).
     backend.send_json(&publish(Some("p1"), "a1")).await;
     let ack = backend.next_of_type("published").await;
+    let epoch = server.hub.position(modelcast_protocol::Topic::Alerts).0;
     assert_eq!(
         ack["data"],
-        json!({"topic": "alerts", "status": "sent", "seq": 1, "request_id": "p1"})
+        json!({"topic": "alerts", "status": "sent", "epoch": epoch, "seq": 1, "request_id": "p1"})
     );
     let alert = subscriber.next_of_type("alert").await;
     assert_eq!((alert["seq"].as_u64(), alert["data"]["alert_id"].as_str()), (Some(1), Some("a1")));

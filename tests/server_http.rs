@@ -74,13 +74,14 @@ async fn publish_validates_with_the_typed_protocol_and_names_the_field() {
     assert_eq!(server.get("/api/publish").await.0, 405);
     assert_eq!(server.get("/nowhere").await.0, 404);
 
-    // Accepted: 202 with topic and seq of each.
+    // Accepted: 202 with topic, epoch and seq of each.
     let (status, body) =
         server.post("/api/publish", &json!([alert("a", "m"), alert("b", "m")])).await;
     assert_eq!(status, 202);
+    let epoch = server.hub.position(modelcast_protocol::Topic::Alerts).0;
     assert_eq!(
         body["accepted"][0],
-        json!({"type": "alert", "topic": "alerts", "seq": 1, "status": "sent"})
+        json!({"type": "alert", "topic": "alerts", "epoch": epoch, "seq": 1, "status": "sent"})
     );
     assert_eq!(body["accepted"][1]["seq"], 2);
 }

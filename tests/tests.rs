@@ -5,6 +5,7 @@ mod client;
 mod cluster;
 mod codegen;
 mod contract_model;
+mod crash;
 mod delivery_contract;
 mod deploy;
 mod edge;

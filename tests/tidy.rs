@@ -89,6 +89,19 @@ fn dependencies_point_one_way() {
         "hub: {hub:?}"
     );
     assert!(!workspace_deps("modelcast-notifiers").contains("modelcast-server"));
+    // The Redis engine is a library beside the notifiers: the hub's engine seam and nothing of
+    // the domain or the server; only the server wires it in.
+    assert_eq!(
+        workspace_deps("modelcast-redis"),
+        BTreeSet::from(["modelcast-hub".to_owned(), "modelcast-protocol".to_owned()]),
+        "redis depends on the hub (and its protocol) only"
+    );
+    for name in ["modelcast-protocol", "modelcast-hub", "modelcast-notifiers", "modelcast-client"] {
+        assert!(
+            !workspace_deps(name).contains("modelcast-redis"),
+            "{name} must not depend on redis"
+        );
+    }
     let client = workspace_deps("modelcast-client");
     assert_eq!(
         client,

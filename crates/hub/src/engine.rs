@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::idempotency::Remembered;
+use crate::publish::Sequenced;
 use crate::topics::{Applied, HubConfig, Logged, Topics, new_epoch};
 use crate::wire::StateChange;
 
@@ -34,8 +35,9 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
     fn attach(&self, replica: Replica);
 
     /// Appends a message to its topic's log as the next `seq` and answers on `append.reply`
-    /// once it is stored (or with [`Error::Unavailable`]). Called under the hub's throttle
-    /// lock: it must not block, and must store one node's appends of a topic in call order.
+    /// with its position once it is stored (or with [`Error::Unavailable`]: also at once when
+    /// the engine's bounded queue of appends is full). Called under the hub's throttle lock: it
+    /// must not block, and must store one node's appends of a topic in call order.
     fn append(&self, append: Append);
 
     /// Removes `key`'s retained state on `topic` everywhere, each node telling its
@@ -46,9 +48,11 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
     /// error at once instead of waiting).
     fn unavailable(&self) -> Option<String>;
 
-    /// A client asked this node for a position in `topic` it has not reached yet: bring the
-    /// node's copy up to the log's newest `seq` soon.
-    fn catch_up(&self, topic: Topic);
+    /// A client asked this node for `since` in `topic`, which it has not reached: bring the
+    /// node's copy up to the log's newest `seq`; if the log's head under `since`'s epoch is
+    /// below it, the log rolled back (the client holds acknowledged messages the log lost):
+    /// give the topic a new epoch. Answers once done.
+    fn reach(&self, topic: Topic, since: &modelcast_protocol::Since) -> Pending<()>;
 }
 
 /// One message for [`Engine::append`].
@@ -65,8 +69,8 @@ pub struct Append {
     /// A publisher's idempotency key: an append with a key already appended (within the
     /// engine's memory of keys) answers the earlier `seq` and appends nothing.
     pub idempotency_key: Option<String>,
-    /// Where the `seq` (or the failure) goes.
-    pub reply: oneshot::Sender<Result<u64>>,
+    /// Where the position (or the failure) goes.
+    pub reply: oneshot::Sender<Result<Sequenced>>,
 }
 
 /// An answer an engine gives later.
@@ -218,8 +222,12 @@ impl Engine for MemoryEngine {
         if let Some(key) = &append.idempotency_key {
             match state.idempotency.check(key, now) {
                 Ok(None) => {}
-                answered => {
-                    let _ = append.reply.send(answered.map(|seq| seq.unwrap_or_default()));
+                Ok(Some(at)) => {
+                    let _ = append.reply.send(Ok(at));
+                    return;
+                }
+                Err(refused) => {
+                    let _ = append.reply.send(Err(refused));
                     return;
                 }
             }
@@ -243,8 +251,9 @@ impl Engine for MemoryEngine {
         while log.log.len() > self.history_size {
             log.log.pop_front();
         }
+        let at = Sequenced { epoch: Arc::from(self.epoch.as_str()), seq };
         if let Some(key) = &append.idempotency_key {
-            state.idempotency.record(key, seq, now);
+            state.idempotency.record(key, at.clone(), now);
         }
         // Delivered under the engine's lock: every replica applies the topic's messages in
         // `seq` order, so none ever sees a gap.
@@ -252,7 +261,7 @@ impl Engine for MemoryEngine {
             let applied = replica.apply(append.topic, &self.epoch, &logged);
             debug_assert!(matches!(applied, Applied::Applied | Applied::Gone), "{applied:?}");
         }
-        let _ = append.reply.send(Ok(seq));
+        let _ = append.reply.send(Ok(at));
     }
 
     fn clear(&self, topic: Topic, key: String) -> Pending<bool> {
@@ -268,5 +277,8 @@ impl Engine for MemoryEngine {
         None
     }
 
-    fn catch_up(&self, _topic: Topic) {}
+    fn reach(&self, _topic: Topic, _since: &modelcast_protocol::Since) -> Pending<()> {
+        // Every replica applies under the engine's lock: none is ever behind.
+        Pending::ready(Ok(()))
+    }
 }

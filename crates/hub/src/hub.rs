@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::idempotency::Remembered;
 use crate::outbox::Outbox;
-use crate::publish::{Key, Kind, Publish};
+use crate::publish::{Key, Kind, Publish, Sequenced};
 use crate::stats::HubStats;
 use crate::throttle::{Offered, Throttle};
 use crate::topics::{HubConfig, StatePage, Topics};
@@ -24,24 +24,27 @@ use crate::wire::Wire;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Published {
-    /// Sequenced and queued to the subscribers now, at this `seq` of its topic.
-    Sent {
-        /// The message's position in its topic.
-        seq: u64,
-    },
+    /// Sequenced and queued to the subscribers now.
+    Sent(Sequenced),
     /// Held by a throttle or batch window; it (or a newer value of its key) goes out when the
     /// window ends.
     Held,
-    /// Handed to the engine, which answers with its `seq` once stored (or with
+    /// Handed to the engine, which answers with its position once stored (or with
     /// [`Error::Unavailable`]). Subscribers receive it when the engine hands it back.
-    Appending(Pending<u64>),
+    Appending(Pending<Sequenced>),
 }
 
 impl Published {
     /// The `seq` the message got: at once, or once the engine stored it. `None` when held.
     pub async fn seq(self) -> Result<Option<u64>> {
+        Ok(self.position().await?.map(|p| p.seq))
+    }
+
+    /// Where the message was sequenced: at once, or once the engine stored it. `None` when
+    /// held.
+    pub async fn position(self) -> Result<Option<Sequenced>> {
         match self {
-            Published::Sent { seq } => Ok(Some(seq)),
+            Published::Sent(at) => Ok(Some(at)),
             Published::Held => Ok(None),
             Published::Appending(pending) => pending.wait().await.map(Some),
         }
@@ -135,11 +138,14 @@ impl Hub {
         self.engine.as_ref()?.unavailable()
     }
 
-    /// This node has not received `topic` up to a position a client asked for: asks the
-    /// engine to catch up (no-op on a single node, which is never behind).
-    pub fn catch_up(&self, topic: Topic) {
-        if let Some(engine) = &self.engine {
-            engine.catch_up(topic);
+    /// A client asked for `since` in `topic`, which this node has not reached: the engine
+    /// brings the node up to its log's head, and fences the topic (a new epoch) if the log is
+    /// behind the client under the same epoch — the log rolled back. Answers once done
+    /// (at once on a single node, which is never behind); then subscribe again.
+    pub fn reach(&self, topic: Topic, since: &modelcast_protocol::Since) -> Pending<()> {
+        match &self.engine {
+            Some(engine) => engine.reach(topic, since),
+            None => Pending::ready(Ok(())),
         }
     }
 
@@ -194,8 +200,11 @@ impl Hub {
     fn publish_run(&self, run: &mut Vec<(Publish, Vec<Publish>)>, out: &mut Vec<Published>) {
         if let Some((first, _)) = run.first() {
             let topic = first.topic;
-            let seqs = self.topics.publish_run(topic, std::mem::take(run));
-            out.extend(seqs.into_iter().map(|seq| Published::Sent { seq }));
+            let (epoch, seqs) = self.topics.publish_run(topic, std::mem::take(run));
+            out.extend(
+                seqs.into_iter()
+                    .map(|seq| Published::Sent(Sequenced { epoch: epoch.clone(), seq })),
+            );
         }
     }
 
@@ -241,7 +250,7 @@ impl Hub {
     pub(crate) fn publish_now(&self, publish: Publish, constituents: Vec<Publish>) -> Published {
         match &self.engine {
             None => match publish.idempotency_key.clone() {
-                None => Published::Sent { seq: self.topics.publish(publish, constituents) },
+                None => Published::Sent(self.topics.publish(publish, constituents)),
                 Some(key) => self.publish_once(key, publish, constituents),
             },
             Some(engine) => {
@@ -266,11 +275,11 @@ impl Hub {
         let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         match remembered.check(&key, now) {
-            Ok(Some(seq)) => Published::Sent { seq },
+            Ok(Some(at)) => Published::Sent(at),
             Ok(None) => {
-                let seq = self.topics.publish(publish, parts);
-                remembered.record(&key, seq, now);
-                Published::Sent { seq }
+                let at = self.topics.publish(publish, parts);
+                remembered.record(&key, at.clone(), now);
+                Published::Sent(at)
             }
             Err(refused) => Published::Appending(Pending::ready(Err(refused))),
         }

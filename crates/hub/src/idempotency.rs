@@ -11,14 +11,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::publish::Sequenced;
 
 /// How long an idempotency key is honoured after its first publish.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
 
-/// The keys an engine has sequenced, with their `seq`, oldest first.
+/// The keys an engine has sequenced, with where, oldest first.
 #[derive(Debug)]
 pub(crate) struct Remembered {
-    seqs: HashMap<Arc<str>, u64>,
+    seqs: HashMap<Arc<str>, Sequenced>,
     order: VecDeque<(Instant, Arc<str>)>,
     capacity: usize,
 }
@@ -28,10 +29,10 @@ impl Remembered {
         Self { seqs: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1) }
     }
 
-    /// What a publish with `key` does now: `Some(seq)` when the key was published (answer that
-    /// `seq`, publish nothing), `None` when it may be published (then [`Remembered::record`]
-    /// it), or the refusal when no more keys fit.
-    pub(crate) fn check(&mut self, key: &str, now: Instant) -> Result<Option<u64>> {
+    /// What a publish with `key` does now: `Some(at)` when the key was published (answer that
+    /// position, publish nothing), `None` when it may be published (then
+    /// [`Remembered::record`] it), or the refusal when no more keys fit.
+    pub(crate) fn check(&mut self, key: &str, now: Instant) -> Result<Option<Sequenced>> {
         while let Some((at, old)) = self.order.front() {
             if now.duration_since(*at) <= IDEMPOTENCY_TTL {
                 break;
@@ -39,8 +40,8 @@ impl Remembered {
             self.seqs.remove(old);
             self.order.pop_front();
         }
-        if let Some(seq) = self.seqs.get(key) {
-            return Ok(Some(*seq));
+        if let Some(at) = self.seqs.get(key) {
+            return Ok(Some(at.clone()));
         }
         match self.order.front() {
             Some((oldest, _)) if self.order.len() >= self.capacity => {
@@ -54,10 +55,10 @@ impl Remembered {
         }
     }
 
-    /// Remembers that `key` was published at `seq`.
-    pub(crate) fn record(&mut self, key: &str, seq: u64, now: Instant) {
+    /// Remembers that `key` was published at `at`.
+    pub(crate) fn record(&mut self, key: &str, at: Sequenced, now: Instant) {
         let key: Arc<str> = Arc::from(key);
-        if self.seqs.insert(key.clone(), seq).is_none() {
+        if self.seqs.insert(key.clone(), at).is_none() {
             self.order.push_back((now, key));
         }
     }
@@ -67,16 +68,20 @@ impl Remembered {
 mod tests {
     use super::*;
 
+    fn at(seq: u64) -> Sequenced {
+        Sequenced { epoch: Arc::from("e"), seq }
+    }
+
     #[test]
     fn a_key_is_honoured_for_its_window_and_a_full_table_refuses_new_keys() {
         let start = Instant::now();
         let mut keys = Remembered::new(2);
         assert_eq!(keys.check("a", start), Ok(None));
-        keys.record("a", 1, start);
-        keys.record("b", 2, start + Duration::from_secs(60));
+        keys.record("a", at(1), start);
+        keys.record("b", at(2), start + Duration::from_secs(60));
         let err = keys.check("c", start + Duration::from_secs(100)).unwrap_err();
         assert_eq!(err, Error::IdempotencyFull { capacity: 2, retry_after: 501 });
-        assert_eq!(keys.check("a", start + IDEMPOTENCY_TTL), Ok(Some(1)), "still honoured");
+        assert_eq!(keys.check("a", start + IDEMPOTENCY_TTL), Ok(Some(at(1))), "still honoured");
         let later = start + IDEMPOTENCY_TTL + Duration::from_secs(1);
         assert_eq!(keys.check("c", later), Ok(None), "a expired: room again");
         assert_eq!(keys.check("a", later), Ok(None), "forgotten only after its window");

@@ -79,7 +79,7 @@ pub use frame::Frame;
 pub use hub::{Hub, Published};
 pub use idempotency::IDEMPOTENCY_TTL;
 pub use outbox::Delivery;
-pub use publish::{Key, Kind, Publish, Retain};
+pub use publish::{Key, Kind, Publish, Retain, Sequenced};
 pub use stats::{ConflateReason, HubStats, TopicStats};
 pub use topics::{
     Applied, HubConfig, Logged, StatePage, SubscribeOptions, SubscribeOutcome, new_epoch,

@@ -10,6 +10,16 @@ use modelcast_protocol::{ServerMessage, Topic};
 /// *filter subject* (what a subscriber's filter matches).
 pub type Key = Arc<str>;
 
+/// Where a message was sequenced: its topic's epoch then, and its `seq` in it. A publisher
+/// that sees the epoch change knows the numbering started again (a rollback was fenced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequenced {
+    /// The topic's epoch the `seq` belongs to.
+    pub epoch: Arc<str>,
+    /// The message's position in its topic.
+    pub seq: u64,
+}
+
 /// What a publish does to the topic's retained state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Retain {

@@ -14,7 +14,7 @@ use crate::error::{DropReason, Error, MIN_MAX_HZ, Result};
 use crate::frame::{encode, encode_text, with_seq};
 use crate::keys::{Interner, KeyId, KeyRef, id_of};
 use crate::outbox::{Outbox, Pushed, TopicFrame};
-use crate::publish::{Key, Kind, Publish, Retain};
+use crate::publish::{Key, Kind, Publish, Retain, Sequenced};
 use crate::retained::{Entry, Retained};
 use crate::stats::Stats;
 use crate::wire::Wire;
@@ -429,10 +429,11 @@ impl Topics {
     }
 
     /// Sequences, records and fans out one message now; `parts` (a batch's constituents) only
-    /// update the retained state, under the message's `seq`. Returns the `seq`.
-    pub(crate) fn publish(&self, publish: Publish, parts: Vec<Publish>) -> u64 {
+    /// update the retained state, under the message's `seq`. Returns where it was sequenced.
+    pub(crate) fn publish(&self, publish: Publish, parts: Vec<Publish>) -> Sequenced {
         let topic = publish.topic;
-        self.publish_run(topic, vec![(publish, parts)])[0]
+        let (epoch, seqs) = self.publish_run(topic, vec![(publish, parts)]);
+        Sequenced { epoch, seq: seqs[0] }
     }
 
     /// Records and fans out a message an engine sequenced under `epoch`, if it is the next one
@@ -465,8 +466,12 @@ impl Topics {
 
     /// Sequences, records and fans out messages of one topic, in order, under one acquisition
     /// of the topic lock: each subscriber's outbox is locked once for
-    /// all of them. Returns their `seq`s.
-    pub(crate) fn publish_run(&self, topic: Topic, run: Vec<(Publish, Vec<Publish>)>) -> Vec<u64> {
+    /// all of them. Returns the topic's epoch and their `seq`s.
+    pub(crate) fn publish_run(
+        &self,
+        topic: Topic,
+        run: Vec<(Publish, Vec<Publish>)>,
+    ) -> (Arc<str>, Vec<u64>) {
         // Serialized once, outside the topic lock, without the seq; the seq is spliced in below.
         let prepared: Vec<(Prepared, Vec<Prepared>)> = run
             .into_iter()
@@ -482,8 +487,9 @@ impl Topics {
             recorded.push(self.record(&mut state, topic, seq, now, now, main, parts));
         }
         let seqs = recorded.iter().map(|r| r.seq).collect();
+        let epoch = state.epoch.clone();
         self.fan_out(state, topic, now, &recorded);
-        seqs
+        (epoch, seqs)
     }
 
     /// Records `main` (and `parts`) at `seq`: the topic's position, retained state, history.

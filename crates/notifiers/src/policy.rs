@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelcast_hub::{Batcher, Hub, Kind, Pending, Publish, Published, Retain};
+use modelcast_hub::{Batcher, Hub, Kind, Pending, Publish, Published, Retain, Sequenced};
 use modelcast_protocol::{
     AlertLevel, BatchModelStatusUpdate, DownloadStatus, GenerationStatus, HealthStatus,
     ModelStatusSummary, ServerMessage, Severity, Topic,
@@ -105,19 +105,19 @@ impl Rule {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Outcome {
-    /// Handed to the cluster's engine, which answers with the `seq` once stored.
+    /// Handed to the cluster's engine, which answers with the position once stored.
     Appending {
         /// The topic.
         topic: Topic,
         /// The engine's answer.
-        pending: Pending<u64>,
+        pending: Pending<Sequenced>,
     },
-    /// Published now at `seq` of `topic`.
+    /// Published now on `topic`, at `at`.
     Sent {
         /// The topic.
         topic: Topic,
-        /// Its position in the topic.
-        seq: u64,
+        /// Its epoch and `seq` in the topic.
+        at: Sequenced,
     },
     /// Held by a throttle or batch window; goes out (or is superseded) when the window ends.
     Held {
@@ -143,7 +143,7 @@ enum Routed {
 
 fn outcome_of(topic: Topic, published: Published) -> Outcome {
     match published {
-        Published::Sent { seq } => Outcome::Sent { topic, seq },
+        Published::Sent(at) => Outcome::Sent { topic, at },
         Published::Appending(pending) => Outcome::Appending { topic, pending },
         _ => Outcome::Held { topic },
     }

@@ -797,6 +797,10 @@ pub struct Published {
     /// Its position in the topic, when sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// The topic's epoch `seq` belongs to, when sent: a publisher that sees it change knows the
+    /// numbering started again (a rolled-back log was fenced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
     /// The request's `id`, echoed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<RequestId>,

@@ -1,6 +1,6 @@
 //! Client actions: a text frame parsed, validated, authorized and answered.
 
-use modelcast_hub::{Connection, SubscribeOptions};
+use modelcast_hub::{Connection, Sequenced, SubscribeOptions};
 use modelcast_notifiers::Outcome;
 use modelcast_protocol::{
     ClientMessage, ErrorCode, ErrorMessage, FrameError, Pong, PublishRequest, Published, RequestId,
@@ -43,30 +43,37 @@ fn authenticated(app: &App, conn: &Connection, control: &Arc<Control>, identity:
     control.wake.notify_one();
 }
 
-/// How long a recovery waits for this node to reach the position the client asks for (it got
-/// it from another node, which received the message first).
+/// How long a recovery waits for the engine to bring this node to the position the client
+/// asks for (it got it from another node, which received the message first).
 const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// A recovery asked for a position this node has not reached: ask the engine to catch up,
-/// then subscribe; after [`CATCH_UP_WAIT`] a retryable `unavailable` error instead.
+/// A recovery asked for a position this node has not reached: the engine brings the node up
+/// to its log's head (fencing the topic if the client holds a position the log lost), then
+/// the subscription starts — notified, not polled. If the node still has not reached it (a
+/// position the log never had, within the engine's fence cooldown), the client gets the
+/// current state, not recovered: never a replay from numbers the log may hand out again. If
+/// the engine cannot answer, a retryable `unavailable` error.
 fn subscribe_when_caught_up(app: &App, conn: &Connection, topic: Topic, options: SubscribeOptions) {
-    app.hub.catch_up(topic);
-    let (hub, conn) = (app.hub.clone(), conn.clone());
+    let Some(since) = options.since.clone() else { return };
+    let reached = app.hub.reach(topic, &since);
+    let conn = conn.clone();
     let counter = app.metrics.error_counter(&ErrorCode::Unavailable);
-    let wanted = options.since.as_ref().map_or(0, |s| s.seq);
     tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
-        while hub.last_seq(topic) < wanted && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
         let request_id = options.request_id.clone();
-        if let Err(modelcast_hub::Error::Behind { have, .. }) = conn.subscribe(topic, options) {
-            let code = ErrorCode::Unavailable;
+        let failed = match tokio::time::timeout(CATCH_UP_WAIT, reached.wait()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(_) => Some(format!("this node did not reach {topic} seq {} in time", since.seq)),
+        };
+        if let Some(reason) = failed {
             counter.inc();
-            let message = format!(
-                "this node has {topic} up to seq {have} only, not yet {wanted}; retry in a moment"
-            );
+            let code = ErrorCode::Unavailable;
+            let message = format!("cannot recover now ({reason}); retry in a moment");
             let _ = conn.send(&ServerMessage::Error(ErrorMessage { code, message, request_id }));
+            return;
+        }
+        if let Err(modelcast_hub::Error::Behind { .. }) = conn.subscribe(topic, options.clone()) {
+            let _ = conn.subscribe(topic, options.since(None));
         }
     });
 }
@@ -124,8 +131,9 @@ fn publish_checked(
     if messages.is_empty() {
         return;
     }
-    let answer = |status: &str, topic: Topic, seq: Option<u64>, request_id: Option<RequestId>| {
-        ServerMessage::Published(Published { topic, status: status.into(), seq, request_id })
+    let answer = |status: &str, topic: Topic, at: Option<Sequenced>, request_id| {
+        let (epoch, seq) = at.map(|at| (at.epoch.to_string(), at.seq)).unzip();
+        ServerMessage::Published(Published { topic, status: status.into(), seq, epoch, request_id })
     };
     for (outcome, id) in app.policy.publish_many(messages).into_iter().zip(ids) {
         match outcome {
@@ -136,7 +144,7 @@ fn publish_checked(
                 tokio::spawn(async move {
                     let reply = match pending.wait().await {
                         Ok(_) if id.is_none() => return,
-                        Ok(seq) => answer("sent", topic, Some(seq), id),
+                        Ok(at) => answer("sent", topic, Some(at), id),
                         Err(err) => {
                             counter.inc();
                             let code = ErrorCode::Unavailable;
@@ -148,8 +156,8 @@ fn publish_checked(
                 });
             }
             _ if id.is_none() => {}
-            Some(Outcome::Sent { topic, seq }) => {
-                let _ = conn.send(&answer("sent", topic, Some(seq), id));
+            Some(Outcome::Sent { topic, at }) => {
+                let _ = conn.send(&answer("sent", topic, Some(at), id));
             }
             Some(Outcome::Held { topic }) => {
                 let _ = conn.send(&answer("held", topic, None, id));

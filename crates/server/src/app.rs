@@ -15,12 +15,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{RedisEngine, RedisSettings, redact};
 use crate::config::Config;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::security::Security;
 use crate::state::App;
+use modelcast_redis::{RedisEngine, RedisSettings};
 
 /// A bound, not yet running server.
 #[derive(Debug)]
@@ -69,23 +69,16 @@ impl Server {
         let engine = match &config.redis_url {
             None => None,
             Some(url) => {
-                let settings = RedisSettings {
-                    url: url.clone(),
-                    prefix: config.redis_prefix.clone(),
-                    node: node_id.clone(),
-                    history_size: config.history_size,
-                    state_max_keys: config.state_max_keys,
-                };
-                let engine =
-                    RedisEngine::start(settings, CancellationToken::new()).await.map_err(|e| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::ConnectionRefused,
-                            format!(
-                                "MODELCAST_REDIS_URL: cannot reach Redis at {}: {e}",
-                                redact(url)
-                            ),
-                        )
-                    })?;
+                let settings = RedisSettings::new(url, &config.redis_prefix, &node_id)
+                    .history_size(config.history_size)
+                    .state_max_keys(config.state_max_keys)
+                    .append_queue(config.redis_append_queue);
+                let engine = RedisEngine::start(settings).await.map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        format!("MODELCAST_REDIS_URL: {e}"),
+                    )
+                })?;
                 Some(engine)
             }
         };
@@ -269,6 +262,10 @@ impl Server {
             }
         }
         drop(listener);
+        // The engine last: drained sessions may still have been waiting for its answers.
+        if let Some(engine) = &app.engine {
+            engine.stop().await;
+        }
         Ok(())
     }
 }

@@ -108,6 +108,12 @@ pub struct Config {
     #[arg(long, env = "MODELCAST_REDIS_PREFIX", default_value = "mc", value_name = "PREFIX")]
     pub redis_prefix: String,
 
+    /// Publishes that may wait for Redis on this node (a cluster node); past it a publish is
+    /// refused at once with 503 and `Retry-After` (Redis is slow), so memory stays bounded.
+    #[arg(long, env = "MODELCAST_REDIS_APPEND_QUEUE", default_value = "10000", value_name = "N",
+          value_parser = count("MODELCAST_REDIS_APPEND_QUEUE"))]
+    pub redis_append_queue: usize,
+
     /// This node's id, shown in logs, `/api/stats`, `/metrics` and `welcome` (default: random).
     #[arg(long, env = "MODELCAST_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,

@@ -207,7 +207,7 @@ async fn respond(
                 (StatusCode::OK, json!({"status": "ready"}))
             };
             // A configuration that works but can lose data (Redis evicting keys) is said here.
-            if let Some(warning) = app.engine.as_ref().and_then(|e| e.health.warning()) {
+            if let Some(warning) = app.engine.as_ref().and_then(|e| e.health().warning) {
                 body["warnings"] = json!([warning]);
             }
             json_response(status, &body)
@@ -304,18 +304,19 @@ fn state(app: &App, query: Option<&str>) -> Resp {
 /// The engine's part of `/api/stats`.
 fn engine(app: &App) -> Value {
     let Some(engine) = &app.engine else { return json!({"kind": "memory", "up": true}) };
-    let h = &engine.health;
-    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let h = engine.health();
     json!({
         "kind": "redis",
-        "up": h.is_up(),
-        "following": h.following.load(Ordering::Relaxed),
-        "unavailable_reason": app.hub.unavailable(),
-        "append_failures": n(&h.append_failures),
-        "topic_repairs": n(&h.repairs),
-        "topic_resets": n(&h.resets),
-        "pubsub_reconnects": n(&h.reconnects),
-        "warning": h.warning(),
+        "up": h.up,
+        "following": h.following,
+        "unavailable_reason": h.reason,
+        "append_failures": h.append_failures,
+        "appends_refused_queue_full": h.appends_refused_full,
+        "topic_repairs": h.repairs,
+        "topic_resets": h.resets,
+        "topic_fences": h.fences,
+        "pubsub_reconnects": h.reconnects,
+        "warning": h.warning,
     })
 }
 

@@ -4,7 +4,8 @@
 //! metrics, graceful shutdown.
 //!
 //! It is the only crate that knows sockets and HTTP; no tungstenite or hyper type appears in
-//! its public API. Depends on every library crate; nothing depends on it.
+//! its public API. Depends on every library crate; nothing depends on it. It only wires the
+//! Redis engine (`modelcast-redis`) in when `MODELCAST_REDIS_URL` is set.
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -16,7 +17,6 @@
 
 mod actions;
 mod app;
-mod cluster;
 mod config;
 mod handshake;
 mod http;

@@ -310,11 +310,9 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
     let mut failure: Option<modelcast_hub::Error> = None;
     for (type_name, outcome) in type_names.into_iter().zip(outcomes) {
         accepted.push(match outcome {
-            Some(Outcome::Sent { topic, seq }) => {
-                json!({"type": type_name, "topic": topic, "seq": seq, "status": "sent"})
-            }
+            Some(Outcome::Sent { topic, at }) => sent(type_name, topic, &at),
             Some(Outcome::Appending { topic, pending }) => match pending.wait().await {
-                Ok(seq) => json!({"type": type_name, "topic": topic, "seq": seq, "status": "sent"}),
+                Ok(at) => sent(type_name, topic, &at),
                 Err(err) => {
                     failure.get_or_insert(err);
                     json!({"type": type_name, "topic": topic, "status": "failed"})
@@ -351,6 +349,12 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         return resp;
     }
     json_response(StatusCode::ACCEPTED, &json!({"accepted": accepted}))
+}
+
+/// A `202` element for a message sequenced at `at`: its epoch too, so a publisher sees a fenced
+/// rollback (the numbering started again under a new epoch).
+fn sent(type_name: &str, topic: modelcast_protocol::Topic, at: &modelcast_hub::Sequenced) -> Value {
+    json!({"type": type_name, "topic": topic, "epoch": &*at.epoch, "seq": at.seq, "status": "sent"})
 }
 
 /// Checks one message for publishing, as `POST /api/publish` and the WebSocket `publish`

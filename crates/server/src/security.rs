@@ -47,7 +47,7 @@ pub fn check_config(config: &Config) -> Result<String, String> {
         format!("bind: {}", config.bind),
         format!(
             "engine: {}",
-            config.redis_url.as_deref().map_or("memory".to_owned(), crate::cluster::redact)
+            config.redis_url.as_deref().map_or("memory".to_owned(), modelcast_redis::redact)
         ),
         format!(
             "authentication: {}",

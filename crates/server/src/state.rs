@@ -42,7 +42,7 @@ pub(crate) struct App {
     /// This node's id (`MODELCAST_NODE_ID` or random).
     pub(crate) node_id: String,
     /// The Redis engine, when this node is one of a cluster.
-    pub(crate) engine: Option<Arc<crate::cluster::RedisEngine>>,
+    pub(crate) engine: Option<Arc<modelcast_redis::RedisEngine>>,
 }
 
 impl App {

@@ -1611,6 +1611,11 @@ class Published(BaseModel):
     unless it fails).
     """
 
+    epoch: str | None = None
+    """
+    The topic's epoch `seq` belongs to, when sent: a publisher that sees it change knows the
+    numbering started again (a rolled-back log was fenced).
+    """
     request_id: RequestId | None = None
     """
     The request's `id`, echoed.

@@ -1172,6 +1172,11 @@ export interface StateCleared {
  */
 export interface Published {
   /**
+   * The topic's epoch `seq` belongs to, when sent: a publisher that sees it change knows the
+   * numbering started again (a rolled-back log was fenced).
+   */
+  epoch?: string;
+  /**
    * The request's `id`, echoed.
    */
   request_id?: number | string;

@@ -1,0 +1,141 @@
+//! Appends, in call order, through a bounded queue: everything queued while a round trip is in
+//! flight goes in the next, as one script call per topic (a topic's appends of a round are
+//! atomic: after a `NOSCRIPT` none of them happened, so retrying them keeps their order).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use modelcast_hub::{Append, Error as HubError, Sequenced};
+use modelcast_protocol::Topic;
+use redis::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::scripts::{AppendLimits, append_call};
+use crate::shared::{IDEMPOTENCY_TTL_SECS, Shared, needs_restart_check};
+
+/// The most appends sent in one round trip.
+const ROUND: usize = 1024;
+
+/// Sends queued appends to Redis until `stop`.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut queue: mpsc::Receiver<Append>,
+    stop: CancellationToken,
+) {
+    let mut round = Vec::with_capacity(ROUND);
+    loop {
+        let n = tokio::select! {
+            n = queue.recv_many(&mut round, ROUND) => n,
+            () = stop.cancelled() => 0,
+        };
+        if n == 0 {
+            break;
+        }
+        append_round(&shared, std::mem::take(&mut round)).await;
+    }
+    // Stopping: whatever is still queued is answered, never left waiting.
+    queue.close();
+    while let Some(append) = queue.recv().await {
+        let _ = append.reply.send(Err(HubError::Unavailable("the server is stopping".into())));
+    }
+}
+
+/// The appends of one round, grouped by topic in order (one script call per group).
+fn by_topic(round: Vec<Append>) -> Vec<(Topic, Vec<Append>)> {
+    let mut groups: Vec<(Topic, Vec<Append>)> = Vec::new();
+    for append in round {
+        match groups.iter_mut().find(|(t, _)| *t == append.topic) {
+            Some((_, group)) => group.push(append),
+            None => groups.push((append.topic, vec![append])),
+        }
+    }
+    groups
+}
+
+async fn append_round(shared: &Shared, round: Vec<Append>) {
+    let mut pending = by_topic(round);
+    // Twice at most: a second `NOSCRIPT` right after the restart check is a failure.
+    for attempt in 0..2 {
+        let results = call_groups(shared, &pending).await;
+        let mut retry = Vec::new();
+        let mut restart = false;
+        for ((topic, group), result) in pending.into_iter().zip(results) {
+            match result {
+                Err(err) if attempt == 0 && needs_restart_check(&err) => {
+                    restart = true;
+                    retry.push((topic, group));
+                }
+                result => answer(shared, topic, group, result),
+            }
+        }
+        if retry.is_empty() {
+            return;
+        }
+        if restart && let Err(err) = shared.restart_check().await {
+            for (topic, group) in retry {
+                answer(shared, topic, group, Err(err.clone()));
+            }
+            return;
+        }
+        pending = retry;
+    }
+}
+
+async fn call_groups(
+    shared: &Shared,
+    groups: &[(Topic, Vec<Append>)],
+) -> Vec<redis::RedisResult<Value>> {
+    let run_id = shared.run_id();
+    let limits = AppendLimits {
+        run_id: &run_id,
+        node_epoch: &shared.node_epoch,
+        history_size: shared.limits.history_size,
+        idempotency_ttl_secs: IDEMPOTENCY_TTL_SECS,
+        state_max_keys: shared.limits.state_max_keys,
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let calls = groups.iter().map(|(topic, group)| {
+        let cmd = append_call(&shared.scripts, shared.names.of(*topic), limits, now_ms, group);
+        let mut conn = shared.conn.clone();
+        async move { cmd.query_async::<Value>(&mut conn).await }
+    });
+    futures_util::future::join_all(calls).await
+}
+
+/// Answers a group's appends from the script's `{epoch, seq…}` (or its failure).
+fn answer(shared: &Shared, topic: Topic, group: Vec<Append>, result: redis::RedisResult<Value>) {
+    let positions = result.and_then(|value| {
+        parse_positions(&value, group.len()).ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "unexpected append reply"))
+        })
+    });
+    match positions {
+        Ok((epoch, seqs)) => {
+            for (append, seq) in group.into_iter().zip(seqs) {
+                let _ = append.reply.send(Ok(Sequenced { epoch: epoch.clone(), seq }));
+            }
+        }
+        Err(err) => {
+            // Unreachable, or refusing writes (a read-only replica, NOAUTH, OOM): publishes
+            // fail fast until the follower's write probe succeeds.
+            shared.health.append_failures.fetch_add(group.len() as u64, Ordering::Relaxed);
+            shared.health.set_down(format!("redis: {err}"));
+            tracing::debug!(%topic, "append failed: {err}");
+            for append in group {
+                let _ = append.reply.send(Err(HubError::Unavailable(format!("redis: {err}"))));
+            }
+        }
+    }
+}
+
+fn parse_positions(value: &Value, n: usize) -> Option<(Arc<str>, Vec<u64>)> {
+    let Value::Array(items) = value else { return None };
+    let (epoch, seqs) = items.split_first()?;
+    let epoch: Arc<str> = Arc::from(std::str::from_utf8(crate::snapshot::bytes_of(epoch)?).ok()?);
+    let seqs: Vec<u64> = seqs
+        .iter()
+        .map(|s| crate::snapshot::number_of(s).map(|n| n as u64))
+        .collect::<Option<_>>()?;
+    (seqs.len() == n).then_some((epoch, seqs))
+}

@@ -1,0 +1,251 @@
+//! [`RedisEngine`]: the [`Engine`] the hub appends to and is fed by, and its tasks.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use modelcast_hub::{Append, Engine, Error as HubError, Pending, Replica};
+use modelcast_protocol::{Since, Topic};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{Error, Result};
+use crate::follower::{TopicHandle, Work, topic_channels};
+use crate::health::HealthReport;
+use crate::names::Names;
+use crate::scripts::clear_call;
+use crate::shared::{Limits, Shared};
+
+/// What the engine needs to know. Build with [`RedisSettings::new`] and the setters.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    url: String,
+    prefix: String,
+    node: String,
+    history_size: usize,
+    state_max_keys: usize,
+    append_queue: usize,
+}
+
+impl RedisSettings {
+    /// Redis at `url` (e.g. `redis://127.0.0.1:6379/0`), keys under `prefix` (several clusters
+    /// can share one Redis), this node named `node` (its probes); history of 1,000 messages
+    /// and state of 10,000 keys per topic, 10,000 appends queued at most.
+    pub fn new(url: impl Into<String>, prefix: impl Into<String>, node: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: prefix.into(),
+            node: node.into(),
+            history_size: 1000,
+            state_max_keys: 10_000,
+            append_queue: 10_000,
+        }
+    }
+
+    /// Messages kept per topic in the log (a capped stream).
+    pub fn history_size(mut self, n: usize) -> Self {
+        self.history_size = n;
+        self
+    }
+
+    /// Keys with retained state per topic; past it the least recently updated leaves.
+    pub fn state_max_keys(mut self, n: usize) -> Self {
+        self.state_max_keys = n;
+        self
+    }
+
+    /// Appends that may wait for Redis; past it an append is refused at once (a retryable
+    /// [`HubError::Unavailable`]).
+    pub fn append_queue(mut self, n: usize) -> Self {
+        self.append_queue = n.max(1);
+        self
+    }
+}
+
+/// The Redis engine (see the crate docs). Made by [`RedisEngine::start`]; stopped (its tasks
+/// ended, queued appends answered) by [`RedisEngine::stop`].
+pub struct RedisEngine {
+    shared: Arc<Shared>,
+    appends: mpsc::Sender<Append>,
+    append_queue: usize,
+    topics: Vec<TopicHandle>,
+    /// Hands the hub's replica to the follower (once).
+    attach: Mutex<Option<oneshot::Sender<Replica>>>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisEngine")
+            .field("prefix", &self.shared.names.prefix)
+            .field("health", &self.shared.health.report())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisEngine {
+    /// Connects to Redis (failing if it cannot be reached now), checks its configuration and
+    /// whether it restarted since the cluster last wrote, and starts the engine's tasks. A
+    /// Redis that is reachable but refuses (a password, a read-only replica) does not stop
+    /// the start: the engine is down, says why, and comes up when Redis lets it.
+    pub async fn start(settings: RedisSettings) -> Result<Arc<Self>> {
+        let connect =
+            |source: redis::RedisError| Error::Connect { url: redact(&settings.url), source };
+        let client = redis::Client::open(settings.url.as_str()).map_err(connect)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let mut conn = client.get_connection_manager_with_config(config).await.map_err(connect)?;
+        let warning = eviction_warning(&mut conn).await;
+        if let Some(warning) = &warning {
+            tracing::warn!("{warning}");
+        }
+        let names = Names::new(&settings.prefix, &settings.node);
+        let limits =
+            Limits { history_size: settings.history_size, state_max_keys: settings.state_max_keys };
+        let shared = Arc::new(Shared::new(conn, names, limits));
+        shared.health.set_warning(warning);
+        if let Err(err) = shared.restart_check().await {
+            shared.health.set_down(format!("redis: {err}"));
+        }
+        let (appends, queue) = mpsc::channel(settings.append_queue);
+        let (handles, inboxes) = topic_channels();
+        let (attach, attached) = oneshot::channel();
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(crate::appender::run(shared.clone(), queue, stop.clone()));
+        tracker.spawn(crate::follower::run(
+            client,
+            shared.clone(),
+            attached,
+            inboxes,
+            handles.clone(),
+            tracker.clone(),
+            stop.clone(),
+        ));
+        Ok(Arc::new(Self {
+            shared,
+            appends,
+            append_queue: settings.append_queue,
+            topics: handles,
+            attach: Mutex::new(Some(attach)),
+            stop,
+            tracker,
+        }))
+    }
+
+    /// The engine's health now.
+    pub fn health(&self) -> HealthReport {
+        self.shared.health.report()
+    }
+
+    /// Stops the engine's tasks and waits for them: appends still queued are answered
+    /// unavailable; nothing runs after this returns.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+impl Engine for RedisEngine {
+    fn attach(&self, replica: Replica) {
+        match self.attach.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(attach) => {
+                let _ = attach.send(replica);
+            }
+            None => tracing::error!("a redis engine serves one hub; a second attach was ignored"),
+        }
+    }
+
+    fn append(&self, append: Append) {
+        match self.appends.try_send(append) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(append)) => {
+                self.shared
+                    .health
+                    .appends_refused_full
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let message = format!(
+                    "{} appends are waiting for redis already (it is slow): retry shortly",
+                    self.append_queue
+                );
+                let _ = append.reply.send(Err(HubError::Unavailable(message)));
+            }
+            Err(mpsc::error::TrySendError::Closed(append)) => {
+                let stopping = HubError::Unavailable("the server is stopping".into());
+                let _ = append.reply.send(Err(stopping));
+            }
+        }
+    }
+
+    fn clear(&self, topic: Topic, key: String) -> Pending<bool> {
+        let (tx, pending) = Pending::new();
+        let shared = self.shared.clone();
+        self.tracker.spawn(async move {
+            let cmd = clear_call(&shared.scripts, shared.names.of(topic), &key);
+            let result: redis::RedisResult<i64> = shared.eval(&cmd).await;
+            let _ =
+                tx.send(result.map(|n| n == 1).map_err(|e| HubError::Unavailable(e.to_string())));
+        });
+        pending
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.shared.health.unavailable()
+    }
+
+    fn reach(&self, topic: Topic, since: &Since) -> Pending<()> {
+        let (reply, pending) = Pending::new();
+        let work = Work::Reach { since: since.clone(), reply };
+        if let Err(err) = self.topics[topic.index()].work.try_send(work) {
+            let message = match &err {
+                mpsc::error::TrySendError::Full(_) => {
+                    "this node is busy catching up: retry shortly"
+                }
+                mpsc::error::TrySendError::Closed(_) => "the server is stopping",
+            };
+            if let Work::Reach { reply, .. } = err.into_inner() {
+                let _ = reply.send(Err(HubError::Unavailable(message.into())));
+            }
+        }
+        pending
+    }
+}
+
+/// Redis's eviction policy must be `noeviction`: an evicted key would silently drop history,
+/// state or an idempotency key. Returns what is wrong, if anything.
+async fn eviction_warning(conn: &mut redis::aio::ConnectionManager) -> Option<String> {
+    let reply: redis::RedisResult<Vec<String>> =
+        redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(conn).await;
+    match reply.as_deref() {
+        Ok([_, policy]) if policy == "noeviction" => None,
+        Ok([_, policy]) => Some(format!(
+            "redis maxmemory-policy is `{policy}`, not `noeviction`: under memory pressure Redis \
+             would silently drop history, current state or idempotency keys; set \
+             `maxmemory-policy noeviction`"
+        )),
+        Ok(_) => Some("redis did not report maxmemory-policy; make sure it is `noeviction`".into()),
+        Err(err) => Some(format!(
+            "cannot read redis maxmemory-policy ({err}); make sure it is `noeviction`"
+        )),
+    }
+}
+
+/// `url` with its password hidden, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,427 @@
+//! Following the topics' channels: one pub/sub connection (subscribed to every topic's channel
+//! and the node's probe) that routes each message to its topic's worker, and a check each
+//! second. Each topic has its own worker task applying its messages in order and repairing its
+//! copy from the log, so a slow repair blocks only its own topic.
+//!
+//! Nothing here queues without bound: a topic's queue of channel messages is bounded, and a
+//! message that does not fit is dropped and the topic marked for repair (the log has it);
+//! repairs are a flag per topic (`Notify`), not a queue.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use modelcast_hub::{Applied, Error as HubError, Logged, Replica, Result as HubResult, new_epoch};
+use modelcast_protocol::{Since, Topic};
+use redis::Value;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::scripts::{FenceWhy, fence_call, snapshot_call};
+use crate::shared::{CHECK_EVERY, Shared};
+use crate::snapshot::{Snapshot, parse_snapshot};
+
+/// Probes unanswered for this many checks mean the pub/sub connection is wedged.
+const PROBE_PATIENCE: u64 = 3;
+/// Channel messages that may wait per topic before the topic is repaired from the log instead.
+pub(crate) const TOPIC_QUEUE: usize = 1024;
+/// At most one fence per topic in this time on a client's word (a position past the log's
+/// head): a made-up position must not make every subscriber start over again and again. A
+/// client asking within it is not recovered (it gets the current state), never replayed from a
+/// range the log may hand out again.
+const CLIENT_FENCE_EVERY: Duration = Duration::from_secs(60);
+
+/// Work for a topic's worker.
+#[derive(Debug)]
+pub(crate) enum Work {
+    /// A message from the topic's channel.
+    Message { epoch: String, logged: Logged },
+    /// A key's retained state was cleared.
+    Cleared(String),
+    /// A client asked for a position this node has not reached.
+    Reach { since: Since, reply: oneshot::Sender<HubResult<()>> },
+}
+
+/// How the engine reaches a topic's worker.
+#[derive(Debug, Clone)]
+pub(crate) struct TopicHandle {
+    pub(crate) work: mpsc::Sender<Work>,
+    pub(crate) repair: Arc<Notify>,
+}
+
+/// A topic worker's inbox, handed to the follower when the engine starts.
+#[derive(Debug)]
+pub(crate) struct TopicInbox {
+    pub(crate) work: mpsc::Receiver<Work>,
+    pub(crate) repair: Arc<Notify>,
+}
+
+/// A new handle and inbox per topic.
+pub(crate) fn topic_channels() -> (Vec<TopicHandle>, Vec<TopicInbox>) {
+    Topic::ALL
+        .iter()
+        .map(|_| {
+            let (tx, rx) = mpsc::channel(TOPIC_QUEUE);
+            let repair = Arc::new(Notify::new());
+            (TopicHandle { work: tx, repair: repair.clone() }, TopicInbox { work: rx, repair })
+        })
+        .unzip()
+}
+
+/// Follows the channels until `stop`: waits for the hub's replica, starts a worker per topic,
+/// then keeps a pub/sub connection (reconnecting with backoff).
+pub(crate) async fn run(
+    client: redis::Client,
+    shared: Arc<Shared>,
+    attached: oneshot::Receiver<Replica>,
+    inboxes: Vec<TopicInbox>,
+    handles: Vec<TopicHandle>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let replica = tokio::select! {
+        replica = attached => match replica {
+            Ok(replica) => replica,
+            Err(_) => return, // the engine was dropped without a hub
+        },
+        () = stop.cancelled() => return,
+    };
+    for (topic, inbox) in Topic::ALL.into_iter().zip(inboxes) {
+        let worker = Worker {
+            topic,
+            shared: shared.clone(),
+            replica: replica.clone(),
+            last_client_fence: None,
+        };
+        tracker.spawn(worker.run(inbox, stop.clone()));
+    }
+    let mut follower = Follower { client, shared, replica, handles };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match follower.subscribe().await {
+            Ok(pubsub) => {
+                backoff = Duration::from_millis(100);
+                follower.shared.health.set_following(true);
+                let exit = follower.follow(pubsub, &stop).await;
+                follower.shared.health.set_following(false);
+                if exit.is_none() {
+                    return;
+                }
+            }
+            Err(err) => follower.shared.health.set_down(format!("redis: {err}")),
+        }
+        follower.shared.health.reconnects.fetch_add(1, Ordering::Relaxed);
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+struct Follower {
+    client: redis::Client,
+    shared: Arc<Shared>,
+    replica: Replica,
+    handles: Vec<TopicHandle>,
+}
+
+impl Follower {
+    /// A pub/sub connection subscribed to every topic's channel and the probe, then the
+    /// restart check and every topic marked for repair: subscribed first, so nothing published
+    /// in between is missed (it is in the log, on the channel, or both).
+    async fn subscribe(&mut self) -> redis::RedisResult<redis::aio::PubSub> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        let mut channels: Vec<&str> = self.shared.names.channels().collect();
+        channels.push(&self.shared.names.probe);
+        pubsub.subscribe(&channels).await?;
+        self.shared.restart_check().await?;
+        let mut conn = self.shared.conn.clone();
+        let fresh = new_epoch();
+        let names = &self.shared.names;
+        let _: Value = redis::cmd("SET")
+            .arg(&names.epoch)
+            .arg(&fresh)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await?;
+        let candidate: String = redis::cmd("GET").arg(&names.epoch).query_async(&mut conn).await?;
+        self.shared.set_candidate(candidate);
+        for handle in &self.handles {
+            handle.repair.notify_one();
+        }
+        self.shared.health.set_up();
+        Ok(pubsub)
+    }
+
+    /// Routes channel messages and checks every second, until the connection is lost or
+    /// wedged (`Some`: reconnect) or the engine stops (`None`).
+    async fn follow(&mut self, pubsub: redis::aio::PubSub, stop: &CancellationToken) -> Option<()> {
+        let mut messages = pubsub.into_on_message();
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut probes_sent, mut probes_seen) = (0u64, 0u64);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        if stop.is_cancelled() {
+                            return None;
+                        }
+                        // Publishing goes on (another connection); delivery resumes, with the
+                        // hole filled from the log, once reconnected.
+                        tracing::warn!("redis pub/sub connection lost; reconnecting");
+                        return Some(());
+                    };
+                    let channel = message.get_channel_name();
+                    if channel == self.shared.names.probe {
+                        probes_seen = probes_sent;
+                        continue;
+                    }
+                    if let Some(topic) = self.shared.names.topic_of_channel(channel) {
+                        self.route(topic, message.get_payload_bytes());
+                    }
+                }
+                _ = tick.tick() => {
+                    if probes_sent.saturating_sub(probes_seen) > PROBE_PATIENCE {
+                        tracing::warn!("redis pub/sub delivers nothing (probes lost); reconnecting");
+                        return Some(());
+                    }
+                    probes_sent += 1;
+                    match self.check_and_probe(probes_sent).await {
+                        Ok(()) => self.shared.health.set_up(),
+                        Err(err) => self.shared.health.set_down(format!("redis: {err}")),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A channel message to its topic's worker; one that does not fit its queue is left to a
+    /// repair from the log.
+    fn route(&self, topic: Topic, payload: &[u8]) {
+        let handle = &self.handles[topic.index()];
+        let Some(work) = decode(topic, payload) else { return };
+        if let Err(mpsc::error::TrySendError::Full(_)) = handle.work.try_send(work) {
+            handle.repair.notify_one();
+        }
+    }
+
+    /// The periodic check: every topic's seq against the node's (differing topics are marked
+    /// for repair), a write (Redis takes writes: not a read-only replica, authenticated, not
+    /// out of memory), then a probe on the node's own channel (it must come back on the
+    /// pub/sub connection).
+    async fn check_and_probe(&mut self, probe: u64) -> redis::RedisResult<()> {
+        let names = &self.shared.names;
+        let mut pipe = redis::pipe();
+        for topic in Topic::ALL {
+            pipe.cmd("HMGET").arg(&names.of(topic).meta).arg("epoch").arg("seq");
+        }
+        let mut conn = self.shared.conn.clone();
+        let metas: Vec<(Option<String>, Option<u64>)> = pipe.query_async(&mut conn).await?;
+        for (topic, (epoch, seq)) in Topic::ALL.into_iter().zip(metas) {
+            let Some((mine, last)) = self.replica.position(topic) else { return Ok(()) };
+            if epoch.as_deref() != Some(&*mine) || seq.unwrap_or(0) != last {
+                self.handles[topic.index()].repair.notify_one();
+            }
+        }
+        redis::cmd("SET")
+            .arg(&names.alive)
+            .arg(probe)
+            .arg("PX")
+            .arg(10_000)
+            .query_async::<()>(&mut conn)
+            .await?;
+        redis::cmd("PUBLISH").arg(&names.probe).arg(probe).query_async::<i64>(&mut conn).await?;
+        Ok(())
+    }
+}
+
+/// A channel message: `m\n<epoch>\n<seq>\n<ms>\n<payload>` or `c\n<key>`.
+fn decode(topic: Topic, payload: &[u8]) -> Option<Work> {
+    let mut fields = payload.splitn(5, |b| *b == b'\n');
+    match fields.next() {
+        Some(b"m") => {
+            let epoch = fields.next().and_then(|f| std::str::from_utf8(f).ok())?.to_owned();
+            let num = |f: Option<&[u8]>| {
+                f.and_then(|f| std::str::from_utf8(f).ok()).and_then(|s| s.parse::<i64>().ok())
+            };
+            let (Some(seq), Some(ms)) = (num(fields.next()), num(fields.next())) else {
+                tracing::warn!(%topic, "undecodable message on the channel; skipped");
+                return None;
+            };
+            let payload = Bytes::copy_from_slice(fields.next().unwrap_or_default());
+            Some(Work::Message {
+                epoch,
+                logged: Logged { seq: seq as u64, published_ms: ms, payload },
+            })
+        }
+        Some(b"c") => Some(Work::Cleared(fields.next().map(String::from_utf8_lossy)?.into_owned())),
+        _ => None,
+    }
+}
+
+/// One topic's worker: applies its messages in order and keeps its copy contiguous.
+struct Worker {
+    topic: Topic,
+    shared: Arc<Shared>,
+    replica: Replica,
+    /// When a client's position last fenced this topic.
+    last_client_fence: Option<Instant>,
+}
+
+impl Worker {
+    async fn run(mut self, mut inbox: TopicInbox, stop: CancellationToken) {
+        loop {
+            let result = tokio::select! {
+                () = stop.cancelled() => return,
+                () = inbox.repair.notified() => self.repair().await,
+                work = inbox.work.recv() => match work {
+                    None => return,
+                    Some(work) => self.handle(work).await,
+                },
+            };
+            if let Err(err) = result {
+                let topic = self.topic;
+                tracing::warn!(%topic, "redis: {err}");
+                self.shared.health.set_down(format!("redis: {err}"));
+            }
+        }
+    }
+
+    async fn handle(&mut self, work: Work) -> redis::RedisResult<()> {
+        match work {
+            Work::Message { epoch, logged } => {
+                match self.replica.apply(self.topic, &epoch, &logged) {
+                    Applied::Applied | Applied::Duplicate | Applied::Gone => Ok(()),
+                    Applied::Gap { .. } | Applied::OtherEpoch => self.repair().await,
+                    // Redis handed out a seq again (it lost its tail, then took publishes
+                    // before any check noticed): whatever its seq is now, fence.
+                    Applied::Conflict => {
+                        let last = self.replica.position(self.topic).map_or(0, |(_, s)| s);
+                        self.fence(FenceWhy::Reused { min: last }).await
+                    }
+                    Applied::Invalid(err) => {
+                        tracing::warn!(topic = %self.topic, seq = logged.seq, "{err}");
+                        Ok(())
+                    }
+                }
+            }
+            Work::Cleared(key) => {
+                self.replica.cleared(self.topic, &key);
+                Ok(())
+            }
+            Work::Reach { since, reply } => {
+                let reached = self.reach(&since).await;
+                let answer = reached.as_ref().map(|_| ()).map_err(|e| {
+                    HubError::Unavailable(format!("cannot reach the position now: redis: {e}"))
+                });
+                let _ = reply.send(answer);
+                reached
+            }
+        }
+    }
+
+    /// Brings the topic up to the log's head; a client past that head under the same epoch
+    /// holds acknowledged messages the log lost: fence (at most once per
+    /// [`CLIENT_FENCE_EVERY`]).
+    async fn reach(&mut self, since: &Since) -> redis::RedisResult<()> {
+        self.repair().await?;
+        let Some((epoch, last)) = self.replica.position(self.topic) else { return Ok(()) };
+        let past_head = *epoch == *since.epoch && last < since.seq;
+        let due = self.last_client_fence.is_none_or(|at| at.elapsed() >= CLIENT_FENCE_EVERY);
+        if past_head && due {
+            self.last_client_fence = Some(Instant::now());
+            tracing::warn!(
+                topic = %self.topic, log = last, client = since.seq,
+                "a client holds a position past the log's head: the log rolled back; fencing"
+            );
+            self.fence(FenceWhy::Behind { min: since.seq }).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings the topic up to Redis's newest seq: the missing range from the log if it holds
+    /// it, else (or on another epoch) a reset to Redis's snapshot. Fences a rollback.
+    async fn repair(&mut self) -> redis::RedisResult<()> {
+        let topic = self.topic;
+        let Some((mine, last)) = self.replica.position(topic) else { return Ok(()) };
+        let snap = self.snapshot(last + 1, false).await?;
+        if snap.epoch == *mine && snap.top < last {
+            // Redis lost messages this node applied: never hand out their numbers again.
+            tracing::warn!(%topic, redis = snap.top, node = last, "redis's log went backwards");
+            return self.fence(FenceWhy::Behind { min: last }).await;
+        }
+        if snap.epoch == *mine && snap.top == last {
+            return Ok(());
+        }
+        let contiguous =
+            snap.epoch == *mine && snap.entries.first().is_some_and(|e| e.seq == last + 1);
+        if !contiguous {
+            return self.reset().await;
+        }
+        self.shared.health.repairs.fetch_add(1, Ordering::Relaxed);
+        for entry in snap.entries {
+            match self.replica.apply(topic, &snap.epoch, &entry) {
+                Applied::Applied | Applied::Duplicate | Applied::Gone => {}
+                Applied::Invalid(err) => tracing::warn!(%topic, seq = entry.seq, "{err}"),
+                other => {
+                    tracing::warn!(%topic, seq = entry.seq, "repair did not apply ({other:?}); resetting");
+                    return self.reset().await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the topic a new epoch (if it still has the one the node knows), numbering on
+    /// above `why`'s seq, then resets the node's copy from Redis.
+    async fn fence(&mut self, why: FenceWhy) -> redis::RedisResult<()> {
+        let Some((mine, _)) = self.replica.position(self.topic) else { return Ok(()) };
+        let fenced = new_epoch();
+        tracing::warn!(topic = %self.topic, ?why, "fencing a rolled-back log: new epoch {fenced}");
+        let names = self.shared.names.of(self.topic);
+        let done: i64 =
+            self.shared.eval(&fence_call(&self.shared.scripts, names, &mine, why, &fenced)).await?;
+        if done == 1 {
+            self.shared.health.fences.fetch_add(1, Ordering::Relaxed);
+        }
+        self.reset().await
+    }
+
+    async fn reset(&mut self) -> redis::RedisResult<()> {
+        let topic = self.topic;
+        let snap = self.snapshot(1, true).await?;
+        self.shared.health.resets.fetch_add(1, Ordering::Relaxed);
+        if self.replica.position(topic).is_some_and(|(_, seq)| seq > 0) {
+            tracing::info!(%topic, epoch = %snap.epoch, seq = snap.top, "topic reset from redis");
+        } else {
+            tracing::debug!(%topic, epoch = %snap.epoch, seq = snap.top, "topic loaded from redis");
+        }
+        self.replica.reset(topic, &snap.epoch, snap.top, snap.entries, snap.retained);
+        Ok(())
+    }
+
+    async fn snapshot(&self, from: u64, with_state: bool) -> redis::RedisResult<Snapshot> {
+        let candidate = self.shared.candidate();
+        let candidate = if candidate.is_empty() { "0".to_owned() } else { candidate };
+        let names = self.shared.names.of(self.topic);
+        let cmd = snapshot_call(
+            &self.shared.scripts,
+            names,
+            &candidate,
+            from,
+            with_state,
+            self.shared.limits.history_size,
+        );
+        let value: Value = self.shared.eval(&cmd).await?;
+        parse_snapshot(&value).ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "unexpected snapshot reply"))
+        })
+    }
+}

@@ -1,0 +1,132 @@
+//! The engine's health: one state (up or down with the reason, whether the node follows the
+//! channels, what is wrong with Redis's configuration) behind one lock, so a reader never sees
+//! an "up" with a stale reason; and counters.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default, Clone)]
+struct State {
+    up: bool,
+    reason: String,
+    following: bool,
+    warning: Option<String>,
+}
+
+/// The engine's health, shared by its tasks. Down ("connecting") until the engine first
+/// reaches Redis.
+#[derive(Debug)]
+pub(crate) struct Health {
+    state: Mutex<State>,
+    /// Appends Redis failed or refused.
+    pub(crate) append_failures: AtomicU64,
+    /// Appends refused at once because the queue to Redis was full.
+    pub(crate) appends_refused_full: AtomicU64,
+    /// Topic repairs from the log (holes, reconnects, checks).
+    pub(crate) repairs: AtomicU64,
+    /// Topic resets (new epoch, or a hole the log no longer held).
+    pub(crate) resets: AtomicU64,
+    /// Rollback fences (new epochs this node gave a topic).
+    pub(crate) fences: AtomicU64,
+    /// Pub/sub reconnects.
+    pub(crate) reconnects: AtomicU64,
+}
+
+/// A snapshot of the engine's health (for `/readyz`, `/api/stats`, `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// Whether appends can succeed now.
+    pub up: bool,
+    /// Why not, when down.
+    pub reason: Option<String>,
+    /// Whether the node's pub/sub connection is subscribed and caught up.
+    pub following: bool,
+    /// What is wrong with Redis's configuration but does not stop the engine.
+    pub warning: Option<String>,
+    /// Appends Redis failed or refused.
+    pub append_failures: u64,
+    /// Appends refused at once because the queue to Redis was full.
+    pub appends_refused_full: u64,
+    /// Topic repairs from the log.
+    pub repairs: u64,
+    /// Topic resets from Redis.
+    pub resets: u64,
+    /// Rollback fences.
+    pub fences: u64,
+    /// Pub/sub reconnects.
+    pub reconnects: u64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        let connecting = State { reason: "connecting to redis".into(), ..State::default() };
+        Self {
+            state: Mutex::new(connecting),
+            append_failures: AtomicU64::new(0),
+            appends_refused_full: AtomicU64::new(0),
+            repairs: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            fences: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Health {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn set_up(&self) {
+        let mut state = self.lock();
+        if !state.up {
+            tracing::info!("redis engine is up");
+        }
+        state.up = true;
+        state.reason.clear();
+    }
+
+    /// The engine cannot take appends now, for `reason`: logged at warn when it goes down and
+    /// whenever the reason changes (once, not per retry), so an operator sees why from the
+    /// log alone — also when it never came up (a `NOAUTH` or a read-only replica from start).
+    pub(crate) fn set_down(&self, reason: String) {
+        let mut state = self.lock();
+        if state.up || state.reason != reason {
+            tracing::warn!(%reason, "redis engine is down: publishes are refused (503) until it recovers");
+        }
+        state.up = false;
+        state.reason = reason;
+    }
+
+    pub(crate) fn set_following(&self, following: bool) {
+        self.lock().following = following;
+    }
+
+    pub(crate) fn set_warning(&self, warning: Option<String>) {
+        self.lock().warning = warning;
+    }
+
+    /// `None` when appends can succeed, else why not.
+    pub(crate) fn unavailable(&self) -> Option<String> {
+        let state = self.lock();
+        (!state.up).then(|| state.reason.clone())
+    }
+
+    pub(crate) fn report(&self) -> HealthReport {
+        let state = self.lock().clone();
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        HealthReport {
+            up: state.up,
+            reason: (!state.up).then_some(state.reason),
+            following: state.following,
+            warning: state.warning,
+            append_failures: n(&self.append_failures),
+            appends_refused_full: n(&self.appends_refused_full),
+            repairs: n(&self.repairs),
+            resets: n(&self.resets),
+            fences: n(&self.fences),
+            reconnects: n(&self.reconnects),
+        }
+    }
+}

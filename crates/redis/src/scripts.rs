@@ -1,0 +1,290 @@
+//! The engine's Lua scripts: loaded once (`SCRIPT LOAD`), called by SHA (`EVALSHA`), each with
+//! a typed call that writes its arguments in one place. A `NOSCRIPT` answer means Redis lost
+//! its script cache — it restarted, failed over, or was flushed — which is exactly when
+//! acknowledged messages may have been lost: the caller runs the restart check
+//! ([`restart_call`], by source, before anything is loaded again), then loads the scripts and
+//! retries.
+
+use modelcast_hub::{Append, StateChange};
+use redis::Cmd;
+
+use crate::names::TopicNames;
+
+/// One script: its source and SHA1.
+#[derive(Debug)]
+pub(crate) struct Script {
+    pub(crate) name: &'static str,
+    source: &'static str,
+    sha: String,
+}
+
+impl Script {
+    fn new(name: &'static str, source: &'static str) -> Self {
+        Self { name, source, sha: redis::Script::new(source).get_hash().to_owned() }
+    }
+
+    /// `EVALSHA` of this script with `keys`, arguments to follow.
+    fn call(&self, keys: &[&str]) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha).arg(keys.len()).arg(keys);
+        cmd
+    }
+
+    /// Whether `sha` is this script's SHA1.
+    pub(crate) fn has_sha(&self, sha: &str) -> bool {
+        self.sha.eq_ignore_ascii_case(sha)
+    }
+
+    /// `SCRIPT LOAD` of this script.
+    pub(crate) fn load(&self) -> Cmd {
+        let mut cmd = redis::cmd("SCRIPT");
+        cmd.arg("LOAD").arg(self.source);
+        cmd
+    }
+}
+
+/// Appends one node's messages of one topic, in order, atomically: the restart check (a Redis
+/// that restarted since the node last looked answers `RESTARTED`, and nothing is appended),
+/// then per message the idempotency key, `HINCRBY` seq, `XADD`, the retained state and its
+/// order (evicting past the cap), `PUBLISH`. Returns `{epoch, seq…}`.
+const APPEND: &str = r#"
+local run = redis.call('HGET', KEYS[1], 'run')
+if run and run ~= ARGV[1] then return redis.error_reply('RESTARTED redis restarted since this node looked') end
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local out = {epoch}
+local a = 9
+for m = 1, tonumber(ARGV[8]) do
+  local payload, idem, changes = ARGV[a], KEYS[4 + m], tonumber(ARGV[a + 2])
+  local prev = false
+  if ARGV[a + 1] == '1' then prev = redis.call('GET', idem) end
+  if prev then
+    out[#out + 1] = tonumber(prev)
+  else
+    local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], '0-' .. seq, 'p', payload, 't', ARGV[4])
+    for i = a + 3, a + 2 + 3 * changes, 3 do
+      if ARGV[i] == 'k' then
+        redis.call('HSET', KEYS[3], ARGV[i + 1], seq .. '\n' .. ARGV[4] .. '\n' .. ARGV[i + 2])
+        redis.call('ZADD', KEYS[4], seq, ARGV[i + 1])
+      else
+        redis.call('HDEL', KEYS[3], ARGV[i + 1])
+        redis.call('ZREM', KEYS[4], ARGV[i + 1])
+      end
+    end
+    while redis.call('ZCARD', KEYS[4]) > tonumber(ARGV[7]) do
+      local oldest = redis.call('ZPOPMIN', KEYS[4])
+      redis.call('HDEL', KEYS[3], oldest[1])
+    end
+    redis.call('PUBLISH', ARGV[3], 'm\n' .. epoch .. '\n' .. seq .. '\n' .. ARGV[4] .. '\n' .. payload)
+    if ARGV[a + 1] == '1' then redis.call('SET', idem, seq, 'EX', ARGV[6]) end
+    out[#out + 1] = seq
+  end
+  a = a + 3 + 3 * changes
+end
+return out
+"#;
+
+/// Reads a topic: its epoch (set to the candidate if it has none), newest seq, the log from a
+/// seq, and (if asked) the retained state — one consistent snapshot.
+const SNAPSHOT: &str = r#"
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+local entries = redis.call('XRANGE', KEYS[2], '0-' .. ARGV[2], '+', 'COUNT', ARGV[4])
+local state = {}
+if ARGV[3] == '1' then state = redis.call('HGETALL', KEYS[3]) end
+return {meta[1], meta[2] or '0', entries, state}
+"#;
+
+/// The rollback fence: a new epoch when the topic still has the epoch the node knows and its
+/// seq is below `min` (or unconditionally: a node saw a seq handed out twice), numbering
+/// continuing above both.
+const FENCE: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'epoch')
+local s = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local min = tonumber(ARGV[2])
+if e == ARGV[1] and (ARGV[4] == '1' or s < min) then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[3], 'seq', math.max(s, min))
+  return 1
+end
+return 0
+"#;
+
+/// Clears a key's retained state and tells every node.
+const CLEAR: &str = r#"
+redis.call('ZREM', KEYS[2], ARGV[2])
+if redis.call('HDEL', KEYS[1], ARGV[2]) == 1 then
+  redis.call('PUBLISH', ARGV[1], 'c\n' .. ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// The restart check, per topic: the topic was last written under another Redis `run_id` (a
+/// restart or a failover). If Redis can have lost acknowledged writes (`lossy`: not
+/// `appendonly yes` with `appendfsync always`), the topic gets a new epoch — the tail it may
+/// have lost can never be told apart from messages not yet published, so numbers are never
+/// handed out twice under one epoch. Returns 1 when it fenced.
+const RESTART: &str = r#"
+local prev = redis.call('HGET', KEYS[1], 'run')
+if prev == ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'run', ARGV[1])
+if prev and ARGV[2] == '1' and redis.call('HEXISTS', KEYS[1], 'epoch') == 1 then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[3])
+  return 1
+end
+return 0
+"#;
+
+/// The scripts, with their SHAs.
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub(crate) append: Script,
+    pub(crate) snapshot: Script,
+    pub(crate) fence: Script,
+    pub(crate) clear: Script,
+    restart: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self {
+            append: Script::new("append", APPEND),
+            snapshot: Script::new("snapshot", SNAPSHOT),
+            fence: Script::new("fence", FENCE),
+            clear: Script::new("clear", CLEAR),
+            restart: Script::new("restart", RESTART),
+        }
+    }
+}
+
+impl Scripts {
+    /// Every script called by SHA.
+    pub(crate) fn all(&self) -> [&Script; 4] {
+        [&self.append, &self.snapshot, &self.fence, &self.clear]
+    }
+
+    /// The restart check of one topic, by source (it runs before the scripts are loaded).
+    pub(crate) fn restart_call(&self, names: &TopicNames, check: &RestartCheck) -> Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(self.restart.source)
+            .arg(1)
+            .arg(&names.meta)
+            .arg(&check.run_id)
+            .arg(if check.lossy { "1" } else { "0" })
+            .arg(&check.new_epoch);
+        cmd
+    }
+}
+
+/// What the restart check needs: the Redis `run_id` now, whether that Redis can lose
+/// acknowledged writes, and the epoch a fenced topic gets.
+#[derive(Debug, Clone)]
+pub(crate) struct RestartCheck {
+    pub(crate) run_id: String,
+    pub(crate) lossy: bool,
+    pub(crate) new_epoch: String,
+}
+
+/// The fixed arguments of every append call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AppendLimits<'a> {
+    /// The Redis `run_id` this node last checked.
+    pub(crate) run_id: &'a str,
+    /// The epoch a topic gets if it has none.
+    pub(crate) node_epoch: &'a str,
+    pub(crate) history_size: usize,
+    pub(crate) idempotency_ttl_secs: u64,
+    pub(crate) state_max_keys: usize,
+}
+
+/// One `EVALSHA` appending `appends` (all of one topic, in order).
+pub(crate) fn append_call(
+    scripts: &Scripts,
+    names: &TopicNames,
+    limits: AppendLimits<'_>,
+    now_ms: i64,
+    appends: &[Append],
+) -> Cmd {
+    let idem: Vec<String> = appends
+        .iter()
+        .map(|a| format!("{}{}", names.idem, a.idempotency_key.as_deref().unwrap_or("-")))
+        .collect();
+    let mut keys: Vec<&str> = vec![&names.meta, &names.log, &names.ret, &names.order];
+    keys.extend(idem.iter().map(String::as_str));
+    let mut cmd = scripts.append.call(&keys);
+    cmd.arg(limits.run_id)
+        .arg(limits.node_epoch)
+        .arg(&names.channel)
+        .arg(now_ms)
+        .arg(limits.history_size.max(1))
+        .arg(limits.idempotency_ttl_secs)
+        .arg(limits.state_max_keys.max(1))
+        .arg(appends.len());
+    for append in appends {
+        cmd.arg(append.payload.as_ref())
+            .arg(if append.idempotency_key.is_some() { "1" } else { "0" })
+            .arg(append.state.len());
+        for change in &append.state {
+            match change {
+                StateChange::Keep { key, payload } => cmd.arg("k").arg(key).arg(payload.as_ref()),
+                StateChange::Clear { key } => cmd.arg("c").arg(key).arg(""),
+            };
+        }
+    }
+    cmd
+}
+
+/// One `EVALSHA` of the snapshot: `candidate` is the epoch a topic without one gets; the log
+/// from `from` (at most `count` entries); the retained state if `with_state`.
+pub(crate) fn snapshot_call(
+    scripts: &Scripts,
+    names: &TopicNames,
+    candidate: &str,
+    from: u64,
+    with_state: bool,
+    count: usize,
+) -> Cmd {
+    let mut cmd = scripts.snapshot.call(&[&names.meta, &names.log, &names.ret]);
+    cmd.arg(candidate).arg(from).arg(if with_state { "1" } else { "0" }).arg(count.max(1));
+    cmd
+}
+
+/// Why a topic is fenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FenceWhy {
+    /// The log's seq is below `min` under the epoch the node (or a client) knows.
+    Behind {
+        /// A position past the log's head.
+        min: u64,
+    },
+    /// The node holds a different message at a seq the log handed out again.
+    Reused {
+        /// The node's newest seq (numbering continues above it).
+        min: u64,
+    },
+}
+
+/// One `EVALSHA` of the fence: `known` is the epoch the node (or client) holds.
+pub(crate) fn fence_call(
+    scripts: &Scripts,
+    names: &TopicNames,
+    known: &str,
+    why: FenceWhy,
+    new_epoch: &str,
+) -> Cmd {
+    let (min, forced) = match why {
+        FenceWhy::Behind { min } => (min, "0"),
+        FenceWhy::Reused { min } => (min, "1"),
+    };
+    let mut cmd = scripts.fence.call(&[&names.meta]);
+    cmd.arg(known).arg(min).arg(new_epoch).arg(forced);
+    cmd
+}
+
+/// One `EVALSHA` clearing `key`'s retained state.
+pub(crate) fn clear_call(scripts: &Scripts, names: &TopicNames, key: &str) -> Cmd {
+    let mut cmd = scripts.clear.call(&[&names.ret, &names.order]);
+    cmd.arg(&names.channel).arg(key);
+    cmd
+}
