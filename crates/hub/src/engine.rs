@@ -1,24 +1,23 @@
-//! The engine seam: where a topic's `seq`, history and retained state live when a hub is one
-//! node of several.
+//! The engine seam: the one way a message gets its `seq`. Every hub has an engine, and every
+//! publish (after throttling and batching, which stay per node) is [`Engine::append`]ed to it.
 //!
-//! A hub made with [`Hub::new`](crate::Hub::new) is its own engine: it sequences in memory
-//! (one process, no services). A hub made with [`Hub::with_engine`](crate::Hub::with_engine)
-//! is a *replica*: every message it publishes (after throttling and batching, which stay per
-//! node) is [`Engine::append`]ed to the topic's shared log, which gives it the next `seq`; the
-//! engine then hands each sequenced message, in `seq` order, to every node's [`Replica`],
-//! which records and fans it out exactly as a local publish. Subscriptions, recovery and
-//! current state are then served from the node's copy, which the engine keeps contiguous: a
-//! missing range is read back from the log ([`Replica::apply`] says [`Applied::Gap`]), and a
-//! change of epoch or a range the log no longer holds replaces the copy ([`Replica::reset`]).
+//! - [`LocalEngine`] (what [`Hub::new`](crate::Hub::new) uses): one process, no services. It
+//!   sequences on the hub's own topics at once ([`Replica::sequence`]), so a publish is
+//!   answered before `append` returns and a run of one topic's messages is fanned out together.
+//! - [`MemoryEngine`]: several hubs in one process sharing one log per topic (tests, embedding).
+//! - The Redis engine (`modelcast-redis`): several processes. It stores each message and hands
+//!   it, in `seq` order, to every node's [`Replica::apply`], which records and fans it out as a
+//!   local publish does. Subscriptions, recovery and current state are served from the node's
+//!   copy, which the engine keeps contiguous: a missing range is read back from the log
+//!   ([`Applied::Gap`]), and a change of epoch or a range the log no longer holds replaces the
+//!   copy ([`Replica::reset`]).
 //!
-//! Two implementations: [`MemoryEngine`] (several hubs in one process, for tests and
-//! embedding) and the server's Redis engine.
+//! Each engine holds idempotency keys by the one rule of `idempotency.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use bytes::Bytes;
 use modelcast_protocol::Topic;
 use tokio::sync::oneshot;
 
@@ -26,19 +25,28 @@ use crate::error::{Error, Result};
 use crate::idempotency::Remembered;
 use crate::publish::Sequenced;
 use crate::topics::{Applied, HubConfig, Logged, Topics, new_epoch};
-use crate::wire::StateChange;
+use crate::wire::{StateChange, Wire};
 
-/// A sequenced, shared log per topic with its retained state: what makes several hubs one.
+/// Where messages get their `seq`, and where history and retained state are kept for the
+/// hubs that share them (see the module docs).
 pub trait Engine: Send + Sync + fmt::Debug + 'static {
     /// A hub joins: the engine brings `replica` up to date, then hands it every sequenced
     /// message, in `seq` order per topic.
     fn attach(&self, replica: Replica);
 
-    /// Appends a message to its topic's log as the next `seq` and answers on `append.reply`
-    /// with its position once it is stored (or with [`Error::Unavailable`]: also at once when
-    /// the engine's bounded queue of appends is full). Called under the hub's throttle lock: it
-    /// must not block, and must store one node's appends of a topic in call order.
-    fn append(&self, append: Append);
+    /// Appends a message to its topic as the next `seq`: [`Appended::Done`] when the engine
+    /// sequenced it at once (in process), [`Appended::Pending`] when it answers once stored.
+    /// Refusals (unavailable, a full queue, a full idempotency table) are errors, never a
+    /// wait. Called under the hub's throttle lock: it must not block, and must sequence one
+    /// node's appends of a topic in call order.
+    fn append(&self, append: Append) -> Appended;
+
+    /// Appends consecutive messages of one topic, none with an idempotency key, in order: an
+    /// in-process engine fans them out together (each subscriber's queue locked once for the
+    /// run). By default, one [`Engine::append`] each.
+    fn append_run(&self, run: Vec<Append>) -> Vec<Appended> {
+        run.into_iter().map(|append| self.append(append)).collect()
+    }
 
     /// Removes `key`'s retained state on `topic` everywhere, each node telling its
     /// subscribers ([`Replica::cleared`]). Answers whether there was any.
@@ -61,16 +69,21 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
 pub struct Append {
     /// Its topic.
     pub topic: Topic,
-    /// The message in the engine payload format, as stored in the log and handed to
-    /// [`Replica::apply`] (opaque to engines).
-    pub payload: Bytes,
-    /// What it does to retained state, for engines that keep the state apart from the log.
-    pub state: Vec<StateChange>,
-    /// A publisher's idempotency key: an append with a key already appended (within the
-    /// engine's memory of keys) answers the earlier `seq` and appends nothing.
+    /// The message, serialized once, with its policy.
+    pub wire: Wire,
+    /// A publisher's idempotency key: an append with a key already appended (within its
+    /// window, see [`crate::IDEMPOTENCY_TTL`]) answers the earlier position and appends
+    /// nothing.
     pub idempotency_key: Option<String>,
-    /// Where the position (or the failure) goes.
-    pub reply: oneshot::Sender<Result<Sequenced>>,
+}
+
+/// What [`Engine::append`] did.
+#[derive(Debug)]
+pub enum Appended {
+    /// Sequenced (or refused) at once.
+    Done(Result<Sequenced>),
+    /// Answered once the engine stored it.
+    Pending(Pending<Sequenced>),
 }
 
 /// An answer an engine gives later.
@@ -155,6 +168,94 @@ impl Replica {
     pub fn cleared(&self, topic: Topic, key: &str) -> bool {
         self.topics.upgrade().is_some_and(|t| t.clear_state(topic, key))
     }
+
+    /// Sequences `run` (consecutive messages of `topic`) on the node itself — for an engine
+    /// in the same process, whose log is the node's — recording and fanning them out together.
+    /// Their positions (`None` if the hub is gone).
+    pub fn sequence(&self, topic: Topic, run: Vec<Wire>) -> Option<Vec<Sequenced>> {
+        let (epoch, seqs) = self.topics.upgrade()?.publish_run(topic, run);
+        Some(seqs.into_iter().map(|seq| Sequenced { epoch: epoch.clone(), seq }).collect())
+    }
+}
+
+/// The engine of a single node (what [`Hub::new`](crate::Hub::new) uses): it sequences on the
+/// hub's own topics, in this process, at once; the hub's history and retained state are its
+/// log. Idempotency keys by the one rule (`idempotency.rs`).
+#[derive(Debug)]
+pub struct LocalEngine {
+    replica: OnceLock<Replica>,
+    idempotency: Mutex<Remembered>,
+}
+
+impl LocalEngine {
+    /// An engine remembering at most `idempotency_keys` unexpired idempotency keys.
+    pub fn new(idempotency_keys: usize) -> Self {
+        Self {
+            replica: OnceLock::new(),
+            idempotency: Mutex::new(Remembered::new(idempotency_keys)),
+        }
+    }
+
+    fn sequence(&self, topic: Topic, run: Vec<Wire>) -> Vec<Appended> {
+        let n = run.len();
+        match self.replica.get().and_then(|r| r.sequence(topic, run)) {
+            Some(positions) => positions.into_iter().map(|at| Appended::Done(Ok(at))).collect(),
+            None => (0..n).map(|_| Appended::Done(Err(Error::Unavailable(GONE.into())))).collect(),
+        }
+    }
+}
+
+const GONE: &str = "the hub is gone";
+
+impl Engine for LocalEngine {
+    fn attach(&self, replica: Replica) {
+        if self.replica.set(replica).is_err() {
+            tracing::error!("a local engine serves one hub; a second attach was ignored");
+        }
+    }
+
+    fn append(&self, append: Append) -> Appended {
+        let Some(key) = append.idempotency_key else {
+            return self.sequence(append.topic, vec![append.wire]).remove(0);
+        };
+        // Held across the publish: a retry racing the first waits for its answer.
+        let mut remembered = self.idempotency.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        match remembered.check(&key, now) {
+            Ok(Some(at)) => Appended::Done(Ok(at)),
+            Ok(None) => {
+                let appended = self.sequence(append.topic, vec![append.wire]).remove(0);
+                if let Appended::Done(Ok(at)) = &appended {
+                    remembered.record(&key, at.clone(), now);
+                }
+                appended
+            }
+            Err(refused) => Appended::Done(Err(refused)),
+        }
+    }
+
+    fn append_run(&self, run: Vec<Append>) -> Vec<Appended> {
+        let Some(first) = run.first() else { return Vec::new() };
+        let topic = first.topic;
+        if run.iter().any(|a| a.idempotency_key.is_some() || a.topic != topic) {
+            return run.into_iter().map(|append| self.append(append)).collect();
+        }
+        self.sequence(topic, run.into_iter().map(|a| a.wire).collect())
+    }
+
+    fn clear(&self, topic: Topic, key: String) -> Pending<bool> {
+        Pending::ready(Ok(self.replica.get().is_some_and(|r| r.cleared(topic, &key))))
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+
+    fn reach(&self, _topic: Topic, _since: &modelcast_protocol::Since) -> Pending<()> {
+        // The node is the log: never behind. A position past it in its epoch is made up (a
+        // process's epoch is its own), and the subscription starts from the current state.
+        Pending::ready(Ok(()))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -215,29 +316,24 @@ impl Engine for MemoryEngine {
         state.replicas.push(replica);
     }
 
-    fn append(&self, append: Append) {
+    fn append(&self, append: Append) -> Appended {
         let mut guard = self.lock();
         let state = &mut *guard;
         let now = tokio::time::Instant::now();
         if let Some(key) = &append.idempotency_key {
             match state.idempotency.check(key, now) {
                 Ok(None) => {}
-                Ok(Some(at)) => {
-                    let _ = append.reply.send(Ok(at));
-                    return;
-                }
-                Err(refused) => {
-                    let _ = append.reply.send(Err(refused));
-                    return;
-                }
+                Ok(Some(at)) => return Appended::Done(Ok(at)),
+                Err(refused) => return Appended::Done(Err(refused)),
             }
         }
+        let (payload, changes) = append.wire.encode();
         let log = state.topics.entry(append.topic).or_default();
         log.seq += 1;
         let seq = log.seq;
         let published_ms = chrono::Utc::now().timestamp_millis();
-        let logged = Logged { seq, published_ms, payload: append.payload };
-        for change in append.state {
+        let logged = Logged { seq, published_ms, payload };
+        for change in changes {
             match change {
                 StateChange::Keep { key, payload } => {
                     log.retained.insert(key, Logged { seq, published_ms, payload });
@@ -261,7 +357,7 @@ impl Engine for MemoryEngine {
             let applied = replica.apply(append.topic, &self.epoch, &logged);
             debug_assert!(matches!(applied, Applied::Applied | Applied::Gone), "{applied:?}");
         }
-        let _ = append.reply.send(Ok(at));
+        Appended::Done(Ok(at))
     }
 
     fn clear(&self, topic: Topic, key: String) -> Pending<bool> {

@@ -2,17 +2,16 @@
 //! in an [`Engine`]), and connections — over the topic table in `topics.rs`.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use modelcast_protocol::{ServerMessage, Topic};
 use tokio::time::Instant;
 
 use crate::connection::Connection;
-use crate::engine::{Append, Engine, Pending, Replica};
+use crate::engine::{Append, Appended, Engine, LocalEngine, Pending, Replica};
 use crate::error::{Error, Result};
 use crate::frame::Frame;
-use crate::idempotency::Remembered;
 use crate::outbox::Outbox;
 use crate::publish::{Key, Kind, Publish, Sequenced};
 use crate::stats::HubStats;
@@ -60,8 +59,8 @@ impl Published {
 pub struct Hub {
     pub(crate) topics: Arc<Topics>,
     throttle: Arc<Throttle>,
-    engine: Option<Arc<dyn Engine>>,
-    remembered: Arc<Mutex<Remembered>>,
+    /// The one way a message gets its `seq` (a [`LocalEngine`] on a single node).
+    engine: Arc<dyn Engine>,
 }
 
 impl fmt::Debug for Hub {
@@ -80,25 +79,21 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// A hub on its own (a single node): it sequences, keeps history and retained state in
-    /// memory.
+    /// A hub on its own (a single node), on a [`LocalEngine`]: it sequences, keeps history
+    /// and retained state in memory.
     pub fn new(config: HubConfig) -> Self {
-        Self::build(config, None)
+        let engine = Arc::new(LocalEngine::new(config.idempotency_keys));
+        Self::with_engine(config, engine)
     }
 
-    fn build(config: HubConfig, engine: Option<Arc<dyn Engine>>) -> Self {
-        Hub {
-            throttle: Arc::default(),
-            remembered: Arc::new(Mutex::new(Remembered::new(config.idempotency_keys))),
-            topics: Arc::new(Topics::new(config, engine.is_some())),
-            engine,
-        }
-    }
-
-    /// A hub that is one node of several: `engine` sequences and stores every topic's
-    /// messages and hands them back to this hub (see [`Engine`]).
+    /// A hub on `engine`, which sequences every topic's messages (and, for several nodes,
+    /// stores them and hands them back to this hub; see [`Engine`]).
     pub fn with_engine(config: HubConfig, engine: Arc<dyn Engine>) -> Self {
-        let hub = Self::build(config, Some(engine.clone()));
+        let hub = Hub {
+            topics: Arc::new(Topics::new(config)),
+            throttle: Arc::default(),
+            engine: engine.clone(),
+        };
         engine.attach(Replica::new(&hub.topics));
         hub
     }
@@ -135,7 +130,7 @@ impl Hub {
 
     /// Why publishing cannot succeed now (the engine is unreachable), or `None`.
     pub fn unavailable(&self) -> Option<String> {
-        self.engine.as_ref()?.unavailable()
+        self.engine.unavailable()
     }
 
     /// A client asked for `since` in `topic`, which this node has not reached: the engine
@@ -143,10 +138,7 @@ impl Hub {
     /// behind the client under the same epoch — the log rolled back. Answers once done
     /// (at once on a single node, which is never behind); then subscribe again.
     pub fn reach(&self, topic: Topic, since: &modelcast_protocol::Since) -> Pending<()> {
-        match &self.engine {
-            Some(engine) => engine.reach(topic, since),
-            None => Pending::ready(Ok(())),
-        }
+        self.engine.reach(topic, since)
     }
 
     /// Opens a connection: an outbox and the subscriptions that feed it.
@@ -173,22 +165,22 @@ impl Hub {
 
     /// Publishes several messages, in order, each with its policy as [`Hub::publish`] would.
     /// Consecutive messages of one topic that go out at once (no throttle window, no
-    /// transition, no idempotency key, no engine) are fanned out together: each subscriber's
-    /// queue is locked once for the run instead of once per message, which is most of a
-    /// fan-out's cost when a backend streams messages (one read of its connection holds many).
+    /// transition, no idempotency key) go to the engine as a run, which an in-process engine
+    /// fans out together: each subscriber's queue is locked once for the run instead of once
+    /// per message, which is most of a fan-out's cost when a backend streams messages (one
+    /// read of its connection holds many).
     pub fn publish_many(&self, publishes: Vec<Publish>) -> Vec<Published> {
         let mut out = Vec::with_capacity(publishes.len());
-        let mut run: Vec<(Publish, Vec<Publish>)> = Vec::new();
+        let mut run: Vec<Publish> = Vec::new();
         for publish in publishes {
-            let immediate = self.engine.is_none()
-                && publish.idempotency_key.is_none()
+            let immediate = publish.idempotency_key.is_none()
                 && publish.throttle.is_none()
                 && publish.kind != Kind::Transition;
-            if !immediate || run.first().is_some_and(|(p, _)| p.topic != publish.topic) {
+            if !immediate || run.first().is_some_and(|p| p.topic != publish.topic) {
                 self.publish_run(&mut run, &mut out);
             }
             if immediate {
-                run.push((publish, Vec::new()));
+                run.push(publish);
             } else {
                 out.push(self.publish(publish));
             }
@@ -197,14 +189,18 @@ impl Hub {
         out
     }
 
-    fn publish_run(&self, run: &mut Vec<(Publish, Vec<Publish>)>, out: &mut Vec<Published>) {
-        if let Some((first, _)) = run.first() {
-            let topic = first.topic;
-            let (epoch, seqs) = self.topics.publish_run(topic, std::mem::take(run));
-            out.extend(
-                seqs.into_iter()
-                    .map(|seq| Published::Sent(Sequenced { epoch: epoch.clone(), seq })),
-            );
+    fn publish_run(&self, run: &mut Vec<Publish>, out: &mut Vec<Published>) {
+        match run.len() {
+            0 => {}
+            1 => out.extend(run.drain(..).map(|p| self.publish_now(p, Vec::new()))),
+            _ => {
+                if let Some(reason) = self.engine.unavailable() {
+                    out.extend(run.drain(..).map(|_| unavailable(&reason)));
+                    return;
+                }
+                let appends = run.drain(..).map(|p| self.append_of(p, Vec::new())).collect();
+                out.extend(self.engine.append_run(appends).into_iter().map(published));
+            }
         }
     }
 
@@ -245,44 +241,21 @@ impl Hub {
         });
     }
 
-    /// Sequences (here, or in the engine), records and fans out one message now;
-    /// `constituents` (a batch's parts) only update the retained state.
+    /// Hands one message to the engine now; `constituents` (a batch's parts) only update the
+    /// retained state.
     pub(crate) fn publish_now(&self, publish: Publish, constituents: Vec<Publish>) -> Published {
-        match &self.engine {
-            None => match publish.idempotency_key.clone() {
-                None => Published::Sent(self.topics.publish(publish, constituents)),
-                Some(key) => self.publish_once(key, publish, constituents),
-            },
-            Some(engine) => {
-                if let Some(reason) = engine.unavailable() {
-                    return Published::Appending(Pending::ready(Err(Error::Unavailable(reason))));
-                }
-                let topic = publish.topic;
-                let idempotency_key = publish.idempotency_key.as_ref().map(|k| k.to_string());
-                let wire = Wire::from_publish(publish, constituents, &self.topics.stats);
-                let (payload, state) = wire.encode();
-                let (reply, pending) = Pending::new();
-                engine.append(Append { topic, payload, state, idempotency_key, reply });
-                Published::Appending(pending)
-            }
+        if let Some(reason) = self.engine.unavailable() {
+            return unavailable(&reason);
         }
+        published(self.engine.append(self.append_of(publish, constituents)))
     }
 
-    /// A single node's idempotent publish: the first with `key` is sequenced, retries within
-    /// [`IDEMPOTENCY_TTL`](crate::IDEMPOTENCY_TTL) get its `seq` (see `idempotency.rs` for the
-    /// rule).
-    fn publish_once(&self, key: Arc<str>, publish: Publish, parts: Vec<Publish>) -> Published {
-        let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        match remembered.check(&key, now) {
-            Ok(Some(at)) => Published::Sent(at),
-            Ok(None) => {
-                let at = self.topics.publish(publish, parts);
-                remembered.record(&key, at.clone(), now);
-                Published::Sent(at)
-            }
-            Err(refused) => Published::Appending(Pending::ready(Err(refused))),
-        }
+    /// The engine's form of a publish: serialized once here, for every engine.
+    fn append_of(&self, publish: Publish, constituents: Vec<Publish>) -> Append {
+        let topic = publish.topic;
+        let idempotency_key = publish.idempotency_key.as_ref().map(|k| k.to_string());
+        let wire = Wire::from_publish(publish, constituents, &self.topics.stats);
+        Append { topic, wire, idempotency_key }
     }
 
     /// The frames retained on `topic` now, oldest first, as a new subscriber receives them
@@ -295,15 +268,10 @@ impl Hub {
     /// `state_cleared` frame (on every node, through the engine); answers whether there was
     /// any. For state a publisher left behind.
     pub async fn clear_state(&self, topic: Topic, key: &str) -> Result<bool> {
-        match &self.engine {
-            None => Ok(self.topics.clear_state(topic, key)),
-            Some(engine) => {
-                if let Some(reason) = engine.unavailable() {
-                    return Err(Error::Unavailable(reason));
-                }
-                engine.clear(topic, key.to_owned()).wait().await
-            }
+        if let Some(reason) = self.engine.unavailable() {
+            return Err(Error::Unavailable(reason));
         }
+        self.engine.clear(topic, key.to_owned()).wait().await
     }
 
     /// Whether something on this hub holds `key` now (retained state, history, a filter):
@@ -323,5 +291,19 @@ impl Hub {
     /// Counts a conflation by the batcher (which lives outside the hub's core).
     pub(crate) fn stats_handle(&self) -> &crate::stats::Stats {
         &self.topics.stats
+    }
+}
+
+/// A publish refused because the engine cannot take it now.
+fn unavailable(reason: &str) -> Published {
+    Published::Appending(Pending::ready(Err(Error::Unavailable(reason.to_owned()))))
+}
+
+/// What the engine's answer means for the publisher.
+fn published(appended: Appended) -> Published {
+    match appended {
+        Appended::Done(Ok(at)) => Published::Sent(at),
+        Appended::Done(Err(refused)) => Published::Appending(Pending::ready(Err(refused))),
+        Appended::Pending(pending) => Published::Appending(pending),
     }
 }

@@ -119,11 +119,6 @@ impl Interner {
         KeyRef(interned)
     }
 
-    /// The held key for an optional key.
-    pub(crate) fn intern_opt(&self, key: Option<&Key>) -> Option<KeyRef> {
-        key.map(|k| self.intern(k))
-    }
-
     /// The live key for `key`, without interning it.
     pub(crate) fn lookup(&self, key: &str) -> Option<KeyRef> {
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());

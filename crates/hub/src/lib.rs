@@ -73,7 +73,7 @@ mod wire;
 
 pub use batch::{Batcher, Combiner};
 pub use connection::Connection;
-pub use engine::{Append, Engine, MemoryEngine, Pending, Replica};
+pub use engine::{Append, Appended, Engine, LocalEngine, MemoryEngine, Pending, Replica};
 pub use error::{DropReason, Error, MIN_MAX_HZ, Result};
 pub use frame::Frame;
 pub use hub::{Hub, Published};
@@ -84,4 +84,4 @@ pub use stats::{ConflateReason, HubStats, TopicStats};
 pub use topics::{
     Applied, HubConfig, Logged, StatePage, SubscribeOptions, SubscribeOutcome, new_epoch,
 };
-pub use wire::StateChange;
+pub use wire::{StateChange, Wire};

@@ -11,10 +11,10 @@ use modelcast_protocol::{RequestId, ServerFrame, ServerMessage, Since, Subscribe
 use tokio::time::Instant;
 
 use crate::error::{DropReason, Error, MIN_MAX_HZ, Result};
-use crate::frame::{encode, encode_text, with_seq};
+use crate::frame::{encode, with_seq};
 use crate::keys::{Interner, KeyId, KeyRef, id_of};
 use crate::outbox::{Outbox, Pushed, TopicFrame};
-use crate::publish::{Key, Kind, Publish, Retain, Sequenced};
+use crate::publish::{Key, Kind, Retain};
 use crate::retained::{Entry, Retained};
 use crate::stats::Stats;
 use crate::wire::Wire;
@@ -340,8 +340,6 @@ pub(crate) struct Topics {
     next_connection: AtomicU64,
     /// Bytes of history across all topics (for `history_bytes`).
     history_bytes: AtomicUsize,
-    /// Whether an engine sequences (this node may be behind a client's position).
-    pub(crate) replica: bool,
 }
 
 /// A wall-clock publish time as an `Instant` on this node's clock (for age limits).
@@ -351,7 +349,7 @@ fn instant_of(published_ms: i64, now: Instant) -> Instant {
 }
 
 impl Topics {
-    pub(crate) fn new(config: HubConfig, replica: bool) -> Self {
+    pub(crate) fn new(config: HubConfig) -> Self {
         let epoch = new_epoch();
         let shared: Arc<str> = Arc::from(epoch.as_str());
         Self {
@@ -364,7 +362,6 @@ impl Topics {
             stats: Stats::default(),
             next_connection: AtomicU64::new(1),
             history_bytes: AtomicUsize::new(0),
-            replica,
         }
     }
 
@@ -388,27 +385,8 @@ impl Topics {
         (state.epoch.clone(), state.seq)
     }
 
-    fn prepare(&self, publish: Publish) -> Prepared {
-        let type_index = u8::try_from(publish.message.type_index()).unwrap_or_default();
-        let frame = ServerFrame {
-            topic: Some(publish.topic),
-            seq: None,
-            late: false,
-            message: publish.message,
-        };
-        Prepared {
-            text: encode_text(&frame, &self.stats),
-            key: self.keys.intern_opt(publish.key.as_ref()),
-            subject: self.keys.intern_opt(publish.subject.as_ref()),
-            retain: publish.retain,
-            kind: publish.kind,
-            urgent: publish.urgent,
-            type_index,
-        }
-    }
-
     fn prepare_wire(&self, wire: Wire) -> Prepared {
-        let intern = |k: &Option<String>| k.as_deref().map(|k| self.keys.intern(&Key::from(k)));
+        let intern = |k: &Option<Key>| k.as_ref().map(|k| self.keys.intern(k));
         Prepared {
             key: intern(&wire.key),
             subject: intern(&wire.subject),
@@ -420,20 +398,17 @@ impl Topics {
         }
     }
 
-    /// A message and its parts from the engine's payload.
-    fn prepare_payload(&self, payload: &[u8]) -> Result<(Prepared, Vec<Prepared>), String> {
-        let mut wire = Wire::parse(payload)?;
+    /// A message and its parts (a batch's constituents, which only update the retained state,
+    /// under the message's `seq`), ready for the topic lock.
+    fn prepare_all(&self, mut wire: Wire) -> (Prepared, Vec<Prepared>) {
         let parts = std::mem::take(&mut wire.parts);
         let parts = parts.into_iter().map(|p| self.prepare_wire(p)).collect();
-        Ok((self.prepare_wire(wire), parts))
+        (self.prepare_wire(wire), parts)
     }
 
-    /// Sequences, records and fans out one message now; `parts` (a batch's constituents) only
-    /// update the retained state, under the message's `seq`. Returns where it was sequenced.
-    pub(crate) fn publish(&self, publish: Publish, parts: Vec<Publish>) -> Sequenced {
-        let topic = publish.topic;
-        let (epoch, seqs) = self.publish_run(topic, vec![(publish, parts)]);
-        Sequenced { epoch, seq: seqs[0] }
+    /// A message and its parts from the engine's payload.
+    fn prepare_payload(&self, payload: &[u8]) -> Result<(Prepared, Vec<Prepared>), String> {
+        Ok(self.prepare_all(Wire::parse(payload)?))
     }
 
     /// Records and fans out a message an engine sequenced under `epoch`, if it is the next one
@@ -467,18 +442,11 @@ impl Topics {
     /// Sequences, records and fans out messages of one topic, in order, under one acquisition
     /// of the topic lock: each subscriber's outbox is locked once for
     /// all of them. Returns the topic's epoch and their `seq`s.
-    pub(crate) fn publish_run(
-        &self,
-        topic: Topic,
-        run: Vec<(Publish, Vec<Publish>)>,
-    ) -> (Arc<str>, Vec<u64>) {
-        // Serialized once, outside the topic lock, without the seq; the seq is spliced in below.
-        let prepared: Vec<(Prepared, Vec<Prepared>)> = run
-            .into_iter()
-            .map(|(p, parts)| {
-                (self.prepare(p), parts.into_iter().map(|p| self.prepare(p)).collect())
-            })
-            .collect();
+    pub(crate) fn publish_run(&self, topic: Topic, run: Vec<Wire>) -> (Arc<str>, Vec<u64>) {
+        // Serialized once (by the hub, without the seq; spliced in below), interned outside
+        // the topic lock.
+        let prepared: Vec<(Prepared, Vec<Prepared>)> =
+            run.into_iter().map(|wire| self.prepare_all(wire)).collect();
         let now = Instant::now();
         let mut state = self.lock(topic);
         let mut recorded = Vec::with_capacity(prepared.len());
@@ -672,9 +640,9 @@ impl Topics {
             {
                 Start::Recover(since.seq)
             }
-            // Ahead of this replica: it has not received everything the client has yet. (A
-            // single node is never behind: such a position is made up, and gets the state.)
-            Some(since) if self.replica && since.epoch == epoch && since.seq > top => Start::Ahead,
+            // Ahead of this node: it has not received everything the client has (the engine
+            // catches it up), or the log rolled back (the engine fences), or it is made up.
+            Some(since) if since.epoch == epoch && since.seq > top => Start::Ahead,
             // A gap in this epoch: what history still holds, then the state.
             Some(since) if since.epoch == epoch && since.seq < oldest => Start::Gap(oldest - 1),
             // Another epoch (the hub restarted): its whole history if nothing has expired yet.

@@ -1,26 +1,28 @@
-//! [`Wire`]: a message as it travels between nodes through an engine — its frame serialized
-//! once (without `seq`, which the engine assigns) and its policy by name, not by this node's
-//! interned ids. A leaf module: the topic table decodes it, the hub encodes it.
+//! [`Wire`]: a message on its way to an engine — its frame serialized once (without `seq`,
+//! which the engine assigns) and its policy by name, not by this node's interned ids. An
+//! in-process engine hands it back to the node as it is; one that stores or sends it encodes it
+//! ([`Wire::encode`]). A leaf module: the topic table reads it, the hub makes it.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::encode_text;
-use crate::publish::{Kind, Publish, Retain};
+use crate::publish::{Key, Kind, Publish, Retain};
 use crate::stats::Stats;
 
-/// One publish (with a batch's parts, which only update retained state) in transit.
+/// One publish (with a batch's parts, which only update retained state) on its way to an
+/// engine. Opaque: an engine only appends it, or encodes it to store it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Wire {
+pub struct Wire {
     /// The frame's JSON without `seq`.
     #[serde(rename = "f")]
     pub(crate) frame: String,
     /// The state key.
     #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
-    pub(crate) key: Option<String>,
+    pub(crate) key: Option<Key>,
     /// The filter subject.
     #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
-    pub(crate) subject: Option<String>,
+    pub(crate) subject: Option<Key>,
     /// [`Kind`] as 0 event, 1 update, 2 transition.
     #[serde(rename = "n", default)]
     kind: u8,
@@ -72,8 +74,8 @@ impl Wire {
         };
         Wire {
             frame: encode_text(&frame, stats),
-            key: publish.key.map(|k| k.to_string()),
-            subject: publish.subject.map(|k| k.to_string()),
+            key: publish.key,
+            subject: publish.subject,
             kind: match publish.kind {
                 Kind::Event => 0,
                 Kind::Update => 1,
@@ -110,14 +112,15 @@ impl Wire {
         Bytes::from(serde_json::to_vec(self).expect("a wire message always serializes"))
     }
 
-    /// The engine payload, and the retained-state changes it makes in order (the message, then
-    /// its parts). A message without parts that keeps its state shares the payload's bytes.
-    pub(crate) fn encode(&self) -> (Bytes, Vec<StateChange>) {
+    /// The engine payload (what [`crate::Replica::apply`] reads back), and the retained-state
+    /// changes it makes in order (the message, then its parts). A message without parts that
+    /// keeps its state shares the payload's bytes.
+    pub fn encode(&self) -> (Bytes, Vec<StateChange>) {
         let payload = self.to_bytes();
         let changes = std::iter::once(self)
             .chain(&self.parts)
             .filter_map(|w| {
-                let key = w.key.clone()?;
+                let key = w.key.as_deref()?.to_owned();
                 match w.retain() {
                     Retain::No => None,
                     Retain::Clear => Some(StateChange::Clear { key }),

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use modelcast_hub::{Append, Error as HubError, Sequenced};
+use bytes::Bytes;
+use modelcast_hub::{Error as HubError, Result as HubResult, Sequenced, StateChange};
 use modelcast_protocol::Topic;
 use redis::Value;
 use tokio::sync::mpsc;
@@ -17,10 +18,21 @@ use crate::shared::{IDEMPOTENCY_TTL_SECS, Shared, needs_restart_check};
 /// The most appends sent in one round trip.
 const ROUND: usize = 1024;
 
+/// An append waiting for Redis: the message encoded (the payload, and what it does to retained
+/// state), its idempotency key, and where the answer goes.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) topic: Topic,
+    pub(crate) payload: Bytes,
+    pub(crate) state: Vec<StateChange>,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) reply: tokio::sync::oneshot::Sender<HubResult<Sequenced>>,
+}
+
 /// Sends queued appends to Redis until `stop`.
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    mut queue: mpsc::Receiver<Append>,
+    mut queue: mpsc::Receiver<Queued>,
     stop: CancellationToken,
 ) {
     let mut round = Vec::with_capacity(ROUND);
@@ -42,8 +54,8 @@ pub(crate) async fn run(
 }
 
 /// The appends of one round, grouped by topic in order (one script call per group).
-fn by_topic(round: Vec<Append>) -> Vec<(Topic, Vec<Append>)> {
-    let mut groups: Vec<(Topic, Vec<Append>)> = Vec::new();
+fn by_topic(round: Vec<Queued>) -> Vec<(Topic, Vec<Queued>)> {
+    let mut groups: Vec<(Topic, Vec<Queued>)> = Vec::new();
     for append in round {
         match groups.iter_mut().find(|(t, _)| *t == append.topic) {
             Some((_, group)) => group.push(append),
@@ -53,7 +65,7 @@ fn by_topic(round: Vec<Append>) -> Vec<(Topic, Vec<Append>)> {
     groups
 }
 
-async fn append_round(shared: &Shared, round: Vec<Append>) {
+async fn append_round(shared: &Shared, round: Vec<Queued>) {
     let mut pending = by_topic(round);
     // Twice at most: a second `NOSCRIPT` right after the restart check is a failure.
     for attempt in 0..2 {
@@ -84,7 +96,7 @@ async fn append_round(shared: &Shared, round: Vec<Append>) {
 
 async fn call_groups(
     shared: &Shared,
-    groups: &[(Topic, Vec<Append>)],
+    groups: &[(Topic, Vec<Queued>)],
 ) -> Vec<redis::RedisResult<Value>> {
     let run_id = shared.run_id();
     let limits = AppendLimits {
@@ -104,7 +116,7 @@ async fn call_groups(
 }
 
 /// Answers a group's appends from the script's `{epoch, seq…}` (or its failure).
-fn answer(shared: &Shared, topic: Topic, group: Vec<Append>, result: redis::RedisResult<Value>) {
+fn answer(shared: &Shared, topic: Topic, group: Vec<Queued>, result: redis::RedisResult<Value>) {
     let positions = result.and_then(|value| {
         parse_positions(&value, group.len()).ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::Parse, "unexpected append reply"))

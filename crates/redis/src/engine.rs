@@ -1,15 +1,17 @@
 //! [`RedisEngine`]: the [`Engine`] the hub appends to and is fed by, and its tasks.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use modelcast_hub::{Append, Engine, Error as HubError, Pending, Replica};
+use modelcast_hub::{Append, Appended, Engine, Error as HubError, Pending, Replica};
 use modelcast_protocol::{Since, Topic};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::appender::Queued;
 use crate::error::{Error, Result};
 use crate::follower::{TopicHandle, Work, topic_channels};
 use crate::health::HealthReport;
@@ -67,7 +69,7 @@ impl RedisSettings {
 /// ended, queued appends answered) by [`RedisEngine::stop`].
 pub struct RedisEngine {
     shared: Arc<Shared>,
-    appends: mpsc::Sender<Append>,
+    appends: mpsc::Sender<Queued>,
     append_queue: usize,
     topics: Vec<TopicHandle>,
     /// Hands the hub's replica to the follower (once).
@@ -162,23 +164,23 @@ impl Engine for RedisEngine {
         }
     }
 
-    fn append(&self, append: Append) {
-        match self.appends.try_send(append) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(append)) => {
-                self.shared
-                    .health
-                    .appends_refused_full
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn append(&self, append: Append) -> Appended {
+        let (payload, state) = append.wire.encode();
+        let (reply, pending) = Pending::new();
+        let topic = append.topic;
+        let idempotency_key = append.idempotency_key;
+        match self.appends.try_send(Queued { topic, payload, state, idempotency_key, reply }) {
+            Ok(()) => Appended::Pending(pending),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.health.appends_refused_full.fetch_add(1, Ordering::Relaxed);
                 let message = format!(
                     "{} appends are waiting for redis already (it is slow): retry shortly",
                     self.append_queue
                 );
-                let _ = append.reply.send(Err(HubError::Unavailable(message)));
+                Appended::Done(Err(HubError::Unavailable(message)))
             }
-            Err(mpsc::error::TrySendError::Closed(append)) => {
-                let stopping = HubError::Unavailable("the server is stopping".into());
-                let _ = append.reply.send(Err(stopping));
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Appended::Done(Err(HubError::Unavailable("the server is stopping".into())))
             }
         }
     }

@@ -5,7 +5,7 @@
 //! ([`restart_call`], by source, before anything is loaded again), then loads the scripts and
 //! retries.
 
-use modelcast_hub::{Append, StateChange};
+use modelcast_hub::StateChange;
 use redis::Cmd;
 
 use crate::names::TopicNames;
@@ -204,7 +204,7 @@ pub(crate) fn append_call(
     names: &TopicNames,
     limits: AppendLimits<'_>,
     now_ms: i64,
-    appends: &[Append],
+    appends: &[crate::appender::Queued],
 ) -> Cmd {
     let idem: Vec<String> = appends
         .iter()
