@@ -203,7 +203,7 @@ impl Engine for RedisEngine {
 
     fn reach(&self, topic: Topic, since: &Since) -> Pending<()> {
         let (reply, pending) = Pending::new();
-        let work = Work::Reach { since: since.clone(), reply };
+        let work = Work { since: since.clone(), reply };
         if let Err(err) = self.topics[topic.index()].work.try_send(work) {
             let message = match &err {
                 mpsc::error::TrySendError::Full(_) => {
@@ -211,9 +211,7 @@ impl Engine for RedisEngine {
                 }
                 mpsc::error::TrySendError::Closed(_) => "the server is stopping",
             };
-            if let Work::Reach { reply, .. } = err.into_inner() {
-                let _ = reply.send(Err(HubError::Unavailable(message.into())));
-            }
+            let _ = err.into_inner().reply.send(Err(HubError::Unavailable(message.into())));
         }
         pending
     }

@@ -1,14 +1,16 @@
 //! Following the topics' channels: one pub/sub connection (subscribed to every topic's channel
-//! and the node's probe) that routes each message to its topic's worker, and a check each
-//! second. Each topic has its own worker task applying its messages in order and repairing its
-//! copy from the log, so a slow repair blocks only its own topic.
+//! and the node's probe) whose messages are applied as they arrive, and a check each second.
+//! Whatever needs Redis again — a hole to fill, a rollback to fence, a client's position to
+//! reach — goes to the topic's own worker task, so a slow repair blocks only its topic, and
+//! never the messages of the others.
 //!
-//! Nothing here queues without bound: a topic's queue of channel messages is bounded, and a
-//! message that does not fit is dropped and the topic marked for repair (the log has it);
-//! repairs are a flag per topic (`Notify`), not a queue.
+//! Nothing here queues without bound: a repair is a flag per topic (`Notify`, and a flag for a
+//! seq handed out twice), not a queue; a message that arrives while its topic is being repaired
+//! is applied if it is next, or left to the repair (the log has it); a topic's queue of client
+//! positions to reach is bounded.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,37 +29,54 @@ use crate::snapshot::{Snapshot, parse_snapshot};
 
 /// Probes unanswered for this many checks mean the pub/sub connection is wedged.
 const PROBE_PATIENCE: u64 = 3;
-/// Channel messages that may wait per topic before the topic is repaired from the log instead.
-pub(crate) const TOPIC_QUEUE: usize = 1024;
+/// Client positions that may wait per topic to be reached; more are refused (retry).
+pub(crate) const TOPIC_QUEUE: usize = 256;
 /// At most one fence per topic in this time on a client's word (a position past the log's
 /// head): a made-up position must not make every subscriber start over again and again. A
 /// client asking within it is not recovered (it gets the current state), never replayed from a
 /// range the log may hand out again.
 const CLIENT_FENCE_EVERY: Duration = Duration::from_secs(60);
 
-/// Work for a topic's worker.
+/// Work for a topic's worker: a client asked for a position this node has not reached.
 #[derive(Debug)]
-pub(crate) enum Work {
-    /// A message from the topic's channel.
-    Message { epoch: String, logged: Logged },
-    /// A key's retained state was cleared.
-    Cleared(String),
-    /// A client asked for a position this node has not reached.
-    Reach { since: Since, reply: oneshot::Sender<HubResult<()>> },
+pub(crate) struct Work {
+    pub(crate) since: Since,
+    pub(crate) reply: oneshot::Sender<HubResult<()>>,
+}
+
+/// What the follower and the checks ask of a topic's worker, as flags (never a queue).
+#[derive(Debug, Default)]
+pub(crate) struct Signals {
+    /// Bring the topic up to the log's head.
+    repair: Notify,
+    /// The log handed a seq out again (a message at a seq the node holds, with other
+    /// content): fence, whatever its seq is now.
+    reused: AtomicBool,
+}
+
+impl Signals {
+    pub(crate) fn repair(&self) {
+        self.repair.notify_one();
+    }
+
+    fn reused(&self) {
+        self.reused.store(true, Ordering::SeqCst);
+        self.repair.notify_one();
+    }
 }
 
 /// How the engine reaches a topic's worker.
 #[derive(Debug, Clone)]
 pub(crate) struct TopicHandle {
     pub(crate) work: mpsc::Sender<Work>,
-    pub(crate) repair: Arc<Notify>,
+    pub(crate) signals: Arc<Signals>,
 }
 
 /// A topic worker's inbox, handed to the follower when the engine starts.
 #[derive(Debug)]
 pub(crate) struct TopicInbox {
-    pub(crate) work: mpsc::Receiver<Work>,
-    pub(crate) repair: Arc<Notify>,
+    work: mpsc::Receiver<Work>,
+    signals: Arc<Signals>,
 }
 
 /// A new handle and inbox per topic.
@@ -66,8 +85,8 @@ pub(crate) fn topic_channels() -> (Vec<TopicHandle>, Vec<TopicInbox>) {
         .iter()
         .map(|_| {
             let (tx, rx) = mpsc::channel(TOPIC_QUEUE);
-            let repair = Arc::new(Notify::new());
-            (TopicHandle { work: tx, repair: repair.clone() }, TopicInbox { work: rx, repair })
+            let signals = Arc::new(Signals::default());
+            (TopicHandle { work: tx, signals: signals.clone() }, TopicInbox { work: rx, signals })
         })
         .unzip()
 }
@@ -152,7 +171,7 @@ impl Follower {
         let candidate: String = redis::cmd("GET").arg(&names.epoch).query_async(&mut conn).await?;
         self.shared.set_candidate(candidate);
         for handle in &self.handles {
-            handle.repair.notify_one();
+            handle.signals.repair();
         }
         self.shared.health.set_up();
         Ok(pubsub)
@@ -184,7 +203,7 @@ impl Follower {
                         continue;
                     }
                     if let Some(topic) = self.shared.names.topic_of_channel(channel) {
-                        self.route(topic, message.get_payload_bytes());
+                        self.on_message(topic, message.get_payload_bytes());
                     }
                 }
                 _ = tick.tick() => {
@@ -202,13 +221,25 @@ impl Follower {
         }
     }
 
-    /// A channel message to its topic's worker; one that does not fit its queue is left to a
-    /// repair from the log.
-    fn route(&self, topic: Topic, payload: &[u8]) {
-        let handle = &self.handles[topic.index()];
-        let Some(work) = decode(topic, payload) else { return };
-        if let Err(mpsc::error::TrySendError::Full(_)) = handle.work.try_send(work) {
-            handle.repair.notify_one();
+    /// A channel message, applied at once if it is the topic's next; anything else is the
+    /// topic worker's (a hole to fill, another epoch, a seq handed out twice).
+    fn on_message(&self, topic: Topic, payload: &[u8]) {
+        let signals = &self.handles[topic.index()].signals;
+        match decode(topic, payload) {
+            Some(Channel::Message { epoch, logged }) => {
+                match self.replica.apply(topic, &epoch, &logged) {
+                    Applied::Applied | Applied::Duplicate | Applied::Gone => {}
+                    Applied::Gap { .. } | Applied::OtherEpoch => signals.repair(),
+                    // Redis handed out a seq again (it lost its tail, then took publishes
+                    // before any check noticed): whatever its seq is now, fence.
+                    Applied::Conflict => signals.reused(),
+                    Applied::Invalid(err) => tracing::warn!(%topic, seq = logged.seq, "{err}"),
+                }
+            }
+            Some(Channel::Cleared(key)) => {
+                self.replica.cleared(topic, &key);
+            }
+            None => {}
         }
     }
 
@@ -227,7 +258,7 @@ impl Follower {
         for (topic, (epoch, seq)) in Topic::ALL.into_iter().zip(metas) {
             let Some((mine, last)) = self.replica.position(topic) else { return Ok(()) };
             if epoch.as_deref() != Some(&*mine) || seq.unwrap_or(0) != last {
-                self.handles[topic.index()].repair.notify_one();
+                self.handles[topic.index()].signals.repair();
             }
         }
         redis::cmd("SET")
@@ -242,8 +273,16 @@ impl Follower {
     }
 }
 
+/// What a topic's channel carries.
+enum Channel {
+    /// A sequenced message.
+    Message { epoch: String, logged: Logged },
+    /// A key's retained state was cleared.
+    Cleared(String),
+}
+
 /// A channel message: `m\n<epoch>\n<seq>\n<ms>\n<payload>` or `c\n<key>`.
-fn decode(topic: Topic, payload: &[u8]) -> Option<Work> {
+fn decode(topic: Topic, payload: &[u8]) -> Option<Channel> {
     let mut fields = payload.splitn(5, |b| *b == b'\n');
     match fields.next() {
         Some(b"m") => {
@@ -256,12 +295,12 @@ fn decode(topic: Topic, payload: &[u8]) -> Option<Work> {
                 return None;
             };
             let payload = Bytes::copy_from_slice(fields.next().unwrap_or_default());
-            Some(Work::Message {
-                epoch,
-                logged: Logged { seq: seq as u64, published_ms: ms, payload },
-            })
+            let logged = Logged { seq: seq as u64, published_ms: ms, payload };
+            Some(Channel::Message { epoch, logged })
         }
-        Some(b"c") => Some(Work::Cleared(fields.next().map(String::from_utf8_lossy)?.into_owned())),
+        Some(b"c") => {
+            Some(Channel::Cleared(fields.next().map(String::from_utf8_lossy)?.into_owned()))
+        }
         _ => None,
     }
 }
@@ -280,49 +319,31 @@ impl Worker {
         loop {
             let result = tokio::select! {
                 () = stop.cancelled() => return,
-                () = inbox.repair.notified() => self.repair().await,
+                () = inbox.signals.repair.notified() => {
+                    if inbox.signals.reused.swap(false, Ordering::SeqCst) {
+                        let last = self.replica.position(self.topic).map_or(0, |(_, s)| s);
+                        self.fence(FenceWhy::Reused { min: last }).await
+                    } else {
+                        self.repair().await
+                    }
+                }
                 work = inbox.work.recv() => match work {
                     None => return,
-                    Some(work) => self.handle(work).await,
+                    Some(Work { since, reply }) => {
+                        let reached = self.reach(&since).await;
+                        let answer = reached.as_ref().map(|_| ()).map_err(|e| {
+                            HubError::Unavailable(format!("cannot reach the position now: redis: {e}"))
+                        });
+                        let _ = reply.send(answer);
+                        reached
+                    }
                 },
             };
             if let Err(err) = result {
                 let topic = self.topic;
                 tracing::warn!(%topic, "redis: {err}");
                 self.shared.health.set_down(format!("redis: {err}"));
-            }
-        }
-    }
-
-    async fn handle(&mut self, work: Work) -> redis::RedisResult<()> {
-        match work {
-            Work::Message { epoch, logged } => {
-                match self.replica.apply(self.topic, &epoch, &logged) {
-                    Applied::Applied | Applied::Duplicate | Applied::Gone => Ok(()),
-                    Applied::Gap { .. } | Applied::OtherEpoch => self.repair().await,
-                    // Redis handed out a seq again (it lost its tail, then took publishes
-                    // before any check noticed): whatever its seq is now, fence.
-                    Applied::Conflict => {
-                        let last = self.replica.position(self.topic).map_or(0, |(_, s)| s);
-                        self.fence(FenceWhy::Reused { min: last }).await
-                    }
-                    Applied::Invalid(err) => {
-                        tracing::warn!(topic = %self.topic, seq = logged.seq, "{err}");
-                        Ok(())
-                    }
-                }
-            }
-            Work::Cleared(key) => {
-                self.replica.cleared(self.topic, &key);
-                Ok(())
-            }
-            Work::Reach { since, reply } => {
-                let reached = self.reach(&since).await;
-                let answer = reached.as_ref().map(|_| ()).map_err(|e| {
-                    HubError::Unavailable(format!("cannot reach the position now: redis: {e}"))
-                });
-                let _ = reply.send(answer);
-                reached
+                // The periodic check asks again once Redis answers.
             }
         }
     }
