@@ -200,3 +200,23 @@ async fn a_stopped_redis_under_a_flood_gets_every_publish_answered_in_bounded_me
     // 2,000 appends in flight at once met a queue of 1,000: the bound is what refused them.
     assert!(engine["appends_refused_queue_full"].as_u64().unwrap() > 0, "{engine}");
 }
+
+/// The engine's tasks end with the server: after the drain, its pub/sub connection is closed
+/// (before, they ran on a token nothing cancelled and outlived the server).
+#[tokio::test]
+async fn the_engines_tasks_stop_with_the_server() {
+    let redis = Redis::start(false);
+    let pubsub_clients = || {
+        let list = redis.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]).unwrap_or_default();
+        list.lines().filter(|l| !l.trim().is_empty()).count()
+    };
+    let server =
+        modelcast_tests::server_util::TestServer::start(&["--redis-url", &redis.url()]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pubsub_clients() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the node never subscribed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await.unwrap();
+    assert_eq!(pubsub_clients(), 0, "the follower stopped with the server");
+}

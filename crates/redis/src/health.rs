@@ -1,9 +1,10 @@
 //! The engine's health: one state (up or down with the reason, whether the node follows the
 //! channels, what is wrong with Redis's configuration) behind one lock, so a reader never sees
-//! an "up" with a stale reason; and counters.
+//! an "up" with a stale reason (an atomic mirror of "up" spares every publish the lock); and
+//! counters.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Debug, Default, Clone)]
 struct State {
@@ -18,6 +19,8 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Health {
     state: Mutex<State>,
+    /// `state.up`, written under the lock, read without it by every publish.
+    up: AtomicBool,
     /// Appends Redis failed or refused.
     pub(crate) append_failures: AtomicU64,
     /// Appends refused at once because the queue to Redis was full.
@@ -63,6 +66,7 @@ impl Default for Health {
         let connecting = State { reason: "connecting to redis".into(), ..State::default() };
         Self {
             state: Mutex::new(connecting),
+            up: AtomicBool::new(false),
             append_failures: AtomicU64::new(0),
             appends_refused_full: AtomicU64::new(0),
             repairs: AtomicU64::new(0),
@@ -85,6 +89,7 @@ impl Health {
         }
         state.up = true;
         state.reason.clear();
+        self.up.store(true, Ordering::SeqCst);
     }
 
     /// The engine cannot take appends now, for `reason`: logged at warn when it goes down and
@@ -97,6 +102,7 @@ impl Health {
         }
         state.up = false;
         state.reason = reason;
+        self.up.store(false, Ordering::SeqCst);
     }
 
     pub(crate) fn set_following(&self, following: bool) {
@@ -107,8 +113,11 @@ impl Health {
         self.lock().warning = warning;
     }
 
-    /// `None` when appends can succeed, else why not.
+    /// `None` when appends can succeed, else why not. Asked by every publish: no lock while up.
     pub(crate) fn unavailable(&self) -> Option<String> {
+        if self.up.load(Ordering::SeqCst) {
+            return None;
+        }
         let state = self.lock();
         (!state.up).then(|| state.reason.clone())
     }
