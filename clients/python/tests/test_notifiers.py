@@ -185,3 +185,24 @@ async def test_components_are_hooked_through_their_callback(integrator, collecto
         await downloader.notify("download_exploded", "cb-1")
     with pytest.raises(TypeError, match="add_notification_callback"):
         await integrator.setup_component_integrations(health_monitor=object())
+
+
+async def test_mapping_errors_name_every_field_at_once(integrator, collector) -> None:
+    d = integrator.get_download_notifier()
+    # A value of the wrong type is named, not a bare TypeError from deriving with it.
+    with pytest.raises(MappingError, match=r"progress_percent: .*got '45%'"):
+        await d.on_download_progress("m1", {"progress_percent": "45%", "total_mb": 100})
+    # Sizes that contradict each other name the fields they came from.
+    with pytest.raises(MappingError, match=r"downloaded_mb \(2000\) is more than total_mb \(1000\)"):
+        await d.on_download_progress("m1", {"downloaded_mb": 2000, "total_mb": 1000})
+    # Missing fields and a value outside the vocabulary, together.
+    a = integrator.get_availability_notifier()
+    with pytest.raises(MappingError) as caught:
+        await a.on_model_status_update("m1", {"availability_status": "ready", "size_mb": 10})
+    text = str(caught.value)
+    assert "availability_status: 'ready' is not a known value" in text, text
+    for missing in ("is_available", "is_loaded", "integrity_score", "performance_score", "update_available"):
+        assert missing in text, f"{missing} in {text}"
+    await integrator.get_system_notifier().on_alert("after", "info", "t", "m")
+    await collector.wait_for(lambda f: f["type"] == "alert")
+    assert [f["type"] for f in collector.frames] == ["alert"], "nothing was sent for the refused calls"

@@ -183,3 +183,15 @@ class Relay:
     def close(self) -> None:
         self.cut()
         self.server.close()
+
+
+async def test_an_unreachable_server_is_named_in_the_error() -> None:
+    port = free_port()
+    policy = RetryPolicy(attempts=2, initial_delay=0.05, max_delay=0.05)
+    async with Publisher(f"http://127.0.0.1:{port}", retry=policy) as p:
+        with pytest.raises(UnavailableError) as caught:
+            await p.publish(alert(1))
+    text = str(caught.value)
+    assert caught.value.status is None and caught.value.code == "connection_failed"
+    assert text.startswith("connection_failed: cannot reach modelcast at "), text
+    assert f"http://127.0.0.1:{port}/api/publish" in text, text

@@ -24,17 +24,19 @@ class PublishError(ModelcastError):
     code (`invalid_message`, `unauthorized`, `unavailable`, …), `problems` every field problem
     of a 400 (all of them, not only the first)."""
 
-    def __init__(self, status: int, code: str, message: str, problems: list[Problem] | None = None):
+    def __init__(self, status: int | None, code: str, message: str, problems: list[Problem] | None = None):
         self.status = status
         self.code = code
         self.message = message
         self.problems = problems or []
         detail = "; ".join(f"{'' if p.index is None else f'[{p.index}] '}{p.field}: {p.message}" for p in self.problems)
-        super().__init__(f"{status} {code}: {message}" + (f" ({detail})" if detail else ""))
+        head = f"{code}: {message}" if status is None else f"{status} {code}: {message}"
+        super().__init__(head + (f" ({detail})" if detail else ""))
 
 
 class UnavailableError(PublishError):
-    """The server (or its cluster store) could not take the publish now, and retries ran out."""
+    """The server (or its cluster store) could not take the publish now, and retries ran out.
+    `status` is `None` when the server could not be reached at all (`connection_failed`)."""
 
 
 class MappingError(ModelcastError, ValueError):

@@ -7,11 +7,12 @@ retry count), as the seed's in-process notifiers did."""
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, RootModel, TypeAdapter, ValidationError
 
 from . import models
 from .errors import MappingError
@@ -39,13 +40,51 @@ def _mapping(value: Any, model: type[BaseModel], what: str, fixed: Mapping[str, 
     return {**value, **fixed}
 
 
+def _known_values(annotation: Any) -> list[str] | None:
+    """The known values of an open vocabulary (a `RootModel` of string literals or any other
+    string), which the server accepts only from that list when publishing; else `None`."""
+    if not (isinstance(annotation, type) and issubclass(annotation, RootModel)):
+        return None
+    args = typing.get_args(annotation.model_fields["root"].annotation)
+    known = [typing.get_args(a)[0] for a in args if typing.get_origin(a) is typing.Literal]
+    return known or None
+
+
+def _value_problems(model: type[BaseModel], fields: Mapping[str, Any]) -> list[str]:
+    """Every problem of the given values alone (types, closed vocabularies), field by field, so
+    that one error names them all before any is used."""
+    problems = []
+    for name, value in fields.items():
+        field = model.model_fields.get(name)
+        if field is None or value is None:
+            continue
+        try:
+            TypeAdapter(field.annotation).validate_python(value)
+        except ValidationError as error:
+            problems.extend(f"{name}: {e['msg']} (got {value!r})" for e in error.errors())
+            continue
+        known = _known_values(field.annotation)
+        if known is not None and value not in known:
+            problems.append(f"{name}: {value!r} is not a known value; expected one of: {', '.join(known)}")
+    return problems
+
+
 def _build(model: type[BaseModel], fields: dict[str, Any], what: str) -> BaseModel:
+    """The message, or a `MappingError` naming every problem at once: values of the wrong type
+    or outside a closed vocabulary, and missing fields."""
     fields.setdefault("timestamp", _now())
+    problems = _value_problems(model, fields)
     try:
-        return model.model_validate(fields)
+        built = model.model_validate(fields)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise MappingError(f"{what}: {problems}") from error
+        given = {p.split(":", 1)[0] for p in problems}
+        problems.extend(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors() if str(e["loc"][0]) not in given
+        )
+        raise MappingError(f"{what}: {'; '.join(problems)}") from error
+    if problems:
+        raise MappingError(f"{what}: {'; '.join(problems)}")
+    return built
 
 
 class _Notifier:
@@ -85,6 +124,9 @@ class DownloadNotifier(_Notifier):
         `eta_seconds`, `status`, `can_pause`/`can_resume`/`can_cancel`; what is missing is
         derived (percent from sizes, ETA from speed, the `can_*` flags from the status)."""
         d = _mapping(progress_data, models.DownloadProgressUpdate, "progress_data", {"model_id": model_id})
+        problems = _value_problems(models.DownloadProgressUpdate, d)
+        if problems:  # before anything is derived from them
+            raise MappingError(f"progress_data: {'; '.join(problems)}")
         total = d.get("total_mb", self._total.get(model_id))
         if total is None:
             raise MappingError("progress_data: 'total_mb' is needed (here or in on_download_started)")
@@ -92,6 +134,11 @@ class DownloadNotifier(_Notifier):
         if "progress_percent" not in d and "downloaded_mb" not in d:
             raise MappingError("progress_data: give 'progress_percent' or 'downloaded_mb'")
         if "progress_percent" not in d:
+            if total and d["downloaded_mb"] > total:
+                raise MappingError(
+                    f"progress_data: downloaded_mb ({d['downloaded_mb']}) is more than total_mb ({total}), "
+                    "so progress_percent cannot be derived from them"
+                )
             d["progress_percent"] = round(d["downloaded_mb"] / total * 100, 2) if total else 0.0
         d.setdefault("downloaded_mb", round(d["progress_percent"] / 100 * total, 3))
         d.setdefault("speed_mbps", 0.0)

@@ -39,6 +39,8 @@ class Accepted:
     status: str
     topic: str | None = None
     seq: int | None = None
+    epoch: str | None = None
+    """The topic's epoch `seq` belongs to: a new one means the numbering started again."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,9 @@ def _settings(url: str | None, api_key: str | None) -> tuple[str, dict[str, str]
 def _accepted(response: httpx.Response) -> list[Accepted]:
     body = response.json()
     return [
-        Accepted(type=a.get("type", ""), status=a["status"], topic=a.get("topic"), seq=a.get("seq"))
+        Accepted(
+            type=a.get("type", ""), status=a["status"], topic=a.get("topic"), seq=a.get("seq"), epoch=a.get("epoch")
+        )
         for a in body["accepted"]
     ]
 
@@ -93,12 +97,18 @@ def _error(response: httpx.Response) -> PublishError:
     return kind(response.status_code, code, message, problems)
 
 
-def _outcome(retry: RetryPolicy, attempt: int, result: httpx.Response | httpx.TransportError) -> list[Accepted] | float:
+def _outcome(
+    retry: RetryPolicy, attempt: int, result: httpx.Response | httpx.TransportError, endpoint: str
+) -> list[Accepted] | float:
     """What attempt number `attempt` came to, for both publishers: what was accepted, or how
     long to wait before retrying; raises when the attempt is final."""
     if isinstance(result, httpx.TransportError):
         if attempt >= retry.attempts:
-            raise UnavailableError(0, "connection_failed", f"{type(result).__name__}: {result}") from result
+            message = (
+                f"cannot reach modelcast at {endpoint} ({attempt} attempts): {type(result).__name__}: {result}; "
+                "is the server running there (MODELCAST_URL)?"
+            )
+            raise UnavailableError(None, "connection_failed", message) from result
         return retry.delay(attempt, None)
     if result.status_code == 202:
         return _accepted(result)
@@ -147,11 +157,10 @@ class Publisher:
         headers = {"idempotency-key": uuid.uuid4().hex}  # the same for every retry
         for attempt in itertools.count(1):
             try:
-                outcome = _outcome(
-                    self.retry, attempt, await self._http.post(self.endpoint, json=body, headers=headers)
-                )
+                response = await self._http.post(self.endpoint, json=body, headers=headers)
+                outcome = _outcome(self.retry, attempt, response, self.endpoint)
             except httpx.TransportError as error:
-                outcome = _outcome(self.retry, attempt, error)
+                outcome = _outcome(self.retry, attempt, error, self.endpoint)
             if isinstance(outcome, list):
                 return outcome
             await asyncio.sleep(outcome)
@@ -195,9 +204,10 @@ class SyncPublisher:
         headers = {"idempotency-key": uuid.uuid4().hex}  # the same for every retry
         for attempt in itertools.count(1):
             try:
-                outcome = _outcome(self.retry, attempt, self._http.post(self.endpoint, json=body, headers=headers))
+                response = self._http.post(self.endpoint, json=body, headers=headers)
+                outcome = _outcome(self.retry, attempt, response, self.endpoint)
             except httpx.TransportError as error:
-                outcome = _outcome(self.retry, attempt, error)
+                outcome = _outcome(self.retry, attempt, error, self.endpoint)
             if isinstance(outcome, list):
                 return outcome
             time.sleep(outcome)
