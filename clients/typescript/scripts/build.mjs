@@ -1,11 +1,12 @@
 // Builds the package and the dashboard:
 // - dist/: ES modules + .d.ts (tsc), the package's contents;
+// - dist/cjs/: the same as one CommonJS module (with the declarations), for `require`;
 // - dist/modelcast.min.js: one minified ES module for browsers (its gzipped size is reported);
 // - ../../crates/server/assets/dashboard.js: the dashboard at `/` (dashboard/main.ts bundled
 //   with this client), committed and embedded in the server binary at compile time.
 // `--check` only verifies that the committed dashboard bundle is up to date (CI runs it).
 import { execFileSync } from "node:child_process";
-import { readFileSync, writeFileSync, existsSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
@@ -42,11 +43,25 @@ if (check) {
 } else {
   execFileSync(join(root, "node_modules/.bin/tsc"), ["-p", root], { stdio: "inherit" });
   execFileSync(join(root, "node_modules/.bin/tsc"), ["-p", join(root, "dashboard")], { stdio: "inherit" });
+  // CommonJS, for `require("@modelcast/client")`: one bundle (no runtime dependencies) beside
+  // the ES modules, with the same declarations, under a package.json that says commonjs.
+  const cjs = join(root, "dist/cjs");
+  mkdirSync(cjs, { recursive: true });
+  writeFileSync(join(cjs, "index.js"), await bundle("src/index.ts", { format: "cjs", minify: false }));
+  writeFileSync(join(cjs, "package.json"), '{ "type": "commonjs" }\n');
+  for (const file of readdirSync(join(root, "dist"), { recursive: true })) {
+    if (String(file).endsWith(".d.ts") && !String(file).startsWith("cjs")) {
+      mkdirSync(dirname(join(cjs, String(file))), { recursive: true });
+      copyFileSync(join(root, "dist", String(file)), join(cjs, String(file)));
+    }
+  }
   const min = await bundle("src/index.ts");
   writeFileSync(join(root, "dist/modelcast.min.js"), min);
   const gz = gzipSync(min, { level: 9 }).length;
   console.log(`dist/modelcast.min.js: ${min.length} bytes minified, ${gz} bytes gzipped`);
-  if (existsSync(dashboardOut) && readFileSync(dashboardOut, "utf8") === dashboard) {
+  if (!existsSync(dirname(dashboardOut))) {
+    // Built outside the repository (a copy of this folder): there is no server to embed it.
+  } else if (existsSync(dashboardOut) && readFileSync(dashboardOut, "utf8") === dashboard) {
     // unchanged
   } else {
     writeFileSync(dashboardOut, dashboard);
