@@ -1,6 +1,9 @@
 //! `cargo xtask cluster`: a private Redis and N modelcast nodes on consecutive ports, to see a
-//! cluster in one command. Ctrl-C stops them all.
+//! cluster in one command. Ctrl-C stops them all, nodes first (each drains and stops its
+//! engine), then Redis, and removes Redis's directory.
 
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -15,7 +18,8 @@ pub(crate) struct Options {
 }
 
 impl Options {
-    pub(crate) fn parse(args: &[&str]) -> Result<Self> {
+    /// The options, or `None` when `--help` was asked for (the usage is printed).
+    pub(crate) fn parse(args: &[&str]) -> Result<Option<Self>> {
         let mut options = Options { nodes: 3, port: 8000, demo: false };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -24,25 +28,56 @@ impl Options {
                 "--nodes" => options.nodes = value()?.parse().context("--nodes: a number")?,
                 "--port" => options.port = value()?.parse().context("--port: a port number")?,
                 "--demo" => options.demo = true,
-                other => bail!("unknown option {other}\n\n{}", crate::USAGE),
+                "--help" | "-h" => {
+                    #[allow(clippy::print_stdout)]
+                    {
+                        println!("{USAGE}");
+                    }
+                    return Ok(None);
+                }
+                other => bail!("unknown option {other}\n\n{USAGE}"),
             }
         }
         if options.nodes == 0 {
             bail!("--nodes: at least 1");
         }
-        Ok(options)
+        Ok(Some(options))
     }
 }
 
-/// Kills its processes when dropped (on Ctrl-C or an error).
-struct Processes(Vec<Child>);
+/// `cargo xtask cluster --help`.
+const USAGE: &str = "usage: cargo xtask cluster [--nodes N] [--port P] [--demo]
 
-impl Drop for Processes {
+A private redis-server (AOF in a temporary directory) and N modelcast nodes on 127.0.0.1,
+ports P, P+1, …; Ctrl-C stops them all (nodes first, then Redis) and removes the directory.
+
+  --nodes N   how many nodes (default 3)
+  --port P    the first node's port (default 8000)
+  --demo      node0 publishes the demo";
+
+/// The cluster's processes, in their own process group (a terminal's Ctrl-C reaches only this
+/// task, which stops them in order): nodes are asked to shut down (SIGTERM: they drain and stop
+/// their engine while Redis still answers), then Redis is stopped and its directory removed.
+/// On drop: on Ctrl-C, and on an error.
+struct Cluster {
+    redis: Option<Child>,
+    nodes: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Drop for Cluster {
     fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
+        for node in &self.nodes {
+            let _ = Command::new("kill").args(["-TERM", &node.id().to_string()]).status();
         }
+        for node in &mut self.nodes {
+            let _ = node.wait();
+        }
+        if let Some(mut redis) = self.redis.take() {
+            let _ = redis.kill();
+            let _ = redis.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -63,16 +98,17 @@ pub(crate) fn run(options: Options) -> Result<()> {
     };
     let dir = std::env::temp_dir().join(format!("modelcast-cluster-{redis_port}"));
     std::fs::create_dir_all(&dir)?;
-    let mut processes = Processes(Vec::new());
+    let mut cluster = Cluster { redis: None, nodes: Vec::new(), dir: dir.clone() };
     let redis = Command::new("redis-server")
         .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", ""])
         .args(["--appendonly", "yes", "--maxmemory-policy", "noeviction"])
         .arg("--dir")
         .arg(&dir)
         .stdout(Stdio::null())
+        .process_group(0)
         .spawn()
         .context("starting redis-server (Debian package redis-server)")?;
-    processes.0.push(redis);
+    cluster.redis = Some(redis);
     std::thread::sleep(Duration::from_millis(300));
     let url = format!("redis://127.0.0.1:{redis_port}/0");
     println!("redis      {url} (data in {})", dir.display());
@@ -84,7 +120,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
         if options.demo && i == 0 {
             node.arg("--demo");
         }
-        processes.0.push(node.spawn().context("starting modelcast")?);
+        cluster.nodes.push(node.process_group(0).spawn().context("starting modelcast")?);
         let demo = if options.demo && i == 0 { " (publishing the demo)" } else { "" };
         println!("node{i}      http://127.0.0.1:{port}/  ws://127.0.0.1:{port}/ws{demo}");
     }
@@ -96,7 +132,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = poll.tick() => {
-                    for child in &mut processes.0 {
+                    for child in cluster.nodes.iter_mut().chain(&mut cluster.redis) {
                         if let Some(status) = child.try_wait()? {
                             bail!("a process of the cluster exited ({status}); stopping the rest");
                         }

@@ -25,6 +25,7 @@ tasks:
       --nodes N         how many nodes (default 3)
       --port P          the first node's port (default 8000)
       --demo            node0 publishes the demo
+      --help            this part of the usage
   loadtest [options]  start the release server (pinned to core 0) and load it from core 1
       --subscribers N   subscriber connections (default 1000)
       --rate R          messages per second in the steady phase (default 200)
@@ -56,7 +57,11 @@ fn main() -> ExitCode {
         ["codegen"] => codegen::run(codegen::Mode::Write),
         ["codegen", "--check"] => codegen::run(codegen::Mode::Check),
         ["schema-baseline"] => codegen::baseline(),
-        ["cluster", rest @ ..] => cluster::Options::parse(rest).and_then(cluster::run),
+        ["cluster", rest @ ..] => match cluster::Options::parse(rest) {
+            Ok(Some(options)) => cluster::run(options),
+            Ok(None) => Ok(()), // --help
+            Err(err) => Err(err),
+        },
         ["loadtest", rest @ ..] => {
             loadtest::Options::parse(rest).and_then(|o| loadtest::run(o, rest))
         }

@@ -30,13 +30,31 @@ type Model = {
 
 type FeedItem = { level: string; title: string; detail: string; at: string };
 
+type Task = {
+  id: string;
+  model?: string | null;
+  status: string;
+  percent: number;
+  step?: number | null;
+  steps?: number | null;
+  eta?: number | null;
+  finishedAt?: number;
+};
+
+type QueueEntry = { task: string; model?: string | null; position: number; status: string };
+
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const models = new Map<string, Model>();
 const feed: FeedItem[] = [];
 const raw: string[] = [];
 const series: Record<string, number[]> = { cpu: [], memory: [], vram: [], gpu: [], active: [] };
 const SERIES_POINTS = 150; // about five minutes of the demo's system stats (every 2 s)
-let dirty = false;
+const tasks = new Map<string, Task>();
+const FINISHED_SHOWN = 3; // finished tasks kept on the page, newest first
+let queue: QueueEntry[] = [];
+let queueSummary = "";
+let usageTotal = 1; // the usage chart's top: the number of models
+let dirty = true; // the first render shows the empty panels' texts
 const previous: Record<string, number> = {}; // per topic: `published` at the last stats poll
 
 const h = (tag: string, attrs: Record<string, string> = {}, ...children: (Node | string)[]) => {
@@ -185,22 +203,35 @@ function apply(frame: AnyTopicFrame) {
     }
     case "usage_statistics_update": {
       const d = frame.data;
+      usageTotal = Math.max(1, d.total_models);
       sample("active", d.active_models);
       $("usage-now").textContent = `${d.active_models} of ${d.total_models} models active · most used: ${d.most_used_model ?? "–"}`;
       break;
     }
     case "generation_progress": {
       const d = frame.data;
-      const row = $("gen").querySelector(`[data-task="${CSS.escape(d.task_id)}"]`) ?? $("gen").appendChild(h("div", { class: "gen", "data-task": d.task_id }));
-      row.replaceChildren(
-        h("span", {}, `${d.task_id} · ${d.model_id} · ${d.status}`),
-        bar(d.progress_percent, d.status),
-        h("small", {}, `step ${d.current_step ?? "–"}/${d.total_steps ?? "–"} ${eta(d.eta_seconds)}`),
-      );
+      const finished = d.status === "completed" || d.status === "failed" || d.status === "cancelled";
+      tasks.set(d.task_id, {
+        id: d.task_id,
+        model: d.model_id,
+        status: d.status,
+        percent: d.progress_percent,
+        step: d.current_step,
+        steps: d.total_steps,
+        eta: d.eta_seconds,
+        finishedAt: finished ? Date.now() : undefined,
+      });
+      // Finished tasks leave but the newest few: the page never grows with the number of tasks.
+      const done = [...tasks.values()].filter((t) => t.finishedAt !== undefined).sort((a, b) => b.finishedAt! - a.finishedAt!);
+      for (const old of done.slice(FINISHED_SHOWN)) tasks.delete(old.id);
       break;
     }
     case "queue_update":
-      $("queue").textContent = `${frame.data.queue_length} queued · ${frame.data.active_tasks} running`;
+      queueSummary = `${frame.data.queue_length} queued · ${frame.data.active_tasks} running`;
+      queue = frame.data.items
+        .filter((i) => i.position > 0)
+        .sort((a, b) => a.position - b.position)
+        .map((i) => ({ task: i.task_id, model: i.model_id, position: i.position, status: i.status }));
       break;
     default:
       break;
@@ -255,11 +286,31 @@ function renderModels() {
 }
 
 function renderFeed() {
-  $("feed").replaceChildren(
-    ...feed.map((f) => h("li", { class: `level-${f.level}` }, h("b", {}, f.title), h("span", {}, f.detail), h("time", {}, time(f.at)))),
+  const items = feed.map((f) => h("li", { class: `level-${f.level}` }, h("b", {}, f.title), h("span", {}, f.detail), h("time", {}, time(f.at))));
+  $("feed").replaceChildren(...(items.length ? items : [h("li", { class: "empty muted" }, "no alerts yet")]));
+}
+
+function renderTasks() {
+  const order = (t: Task) => (t.finishedAt === undefined ? 0 : 1);
+  const rows = [...tasks.values()]
+    .sort((a, b) => order(a) - order(b) || (b.finishedAt ?? 0) - (a.finishedAt ?? 0) || a.id.localeCompare(b.id))
+    .map((t) =>
+      h("div", { class: "gen", "data-task": t.id },
+        h("span", {}, `${t.id} · ${t.model ?? "–"} · ${t.status}`),
+        bar(t.percent, t.status),
+        h("small", {}, `step ${t.step ?? "–"}/${t.steps ?? "–"} ${eta(t.eta)}`),
+      ),
+    );
+  $("gen").replaceChildren(...(rows.length ? rows : [h("p", { class: "muted" }, "no generation tasks yet")]));
+  const waiting = queue.map((q) => h("li", { "data-queued": q.task }, `#${q.position} ${q.task}${q.model ? ` · ${q.model}` : ""} · ${q.status}`));
+  $("queue").replaceChildren(
+    h("p", {}, queueSummary || "no queue reported yet"),
+    ...(waiting.length ? [h("ol", { class: "queued" }, ...waiting)] : []),
   );
 }
 
+/** Draws `lines` (series names and colours) on a scale from 0 to `max`, or to the data's own
+ * top if it goes higher. */
 function chart(id: string, lines: [string, string][], max = 100) {
   const svg = $(id) as unknown as SVGSVGElement;
   const W = 300, H = 80;
@@ -283,7 +334,8 @@ function render() {
   renderModels();
   renderFeed();
   chart("sys-chart", [["cpu", "#3b82f6"], ["memory", "#10b981"], ["vram", "#f59e0b"], ["gpu", "#a855f7"]]);
-  chart("usage-chart", [["active", "#0ea5e9"]], 1);
+  chart("usage-chart", [["active", "#0ea5e9"]], usageTotal);
+  renderTasks();
   $("raw").textContent = raw.join("\n");
 }
 
@@ -317,10 +369,31 @@ const scheme = location.protocol === "https:" ? "wss" : "ws";
 // which topics show; the others are listed as not allowed).
 const token = new URLSearchParams(location.search).get("token") ?? undefined;
 const client = connect(`${scheme}://${location.host}/ws`, token ? { token } : {});
+/** Says at the top of the page why it cannot show anything, and what to do. */
+function notice(text: string | undefined) {
+  const el = $("notice");
+  el.textContent = text ?? "";
+  el.hidden = text === undefined;
+}
+let failures = 0; // connection attempts in a row that never opened
 client.on("state", (state) => {
   const pill = $("conn");
   pill.textContent = state;
   pill.className = `pill ${state}`;
+  if (state === "open") {
+    failures = 0;
+    notice(undefined);
+  }
+});
+const TOKEN_HELP =
+  "open this page as /?token=<JWT>, a token the server accepts (its roles decide which topics show)";
+client.on("close", (info) => {
+  if (info.code === 4401) {
+    notice(token ? `The server refused this page's token (${info.reason || "expired or invalid"}): ${TOKEN_HELP}.` : `This server requires a token: ${TOKEN_HELP}.`);
+  } else if (++failures >= 3) {
+    // A refused handshake (a bad token: HTTP 401) reaches a page only as a lost connection.
+    notice(token ? `Cannot connect. If the token is not accepted: ${TOKEN_HELP}.` : "Cannot connect to the server; retrying.");
+  }
 });
 client.on("frame", (frame: ServerMessage) => {
   raw.unshift(JSON.stringify(frame));

@@ -6,7 +6,7 @@ import { createServer } from "node:http";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { launch } from "./cdp.mjs";
-import { alert, publish, repo, startServer, status, token, until } from "./helpers.mjs";
+import { alert, publish, repo, sleep, startServer, status, token, until } from "./helpers.mjs";
 
 const cleanups = [];
 after(async () => {
@@ -93,8 +93,61 @@ test("the dashboard with a token whose roles forbid a topic: that topic is liste
     () => browser.evaluate(`(t => t.includes("analytics_updates") && t.includes("alerts"))(document.getElementById("topics-off").textContent)`),
     "the forbidden topics are listed",
   );
+  // Empty panels say so.
+  await until(() => browser.evaluate(`document.querySelector("#feed li.empty")?.textContent === "no alerts yet"`), "an empty feed says so");
+  assert.equal(await browser.evaluate(`document.querySelector("#gen p")?.textContent`), "no generation tasks yet");
   await publish(server.base, status("gamma", "corrupted"));
   await until(() => browser.evaluate(`document.querySelector("#model-gamma .status")?.textContent === "corrupted"`), "a card from an allowed topic", 15000);
+  assert.deepEqual(browser.problems, [], "no console errors");
+});
+
+test("the dashboard tells a page without a token that the server needs one", async () => {
+  const secret = "a-test-secret-that-is-long-enough-for-hs256";
+  const server = await startServer({ env: { MODELCAST_JWT_SECRET: secret, MODELCAST_AUTH_DEADLINE: "0.5" } });
+  cleanups.push(() => server.stop());
+  const browser = await launch();
+  cleanups.push(() => browser.close());
+  await browser.goto(`${server.base}/`);
+  const said = await until(
+    () => browser.evaluate(`(n => !n.hidden && n.textContent)(document.getElementById("notice"))`),
+    "a notice",
+    15000,
+  );
+  assert.match(said, /requires a token: open this page as \/\?token=<JWT>/);
+  await browser.goto(`${server.base}/?token=${token(secret, { roles: ["viewer"] })}`);
+  await until(() => browser.evaluate(`document.getElementById("conn").textContent === "open"`), "connected with the token", 15000);
+  assert.equal(await browser.evaluate(`document.getElementById("notice").hidden`), true);
+});
+
+test("a minute of the demo keeps the page bounded: the newest finished tasks, the queue listed", async () => {
+  const server = await startServer({ args: ["--demo"] });
+  cleanups.push(() => server.stop());
+  const browser = await launch();
+  cleanups.push(() => browser.close());
+  await browser.goto(`${server.base}/`);
+  await until(() => browser.evaluate(`document.getElementById("conn").textContent === "open"`), "connected", 15000);
+  const measure = () =>
+    browser.evaluate(`({
+      height: document.documentElement.scrollHeight,
+      tasks: document.querySelectorAll("#gen .gen").length,
+      finished: [...document.querySelectorAll("#gen .gen span")].filter((s) => / · (completed|failed)$/.test(s.textContent)).length,
+      queued: document.querySelectorAll("#queue li[data-queued]").length,
+      usageTop: Math.min(...[...document.querySelectorAll("#usage-chart polyline")].flatMap((p) => p.getAttribute("points").split(" ").filter(Boolean).map((xy) => Number(xy.split(",")[1])))),
+    })`);
+  // A task takes about 9 s: within the minute six or seven start and finish (before, each
+  // added a row for good: 14 rows and 1,752 px after two minutes). Now the task list holds the
+  // running one and 3 finished ones, the feed scrolls within 26rem, the cards are one per
+  // model: in a 1400×1000 window the page stays under 1,300 px.
+  let last;
+  for (let i = 0; i < 12; i++) {
+    await sleep(5000);
+    last = await measure();
+    assert.ok(last.tasks <= 4, `at most the running task and 3 finished ones: ${JSON.stringify(last)}`);
+    assert.ok(last.height < 1300, `the page stays bounded: ${JSON.stringify(last)}`);
+  }
+  assert.ok(last.finished >= 1 && last.finished <= 3, JSON.stringify(last));
+  assert.ok(last.queued >= 1, `the queue is listed: ${JSON.stringify(last)}`);
+  assert.ok(last.usageTop > 5, `the usage line is scaled to the models, not pinned to the top: ${JSON.stringify(last)}`);
   assert.deepEqual(browser.problems, [], "no console errors");
 });
 
