@@ -24,4 +24,5 @@ mod security;
 mod server_browser;
 mod server_http;
 mod server_ws;
+mod sse;
 mod tidy;

@@ -53,9 +53,19 @@ impl Frame {
         splice(self.as_str(), LATE)
     }
 
+    /// A topic frame's `seq`, which the hub writes first (after `"late":true` on a late frame);
+    /// `None` for a control frame.
+    pub fn seq(&self) -> Option<u64> {
+        let bytes = self.0.get(1..)?;
+        let bytes = bytes.strip_prefix(LATE.as_bytes()).unwrap_or(bytes);
+        let digits = bytes.strip_prefix(b"\"seq\":")?;
+        let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+        std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+    }
+
     /// Whether the frame is marked `"late":true` (only ever by [`Frame::late`], which puts the
     /// field first).
-    pub(crate) fn is_late(&self) -> bool {
+    pub fn is_late(&self) -> bool {
         self.0.get(1..1 + LATE.len()) == Some(LATE.as_bytes())
     }
 }
@@ -94,4 +104,18 @@ fn splice(object: &str, fields: &str) -> Frame {
     out.push_str(fields);
     out.push_str(&object[1..]);
     Frame::from_json(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seq_is_read_back_from_live_and_late_frames() {
+        let live = with_seq(r#"{"topic":"alerts","type":"alert","data":{}}"#, 42);
+        assert_eq!(live.seq(), Some(42));
+        assert_eq!(live.late().seq(), Some(42));
+        assert!(live.late().is_late() && !live.is_late());
+        assert_eq!(Frame::from_json(r#"{"type":"pong","data":{}}"#.into()).seq(), None);
+    }
 }

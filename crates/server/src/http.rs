@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::response::{Body, Refusal, Resp, error_response, json_response, method_not_allowed};
 use crate::state::App;
-use crate::{handshake, publish};
+use crate::{handshake, publish, sse};
 
 /// The dashboard page (`/`): markup and style; its script is [`DASHBOARD_JS`].
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -71,6 +71,8 @@ fn valid_host(host: &str) -> bool {
 /// What a path is, whatever the method.
 enum Route<'a> {
     WebSocket(Option<&'a str>),
+    /// `GET /sse`: Server-Sent Events.
+    Sse,
     Publish,
     /// `/api/state/{topic}/{key}` (the rest after `/api/state/`, still percent-encoded).
     StateKey(&'a str),
@@ -89,6 +91,7 @@ impl<'a> Route<'a> {
     fn of(path: &'a str) -> Option<Self> {
         Some(match path {
             "/ws" => Route::WebSocket(None),
+            "/sse" => Route::Sse,
             "/api/publish" => Route::Publish,
             "/api/state" | "/api/state/" => Route::State,
             "/" => Route::Dashboard,
@@ -114,7 +117,7 @@ impl<'a> Route<'a> {
     /// The methods the route answers (the `Allow` header of a 405).
     fn allow(&self) -> &'static str {
         match self {
-            Route::WebSocket(_) => "GET",
+            Route::WebSocket(_) | Route::Sse => "GET",
             Route::Publish => "POST, OPTIONS",
             Route::StateKey(_) => "DELETE",
             _ => "GET, HEAD",
@@ -181,6 +184,7 @@ async fn respond(
             let id = id.map(str::to_owned);
             handshake::upgrade(app, req, id, peer.ip())
         }
+        Route::Sse => sse::open(app, req, peer.ip()),
         Route::Publish if req.method() == Method::OPTIONS => publish::preflight(app, req.headers()),
         Route::Publish => {
             let origin = req.headers().get(hyper::header::ORIGIN).cloned();
@@ -358,6 +362,7 @@ fn stats(app: &App) -> Value {
     json!({
         "uptime_seconds": app.started.elapsed().as_secs_f64(),
         "connections": app.active.load(Ordering::Relaxed),
+        "sse_connections": app.metrics.sse_active(),
         "keys": stats.keys,
         "epoch": app.hub.epoch(),
         "node_id": app.node_id,
@@ -379,6 +384,8 @@ fn stats(app: &App) -> Value {
             "discarded_with_dropped_subscribers": "frames still queued when their subscriber was dropped",
             "state_keys": "keys the topic holds current state for now (at most MODELCAST_STATE_MAX_KEYS)",
             "state_evicted": "keys whose state left because the topic held MODELCAST_STATE_MAX_KEYS keys; their subscribers got state_cleared",
+            "connections": "open connections, WebSocket and Server-Sent Events together (WEBSOCKET_MAX_CONNECTIONS bounds them together)",
+            "sse_connections": "open Server-Sent Events streams (GET /sse), counted in connections too",
             "keys": "distinct keys and filter ids the server holds now, all topics and subscriptions together; each is freed with its last user",
             "connections_dropped": "connections the server closed: too slow (4001), or replaced by the same id (4002)",
             "connections_ended": "connections closed by their owner or by a shutdown",

@@ -25,6 +25,7 @@ mod publish;
 mod response;
 mod security;
 mod session;
+mod sse;
 mod state;
 
 pub use app::{Server, ShutdownHandle};

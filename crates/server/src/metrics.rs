@@ -64,6 +64,8 @@ pub(crate) struct Metrics {
     state_keys: Family<TopicLabel, Gauge>,
     state_evicted: Family<TopicLabel, Counter>,
     keys: Gauge,
+    sse_active: Gauge,
+    sse_closed: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -153,6 +155,18 @@ impl Metrics {
             "Distinct keys and filter ids held now (state keys, subjects, subscription filters); each is freed with its last user",
             keys.clone(),
         );
+        let sse_active = Gauge::default();
+        registry.register(
+            "sse_connections_active",
+            "Open Server-Sent Events streams (GET /sse); not in connections_active, which counts WebSockets",
+            sse_active.clone(),
+        );
+        let sse_closed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "sse_connections_closed",
+            "Server-Sent Events streams ended, by reason: client_gone, shutdown, slow_consumer, unauthorized (token expired)",
+            sse_closed.clone(),
+        );
         let delivered_by_type = ServerMessage::TYPES
             .iter()
             .map(|ty| {
@@ -180,6 +194,8 @@ impl Metrics {
             state_keys,
             state_evicted,
             keys,
+            sse_active,
+            sse_closed,
         }
     }
 
@@ -191,6 +207,20 @@ impl Metrics {
     pub(crate) fn closed(&self, reason: &str) {
         self.connections_active.dec();
         self.closed.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+    }
+
+    pub(crate) fn sse_opened(&self) {
+        self.sse_active.inc();
+    }
+
+    pub(crate) fn sse_closed(&self, reason: &str) {
+        self.sse_active.dec();
+        self.sse_closed.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+    }
+
+    /// Open Server-Sent Events streams.
+    pub(crate) fn sse_active(&self) -> i64 {
+        self.sse_active.get()
     }
 
     pub(crate) fn delivered(&self, type_index: usize, n: u64) {

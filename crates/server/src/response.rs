@@ -16,11 +16,13 @@ use serde_json::{Value, json};
 pub(crate) type Resp = Response<Body>;
 
 /// A response body of shared buffers, written as they are: an answer made of frames the hub
-/// already holds (`GET /api/state`) is sent without copying them into one buffer.
+/// already holds (`GET /api/state`) is sent without copying them into one buffer; or a stream
+/// of buffers sent as they come (`GET /sse`), ending when its sender is dropped.
 #[derive(Debug, Default)]
 pub(crate) struct Body {
     chunks: VecDeque<Bytes>,
     len: u64,
+    stream: Option<tokio::sync::mpsc::Receiver<Bytes>>,
 }
 
 impl Body {
@@ -28,7 +30,13 @@ impl Body {
     pub(crate) fn chunks(chunks: impl IntoIterator<Item = Bytes>) -> Self {
         let chunks: VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
         let len = chunks.iter().map(|c| c.len() as u64).sum();
-        Self { chunks, len }
+        Self { chunks, len, stream: None }
+    }
+
+    /// A body of what `stream` sends, as it sends it (its length unknown: chunked). The
+    /// channel's bound is the backpressure: a reader that does not read stops the sender.
+    pub(crate) fn stream(stream: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        Self { chunks: VecDeque::new(), len: 0, stream: Some(stream) }
     }
 }
 
@@ -44,20 +52,28 @@ impl hyper::body::Body for Body {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let body = self.get_mut();
-        let chunk = body.chunks.pop_front();
-        body.len -= chunk.as_ref().map_or(0, |c| c.len() as u64);
-        Poll::Ready(chunk.map(|chunk| Ok(Frame::data(chunk))))
+        if let Some(chunk) = body.chunks.pop_front() {
+            body.len -= chunk.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match &mut body.stream {
+            Some(stream) => stream.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Frame::data(c)))),
+            None => Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty()
+        self.chunks.is_empty() && self.stream.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.len)
+        match self.stream {
+            Some(_) => SizeHint::default(),
+            None => SizeHint::with_exact(self.len),
+        }
     }
 }
 

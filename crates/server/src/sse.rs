@@ -1,0 +1,422 @@
+//! Server-Sent Events: `GET /sse?topic=…` — the same topics, frames, contract and recovery as
+//! the WebSocket, over plain HTTP, for networks that refuse upgrades and for consumers that
+//! only listen.
+//!
+//! Each frame the WebSocket would send is one event whose `data:` is exactly that JSON frame
+//! (no `event:` field: `onmessage` sees them all). Every event carries an `id:`, the stream's
+//! position in every topic it carries ([`Position`]); a reconnect that sends it back
+//! (`Last-Event-ID`, which `EventSource` does by itself, or `?last_event_id=`) recovers every
+//! topic as `since` does. The connection goes through the same checks as a WebSocket
+//! handshake (shutdown, origin, per-address rate, token, connection limit) and its
+//! subscriptions through the same action handler (roles, filters, `max_hz`, recovery), so
+//! nothing is decided twice. A slow reader is bounded like a WebSocket one: the stream's
+//! channel is short, the hub's outbox is bounded, and a reader that cannot keep up is ended
+//! (it reconnects and recovers).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::Incoming;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use modelcast_hub::{Connection, Delivery, DropReason};
+use modelcast_protocol::{
+    ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, Since, SubscribeRequest,
+    SubscriptionFilter, Topic, Welcome,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::actions::{handle_frame, reply_error};
+use crate::response::{Body, Resp, error_response};
+use crate::security::Identity;
+use crate::state::{Admitted, App, AuthState, Control, Publisher};
+
+/// Frames taken from the outbox per write.
+const BURST: usize = 256;
+
+/// Writes that may wait between the stream's task and the socket: the backpressure.
+const IN_FLIGHT: usize = 4;
+
+/// How long a browser waits before reconnecting on its own (the stream's `retry:`).
+const RETRY_MS: u64 = 2000;
+
+/// A stream's position in each of its topics: the `id:` of every event, given back as
+/// `Last-Event-ID` to recover. Format (documented in the README): `1` then, per topic,
+/// `.<topic index>:<epoch>:<seq>` — e.g. `1.1:6f7dfa8007d12674:10.8:6f7dfa8007d12674:52` —
+/// only characters that need no escaping in a header or a URL.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Position(Vec<(Topic, Since)>);
+
+impl Position {
+    fn set(&mut self, topic: Topic, epoch: &str, seq: u64) {
+        match self.0.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, since)) => {
+                if since.epoch != epoch {
+                    since.epoch = epoch.to_owned();
+                }
+                since.seq = seq;
+            }
+            None => {
+                self.0.push((topic, Since { epoch: epoch.to_owned(), seq }));
+                self.0.sort_by_key(|(t, _)| t.index());
+            }
+        }
+    }
+
+    fn advance(&mut self, topic: Topic, seq: u64) {
+        if let Some((_, since)) = self.0.iter_mut().find(|(t, _)| *t == topic) {
+            since.seq = since.seq.max(seq);
+        }
+    }
+
+    fn since(&self, topic: Topic) -> Option<Since> {
+        self.0.iter().find(|(t, _)| *t == topic).map(|(_, s)| s.clone())
+    }
+
+    fn encode(&self, out: &mut String) {
+        out.push('1');
+        for (topic, since) in &self.0 {
+            let _ = write!(out, ".{}:{}:{}", topic.index(), since.epoch, since.seq);
+        }
+    }
+
+    /// Reads an id this server wrote; what is wrong with it otherwise.
+    pub(crate) fn parse(id: &str) -> Result<Self, String> {
+        let bad = || format!("`{id}` is not an event id of this server's streams (1.<topic>:<epoch>:<seq>…); subscribing without recovery");
+        let mut parts = id.split('.');
+        if parts.next() != Some("1") {
+            return Err(bad());
+        }
+        let mut position = Position::default();
+        for part in parts {
+            let mut fields = part.split(':');
+            let (Some(index), Some(epoch), Some(seq), None) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                return Err(bad());
+            };
+            let topic = index.parse::<usize>().ok().and_then(|i| Topic::ALL.get(i).copied());
+            let seq = seq.parse::<u64>().ok();
+            let epoch_ok =
+                (1..=64).contains(&epoch.len()) && epoch.bytes().all(|b| b.is_ascii_alphanumeric());
+            match (topic, seq) {
+                (Some(topic), Some(seq)) if epoch_ok => position.set(topic, epoch, seq),
+                _ => return Err(bad()),
+            }
+        }
+        Ok(position)
+    }
+}
+
+/// What `GET /sse` asks for.
+struct Request_ {
+    topics: Vec<Topic>,
+    filter: Option<SubscriptionFilter>,
+    max_hz: Option<f64>,
+    token: Option<String>,
+    last_event_id: Option<String>,
+}
+
+/// Reads the query (and the `Last-Event-ID` and `Authorization` headers); a 400 naming the
+/// parameter otherwise.
+fn read_request(req: &Request<Incoming>) -> Result<Request_, Box<Resp>> {
+    let bad = |code: &str, message: String| Box::new(error_response(StatusCode::BAD_REQUEST, code, &message));
+    let query = req.uri().query().unwrap_or_default();
+    let mut topics = Vec::new();
+    let (mut filter, mut max_hz, mut token, mut last_event_id) = (None, None, None, None);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "topic" => {
+                let topic = value.parse::<Topic>().map_err(|e| bad("unknown_topic", e.to_string()))?;
+                if !topics.contains(&topic) {
+                    topics.push(topic);
+                }
+            }
+            "model_ids" => {
+                let ids: Vec<String> =
+                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+                filter = Some(SubscriptionFilter { model_ids: Some(ids) });
+            }
+            "max_hz" => {
+                let hz = value.parse::<f64>().map_err(|_| {
+                    bad("invalid_message", format!("max_hz: expected a number of updates per second, got `{value}`"))
+                })?;
+                max_hz = Some(hz);
+            }
+            "token" => token = Some(value.into_owned()),
+            "last_event_id" => last_event_id = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    if topics.is_empty() {
+        return Err(bad(
+            "missing_topic",
+            "name the topics: GET /sse?topic=model_status&topic=download_progress".into(),
+        ));
+    }
+    // The browser's own reconnect sends the header: newer than a `last_event_id` in the URL.
+    if let Some(header) = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()) {
+        last_event_id = Some(header.to_owned());
+    }
+    let bearer = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    Ok(Request_ { topics, filter, max_hz, token: bearer.or(token), last_event_id })
+}
+
+/// Answers `GET /sse`: the event stream, or the reason it cannot be opened.
+pub(crate) fn open(app: &Arc<App>, req: Request<Incoming>, peer: std::net::IpAddr) -> Resp {
+    let request = match read_request(&req) {
+        Ok(request) => request,
+        Err(resp) => return *resp,
+    };
+    if app.shutdown.is_cancelled() {
+        let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down");
+        resp.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return resp;
+    }
+    if !app.security.origin_allowed(req.headers()) {
+        return error_response(StatusCode::FORBIDDEN, "origin_not_allowed", "this page's origin may not connect");
+    }
+    if !app.security.admit_ip(app.security.client_ip(peer, req.headers())) {
+        let mut resp = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many connection attempts from this address; retry with backoff",
+        );
+        resp.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    }
+    let identity = if app.security.auth_required() {
+        // No first frame can carry it here: the token comes with the request.
+        let verified = match &request.token {
+            Some(token) => app.security.verify(token),
+            None => Err("this server requires a token: ?token=<JWT> or Authorization: Bearer <JWT>".into()),
+        };
+        match verified {
+            Ok(identity) => Some(identity),
+            Err(reason) => {
+                app.metrics.error(&ErrorCode::Unauthorized);
+                let mut resp = error_response(StatusCode::UNAUTHORIZED, "unauthorized", &reason);
+                resp.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return resp;
+            }
+        }
+    } else {
+        None
+    };
+    let max = app.config.max_connections;
+    if app.active.fetch_add(1, Ordering::Relaxed) >= max {
+        app.active.fetch_sub(1, Ordering::Relaxed);
+        app.metrics.error(&ErrorCode::Other("too_many_connections".into()));
+        let message = format!("the server holds its maximum of {max} connections; retry later");
+        let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, "too_many_connections", &message);
+        resp.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return resp;
+    }
+    let admitted = Admitted(app.clone());
+    let (tx, rx) = mpsc::channel(IN_FLIGHT);
+    let app = app.clone();
+    app.tracker.clone().spawn(async move {
+        let _admitted = admitted;
+        run(app, tx, request, identity).await;
+    });
+    let mut resp = Response::new(Body::stream(rx));
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // nginx would otherwise buffer the stream (deploy/nginx/modelcast.conf turns it off too).
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// The stream's task: the hub connection, its subscriptions, and the events written from its
+/// outbox until the reader goes away, the server stops, or the token expires.
+async fn run(app: Arc<App>, tx: mpsc::Sender<Bytes>, request: Request_, identity: Option<Identity>) {
+    let conn = app.hub.connect();
+    let serial = app.next_session.fetch_add(1, Ordering::Relaxed);
+    let id = format!("sse-{serial:x}-{:08x}", rand::random::<u32>());
+    let expires_at = identity.as_ref().and_then(|i| i.expires_at);
+    let control = Arc::new(Control {
+        publisher: Publisher::No,
+        close: Mutex::new(None),
+        last_seen_ms: AtomicU64::new(0),
+        done: CancellationToken::new(),
+        auth: Mutex::new(AuthState { identity, deadline: None, expiry_announced: false }),
+        wake: tokio::sync::Notify::new(),
+        peer_closed: std::sync::atomic::AtomicBool::new(false),
+        peer_gone: std::sync::atomic::AtomicBool::new(false),
+        id: id.clone(),
+        serial,
+        registered: Mutex::new(None),
+    });
+    app.metrics.sse_opened();
+    let _ = conn.send(&ServerMessage::Welcome(Welcome {
+        connection_id: id,
+        protocol_version: PROTOCOL_VERSION,
+        heartbeat_interval_seconds: app.config.heartbeat_interval.as_secs().max(1),
+        topics: Topic::ALL.to_vec(),
+        epoch: app.hub.epoch().to_owned(),
+        node_id: Some(app.node_id.clone()),
+        timestamp: chrono::Utc::now(),
+    }));
+    let recovered = match request.last_event_id.as_deref().map(Position::parse) {
+        None => Position::default(),
+        Some(Ok(position)) => position,
+        Some(Err(problem)) => {
+            reply_error(&app, &conn, ErrorCode::InvalidMessage, problem, None);
+            Position::default()
+        }
+    };
+    for topic in &request.topics {
+        let mut subscribe = SubscribeRequest::new(*topic);
+        subscribe.since = recovered.since(*topic);
+        subscribe.filter.clone_from(&request.filter);
+        subscribe.max_hz = request.max_hz;
+        handle_frame(&app, &conn, &control, Ok(ClientMessage::Subscribe(subscribe)));
+    }
+    let reason = write(&app, &conn, &tx, recovered, expires_at).await;
+    conn.close(DropReason::Closed);
+    app.metrics.sse_closed(reason);
+}
+
+/// Sends `bytes`, waiting for the reader at most `patience`. `false` when it is gone or stuck.
+async fn send(tx: &mpsc::Sender<Bytes>, bytes: Bytes, patience: Duration) -> bool {
+    matches!(tokio::time::timeout(patience, tx.send(bytes)).await, Ok(Ok(())))
+}
+
+/// Writes the outbox as events until the end; the reason for metrics.
+async fn write(
+    app: &App,
+    conn: &Connection,
+    tx: &mpsc::Sender<Bytes>,
+    mut position: Position,
+    expires_at: Option<u64>,
+) -> &'static str {
+    let heartbeat = app.config.heartbeat_interval;
+    // A reader that takes nothing for this long is dead or hopelessly slow.
+    let patience = heartbeat.max(Duration::from_secs(5));
+    if !send(tx, Bytes::from(format!("retry: {RETRY_MS}\n\n")), patience).await {
+        return "client_gone";
+    }
+    let expiry = async {
+        match expires_at {
+            Some(exp) => {
+                let now = chrono::Utc::now().timestamp().max(0) as u64;
+                tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now))).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let mut burst: Vec<Delivery> = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = app.shutdown.cancelled() => {
+                // Drain what is queued (bounded by the queue size), then end the stream.
+                while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
+                    let events = events(app, &mut burst, &mut position);
+                    if !send(tx, events, patience).await {
+                        break;
+                    }
+                }
+                let _ = send(tx, Bytes::from_static(b": server shutting down\n\n"), patience).await;
+                return "shutdown";
+            }
+            () = &mut expiry => {
+                let frame = ServerMessage::Error(modelcast_protocol::ErrorMessage {
+                    code: ErrorCode::Unauthorized,
+                    message: "the token expired: reconnect with a new one".into(),
+                    request_id: None,
+                });
+                let _ = conn.send(&frame);
+                while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
+                    let events = events(app, &mut burst, &mut position);
+                    let _ = send(tx, events, patience).await;
+                }
+                return "unauthorized";
+            }
+            received = conn.recv(&mut burst, BURST) => {
+                if let Err(reason) = received {
+                    let line = format!(": closed: {reason}; reconnect with Last-Event-ID\n\n");
+                    let _ = send(tx, Bytes::from(line), patience).await;
+                    return reason.as_str();
+                }
+                let events = events(app, &mut burst, &mut position);
+                if !send(tx, events, patience).await {
+                    return "client_gone";
+                }
+            }
+            _ = ping.tick() => {
+                // A comment line: proxies keep the connection open, a dead reader is noticed.
+                if !send(tx, Bytes::from_static(b": ping\n\n"), patience).await {
+                    return "client_gone";
+                }
+            }
+        }
+    }
+}
+
+/// The burst as events (`id:` the position after each frame, `data:` the frame), in one
+/// buffer: one write, one chunk.
+fn events(app: &App, burst: &mut Vec<Delivery>, position: &mut Position) -> Bytes {
+    let mut out = BytesMut::with_capacity(burst.iter().map(|d| d.frame().len() + 96).sum());
+    let mut id = String::new();
+    for delivery in burst.drain(..) {
+        let frame = delivery.frame();
+        match delivery.topic() {
+            Some(topic) if !frame.is_late() => {
+                if let Some(seq) = frame.seq() {
+                    position.advance(topic, seq);
+                }
+            }
+            Some(_) => {}
+            None if ServerMessage::TYPES.get(delivery.type_index()) == Some(&"subscribed") => {
+                if let Ok(ServerMessage::Subscribed(s)) =
+                    serde_json::from_slice::<modelcast_protocol::ServerFrame>(frame.as_bytes())
+                        .map(|f| f.message)
+                {
+                    position.set(s.topic, &s.epoch, s.seq);
+                }
+            }
+            None => {}
+        }
+        app.metrics.delivered(delivery.type_index(), 1);
+        id.clear();
+        position.encode(&mut id);
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b"\ndata: ");
+        out.extend_from_slice(frame.as_bytes());
+        out.extend_from_slice(b"\n\n");
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_reads_back_what_it_wrote_and_names_a_bad_one() {
+        let mut position = Position::default();
+        position.set(Topic::Alerts, "6f7dfa8007d12674", 52);
+        position.set(Topic::ModelStatus, "0000000000000001", 10);
+        position.advance(Topic::Alerts, 53);
+        let mut id = String::new();
+        position.encode(&mut id);
+        assert_eq!(Position::parse(&id), Ok(position));
+        for bad in ["", "2.1:e:1", "1.99:e:1", "1.1:e", "1.1:e:x", "1.1:e f:1", "1.1::1"] {
+            assert!(Position::parse(bad).unwrap_err().contains("not an event id"), "{bad:?}");
+        }
+    }
+}
