@@ -120,6 +120,15 @@ async fn nginx_passes_websockets_and_the_server_sees_each_clients_address() {
     assert_eq!(refused, Some(429), "the per-IP limit applies to Alice's address");
     let bob: IpAddr = "127.0.0.4".parse().unwrap();
     assert!(nginx.ws(bob, "/ws/bob").await.is_ok(), "not to nginx's: Bob still gets in");
+    // Server-Sent Events go through, unbuffered: an event arrives as it is published.
+    let mut sse =
+        modelcast_tests::server_util::Sse::open(nginx.addr, "/sse?topic=alerts", &[]).await;
+    assert_eq!(sse.status(), 200, "{}", sse.head);
+    sse.until("subscribed").await;
+    server.hub.publish_message(modelcast_tests::msg::alert("via-nginx-sse")).unwrap();
+    let event = sse.messages(1).await.remove(0);
+    assert_eq!(event.data["data"]["alert_id"], "via-nginx-sse");
+    assert!(event.id.is_some_and(|id| id.starts_with("1.")), "the id passes through");
     // Plain HTTP goes through too.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut http = tokio::net::TcpStream::connect(nginx.addr).await.unwrap();

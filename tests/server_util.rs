@@ -1,5 +1,6 @@
 //! A modelcast server started in-process on `127.0.0.1:0`, real WebSocket and HTTP clients.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use modelcast_server::{Config, Server, ShutdownHandle};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -450,5 +452,151 @@ impl Drop for BinaryServer {
         if let Some(log) = &self.log {
             let _ = std::fs::remove_file(log);
         }
+    }
+}
+
+/// One event of a stream.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Its `id:`.
+    pub id: Option<String>,
+    /// Its `data:`, one JSON frame.
+    pub data: Value,
+}
+
+/// A raw HTTP/1.1 client reading an event stream (`GET /sse`).
+#[derive(Debug)]
+pub struct Sse {
+    stream: TcpStream,
+    /// Bytes read and not yet de-chunked.
+    buffer: Vec<u8>,
+    /// Body text de-chunked and not yet parsed into events.
+    text: String,
+    events: VecDeque<Event>,
+    /// The response's status line and headers.
+    pub head: String,
+    /// The body's last chunk (`0\r\n\r\n`) arrived.
+    pub ended: bool,
+}
+
+impl Sse {
+    /// `GET path` with `headers` from `addr`; reads the response head.
+    pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut sse = Sse {
+            stream,
+            buffer: Vec::new(),
+            text: String::new(),
+            events: VecDeque::new(),
+            head: String::new(),
+            ended: false,
+        };
+        while !sse.buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+            assert!(sse.fill().await, "the server answers");
+        }
+        let end = sse.buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        sse.head = String::from_utf8_lossy(&sse.buffer[..end]).into_owned();
+        sse.buffer.drain(..end);
+        sse
+    }
+
+    /// The response's status.
+    pub fn status(&self) -> u16 {
+        self.head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    /// Reads more bytes; `false` at the end of the connection.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16384];
+        match tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk)).await.expect("in time") {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// Moves whole chunks of the body (chunked encoding) into `text`.
+    fn dechunk(&mut self) {
+        while let Some(line_end) = self.buffer.windows(2).position(|w| w == b"\r\n") {
+            let size = std::str::from_utf8(&self.buffer[..line_end]).unwrap().trim();
+            let size = usize::from_str_radix(size, 16).expect("a chunk size");
+            if self.buffer.len() < line_end + 2 + size + 2 {
+                break;
+            }
+            if size == 0 {
+                self.ended = true;
+            }
+            let data = &self.buffer[line_end + 2..line_end + 2 + size];
+            self.text.push_str(std::str::from_utf8(data).unwrap());
+            self.buffer.drain(..line_end + 2 + size + 2);
+        }
+    }
+
+    /// Parses the complete events in `text` (comments and `retry:` skipped).
+    fn parse(&mut self) {
+        while let Some(end) = self.text.find("\n\n") {
+            let block: String = self.text.drain(..end + 2).collect();
+            let (mut id, mut data) = (None, None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.to_owned());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = Some(serde_json::from_str(v).expect("data is one JSON frame"));
+                } else {
+                    assert!(
+                        line.starts_with(':') || line.starts_with("retry: ") || line.is_empty(),
+                        "an unexpected line: {line:?}"
+                    );
+                }
+            }
+            if let Some(data) = data {
+                self.events.push_back(Event { id, data });
+            }
+        }
+    }
+
+    /// The next event; `None` at the end of the stream.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            self.dechunk();
+            self.parse();
+            if let Some(event) = self.events.pop_front() {
+                return Some(event);
+            }
+            if self.ended || !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Events until one with `type` `ty`.
+    pub async fn until(&mut self, ty: &str) -> Event {
+        loop {
+            let event = self.next().await.unwrap_or_else(|| panic!("the stream ended before {ty}"));
+            if event.data["type"] == ty {
+                return event;
+            }
+        }
+    }
+
+    /// The next `n` topic messages (events with a `seq`, not late).
+    pub async fn messages(&mut self, n: usize) -> Vec<Event> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let event = self.next().await.expect("the stream goes on");
+            if event.data.get("seq").is_some() && event.data.get("late").is_none() {
+                out.push(event);
+            }
+        }
+        out
     }
 }

@@ -2,156 +2,10 @@
 //! event's `id` a position that recovers every topic of the stream (`Last-Event-ID`), the
 //! same checks as a WebSocket (tokens, roles), and an end that is always clean.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use modelcast_tests::server_util::{PATIENCE, TestServer};
+use modelcast_tests::server_util::{Event, Sse, TestServer};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// One event of a stream.
-#[derive(Debug, Clone)]
-struct Event {
-    id: Option<String>,
-    data: Value,
-}
-
-/// A raw HTTP/1.1 client reading an event stream.
-struct Sse {
-    stream: TcpStream,
-    /// Bytes read and not yet de-chunked.
-    buffer: Vec<u8>,
-    /// Body text de-chunked and not yet parsed into events.
-    text: String,
-    events: VecDeque<Event>,
-    /// The response's status line and headers.
-    head: String,
-    /// The body's last chunk (`0\r\n\r\n`) arrived.
-    ended: bool,
-}
-
-impl Sse {
-    /// `GET path` with `headers`; reads the response head.
-    async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let mut request =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut sse = Sse {
-            stream,
-            buffer: Vec::new(),
-            text: String::new(),
-            events: VecDeque::new(),
-            head: String::new(),
-            ended: false,
-        };
-        while !sse.buffer.windows(4).any(|w| w == b"\r\n\r\n") {
-            assert!(sse.fill().await, "the server answers");
-        }
-        let end = sse.buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        sse.head = String::from_utf8_lossy(&sse.buffer[..end]).into_owned();
-        sse.buffer.drain(..end);
-        sse
-    }
-
-    fn status(&self) -> u16 {
-        self.head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
-    }
-
-    /// Reads more bytes; `false` at the end of the connection.
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16384];
-        match tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk)).await.expect("in time") {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buffer.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    }
-
-    /// Moves whole chunks of the body (chunked encoding) into `text`.
-    fn dechunk(&mut self) {
-        while let Some(line_end) = self.buffer.windows(2).position(|w| w == b"\r\n") {
-            let size = std::str::from_utf8(&self.buffer[..line_end]).unwrap().trim();
-            let size = usize::from_str_radix(size, 16).expect("a chunk size");
-            if self.buffer.len() < line_end + 2 + size + 2 {
-                break;
-            }
-            if size == 0 {
-                self.ended = true;
-            }
-            let data = &self.buffer[line_end + 2..line_end + 2 + size];
-            self.text.push_str(std::str::from_utf8(data).unwrap());
-            self.buffer.drain(..line_end + 2 + size + 2);
-        }
-    }
-
-    /// Parses the complete events in `text` (comments and `retry:` skipped).
-    fn parse(&mut self) {
-        while let Some(end) = self.text.find("\n\n") {
-            let block: String = self.text.drain(..end + 2).collect();
-            let (mut id, mut data) = (None, None);
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    id = Some(v.to_owned());
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data = Some(serde_json::from_str(v).expect("data is one JSON frame"));
-                } else {
-                    assert!(
-                        line.starts_with(':') || line.starts_with("retry: ") || line.is_empty(),
-                        "an unexpected line: {line:?}"
-                    );
-                }
-            }
-            if let Some(data) = data {
-                self.events.push_back(Event { id, data });
-            }
-        }
-    }
-
-    /// The next event; `None` at the end of the stream.
-    async fn next(&mut self) -> Option<Event> {
-        loop {
-            self.dechunk();
-            self.parse();
-            if let Some(event) = self.events.pop_front() {
-                return Some(event);
-            }
-            if self.ended || !self.fill().await {
-                return None;
-            }
-        }
-    }
-
-    /// Events until one with `type` `ty`.
-    async fn until(&mut self, ty: &str) -> Event {
-        loop {
-            let event = self.next().await.unwrap_or_else(|| panic!("the stream ended before {ty}"));
-            if event.data["type"] == ty {
-                return event;
-            }
-        }
-    }
-
-    /// The next `n` topic messages (events with a `seq`, not late).
-    async fn messages(&mut self, n: usize) -> Vec<Event> {
-        let mut out = Vec::new();
-        while out.len() < n {
-            let event = self.next().await.expect("the stream goes on");
-            if event.data.get("seq").is_some() && event.data.get("late").is_none() {
-                out.push(event);
-            }
-        }
-        out
-    }
-}
 
 fn alert(i: usize) -> Value {
     json!({"type": "alert", "data": {"alert_id": format!("a{i}"), "level": "info", "title": "t", "message": "m"}})
@@ -200,11 +54,16 @@ async fn a_reconnect_with_the_last_event_id_gets_exactly_what_was_missed_on_ever
             missed.push(event);
         }
     }
-    let mut alerts: Vec<u64> = missed.iter().filter(|e| e.data["topic"] == "alerts").map(|e| key(e).1).collect();
+    let mut alerts: Vec<u64> =
+        missed.iter().filter(|e| e.data["topic"] == "alerts").map(|e| key(e).1).collect();
     let mut statuses: Vec<u64> =
         missed.iter().filter(|e| e.data["topic"] == "model_status").map(|e| key(e).1).collect();
     assert_eq!(alerts, (11..=20).collect::<Vec<_>>(), "the missed alerts, once, in order");
-    assert_eq!(statuses, (11..=20).collect::<Vec<_>>(), "the missed lifecycle events, once, in order");
+    assert_eq!(
+        statuses,
+        (11..=20).collect::<Vec<_>>(),
+        "the missed lifecycle events, once, in order"
+    );
     alerts.clear();
     statuses.clear();
     // The id moved with every frame: it covers both topics.
@@ -254,15 +113,12 @@ async fn a_position_past_history_or_from_another_epoch_gets_the_state_and_a_bad_
 #[tokio::test]
 async fn tokens_and_roles_apply_as_on_a_websocket() {
     let secret = "a-test-secret-that-is-long-enough-for-hs256";
-    let server = TestServer::start(&[
-        "--jwt-secret",
-        secret,
-        "--topic-roles",
-        "analytics_updates=admin",
-    ])
-    .await;
+    let server =
+        TestServer::start(&["--jwt-secret", secret, "--topic-roles", "analytics_updates=admin"])
+            .await;
     let token = |roles: &[&str]| {
-        let claims = json!({"sub": "u", "roles": roles, "exp": chrono::Utc::now().timestamp() + 600});
+        let claims =
+            json!({"sub": "u", "roles": roles, "exp": chrono::Utc::now().timestamp() + 600});
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,
@@ -293,7 +149,10 @@ async fn streams_are_counted_and_a_shutdown_ends_them_cleanly() {
     sse.until("subscribed").await;
     let (_, stats) = server.get("/api/stats").await;
     let stats: Value = serde_json::from_str(&stats).unwrap();
-    assert_eq!((stats["sse_connections"].as_i64(), stats["connections"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (stats["sse_connections"].as_i64(), stats["connections"].as_u64()),
+        (Some(1), Some(1))
+    );
     let (_, metrics) = server.get("/metrics").await;
     assert!(metrics.contains("modelcast_sse_connections_active 1"), "{metrics}");
     server.begin_shutdown();
@@ -301,4 +160,39 @@ async fn streams_are_counted_and_a_shutdown_ends_them_cleanly() {
     while sse.next().await.is_some() {}
     assert!(sse.ended, "the body's last chunk arrived: a clean end, not a cut connection");
     tokio::time::timeout(Duration::from_secs(10), server.stop()).await.expect("stops").unwrap();
+}
+
+/// A reader that stops reading is bounded like a WebSocket one: its queue fills, the hub drops
+/// it as a slow consumer, and the stream ends (the reader may reconnect and recover).
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_let_go() {
+    let server = TestServer::start(&["--queue-size", "20"]).await;
+    let mut sse = Sse::open(server.addr, "/sse?topic=alerts", &[]).await;
+    sse.until("subscribed").await;
+    // About 8 MB of alerts: far more than the socket buffers hold.
+    let text = "x".repeat(4000);
+    for start in (0..2000).step_by(100) {
+        let body: Vec<Value> = (start..start + 100)
+            .map(|i| json!({"type": "alert", "data": {"alert_id": format!("a{i}"), "level": "info", "title": "t", "message": text}}))
+            .collect();
+        let (status, _) = server.post("/api/publish", &Value::Array(body)).await;
+        assert_eq!(status, 202);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, stats) = server.get("/api/stats").await;
+        let stats: Value = serde_json::from_str(&stats).unwrap();
+        if stats["sse_connections"] == 0 {
+            assert!(
+                stats["connections_dropped"]["slow_consumer"].as_u64().unwrap() >= 1,
+                "{stats}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slow reader is still held: {stats}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(metrics.contains("modelcast_sse_connections_closed_total{reason="), "{metrics}");
+    drop(sse);
 }

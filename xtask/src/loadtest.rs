@@ -48,6 +48,8 @@ pub(crate) struct Options {
     publishers: usize,
     /// Publish over WebSocket channels (`{"action":"publish"}`) instead of HTTP.
     ws_publish: bool,
+    /// Subscribers read Server-Sent Events (`GET /sse`) instead of WebSockets.
+    sse: bool,
     /// Internal (a helper process of `--idle`): hold this many connections to `targets`.
     hold: Option<(usize, usize, Vec<SocketAddr>)>,
 }
@@ -66,6 +68,7 @@ impl Options {
             per_request: 1,
             publishers: 1,
             ws_publish: false,
+            sse: false,
             hold: None,
         };
         let mut it = args.iter();
@@ -85,6 +88,7 @@ impl Options {
                 "--per-request" => o.per_request = value("--per-request")?.max(1),
                 "--publishers" => o.publishers = (value("--publishers")? as usize).max(1),
                 "--ws-publish" => o.ws_publish = true,
+                "--sse" => o.sse = true,
                 "--nodes" => o.nodes = (value("--nodes")? as usize).max(1),
                 "--sources" => o.sources = value("--sources")?.clamp(1, 254) as u8,
                 "--hold" => {
@@ -296,7 +300,7 @@ pub(crate) fn run(o: Options, args: &[&str]) -> Result<()> {
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
     if let Some((n, first, targets)) = o.hold.clone() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        return runtime.block_on(hold(n, first, &targets, o.sources));
+        return runtime.block_on(hold(n, first, &targets, o.sources, o.sse));
     }
     let connections = o.idle.unwrap_or(o.subscribers);
     // `--idle` spreads its connections over helper processes; each process (node or helper)
@@ -319,7 +323,7 @@ pub(crate) fn run(o: Options, args: &[&str]) -> Result<()> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(async move {
         match o.idle {
-            Some(n) => idle(&server, n, o.sources).await,
+            Some(n) => idle(&server, n, o.sources, o.sse).await,
             None => load(&server, &o).await,
         }
     })
@@ -333,18 +337,109 @@ struct Tally {
     closed: AtomicBool,
 }
 
-/// A subscribed client of `addr`, from source address 127.0.0.(1 + id % sources), with small
-/// buffers (the generator holds every connection of a scale run).
-async fn connect(
-    addr: SocketAddr,
-    id: usize,
-    sources: u8,
-) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>> {
+/// A subscriber's connection: a WebSocket, or a Server-Sent Events stream.
+enum Subscriber {
+    Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
+    Sse(SseReader),
+}
+
+impl Subscriber {
+    /// The next text frame (an event's `data:` for a stream); `None` when it closed.
+    async fn next_text(&mut self) -> Option<String> {
+        match self {
+            Subscriber::Ws(ws) => loop {
+                match ws.next().await? {
+                    Ok(Message::Text(t)) => return Some(t.as_str().to_owned()),
+                    Ok(_) => continue,
+                    Err(_) => return None,
+                }
+            },
+            Subscriber::Sse(sse) => sse.next_data().await,
+        }
+    }
+}
+
+/// A minimal reader of `GET /sse` (chunked `text/event-stream`): yields each event's `data:`.
+struct SseReader {
+    stream: TcpStream,
+    raw: Vec<u8>,
+    text: String,
+}
+
+impl SseReader {
+    async fn open(mut stream: TcpStream, addr: SocketAddr) -> Result<Self> {
+        let request = format!("GET /sse?topic=alerts HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await?;
+        let mut reader = Self { stream, raw: Vec::new(), text: String::new() };
+        while !reader.raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            if !reader.fill().await {
+                bail!("the server closed the stream before answering");
+            }
+        }
+        let end = reader.raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+        if !reader.raw.starts_with(b"HTTP/1.1 200") {
+            bail!("GET /sse: {}", String::from_utf8_lossy(&reader.raw[..end]));
+        }
+        reader.raw.drain(..end);
+        // welcome, subscribed
+        for _ in 0..2 {
+            reader.next_data().await.context("the stream's first events")?;
+        }
+        Ok(reader)
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 16384];
+        match tokio::io::AsyncReadExt::read(&mut self.stream, &mut buf).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.raw.extend_from_slice(&buf[..n]);
+                true
+            }
+        }
+    }
+
+    async fn next_data(&mut self) -> Option<String> {
+        loop {
+            while let Some(end) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..end + 2).collect();
+                if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    return Some(data.to_owned());
+                }
+            }
+            // De-chunk whole chunks into text.
+            while let Some(line) = self.raw.windows(2).position(|w| w == b"\r\n") {
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&self.raw[..line]).ok()?.trim(), 16)
+                        .ok()?;
+                if size == 0 {
+                    return None;
+                }
+                if self.raw.len() < line + 2 + size + 2 {
+                    break;
+                }
+                self.text.push_str(std::str::from_utf8(&self.raw[line + 2..line + 2 + size]).ok()?);
+                self.raw.drain(..line + 2 + size + 2);
+            }
+            if !self.text.contains("\n\n") && !self.fill().await {
+                return None;
+            }
+        }
+    }
+}
+
+/// A subscribed client of `addr` (a WebSocket, or `sse` a Server-Sent Events stream), from
+/// source address 127.0.0.(1 + id % sources), with small buffers (the generator holds every
+/// connection of a scale run).
+async fn connect(addr: SocketAddr, id: usize, sources: u8, sse: bool) -> Result<Subscriber> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (id % sources as usize) as u8);
     socket.bind(SocketAddr::from((source, 0)))?;
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
+    if sse {
+        return Ok(Subscriber::Sse(SseReader::open(stream, addr).await?));
+    }
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
@@ -359,7 +454,7 @@ async fn connect(
             seen += 1;
         }
     }
-    Ok(ws)
+    Ok(Subscriber::Ws(Box::new(ws)))
 }
 
 /// Connections one helper process of `--idle` holds (below a 20,000 open-file limit).
@@ -367,11 +462,19 @@ const HOLD_PER_PROCESS: usize = 15_000;
 
 /// A helper of `--idle`: opens `n` subscribed connections (ids from `first`) to `targets` in
 /// turn, says `ready`, and holds them until its stdin closes.
-async fn hold(n: usize, first: usize, targets: &[SocketAddr], sources: u8) -> Result<()> {
+async fn hold(
+    n: usize,
+    first: usize,
+    targets: &[SocketAddr],
+    sources: u8,
+    sse: bool,
+) -> Result<()> {
     let mut conns = Vec::with_capacity(n);
     for id in first..first + n {
         let target = targets[id % targets.len()];
-        conns.push(connect(target, id, sources).await.with_context(|| format!("connection {id}"))?);
+        conns.push(
+            connect(target, id, sources, sse).await.with_context(|| format!("connection {id}"))?,
+        );
     }
     say("ready");
     let mut line = String::new();
@@ -384,7 +487,7 @@ async fn hold(n: usize, first: usize, targets: &[SocketAddr], sources: u8) -> Re
     Ok(())
 }
 
-async fn idle(server: &Servers, n: usize, sources: u8) -> Result<()> {
+async fn idle(server: &Servers, n: usize, sources: u8, sse: bool) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, before) = server.usage()?;
     let targets: Vec<String> =
@@ -395,7 +498,9 @@ async fn idle(server: &Servers, n: usize, sources: u8) -> Result<()> {
     for first in (0..n).step_by(HOLD_PER_PROCESS) {
         let count = HOLD_PER_PROCESS.min(n - first);
         let mut helper = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["loadtest", "--sources", &sources.to_string(), "--hold"])
+            .args(["loadtest", "--sources", &sources.to_string()])
+            .args(sse.then_some("--sse"))
+            .arg("--hold")
             .args([count.to_string(), first.to_string(), targets.clone()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -417,7 +522,8 @@ async fn idle(server: &Servers, n: usize, sources: u8) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, after) = server.usage()?;
     say(&format!(
-        "\n| idle subscribed connections | server RSS before | after | per connection |\n| --- | --- | --- | --- |\n| {n} | {:.1} MiB | {:.1} MiB | {:.2} KiB |",
+        "\n| idle subscribed {} | server RSS before | after | per connection |\n| --- | --- | --- | --- |\n| {n} | {:.1} MiB | {:.1} MiB | {:.2} KiB |",
+        if sse { "Server-Sent Events streams" } else { "WebSocket connections" },
         before as f64 / 1048576.0,
         after as f64 / 1048576.0,
         (after.saturating_sub(before)) as f64 / n as f64 / 1024.0
@@ -599,7 +705,7 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     say(&format!("connecting {} subscribers…", o.subscribers));
     let mut streams = Vec::with_capacity(o.subscribers);
     for i in 0..o.subscribers {
-        streams.push(connect(server.subscriber_node(i), i, o.sources).await?);
+        streams.push(connect(server.subscriber_node(i), i, o.sources, o.sse).await?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, rss_after) = server.usage()?;
@@ -615,9 +721,8 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
             let mut ws = ws;
             let mut last = 0u64;
             let mut own: Vec<u32> = Vec::new();
-            while let Some(Ok(m)) = ws.next().await {
-                let Message::Text(t) = m else { continue };
-                let Some((seq, sent)) = parse(t.as_str()) else { continue };
+            while let Some(t) = ws.next_text().await {
+                let Some((seq, sent)) = parse(&t) else { continue };
                 if seq != last + 1 {
                     tally.lost.fetch_add(seq.saturating_sub(last + 1), Ordering::Relaxed);
                 }

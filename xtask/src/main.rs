@@ -34,6 +34,7 @@ tasks:
       --per-request N   messages per publish request (default 1, as backends publish)
       --publishers P    concurrent publisher connections (default 1)
       --ws-publish      publish over WebSocket channels (action publish) instead of HTTP
+      --sse             subscribers read Server-Sent Events (GET /sse) instead of WebSockets
       --no-pin          do not pin server and generator to cores (no taskset)
       --redis-url URL   run the server as a cluster node on this Redis (a fresh key prefix)
       --nodes N         N > 1: a private Redis and N nodes; publish on node 0, subscribers

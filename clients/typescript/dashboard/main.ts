@@ -368,7 +368,8 @@ const scheme = location.protocol === "https:" ? "wss" : "ws";
 // A server that requires tokens: open the page as `/?token=<JWT>` (the token's roles decide
 // which topics show; the others are listed as not allowed).
 const token = new URLSearchParams(location.search).get("token") ?? undefined;
-const client = connect(`${scheme}://${location.host}/ws`, token ? { token } : {});
+// A WebSocket, or Server-Sent Events where something between refuses the upgrade.
+const client = connect(`${scheme}://${location.host}/ws`, { transport: "auto", ...(token ? { token } : {}) });
 /** Says at the top of the page why it cannot show anything, and what to do. */
 function notice(text: string | undefined) {
   const el = $("notice");

@@ -52,6 +52,9 @@ function topics(spec) {
   lines.push("/** The message types that belong to no topic (replies, notices). */");
   lines.push(`export const CONTROL_TYPES = [${spec.control.map((t) => JSON.stringify(t)).join(", ")}] as const;`);
   lines.push("");
+  lines.push("/** The topics in the protocol's order (a topic's index here is the one event ids use). */");
+  lines.push(`export const TOPIC_ORDER = [${spec.order.map((t) => JSON.stringify(t)).join(", ")}] as const;`);
+  lines.push("");
   return lines.join("\n");
 }
 

@@ -10,6 +10,7 @@ import type {
   Welcome,
 } from "./generated/server-message.js";
 import type { TOPIC_TYPES } from "./generated/topics.js";
+import { type FetchLike, SseSocket } from "./sse.js";
 
 /** The message type names a topic carries. */
 export type TypeOf<T extends Topic> = (typeof TOPIC_TYPES)[T][number];
@@ -66,7 +67,19 @@ export interface ConnectOptions {
   minReconnectDelay?: number;
   /** Longest reconnect delay in ms (default 15,000). */
   maxReconnectDelay?: number;
+  /**
+   * How to reach the server: `"websocket"` (the default), `"sse"` (Server-Sent Events at
+   * `/sse` on the same host: for networks that refuse WebSocket upgrades; the same
+   * subscriptions, recovery and events), or `"auto"` (a WebSocket, and Server-Sent Events from
+   * the moment a WebSocket cannot open while the server answers HTTP).
+   */
+  transport?: Transport;
+  /** The `fetch` of the Server-Sent Events transport (default `globalThis.fetch`). */
+  fetch?: FetchLike;
 }
+
+/** How the client reaches the server (see {@link ConnectOptions.transport}). */
+export type Transport = "websocket" | "sse" | "auto";
 
 /** Where the connection is. */
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
@@ -153,6 +166,8 @@ export interface ClientEvents {
   lagging: Lagging;
   /** Every frame received, before any other handling (for debugging views). */
   frame: ServerMessage;
+  /** With `transport: "auto"`: the client moved to Server-Sent Events. */
+  transport: "websocket" | "sse";
 }
 
 type Waiter<V> = { resolve: (result: IteratorResult<V>) => void; reject: (error: unknown) => void };
@@ -317,6 +332,10 @@ export class Client extends Emitter<ClientEvents> {
   state: ConnectionState = "connecting";
   /** The connection id the server gave (from `welcome`). */
   connectionId: string | undefined;
+  /** What the client uses now: `"websocket"` or `"sse"` (with `transport: "auto"`, `"sse"`
+   * once a WebSocket could not open). */
+  transport: "websocket" | "sse";
+  #opened = false;
   #options: ConnectOptions;
   #WebSocket: WebSocketConstructor;
   #ws: WebSocketLike | undefined;
@@ -333,14 +352,15 @@ export class Client extends Emitter<ClientEvents> {
     const WebSocketImpl =
       options.WebSocket ??
       (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!WebSocketImpl) {
+    this.transport = options.transport === "sse" ? "sse" : "websocket";
+    if (!WebSocketImpl && this.transport === "websocket") {
       throw new TypeError(
-        "no WebSocket implementation: pass one, e.g. connect(url, { WebSocket }) with `import { WebSocket } from \"ws\"`",
+        "no WebSocket implementation: pass one, e.g. connect(url, { WebSocket }) with `import { WebSocket } from \"ws\"`, or use transport: \"sse\"",
       );
     }
     this.url = url;
     this.#options = options;
-    this.#WebSocket = WebSocketImpl;
+    this.#WebSocket = WebSocketImpl ?? SseSocket;
     void this.#open();
   }
 
@@ -416,8 +436,9 @@ export class Client extends Emitter<ClientEvents> {
       url = withToken.toString();
     }
     let ws: WebSocketLike;
+    this.#opened = false;
     try {
-      ws = new this.#WebSocket(url);
+      ws = this.transport === "sse" ? new SseSocket(url, this.#options.fetch) : new this.#WebSocket(url);
     } catch (error) {
       this.emit("error", new ModelcastError("invalid_url", String(error)));
       this.close();
@@ -464,6 +485,7 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   #welcome(welcome: Welcome): void {
+    this.#opened = true;
     this.#attempt = 0;
     this.connectionId = welcome.connection_id;
     this.#setState("open");
@@ -502,6 +524,9 @@ export class Client extends Emitter<ClientEvents> {
 
   #lost(code: number, reason: string): void {
     this.#ws = undefined;
+    if (this.#options.transport === "auto" && this.transport === "websocket" && !this.#opened) {
+      void this.#fallBack();
+    }
     this.#stopHeartbeat();
     for (const sub of this.#subs.values()) sub._suspend();
     let reconnecting = !this.#closed;
@@ -519,6 +544,25 @@ export class Client extends Emitter<ClientEvents> {
       return;
     }
     this.#retry(code === POLICY_VIOLATION ? 5000 : 0);
+  }
+
+  /** A WebSocket could not open: if the server answers HTTP (so something between refuses
+   * the upgrade), the next attempts use Server-Sent Events. */
+  async #fallBack(): Promise<void> {
+    const health = new URL(this.url);
+    health.protocol = health.protocol === "wss:" ? "https:" : "http:";
+    health.pathname = "/healthz";
+    health.search = "";
+    try {
+      const fetchImpl = this.#options.fetch ?? (globalThis.fetch as unknown as FetchLike);
+      const response = await fetchImpl(health.toString(), { headers: {}, signal: AbortSignal.timeout(5000) });
+      if (response.ok && this.transport === "websocket") {
+        this.transport = "sse";
+        this.emit("transport", "sse");
+      }
+    } catch {
+      // The server itself is away: keep trying the WebSocket.
+    }
   }
 
   #retry(atLeast = 0): void {

@@ -30,10 +30,12 @@ export {
   type SubscriptionEvents,
   type SubscriptionState,
   type TopicFrame,
+  type Transport,
   type TypeOf,
   type WebSocketConstructor,
   type WebSocketLike,
 } from "./client.js";
+export { SseSocket, type FetchLike } from "./sse.js";
 export { TOPIC_TYPES, CONTROL_TYPES, PROTOCOL_VERSION } from "./generated/topics.js";
 export type * from "./generated/server-message.js";
 export type {

@@ -2,7 +2,7 @@
 // `/` against `--demo`. Writes target/dashboard.png (the README's picture comes from it).
 import assert from "node:assert/strict";
 import { readFileSync, mkdirSync, writeFileSync } from "node:fs";
-import { createServer } from "node:http";
+import { createServer, request as httpRequest } from "node:http";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { launch } from "./cdp.mjs";
@@ -186,4 +186,49 @@ test("published text is shown as text, never run, under the page's Content-Secur
   assert.equal(await browser.evaluate(`document.querySelectorAll('img[src="x"], script:not([src])').length`), 0);
   assert.equal(await browser.evaluate(`document.querySelectorAll("svg[onload], [onerror], [onmouseover]").length`), 0);
   assert.deepEqual(browser.problems, [], "no console errors (a blocked injection would be one)");
+});
+
+test("a browser's EventSource reads the stream and recovers by itself after the server drops it", async () => {
+  const server = await startServer();
+  cleanups.push(() => server.stop());
+  const page = `<!doctype html><meta charset="utf-8"><script>
+    window.got = [];
+    window.opened = 0;
+    const es = new EventSource("/sse?topic=alerts");
+    es.onopen = () => window.opened++;
+    es.onmessage = (e) => { const f = JSON.parse(e.data); if (f.type === "alert") window.got.push(f.seq + ":" + f.data.alert_id); };
+  </script>`;
+  // The page's origin, with /sse passed to the server: a stream the test can drop.
+  const streams = new Set();
+  const site = createServer((req, res) => {
+    if (!req.url.startsWith("/sse")) {
+      res.writeHead(200, { "content-type": "text/html" });
+      return res.end(page);
+    }
+    const upstream = httpRequest({ host: "127.0.0.1", port: server.port, path: req.url, headers: req.headers }, (answer) => {
+      res.writeHead(answer.statusCode, answer.headers);
+      answer.pipe(res);
+    });
+    upstream.on("error", () => res.destroy());
+    upstream.end();
+    streams.add(res);
+    res.on("close", () => (streams.delete(res), upstream.destroy()));
+  });
+  await new Promise((done) => site.listen(0, "127.0.0.1", done));
+  cleanups.push(() => new Promise((done) => (site.closeAllConnections(), site.close(done))));
+  const browser = await launch();
+  cleanups.push(() => browser.close());
+  await browser.goto(`http://127.0.0.1:${site.address().port}/`);
+  await until(() => browser.evaluate("window.opened === 1"), "the stream opened", 15000);
+  await publish(server.base, [alert(1), alert(2)]);
+  await until(async () => (await browser.evaluate("window.got.length")) === 2, "two alerts");
+  for (const res of streams) res.destroy(); // the server side drops the stream
+  await publish(server.base, [alert(3), alert(4)]);
+  await until(() => browser.evaluate("window.opened === 2"), "EventSource reconnected by itself", 15000);
+  const got = await until(async () => {
+    const got = await browser.evaluate("window.got");
+    return got.length >= 4 && got;
+  }, "the missed alerts");
+  assert.deepEqual(got, ["1:a1", "2:a2", "3:a3", "4:a4"], "recovered with Last-Event-ID: once, in order");
+  assert.deepEqual(browser.problems.filter((p) => !/ERR_|net::/.test(p)), []);
 });

@@ -184,3 +184,27 @@ export const status = (model, availability = "available") => ({
     update_available: false,
   },
 });
+
+/** A TCP proxy to `targetPort` that refuses WebSocket upgrades (403), as some corporate
+ * proxies do, and passes everything else. */
+export async function refusingUpgrades(targetPort) {
+  const server = net.createServer((client) => {
+    client.on("error", () => {});
+    client.once("data", (first) => {
+      if (/^upgrade:\s*websocket/im.test(first.toString("latin1"))) {
+        client.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+      }
+      const upstream = net.connect(targetPort, "127.0.0.1");
+      upstream.on("error", () => {});
+      upstream.write(first);
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.on("close", () => upstream.destroy());
+      upstream.on("close", () => client.destroy());
+    });
+  });
+  await new Promise((done) => server.listen(0, "127.0.0.1", done));
+  const { port } = server.address();
+  return { ws: `ws://127.0.0.1:${port}/ws`, close: () => new Promise((done) => server.close(done)) };
+}

@@ -294,9 +294,10 @@ pub fn files() -> BTreeMap<String, String> {
     files
 }
 
-/// `schemas/topics.json`: which message types each topic carries (in declaration order) and
-/// which are control messages (no topic), so generated clients can type a subscription's
-/// messages by topic without a hand-kept table.
+/// `schemas/topics.json`: which message types each topic carries (in declaration order),
+/// which are control messages (no topic), and the topics in the protocol's order (a topic's
+/// index in it is the one a Server-Sent Events id uses), so generated clients need no
+/// hand-kept table.
 pub fn topics() -> Value {
     let mut topics = serde_json::Map::new();
     for topic in Topic::ALL {
@@ -317,6 +318,7 @@ pub fn topics() -> Value {
         "protocol_version": PROTOCOL_VERSION,
         "topics": topics,
         "control": control,
+        "order": Topic::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
     })
 }
 

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::security::Security;
-use crate::state::App;
+use crate::state::{App, HttpPermit};
 use modelcast_redis::{RedisEngine, RedisSettings};
 
 /// A bound, not yet running server.
@@ -330,11 +330,12 @@ async fn serve_connection(
     app: Arc<App>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let permit = HttpPermit::new(permit);
     let service = {
         let app = app.clone();
-        service_fn(move |req| http::handle(app.clone(), req, peer))
+        service_fn(move |req| http::handle(app.clone(), req, peer, permit.clone()))
     };
     let draining = app.shutdown.is_cancelled();
     let conn = http1::Builder::new()

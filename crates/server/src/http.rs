@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::response::{Body, Refusal, Resp, error_response, json_response, method_not_allowed};
-use crate::state::App;
+use crate::state::{App, HttpPermit};
 use crate::{handshake, publish, sse};
 
 /// The dashboard page (`/`): markup and style; its script is [`DASHBOARD_JS`].
@@ -133,6 +133,7 @@ pub(crate) async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    permit: HttpPermit,
 ) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
@@ -143,7 +144,7 @@ pub(crate) async fn handle(
             &format!("no route for {method} {path}"),
         ),
         Some(route) if !route.allows(&method) => method_not_allowed(route.allow()),
-        Some(route) => respond(&app, route, req, peer).await,
+        Some(route) => respond(&app, route, req, peer, &permit).await,
     };
     let status = response.status().as_u16();
     match response.extensions().get::<Refusal>() {
@@ -165,6 +166,7 @@ async fn respond(
     route: Route<'_>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    permit: &HttpPermit,
 ) -> Resp {
     let metrics_denied = || match app.security.check_metrics_token(req.headers()) {
         Ok(()) => None,
@@ -184,7 +186,7 @@ async fn respond(
             let id = id.map(str::to_owned);
             handshake::upgrade(app, req, id, peer.ip())
         }
-        Route::Sse => sse::open(app, req, peer.ip()),
+        Route::Sse => sse::open(app, req, peer.ip(), permit),
         Route::Publish if req.method() == Method::OPTIONS => publish::preflight(app, req.headers()),
         Route::Publish => {
             let origin = req.headers().get(hyper::header::ORIGIN).cloned();

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actions::{handle_frame, reply_error};
 use crate::response::{Body, Resp, error_response};
 use crate::security::Identity;
-use crate::state::{Admitted, App, AuthState, Control, Publisher};
+use crate::state::{Admitted, App, AuthState, Control, HttpPermit, Publisher};
 
 /// Frames taken from the outbox per write.
 const BURST: usize = 256;
@@ -86,7 +86,11 @@ impl Position {
 
     /// Reads an id this server wrote; what is wrong with it otherwise.
     pub(crate) fn parse(id: &str) -> Result<Self, String> {
-        let bad = || format!("`{id}` is not an event id of this server's streams (1.<topic>:<epoch>:<seq>…); subscribing without recovery");
+        let bad = || {
+            format!(
+                "`{id}` is not an event id of this server's streams (1.<topic>:<epoch>:<seq>…); subscribing without recovery"
+            )
+        };
         let mut parts = id.split('.');
         if parts.next() != Some("1") {
             return Err(bad());
@@ -124,26 +128,36 @@ struct Request_ {
 /// Reads the query (and the `Last-Event-ID` and `Authorization` headers); a 400 naming the
 /// parameter otherwise.
 fn read_request(req: &Request<Incoming>) -> Result<Request_, Box<Resp>> {
-    let bad = |code: &str, message: String| Box::new(error_response(StatusCode::BAD_REQUEST, code, &message));
+    let bad = |code: &str, message: String| {
+        Box::new(error_response(StatusCode::BAD_REQUEST, code, &message))
+    };
     let query = req.uri().query().unwrap_or_default();
     let mut topics = Vec::new();
     let (mut filter, mut max_hz, mut token, mut last_event_id) = (None, None, None, None);
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "topic" => {
-                let topic = value.parse::<Topic>().map_err(|e| bad("unknown_topic", e.to_string()))?;
+                let topic =
+                    value.parse::<Topic>().map_err(|e| bad("unknown_topic", e.to_string()))?;
                 if !topics.contains(&topic) {
                     topics.push(topic);
                 }
             }
             "model_ids" => {
-                let ids: Vec<String> =
-                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+                let ids: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
                 filter = Some(SubscriptionFilter { model_ids: Some(ids) });
             }
             "max_hz" => {
                 let hz = value.parse::<f64>().map_err(|_| {
-                    bad("invalid_message", format!("max_hz: expected a number of updates per second, got `{value}`"))
+                    bad(
+                        "invalid_message",
+                        format!("max_hz: expected a number of updates per second, got `{value}`"),
+                    )
                 })?;
                 max_hz = Some(hz);
             }
@@ -172,18 +186,31 @@ fn read_request(req: &Request<Incoming>) -> Result<Request_, Box<Resp>> {
 }
 
 /// Answers `GET /sse`: the event stream, or the reason it cannot be opened.
-pub(crate) fn open(app: &Arc<App>, req: Request<Incoming>, peer: std::net::IpAddr) -> Resp {
+pub(crate) fn open(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    peer: std::net::IpAddr,
+    permit: &HttpPermit,
+) -> Resp {
     let request = match read_request(&req) {
         Ok(request) => request,
         Err(resp) => return *resp,
     };
     if app.shutdown.is_cancelled() {
-        let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down");
+        let mut resp = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        );
         resp.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
         return resp;
     }
     if !app.security.origin_allowed(req.headers()) {
-        return error_response(StatusCode::FORBIDDEN, "origin_not_allowed", "this page's origin may not connect");
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this page's origin may not connect",
+        );
     }
     if !app.security.admit_ip(app.security.client_ip(peer, req.headers())) {
         let mut resp = error_response(
@@ -198,14 +225,18 @@ pub(crate) fn open(app: &Arc<App>, req: Request<Incoming>, peer: std::net::IpAdd
         // No first frame can carry it here: the token comes with the request.
         let verified = match &request.token {
             Some(token) => app.security.verify(token),
-            None => Err("this server requires a token: ?token=<JWT> or Authorization: Bearer <JWT>".into()),
+            None => {
+                Err("this server requires a token: ?token=<JWT> or Authorization: Bearer <JWT>"
+                    .into())
+            }
         };
         match verified {
             Ok(identity) => Some(identity),
             Err(reason) => {
                 app.metrics.error(&ErrorCode::Unauthorized);
                 let mut resp = error_response(StatusCode::UNAUTHORIZED, "unauthorized", &reason);
-                resp.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                resp.headers_mut()
+                    .insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 return resp;
             }
         }
@@ -217,11 +248,14 @@ pub(crate) fn open(app: &Arc<App>, req: Request<Incoming>, peer: std::net::IpAdd
         app.active.fetch_sub(1, Ordering::Relaxed);
         app.metrics.error(&ErrorCode::Other("too_many_connections".into()));
         let message = format!("the server holds its maximum of {max} connections; retry later");
-        let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, "too_many_connections", &message);
+        let mut resp =
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "too_many_connections", &message);
         resp.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
         return resp;
     }
     let admitted = Admitted(app.clone());
+    // A stream now: it counts against the connections, not the HTTP requests in progress.
+    permit.release();
     let (tx, rx) = mpsc::channel(IN_FLIGHT);
     let app = app.clone();
     app.tracker.clone().spawn(async move {
@@ -239,7 +273,12 @@ pub(crate) fn open(app: &Arc<App>, req: Request<Incoming>, peer: std::net::IpAdd
 
 /// The stream's task: the hub connection, its subscriptions, and the events written from its
 /// outbox until the reader goes away, the server stops, or the token expires.
-async fn run(app: Arc<App>, tx: mpsc::Sender<Bytes>, request: Request_, identity: Option<Identity>) {
+async fn run(
+    app: Arc<App>,
+    tx: mpsc::Sender<Bytes>,
+    request: Request_,
+    identity: Option<Identity>,
+) {
     let conn = app.hub.connect();
     let serial = app.next_session.fetch_add(1, Ordering::Relaxed);
     let id = format!("sse-{serial:x}-{:08x}", rand::random::<u32>());

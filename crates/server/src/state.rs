@@ -88,6 +88,24 @@ impl App {
     }
 }
 
+/// A TCP connection's place among those that are not WebSockets
+/// (`MODELCAST_MAX_HTTP_CONNECTIONS`): held while it serves requests, given back when it turns
+/// into a long-lived stream (a WebSocket upgrade, or Server-Sent Events, which count against
+/// `WEBSOCKET_MAX_CONNECTIONS` instead).
+#[derive(Debug, Clone)]
+pub(crate) struct HttpPermit(Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl HttpPermit {
+    pub(crate) fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self(Arc::new(Mutex::new(Some(permit))))
+    }
+
+    /// Gives the place back (the connection became a stream).
+    pub(crate) fn release(&self) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    }
+}
+
 /// Counts an admitted WebSocket connection until dropped.
 pub(crate) struct Admitted(pub(crate) Arc<App>);
 

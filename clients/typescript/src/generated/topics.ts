@@ -18,3 +18,6 @@ export const TOPIC_TYPES = {
 
 /** The message types that belong to no topic (replies, notices). */
 export const CONTROL_TYPES = ["welcome", "subscribed", "unsubscribed", "pong", "lagging", "error", "state_cleared", "published"] as const;
+
+/** The topics in the protocol's order (a topic's index here is the one event ids use). */
+export const TOPIC_ORDER = ["system_stats", "generation_progress", "queue_updates", "alerts", "model_status", "download_progress", "health_monitoring", "fallback_notifications", "analytics_updates"] as const;
