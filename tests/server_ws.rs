@@ -162,19 +162,21 @@ async fn above_max_connections_the_handshake_gets_503_with_a_json_body() {
 /// A peer that answers nothing (not even pings) for two heartbeat intervals is dropped.
 #[tokio::test]
 async fn a_silent_peer_is_dropped_after_two_heartbeats() {
-    let server = TestServer::start(&["--heartbeat-interval", "0.2"]).await;
+    // An interval long enough that a busy machine (every test at once on two cores) never
+    // makes the answering peer look silent.
+    let server = TestServer::start(&["--heartbeat-interval", "1"]).await;
     let mut silent = server.ws("/ws/silent").await;
     let mut lively = server.ws("/ws/lively").await;
     // Not polling `silent` means its pings are never answered.
     let keep_alive = tokio::spawn(async move {
-        for _ in 0..8 {
+        for _ in 0..16 {
             lively.send_json(&json!({"action": "ping"})).await;
             lively.next_of_type("pong").await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         lively
     });
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let (close, _) = silent.until_close().await;
     assert_eq!(close.map(|c| c.0), Some(close::HEARTBEAT_TIMEOUT));
     let mut lively = keep_alive.await.unwrap();
