@@ -63,7 +63,7 @@ impl Frame {
         std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
     }
 
-    /// Whether the frame is marked `"late":true` (only ever by [`Frame::late`], which puts the
+    /// Whether the frame is marked `"late":true` (the hub marks late frames by putting that
     /// field first).
     pub fn is_late(&self) -> bool {
         self.0.get(1..1 + LATE.len()) == Some(LATE.as_bytes())

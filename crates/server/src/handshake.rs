@@ -140,13 +140,7 @@ pub(crate) fn upgrade(
         (false, _) | (true, None) => None,
         (true, Some(token)) => match app.security.verify(&token) {
             Ok(identity) => Some(identity),
-            Err(reason) => {
-                app.metrics.error(&ErrorCode::Unauthorized);
-                let mut resp = error_response(StatusCode::UNAUTHORIZED, "unauthorized", &reason);
-                resp.headers_mut()
-                    .insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return resp;
-            }
+            Err(reason) => return refuse_token(app, &reason),
         },
     };
     let publisher = match app.security.check_publish_key(req.headers()) {
@@ -205,6 +199,14 @@ pub(crate) fn upgrade(
         SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a header value"),
     );
+    resp
+}
+
+/// 401 for a token that is missing or refused (counted), asking for a Bearer token.
+pub(crate) fn refuse_token(app: &App, reason: &str) -> Resp {
+    app.metrics.error(&ErrorCode::Unauthorized);
+    let mut resp = error_response(StatusCode::UNAUTHORIZED, "unauthorized", reason);
+    resp.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     resp
 }
 

@@ -5,26 +5,22 @@
 //! sends a burst with one flush (feed, feed, …, flush). The handshake is in `handshake.rs`,
 //! client actions in `actions.rs`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use modelcast_hub::{Connection, Delivery, DropReason};
-use modelcast_protocol::{
-    ClientMessage, ErrorCode, PROTOCOL_VERSION, PublishRequest, ServerMessage, Topic, Welcome,
-    close,
-};
+use modelcast_protocol::{ClientMessage, ErrorCode, PublishRequest, close};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-use tokio_util::sync::CancellationToken;
 
 use crate::actions::{handle_frame, publish_frames, reply_error};
 use crate::security::Identity;
-use crate::state::{Admitted, App, AuthState, Control, Publisher};
+use crate::state::{Admitted, App, Control, Publisher};
 
 /// Frames taken from the outbox per burst (one flush each).
 const BURST: usize = 256;
@@ -50,19 +46,8 @@ pub(crate) async fn run(
         (app.security.auth_required() && identity.is_none() && publisher != Publisher::Key)
             .then(|| tokio::time::Instant::now() + app.config.auth_deadline);
     let subject = identity.as_ref().map(|i| i.subject.clone());
-    let control = Arc::new(Control {
-        publisher,
-        close: Mutex::new(None),
-        last_seen_ms: AtomicU64::new(now_ms(&app)),
-        done: CancellationToken::new(),
-        auth: Mutex::new(AuthState { identity, deadline, expiry_announced: false }),
-        wake: tokio::sync::Notify::new(),
-        peer_closed: std::sync::atomic::AtomicBool::new(false),
-        peer_gone: std::sync::atomic::AtomicBool::new(false),
-        id: id.clone(),
-        serial,
-        registered: Mutex::new(None),
-    });
+    let control =
+        Arc::new(Control::new(id.clone(), serial, publisher, identity, deadline, now_ms(&app)));
     // Without authentication, ids are global; with it, they live within the token's subject,
     // and a connection still waiting for its token takes no id (it registers on `auth`).
     match (app.security.auth_required(), subject) {
@@ -72,15 +57,7 @@ pub(crate) async fn run(
     }
     app.metrics.opened();
     tracing::debug!(connection_id = %id, "connected");
-    let _ = conn.send(&ServerMessage::Welcome(Welcome {
-        connection_id: id.clone(),
-        protocol_version: PROTOCOL_VERSION,
-        heartbeat_interval_seconds: app.config.heartbeat_interval.as_secs().max(1),
-        topics: Topic::ALL.to_vec(),
-        epoch: app.hub.epoch().to_owned(),
-        node_id: Some(app.node_id.clone()),
-        timestamp: chrono::Utc::now(),
-    }));
+    let _ = conn.send(&app.welcome(id.clone()));
 
     let (sink, stream) = ws.split();
     let (reason, ()) =

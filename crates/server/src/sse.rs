@@ -14,8 +14,8 @@
 //! (it reconnects and recovers).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -24,16 +24,15 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use modelcast_hub::{Connection, Delivery, DropReason};
 use modelcast_protocol::{
-    ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, Since, SubscribeRequest,
-    SubscriptionFilter, Topic, Welcome,
+    ClientMessage, ErrorCode, ServerMessage, Since, SubscribeRequest, SubscriptionFilter, Topic,
 };
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::actions::{handle_frame, reply_error};
+use crate::handshake::refuse_token;
 use crate::response::{Body, Resp, error_response};
 use crate::security::Identity;
-use crate::state::{Admitted, App, AuthState, Control, HttpPermit, Publisher};
+use crate::state::{Admitted, App, Control, HttpPermit, Publisher};
 
 /// Frames taken from the outbox per write.
 const BURST: usize = 256;
@@ -117,7 +116,7 @@ impl Position {
 }
 
 /// What `GET /sse` asks for.
-struct Request_ {
+struct StreamRequest {
     topics: Vec<Topic>,
     filter: Option<SubscriptionFilter>,
     max_hz: Option<f64>,
@@ -127,7 +126,7 @@ struct Request_ {
 
 /// Reads the query (and the `Last-Event-ID` and `Authorization` headers); a 400 naming the
 /// parameter otherwise.
-fn read_request(req: &Request<Incoming>) -> Result<Request_, Box<Resp>> {
+fn read_request(req: &Request<Incoming>) -> Result<StreamRequest, Box<Resp>> {
     let bad = |code: &str, message: String| {
         Box::new(error_response(StatusCode::BAD_REQUEST, code, &message))
     };
@@ -182,7 +181,7 @@ fn read_request(req: &Request<Incoming>) -> Result<Request_, Box<Resp>> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    Ok(Request_ { topics, filter, max_hz, token: bearer.or(token), last_event_id })
+    Ok(StreamRequest { topics, filter, max_hz, token: bearer.or(token), last_event_id })
 }
 
 /// Answers `GET /sse`: the event stream, or the reason it cannot be opened.
@@ -232,13 +231,7 @@ pub(crate) fn open(
         };
         match verified {
             Ok(identity) => Some(identity),
-            Err(reason) => {
-                app.metrics.error(&ErrorCode::Unauthorized);
-                let mut resp = error_response(StatusCode::UNAUTHORIZED, "unauthorized", &reason);
-                resp.headers_mut()
-                    .insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return resp;
-            }
+            Err(reason) => return refuse_token(app, &reason),
         }
     } else {
         None
@@ -276,36 +269,16 @@ pub(crate) fn open(
 async fn run(
     app: Arc<App>,
     tx: mpsc::Sender<Bytes>,
-    request: Request_,
+    request: StreamRequest,
     identity: Option<Identity>,
 ) {
     let conn = app.hub.connect();
     let serial = app.next_session.fetch_add(1, Ordering::Relaxed);
     let id = format!("sse-{serial:x}-{:08x}", rand::random::<u32>());
     let expires_at = identity.as_ref().and_then(|i| i.expires_at);
-    let control = Arc::new(Control {
-        publisher: Publisher::No,
-        close: Mutex::new(None),
-        last_seen_ms: AtomicU64::new(0),
-        done: CancellationToken::new(),
-        auth: Mutex::new(AuthState { identity, deadline: None, expiry_announced: false }),
-        wake: tokio::sync::Notify::new(),
-        peer_closed: std::sync::atomic::AtomicBool::new(false),
-        peer_gone: std::sync::atomic::AtomicBool::new(false),
-        id: id.clone(),
-        serial,
-        registered: Mutex::new(None),
-    });
+    let control = Arc::new(Control::new(id.clone(), serial, Publisher::No, identity, None, 0));
     app.metrics.sse_opened();
-    let _ = conn.send(&ServerMessage::Welcome(Welcome {
-        connection_id: id,
-        protocol_version: PROTOCOL_VERSION,
-        heartbeat_interval_seconds: app.config.heartbeat_interval.as_secs().max(1),
-        topics: Topic::ALL.to_vec(),
-        epoch: app.hub.epoch().to_owned(),
-        node_id: Some(app.node_id.clone()),
-        timestamp: chrono::Utc::now(),
-    }));
+    let _ = conn.send(&app.welcome(id));
     let recovered = match request.last_event_id.as_deref().map(Position::parse) {
         None => Position::default(),
         Some(Ok(position)) => position,

@@ -86,6 +86,19 @@ impl App {
     pub(crate) fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, SessionHandle>> {
         self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// The `welcome` a connection (a WebSocket or an event stream) gets first.
+    pub(crate) fn welcome(&self, connection_id: String) -> modelcast_protocol::ServerMessage {
+        modelcast_protocol::ServerMessage::Welcome(modelcast_protocol::Welcome {
+            connection_id,
+            protocol_version: modelcast_protocol::PROTOCOL_VERSION,
+            heartbeat_interval_seconds: self.config.heartbeat_interval.as_secs().max(1),
+            topics: modelcast_protocol::Topic::ALL.to_vec(),
+            epoch: self.hub.epoch().to_owned(),
+            node_id: Some(self.node_id.clone()),
+            timestamp: chrono::Utc::now(),
+        })
+    }
 }
 
 /// A TCP connection's place among those that are not WebSockets
@@ -194,6 +207,31 @@ impl AuthState {
 }
 
 impl Control {
+    /// A new session's state: `id` its connection id, `serial` unique per session, heard from
+    /// at `last_seen_ms`; `deadline` when a token must have arrived by.
+    pub(crate) fn new(
+        id: String,
+        serial: u64,
+        publisher: Publisher,
+        identity: Option<Identity>,
+        deadline: Option<tokio::time::Instant>,
+        last_seen_ms: u64,
+    ) -> Self {
+        Self {
+            publisher,
+            close: Mutex::new(None),
+            last_seen_ms: AtomicU64::new(last_seen_ms),
+            done: CancellationToken::new(),
+            auth: Mutex::new(AuthState { identity, deadline, expiry_announced: false }),
+            wake: tokio::sync::Notify::new(),
+            peer_closed: std::sync::atomic::AtomicBool::new(false),
+            peer_gone: std::sync::atomic::AtomicBool::new(false),
+            id,
+            serial,
+            registered: Mutex::new(None),
+        }
+    }
+
     pub(crate) fn auth(&self) -> std::sync::MutexGuard<'_, AuthState> {
         self.auth.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
