@@ -1,49 +1,74 @@
-//! [`Frame`]: one serialized server frame, shared by every subscriber that receives it, and the
-//! only place the hub turns messages into bytes.
+//! [`Frame`]: one serialized server frame, shared by every subscriber that receives it (with
+//! its compressed form, once made), and the only place the hub turns messages into bytes.
+
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use modelcast_protocol::ServerFrame;
 
 use crate::stats::Stats;
 
-/// One serialized JSON frame (UTF-8 text). Cloning shares the bytes: a message published to
-/// 10,000 subscribers is serialized once and its bytes are reference-counted, never copied.
+/// One serialized JSON frame (UTF-8 text). Cloning shares it: a message published to 10,000
+/// subscribers is serialized once and reference-counted, never copied.
 ///
-/// The bytes are [`bytes::Bytes`], the buffer tokio-tungstenite's text messages are made of,
-/// so the server turns a frame into a WebSocket message without copying.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Frame(Bytes);
+/// A frame also holds its compressed form once a writer has asked for it
+/// ([`Frame::compressed_with`]): compressed at most once, however many connections send it.
+#[derive(Clone)]
+pub struct Frame(Arc<Shared>);
+
+struct Shared {
+    text: Box<str>,
+    /// The compressed form (`None` inside: not worth compressing), made on first demand.
+    compressed: OnceLock<Option<Box<[u8]>>>,
+}
 
 impl Frame {
     /// Wraps JSON text.
     fn from_json(json: String) -> Self {
-        Self(Bytes::from(json))
+        Self(Arc::new(Shared { text: json.into_boxed_str(), compressed: OnceLock::new() }))
     }
 
     /// The frame's bytes (valid UTF-8 JSON).
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        self.0.text.as_bytes()
     }
 
     /// The frame as text.
     pub fn as_str(&self) -> &str {
-        // Frames are only made from `String`s, so this never fails.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        &self.0.text
     }
 
-    /// The shared buffer, for handing to a writer without a copy.
+    /// The frame as a [`Bytes`] sharing this frame's memory (for an HTTP body), without a copy.
     pub fn into_bytes(self) -> Bytes {
-        self.0
+        Bytes::from_owner(self)
     }
 
     /// The length in bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.text.len()
     }
 
     /// Whether the frame is empty (never, for a real frame).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.text.is_empty()
+    }
+
+    /// The frame's compressed form: made by `compress` the first time any clone asks (a
+    /// concurrent caller waits for that one), then shared by every clone for as long as the
+    /// frame lives. `None` when `compress` found the frame not worth compressing. The hub
+    /// does not know the format; the writer that sends the frame does, and every writer must
+    /// pass the same `compress`.
+    ///
+    /// The compressed form is kept only when smaller than the frame, so a frame held in
+    /// history or state takes at most twice its length once compressed.
+    pub fn compressed_with(
+        &self,
+        compress: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
+    ) -> Option<&[u8]> {
+        self.0
+            .compressed
+            .get_or_init(|| compress(self.as_bytes()).map(Vec::into_boxed_slice))
+            .as_deref()
     }
 
     /// This frame with `"late":true` added: delivered below a position the subscriber already
@@ -56,7 +81,7 @@ impl Frame {
     /// A topic frame's `seq`, which the hub writes first (after `"late":true` on a late frame);
     /// `None` for a control frame.
     pub fn seq(&self) -> Option<u64> {
-        let bytes = self.0.get(1..)?;
+        let bytes = self.as_bytes().get(1..)?;
         let bytes = bytes.strip_prefix(LATE.as_bytes()).unwrap_or(bytes);
         let digits = bytes.strip_prefix(b"\"seq\":")?;
         let end = digits.iter().position(|b| !b.is_ascii_digit())?;
@@ -66,7 +91,21 @@ impl Frame {
     /// Whether the frame is marked `"late":true` (the hub marks late frames by putting that
     /// field first).
     pub fn is_late(&self) -> bool {
-        self.0.get(1..1 + LATE.len()) == Some(LATE.as_bytes())
+        self.as_bytes().get(1..1 + LATE.len()) == Some(LATE.as_bytes())
+    }
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.text == other.0.text
+    }
+}
+
+impl Eq for Frame {}
+
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
     }
 }
 
@@ -117,5 +156,24 @@ mod tests {
         assert_eq!(live.late().seq(), Some(42));
         assert!(live.late().is_late() && !live.is_late());
         assert_eq!(Frame::from_json(r#"{"type":"pong","data":{}}"#.into()).seq(), None);
+    }
+
+    #[test]
+    fn a_frame_is_compressed_once_for_all_its_clones() {
+        let frame = with_seq(r#"{"topic":"alerts","type":"alert","data":{}}"#, 1);
+        let clone = frame.clone();
+        let calls = std::cell::Cell::new(0);
+        let compress = |bytes: &[u8]| {
+            calls.set(calls.get() + 1);
+            Some(bytes[..4].to_vec())
+        };
+        assert_eq!(frame.compressed_with(compress), Some(&b"{\"se"[..]));
+        assert_eq!(clone.compressed_with(compress), Some(&b"{\"se"[..]));
+        assert_eq!(calls.get(), 1);
+        // Not worth it is remembered too.
+        let control = Frame::from_json(r#"{"type":"pong","data":{}}"#.into());
+        assert_eq!(control.compressed_with(|_| None), None);
+        assert_eq!(control.compressed_with(|_| unreachable!()), None);
+        assert_eq!(&control.clone().into_bytes()[..], control.as_bytes());
     }
 }
