@@ -600,3 +600,243 @@ impl Sse {
         out
     }
 }
+
+/// A frame as it was on the wire (from the server: unmasked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireFrame {
+    /// FIN.
+    pub fin: bool,
+    /// RSV1: the first frame of a compressed message.
+    pub rsv1: bool,
+    /// The opcode (1 text, 2 binary, 8 close, 9 ping, 10 pong, 0 continuation).
+    pub opcode: u8,
+    /// The payload, as sent.
+    pub payload: Vec<u8>,
+}
+
+/// A message read by [`RawWs`]: its opcode, its payload (inflated when it came compressed),
+/// and whether it came compressed.
+#[derive(Debug, Clone)]
+pub struct WireMessage {
+    /// The opcode of its first frame.
+    pub opcode: u8,
+    /// The payload, inflated.
+    pub payload: Vec<u8>,
+    /// Whether the first frame had RSV1 set.
+    pub compressed: bool,
+}
+
+impl WireMessage {
+    /// A text message's JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).expect("a JSON text message")
+    }
+}
+
+/// A WebSocket client written byte by byte, for what tungstenite cannot do: it offers any
+/// `Sec-WebSocket-Extensions`, sends frames exactly as a test builds them (RSV1, fragments,
+/// control frames between fragments) and reads frames as they are on the wire, inflating
+/// compressed messages as RFC 7692 says — with flate2 directly, not with the server's code.
+#[derive(Debug)]
+pub struct RawWs {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// The `Sec-WebSocket-Extensions` the server answered with.
+    pub extensions: Option<String>,
+}
+
+impl RawWs {
+    /// Opens a WebSocket to `path`, offering `extensions`; panics unless the answer is 101.
+    pub async fn connect(addr: SocketAddr, path: &str, extensions: Option<&str>) -> Self {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let offer =
+            extensions.map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n")).unwrap_or_default();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("handshake sent");
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+                .await
+                .expect("handshake answer in time")
+                .expect("read");
+            assert!(n > 0, "the server closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8(buf[..end].to_vec()).expect("ASCII head");
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "the RFC's accept key: {head}");
+        let extensions = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-extensions").then(|| value.trim().to_owned())
+        });
+        buf.drain(..end);
+        RawWs { stream, buf, extensions }
+    }
+
+    /// Sends one frame: `b0` is FIN, RSV and opcode as on the wire; the payload is masked.
+    pub async fn send_frame(&mut self, b0: u8, payload: &[u8]) {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut out = vec![b0];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xFFFF => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&out).await.expect("frame sent");
+    }
+
+    /// Sends a text message uncompressed.
+    pub async fn send_text(&mut self, text: &str) {
+        self.send_frame(0x81, text.as_bytes()).await;
+    }
+
+    /// Sends a text message compressed, in `fragments` frames (RSV1 on the first only).
+    pub async fn send_compressed(&mut self, text: &str, fragments: usize) {
+        let compressed = deflate(text.as_bytes());
+        let size = compressed.len().div_ceil(fragments).max(1);
+        let pieces: Vec<&[u8]> = compressed.chunks(size).collect();
+        for (i, piece) in pieces.iter().enumerate() {
+            let fin = if i + 1 == pieces.len() { 0x80 } else { 0 };
+            let first = if i == 0 { 0x40 | 0x01 } else { 0 };
+            self.send_frame(fin | first, piece).await;
+        }
+    }
+
+    /// The next frame on the wire, or `None` when the server closed the TCP connection.
+    pub async fn next_frame(&mut self) -> Option<WireFrame> {
+        loop {
+            if self.buf.len() >= 2 {
+                let (b0, b1) = (self.buf[0], self.buf[1]);
+                assert_eq!(b1 & 0x80, 0, "server frames are not masked");
+                let (len, at) = match b1 & 0x7F {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => {
+                        (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let payload = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    return Some(WireFrame {
+                        fin: b0 & 0x80 != 0,
+                        rsv1: b0 & 0x40 != 0,
+                        opcode: b0 & 0x0F,
+                        payload,
+                    });
+                }
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = match tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) => 0,
+                Err(_) => panic!("no frame within {PATIENCE:?}"),
+            };
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next message (control frames included), inflated; `None` at the TCP close.
+    pub async fn next_message(&mut self) -> Option<WireMessage> {
+        let first = self.next_frame().await?;
+        let (opcode, compressed, mut payload, mut fin) =
+            (first.opcode, first.rsv1, first.payload, first.fin);
+        while !fin {
+            let next = self.next_frame().await?;
+            assert_eq!(next.opcode, 0, "a continuation (the server interleaves nothing)");
+            payload.extend_from_slice(&next.payload);
+            fin = next.fin;
+        }
+        if compressed {
+            payload = inflate(&payload);
+        }
+        Some(WireMessage { opcode, payload, compressed })
+    }
+
+    /// The next text message as JSON, and whether it came compressed (pings are skipped).
+    pub async fn next_json(&mut self) -> (Value, bool) {
+        loop {
+            let message = self.next_message().await.expect("a message before the close");
+            match message.opcode {
+                1 => return (message.json(), message.compressed),
+                9 | 10 => continue,
+                other => panic!("expected a text message, got opcode {other}: {message:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server's close frame and then the TCP close; returns the close code
+    /// (`None` for a close without one or no close frame at all).
+    pub async fn until_close(&mut self) -> Option<u16> {
+        while let Some(message) = self.next_message().await {
+            if message.opcode == 8 {
+                let code = (message.payload.len() >= 2)
+                    .then(|| u16::from_be_bytes([message.payload[0], message.payload[1]]));
+                // Answer it, as a client completes the closing handshake.
+                self.send_frame(0x88, &message.payload[..message.payload.len().min(2)]).await;
+                while self.next_frame().await.is_some() {}
+                return code;
+            }
+        }
+        None
+    }
+}
+
+/// Compresses as a permessage-deflate sender does: raw DEFLATE, sync flush, tail removed.
+pub fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut compressor = flate2::Compress::new(flate2::Compression::best(), false);
+    let mut out = Vec::with_capacity(data.len() / 2 + 1024);
+    loop {
+        let consumed = compressor.total_in() as usize;
+        let status = compressor
+            .compress_vec(&data[consumed..], &mut out, flate2::FlushCompress::Sync)
+            .expect("deflate");
+        if compressor.total_in() as usize == data.len() && out.len() < out.capacity() {
+            break;
+        }
+        assert_ne!(status, flate2::Status::StreamEnd);
+        out.reserve(out.capacity());
+    }
+    assert!(out.ends_with(&[0, 0, 0xFF, 0xFF]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+/// Inflates one permessage-deflate message (no context takeover): the tail added back.
+pub fn inflate(data: &[u8]) -> Vec<u8> {
+    let mut input = data.to_vec();
+    input.extend_from_slice(&[0, 0, 0xFF, 0xFF]);
+    let mut inflater = flate2::Decompress::new(false);
+    let mut out = Vec::with_capacity(data.len() * 4 + 64);
+    loop {
+        let consumed = inflater.total_in() as usize;
+        inflater
+            .decompress_vec(&input[consumed..], &mut out, flate2::FlushDecompress::Sync)
+            .expect("the server's compressed data inflates");
+        if inflater.total_in() as usize == input.len() && out.len() < out.capacity() {
+            return out;
+        }
+        out.reserve(out.capacity().max(1024));
+    }
+}

@@ -4,6 +4,7 @@ mod bounded;
 mod client;
 mod cluster;
 mod codegen;
+mod compression;
 mod contract_model;
 mod crash;
 mod delivery_contract;

@@ -102,6 +102,16 @@ fn dependencies_point_one_way() {
             "{name} must not depend on redis"
         );
     }
+    // The WebSocket frame layer knows frames, not modelcast: no workspace crate, no HTTP, and
+    // no other WebSocket library.
+    assert!(workspace_deps("modelcast-ws").is_empty(), "ws depends on no workspace crate");
+    let ws = closure("modelcast-ws");
+    for forbidden in ["hyper", "tungstenite", "tokio-tungstenite"] {
+        assert!(!ws.contains(forbidden), "modelcast-ws must not depend on {forbidden}");
+    }
+    // The server's sessions are framed by modelcast-ws alone (tests and the Rust client may use
+    // tungstenite as a client).
+    assert!(!closure("modelcast-server").contains("tungstenite"), "the server frames itself");
     let client = workspace_deps("modelcast-client");
     assert_eq!(
         client,

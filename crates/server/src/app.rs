@@ -11,7 +11,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use modelcast_hub::{Hub, HubConfig};
 use modelcast_notifiers::{Notifiers, NotifiersConfig, Policy, PolicyConfig};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -123,15 +122,6 @@ impl Server {
         })?;
         let policy = notifiers.policy().clone();
         let hub = policy.hub().clone();
-        // Sized for many idle connections: a 1 KiB eager read buffer (client frames are small;
-        // it grows for a larger frame up to the limit), and a write buffer that only fills
-        // within a burst (a burst is fed, then flushed once).
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(1024)
-            .write_buffer_size(16 * 1024)
-            .max_write_buffer_size(1 << 20)
-            .max_message_size(Some(config.max_frame_size))
-            .max_frame_size(Some(config.max_frame_size));
         let http_permits = Arc::new(tokio::sync::Semaphore::new(http_connection_cap(&config)));
         let app = Arc::new(App {
             config,
@@ -146,7 +136,6 @@ impl Server {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started: Instant::now(),
-            ws_config,
             http_permits,
             node_id,
             engine,

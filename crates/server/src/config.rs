@@ -129,6 +129,20 @@ pub struct Config {
           value_parser = count("MODELCAST_MAX_FRAME_SIZE"))]
     pub max_frame_size: usize,
 
+    /// permessage-deflate (RFC 7692) with WebSocket clients that offer it (browsers, Node's
+    /// `ws` and Python's `websockets` do): a frame is compressed once, however many
+    /// connections receive it, and no connection keeps a compressor.
+    /// (true/false, 1/0, yes/no, on/off.)
+    #[arg(long, env = "MODELCAST_COMPRESSION", default_value = "on", value_name = "ON/OFF",
+          action = ArgAction::Set, value_parser = boolish("MODELCAST_COMPRESSION"))]
+    pub compression: bool,
+
+    /// Frames shorter than this many bytes go uncompressed, even to a compressing client:
+    /// deflate saves little on them (see BENCHMARKS.md).
+    #[arg(long, env = "MODELCAST_COMPRESSION_MIN_SIZE", default_value = "128", value_name = "BYTES",
+          value_parser = bytes_or_zero("MODELCAST_COMPRESSION_MIN_SIZE"))]
+    pub compression_min_size: usize,
+
     /// Largest `POST /api/publish` body, in bytes (one message or an array of them); larger
     /// bodies get HTTP 413.
     #[arg(long, env = "MODELCAST_MAX_PUBLISH_BYTES", default_value = "1048576", value_name = "BYTES",
@@ -533,6 +547,14 @@ fn millis(var: &'static str) -> impl Fn(&str) -> Result<Duration, String> + Clon
         s.trim().parse::<u64>().ok().filter(|v| *v > 0).map(Duration::from_millis).ok_or_else(
             || format!("{var}: expected a positive whole number of milliseconds, got `{s}`"),
         )
+    }
+}
+
+fn bytes_or_zero(var: &'static str) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |s| {
+        s.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("{var}: expected a whole number of bytes (0 or more), got `{s}`"))
     }
 }
 

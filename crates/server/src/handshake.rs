@@ -6,18 +6,16 @@ use std::sync::atomic::Ordering;
 
 use hyper::body::Incoming;
 use hyper::header::{
-    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
-    UPGRADE,
+    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use modelcast_protocol::ErrorCode;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio::net::TcpStream;
 
 use crate::response::{Refusal, Resp, error_response, json_response};
-use crate::session::run;
+use crate::session::{Socket, run};
 use crate::state::{Admitted, App, Publisher};
 
 /// Adds `Retry-After: seconds` to a refusal, so clients and proxies back off.
@@ -173,21 +171,34 @@ pub(crate) fn upgrade(
         return retry_after(resp, "5");
     }
     let admitted = Admitted(app.clone());
+    // permessage-deflate when the client offers it in a form this server accepts (RFC 7692:
+    // a declined offer means an uncompressed connection, not a refusal).
+    let deflate = app.config.compression.then(|| {
+        modelcast_ws::negotiate(
+            req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter().map(HeaderValue::as_bytes),
+        )
+    });
+    let deflate = deflate.flatten();
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let accept = derive_accept_key(key.as_bytes());
+    let accept = modelcast_ws::accept_key(key.as_bytes());
     let app = app.clone();
     app.tracker.clone().spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(app.ws_config),
-                )
-                .await;
-                run(app, ws, id, admitted, identity, publisher).await;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(%err, "websocket upgrade failed");
+                return;
             }
-            Err(err) => tracing::debug!(%err, "websocket upgrade failed"),
+        };
+        // The server's connections are TCP streams (app.rs), which is what hyper hands back
+        // with the bytes it read past the request.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let socket =
+                    Socket { stream: parts.io.into_inner(), already_read: parts.read_buf, deflate };
+                run(app, socket, id, admitted, identity, publisher).await;
+            }
+            Err(_) => tracing::error!("websocket upgrade on a connection that is not TCP"),
         }
     });
     let mut resp = Response::new(Default::default());
@@ -199,6 +210,12 @@ pub(crate) fn upgrade(
         SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a header value"),
     );
+    if let Some(deflate) = deflate {
+        headers.insert(
+            SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_str(&deflate.response()).expect("ASCII parameters"),
+        );
+    }
     resp
 }
 

@@ -361,6 +361,8 @@ fn stats(app: &App) -> Value {
         .collect();
     let count =
         |reason: DropReason| stats.drops.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n);
+    let (compressions, compressed_frames, bytes_before, bytes_after, compressing) =
+        app.metrics.compression();
     json!({
         "uptime_seconds": app.started.elapsed().as_secs_f64(),
         "connections": app.active.load(Ordering::Relaxed),
@@ -378,6 +380,15 @@ fn stats(app: &App) -> Value {
             "closed": count(DropReason::Closed),
             "shutdown": count(DropReason::Shutdown),
         },
+        "compression": {
+            "enabled": app.config.compression,
+            "min_size": app.config.compression_min_size,
+            "connections": compressing,
+            "compressions": compressions,
+            "frames": compressed_frames,
+            "bytes_before": bytes_before,
+            "bytes_after": bytes_after,
+        },
         "help": {
             "published": "messages sequenced on the topic (after throttling and batching)",
             "absorbed_before_publish": "updates replaced by a newer value of their key before they were published: never sequenced, never sent",
@@ -391,6 +402,7 @@ fn stats(app: &App) -> Value {
             "keys": "distinct keys and filter ids the server holds now, all topics and subscriptions together; each is freed with its last user",
             "connections_dropped": "connections the server closed: too slow (4001), or replaced by the same id (4002)",
             "connections_ended": "connections closed by their owner or by a shutdown",
+            "compression": "permessage-deflate (MODELCAST_COMPRESSION): WebSocket connections that agreed on it, frames compressed (once each, however many connections get them), frames written compressed and their bytes before and after compression",
         },
     })
 }

@@ -1,10 +1,10 @@
 //! modelcast-server: the `modelcast` binary's library — one port serving WebSocket
-//! (tokio-tungstenite) and HTTP (hyper 1.x): `/ws/{connection_id}`, `/ws`,
+//! (framed by modelcast-ws, with permessage-deflate) and HTTP (hyper 1.x): `/ws/{connection_id}`, `/ws`,
 //! `POST /api/publish`, `/healthz`, `/readyz`, `/api/stats`, `/metrics`; configuration,
 //! metrics, graceful shutdown.
 //!
-//! It is the only crate that knows sockets and HTTP; no tungstenite or hyper type appears in
-//! its public API. Depends on every library crate; nothing depends on it. It only wires the
+//! It is the only crate that knows HTTP and sessions (modelcast-ws knows WebSocket frames,
+//! nothing of sessions); no hyper type appears in its public API. Depends on every library crate; nothing depends on it. It only wires the
 //! Redis engine (`modelcast-redis`) in when `MODELCAST_REDIS_URL` is set.
 //!
 //! ```no_run

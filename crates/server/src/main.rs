@@ -59,25 +59,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stdout through `filter`. Two rules hold whatever the filter says: a failed write
-/// (the pipe's reader went away) is dropped, never reported on stderr — that report panics the
-/// task that logged, the signal handler's too, which then never shut down; and the WebSocket
-/// library's trace events, which print whole frames (an `auth` frame's token among them), are
-/// never written.
+/// Logs to stdout through `filter`. A failed write (the pipe's reader went away) is dropped,
+/// never reported on stderr — that report panics the task that logged, the signal handler's
+/// too, which then never shut down. (No layer logs frames: an `auth` frame carries a token.)
 fn init_logging(filter: EnvFilter, format: LogFormat) {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let frames_unlogged = tracing_subscriber::filter::filter_fn(|meta| {
-        let library = meta.target().starts_with("tungstenite")
-            || meta.target().starts_with("tokio_tungstenite");
-        !(library && *meta.level() == tracing::Level::TRACE)
-    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let layer = tracing_subscriber::fmt::layer().with_ansi(ansi).log_internal_errors(false);
     let layer = match format {
-        LogFormat::Json => layer.json().with_filter(frames_unlogged).boxed(),
-        LogFormat::Text => layer.with_filter(frames_unlogged).boxed(),
+        LogFormat::Json => layer.json().boxed(),
+        LogFormat::Text => layer.boxed(),
     };
     tracing_subscriber::registry().with(filter).with(layer).init();
 }

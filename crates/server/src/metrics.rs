@@ -66,6 +66,14 @@ pub(crate) struct Metrics {
     keys: Gauge,
     sse_active: Gauge,
     sse_closed: Family<ReasonLabel, Counter>,
+    /// Frames compressed (deflate runs): at most one per frame, however many connections
+    /// receive it compressed.
+    pub(crate) compressions: Counter,
+    /// Open WebSocket connections that agreed on permessage-deflate.
+    pub(crate) compressing: Gauge,
+    compressed_frames: Counter,
+    compressed_bytes_before: Counter,
+    compressed_bytes_after: Counter,
 }
 
 impl Metrics {
@@ -167,6 +175,36 @@ impl Metrics {
             "Server-Sent Events streams ended, by reason: client_gone, shutdown, slow_consumer, unauthorized (token expired)",
             sse_closed.clone(),
         );
+        let compressions = Counter::default();
+        registry.register(
+            "compressions",
+            "Frames compressed for permessage-deflate: once per frame, however many connections receive it compressed",
+            compressions.clone(),
+        );
+        let compressing = Gauge::default();
+        registry.register(
+            "connections_compressing",
+            "Open WebSocket connections that agreed on permessage-deflate",
+            compressing.clone(),
+        );
+        let compressed_frames = Counter::default();
+        registry.register(
+            "compressed_frames",
+            "Frames written compressed (each delivery counts)",
+            compressed_frames.clone(),
+        );
+        let compressed_bytes_before = Counter::default();
+        registry.register(
+            "compressed_frames_bytes_before",
+            "Bytes of the frames written compressed, before compression",
+            compressed_bytes_before.clone(),
+        );
+        let compressed_bytes_after = Counter::default();
+        registry.register(
+            "compressed_frames_bytes_after",
+            "Bytes of the frames written compressed, as written (payloads, without frame headers)",
+            compressed_bytes_after.clone(),
+        );
         let delivered_by_type = ServerMessage::TYPES
             .iter()
             .map(|ty| {
@@ -196,7 +234,33 @@ impl Metrics {
             keys,
             sse_active,
             sse_closed,
+            compressions,
+            compressing,
+            compressed_frames,
+            compressed_bytes_before,
+            compressed_bytes_after,
         }
+    }
+
+    /// Counts `frames` written compressed: `before` bytes as `after`.
+    pub(crate) fn compressed(&self, frames: u64, before: u64, after: u64) {
+        if frames > 0 {
+            self.compressed_frames.inc_by(frames);
+            self.compressed_bytes_before.inc_by(before);
+            self.compressed_bytes_after.inc_by(after);
+        }
+    }
+
+    /// The compression figures for `/api/stats`: (compressions, frames, bytes before, bytes
+    /// after, compressing connections).
+    pub(crate) fn compression(&self) -> (u64, u64, u64, u64, i64) {
+        (
+            self.compressions.get(),
+            self.compressed_frames.get(),
+            self.compressed_bytes_before.get(),
+            self.compressed_bytes_after.get(),
+            self.compressing.get(),
+        )
     }
 
     pub(crate) fn opened(&self) {

@@ -1,22 +1,24 @@
-//! WebSocket sessions: the per-connection task — a reader and a writer future side by side,
-//! heartbeats, authentication deadlines, close codes.
+//! WebSocket sessions: the per-connection task — a reader and a writer future side by side on
+//! the two halves of the TCP socket, heartbeats, authentication deadlines, close codes.
 //!
-//! Every reply goes through the connection's hub outbox, so there is exactly one writer, which
-//! sends a burst with one flush (feed, feed, …, flush). The handshake is in `handshake.rs`,
-//! client actions in `actions.rs`.
+//! Every reply goes through the connection's hub outbox, so there is exactly one writer of
+//! data frames, which writes a burst as header and payload slices in as few `writev` calls as
+//! the socket takes (modelcast-ws): each payload is the frame the hub serialized once, or its
+//! compressed form made once, never copied per connection. Control frames the reader asks for
+//! (a pong, the close echo) go between bursts. The handshake is in `handshake.rs`, client
+//! actions in `actions.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
+use bytes::Bytes;
+use futures_util::FutureExt;
 use modelcast_hub::{Connection, Delivery, DropReason};
 use modelcast_protocol::{ClientMessage, ErrorCode, PublishRequest, close};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use modelcast_ws::{Decoder, Deflate, Header, Message, OpCode, ReadError, Reader, close_payload};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use crate::actions::{handle_frame, publish_frames, reply_error};
 use crate::security::Identity;
@@ -29,11 +31,22 @@ const BURST: usize = 256;
 /// topic's lock is held for one run).
 const MAX_PUBLISH_BATCH: usize = 64;
 
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// An upgraded connection: the TCP socket, what hyper read past the request, and whether
+/// permessage-deflate was agreed.
+#[derive(Debug)]
+pub(crate) struct Socket {
+    pub(crate) stream: TcpStream,
+    pub(crate) already_read: Bytes,
+    pub(crate) deflate: Option<Deflate>,
+}
+
+/// How long a closed connection waits for the client to close its side after the close
+/// frames were exchanged.
+const LINGER: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(
     app: Arc<App>,
-    ws: Ws,
+    socket: Socket,
     id: String,
     _admitted: Admitted,
     identity: Option<Identity>,
@@ -59,9 +72,27 @@ pub(crate) async fn run(
     tracing::debug!(connection_id = %id, "connected");
     let _ = conn.send(&app.welcome(id.clone()));
 
-    let (sink, stream) = ws.split();
-    let (reason, ()) =
-        tokio::join!(writer(&app, &conn, sink, &control), reader(&app, &conn, stream, &control));
+    let Socket { mut stream, already_read, deflate } = socket;
+    if deflate.is_some() {
+        app.metrics.compressing.inc();
+    }
+    let decoder = Decoder::new(app.config.max_frame_size, deflate.is_some());
+    let mut frames = Reader::new(decoder, already_read);
+    let (reason, close_sent) = {
+        let (read_half, write_half) = stream.split();
+        let (ended, ()) = tokio::join!(
+            writer(&app, &conn, &write_half, &control, deflate),
+            reader(&app, &conn, &read_half, &mut frames, &control)
+        );
+        ended
+    };
+    if close_sent {
+        // The server closes the TCP connection first (RFC 6455 §7.1.1), without a reset.
+        modelcast_ws::finish(&mut stream, LINGER).await;
+    }
+    if deflate.is_some() {
+        app.metrics.compressing.dec();
+    }
 
     app.unregister(&control);
     conn.close(DropReason::Closed);
@@ -73,59 +104,53 @@ fn now_ms(app: &App) -> u64 {
     u64::try_from(app.started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Drains the outbox into the socket; pings; closes. Returns the close reason for metrics.
+/// Drains the outbox into the socket; pings; answers pings; closes. Returns the close reason
+/// for metrics, and whether a close frame went out (then the connection lingers for the
+/// client's side of the close).
 async fn writer(
     app: &App,
     conn: &Connection,
-    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    socket: &WriteHalf<'_>,
     control: &Control,
-) -> &'static str {
+    deflate: Option<Deflate>,
+) -> (&'static str, bool) {
     let heartbeat = app.config.heartbeat_interval;
     // A socket that takes no bytes for this long is dead or hopelessly slow. Generous next to
     // short heartbeats, so that a busy machine does not look like a dead peer.
     let write_timeout = heartbeat.max(Duration::from_secs(5));
+    let mut out = Out { app, socket, deflate, write_timeout, stamps: Vec::new() };
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut burst: Vec<Delivery> = Vec::new();
-    // Publish times of the frames in flight, for the latency histogram (reused: no allocation
-    // per flush).
-    let mut stamps: Vec<tokio::time::Instant> = Vec::new();
     let auth_required = app.security.auth_required();
     // One registration with the Notify for the whole session, re-armed only after it fires.
     let wake = control.wake.notified();
     tokio::pin!(wake);
-    let reason = loop {
+    let ended = loop {
         let auth_check = if auth_required { control.auth().next_check() } else { None };
         tokio::select! {
             biased;
             () = app.shutdown.cancelled() => {
                 // Drain what is queued (bounded by the queue size), then say goodbye.
-                while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
-                    if write_burst(app, &mut sink, &mut burst, &mut stamps).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = send_close(&mut sink, close::GOING_AWAY, "server shutting down").await;
-                break "shutdown";
+                break out.close_after_queued(conn, &mut burst, close::GOING_AWAY, "server shutting down", "shutdown").await;
             }
             received = conn.recv(&mut burst, BURST) => match received {
                 Ok(()) => {
-                    if write_live(app, conn, &mut sink, &mut burst, &mut stamps, write_timeout).await.is_err() {
-                        if control.peer_closed.load(Ordering::Relaxed) {
-                            // The peer's close frame arrived while frames were on their way
-                            // (tungstenite refuses data after it): complete the handshake.
-                            let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-                            break "client_closed";
-                        }
-                        // The peer has not taken a burst for a heartbeat interval, or the socket failed.
-                        let _ = tokio::time::timeout(Duration::from_secs(1), send_close(&mut sink, close::SLOW_CONSUMER, "not reading")).await;
-                        break "write_failed";
+                    // A ping is answered before the next burst, however busy the writer is.
+                    if let Some(payload) = control.take_pong()
+                        && out.control(OpCode::Pong, &payload).await.is_err()
+                    {
+                        break ("write_failed", false);
+                    }
+                    if out.live(conn, &mut burst).await.is_err() {
+                        // The peer has not taken a burst for the write timeout, or the socket
+                        // failed. A frame may be half written: no close frame can follow it.
+                        break ("write_failed", false);
                     }
                 }
                 Err(_) if control.peer_closed.load(Ordering::Relaxed) => {
-                    // The client started the closing handshake: flushing completes it with
-                    // the echo tungstenite queued (same code; 1002 for an invalid one).
-                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-                    break "client_closed";
+                    // The client started the closing handshake: echo its close frame.
+                    let echo = control.take_peer_close();
+                    break ("client_closed", out.control(OpCode::Close, &echo).await.is_ok());
                 }
                 Err(dropped) => {
                     let (code, text, label) = match (control.take_close(), dropped) {
@@ -133,51 +158,42 @@ async fn writer(
                         (None, DropReason::SlowConsumer) => (close::SLOW_CONSUMER, "too far behind: reconnect with `since` to recover".to_owned(), "slow_consumer"),
                         (None, DropReason::Replaced) => (close::REPLACED, "replaced by a newer connection with the same id".to_owned(), "replaced"),
                         (None, DropReason::Shutdown) => (close::GOING_AWAY, "server shutting down".to_owned(), "shutdown"),
-                        (None, _) if control.peer_gone.load(Ordering::Relaxed) => (close::NORMAL, String::new(), "client_gone"),
+                        (None, _) if control.peer_gone.load(Ordering::Relaxed) => break ("client_gone", false),
                         (None, _) => (close::NORMAL, String::new(), "client_closed"),
                     };
-                    let _ = tokio::time::timeout(Duration::from_secs(1), send_close(&mut sink, code, &text)).await;
-                    break label;
+                    break (label, out.close(code, &text).await);
                 }
             },
             () = sleep_until_opt(auth_check), if auth_check.is_some() => {
                 if let Some(label) = check_auth(app, conn, control) {
-                    while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
-                        if write_burst(app, &mut sink, &mut burst, &mut stamps).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = tokio::time::timeout(Duration::from_secs(1), send_close(&mut sink, close::UNAUTHORIZED, label)).await;
-                    break "unauthorized";
+                    break out.close_after_queued(conn, &mut burst, close::UNAUTHORIZED, label, "unauthorized").await;
                 }
             }
             () = &mut wake => {
                 wake.set(control.wake.notified());
+                if let Some(payload) = control.take_pong()
+                    && out.control(OpCode::Pong, &payload).await.is_err()
+                {
+                    break ("write_failed", false);
+                }
                 // The reader decided to close (frame too large, abuse): queued replies first.
                 if let Some((code, text)) = control.take_close() {
-                    while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
-                        if write_burst(app, &mut sink, &mut burst, &mut stamps).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = tokio::time::timeout(Duration::from_secs(1), send_close(&mut sink, code, &text)).await;
-                    break close_label(code);
+                    break out.close_after_queued(conn, &mut burst, code, &text, close_label(code)).await;
                 }
             }
             _ = ping.tick() => {
                 let silent = now_ms(app).saturating_sub(control.last_seen_ms.load(Ordering::Relaxed));
                 if silent > 2 * u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX) {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), send_close(&mut sink, close::HEARTBEAT_TIMEOUT, "no heartbeat")).await;
-                    break "heartbeat_timeout";
+                    break ("heartbeat_timeout", out.close(close::HEARTBEAT_TIMEOUT, "no heartbeat").await);
                 }
-                if tokio::time::timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
-                    break "write_failed";
+                if out.control(OpCode::Ping, &[]).await.is_err() {
+                    break ("write_failed", false);
                 }
             }
         }
     };
     control.done.cancel();
-    reason
+    ended
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -238,60 +254,23 @@ fn close_label(code: u16) -> &'static str {
     }
 }
 
-/// Writes live frames: before feeding the burst, yields and takes whatever arrived meanwhile,
-/// so that when the server is busy (publishes in flight, other writers
-/// running) the frames of several publishes leave in one flush — one `write` instead of one
-/// per frame — without delaying a lone message by more than one turn of the scheduler.
-///
-/// Each socket step (feed, flush) must make progress within `write_timeout`, else the peer is
-/// dead or hopelessly slow. The timeouts wrap the socket steps only, not the turns: a timeout
-/// whose step completes at once never touches the timer wheel, a waiting one would.
-async fn write_live(
-    app: &App,
-    conn: &Connection,
-    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
-    burst: &mut Vec<Delivery>,
-    stamps: &mut Vec<tokio::time::Instant>,
+/// The writing side of a session: the socket half and what every write needs.
+struct Out<'a> {
+    app: &'a App,
+    socket: &'a WriteHalf<'a>,
+    deflate: Option<Deflate>,
     write_timeout: Duration,
-) -> Result<(), WriteFailed> {
-    // While publishes keep arriving between turns, keep gathering (bounded): a flush costs a
-    // `write` (on loopback also the receiver's TCP processing), a turn costs one poll. Frames
-    // wait in `burst`, not in the socket's buffer: nothing is half-written across a turn (a
-    // close frame the peer sends meanwhile is echoed after complete frames only).
-    // One turn without a new frame does not end the gather: with a request-response publisher
-    // (one message per POST) the next request has often arrived but not been read yet in that
-    // turn. Tolerating one measured 12% less server CPU per delivery in that mode (5 of 5
-    // interleaved runs) and no change with a WebSocket publisher; an idle writer pays one
-    // extra, empty turn (microseconds) before it flushes a lone message.
-    let mut empty_turns = 0;
-    for _ in 0..MAX_GATHER_TURNS {
-        if burst.len() >= BURST {
-            break;
-        }
-        tokio::task::yield_now().await;
-        match conn.try_recv(burst, BURST - burst.len()) {
-            Err(_) => break,
-            Ok(0) => {
-                empty_turns += 1;
-                if empty_turns >= MAX_EMPTY_TURNS {
-                    break;
-                }
-            }
-            Ok(_) => empty_turns = 0,
-        }
-    }
-    use tokio::time::timeout as step;
-    let frames = step(write_timeout, feed(app, sink, burst, stamps)).await??;
-    step(write_timeout, flush(app, sink, frames, stamps)).await??;
-    Ok(())
+    /// Publish times of the frames in flight, for the latency histogram (reused: no
+    /// allocation per write).
+    stamps: Vec<tokio::time::Instant>,
 }
 
 /// A write that failed or took longer than the write timeout.
 #[derive(Debug)]
 struct WriteFailed;
 
-impl From<tungstenite::Error> for WriteFailed {
-    fn from(_: tungstenite::Error) -> Self {
+impl From<std::io::Error> for WriteFailed {
+    fn from(_: std::io::Error) -> Self {
         WriteFailed
     }
 }
@@ -302,97 +281,158 @@ impl From<tokio::time::error::Elapsed> for WriteFailed {
     }
 }
 
-/// How many scheduler turns a writer waits at most, gathering frames, before it flushes.
+/// How many scheduler turns a writer waits at most, gathering frames, before it writes.
 const MAX_GATHER_TURNS: usize = 16;
 
 /// How many turns in a row without a new frame end a gather.
 const MAX_EMPTY_TURNS: usize = 2;
 
-/// Feeds a burst and flushes once.
-async fn write_burst(
-    app: &App,
-    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
-    burst: &mut Vec<Delivery>,
-    stamps: &mut Vec<tokio::time::Instant>,
-) -> Result<(), tungstenite::Error> {
-    let frames = feed(app, sink, burst, stamps).await?;
-    flush(app, sink, frames, stamps).await
-}
-
-/// Flushes what was fed; records frames per flush and each frame's publish-to-flush latency
-/// (`stamps`, emptied).
-async fn flush(
-    app: &App,
-    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
-    frames: usize,
-    stamps: &mut Vec<tokio::time::Instant>,
-) -> Result<(), tungstenite::Error> {
-    let flushed = sink.flush().await;
-    if flushed.is_ok() && frames > 0 {
-        app.metrics.frames_per_flush.observe(frames as f64);
-        app.metrics.latency.observe_since(tokio::time::Instant::now(), stamps);
-    }
-    stamps.clear();
-    flushed
-}
-
-/// Feeds (without flushing) a burst; notes publish times and delivery counts. Returns how
-/// many frames were fed.
-async fn feed(
-    app: &App,
-    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
-    burst: &mut Vec<Delivery>,
-    stamps: &mut Vec<tokio::time::Instant>,
-) -> Result<usize, tungstenite::Error> {
-    let count = burst.len();
-    stamps.clear();
-    // Delivery counters are shared by every writer: add once per run of one type, not per frame.
-    let mut run: Option<(usize, u64)> = None;
-    for delivery in burst.drain(..) {
-        let type_index = delivery.type_index();
-        match &mut run {
-            Some((t, n)) if *t == type_index => *n += 1,
-            _ => {
-                if let Some((t, n)) = run.replace((type_index, 1)) {
-                    app.metrics.delivered(t, n);
+impl Out<'_> {
+    /// Writes live frames: before writing the burst, yields and takes whatever arrived
+    /// meanwhile, so that when the server is busy (publishes in flight, other writers running)
+    /// the frames of several publishes leave in one `writev` instead of one each, without
+    /// delaying a lone message by more than one turn of the scheduler.
+    async fn live(
+        &mut self,
+        conn: &Connection,
+        burst: &mut Vec<Delivery>,
+    ) -> Result<(), WriteFailed> {
+        // While publishes keep arriving between turns, keep gathering (bounded): a write costs
+        // a system call (on loopback also the receiver's TCP processing), a turn costs one
+        // poll. Frames wait in `burst`, not half-written in the socket: a close frame or a
+        // pong always goes between complete frames.
+        // One turn without a new frame does not end the gather: with a request-response
+        // publisher (one message per POST) the next request has often arrived but not been
+        // read yet in that turn. Tolerating one measured 12% less server CPU per delivery in
+        // that mode (5 of 5 interleaved runs) and no change with a WebSocket publisher; an
+        // idle writer pays one extra, empty turn (microseconds) before it writes a lone
+        // message.
+        let mut empty_turns = 0;
+        for _ in 0..MAX_GATHER_TURNS {
+            if burst.len() >= BURST {
+                break;
+            }
+            tokio::task::yield_now().await;
+            match conn.try_recv(burst, BURST - burst.len()) {
+                Err(_) => break,
+                Ok(0) => {
+                    empty_turns += 1;
+                    if empty_turns >= MAX_EMPTY_TURNS {
+                        break;
+                    }
                 }
+                Ok(_) => empty_turns = 0,
             }
         }
-        if let Some(at) = delivery.published_at() {
-            stamps.push(at);
+        self.burst(burst).await
+    }
+
+    /// Writes a burst of deliveries (emptied) within the write timeout: one header per frame,
+    /// each payload from where it lies — the frame the hub shares, or the compressed form the
+    /// frame shares once a compressing connection asked for it. Records delivery counts,
+    /// frames per write and each frame's publish-to-write latency.
+    async fn burst(&mut self, burst: &mut Vec<Delivery>) -> Result<(), WriteFailed> {
+        let app = self.app;
+        self.stamps.clear();
+        let min_size = app.config.compression_min_size;
+        let mut frames: Vec<(Header, &[u8])> = Vec::with_capacity(burst.len());
+        // Delivery counters are shared by every writer: add once per run of one type, not per
+        // frame; the same for the compression figures, once per burst.
+        let mut run: Option<(usize, u64)> = None;
+        let (mut compressed_frames, mut bytes_before, mut bytes_after) = (0u64, 0u64, 0u64);
+        for delivery in burst.iter() {
+            let type_index = delivery.type_index();
+            match &mut run {
+                Some((t, n)) if *t == type_index => *n += 1,
+                _ => {
+                    if let Some((t, n)) = run.replace((type_index, 1)) {
+                        app.metrics.delivered(t, n);
+                    }
+                }
+            }
+            if let Some(at) = delivery.published_at() {
+                self.stamps.push(at);
+            }
+            let frame = delivery.frame();
+            let compressed = match self.deflate {
+                Some(deflate) if frame.len() >= min_size && deflate.fits(frame.len()) => frame
+                    .compressed_with(|bytes| {
+                        app.metrics.compressions.inc();
+                        modelcast_ws::deflate(bytes)
+                    }),
+                _ => None,
+            };
+            frames.push(match compressed {
+                Some(payload) => {
+                    compressed_frames += 1;
+                    bytes_before += frame.len() as u64;
+                    bytes_after += payload.len() as u64;
+                    (Header::new(OpCode::Text, true, payload.len()), payload)
+                }
+                None => (Header::new(OpCode::Text, false, frame.len()), frame.as_bytes()),
+            });
         }
-        sink.feed(text_frame(delivery.into_frame().into_bytes())).await?;
+        if let Some((t, n)) = run {
+            app.metrics.delivered(t, n);
+        }
+        app.metrics.compressed(compressed_frames, bytes_before, bytes_after);
+        let written = tokio::time::timeout(
+            self.write_timeout,
+            modelcast_ws::write_frames(self.socket, &frames),
+        )
+        .await;
+        let count = frames.len();
+        drop(frames);
+        burst.clear();
+        written??;
+        if count > 0 {
+            app.metrics.frames_per_flush.observe(count as f64);
+            app.metrics.latency.observe_since(tokio::time::Instant::now(), &self.stamps);
+        }
+        self.stamps.clear();
+        Ok(())
     }
-    if let Some((t, n)) = run {
-        app.metrics.delivered(t, n);
+
+    /// Writes one control frame (ping, pong, close) within the write timeout.
+    async fn control(&self, opcode: OpCode, payload: &[u8]) -> Result<(), WriteFailed> {
+        let frame = [(Header::new(opcode, false, payload.len()), payload)];
+        tokio::time::timeout(self.write_timeout, modelcast_ws::write_frames(self.socket, &frame))
+            .await??;
+        Ok(())
     }
-    Ok(count)
-}
 
-/// A text message of already-valid UTF-8: hub frames are only ever made from `String`s
-/// (`modelcast_hub::Frame`), so the per-delivery UTF-8 check `Message::Text` would need is
-/// skipped (4% of a fan-out's CPU) by handing tungstenite the frame itself. The same bytes go
-/// out on the wire; the buffer is shared, not copied.
-fn text_frame(json: bytes::Bytes) -> Message {
-    use tungstenite::protocol::frame::Frame;
-    use tungstenite::protocol::frame::coding::{Data, OpCode};
-    Message::Frame(Frame::message(json, OpCode::Data(Data::Text), true))
-}
+    /// Sends a close frame (waiting at most a second); whether it went out.
+    async fn close(&self, code: u16, reason: &str) -> bool {
+        let payload = close_payload(code, reason);
+        let frame = [(Header::new(OpCode::Close, false, payload.len()), &payload[..])];
+        let write = modelcast_ws::write_frames(self.socket, &frame);
+        matches!(tokio::time::timeout(Duration::from_secs(1), write).await, Ok(Ok(())))
+    }
 
-async fn send_close(
-    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
-    code: u16,
-    reason: &str,
-) -> Result<(), tungstenite::Error> {
-    let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) };
-    sink.send(Message::Close(Some(frame))).await
+    /// Writes what is queued (bounded by the queue size), then the close frame.
+    async fn close_after_queued(
+        &mut self,
+        conn: &Connection,
+        burst: &mut Vec<Delivery>,
+        code: u16,
+        reason: &str,
+        label: &'static str,
+    ) -> (&'static str, bool) {
+        while conn.try_recv(burst, BURST).unwrap_or(0) > 0 {
+            if self.burst(burst).await.is_err() {
+                return (label, false);
+            }
+        }
+        (label, self.close(code, reason).await)
+    }
 }
 
 /// Reads client frames until the peer leaves or the writer is done.
 async fn reader(
     app: &App,
     conn: &Connection,
-    mut stream: futures_util::stream::SplitStream<Ws>,
+    socket: &ReadHalf<'_>,
+    frames: &mut Reader,
     control: &Arc<Control>,
 ) {
     // Made on the first inbound frame, so idle connections carry no limiter.
@@ -411,10 +451,11 @@ async fn reader(
         let next = if publishes.is_empty() {
             tokio::select! {
                 () = control.done.cancelled() => break,
-                next = stream.next() => next,
+                next = frames.next(socket) => next,
             }
         } else {
-            match stream.next().now_or_never() {
+            // What is already read, without waiting (the reader is cancel-safe).
+            match frames.next(socket).now_or_never() {
                 Some(next) => next,
                 None => {
                     publish_frames(app, conn, control, std::mem::take(&mut publishes));
@@ -422,145 +463,126 @@ async fn reader(
                 }
             }
         };
-        let next = match next {
-            // Only a connection allowed to publish has its frames parsed here (others' `publish`
-            // frames are refused below, rate limited like any frame).
-            Some(Ok(Message::Text(text))) if control.publisher != Publisher::No => {
-                match ClientMessage::parse_frame(text.as_str()) {
+        let message = match next {
+            Ok(Some(message)) => message,
+            // EOF or a reset without a close frame: the peer is gone (a closed tab, a dropped
+            // network), not a protocol violation.
+            Ok(None) | Err(ReadError::Io(_)) => {
+                publish_frames(app, conn, control, std::mem::take(&mut publishes));
+                control.peer_gone.store(true, Ordering::Relaxed);
+                break;
+            }
+            Err(ReadError::Failed(failure)) => {
+                publish_frames(app, conn, control, std::mem::take(&mut publishes));
+                let text = match failure.code {
+                    modelcast_ws::code::MESSAGE_TOO_BIG => format!(
+                        "frame too large (at most {} bytes): {failure}",
+                        app.config.max_frame_size
+                    ),
+                    modelcast_ws::code::INVALID_PAYLOAD => format!("invalid payload: {failure}"),
+                    _ => format!("protocol error: {failure}"),
+                };
+                control.set_close(failure.code, text);
+                break;
+            }
+        };
+        control.last_seen_ms.store(now_ms(app), Ordering::Relaxed);
+        // Only a connection allowed to publish has its `publish` frames gathered here (others'
+        // are refused below, rate limited like any frame).
+        let (message, parsed) = match message {
+            Message::Text(text) if control.publisher != Publisher::No => {
+                match ClientMessage::parse_frame(&text) {
                     Ok(ClientMessage::Publish(request)) => {
-                        control.last_seen_ms.store(now_ms(app), Ordering::Relaxed);
                         publishes.push(request);
                         if publishes.len() >= MAX_PUBLISH_BATCH {
                             publish_frames(app, conn, control, std::mem::take(&mut publishes));
                         }
                         continue;
                     }
-                    parsed => {
-                        publish_frames(app, conn, control, std::mem::take(&mut publishes));
-                        Some(Ok((Message::Text(text), Some(parsed))))
-                    }
+                    parsed => (Message::Text(text), Some(parsed)),
                 }
             }
-            other => {
-                publish_frames(app, conn, control, std::mem::take(&mut publishes));
-                other.map(|r| r.map(|m| (m, None)))
-            }
+            other => (other, None),
         };
-        match next {
-            None => {
-                control.peer_gone.store(true, Ordering::Relaxed);
-                break;
-            }
-            Some(Ok((message, parsed))) => {
-                control.last_seen_ms.store(now_ms(app), Ordering::Relaxed);
-                // Parsed first: a connection allowed to publish sends `publish` frames at a
-                // backend's rate (HTTP publishing has no per-client rate either); every other
-                // frame counts against the limit that guards against floods.
-                let parsed = match (&message, parsed) {
-                    (_, Some(parsed)) => Some(parsed),
-                    (Message::Text(text), None) => Some(ClientMessage::parse_frame(text.as_str())),
-                    _ => None,
+        publish_frames(app, conn, control, std::mem::take(&mut publishes));
+        let parsed = match (&message, parsed) {
+            (_, Some(parsed)) => Some(parsed),
+            (Message::Text(text), None) => Some(ClientMessage::parse_frame(text)),
+            _ => None,
+        };
+        // A connection allowed to publish sends `publish` frames at a backend's rate (HTTP
+        // publishing has no per-client rate either); every other frame counts against the
+        // limit that guards against floods.
+        let publishing = control.publisher != Publisher::No
+            && matches!(parsed, Some(Ok(ClientMessage::Publish(_))));
+        if !publishing && matches!(message, Message::Text(_) | Message::Binary(_)) {
+            let limiter = limiter.get_or_insert_with(|| app.security.message_limiter());
+            if limiter.check().is_err() {
+                let now = tokio::time::Instant::now();
+                if now.duration_since(window.0) >= Duration::from_secs(1) {
+                    window = (now, 0);
+                }
+                window.1 += 1;
+                if window.1 > app.config.abuse_limit {
+                    control.set_close(
+                        close::POLICY_VIOLATION,
+                        format!(
+                            "more than {} messages over the rate limit within a second",
+                            app.config.abuse_limit
+                        ),
+                    );
+                    break;
+                }
+                let request_id = match &parsed {
+                    Some(Ok(message)) => message.request_id().cloned(),
+                    Some(Err(err)) => err.request_id.clone(),
+                    None => None,
                 };
-                let publishing = control.publisher != Publisher::No
-                    && matches!(parsed, Some(Ok(ClientMessage::Publish(_))));
-                if !publishing && matches!(message, Message::Text(_) | Message::Binary(_)) {
-                    let limiter = limiter.get_or_insert_with(|| app.security.message_limiter());
-                    if limiter.check().is_err() {
-                        let now = tokio::time::Instant::now();
-                        if now.duration_since(window.0) >= Duration::from_secs(1) {
-                            window = (now, 0);
-                        }
-                        window.1 += 1;
-                        if window.1 > app.config.abuse_limit {
-                            control.set_close(
-                                close::POLICY_VIOLATION,
-                                format!(
-                                    "more than {} messages over the rate limit within a second",
-                                    app.config.abuse_limit
-                                ),
-                            );
-                            break;
-                        }
-                        let request_id = match &parsed {
-                            Some(Ok(message)) => message.request_id().cloned(),
-                            Some(Err(err)) => err.request_id.clone(),
-                            None => None,
-                        };
-                        reply_error(
-                            app,
-                            conn,
-                            ErrorCode::RateLimited,
-                            format!(
-                                "message dropped: more than {} messages per second (bursts of {}); \
-                                 {} dropped in this second, more than {} closes the connection",
-                                app.config.rate_limit,
-                                app.config.rate_burst,
-                                window.1,
-                                app.config.abuse_limit
-                            ),
-                            request_id,
-                        );
-                        continue;
-                    }
-                }
-                match message {
-                    Message::Text(_) => {
-                        if let Some(parsed) = parsed {
-                            handle_frame(app, conn, control, parsed);
-                        }
-                    }
-                    Message::Binary(_) => reply_error(
-                        app,
-                        conn,
-                        ErrorCode::BinaryNotSupported,
-                        "binary frames are not supported: send JSON in text frames".into(),
-                        None,
+                reply_error(
+                    app,
+                    conn,
+                    ErrorCode::RateLimited,
+                    format!(
+                        "message dropped: more than {} messages per second (bursts of {}); \
+                         {} dropped in this second, more than {} closes the connection",
+                        app.config.rate_limit,
+                        app.config.rate_burst,
+                        window.1,
+                        app.config.abuse_limit
                     ),
-                    Message::Close(_) => {
-                        control.peer_closed.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    request_id,
+                );
+                continue;
+            }
+        }
+        match message {
+            Message::Text(_) => {
+                if let Some(parsed) = parsed {
+                    handle_frame(app, conn, control, parsed);
                 }
             }
-            Some(Err(tungstenite::Error::Capacity(err))) => {
-                control.set_close(
-                    close::MESSAGE_TOO_BIG,
-                    format!("frame too large (at most {} bytes): {err}", app.config.max_frame_size),
-                );
-                break;
-            }
-            // A TCP reset or EOF without a close frame: the peer is gone (a closed tab, a
-            // dropped network), not a protocol violation.
-            Some(Err(tungstenite::Error::Protocol(
-                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-            ))) => {
-                control.peer_gone.store(true, Ordering::Relaxed);
-                break;
-            }
-            Some(Err(tungstenite::Error::Protocol(err))) => {
-                control.set_close(close::PROTOCOL_ERROR, format!("protocol error: {err}"));
-                break;
-            }
-            Some(Err(tungstenite::Error::Utf8(err))) => {
-                control.set_close(
-                    close::INVALID_PAYLOAD,
-                    format!("invalid UTF-8 in a text frame: {err}"),
-                );
-                break;
-            }
-            Some(Err(err)) => {
-                tracing::debug!(%err, "websocket read failed");
-                control.peer_gone.store(true, Ordering::Relaxed);
+            Message::Binary(_) => reply_error(
+                app,
+                conn,
+                ErrorCode::BinaryNotSupported,
+                "binary frames are not supported: send JSON in text frames".into(),
+                None,
+            ),
+            Message::Ping(payload) => control.set_pong(payload),
+            Message::Pong(_) => {}
+            Message::Close(frame) => {
+                // Echo the code (RFC 6455 §5.5.1); a close without one gets one without.
+                let echo = frame.map(|f| close_payload(f.code, "")).unwrap_or_default();
+                control.set_peer_closed(echo);
                 break;
             }
         }
     }
     if control.close.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some() {
-        // The writer flushes what is queued, then sends the close frame.
+        // The writer writes what is queued, then sends the close frame.
         control.wake.notify_one();
     } else {
-        // The peer left: nothing more to write.
+        // The peer left or closed: nothing more to write but the echo.
         conn.close(DropReason::Closed);
     }
 }

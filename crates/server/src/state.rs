@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use modelcast_hub::{Connection, DropReason, Hub};
 use modelcast_notifiers::{Notifiers, Policy};
 use modelcast_protocol::close;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,7 +35,6 @@ pub(crate) struct App {
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
     pub(crate) started: Instant,
-    pub(crate) ws_config: WebSocketConfig,
     /// One permit per TCP connection that is not a WebSocket (yet).
     pub(crate) http_permits: Arc<tokio::sync::Semaphore>,
     /// This node's id (`MODELCAST_NODE_ID` or random).
@@ -164,9 +162,16 @@ pub(crate) struct Control {
     pub(crate) auth: Mutex<AuthState>,
     /// Wakes the writer to re-check `auth` and `close` (set by the reader).
     pub(crate) wake: tokio::sync::Notify,
-    /// The peer sent a close frame: the writer completes the closing handshake (tungstenite
-    /// queued the echo) instead of sending a close of its own.
+    /// The peer sent a close frame: the writer completes the closing handshake (echoing
+    /// `peer_close`) instead of sending a close of its own.
     pub(crate) peer_closed: std::sync::atomic::AtomicBool,
+    /// The payload of the close frame that answers the peer's (its code and reason).
+    pub(crate) peer_close: Mutex<Vec<u8>>,
+    /// The payload of the latest ping not answered yet (the writer sends the pong between
+    /// bursts; RFC 6455 §5.5.3 lets an endpoint answer only the most recent ping).
+    pub(crate) pong: Mutex<Option<bytes::Bytes>>,
+    /// Whether `pong` holds a payload (checked once per burst without a lock).
+    pub(crate) pong_pending: std::sync::atomic::AtomicBool,
     /// The peer went away without a closing handshake (reset, EOF, read error): counted as
     /// `client_gone`, never as a policy or protocol violation.
     pub(crate) peer_gone: std::sync::atomic::AtomicBool,
@@ -225,6 +230,9 @@ impl Control {
             auth: Mutex::new(AuthState { identity, deadline, expiry_announced: false }),
             wake: tokio::sync::Notify::new(),
             peer_closed: std::sync::atomic::AtomicBool::new(false),
+            peer_close: Mutex::new(Vec::new()),
+            pong: Mutex::new(None),
+            pong_pending: std::sync::atomic::AtomicBool::new(false),
             peer_gone: std::sync::atomic::AtomicBool::new(false),
             id,
             serial,
@@ -243,5 +251,32 @@ impl Control {
 
     pub(crate) fn take_close(&self) -> Option<(u16, String)> {
         self.close.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+
+    /// Asks the writer to answer a ping (a newer ping replaces an unanswered one).
+    pub(crate) fn set_pong(&self, payload: bytes::Bytes) {
+        *self.pong.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(payload);
+        self.pong_pending.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// The payload of a ping to answer, if any.
+    pub(crate) fn take_pong(&self) -> Option<bytes::Bytes> {
+        if !self.pong_pending.swap(false, Ordering::Acquire) {
+            return None;
+        }
+        self.pong.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+
+    /// Notes the peer's close frame; the writer echoes `echo` (RFC 6455 §5.5.1).
+    pub(crate) fn set_peer_closed(&self, echo: Vec<u8>) {
+        *self.peer_close.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = echo;
+        self.peer_closed.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn take_peer_close(&self) -> Vec<u8> {
+        std::mem::take(
+            &mut *self.peer_close.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
