@@ -1,5 +1,6 @@
 //! The seed's JavaScript example, unchanged, in a real browser (headless Chromium) against the
-//! server. The DOM is read over the DevTools protocol until it shows the expected state.
+//! server. The DOM is read over the DevTools protocol until it shows the expected state. The
+//! browser offers permessage-deflate, so the page reads compressed frames.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -71,6 +72,15 @@ async fn the_seed_javascript_renders_in_chromium() {
     assert_eq!(server.post("/api/publish", &seed("download_progress_update")).await.0, 202);
     let bar = r#"document.getElementById("progress-t2v-a14b").textContent + " " + document.getElementById("progress-t2v-a14b").style.width"#;
     assert_eq!(poll(|| dom(bar), "45.5% 45.5%").await, "45.5% 45.5%");
+
+    // Chromium offered permessage-deflate, the server agreed, and what the page rendered
+    // came compressed.
+    let extensions = dom("ws.extensions").await;
+    assert!(extensions.starts_with("permessage-deflate"), "negotiated: {extensions:?}");
+    let (_, stats) = server.get("/api/stats").await;
+    let compression = &serde_json::from_str::<Value>(&stats).unwrap()["compression"];
+    assert_eq!(compression["connections"], 1, "{compression}");
+    assert!(compression["frames"].as_u64().unwrap() >= 1, "{compression}");
     let _ = browser.kill().await;
 }
 

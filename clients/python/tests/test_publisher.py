@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import urllib.request
 from datetime import datetime, timezone
 
 import pytest
@@ -139,6 +141,35 @@ async def test_subscribe_recovers_what_was_published_while_cut_off(server) -> No
     relay.close()
     assert got == ["a1", "a2", "a3", "a4"], "recovered with since: nothing lost, nothing twice"
     assert gaps == []
+
+
+async def test_subscribe_is_compressed_and_frames_arrive_intact(server) -> None:
+    """`websockets` offers permessage-deflate; the server agrees and sends frames compressed."""
+    import modelcast
+
+    message = "the model's weights failed their checksum; downloading them again. " * 8
+    got: list[object] = []
+
+    async def read() -> None:
+        async for frame in modelcast.subscribe(server.base, "alerts"):
+            got.append(frame)
+            if len(got) == 3:
+                return
+
+    reader = asyncio.create_task(read())
+    async with Publisher(server.base) as p:
+        await asyncio.sleep(0.3)
+        await p.publish_many([{**alert(i), "data": {**alert(i)["data"], "message": message}} for i in (1, 2, 3)])
+    await asyncio.wait_for(reader, 10)
+    assert [(f.data.alert_id, f.data.message) for f in got] == [("a1", message), ("a2", message), ("a3", message)]
+
+    def stats() -> dict:
+        with urllib.request.urlopen(f"{server.base}/api/stats") as answer:
+            return json.load(answer)["compression"]
+
+    compression = await asyncio.to_thread(stats)
+    assert compression["frames"] >= 1, compression
+    assert compression["bytes_after"] < compression["bytes_before"] / 2, compression
 
 
 class Relay:

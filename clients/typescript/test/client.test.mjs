@@ -26,6 +26,32 @@ test("frames of a topic arrive typed, once, in order", async () => {
   assert.equal(client.state, "open");
 });
 
+test("over Node's ws the connection is compressed (permessage-deflate) and frames arrive intact", async () => {
+  const server = await startServer();
+  cleanups.push(() => server.stop());
+  const sockets = [];
+  class Recording extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      sockets.push(this);
+    }
+  }
+  const client = use(connect(server.ws, { WebSocket: Recording }));
+  const sub = client.subscribe("alerts");
+  const frames = sub[Symbol.asyncIterator]();
+  await until(() => sub.state === "subscribed", "subscribed");
+  const message = "the model's weights failed their checksum; downloading them again. ".repeat(8);
+  await publish(server.base, [1, 2, 3, 4, 5].map((i) => alert(i, { message })));
+  const got = await take(frames, 5);
+  assert.deepEqual(got.map((f) => f.data.alert_id), ["a1", "a2", "a3", "a4", "a5"]);
+  assert.ok(got.every((f) => f.data.message === message));
+  assert.match(sockets[0].extensions, /^permessage-deflate/, "ws offered deflate and the server agreed");
+  const { compression } = await (await fetch(`${server.base}/api/stats`)).json();
+  assert.equal(compression.connections, 1);
+  assert.ok(compression.frames >= 1, `frames went compressed: ${JSON.stringify(compression)}`);
+  assert.ok(compression.bytes_after < compression.bytes_before / 2, JSON.stringify(compression));
+});
+
 test("a cut connection reconnects and recovers what was published meanwhile, nothing twice", async () => {
   const server = await startServer();
   const relay = await proxy(server.port);
