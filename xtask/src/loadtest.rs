@@ -10,6 +10,8 @@
 //! per delivery). Publishing is one message per HTTP request by default, as backends publish
 //! (`--per-request N` batches, `--publishers P` runs P connections concurrently,
 //! `--ws-publish` uses WebSocket publish channels instead of HTTP). `--idle N` only opens N idle subscribed connections and reports RSS.
+//! `--compress`: subscribers offer permessage-deflate (read by a small frame reader here:
+//! tungstenite cannot read compressed frames); every run reports bytes on the wire per delivery.
 //!
 //! `--nodes N` (N > 1) runs a cluster instead: a private `redis-server` (or `--redis-url`) and
 //! N nodes; publishes go to node 0 and subscribers connect to the other nodes, so every
@@ -48,8 +50,8 @@ pub(crate) struct Options {
     publishers: usize,
     /// Publish over WebSocket channels (`{"action":"publish"}`) instead of HTTP.
     ws_publish: bool,
-    /// Subscribers read Server-Sent Events (`GET /sse`) instead of WebSockets.
-    sse: bool,
+    /// How subscribers read: WebSockets, compressing WebSockets, or Server-Sent Events.
+    kind: Kind,
     /// Internal (a helper process of `--idle`): hold this many connections to `targets`.
     hold: Option<(usize, usize, Vec<SocketAddr>)>,
 }
@@ -68,7 +70,7 @@ impl Options {
             per_request: 1,
             publishers: 1,
             ws_publish: false,
-            sse: false,
+            kind: Kind::Ws,
             hold: None,
         };
         let mut it = args.iter();
@@ -88,7 +90,11 @@ impl Options {
                 "--per-request" => o.per_request = value("--per-request")?.max(1),
                 "--publishers" => o.publishers = (value("--publishers")? as usize).max(1),
                 "--ws-publish" => o.ws_publish = true,
-                "--sse" => o.sse = true,
+                "--sse" | "--compress" if o.kind != Kind::Ws => {
+                    bail!("--sse and --compress are two kinds of subscriber: choose one")
+                }
+                "--sse" => o.kind = Kind::Sse,
+                "--compress" => o.kind = Kind::Deflate,
                 "--nodes" => o.nodes = (value("--nodes")? as usize).max(1),
                 "--sources" => o.sources = value("--sources")?.clamp(1, 254) as u8,
                 "--hold" => {
@@ -300,7 +306,7 @@ pub(crate) fn run(o: Options, args: &[&str]) -> Result<()> {
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
     if let Some((n, first, targets)) = o.hold.clone() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        return runtime.block_on(hold(n, first, &targets, o.sources, o.sse));
+        return runtime.block_on(hold(n, first, &targets, o.sources, o.kind));
     }
     let connections = o.idle.unwrap_or(o.subscribers);
     // `--idle` spreads its connections over helper processes; each process (node or helper)
@@ -323,39 +329,216 @@ pub(crate) fn run(o: Options, args: &[&str]) -> Result<()> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(async move {
         match o.idle {
-            Some(n) => idle(&server, n, o.sources, o.sse).await,
+            Some(n) => idle(&server, n, o.sources, o.kind).await,
             None => load(&server, &o).await,
         }
     })
+}
+
+/// How subscribers read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// tungstenite, offering no extension.
+    Ws,
+    /// [`DeflateReader`]: offers permessage-deflate.
+    Deflate,
+    /// `GET /sse`.
+    Sse,
+}
+
+impl Kind {
+    /// The option that selects this kind (for helper processes).
+    fn flag(self) -> Option<&'static str> {
+        match self {
+            Kind::Ws => None,
+            Kind::Deflate => Some("--compress"),
+            Kind::Sse => Some("--sse"),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Ws => "WebSocket connections",
+            Kind::Deflate => "compressing WebSocket connections",
+            Kind::Sse => "Server-Sent Events streams",
+        }
+    }
 }
 
 /// A subscriber's tally.
 #[derive(Default)]
 struct Tally {
     received: AtomicU64,
+    /// Bytes the connection read from its socket (frame headers included).
+    wire: AtomicU64,
     lost: AtomicU64,
     closed: AtomicBool,
 }
 
-/// A subscriber's connection: a WebSocket, or a Server-Sent Events stream.
+/// A subscriber's connection: a WebSocket, a compressing WebSocket, or a Server-Sent Events
+/// stream.
 enum Subscriber {
     Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
+    Deflate(DeflateReader),
     Sse(SseReader),
 }
 
 impl Subscriber {
-    /// The next text frame (an event's `data:` for a stream); `None` when it closed.
-    async fn next_text(&mut self) -> Option<String> {
+    /// The next text frame (an event's `data:` for a stream) and the bytes read from the
+    /// socket for it; `None` when it closed.
+    async fn next_text(&mut self) -> Option<(String, usize)> {
         match self {
             Subscriber::Ws(ws) => loop {
                 match ws.next().await? {
-                    Ok(Message::Text(t)) => return Some(t.as_str().to_owned()),
+                    Ok(Message::Text(t)) => {
+                        // Server frames are unmasked: a 2-byte header, 4 from 126 bytes on.
+                        let header = if t.len() < 126 { 2 } else { 4 };
+                        return Some((t.as_str().to_owned(), t.len() + header));
+                    }
                     Ok(_) => continue,
                     Err(_) => return None,
                 }
             },
+            Subscriber::Deflate(ws) => ws.next_text().await,
             Subscriber::Sse(sse) => sse.next_data().await,
         }
+    }
+}
+
+/// A WebSocket client that offers permessage-deflate and reads the server's frames itself:
+/// unmasked, unfragmented (modelcast writes every message as one frame), RSV1 set on the
+/// compressed ones, which it inflates (no context takeover: a fresh stream per message).
+pub(crate) struct DeflateReader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    inflate: flate2::Decompress,
+}
+
+impl DeflateReader {
+    async fn open(stream: TcpStream, addr: SocketAddr, id: usize) -> Result<Self> {
+        let mut reader = Self::handshake(stream, addr, &format!("/ws/load-{id}")).await?;
+        reader.send(0x1, br#"{"action":"subscribe","topic":"alerts"}"#).await?;
+        // welcome, subscribed
+        for _ in 0..2 {
+            reader.next_text().await.context("the connection's first frames")?;
+        }
+        Ok(reader)
+    }
+
+    /// Opens a WebSocket to `path` of `addr`, offering permessage-deflate; fails unless the
+    /// server agrees.
+    pub(crate) async fn handshake(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<Self> {
+        use tokio::io::AsyncWriteExt;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut reader = Self { stream, buf: Vec::new(), inflate: flate2::Decompress::new(false) };
+        let end = loop {
+            if let Some(at) = reader.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if !reader.fill().await {
+                bail!("the server closed the connection before answering");
+            }
+        };
+        let head = String::from_utf8_lossy(&reader.buf[..end]).to_ascii_lowercase();
+        if !head.starts_with("http/1.1 101") || !head.contains("permessage-deflate") {
+            bail!("the server did not agree on permessage-deflate: {head}");
+        }
+        reader.buf.drain(..end);
+        Ok(reader)
+    }
+
+    /// Sends one masked frame (FIN set).
+    pub(crate) async fn send(&mut self, opcode: u8, payload: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n @ 0..126 => frame.push(0x80 | n as u8),
+            n @ 126..65536 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            _ => bail!("a frame under 64 KiB"),
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        Ok(self.stream.write_all(&frame).await?)
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16384];
+        match tokio::io::AsyncReadExt::read(&mut self.stream, &mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    async fn next_text(&mut self) -> Option<(String, usize)> {
+        self.next_frame().await.map(|(text, wire, _)| (text, wire))
+    }
+
+    /// The next text frame: its text, its bytes on the wire, whether it came compressed.
+    pub(crate) async fn next_frame(&mut self) -> Option<(String, usize, bool)> {
+        loop {
+            if let Some((b0, start, end)) = self.frame() {
+                let payload: Vec<u8> = self.buf.drain(..end).skip(start).collect();
+                match b0 & 0x0f {
+                    0x1 if b0 & 0x40 != 0 => return Some((self.inflated(&payload)?, end, true)),
+                    0x1 => return Some((String::from_utf8(payload).ok()?, end, false)),
+                    0x8 => return None,
+                    0x9 => self.send(0xA, &payload).await.ok()?,
+                    _ => {}
+                }
+            } else if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// The first byte, payload start and end of the frame at the front of the buffer, once
+    /// it is all there.
+    fn frame(&self) -> Option<(u8, usize, usize)> {
+        let b = &self.buf;
+        if b.len() < 2 {
+            return None;
+        }
+        let (len, start) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().ok()?) as usize, 10),
+            126 | 127 => return None,
+            n => (n as usize, 2),
+        };
+        (b.len() >= start + len).then_some((b[0], start, start + len))
+    }
+
+    fn inflated(&mut self, payload: &[u8]) -> Option<String> {
+        self.inflate.reset(false);
+        let mut input = payload.to_vec();
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut out = Vec::with_capacity(payload.len() * 4);
+        loop {
+            let before = self.inflate.total_in() as usize;
+            self.inflate
+                .decompress_vec(&input[before..], &mut out, flate2::FlushDecompress::Sync)
+                .ok()?;
+            if self.inflate.total_in() as usize == input.len() && out.len() < out.capacity() {
+                break;
+            }
+            out.reserve(out.capacity().max(256));
+        }
+        String::from_utf8(out).ok()
     }
 }
 
@@ -364,13 +547,15 @@ struct SseReader {
     stream: TcpStream,
     raw: Vec<u8>,
     text: String,
+    /// Bytes read from the socket and not yet counted toward an event.
+    read: usize,
 }
 
 impl SseReader {
     async fn open(mut stream: TcpStream, addr: SocketAddr) -> Result<Self> {
         let request = format!("GET /sse?topic=alerts HTTP/1.1\r\nHost: {addr}\r\n\r\n");
         tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await?;
-        let mut reader = Self { stream, raw: Vec::new(), text: String::new() };
+        let mut reader = Self { stream, raw: Vec::new(), text: String::new(), read: 0 };
         while !reader.raw.windows(4).any(|w| w == b"\r\n\r\n") {
             if !reader.fill().await {
                 bail!("the server closed the stream before answering");
@@ -394,17 +579,19 @@ impl SseReader {
             Ok(0) | Err(_) => false,
             Ok(n) => {
                 self.raw.extend_from_slice(&buf[..n]);
+                self.read += n;
                 true
             }
         }
     }
 
-    async fn next_data(&mut self) -> Option<String> {
+    /// The next event's `data:`, and the bytes read from the socket since the last one.
+    async fn next_data(&mut self) -> Option<(String, usize)> {
         loop {
             while let Some(end) = self.text.find("\n\n") {
                 let block: String = self.text.drain(..end + 2).collect();
                 if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    return Some(data.to_owned());
+                    return Some((data.to_owned(), std::mem::take(&mut self.read)));
                 }
             }
             // De-chunk whole chunks into text.
@@ -428,17 +615,21 @@ impl SseReader {
     }
 }
 
-/// A subscribed client of `addr` (a WebSocket, or `sse` a Server-Sent Events stream), from
+/// A subscribed client of `addr` (of the given kind), from
 /// source address 127.0.0.(1 + id % sources), with small buffers (the generator holds every
 /// connection of a scale run).
-async fn connect(addr: SocketAddr, id: usize, sources: u8, sse: bool) -> Result<Subscriber> {
+async fn connect(addr: SocketAddr, id: usize, sources: u8, kind: Kind) -> Result<Subscriber> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (id % sources as usize) as u8);
     socket.bind(SocketAddr::from((source, 0)))?;
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
-    if sse {
-        return Ok(Subscriber::Sse(SseReader::open(stream, addr).await?));
+    match kind {
+        Kind::Sse => return Ok(Subscriber::Sse(SseReader::open(stream, addr).await?)),
+        Kind::Deflate => {
+            return Ok(Subscriber::Deflate(DeflateReader::open(stream, addr, id).await?));
+        }
+        Kind::Ws => {}
     }
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4096)
@@ -467,13 +658,13 @@ async fn hold(
     first: usize,
     targets: &[SocketAddr],
     sources: u8,
-    sse: bool,
+    kind: Kind,
 ) -> Result<()> {
     let mut conns = Vec::with_capacity(n);
     for id in first..first + n {
         let target = targets[id % targets.len()];
         conns.push(
-            connect(target, id, sources, sse).await.with_context(|| format!("connection {id}"))?,
+            connect(target, id, sources, kind).await.with_context(|| format!("connection {id}"))?,
         );
     }
     say("ready");
@@ -487,7 +678,7 @@ async fn hold(
     Ok(())
 }
 
-async fn idle(server: &Servers, n: usize, sources: u8, sse: bool) -> Result<()> {
+async fn idle(server: &Servers, n: usize, sources: u8, kind: Kind) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, before) = server.usage()?;
     let targets: Vec<String> =
@@ -499,7 +690,7 @@ async fn idle(server: &Servers, n: usize, sources: u8, sse: bool) -> Result<()> 
         let count = HOLD_PER_PROCESS.min(n - first);
         let mut helper = tokio::process::Command::new(std::env::current_exe()?)
             .args(["loadtest", "--sources", &sources.to_string()])
-            .args(sse.then_some("--sse"))
+            .args(kind.flag())
             .arg("--hold")
             .args([count.to_string(), first.to_string(), targets.clone()])
             .stdin(Stdio::piped())
@@ -523,7 +714,7 @@ async fn idle(server: &Servers, n: usize, sources: u8, sse: bool) -> Result<()> 
     let (_, after) = server.usage()?;
     say(&format!(
         "\n| idle subscribed {} | server RSS before | after | per connection |\n| --- | --- | --- | --- |\n| {n} | {:.1} MiB | {:.1} MiB | {:.2} KiB |",
-        if sse { "Server-Sent Events streams" } else { "WebSocket connections" },
+        kind.describe(),
         before as f64 / 1048576.0,
         after as f64 / 1048576.0,
         (after.saturating_sub(before)) as f64 / n as f64 / 1024.0
@@ -705,7 +896,7 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     say(&format!("connecting {} subscribers…", o.subscribers));
     let mut streams = Vec::with_capacity(o.subscribers);
     for i in 0..o.subscribers {
-        streams.push(connect(server.subscriber_node(i), i, o.sources, o.sse).await?);
+        streams.push(connect(server.subscriber_node(i), i, o.sources, o.kind).await?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, rss_after) = server.usage()?;
@@ -721,7 +912,8 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
             let mut ws = ws;
             let mut last = 0u64;
             let mut own: Vec<u32> = Vec::new();
-            while let Some(t) = ws.next_text().await {
+            while let Some((t, wire)) = ws.next_text().await {
+                tally.wire.fetch_add(wire as u64, Ordering::Relaxed);
                 let Some((seq, sent)) = parse(&t) else { continue };
                 if seq != last + 1 {
                     tally.lost.fetch_add(seq.saturating_sub(last + 1), Ordering::Relaxed);
@@ -805,6 +997,8 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     say(&format!("phase 2: flat out for {} s…", o.seconds));
     let (cpu0, _) = server.usage()?;
     let delivered0 = received(&tallies);
+    let wire = |t: &[Arc<Tally>]| t.iter().map(|t| t.wire.load(Ordering::Relaxed)).sum::<u64>();
+    let (wire0, stats0) = (wire(&tallies), compression(&mut watched).await?);
     let phase_start = Instant::now();
     let flat = publish_phase(&mut channels, o, &next, base, o.seconds, None, &tallies).await?;
     let flat_wall = phase_start.elapsed().as_secs_f64();
@@ -813,6 +1007,8 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     let elapsed = phase_start.elapsed().as_secs_f64();
     let (cpu1, _) = server.usage()?;
     let delivered = received(&tallies) - delivered0;
+    let wire_per_delivery = (wire(&tallies) - wire0) as f64 / delivered.max(1) as f64;
+    let stats1 = compression(&mut watched).await?;
     let lost: u64 = tallies.iter().map(|t| t.lost.load(Ordering::Relaxed)).sum();
     let dropped = tallies.iter().filter(|t| t.closed.load(Ordering::Relaxed)).count();
 
@@ -838,7 +1034,8 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
          | {n} | {how} | flat out for {s} s | {flat} ({:.0}/s) | {:.0} | {:.3} µs | — | — | — | — | {lost} | {dropped} |\n\
          \nload generator in the steady phase: {gen_us:.2} µs of its CPU per received frame, {gen_pct:.0}% of its core\n\
          server's own publish-to-flush latency in the steady phase (from /metrics, bucket upper bounds): {server_view}\n\
-         server RSS: {:.1} MiB before connecting, {:.1} MiB with {n} subscribers: {:.2} KiB per connection",
+         server RSS: {:.1} MiB before connecting, {:.1} MiB with {n} subscribers: {:.2} KiB per connection\n\
+         subscribers: {kind}; flat-out phase: {wire_per_delivery:.1} bytes on the wire per delivery (frame headers included); {compressions}",
         steady_sent as f64 / steady_wall,
         steady_sent as f64 * o.subscribers as f64 / steady_wall,
         pct(0.50) as f64 / 1000.0,
@@ -853,10 +1050,32 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
         gen_us = generator_cpu / generator_frames.max(1) as f64 * 1e6,
         gen_pct = generator_cpu / generator_wall * 100.0,
         n = o.subscribers,
+        kind = o.kind.describe(),
+        compressions = match (stats0, stats1) {
+            (Some((c0, b0, a0)), Some((c1, b1, a1))) if o.kind == Kind::Deflate => format!(
+                "{} deflate calls for {flat} messages, payload bytes written compressed per delivery: {:.1} before compression, {:.1} after",
+                c1 - c0,
+                (b1 - b0) as f64 / delivered.max(1) as f64,
+                (a1 - a0) as f64 / delivered.max(1) as f64,
+            ),
+            _ => "nothing compressed".to_owned(),
+        },
         rate = o.rate,
         s = o.seconds,
     ));
     Ok(())
+}
+
+/// `/api/stats`' compression counters of the node `publisher` talks to: deflate calls, bytes
+/// of frames written compressed before and after compression (`None` on a node without them).
+async fn compression(publisher: &mut Publisher) -> Result<Option<(u64, u64, u64)>> {
+    let stats: serde_json::Value = serde_json::from_str(&publisher.get("/api/stats").await?)?;
+    let c = &stats["compression"];
+    Ok(c["compressions"]
+        .as_u64()
+        .zip(c["bytes_before"].as_u64())
+        .zip(c["bytes_after"].as_u64())
+        .map(|((calls, before), after)| (calls, before, after)))
 }
 
 /// p50/p99 upper bounds from two cumulative histogram snapshots.

@@ -3,6 +3,7 @@
 //! - `cargo xtask codegen [--check]` writes (or checks) the generated files under `schemas/`.
 //! - `cargo xtask cluster [--nodes N] [--demo]` runs a private Redis and N nodes.
 //! - `cargo xtask loadtest` measures the release server.
+//! - `cargo xtask wire` measures permessage-deflate on the demo's frames.
 //! - `cargo xtask callgrind` counts the instructions of a fixed fan-out workload.
 //!
 //! xtask may depend on any workspace crate; nothing depends on xtask.
@@ -11,6 +12,7 @@ mod callgrind;
 mod cluster;
 mod codegen;
 mod loadtest;
+mod wire;
 
 use std::process::ExitCode;
 
@@ -35,11 +37,14 @@ tasks:
       --publishers P    concurrent publisher connections (default 1)
       --ws-publish      publish over WebSocket channels (action publish) instead of HTTP
       --sse             subscribers read Server-Sent Events (GET /sse) instead of WebSockets
+      --compress        subscribers offer permessage-deflate (and inflate what comes compressed)
       --no-pin          do not pin server and generator to cores (no taskset)
       --redis-url URL   run the server as a cluster node on this Redis (a fresh key prefix)
       --nodes N         N > 1: a private Redis and N nodes; publish on node 0, subscribers
                         on the others (every delivery crosses Redis); CPU/RSS summed
       --sources K       clients connect from 127.0.0.1 … 127.0.0.K
+  wire [--seconds S]  what permessage-deflate saves on the demo's frames, by type, by size
+                      and by MODELCAST_COMPRESSION_MIN_SIZE (default 30 s of the demo)
   callgrind           instructions a fixed fan-out workload executes (valgrind), to
                       compare two versions of the hub's delivery path exactly";
 
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
             loadtest::Options::parse(rest).and_then(|o| loadtest::run(o, rest))
         }
         ["callgrind"] => callgrind::run(),
+        ["wire", rest @ ..] => wire::run(rest),
         ["help" | "--help" | "-h"] => {
             println_usage();
             return ExitCode::SUCCESS;
