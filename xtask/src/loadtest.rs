@@ -527,9 +527,10 @@ impl DeflateReader {
         (b.len() >= start + len).then_some((b[0], start, start + len))
     }
 
-    /// A compressed message's text. miniz_oxide's core decompressor into one flat buffer: its
-    /// per-message `init` is cheap, where a reset flate2 `Decompress` cost the generator ~5 µs
-    /// per frame and made it, not the server, the bottleneck.
+    /// A compressed message's text (miniz_oxide's core decompressor into one flat buffer).
+    /// About 5 µs per message here, most of it building the Huffman tables of the message's
+    /// dynamic block: with compressing subscribers this generator, not the server, is the
+    /// bottleneck (see BENCHMARKS.md).
     fn inflated(&mut self, mut input: Vec<u8>) -> Option<String> {
         use miniz_oxide::inflate::TINFLStatus;
         use miniz_oxide::inflate::core::{decompress, inflate_flags};
