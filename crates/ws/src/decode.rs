@@ -590,4 +590,145 @@ mod tests {
             assert_eq!(fast, slow);
         }
     }
+
+    /// One message of a generated client stream, and how it is sent.
+    #[derive(Debug, Clone)]
+    enum Sent {
+        /// Text or binary, split into `fragments` frames, compressed or not.
+        Data {
+            text: bool,
+            payload: Vec<u8>,
+            fragments: usize,
+            compressed: bool,
+        },
+        Ping(Vec<u8>),
+    }
+
+    impl Sent {
+        /// The client frames for it.
+        fn frames(&self) -> Vec<u8> {
+            match self {
+                Sent::Ping(payload) => frame(0x89, payload),
+                Sent::Data { text, payload, fragments, compressed } => {
+                    let (body, rsv1) = match compressed.then(|| crate::deflate(payload)).flatten() {
+                        Some(deflated) => (deflated, 0x40),
+                        None => (payload.clone(), 0),
+                    };
+                    let opcode = if *text { 0x1 } else { 0x2 };
+                    let pieces = (*fragments).clamp(1, body.len().max(1));
+                    let size = body.len().div_ceil(pieces).max(1);
+                    let chunks: Vec<&[u8]> =
+                        if body.is_empty() { vec![&[]] } else { body.chunks(size).collect() };
+                    let mut out = Vec::new();
+                    for (i, chunk) in chunks.iter().enumerate() {
+                        let first = if i == 0 { opcode | rsv1 } else { 0 };
+                        let fin = if i + 1 == chunks.len() { 0x80 } else { 0 };
+                        out.extend(frame(fin | first, chunk));
+                    }
+                    out
+                }
+            }
+        }
+
+        fn expected(&self) -> Message {
+            match self {
+                Sent::Ping(payload) => Message::Ping(Bytes::copy_from_slice(payload)),
+                Sent::Data { text: true, payload, .. } => {
+                    Message::Text(String::from_utf8(payload.clone()).unwrap())
+                }
+                Sent::Data { payload, .. } => Message::Binary(Bytes::copy_from_slice(payload)),
+            }
+        }
+    }
+
+    fn sent() -> impl proptest::strategy::Strategy<Value = Sent> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (any::<String>(), 1..5usize, any::<bool>()).prop_map(|(t, fragments, compressed)| {
+                Sent::Data { text: true, payload: t.into_bytes(), fragments, compressed }
+            }),
+            // Repetitive text: what deflate makes smaller, so the compressed path is taken.
+            ("[a-c]{0,8}", 0..300usize, 1..5usize).prop_map(|(unit, times, fragments)| {
+                Sent::Data {
+                    text: true,
+                    payload: unit.repeat(times).into_bytes(),
+                    fragments,
+                    compressed: true,
+                }
+            }),
+            (proptest::collection::vec(any::<u8>(), 0..300), 1..5usize, any::<bool>()).prop_map(
+                |(payload, fragments, compressed)| Sent::Data {
+                    text: false,
+                    payload,
+                    fragments,
+                    compressed
+                }
+            ),
+            proptest::collection::vec(any::<u8>(), 0..125).prop_map(Sent::Ping),
+        ]
+    }
+
+    /// Feeds `bytes` to a decoder in pieces of the given sizes (cycled), decoding after each.
+    fn decode_in_pieces(
+        decoder: &mut Decoder,
+        bytes: &[u8],
+        pieces: &[usize],
+    ) -> Result<Vec<Message>, Failure> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for size in pieces.iter().cycle() {
+            if at >= bytes.len() {
+                break;
+            }
+            let end = (at + size.max(&1)).min(bytes.len());
+            buf.extend_from_slice(&bytes[at..end]);
+            at = end;
+            while let Some(message) = decoder.decode(&mut buf)? {
+                out.push(message);
+            }
+        }
+        Ok(out)
+    }
+
+    proptest::proptest! {
+        /// Any valid client stream — text with any characters (fragments may split them),
+        /// binary, pings between fragments' messages, compressed or not — decodes to the same
+        /// messages however the bytes are cut up as they arrive.
+        #[test]
+        fn a_valid_stream_decodes_the_same_in_any_pieces(
+            messages in proptest::collection::vec(sent(), 0..12),
+            pieces in proptest::collection::vec(1..64usize, 1..8),
+        ) {
+            let bytes: Vec<u8> = messages.iter().flat_map(Sent::frames).collect();
+            let expected: Vec<Message> = messages.iter().map(Sent::expected).collect();
+            let whole = decode_all(&mut Decoder::new(1 << 20, true), &bytes).unwrap();
+            proptest::prop_assert_eq!(&whole, &expected);
+            let cut = decode_in_pieces(&mut Decoder::new(1 << 20, true), &bytes, &pieces).unwrap();
+            proptest::prop_assert_eq!(&cut, &expected);
+        }
+
+        /// Arbitrary bytes, in arbitrary pieces, with or without permessage-deflate: the
+        /// decoder answers each piece with messages, "more", or a failure, and never panics.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            pieces in proptest::collection::vec(1..300usize, 1..8),
+            inflate in proptest::prelude::any::<bool>(),
+        ) {
+            let _ = decode_in_pieces(&mut Decoder::new(4096, inflate), &bytes, &pieces);
+        }
+
+        /// Arbitrary bytes behind a valid masked header (so the payload is reached): the same.
+        #[test]
+        fn arbitrary_payloads_behind_valid_headers_never_panic(
+            b0 in proptest::prelude::any::<u8>(),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            inflate in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = frame(b0, &payload);
+            bytes.extend(frame(0x80 | (b0 & 0x7f), &payload));
+            let _ = decode_all(&mut Decoder::new(4096, inflate), &bytes);
+        }
+    }
 }
