@@ -9,8 +9,9 @@
 //!
 //! # The contract
 //!
-//! - **Serialize once.** A publish becomes one [`Frame`] (`bytes::Bytes`); every subscriber
-//!   gets a reference-counted clone of the same bytes.
+//! - **Serialize once.** A publish becomes one [`Frame`] (an `Arc` of its text); every
+//!   subscriber gets a reference-counted clone of the same bytes, and of the same compressed
+//!   form, made at most once.
 //! - **Key and subject apart.** A [`Publish`] has a *state key* (retained state, throttling,
 //!   collapsing, `max_hz` work per key) and a *filter subject* (a subscription's
 //!   [`SubscribeOptions::subjects`] pass the messages about one of them and every message
