@@ -559,8 +559,12 @@ impl DeflateReader {
 /// A minimal reader of `GET /sse` (chunked `text/event-stream`): yields each event's `data:`.
 struct SseReader {
     stream: TcpStream,
+    /// Bytes read; those before `raw_at` are de-chunked (dropped at the next read).
     raw: Vec<u8>,
+    raw_at: usize,
+    /// De-chunked text; events before `text_at` are consumed.
     text: String,
+    text_at: usize,
     /// Bytes read from the socket and not yet counted toward an event.
     read: usize,
 }
@@ -569,7 +573,8 @@ impl SseReader {
     async fn open(mut stream: TcpStream, addr: SocketAddr) -> Result<Self> {
         let request = format!("GET /sse?topic=alerts HTTP/1.1\r\nHost: {addr}\r\n\r\n");
         tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await?;
-        let mut reader = Self { stream, raw: Vec::new(), text: String::new(), read: 0 };
+        let mut reader =
+            Self { stream, raw: Vec::new(), raw_at: 0, text: String::new(), text_at: 0, read: 0 };
         while !reader.raw.windows(4).any(|w| w == b"\r\n\r\n") {
             if !reader.fill().await {
                 bail!("the server closed the stream before answering");
@@ -589,6 +594,7 @@ impl SseReader {
 
     async fn fill(&mut self) -> bool {
         let mut buf = [0u8; 16384];
+        self.raw.drain(..std::mem::take(&mut self.raw_at));
         match tokio::io::AsyncReadExt::read(&mut self.stream, &mut buf).await {
             Ok(0) | Err(_) => false,
             Ok(n) => {
@@ -602,25 +608,29 @@ impl SseReader {
     /// The next event's `data:`, and the bytes read from the socket since the last one.
     async fn next_data(&mut self) -> Option<(String, usize)> {
         loop {
-            while let Some(end) = self.text.find("\n\n") {
-                let block: String = self.text.drain(..end + 2).collect();
+            while let Some(end) = self.text[self.text_at..].find("\n\n") {
+                let block = &self.text[self.text_at..self.text_at + end];
+                self.text_at += end + 2;
                 if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
                     return Some((data.to_owned(), std::mem::take(&mut self.read)));
                 }
             }
+            // What is left is at most a partial event: drop what was consumed.
+            self.text.drain(..std::mem::take(&mut self.text_at));
             // De-chunk whole chunks into text.
-            while let Some(line) = self.raw.windows(2).position(|w| w == b"\r\n") {
+            while let Some(line) = self.raw[self.raw_at..].windows(2).position(|w| w == b"\r\n") {
+                let chunk = &self.raw[self.raw_at..];
                 let size =
-                    usize::from_str_radix(std::str::from_utf8(&self.raw[..line]).ok()?.trim(), 16)
+                    usize::from_str_radix(std::str::from_utf8(&chunk[..line]).ok()?.trim(), 16)
                         .ok()?;
                 if size == 0 {
                     return None;
                 }
-                if self.raw.len() < line + 2 + size + 2 {
+                if chunk.len() < line + 2 + size + 2 {
                     break;
                 }
-                self.text.push_str(std::str::from_utf8(&self.raw[line + 2..line + 2 + size]).ok()?);
-                self.raw.drain(..line + 2 + size + 2);
+                self.text.push_str(std::str::from_utf8(&chunk[line + 2..line + 2 + size]).ok()?);
+                self.raw_at += line + 2 + size + 2;
             }
             if !self.text.contains("\n\n") && !self.fill().await {
                 return None;
