@@ -11,15 +11,10 @@ use crate::root;
 
 /// Builds the workload in release and prints the instructions it executed.
 pub(crate) fn run() -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(root())
-        .args(["build", "--release", "-p", "modelcast-hub", "--example", "fanout_workload"])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building the workload failed");
-    }
+    crate::cargo(
+        &["build", "--release", "-p", "modelcast-hub", "--example", "fanout_workload"],
+        "building the workload",
+    )?;
     let dir = std::env::temp_dir().join(format!("modelcast-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let out_file = dir.join("callgrind.out");

@@ -83,14 +83,10 @@ impl Drop for Cluster {
 
 #[allow(clippy::print_stdout)]
 pub(crate) fn run(options: Options) -> Result<()> {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--quiet", "-p", "modelcast-server", "--bin", "modelcast"])
-        .current_dir(crate::root())
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building modelcast failed");
-    }
+    crate::cargo(
+        &["build", "--quiet", "-p", "modelcast-server", "--bin", "modelcast"],
+        "building modelcast",
+    )?;
     let bin = crate::root().join("target/debug/modelcast");
     let redis_port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

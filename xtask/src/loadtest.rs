@@ -213,13 +213,10 @@ impl Servers {
 
 fn start_servers(o: &Options, connections: usize) -> Result<Servers> {
     say("building the server (release)…");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--quiet", "-p", "modelcast-server", "--bin", "modelcast"])
-        .current_dir(crate::root())
-        .status()?;
-    if !status.success() {
-        bail!("building modelcast failed");
-    }
+    crate::cargo(
+        &["build", "--release", "--quiet", "-p", "modelcast-server", "--bin", "modelcast"],
+        "building modelcast",
+    )?;
     let mut servers = Servers { nodes: Vec::new(), redis: None };
     let mut redis_url = o.redis_url.clone();
     if o.nodes > 1 && redis_url.is_none() {
@@ -289,16 +286,8 @@ fn start_node(
 }
 
 pub(crate) fn run(o: Options, args: &[&str]) -> Result<()> {
-    if cfg!(debug_assertions) {
-        // The generator must not be the bottleneck: run it optimized.
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["run", "--release", "--quiet", "-p", "xtask", "--", "loadtest"])
-            .args(args)
-            .current_dir(crate::root())
-            .status()?;
-        if !status.success() {
-            bail!("the release load generator failed");
-        }
+    // The generator must not be the bottleneck: run it optimized.
+    if crate::rerun_optimized("loadtest", args)? {
         return Ok(());
     }
     // Root may raise the hard limit too (the nodes inherit it); otherwise up to the hard one.
@@ -477,15 +466,8 @@ impl DeflateReader {
     }
 
     async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16384];
         self.buf.drain(..std::mem::take(&mut self.pos));
-        match tokio::io::AsyncReadExt::read(&mut self.stream, &mut chunk).await {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
+        read_more(&mut self.stream, &mut self.buf).await > 0
     }
 
     async fn next_text(&mut self) -> Option<(String, usize)> {
@@ -556,6 +538,13 @@ impl DeflateReader {
     }
 }
 
+/// Appends what one read of `stream` brings to `buf` (room for at least 16 KiB); the bytes
+/// read, 0 at the end of the stream or on an error.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
+    buf.reserve(16384);
+    tokio::io::AsyncReadExt::read_buf(stream, buf).await.unwrap_or(0)
+}
+
 /// A minimal reader of `GET /sse` (chunked `text/event-stream`): yields each event's `data:`.
 struct SseReader {
     stream: TcpStream,
@@ -593,16 +582,10 @@ impl SseReader {
     }
 
     async fn fill(&mut self) -> bool {
-        let mut buf = [0u8; 16384];
         self.raw.drain(..std::mem::take(&mut self.raw_at));
-        match tokio::io::AsyncReadExt::read(&mut self.stream, &mut buf).await {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.raw.extend_from_slice(&buf[..n]);
-                self.read += n;
-                true
-            }
-        }
+        let n = read_more(&mut self.stream, &mut self.raw).await;
+        self.read += n;
+        n > 0
     }
 
     /// The next event's `data:`, and the bytes read from the socket since the last one.

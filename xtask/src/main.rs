@@ -48,6 +48,31 @@ tasks:
   callgrind           instructions a fixed fan-out workload executes (valgrind), to
                       compare two versions of the hub's delivery path exactly";
 
+/// Runs `cargo args…` in the repository root; an error naming `what` unless it succeeds.
+pub(crate) fn cargo(args: &[&str], what: &str) -> anyhow::Result<()> {
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(args)
+            .current_dir(root())
+            .status()
+            .map_err(|err| anyhow::anyhow!("running cargo for {what}: {err}"))?;
+    anyhow::ensure!(status.success(), "{what} failed");
+    Ok(())
+}
+
+/// When this xtask is a debug build, runs `xtask subcommand args…` again as a release build
+/// (a measurement must not time unoptimized code) and returns `true`; `false` when already
+/// optimized.
+pub(crate) fn rerun_optimized(subcommand: &str, args: &[&str]) -> anyhow::Result<bool> {
+    if !cfg!(debug_assertions) {
+        return Ok(false);
+    }
+    let mut all = vec!["run", "--release", "--quiet", "-p", "xtask", "--", subcommand];
+    all.extend_from_slice(args);
+    cargo(&all, &format!("the release build of `xtask {subcommand}`"))?;
+    Ok(true)
+}
+
 /// The repository root.
 pub(crate) fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

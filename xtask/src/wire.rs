@@ -54,26 +54,14 @@ pub(crate) fn run(args: &[&str]) -> Result<()> {
             other => bail!("unknown wire option `{other}`\n{}", crate::USAGE),
         }
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    if cfg!(debug_assertions) {
-        // deflate is timed here: time the optimized build.
-        let status = Command::new(&cargo)
-            .args(["run", "--release", "--quiet", "-p", "xtask", "--", "wire"])
-            .args(args)
-            .current_dir(crate::root())
-            .status()?;
-        if !status.success() {
-            bail!("the release measurement failed");
-        }
+    // deflate is timed here: time the optimized build.
+    if crate::rerun_optimized("wire", args)? {
         return Ok(());
     }
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "--quiet", "-p", "modelcast-server", "--bin", "modelcast"])
-        .current_dir(crate::root())
-        .status()?;
-    if !status.success() {
-        bail!("building the server failed");
-    }
+    crate::cargo(
+        &["build", "--release", "--quiet", "-p", "modelcast-server", "--bin", "modelcast"],
+        "building modelcast",
+    )?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let mut server = Command::new(crate::root().join("target/release/modelcast"))
