@@ -173,12 +173,15 @@ pub(crate) fn upgrade(
     let admitted = Admitted(app.clone());
     // permessage-deflate when the client offers it in a form this server accepts (RFC 7692:
     // a declined offer means an uncompressed connection, not a refusal).
-    let deflate = app.config.compression.then(|| {
-        modelcast_ws::negotiate(
-            req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter().map(HeaderValue::as_bytes),
-        )
-    });
-    let deflate = deflate.flatten();
+    let deflate = app
+        .config
+        .compression
+        .then(|| {
+            modelcast_ws::negotiate(
+                req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter().map(HeaderValue::as_bytes),
+            )
+        })
+        .flatten();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let accept = modelcast_ws::accept_key(key.as_bytes());
     let app = app.clone();

@@ -136,9 +136,7 @@ async fn writer(
             received = conn.recv(&mut burst, BURST) => match received {
                 Ok(()) => {
                     // A ping is answered before the next burst, however busy the writer is.
-                    if let Some(payload) = control.take_pong()
-                        && out.control(OpCode::Pong, &payload).await.is_err()
-                    {
+                    if out.pong(control).await.is_err() {
                         break ("write_failed", false);
                     }
                     if out.live(conn, &mut burst).await.is_err() {
@@ -147,12 +145,11 @@ async fn writer(
                         break ("write_failed", false);
                     }
                 }
-                Err(_) if control.peer_closed.load(Ordering::Relaxed) => {
-                    // The client started the closing handshake: echo its close frame.
-                    let echo = control.take_peer_close();
-                    break ("client_closed", out.control(OpCode::Close, &echo).await.is_ok());
-                }
                 Err(dropped) => {
+                    if let Some(echo) = control.take_peer_close() {
+                        // The client started the closing handshake: echo its close frame.
+                        break ("client_closed", out.control(OpCode::Close, &echo).await.is_ok());
+                    }
                     let (code, text, label) = match (control.take_close(), dropped) {
                         (Some((code, text)), _) => (code, text, close_label(code)),
                         (None, DropReason::SlowConsumer) => (close::SLOW_CONSUMER, "too far behind: reconnect with `since` to recover".to_owned(), "slow_consumer"),
@@ -171,9 +168,7 @@ async fn writer(
             }
             () = &mut wake => {
                 wake.set(control.wake.notified());
-                if let Some(payload) = control.take_pong()
-                    && out.control(OpCode::Pong, &payload).await.is_err()
-                {
+                if out.pong(control).await.is_err() {
                     break ("write_failed", false);
                 }
                 // The reader decided to close (frame too large, abuse): queued replies first.
@@ -391,6 +386,14 @@ impl Out<'_> {
         }
         self.stamps.clear();
         Ok(())
+    }
+
+    /// Answers the ping the reader left in `control`, if there is one.
+    async fn pong(&self, control: &Control) -> Result<(), WriteFailed> {
+        match control.take_pong() {
+            Some(payload) => self.control(OpCode::Pong, &payload).await,
+            None => Ok(()),
+        }
     }
 
     /// Writes one control frame (ping, pong, close) within the write timeout.

@@ -162,11 +162,10 @@ pub(crate) struct Control {
     pub(crate) auth: Mutex<AuthState>,
     /// Wakes the writer to re-check `auth` and `close` (set by the reader).
     pub(crate) wake: tokio::sync::Notify,
-    /// The peer sent a close frame: the writer completes the closing handshake (echoing
-    /// `peer_close`) instead of sending a close of its own.
-    pub(crate) peer_closed: std::sync::atomic::AtomicBool,
-    /// The payload of the close frame that answers the peer's (its code and reason).
-    pub(crate) peer_close: Mutex<Vec<u8>>,
+    /// Set when the peer sent a close frame: the payload of the close frame that answers it.
+    /// The writer completes the closing handshake with it instead of sending a close of its
+    /// own.
+    pub(crate) peer_close: Mutex<Option<Vec<u8>>>,
     /// The payload of the latest ping not answered yet (the writer sends the pong between
     /// bursts; RFC 6455 §5.5.3 lets an endpoint answer only the most recent ping).
     pub(crate) pong: Mutex<Option<bytes::Bytes>>,
@@ -229,8 +228,7 @@ impl Control {
             done: CancellationToken::new(),
             auth: Mutex::new(AuthState { identity, deadline, expiry_announced: false }),
             wake: tokio::sync::Notify::new(),
-            peer_closed: std::sync::atomic::AtomicBool::new(false),
-            peer_close: Mutex::new(Vec::new()),
+            peer_close: Mutex::new(None),
             pong: Mutex::new(None),
             pong_pending: std::sync::atomic::AtomicBool::new(false),
             peer_gone: std::sync::atomic::AtomicBool::new(false),
@@ -270,13 +268,11 @@ impl Control {
 
     /// Notes the peer's close frame; the writer echoes `echo` (RFC 6455 §5.5.1).
     pub(crate) fn set_peer_closed(&self, echo: Vec<u8>) {
-        *self.peer_close.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = echo;
-        self.peer_closed.store(true, Ordering::Relaxed);
+        *self.peer_close.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(echo);
     }
 
-    pub(crate) fn take_peer_close(&self) -> Vec<u8> {
-        std::mem::take(
-            &mut *self.peer_close.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+    /// The close frame's payload to echo, once the peer sent one.
+    pub(crate) fn take_peer_close(&self) -> Option<Vec<u8>> {
+        self.peer_close.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 }
