@@ -4,8 +4,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::code;
 use crate::deflate::Inflater;
+use crate::failure::Failure;
 use crate::frame::OpCode;
 
 /// A message from the client.
@@ -31,38 +31,6 @@ pub struct CloseFrame {
     /// The reason (UTF-8, possibly empty).
     pub reason: String,
 }
-
-/// Why the connection must be failed, with the code its close frame carries (1002, 1007 or
-/// 1009: see [`crate::code`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// The close code to send.
-    pub code: u16,
-    /// What the peer did, for the close reason and logs.
-    pub reason: String,
-}
-
-impl Failure {
-    pub(crate) fn protocol(reason: impl Into<String>) -> Self {
-        Self { code: code::PROTOCOL_ERROR, reason: reason.into() }
-    }
-
-    pub(crate) fn invalid(reason: impl Into<String>) -> Self {
-        Self { code: code::INVALID_PAYLOAD, reason: reason.into() }
-    }
-
-    pub(crate) fn too_big(reason: impl Into<String>) -> Self {
-        Self { code: code::MESSAGE_TOO_BIG, reason: reason.into() }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl std::error::Error for Failure {}
 
 /// Turns the bytes a client sends into [`Message`]s.
 #[derive(Debug)]
@@ -384,6 +352,7 @@ fn unmask(buf: &mut [u8], mask: [u8; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::code;
 
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 

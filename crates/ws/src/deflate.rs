@@ -10,7 +10,7 @@ use std::cell::RefCell;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
-use crate::decode::Failure;
+use crate::failure::Failure;
 
 /// The empty stored block that ends a sync flush; a compressed message goes without it
 /// (§7.2.1) and the receiver adds it back (§7.2.2).

@@ -7,7 +7,8 @@ use std::io::{self, IoSlice};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::decode::{Decoder, Failure, Message};
+use crate::decode::{Decoder, Message};
+use crate::failure::Failure;
 use crate::frame::Header;
 
 /// A socket frames are read from (tokio's TCP stream and its halves).

@@ -21,12 +21,14 @@
 
 mod decode;
 mod deflate;
+mod failure;
 mod frame;
 mod handshake;
 mod io;
 
-pub use decode::{CloseFrame, Decoder, Failure, Message};
+pub use decode::{CloseFrame, Decoder, Message};
 pub use deflate::deflate;
+pub use failure::Failure;
 pub use frame::{Header, OpCode, close_payload};
 pub use handshake::{Deflate, accept_key, negotiate};
 pub use io::{ReadError, ReadSocket, Reader, WriteSocket, finish, write_frames};
