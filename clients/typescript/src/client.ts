@@ -10,6 +10,7 @@ import type {
   Welcome,
 } from "./generated/server-message.js";
 import type { TOPIC_TYPES } from "./generated/topics.js";
+import type { WebSocketConstructor, WebSocketLike } from "./socket.js";
 import { type FetchLike, SseSocket } from "./sse.js";
 
 /** The message type names a topic carries. */
@@ -30,27 +31,6 @@ export interface Envelope<T extends Topic = Topic> {
 
 /** Any frame that belongs to a topic. */
 export type AnyTopicFrame = { [T in Topic]: TopicFrame<T> }[Topic];
-
-/**
- * An event handler property, checked bivariantly (as methods are): the browser's handlers take
- * DOM events, the `ws` package's its own event classes, and the client reads only the fields
- * named here.
- */
-export type Handler<E> = { bivarianceHack(event: E): void }["bivarianceHack"];
-
-/** What the client needs of a WebSocket: the browser's, or the `ws` package's in Node. */
-export interface WebSocketLike {
-  readonly readyState: number;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  onopen: Handler<unknown> | null;
-  onmessage: Handler<{ data: unknown }> | null;
-  onclose: Handler<{ code: number; reason: string }> | null;
-  onerror: Handler<unknown> | null;
-}
-
-/** A WebSocket constructor (`globalThis.WebSocket`, or `WebSocket` from the `ws` package). */
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
 /** Options of {@link connect}. */
 export interface ConnectOptions {

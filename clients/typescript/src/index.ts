@@ -32,9 +32,8 @@ export {
   type TopicFrame,
   type Transport,
   type TypeOf,
-  type WebSocketConstructor,
-  type WebSocketLike,
 } from "./client.js";
+export type { WebSocketConstructor, WebSocketLike } from "./socket.js";
 export { SseSocket, type FetchLike } from "./sse.js";
 export { TOPIC_TYPES, CONTROL_TYPES, PROTOCOL_VERSION } from "./generated/topics.js";
 export type * from "./generated/server-message.js";

@@ -9,7 +9,7 @@
 // last event id when the set of topics changes — and answers `ping` with `pong` while its
 // streams are alive. Tokens go as `Authorization: Bearer`. Streams are read with `fetch`
 // (browsers and Node 18+ have it), never `EventSource`, which can send no header.
-import type { WebSocketLike } from "./client.js";
+import type { WebSocketLike } from "./socket.js";
 import { TOPIC_ORDER } from "./generated/topics.js";
 
 const TOPICS: readonly string[] = TOPIC_ORDER;
