@@ -87,11 +87,23 @@ fn of_type(t: &str, obj: &Map<String, Value>, root: &Value) -> BoxedStrategy<Val
         }
         "string" => match obj.get("format").and_then(Value::as_str) {
             Some("date-time") => timestamp().prop_map(Value::from).boxed(),
-            _ => "\\PC{0,12}".prop_map(Value::from).boxed(),
+            // Within `minLength`, counted in characters as JSON Schema counts them.
+            _ => {
+                let min = obj.get("minLength").and_then(Value::as_u64).unwrap_or(0);
+                let pattern = format!("\\PC{{{min},{}}}", min.max(12));
+                proptest::string::string_regex(&pattern)
+                    .expect("a valid pattern")
+                    .prop_map(Value::from)
+                    .boxed()
+            }
         },
         "array" => {
             let items = value_for(obj.get("items").unwrap_or(&Value::Null), root);
-            proptest::collection::vec(items, 0..4).prop_map(Value::from).boxed()
+            let min = obj.get("minItems").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let max = obj.get("maxItems").and_then(Value::as_u64).map_or(min + 4, |m| m as usize);
+            proptest::collection::vec(items, min..max.min(min + 4).max(min + 1))
+                .prop_map(Value::from)
+                .boxed()
         }
         "object" => object(obj, root),
         other => panic!("unsupported type {other}"),
@@ -126,12 +138,14 @@ fn object(obj: &Map<String, Value>, root: &Value) -> BoxedStrategy<Value> {
         }
         _ => Just(Default::default()).boxed(),
     };
+    let min = obj.get("minProperties").and_then(Value::as_u64).unwrap_or(0) as usize;
     (fields, extra)
         .prop_map(|(fields, extra)| {
             let mut map: Map<String, Value> = extra.into_iter().collect();
             map.extend(fields.into_iter().flatten());
             Value::Object(map)
         })
+        .prop_filter("minProperties", move |v| v.as_object().is_some_and(|m| m.len() >= min))
         .boxed()
 }
 

@@ -11,9 +11,14 @@
 //! - per topic, the frames not marked late in strictly increasing `seq` (never a duplicate);
 //! - late frames only below its position (so marking them was needed, and enough);
 //! - exactly the subjects its filter allows (and every message without a subject);
+//! - only messages whose audience admitted it (its user, or one of its roles; everyone for a
+//!   message without one) at some moment between the publish and the read: live, as state,
+//!   in a recovery, and after its token was renewed with other roles (`Op::Renew`);
 //! - every event and transition after its first subscription, except inside a gap the hub
-//!   announced (a non-recovered `subscribed`);
-//! - for every key whose newest message is an update or a transition, that newest message.
+//!   announced (a non-recovered `subscribed`), when every viewer it has been is in the
+//!   message's audience;
+//! - for every key (of each audience: alice's `k0` and bob's `k0` are two keys) whose newest
+//!   message is an update or a transition and is for it, that newest message.
 //!
 //! Runs 256 cases in `cargo test` (about a second); a longer run: `PROPTEST_CASES=20000 cargo test -p
 //! modelcast-tests --test tests contract_model`.
@@ -24,7 +29,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use modelcast_hub::{
-    Connection, Delivery, Hub, HubConfig, Kind, Publish, Retain, SubscribeOptions,
+    Audience, Connection, Delivery, Hub, HubConfig, Kind, Publish, Retain, SubscribeOptions, Viewer,
 };
 use modelcast_protocol::{ServerMessage, Since, Topic};
 use modelcast_tests::msg::{alert, progress};
@@ -35,10 +40,15 @@ use serde_json::Value;
 const TOPICS: [Topic; 2] = [Topic::DownloadProgress, Topic::Alerts];
 const KEYS: [&str; 3] = ["k0", "k1", "k2"];
 const SUBJECTS: [&str; 3] = ["m0", "m1", "m2"];
+const USERS: [&str; 2] = ["alice", "bob"];
+const ROLES: [&str; 2] = ["user", "ops"];
+/// The audiences messages are published to, as (users, roles) indexes; `None` is everyone.
+const AUDIENCES: [Option<(&[usize], &[usize])>; 5] =
+    [None, Some((&[0], &[])), Some((&[1], &[])), Some((&[], &[1])), Some((&[0], &[1]))];
 /// Room for the largest recovery (history of both topics, resent newest values, replies), so a
 /// replay never overflows on its own; live traffic between reads does.
 const HISTORY: usize = 24;
-const CAPACITY: usize = 2 * HISTORY + 2 * KEYS.len() + 8;
+const CAPACITY: usize = 2 * HISTORY + 2 * KEYS.len() * AUDIENCES.len() + 8;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -48,18 +58,17 @@ enum Op {
         subject: Option<usize>,
         kind: Kind,
         urgent: bool,
+        /// An index into [`AUDIENCES`].
+        audience: usize,
     },
     /// Time passes (milliseconds).
     Advance(u64),
     /// A subscriber reads up to `max` frames.
-    Read {
-        sub: usize,
-        max: usize,
-    },
+    Read { sub: usize, max: usize },
     /// A subscriber's connection closes; it reconnects with `since` at its next read.
-    Disconnect {
-        sub: usize,
-    },
+    Disconnect { sub: usize },
+    /// A subscriber's token is renewed with other roles (its user stays).
+    Renew { sub: usize, roles: BTreeSet<usize> },
 }
 
 #[derive(Debug, Clone)]
@@ -67,14 +76,49 @@ struct SubSpec {
     topics: Vec<usize>,
     filter: Option<BTreeSet<usize>>,
     max_hz: Option<f64>,
+    /// The token's user (an index into [`USERS`]); `None` is anonymous (no token).
+    user: Option<usize>,
+    roles: BTreeSet<usize>,
+}
+
+/// Who a subscriber is at some moment: its user and roles.
+#[derive(Debug, Clone, PartialEq)]
+struct Who {
+    user: Option<usize>,
+    roles: BTreeSet<usize>,
+}
+
+impl Who {
+    fn viewer(&self) -> Viewer {
+        match self.user {
+            Some(u) => Viewer::new(USERS[u], self.roles.iter().map(|r| ROLES[*r])),
+            None => Viewer::anonymous(),
+        }
+    }
+
+    /// Whether a message to `AUDIENCES[audience]` is for this viewer.
+    fn admitted(&self, audience: usize) -> bool {
+        match AUDIENCES[audience] {
+            None => true,
+            Some((users, roles)) => {
+                self.user.is_some_and(|u| users.contains(&u))
+                    || (self.user.is_some() && roles.iter().any(|r| self.roles.contains(r)))
+            }
+        }
+    }
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let kind = prop_oneof![Just(Kind::Update), Just(Kind::Transition), Just(Kind::Event)];
     prop_oneof![
         8 => (0..2usize, proptest::option::weighted(0.85, 0..3usize),
-              proptest::option::weighted(0.7, 0..3usize), kind, any::<bool>())
-            .prop_map(|(topic, key, subject, kind, urgent)| Op::Publish { topic, key, subject, kind, urgent }),
+              proptest::option::weighted(0.7, 0..3usize), kind, any::<bool>(),
+              prop_oneof![2 => Just(0usize), 3 => 1..AUDIENCES.len()])
+            .prop_map(|(topic, key, subject, kind, urgent, audience)| {
+                Op::Publish { topic, key, subject, kind, urgent, audience }
+            }),
+        1 => (0..3usize, proptest::collection::btree_set(0..ROLES.len(), 0..3))
+            .prop_map(|(sub, roles)| Op::Renew { sub, roles }),
         2 => (0..400u64).prop_map(Op::Advance),
         3 => (0..3usize, 1..40usize).prop_map(|(sub, max)| Op::Read { sub, max }),
         1 => (0..3usize).prop_map(|sub| Op::Disconnect { sub }),
@@ -86,8 +130,16 @@ fn sub_spec() -> impl Strategy<Value = SubSpec> {
         prop_oneof![Just(vec![0]), Just(vec![1]), Just(vec![0, 1])],
         proptest::option::of(proptest::collection::btree_set(0..3usize, 0..3)),
         prop_oneof![Just(None), Just(Some(2.0)), Just(Some(10.0))],
+        proptest::option::weighted(0.8, 0..USERS.len()),
+        proptest::collection::btree_set(0..ROLES.len(), 0..3),
     )
-        .prop_map(|(topics, filter, max_hz)| SubSpec { topics, filter, max_hz })
+        .prop_map(|(topics, filter, max_hz, user, roles)| SubSpec {
+            topics,
+            filter,
+            max_hz,
+            user,
+            roles: if user.is_some() { roles } else { BTreeSet::new() },
+        })
 }
 
 /// One published message, as the reference model keeps it.
@@ -96,6 +148,10 @@ struct Sent {
     key: Option<usize>,
     subject: Option<usize>,
     kind: Kind,
+    /// An index into [`AUDIENCES`].
+    audience: usize,
+    /// When it was published (the op's index).
+    at: usize,
 }
 
 /// A plain client of the contract, over hub connections.
@@ -112,11 +168,26 @@ struct Subscriber {
     applied: HashMap<Topic, Vec<(u64, bool)>>,
     /// Per topic: the not-late seqs the server sent (before the client's duplicate check).
     sent_in_order: HashMap<Topic, Vec<u64>>,
+    /// Who it has been: from which op on, each viewer (the first from the start).
+    whos: Vec<(usize, Who)>,
 }
 
 impl Subscriber {
+    fn who(&self) -> &Who {
+        &self.whos.last().expect("a viewer from the start").1
+    }
+
+    /// The viewers it has been at some moment from op `from` to op `to`.
+    fn whos_between(&self, from: usize, to: usize) -> impl Iterator<Item = &Who> {
+        self.whos.iter().enumerate().filter_map(move |(i, (start, who))| {
+            let end = self.whos.get(i + 1).map_or(usize::MAX, |(next, _)| *next);
+            (*start <= to && end > from).then_some(who)
+        })
+    }
+
     fn connect(&mut self, hub: &Hub) -> Result<(), TestCaseError> {
         let conn = hub.connect();
+        conn.set_viewer(self.who().viewer());
         for &t in &self.spec.topics {
             let topic = TOPICS[t];
             let since = self
@@ -139,7 +210,13 @@ impl Subscriber {
         Ok(())
     }
 
-    fn read(&mut self, hub: &Hub, max: usize) -> Result<(), TestCaseError> {
+    fn read(
+        &mut self,
+        hub: &Hub,
+        max: usize,
+        now: usize,
+        log: &[Vec<Sent>; 2],
+    ) -> Result<(), TestCaseError> {
         if self.conn.is_none() {
             self.connect(hub)?;
         }
@@ -154,12 +231,17 @@ impl Subscriber {
             }
         }
         for delivery in out {
-            self.apply(&delivery)?;
+            self.apply(&delivery, now, log)?;
         }
         Ok(())
     }
 
-    fn apply(&mut self, delivery: &Delivery) -> Result<(), TestCaseError> {
+    fn apply(
+        &mut self,
+        delivery: &Delivery,
+        now: usize,
+        log: &[Vec<Sent>; 2],
+    ) -> Result<(), TestCaseError> {
         let frame: Value = serde_json::from_str(delivery.frame().as_str()).expect("JSON");
         if frame["type"] == "subscribed" {
             let data = &frame["data"];
@@ -180,6 +262,16 @@ impl Subscriber {
         let seq = frame["seq"].as_u64().unwrap();
         let late = frame["late"] == true;
         prop_assert_eq!(late, delivery.is_late());
+        // Never outside its audience: the message was for a viewer this connection was at some
+        // moment between its publish and this read.
+        let m = &log[TOPICS.iter().position(|t| *t == topic).unwrap()][seq as usize - 1];
+        prop_assert!(
+            self.whos_between(m.at, now).any(|who| who.admitted(m.audience)),
+            "{topic}: seq {seq} for {:?} reached {:?} (viewers {:?})",
+            AUDIENCES[m.audience],
+            self.who(),
+            self.whos
+        );
         let last = self.position.get(&topic).map(|(_, s)| *s).expect("subscribed first");
         if late {
             prop_assert!(seq <= last, "late frame {seq} above the position {last}");
@@ -208,6 +300,10 @@ fn publish(hub: &Hub, topic: usize, n: usize, sent: &Sent, urgent: bool) -> u64 
     if let Some(s) = sent.subject {
         p = p.subject(SUBJECTS[s]);
     }
+    if let Some((users, roles)) = AUDIENCES[sent.audience] {
+        let users = users.iter().map(|u| USERS[*u]);
+        p = p.audience(Audience::new(users, roles.iter().map(|r| ROLES[*r])));
+    }
     match hub.publish(p) {
         modelcast_hub::Published::Sent(at) => at.seq,
         other => panic!("no throttle here, so every publish is sent: {other:?}"),
@@ -230,7 +326,9 @@ fn run_case(specs: Vec<SubSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let mut log: [Vec<Sent>; 2] = [Vec::new(), Vec::new()];
         let mut subs: Vec<Subscriber> = Vec::new();
         for spec in specs {
+            let who = Who { user: spec.user, roles: spec.roles.clone() };
             let mut s = Subscriber {
+                whos: vec![(0, who)],
                 spec,
                 conn: None,
                 position: HashMap::new(),
@@ -244,8 +342,8 @@ fn run_case(specs: Vec<SubSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         for (n, op) in ops.into_iter().enumerate() {
             match op {
-                Op::Publish { topic, key, subject, kind, urgent } => {
-                    let sent = Sent { key, subject, kind };
+                Op::Publish { topic, key, subject, kind, urgent, audience } => {
+                    let sent = Sent { key, subject, kind, audience, at: n };
                     let seq = publish(&hub, topic, n, &sent, urgent);
                     log[topic].push(sent);
                     prop_assert_eq!(seq as usize, log[topic].len());
@@ -253,7 +351,16 @@ fn run_case(specs: Vec<SubSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Op::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
                 Op::Read { sub, max } => {
                     if let Some(s) = subs.get_mut(sub) {
-                        s.read(&hub, max)?;
+                        s.read(&hub, max, n, &log)?;
+                    }
+                }
+                Op::Renew { sub, roles } => {
+                    if let Some(s) = subs.get_mut(sub).filter(|s| s.spec.user.is_some()) {
+                        let who = Who { user: s.spec.user, roles };
+                        if let Some(conn) = &s.conn {
+                            conn.set_viewer(who.viewer());
+                        }
+                        s.whos.push((n, who));
                     }
                 }
                 Op::Disconnect { sub } => {
@@ -266,9 +373,10 @@ fn run_case(specs: Vec<SubSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
         // Quiesce: every held-back update comes due, every subscriber (re)connects and reads
         // everything.
         tokio::time::advance(Duration::from_secs(2)).await;
+        let end = usize::MAX - 1;
         for s in &mut subs {
             for _ in 0..4 {
-                s.read(&hub, usize::MAX)?;
+                s.read(&hub, usize::MAX, end, &log)?;
             }
             prop_assert!(s.conn.as_ref().is_some_and(|c| c.queued() == 0), "caught up");
         }
@@ -284,6 +392,8 @@ fn check(s: &Subscriber, log: &[Vec<Sent>; 2]) -> Result<(), TestCaseError> {
         (Some(f), Some(subject)) => f.contains(&subject),
         _ => true,
     };
+    // Owed: what its filter passes and every viewer it has been is in the audience of.
+    let owed = |m: &Sent| passes(m) && s.whos.iter().all(|(_, who)| who.admitted(m.audience));
     for &t in &s.spec.topics {
         let topic = TOPICS[t];
         let sent = &log[t];
@@ -309,7 +419,7 @@ fn check(s: &Subscriber, log: &[Vec<Sent>; 2]) -> Result<(), TestCaseError> {
         // Every event and transition after the first subscription, outside announced gaps.
         for (i, m) in sent.iter().enumerate() {
             let seq = i as u64 + 1;
-            if seq > start && m.kind != Kind::Update && passes(m) && !in_gap(seq) {
+            if seq > start && m.kind != Kind::Update && owed(m) && !in_gap(seq) {
                 prop_assert!(
                     seen.contains(&seq),
                     "{topic}: {:?} at seq {seq} lost (gaps {gaps:?})",
@@ -317,16 +427,17 @@ fn check(s: &Subscriber, log: &[Vec<Sent>; 2]) -> Result<(), TestCaseError> {
                 );
             }
         }
-        // The newest message of every key, when it is state (an update or a transition).
-        let mut newest: HashMap<usize, u64> = HashMap::new();
+        // The newest message of every key of every audience, when it is state (an update or
+        // a transition).
+        let mut newest: HashMap<(usize, usize), u64> = HashMap::new();
         for (i, m) in sent.iter().enumerate() {
             if let Some(k) = m.key {
-                newest.insert(k, i as u64 + 1);
+                newest.insert((k, m.audience), i as u64 + 1);
             }
         }
-        for (key, seq) in newest {
+        for ((key, _), seq) in newest {
             let m = &sent[seq as usize - 1];
-            if m.kind != Kind::Event && passes(m) {
+            if m.kind != Kind::Event && owed(m) {
                 prop_assert!(
                     seen.contains(&seq),
                     "{topic}: newest value of {} (seq {seq}, {:?}) never delivered; applied {applied:?}",

@@ -57,7 +57,7 @@ async fn published_keys_live_while_state_or_history_holds_them() {
     }
     assert_eq!(hub.stats().keys, 1, "history rolled over; the retained key stays");
     assert!(hub.knows_key("m"));
-    hub.clear_state(Topic::ModelStatus, "m").await.unwrap();
+    hub.clear_state(Topic::ModelStatus, "m", None).await.unwrap();
     // Still in model_status's history (five of its messages are kept): only that holds it.
     assert!(hub.knows_key("m"));
 }

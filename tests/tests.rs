@@ -1,5 +1,6 @@
 //! modelcast's one integration-test binary. Each module is one area; helpers live in `lib.rs`.
 
+mod audience;
 mod bounded;
 mod client;
 mod cluster;

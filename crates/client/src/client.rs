@@ -259,6 +259,24 @@ impl Client {
     /// the client needs [`ConnectOptions::publish_key`]. Publishes are sent in call order;
     /// many may be in flight at once.
     pub async fn publish(&self, message: &ServerMessage) -> Result<Published, PublishError> {
+        self.publish_addressed(message, None).await
+    }
+
+    /// [`Client::publish`] to `audience` only: the message reaches the connections whose
+    /// token's user or roles are in it (subscribers never see the audience).
+    pub async fn publish_to(
+        &self,
+        message: &ServerMessage,
+        audience: &modelcast_protocol::Audience,
+    ) -> Result<Published, PublishError> {
+        self.publish_addressed(message, Some(audience)).await
+    }
+
+    async fn publish_addressed(
+        &self,
+        message: &ServerMessage,
+        audience: Option<&modelcast_protocol::Audience>,
+    ) -> Result<Published, PublishError> {
         let type_name = message.type_name();
         if message.is_control() {
             return Err(PublishError::NotATopicMessage(type_name));
@@ -270,8 +288,14 @@ impl Client {
             },
             _ => serde_json::Map::new(),
         };
-        let request =
-            PublishRequest { type_name: type_name.to_owned(), data, topic: None, id: None };
+        let audience = audience.map(|a| serde_json::to_value(a).expect("an audience serializes"));
+        let request = PublishRequest {
+            type_name: type_name.to_owned(),
+            data,
+            topic: None,
+            audience,
+            id: None,
+        };
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Publish { request, reply })

@@ -57,9 +57,9 @@ impl Batcher {
             return self.hub.publish(publish);
         };
         let mut state = self.lock();
-        if let Some(key) = &publish.key {
+        if let Some(key) = publish.state_key() {
             let before = state.items.len();
-            state.items.retain(|p| p.key.as_ref() != Some(key));
+            state.items.retain(|p| p.state_key().as_ref() != Some(&key));
             let replaced = (before - state.items.len()) as u64;
             self.hub.stats_handle().conflated(Some(publish.topic), ConflateReason::Batch, replaced);
         }
@@ -77,13 +77,28 @@ impl Batcher {
         Published::Held
     }
 
-    /// Publishes what the current window holds now.
+    /// Publishes what the current window holds now: one batch per audience (a batch never
+    /// mixes audiences), in the order each audience first appeared in the window.
     pub fn flush(&self) {
         let items = {
             let mut state = self.lock();
             state.armed = false;
             std::mem::take(&mut state.items)
         };
+        let mut groups: Vec<Vec<Publish>> = Vec::new();
+        for item in items {
+            match groups.iter_mut().find(|g| g[0].audience == item.audience) {
+                Some(group) => group.push(item),
+                None => groups.push(vec![item]),
+            }
+        }
+        for group in groups {
+            self.publish_batch(group);
+        }
+    }
+
+    /// Publishes the items of one audience: a lone one as it is, several combined.
+    fn publish_batch(&self, items: Vec<Publish>) {
         match items.len() {
             0 => {}
             1 => {
@@ -97,7 +112,8 @@ impl Batcher {
                 let combined = (self.combine)(&messages);
                 let urgent = items.iter().any(|p| p.urgent);
                 match Publish::new(combined) {
-                    Some(p) if p.topic == items[0].topic => {
+                    Some(mut p) if p.topic == items[0].topic => {
+                        p.audience.clone_from(&items[0].audience);
                         self.hub.publish_now(p.urgent(urgent), items);
                     }
                     _ => {

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use modelcast_protocol::{ServerFrame, ServerMessage, Topic};
 
+use crate::audience::Viewer;
 use crate::error::{DropReason, Error, Result};
 use crate::frame::encode;
 use crate::outbox::{Delivery, Outbox, Pushed};
@@ -22,6 +23,9 @@ struct Inner {
     id: u64,
     outbox: Arc<Outbox>,
     subscribed: Mutex<[bool; Topic::ALL.len()]>,
+    /// Who the connection is, for audiences. Held while subscribing and while re-set, so a
+    /// subscription never starts with a viewer a renewal already replaced.
+    viewer: Mutex<Arc<Viewer>>,
 }
 
 impl fmt::Debug for Connection {
@@ -36,7 +40,8 @@ impl fmt::Debug for Connection {
 impl Connection {
     pub(crate) fn new(topics: Arc<Topics>, id: u64, outbox: Arc<Outbox>) -> Self {
         let subscribed = Mutex::new(Default::default());
-        Self { inner: Arc::new(Inner { topics, id, outbox, subscribed }) }
+        let viewer = Mutex::new(Arc::new(Viewer::anonymous()));
+        Self { inner: Arc::new(Inner { topics, id, outbox, subscribed, viewer }) }
     }
 
     /// The hub-assigned id, unique per hub.
@@ -48,9 +53,34 @@ impl Connection {
     /// `subscribed` reply, then the replayed or retained frames, then live ones follow.
     pub fn subscribe(&self, topic: Topic, options: SubscribeOptions) -> Result<SubscribeOutcome> {
         let inner = &*self.inner;
-        let outcome = inner.topics.subscribe(inner.id, &inner.outbox, topic, options)?;
+        let viewer = self.held_viewer();
+        let outcome =
+            inner.topics.subscribe(inner.id, &inner.outbox, topic, options, viewer.clone())?;
         self.subscribed()[topic.index()] = true;
         Ok(outcome)
+    }
+
+    /// Sets who the connection is (anonymous until then): messages with an audience reach it
+    /// only if `viewer` is in it. From now on, for every subscription (a renewed token with
+    /// other roles changes what arrives next; nothing already queued is taken back).
+    pub fn set_viewer(&self, viewer: Viewer) {
+        let mut held = self.held_viewer();
+        if **held == viewer {
+            return;
+        }
+        *held = Arc::new(viewer);
+        for topic in self.subscriptions() {
+            self.inner.topics.set_viewer(self.inner.id, topic, &held);
+        }
+    }
+
+    /// Who the connection is.
+    pub fn viewer(&self) -> Viewer {
+        Viewer::clone(&self.held_viewer())
+    }
+
+    fn held_viewer(&self) -> std::sync::MutexGuard<'_, Arc<Viewer>> {
+        self.inner.viewer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Unsubscribes from `topic`; returns whether it was subscribed. Nothing of the topic that

@@ -8,6 +8,7 @@ use std::time::Duration;
 use modelcast_protocol::{ServerMessage, Topic};
 use tokio::time::Instant;
 
+use crate::audience::Audience;
 use crate::connection::Connection;
 use crate::engine::{Append, Appended, Engine, LocalEngine, Pending, Replica};
 use crate::error::{Error, Result};
@@ -153,7 +154,7 @@ impl Hub {
     /// transitions release a pending update of their key first, everything else goes out now.
     /// Never blocks on subscribers. Throttling needs a tokio runtime (it arms timers).
     pub fn publish(&self, publish: Publish) -> Published {
-        let Some(key) = publish.key.clone() else { return self.publish_now(publish, Vec::new()) };
+        let Some(key) = publish.state_key() else { return self.publish_now(publish, Vec::new()) };
         match (publish.kind, publish.throttle) {
             (Kind::Update, Some(interval)) => self.throttled(key, publish, interval),
             (Kind::Transition, _) => {
@@ -264,14 +265,21 @@ impl Hub {
         self.topics.retained(topic)
     }
 
-    /// Removes `key`'s current (retained) state on `topic` and tells its subscribers with a
-    /// `state_cleared` frame (on every node, through the engine); answers whether there was
-    /// any. For state a publisher left behind.
-    pub async fn clear_state(&self, topic: Topic, key: &str) -> Result<bool> {
+    /// Removes `key`'s current (retained) state on `topic` — the state of `audience`'s key,
+    /// if one is named, else the state published without an audience — and tells its
+    /// subscribers with a `state_cleared` frame (on every node, through the engine); answers
+    /// whether there was any. For state a publisher left behind.
+    pub async fn clear_state(
+        &self,
+        topic: Topic,
+        key: &str,
+        audience: Option<&Audience>,
+    ) -> Result<bool> {
         if let Some(reason) = self.engine.unavailable() {
             return Err(Error::Unavailable(reason));
         }
-        self.engine.clear(topic, key.to_owned()).wait().await
+        let key = audience.map_or_else(|| key.to_owned(), |a| a.scope(key).to_string());
+        self.engine.clear(topic, key).wait().await
     }
 
     /// Whether something on this hub holds `key` now (retained state, history, a filter):

@@ -24,6 +24,11 @@
 //!   keeps `last` per topic, sets it from a non-recovered `subscribed`, drops a frame only if
 //!   it is not late and `seq <= last`, and loses nothing. Urgent frames overtake routine frames
 //!   of *other* topics only.
+//! - **Audience.** A [`Publish`] may name an [`Audience`] (users, roles): it then reaches only
+//!   the connections whose [`Viewer`] ([`Connection::set_viewer`]) is in it, in every way a
+//!   topic hands out frames (live, state, replay, `state_cleared`), because one check on the
+//!   subscription decides them all. Its state key is the audience's own. `seq` stays per
+//!   topic, so a subscriber sees gaps where messages were for others; gaps mean nothing.
 //! - **Nothing newest is lost.** Conflation (throttle, collapse in a full queue, `max_hz`) may
 //!   skip a key's intermediate values, never its newest value, a transition or an event.
 //! - **Current state, then live.** [`Connection::subscribe`] queues `subscribed`, then the
@@ -56,6 +61,7 @@
 //! # }
 //! ```
 
+mod audience;
 mod batch;
 mod connection;
 mod engine;
@@ -72,6 +78,7 @@ mod throttle;
 mod topics;
 mod wire;
 
+pub use audience::{Audience, Viewer};
 pub use batch::{Batcher, Combiner};
 pub use connection::Connection;
 pub use engine::{Append, Appended, Engine, LocalEngine, MemoryEngine, Pending, Replica};

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use modelcast_protocol::{ServerMessage, Topic};
 
+use crate::audience::Audience;
+
 /// A key within a topic, cheap to clone. Used for two separate jobs, each with its own field of
 /// [`Publish`]: the *state key* (retained state, throttling, collapsing, `max_hz`) and the
 /// *filter subject* (what a subscriber's filter matches).
@@ -58,6 +60,7 @@ pub struct Publish {
     pub(crate) urgent: bool,
     pub(crate) throttle: Option<Duration>,
     pub(crate) idempotency_key: Option<Key>,
+    pub(crate) audience: Option<Arc<Audience>>,
 }
 
 impl Publish {
@@ -75,6 +78,7 @@ impl Publish {
             urgent: false,
             throttle: None,
             idempotency_key: None,
+            audience: None,
         })
     }
 
@@ -124,6 +128,23 @@ impl Publish {
     pub fn idempotency_key(mut self, key: impl Into<Key>) -> Self {
         self.idempotency_key = Some(key.into());
         self
+    }
+
+    /// Addresses the message to `audience` only: it reaches the connections whose viewer is
+    /// in it, and its state key becomes a key of that audience (the same key for two
+    /// audiences is two states, throttled, batched and collapsed apart).
+    pub fn audience(mut self, audience: impl Into<Arc<Audience>>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// The state key as the hub keeps it: scoped to the audience, if there is one.
+    pub(crate) fn state_key(&self) -> Option<Key> {
+        let key = self.key.as_ref()?;
+        Some(match &self.audience {
+            Some(audience) => audience.scope(key),
+            None => key.clone(),
+        })
     }
 
     /// The message.

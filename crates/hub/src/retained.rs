@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
+use crate::audience::Audience;
 use crate::keys::{KeyId, KeyRef, id_of};
 use crate::outbox::TopicFrame;
 use crate::publish::Key;
@@ -21,6 +24,8 @@ use crate::publish::Key;
 pub(crate) struct Entry {
     pub(crate) frame: TopicFrame,
     pub(crate) subject: Option<KeyRef>,
+    /// Who it is for (`None`: everyone); its key is scoped to it.
+    pub(crate) audience: Option<Arc<Audience>>,
     pub(crate) urgent: bool,
     /// When it was published (retained state expires by `retained_ttl`).
     pub(crate) at: Instant,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use modelcast_protocol::{RequestId, ServerFrame, ServerMessage, Since, Subscribed, Topic};
 use tokio::time::Instant;
 
+use crate::audience::{Audience, Viewer, admits, unscoped};
 use crate::error::{DropReason, Error, MIN_MAX_HZ, Result};
 use crate::frame::{encode, with_seq};
 use crate::keys::{Interner, KeyId, KeyRef, id_of};
@@ -192,18 +193,32 @@ struct Filter {
 
 type FilterRef = Option<Arc<Filter>>;
 
-fn passes(filter: &FilterRef, subject: KeyId) -> bool {
-    match filter {
-        Some(filter) => subject == KeyId::NONE || filter.ids.contains(&subject),
-        None => true,
-    }
-}
-
+/// One connection's subscription to a topic.
 struct Sub {
     connection: u64,
     outbox: Arc<Outbox>,
     filter: FilterRef,
     rate: Option<Duration>,
+    /// Who the connection is (re-set when its token is renewed).
+    viewer: Arc<Viewer>,
+}
+
+impl Sub {
+    /// Whether a message about `subject` for `audience` may reach this subscription: its
+    /// filter passes the subject and its viewer is in the audience. The one check every
+    /// hand-out of a topic makes (live fan-out, state, replay, recovery, `state_cleared`).
+    fn admits(&self, subject: KeyId, audience: Option<&Arc<Audience>>) -> bool {
+        let passes = match &self.filter {
+            Some(filter) => subject == KeyId::NONE || filter.ids.contains(&subject),
+            None => true,
+        };
+        passes && admits(audience, &self.viewer)
+    }
+
+    /// Whether `entry` (history or retained state) may reach this subscription.
+    fn admits_entry(&self, entry: &Entry) -> bool {
+        self.admits(entry.subject_id(), entry.audience.as_ref())
+    }
 }
 
 #[derive(Default)]
@@ -257,6 +272,7 @@ struct Recorded {
     frame: TopicFrame,
     seq: u64,
     subject: KeyId,
+    audience: Option<Arc<Audience>>,
     urgent: bool,
     type_index: u8,
 }
@@ -266,6 +282,7 @@ struct Prepared {
     text: String,
     key: Option<KeyRef>,
     subject: Option<KeyRef>,
+    audience: Option<Arc<Audience>>,
     retain: Retain,
     kind: Kind,
     urgent: bool,
@@ -285,7 +302,13 @@ impl Prepared {
             kind: self.kind,
             type_index: self.type_index,
         };
-        Entry { frame, subject: self.subject.clone(), urgent: self.urgent, at }
+        Entry {
+            frame,
+            subject: self.subject.clone(),
+            audience: self.audience.clone(),
+            urgent: self.urgent,
+            at,
+        }
     }
 }
 
@@ -390,6 +413,7 @@ impl Topics {
         Prepared {
             key: intern(&wire.key),
             subject: intern(&wire.subject),
+            audience: wire.audience.clone(),
             retain: wire.retain(),
             kind: wire.kind(),
             urgent: wire.urgent,
@@ -501,6 +525,7 @@ impl Topics {
             frame,
             seq,
             subject: id_of(main.subject.as_ref()),
+            audience: main.audience,
             urgent: main.urgent,
             type_index: main.type_index,
         }
@@ -522,7 +547,7 @@ impl Topics {
                 // One message, as every single publish: pushed directly. Through `push_many`'s
                 // iterator it measured 7–10% more server CPU per delivery at one message per
                 // HTTP request (three alternated pairs), the delivery being moved through it.
-                if !passes(&sub.filter, one.subject) {
+                if !sub.admits(one.subject, one.audience.as_ref()) {
                     continue;
                 }
                 let pushed = match sub.rate {
@@ -543,7 +568,7 @@ impl Topics {
                 let passing = recorded
                     .iter()
                     .enumerate()
-                    .filter(|(_, r)| passes(&sub.filter, r.subject))
+                    .filter(|(_, r)| sub.admits(r.subject, r.audience.as_ref()))
                     .map(|(j, r)| (j, &r.frame, r.urgent));
                 sub.outbox.push_many(passing, sub.rate, now, &self.stats, |j| delivered[j] += 1)
             };
@@ -617,8 +642,7 @@ impl Topics {
             start => start,
         };
         for sub in std::mem::take(&mut state.subs) {
-            let rated = sub.rate.is_some();
-            match self.begin(state, &sub.outbox, topic, start, &sub.filter, rated, None) {
+            match self.begin(state, &sub, topic, start, None) {
                 Ok(_) => state.subs.push(sub),
                 Err(_) => self.stats.unsubscribed(topic),
             }
@@ -651,38 +675,36 @@ impl Topics {
         }
     }
 
-    /// Queues `subscribed` and the start frames of a subscription starting at `start` into
-    /// `outbox`, under the topic's lock. Returns the outcome.
-    #[allow(clippy::too_many_arguments)]
+    /// Queues `subscribed` and the start frames of `sub` starting at `start` into its outbox,
+    /// under the topic's lock. Returns the outcome.
     fn begin(
         &self,
         state: &TopicState,
-        outbox: &Arc<Outbox>,
+        sub: &Sub,
         topic: Topic,
         start: Start,
-        filter: &FilterRef,
-        rated: bool,
         request_id: Option<RequestId>,
     ) -> Result<SubscribeOutcome> {
         let top = state.seq;
+        let outbox = &sub.outbox;
         let history_after = |after: u64| {
             state
                 .history
                 .iter()
-                .filter(move |e| e.frame.seq > after && passes(filter, e.subject_id()))
+                .filter(move |e| e.frame.seq > after && sub.admits_entry(e))
                 .map(|e| (e.frame.clone(), e.urgent))
         };
         let retained = || {
             state
                 .retained
                 .in_order()
-                .filter(|e| passes(filter, e.subject_id()))
+                .filter(|e| sub.admits_entry(e))
                 .map(|e| (e.frame.clone(), e.urgent))
         };
         let (position, initial): (u64, Vec<(TopicFrame, bool)>) = match start {
             Start::State => (top, retained().collect()),
             Start::Recover(after) => {
-                let mut frames = state_below(state, after, filter);
+                let mut frames = state_below(state, after, sub);
                 frames.extend(history_after(after));
                 (after, frames)
             }
@@ -703,7 +725,7 @@ impl Topics {
         if outbox.push_control(frame, type_index, &self.stats) != Pushed::Queued {
             return Err(Error::Closed(outbox.closed().unwrap_or(DropReason::Closed)));
         }
-        outbox.start(topic, position, rated);
+        outbox.start(topic, position, sub.rate.is_some());
         let count = initial.len();
         for (frame, urgent) in initial {
             if outbox.push_start(frame.delivery(None), frame.seq, urgent) != Pushed::Queued {
@@ -714,14 +736,16 @@ impl Topics {
         Ok(SubscribeOutcome { epoch, seq: position, recovered, initial: count })
     }
 
-    /// Adds (or replaces) `connection`'s subscription to `topic`, queueing `subscribed` and then
-    /// the replayed or retained frames into `outbox`, atomically with respect to publishers.
+    /// Adds (or replaces) `connection`'s subscription to `topic` as `viewer`, queueing
+    /// `subscribed` and then the replayed or retained frames into `outbox`, atomically with
+    /// respect to publishers.
     pub(crate) fn subscribe(
         &self,
         connection: u64,
         outbox: &Arc<Outbox>,
         topic: Topic,
         options: SubscribeOptions,
+        viewer: Arc<Viewer>,
     ) -> Result<SubscribeOutcome> {
         let rate = match options.max_hz {
             None => None,
@@ -752,8 +776,8 @@ impl Topics {
             return Err(Error::Behind { topic, have: state.seq });
         }
         let replaced = state.remove_sub(connection);
-        let begun =
-            self.begin(&state, outbox, topic, start, &filter, rate.is_some(), options.request_id);
+        let sub = Sub { connection, outbox: outbox.clone(), filter, rate, viewer };
+        let begun = self.begin(&state, &sub, topic, start, options.request_id);
         let outcome = match begun {
             Ok(outcome) => outcome,
             Err(err) => {
@@ -763,11 +787,19 @@ impl Topics {
                 return Err(err);
             }
         };
-        state.subs.push(Sub { connection, outbox: outbox.clone(), filter, rate });
+        state.subs.push(sub);
         if !replaced {
             self.stats.subscribed(topic);
         }
         Ok(outcome)
+    }
+
+    /// From now on, `connection`'s subscription to `topic` (if any) receives what `viewer` may.
+    pub(crate) fn set_viewer(&self, connection: u64, topic: Topic, viewer: &Arc<Viewer>) {
+        let mut state = self.lock(topic);
+        if let Some(sub) = state.subs.iter_mut().find(|s| s.connection == connection) {
+            sub.viewer = viewer.clone();
+        }
     }
 
     /// Removes `connection`'s subscription to `topic`; returns whether there was one.
@@ -797,12 +829,12 @@ impl Topics {
         let Some(key) = &entry.frame.key else { return };
         let notice = ServerMessage::StateCleared(modelcast_protocol::StateCleared {
             topic,
-            key: key.name().to_string(),
+            key: unscoped(key.name(), entry.audience.as_deref()).to_string(),
             timestamp: chrono::Utc::now(),
         });
         let type_index = u8::try_from(notice.type_index()).unwrap_or_default();
         let frame = encode(&ServerFrame::control(notice), &self.stats);
-        for sub in state.subs.iter().filter(|s| passes(&s.filter, entry.subject_id())) {
+        for sub in state.subs.iter().filter(|s| s.admits_entry(entry)) {
             sub.outbox.push_control(frame.clone(), type_index, &self.stats);
         }
     }
@@ -825,6 +857,7 @@ impl Topics {
         state.expire_retained(&self.config, Instant::now());
         let (entries, next) = state.retained.page(after, limit);
         StatePage {
+            audiences: entries.iter().map(|e| e.audience.as_deref().cloned()).collect(),
             frames: entries.into_iter().map(|e| e.frame.frame.clone()).collect(),
             next,
             epoch: state.epoch.to_string(),
@@ -840,6 +873,8 @@ impl Topics {
 pub struct StatePage {
     /// The frames, as a new subscriber receives them (marked `"late":true`).
     pub frames: Vec<crate::Frame>,
+    /// Who each frame is for, in the same order (`None`: every subscriber).
+    pub audiences: Vec<Option<Audience>>,
     /// The cursor of the next page (pass it as `after`), or `None` after the last.
     pub next: Option<u64>,
     /// The topic's epoch.
@@ -856,7 +891,7 @@ pub struct StatePage {
 /// connection was lost in the middle of the current state sent after `subscribed` — so a
 /// recovery sends it again: applying a key's newest value twice is harmless, losing it is not.
 /// Keys touched after `after` are left to the replay.
-fn state_below(state: &TopicState, after: u64, filter: &FilterRef) -> Vec<(TopicFrame, bool)> {
+fn state_below(state: &TopicState, after: u64, sub: &Sub) -> Vec<(TopicFrame, bool)> {
     let mut newest_in_history: HashMap<KeyId, u64> = HashMap::new();
     for entry in &state.history {
         newest_in_history.insert(id_of(entry.frame.key.as_ref()), entry.frame.seq);
@@ -868,7 +903,7 @@ fn state_below(state: &TopicState, after: u64, filter: &FilterRef) -> Vec<(Topic
             let key = id_of(e.frame.key.as_ref());
             e.frame.seq <= after
                 && newest_in_history.get(&key).is_none_or(|seq| *seq <= e.frame.seq)
-                && passes(filter, e.subject_id())
+                && sub.admits_entry(e)
         })
         .map(|e| (e.frame.clone(), e.urgent))
         .collect()

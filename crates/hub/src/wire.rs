@@ -6,6 +6,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use crate::audience::Audience;
 use crate::frame::encode_text;
 use crate::publish::{Key, Kind, Publish, Retain};
 use crate::stats::Stats;
@@ -17,7 +20,7 @@ pub struct Wire {
     /// The frame's JSON without `seq`.
     #[serde(rename = "f")]
     pub(crate) frame: String,
-    /// The state key.
+    /// The state key (scoped to the audience, if any).
     #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
     pub(crate) key: Option<Key>,
     /// The filter subject.
@@ -34,6 +37,10 @@ pub struct Wire {
     /// The message type's index (for per-type counters).
     #[serde(rename = "t", default)]
     pub(crate) type_index: u8,
+    /// Who the message is for (`None`: every subscriber). A node that does not know this
+    /// field would deliver to everyone: upgrade every node before publishing with audiences.
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) audience: Option<Arc<Audience>>,
     /// A batch's constituents.
     #[serde(rename = "p", default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) parts: Vec<Wire>,
@@ -66,6 +73,7 @@ impl Wire {
 
     fn one(publish: Publish, stats: &Stats) -> Wire {
         let type_index = u8::try_from(publish.message.type_index()).unwrap_or_default();
+        let key = publish.state_key();
         let frame = modelcast_protocol::ServerFrame {
             topic: Some(publish.topic),
             seq: None,
@@ -74,7 +82,8 @@ impl Wire {
         };
         Wire {
             frame: encode_text(&frame, stats),
-            key: publish.key,
+            key,
+            audience: publish.audience,
             subject: publish.subject,
             kind: match publish.kind {
                 Kind::Event => 0,

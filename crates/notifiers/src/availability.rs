@@ -98,6 +98,15 @@ pub struct AvailabilityNotifier {
 }
 
 impl AvailabilityNotifier {
+    /// This notifier publishing to `audience` (`None`: every subscriber), sharing what was
+    /// announced.
+    pub(crate) fn with_audience(
+        &self,
+        audience: Option<std::sync::Arc<modelcast_hub::Audience>>,
+    ) -> Self {
+        Self { policy: self.policy.with_audience(audience), announced: self.announced.clone() }
+    }
+
     pub(crate) fn new(policy: Policy) -> Self {
         Self { policy, announced: Arc::default() }
     }

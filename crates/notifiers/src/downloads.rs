@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use modelcast_hub::Audience;
 use modelcast_protocol::{
     DownloadEvent as WireEvent, DownloadProgressUpdate, DownloadRetry, DownloadStatus,
     DownloadStatusChange, ServerMessage,
@@ -12,6 +13,11 @@ use modelcast_protocol::{
 use tokio::time::Instant;
 
 use crate::{Outcome, Policy};
+
+/// A tracked download: its audience (`None`: everyone's) and model. alice's and bob's
+/// downloads of one model are two downloads.
+type Tracked = (Option<Arc<Audience>>, String);
+type Table = HashMap<Tracked, Download>;
 
 /// The longest wait between retries, whatever the attempt.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -114,7 +120,7 @@ pub enum DownloadEvent {
 #[derive(Debug, Clone)]
 pub struct DownloadNotifier {
     policy: Policy,
-    downloads: Arc<Mutex<HashMap<String, Download>>>,
+    downloads: Arc<Mutex<Table>>,
 }
 
 impl DownloadNotifier {
@@ -125,7 +131,7 @@ impl DownloadNotifier {
     /// Checks for silent downloads every `after / 4` until the notifier's last clone is gone.
     pub(crate) fn spawn_watchdog(&self, runtime: &tokio::runtime::Handle, after: Duration) {
         let policy = self.policy.clone();
-        let weak: Weak<Mutex<HashMap<String, Download>>> = Arc::downgrade(&self.downloads);
+        let weak: Weak<Mutex<Table>> = Arc::downgrade(&self.downloads);
         runtime.spawn(async move {
             let mut tick = tokio::time::interval((after / 4).max(Duration::from_millis(10)));
             loop {
@@ -136,8 +142,25 @@ impl DownloadNotifier {
         });
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Download>> {
+    fn lock(&self) -> MutexGuard<'_, Table> {
         self.downloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// This notifier, for the downloads of `audience` (e.g. one user): its messages reach
+    /// that audience only, and its downloads are tracked (and marked stale) apart from the
+    /// same models' downloads of anyone else.
+    pub fn to(&self, audience: impl Into<Arc<Audience>>) -> Self {
+        self.with_audience(Some(audience.into()))
+    }
+
+    /// This notifier for `audience` (`None`: every subscriber).
+    pub fn with_audience(&self, audience: Option<Arc<Audience>>) -> Self {
+        Self { policy: self.policy.with_audience(audience), downloads: self.downloads.clone() }
+    }
+
+    /// The table's key of `model_id` for this notifier's audience.
+    fn tracked(&self, model_id: &str) -> Tracked {
+        (self.policy.audience().cloned(), model_id.to_owned())
     }
 
     /// Applies one event from a downloader.
@@ -169,7 +192,7 @@ impl DownloadNotifier {
     ) -> Outcome {
         let (old, percent) = {
             let mut downloads = self.lock();
-            let d = downloads.entry(model_id.to_owned()).or_insert_with(|| Download {
+            let d = downloads.entry(self.tracked(model_id)).or_insert_with(|| Download {
                 status: DownloadStatus::Queued,
                 downloaded_mb: 0.0,
                 total_mb: 0.0,
@@ -180,7 +203,7 @@ impl DownloadNotifier {
             d.last_report = Instant::now();
             let percent = d.percent();
             if crate::policy::download_finished(&new) {
-                downloads.remove(model_id);
+                downloads.remove(&self.tracked(model_id));
             }
             (old, percent)
         };
@@ -200,7 +223,7 @@ impl DownloadNotifier {
     pub fn started(&self, model_id: &str, total_mb: f64) -> Outcome {
         {
             let mut downloads = self.lock();
-            let d = downloads.entry(model_id.to_owned()).or_insert_with(|| Download {
+            let d = downloads.entry(self.tracked(model_id)).or_insert_with(|| Download {
                 status: DownloadStatus::Queued,
                 downloaded_mb: 0.0,
                 total_mb,
@@ -232,7 +255,7 @@ impl DownloadNotifier {
     ) -> Outcome {
         let back = {
             let mut downloads = self.lock();
-            let d = downloads.entry(model_id.to_owned()).or_insert_with(|| Download {
+            let d = downloads.entry(self.tracked(model_id)).or_insert_with(|| Download {
                 status: DownloadStatus::Downloading,
                 downloaded_mb,
                 total_mb,
@@ -260,7 +283,7 @@ impl DownloadNotifier {
     }
 
     fn publish_progress(&self, model_id: &str, speed_mbps: f64) -> Outcome {
-        let Some(d) = self.lock().get(model_id).cloned() else {
+        let Some(d) = self.lock().get(&self.tracked(model_id)).cloned() else {
             return Outcome::Filtered { topic: modelcast_protocol::Topic::DownloadProgress };
         };
         let remaining = (d.total_mb - d.downloaded_mb).max(0.0);
@@ -306,7 +329,7 @@ impl DownloadNotifier {
     pub fn retry(&self, model_id: &str, error: &str, max_retries: u32) -> Outcome {
         let attempt = {
             let mut downloads = self.lock();
-            downloads.get_mut(model_id).map_or(1, |d| {
+            downloads.get_mut(&self.tracked(model_id)).map_or(1, |d| {
                 d.retries += 1;
                 d.retries
             })
@@ -337,7 +360,7 @@ impl DownloadNotifier {
     pub fn completed(&self, model_id: &str) -> Outcome {
         let known = {
             let mut downloads = self.lock();
-            downloads.get_mut(model_id).map(|d| {
+            downloads.get_mut(&self.tracked(model_id)).map(|d| {
                 d.downloaded_mb = d.total_mb;
             })
         };
@@ -364,20 +387,22 @@ impl DownloadNotifier {
         )
     }
 
-    /// Marks every active download silent for longer than `after` as `stale` (once); a later
-    /// report moves it back to `downloading`. Returns the models marked.
+    /// Marks every active download (of every audience) silent for longer than `after` as
+    /// `stale` (once), published to its own audience; a later report moves it back to
+    /// `downloading`. Returns the models marked.
     pub fn mark_stale(&self, after: Duration) -> Vec<String> {
         let now = Instant::now();
-        let stale: Vec<String> = self
+        let stale: Vec<Tracked> = self
             .lock()
             .iter()
             .filter(|(_, d)| {
                 d.status == DownloadStatus::Downloading && now.duration_since(d.last_report) > after
             })
-            .map(|(m, _)| m.clone())
+            .map(|(t, _)| t.clone())
             .collect();
-        for model in &stale {
-            self.change(
+        for (audience, model) in &stale {
+            // Marked stale for the audience that downloads it, no one else.
+            self.with_audience(audience.clone()).change(
                 model,
                 DownloadStatus::Stale,
                 WireEvent::Stale,
@@ -385,10 +410,11 @@ impl DownloadNotifier {
                 None,
             );
         }
-        stale
+        stale.into_iter().map(|(_, model)| model).collect()
     }
 
-    /// A download message someone else published (over HTTP): tracked like the notifier's own,
+    /// A download message someone else published (over HTTP) to this notifier's audience:
+    /// tracked like the notifier's own,
     /// so a download whose publisher goes silent turns `stale` here too, and a finished one
     /// leaves the state.
     pub fn observe(&self, message: &ServerMessage) {
@@ -402,10 +428,10 @@ impl DownloadNotifier {
         };
         let mut downloads = self.lock();
         if crate::policy::download_finished(&status) {
-            downloads.remove(model);
+            downloads.remove(&self.tracked(model));
             return;
         }
-        let d = downloads.entry(model.clone()).or_insert_with(|| Download {
+        let d = downloads.entry(self.tracked(model)).or_insert_with(|| Download {
             status: status.clone(),
             downloaded_mb: 0.0,
             total_mb: 0.0,
@@ -420,9 +446,15 @@ impl DownloadNotifier {
         }
     }
 
-    /// The models with an active download.
+    /// The models with an active download of this notifier's audience.
     pub fn active(&self) -> Vec<String> {
-        let mut models: Vec<String> = self.lock().keys().cloned().collect();
+        let audience = self.policy.audience();
+        let mut models: Vec<String> = self
+            .lock()
+            .keys()
+            .filter(|(a, _)| a.as_ref() == audience)
+            .map(|(_, m)| m.clone())
+            .collect();
         models.sort();
         models
     }

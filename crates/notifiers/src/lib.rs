@@ -92,6 +92,18 @@ impl Notifiers {
         Self { policy, config, downloads, availability }
     }
 
+    /// These notifiers, publishing everything to `audience` only (e.g. one user's downloads
+    /// and generations): the same hub and policy, downloads tracked apart per audience.
+    pub fn to(&self, audience: impl Into<std::sync::Arc<modelcast_hub::Audience>>) -> Self {
+        let audience = Some(audience.into());
+        Self {
+            policy: self.policy.with_audience(audience.clone()),
+            config: self.config.clone(),
+            downloads: self.downloads.with_audience(audience.clone()),
+            availability: self.availability.with_audience(audience),
+        }
+    }
+
     /// The policy everything is published through.
     pub fn policy(&self) -> &Policy {
         &self.policy

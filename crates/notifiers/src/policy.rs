@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelcast_hub::{Batcher, Hub, Kind, Pending, Publish, Published, Retain, Sequenced};
+use modelcast_hub::{Audience, Batcher, Hub, Kind, Pending, Publish, Published, Retain, Sequenced};
 use modelcast_protocol::{
     AlertLevel, BatchModelStatusUpdate, DownloadStatus, GenerationStatus, HealthStatus,
     ModelStatusSummary, ServerMessage, Severity, Topic,
@@ -155,6 +155,8 @@ pub struct Policy {
     hub: Hub,
     config: Arc<PolicyConfig>,
     model_status: Batcher,
+    /// Who everything published through this policy is for (`None`: every subscriber).
+    audience: Option<Arc<Audience>>,
 }
 
 /// Rank of a level, for comparisons (unknown levels rank as `warning`).
@@ -210,7 +212,23 @@ impl Policy {
     /// The policy for `hub`.
     pub fn new(hub: &Hub, config: PolicyConfig) -> Self {
         let model_status = Batcher::new(hub, config.batch_window, combine_model_status);
-        Self { hub: hub.clone(), config: Arc::new(config), model_status }
+        Self { hub: hub.clone(), config: Arc::new(config), model_status, audience: None }
+    }
+
+    /// This policy, publishing everything to `audience` only (e.g. one user's downloads):
+    /// same hub, same batch window (a batch never mixes audiences).
+    pub fn to(&self, audience: impl Into<Arc<Audience>>) -> Self {
+        self.with_audience(Some(audience.into()))
+    }
+
+    /// This policy with `audience` (`None`: every subscriber).
+    pub fn with_audience(&self, audience: Option<Arc<Audience>>) -> Self {
+        Self { audience, ..self.clone() }
+    }
+
+    /// Who this policy publishes to (`None`: every subscriber).
+    pub fn audience(&self) -> Option<&Arc<Audience>> {
+        self.audience.as_ref()
     }
 
     /// The hub it publishes into.
@@ -336,7 +354,8 @@ impl Policy {
         message: ServerMessage,
         idempotency_key: Option<&str>,
     ) -> Option<Outcome> {
-        self.route(message, idempotency_key).map(|routed| self.settle(routed))
+        self.route(message, idempotency_key, self.audience.clone())
+            .map(|routed| self.settle(routed))
     }
 
     /// Publishes several messages in order, each by its rule, as [`Policy::publish`] would
@@ -344,11 +363,21 @@ impl Policy {
     /// together ([`Hub::publish_many`]). One outcome per message (`None` for a control
     /// message).
     pub fn publish_many(&self, messages: Vec<ServerMessage>) -> Vec<Option<Outcome>> {
+        let audience = self.audience.clone();
+        self.publish_many_to(messages.into_iter().map(|m| (m, audience.clone())).collect())
+    }
+
+    /// [`Policy::publish_many`], each message to its own audience (`None`: every subscriber),
+    /// as `POST /api/publish` takes them.
+    pub fn publish_many_to(
+        &self,
+        messages: Vec<(ServerMessage, Option<Arc<Audience>>)>,
+    ) -> Vec<Option<Outcome>> {
         let mut outcomes = Vec::with_capacity(messages.len());
         // Messages for the hub, waiting to go in one call, with their index in `outcomes`.
         let mut waiting: Vec<(usize, Publish)> = Vec::new();
-        for message in messages {
-            match self.route(message, None) {
+        for (message, audience) in messages {
+            match self.route(message, None, audience) {
                 Some(Routed::Hub(publish)) => {
                     waiting.push((outcomes.len(), publish));
                     outcomes.push(None);
@@ -388,8 +417,13 @@ impl Policy {
         }
     }
 
-    /// Applies `message`'s rule: where it goes, or what became of it already.
-    fn route(&self, message: ServerMessage, idempotency_key: Option<&str>) -> Option<Routed> {
+    /// Applies `message`'s rule, for `audience`: where it goes, or what became of it already.
+    fn route(
+        &self,
+        message: ServerMessage,
+        idempotency_key: Option<&str>,
+        audience: Option<Arc<Audience>>,
+    ) -> Option<Routed> {
         let rule = self.rule(&message);
         let mut publish = Publish::new(message)?;
         let topic = publish.topic();
@@ -408,6 +442,9 @@ impl Policy {
         }
         if let Some(key) = idempotency_key {
             publish = publish.idempotency_key(key);
+        }
+        if let Some(audience) = audience {
+            publish = publish.audience(audience);
         }
         Some(if rule.batched { Routed::Batched(publish) } else { Routed::Hub(publish) })
     }

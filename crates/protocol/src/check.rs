@@ -12,14 +12,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-/// One problem in a published message: where (`data.progress_percent`) and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The field's path from the frame (`data.status`, `data.models[2].model_id`).
-    pub path: String,
-    /// What is wrong, for people.
-    pub message: String,
-}
+use crate::problem::Problem;
 
 /// Every problem of `data` as the `data` of a `type_name` message; empty when it may be
 /// published. An unknown `type_name` has no problems here (the parser reports it).

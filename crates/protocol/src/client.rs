@@ -144,6 +144,11 @@ pub struct PublishRequest {
     /// The topic, if given: it must be the type's topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<Topic>,
+    /// Who the message is for (users and/or roles); without it, every subscriber of the topic.
+    /// Checked by the server like `data`; subscribers never see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::Audience>")]
+    pub audience: Option<serde_json::Value>,
     /// An id echoed in the `published` reply (or an `error`) as `request_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<RequestId>,

@@ -24,18 +24,21 @@
 //! # Ok::<(), serde_json::Error>(())
 //! ```
 
+mod audience;
 mod check;
 mod client;
 pub mod close;
 mod dupes;
 mod frame;
 mod messages;
+mod problem;
 mod publish;
 pub mod schema;
 mod topic;
 mod vocab;
 
-pub use check::{Problem, publish_problems};
+pub use audience::{AUDIENCE_MAX_NAME_BYTES, AUDIENCE_MAX_NAMES, Audience};
+pub use check::publish_problems;
 pub use client::{
     AuthRequest, ClientMessage, FrameError, PingRequest, PublishRequest, RequestId, Since,
     SubscribeRequest, SubscriptionFilter, UnsubscribeRequest,
@@ -43,6 +46,7 @@ pub use client::{
 pub use dupes::first_duplicate_key;
 pub use frame::ServerFrame;
 pub use messages::*;
+pub use problem::Problem;
 pub use publish::PublishFrame;
 pub use topic::{ParseTopicError, Topic};
 pub use vocab::*;

@@ -24,6 +24,10 @@ pub struct PublishFrame<'a> {
     /// The `topic` the publisher claimed, as sent.
     #[serde(default)]
     pub topic: Option<String>,
+    /// Who the message is for, as sent (read with [`crate::Audience::from_value`]); `None`:
+    /// every subscriber of the topic.
+    #[serde(default, borrow)]
+    pub audience: Option<&'a RawValue>,
 }
 
 fn known_type<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {

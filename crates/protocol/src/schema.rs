@@ -345,11 +345,18 @@ pub fn openapi() -> Value {
         })
         .unwrap_or_default();
     components.insert(
+        "Audience".into(),
+        generator().into_root_schema_for::<crate::Audience>().to_value(),
+    );
+    components.insert(
         "PublishFrame".into(),
         json!({
-            "description": "A message a backend publishes: the same `{type, data}` subscribers receive. `topic` may be given (it must be the type's topic); `seq` and `late` are assigned by the hub.",
+            "description": "A message a backend publishes: the same `{type, data}` subscribers receive. `topic` may be given (it must be the type's topic); `audience` addresses it to some users or roles only (subscribers never see it); `seq` and `late` are assigned by the hub.",
             "type": "object",
-            "properties": {"topic": {"$ref": "#/components/schemas/Topic"}},
+            "properties": {
+                "topic": {"$ref": "#/components/schemas/Topic"},
+                "audience": {"$ref": "#/components/schemas/Audience"}
+            },
             "oneOf": publishable,
         }),
     );

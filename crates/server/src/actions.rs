@@ -38,6 +38,8 @@ fn authenticated(app: &App, conn: &Connection, control: &Arc<Control>, identity:
         }
     }
     app.register((Some(identity.subject.clone()), control.id.clone()), conn, control);
+    // What audiences the connection is in follows the newest token, from now on.
+    conn.set_viewer(identity.viewer());
     *control.auth() =
         AuthState { identity: Some(identity), deadline: None, expiry_announced: false };
     control.wake.notify_one();
@@ -101,13 +103,19 @@ pub(crate) fn publish_frames(
     }
     let mut messages = Vec::with_capacity(requests.len());
     let mut ids = Vec::with_capacity(requests.len());
-    for PublishRequest { type_name, data, topic, id } in requests {
+    for PublishRequest { type_name, data, topic, audience, id } in requests {
         let data = serde_json::Value::Object(data);
-        match crate::publish::check_message(&type_name, topic.map(Topic::as_str), data) {
-            Ok(message) => {
+        let checked = crate::publish::check_publish(
+            &type_name,
+            topic.map(Topic::as_str),
+            data,
+            audience.as_ref(),
+        );
+        match checked {
+            Ok((message, audience)) => {
                 // Downloads published by a backend feed the stale watchdog, as over HTTP.
-                app.notifiers.downloads().observe(&message);
-                messages.push(message);
+                app.notifiers.downloads().with_audience(audience.clone()).observe(&message);
+                messages.push((message, audience));
                 ids.push(id);
             }
             Err(problems) => {
@@ -125,7 +133,7 @@ pub(crate) fn publish_frames(
 fn publish_checked(
     app: &App,
     conn: &Connection,
-    messages: Vec<ServerMessage>,
+    messages: Vec<(ServerMessage, Option<Arc<modelcast_hub::Audience>>)>,
     ids: Vec<Option<RequestId>>,
 ) {
     if messages.is_empty() {
@@ -135,7 +143,7 @@ fn publish_checked(
         let (epoch, seq) = at.map(|at| (at.epoch.to_string(), at.seq)).unzip();
         ServerMessage::Published(Published { topic, status: status.into(), seq, epoch, request_id })
     };
-    for (outcome, id) in app.policy.publish_many(messages).into_iter().zip(ids) {
+    for (outcome, id) in app.policy.publish_many_to(messages).into_iter().zip(ids) {
         match outcome {
             Some(Outcome::Appending { topic, pending }) => {
                 // Sequenced by the cluster's engine: answer (or report a failure) when stored.

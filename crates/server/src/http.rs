@@ -198,7 +198,9 @@ async fn respond(
             }
             resp
         }
-        Route::StateKey(rest) => publish::clear_state(app, req.headers(), rest).await,
+        Route::StateKey(rest) => {
+            publish::clear_state(app, req.headers(), rest, req.uri().query()).await
+        }
         Route::Dashboard => dashboard(req.headers()),
         Route::DashboardJs => static_asset(DASHBOARD_JS, "text/javascript; charset=utf-8"),
         Route::DashboardCss => static_asset(DASHBOARD_CSS, "text/css; charset=utf-8"),
@@ -286,8 +288,14 @@ fn state(app: &App, query: Option<&str>) -> Resp {
         }
     };
     let page = app.hub.state_page(topic, after, limit);
+    // Who each frame is for (`null`: every subscriber), index for index with `state`.
+    let audiences: Vec<Value> = page
+        .audiences
+        .iter()
+        .map(|a| a.as_ref().map_or(Value::Null, publish::audience_json))
+        .collect();
     let head = json!({"topic": topic, "epoch": page.epoch, "seq": page.seq, "keys": page.keys,
-        "next": page.next});
+        "next": page.next, "audiences": audiences});
     // `{…head…,"state":[` frame `,` frame … `]}`: the head's closing brace makes way.
     let mut head = head.to_string();
     head.pop();

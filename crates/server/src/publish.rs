@@ -58,10 +58,16 @@ pub(crate) fn preflight(app: &App, headers: &hyper::HeaderMap) -> Resp {
     }
 }
 
-/// `DELETE /api/state/{topic}/{key}`: removes a key's current state (e.g. a download a
-/// vanished publisher left "in progress") and tells the topic's subscribers. Guarded like a
-/// publish: browser origins and publish keys.
-pub(crate) async fn clear_state(app: &App, headers: &hyper::HeaderMap, rest: &str) -> Resp {
+/// `DELETE /api/state/{topic}/{key}[?user=…&role=…]`: removes a key's current state (e.g. a
+/// download a vanished publisher left "in progress") and tells the topic's subscribers. With
+/// `user`/`role` parameters (each may repeat), the state of the key published to that
+/// audience. Guarded like a publish: browser origins and publish keys.
+pub(crate) async fn clear_state(
+    app: &App,
+    headers: &hyper::HeaderMap,
+    rest: &str,
+    query: Option<&str>,
+) -> Resp {
     if let Err(message) = app.security.browser_may_publish(headers) {
         return error_response(StatusCode::FORBIDDEN, "forbidden_origin", &message);
     }
@@ -111,9 +117,19 @@ pub(crate) async fn clear_state(app: &App, headers: &hyper::HeaderMap, rest: &st
             return error_response(StatusCode::BAD_REQUEST, "unknown_topic", &err.to_string());
         }
     };
-    match app.hub.clear_state(topic, key).await {
+    let audience = match audience_of_query(query) {
+        Ok(audience) => audience,
+        Err(message) => {
+            return error_response(StatusCode::BAD_REQUEST, "invalid_audience", &message);
+        }
+    };
+    match app.hub.clear_state(topic, key, audience.as_ref()).await {
         Ok(true) => {
-            json_response(StatusCode::OK, &json!({"cleared": {"topic": topic, "key": key}}))
+            let mut cleared = json!({"topic": topic, "key": key});
+            if let Some(audience) = &audience {
+                cleared["audience"] = audience_json(audience);
+            }
+            json_response(StatusCode::OK, &json!({ "cleared": cleared }))
         }
         Ok(false) => error_response(
             StatusCode::NOT_FOUND,
@@ -122,6 +138,51 @@ pub(crate) async fn clear_state(app: &App, headers: &hyper::HeaderMap, rest: &st
         ),
         Err(err) => unavailable(&err.to_string()),
     }
+}
+
+/// The audience a `DELETE /api/state` names with `user=` and `role=` parameters (`None`
+/// without any), checked as a publish's audience is.
+fn audience_of_query(query: Option<&str>) -> Result<Option<modelcast_hub::Audience>, String> {
+    let mut users = Vec::new();
+    let mut roles = Vec::new();
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*name {
+            "user" => users.push(Value::String(value.into_owned())),
+            "role" => roles.push(Value::String(value.into_owned())),
+            other => return Err(format!("unknown parameter `{other}`; use `user` and `role`")),
+        }
+    }
+    if users.is_empty() && roles.is_empty() {
+        return Ok(None);
+    }
+    let mut value = json!({});
+    if !users.is_empty() {
+        value["users"] = Value::Array(users);
+    }
+    if !roles.is_empty() {
+        value["roles"] = Value::Array(roles);
+    }
+    let audience =
+        modelcast_protocol::Audience::from_value(&value, "audience").map_err(|found| {
+            found
+                .iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+    Ok(Some(modelcast_hub::Audience::new(audience.users, audience.roles)))
+}
+
+/// An audience as the HTTP API shows it: `{"users": [...], "roles": [...]}`.
+pub(crate) fn audience_json(audience: &modelcast_hub::Audience) -> Value {
+    let mut value = json!({});
+    if !audience.user_names().is_empty() {
+        value["users"] = json!(audience.user_names());
+    }
+    if !audience.role_names().is_empty() {
+        value["roles"] = json!(audience.role_names());
+    }
+    value
 }
 
 /// 503 with `Retry-After`: the engine (Redis) cannot store messages now; nothing was made up
@@ -267,14 +328,13 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             problems.push(problem);
         };
         let data: Value = serde_json::from_str(frame.data.get()).unwrap_or(Value::Null);
-        let message = match check_message(&frame.type_name, frame.topic.as_deref(), data) {
-            Ok(message) => message,
-            Err(found) => {
-                found.into_iter().for_each(|(field, message)| report(field, message));
-                continue;
-            }
-        };
-        messages.push(message);
+        let audience: Option<Value> =
+            frame.audience.map(|a| serde_json::from_str(a.get()).unwrap_or(Value::Null));
+        let topic = frame.topic.as_deref();
+        match check_publish(&frame.type_name, topic, data, audience.as_ref()) {
+            Ok(addressed) => messages.push(addressed),
+            Err(found) => found.into_iter().for_each(|(field, message)| report(field, message)),
+        }
     }
     if let Some(first) = problems.first() {
         let mut error = json!({
@@ -288,20 +348,26 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         }
         return json_response(StatusCode::BAD_REQUEST, &json!({"error": error}));
     }
-    let type_names: Vec<&'static str> = messages.iter().map(ServerMessage::type_name).collect();
+    let type_names: Vec<&'static str> = messages.iter().map(|(m, _)| m.type_name()).collect();
     // HTTP-published downloads feed the same stale watchdog as in-process ones.
-    messages.iter().for_each(|message| app.notifiers.downloads().observe(message));
+    let downloads = app.notifiers.downloads();
+    for (message, audience) in &messages {
+        match audience {
+            None => downloads.observe(message),
+            Some(_) => downloads.with_audience(audience.clone()).observe(message),
+        }
+    }
     let outcomes: Vec<Option<Outcome>> = match &idempotency {
         // Without a key the whole body goes in one call: consecutive messages of a topic are
         // fanned out together (one lock per subscriber per run, not per message).
-        None => app.policy.publish_many(messages),
+        None => app.policy.publish_many_to(messages),
         // One key per element: a retry of the same body maps element to element.
         Some(k) => messages
             .into_iter()
             .enumerate()
-            .map(|(i, message)| {
+            .map(|(i, (message, audience))| {
                 let key = if single { k.clone() } else { format!("{k}#{i}") };
-                app.policy.publish_with(message, Some(&key))
+                app.policy.with_audience(audience).publish_with(message, Some(&key))
             })
             .collect(),
     };
@@ -355,6 +421,34 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
 /// rollback (the numbering started again under a new epoch).
 fn sent(type_name: &str, topic: modelcast_protocol::Topic, at: &modelcast_hub::Sequenced) -> Value {
     json!({"type": type_name, "topic": topic, "epoch": &*at.epoch, "seq": at.seq, "status": "sent"})
+}
+
+/// A publish's audience, read and checked, in the hub's form.
+type Addressed = Option<Arc<modelcast_hub::Audience>>;
+
+/// Checks one message and its audience for publishing (as [`check_message`]), every problem of
+/// both at once.
+pub(crate) fn check_publish(
+    type_name: &str,
+    claimed_topic: Option<&str>,
+    data: Value,
+    audience: Option<&Value>,
+) -> Result<(ServerMessage, Addressed), Vec<(String, String)>> {
+    let message = check_message(type_name, claimed_topic, data);
+    let audience = audience.map(|a| modelcast_protocol::Audience::from_value(a, "audience"));
+    match (message, audience) {
+        (Ok(message), None) => Ok((message, None)),
+        (Ok(message), Some(Ok(a))) => {
+            Ok((message, Some(Arc::new(modelcast_hub::Audience::new(a.users, a.roles)))))
+        }
+        (message, audience) => {
+            let mut problems = message.err().unwrap_or_default();
+            if let Some(Err(found)) = audience {
+                problems.extend(found.into_iter().map(|p| (p.path, p.message)));
+            }
+            Err(problems)
+        }
+    }
 }
 
 /// Checks one message for publishing, as `POST /api/publish` and the WebSocket `publish`

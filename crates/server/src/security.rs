@@ -23,6 +23,13 @@ pub(crate) struct Identity {
     pub(crate) expires_at: Option<u64>,
 }
 
+impl Identity {
+    /// Who the connection is for audiences: the token's user and roles.
+    pub(crate) fn viewer(&self) -> modelcast_hub::Viewer {
+        modelcast_hub::Viewer::new(self.subject.as_str(), self.roles.iter().map(String::as_str))
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct Claims {
     #[serde(default)]

@@ -53,6 +53,9 @@ pub(crate) async fn run(
     publisher: Publisher,
 ) {
     let conn = app.hub.connect();
+    if let Some(identity) = &identity {
+        conn.set_viewer(identity.viewer());
+    }
     let serial = app.next_session.fetch_add(1, Ordering::Relaxed);
     // A backend with a publish key needs no token; anyone else must authenticate in time.
     let deadline =

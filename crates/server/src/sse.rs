@@ -273,6 +273,9 @@ async fn run(
     identity: Option<Identity>,
 ) {
     let conn = app.hub.connect();
+    if let Some(identity) = &identity {
+        conn.set_viewer(identity.viewer());
+    }
     let serial = app.next_session.fetch_add(1, Ordering::Relaxed);
     let id = format!("sse-{serial:x}-{:08x}", rand::random::<u32>());
     let expires_at = identity.as_ref().and_then(|i| i.expires_at);

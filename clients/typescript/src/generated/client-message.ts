@@ -127,6 +127,7 @@ export interface AuthRequest {
  * publish keys. Answered with `published` only when it has an `id`; refused ones get `error`.
  */
 export interface PublishRequest {
+  audience?: Audience;
   /**
    * The message's fields, as in the server frame (`timestamp` may be omitted).
    */
@@ -154,4 +155,24 @@ export interface PublishRequest {
    * The message type, e.g. `download_progress_update`.
    */
   type: string;
+}
+/**
+ * Who the message is for (users and/or roles); without it, every subscriber of the topic.
+ * Checked by the server like `data`; subscribers never see it.
+ */
+export interface Audience {
+  /**
+   * Roles (token `roles` claim), 1 to 64 names of 1 to 256 bytes without control characters.
+   *
+   * @minItems 1
+   * @maxItems 64
+   */
+  roles?: [string, ...string[]];
+  /**
+   * Users (token `sub` claims), 1 to 64 names of 1 to 256 bytes without control characters.
+   *
+   * @minItems 1
+   * @maxItems 64
+   */
+  users?: [string, ...string[]];
 }
