@@ -78,12 +78,12 @@ impl Audience {
     }
 }
 
-/// The state key as publishers named it, without its audience's scope (for `state_cleared`
-/// and inspection: subscribers never see an audience's members).
-pub(crate) fn unscoped<'a>(key: &'a str, audience: Option<&Audience>) -> &'a str {
-    match audience {
-        Some(_) => key.rsplit_once('\0').map_or(key, |(plain, _)| plain),
-        None => key,
+/// The state key as publishers named it, without its audience's scope if it is `scoped` (for
+/// `state_cleared` and inspection: subscribers never see an audience's members).
+pub(crate) fn unscoped(key: &str, scoped: bool) -> &str {
+    match scoped {
+        true => key.rsplit_once('\0').map_or(key, |(plain, _)| plain),
+        false => key,
     }
 }
 
@@ -111,15 +111,14 @@ impl Viewer {
         self.user.as_deref()
     }
 
+    pub(crate) fn user_key(&self) -> Option<&Key> {
+        self.user.as_ref()
+    }
+
     /// The roles, sorted.
     pub fn roles(&self) -> &[Key] {
         &self.roles
     }
-}
-
-/// Whether a message of `audience` (`None`: everyone) may reach `viewer`.
-pub(crate) fn admits(audience: Option<&Arc<Audience>>, viewer: &Viewer) -> bool {
-    audience.is_none_or(|a| a.admits(viewer))
 }
 
 #[cfg(test)]
@@ -146,8 +145,8 @@ mod tests {
         let tricky = "model\0with{\"u\":[\"alice\"]}";
         for key in ["model-a", "", tricky] {
             assert_ne!(alice.scope(key), bob.scope(key));
-            assert_eq!(unscoped(&alice.scope(key), Some(&alice)), key);
-            assert_eq!(unscoped(key, None), key);
+            assert_eq!(unscoped(&alice.scope(key), true), key);
+            assert_eq!(unscoped(key, false), key);
         }
     }
 }

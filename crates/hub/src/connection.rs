@@ -9,6 +9,7 @@ use crate::audience::Viewer;
 use crate::error::{DropReason, Error, Result};
 use crate::frame::encode;
 use crate::outbox::{Delivery, Outbox, Pushed};
+use crate::reach::Who;
 use crate::topics::{SubscribeOptions, SubscribeOutcome, Topics};
 
 /// A subscriber (for the server: one WebSocket). Cheap to clone: a reader task subscribes while
@@ -25,7 +26,7 @@ struct Inner {
     subscribed: Mutex<[bool; Topic::ALL.len()]>,
     /// Who the connection is, for audiences. Held while subscribing and while re-set, so a
     /// subscription never starts with a viewer a renewal already replaced.
-    viewer: Mutex<Arc<Viewer>>,
+    viewer: Mutex<Who>,
 }
 
 impl fmt::Debug for Connection {
@@ -40,7 +41,7 @@ impl fmt::Debug for Connection {
 impl Connection {
     pub(crate) fn new(topics: Arc<Topics>, id: u64, outbox: Arc<Outbox>) -> Self {
         let subscribed = Mutex::new(Default::default());
-        let viewer = Mutex::new(Arc::new(Viewer::anonymous()));
+        let viewer = Mutex::new(Who::anonymous());
         Self { inner: Arc::new(Inner { topics, id, outbox, subscribed, viewer }) }
     }
 
@@ -65,10 +66,10 @@ impl Connection {
     /// other roles changes what arrives next; nothing already queued is taken back).
     pub fn set_viewer(&self, viewer: Viewer) {
         let mut held = self.held_viewer();
-        if **held == viewer {
+        if *held.viewer() == viewer {
             return;
         }
-        *held = Arc::new(viewer);
+        *held = Who::new(viewer, &self.inner.topics.keys);
         for topic in self.subscriptions() {
             self.inner.topics.set_viewer(self.inner.id, topic, &held);
         }
@@ -76,10 +77,10 @@ impl Connection {
 
     /// Who the connection is.
     pub fn viewer(&self) -> Viewer {
-        Viewer::clone(&self.held_viewer())
+        self.held_viewer().viewer().clone()
     }
 
-    fn held_viewer(&self) -> std::sync::MutexGuard<'_, Arc<Viewer>> {
+    fn held_viewer(&self) -> std::sync::MutexGuard<'_, Who> {
         self.inner.viewer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 

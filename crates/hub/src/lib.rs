@@ -72,6 +72,7 @@ mod idempotency;
 mod keys;
 mod outbox;
 mod publish;
+mod reach;
 mod retained;
 mod stats;
 mod throttle;

@@ -15,17 +15,17 @@ use tokio::time::Instant;
 
 use std::sync::Arc;
 
-use crate::audience::Audience;
 use crate::keys::{KeyId, KeyRef, id_of};
 use crate::outbox::TopicFrame;
 use crate::publish::Key;
+use crate::reach::Reach;
 
 /// A sequenced message as history and retained state hold it.
 pub(crate) struct Entry {
     pub(crate) frame: TopicFrame,
     pub(crate) subject: Option<KeyRef>,
     /// Who it is for (`None`: everyone); its key is scoped to it.
-    pub(crate) audience: Option<Arc<Audience>>,
+    pub(crate) audience: Option<Arc<Reach>>,
     pub(crate) urgent: bool,
     /// When it was published (retained state expires by `retained_ttl`).
     pub(crate) at: Instant,
