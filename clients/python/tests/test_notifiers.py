@@ -206,3 +206,17 @@ async def test_mapping_errors_name_every_field_at_once(integrator, collector) ->
     await integrator.get_system_notifier().on_alert("after", "info", "t", "m")
     await collector.wait_for(lambda f: f["type"] == "alert")
     assert [f["type"] for f in collector.frames] == ["alert"], "nothing was sent for the refused calls"
+
+
+async def test_a_notifier_for_an_audience_publishes_to_it_only(integrator, collector) -> None:
+    from modelcast import Audience
+
+    alice = Audience(users=["alice"])
+    d = integrator.get_download_notifier()
+    assert d.to(alice) is d.to(Audience(users=("alice",))), "one notifier per audience, kept"
+    await d.to(alice).on_download_started("private-1", total_mb=10)
+    await d.on_download_started("public-1", total_mb=10)
+    await collector.wait_for(about("public-1", "download_status_change"))
+    # The collector has no token: alice's download never reaches it.
+    seen = [f["data"]["model_id"] for f in collector.of_type("download_status_change")]
+    assert seen == ["public-1"]

@@ -226,3 +226,56 @@ async def test_an_unreachable_server_is_named_in_the_error() -> None:
     assert caught.value.status is None and caught.value.code == "connection_failed"
     assert text.startswith("connection_failed: cannot reach modelcast at "), text
     assert f"http://127.0.0.1:{port}/api/publish" in text, text
+
+
+def hs256(claims: dict, secret: str) -> str:
+    """An HS256 JWT, made with the standard library."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    signature = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(signature)}"
+
+
+async def test_an_audience_reaches_its_users_and_roles_only() -> None:
+    import time
+
+    import websockets
+
+    from modelcast import Audience
+
+    secret = "test-secret-0123456789-0123456789"
+    server = await asyncio.to_thread(start_server, None, None, ["--jwt-secret", secret])
+    try:
+        exp = int(time.time()) + 3600
+        seen: dict[str, list[str]] = {}
+        sockets = {}
+        for user, roles in [("alice", ["user"]), ("bob", ["user"]), ("carol", ["ops"])]:
+            token = hs256({"sub": user, "roles": roles, "exp": exp}, secret)
+            ws = await websockets.connect(f"{server.ws}/{user}?token={token}")
+            await ws.send(json.dumps({"action": "subscribe", "topic": "alerts"}))
+            while json.loads(await ws.recv())["type"] != "subscribed":
+                pass
+            sockets[user] = ws
+        async with Publisher(server.base) as p:
+            await p.publish(alert(1), audience=Audience(users=["alice"]))
+            await p.publish_many([alert(2), alert(3)], audience=Audience(roles=["ops"]))
+            await p.publish(alert(4))
+            with pytest.raises(ValueError):
+                Audience()
+        for user, ws in sockets.items():
+            await ws.send(json.dumps({"action": "ping"}))
+            seen[user] = []
+            while (frame := json.loads(await ws.recv()))["type"] != "pong":
+                assert "audience" not in frame, "subscribers never see an audience"
+                seen[user].append(frame["data"]["alert_id"])
+            await ws.close()
+        assert seen == {"alice": ["a1", "a4"], "bob": ["a4"], "carol": ["a2", "a3", "a4"]}
+    finally:
+        server.stop()

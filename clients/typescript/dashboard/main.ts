@@ -370,6 +370,21 @@ const scheme = location.protocol === "https:" ? "wss" : "ws";
 const token = new URLSearchParams(location.search).get("token") ?? undefined;
 // A WebSocket, or Server-Sent Events where something between refuses the upgrade.
 const client = connect(`${scheme}://${location.host}/ws`, { transport: "auto", ...(token ? { token } : {}) });
+/** Who the page sees as: messages for one user or role (an audience) reach only their
+ * audience, so the page shows what its token may see. Read from the token's claims for the
+ * label only; the server verifies the token. */
+function viewerLabel(jwt: string | undefined): string {
+  if (!jwt) return "anonymous: messages for a user or role are not shown";
+  try {
+    const part = jwt.split(".")[1] ?? "";
+    const claims = JSON.parse(atob(part.replace(/-/g, "+").replace(/_/g, "/"))) as { sub?: unknown; roles?: unknown };
+    const roles = Array.isArray(claims.roles) && claims.roles.length ? ` (${claims.roles.join(", ")})` : "";
+    return `as ${String(claims.sub ?? "?")}${roles}`;
+  } catch {
+    return "as the token's user";
+  }
+}
+$("viewer").textContent = viewerLabel(token);
 /** Says at the top of the page why it cannot show anything, and what to do. */
 function notice(text: string | undefined) {
   const el = $("notice");

@@ -1,8 +1,9 @@
 import { Emitter } from "./emitter.js";
-import type { SubscribeRequest, SubscriptionFilter } from "./generated/client-message.js";
+import type { Audience, SubscribeRequest, SubscriptionFilter } from "./generated/client-message.js";
 import type {
   ErrorMessage,
   Lagging,
+  Published,
   ServerMessage,
   StateCleared,
   Subscribed,
@@ -325,6 +326,9 @@ export class Client extends Emitter<ClientEvents> {
   #heartbeat: ReturnType<typeof setInterval> | undefined;
   #lastFrameAt = 0;
   #closed = false;
+  /** Publishes waiting for their answer, by request id. */
+  #publishes = new Map<string, { resolve: (p: Published) => void; reject: (e: ModelcastError) => void }>();
+  #nextPublish = 0;
 
   /** @internal Use {@link connect}. */
   constructor(url: string, options: ConnectOptions = {}) {
@@ -355,6 +359,31 @@ export class Client extends Emitter<ClientEvents> {
     this.#subs.set(topic, sub as unknown as Subscription<Topic>);
     if (this.state === "open") this.#send(sub._request());
     return sub;
+  }
+
+  /** Publishes `message` (`{type, data}`, as subscribers receive it) over this connection, the
+   * server's WebSocket publish channel (a backend's, on a server without publish keys or a
+   * connection opened with one): resolves with the server's answer (`sent` with its `seq`,
+   * `held` or `filtered`), rejects with the server's error (e.g. `invalid_message` naming the
+   * field). With `audience`, the message reaches only the connections whose token's user or
+   * roles are in it; subscribers never see the audience. Rejects at once if not connected:
+   * publishes are not queued across reconnects (retrying is the caller's decision). */
+  publish(
+    message: { type: string; data: Record<string, unknown>; topic?: Topic },
+    options: { audience?: Audience } = {},
+  ): Promise<Published> {
+    if (this.state !== "open" || this.transport !== "websocket") {
+      const why = this.transport === "websocket" ? `the connection is ${this.state}` : "the SSE transport cannot publish";
+      return Promise.reject(new ModelcastError("not_connected", `cannot publish: ${why}`));
+    }
+    const id = `publish-${++this.#nextPublish}`;
+    return new Promise<Published>((resolve, reject) => {
+      this.#publishes.set(id, { resolve, reject });
+      const request: Record<string, unknown> = { action: "publish", type: message.type, data: message.data, id };
+      if (message.topic !== undefined) request.topic = message.topic;
+      if (options.audience !== undefined) request.audience = options.audience;
+      this.#send(request);
+    });
   }
 
   /** The live subscriptions. */
@@ -459,8 +488,10 @@ export class Client extends Emitter<ClientEvents> {
         return;
       case "state_cleared":
         return this.#subs.get(frame.data.topic)?._emit("state_cleared", frame.data);
+      case "published":
+        return this.#answered(frame.data.request_id)?.resolve(frame.data);
       default:
-        return; // pong, unsubscribed, published: nothing to do
+        return; // pong, unsubscribed: nothing to do
     }
   }
 
@@ -474,7 +505,20 @@ export class Client extends Emitter<ClientEvents> {
     this.#startHeartbeat(welcome.heartbeat_interval_seconds * 1000);
   }
 
+  /** The publish waiting for the answer to `id`, taken out of the waiting set. */
+  #answered(id: unknown): { resolve: (p: Published) => void; reject: (e: ModelcastError) => void } | undefined {
+    if (typeof id !== "string") return undefined;
+    const waiting = this.#publishes.get(id);
+    this.#publishes.delete(id);
+    return waiting;
+  }
+
   #error(error: ErrorMessage): void {
+    const publish = this.#answered(error.request_id);
+    if (publish) {
+      publish.reject(new ModelcastError(error.code, error.message));
+      return;
+    }
     const owner = [...this.#subs.values()].find((sub) => sub._owns(error.request_id));
     if (owner) {
       const failure = new ModelcastError(error.code, error.message, owner.topic);
@@ -588,6 +632,14 @@ export class Client extends Emitter<ClientEvents> {
   #setState(state: ConnectionState): void {
     if (this.state === state) return;
     this.state = state;
+    if (state !== "open") {
+      // No answer comes on this connection any more: the publish may or may not have been
+      // stored (publish again with care: there is no idempotency key on this channel).
+      for (const waiting of this.#publishes.values()) {
+        waiting.reject(new ModelcastError("connection_lost", `the connection was ${state} before the server answered`));
+      }
+      this.#publishes.clear();
+    }
     this.emit("state", state);
   }
 }

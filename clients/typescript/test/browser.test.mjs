@@ -6,7 +6,7 @@ import { createServer, request as httpRequest } from "node:http";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { launch } from "./cdp.mjs";
-import { alert, publish, repo, sleep, startServer, status, token, until } from "./helpers.mjs";
+import { alert, progress, publish, repo, sleep, startServer, status, token, until } from "./helpers.mjs";
 
 const cleanups = [];
 after(async () => {
@@ -98,6 +98,24 @@ test("the dashboard with a token whose roles forbid a topic: that topic is liste
   assert.equal(await browser.evaluate(`document.querySelector("#gen p")?.textContent`), "no generation tasks yet");
   await publish(server.base, status("gamma", "corrupted"));
   await until(() => browser.evaluate(`document.querySelector("#model-gamma .status")?.textContent === "corrupted"`), "a card from an allowed topic", 15000);
+  assert.deepEqual(browser.problems, [], "no console errors");
+});
+
+test("the dashboard shows what its token may see: alice's download, not bob's", async () => {
+  const secret = "a-test-secret-that-is-long-enough-for-hs256";
+  const server = await startServer({ env: { MODELCAST_JWT_SECRET: secret } });
+  cleanups.push(() => server.stop());
+  const browser = await launch();
+  cleanups.push(() => browser.close());
+  await browser.goto(`${server.base}/?token=${token(secret, { sub: "alice", roles: ["user"] })}`);
+  await until(() => browser.evaluate(`document.getElementById("conn").textContent === "open"`), "connected", 15000);
+  assert.equal(await browser.evaluate(`document.getElementById("viewer").textContent`), "as alice (user)");
+  await publish(server.base, [
+    { ...progress("bobs-model", 20), audience: { users: ["bob"] } },
+    { ...progress("alices-model", 10), audience: { users: ["alice"] } },
+  ]);
+  await until(() => browser.evaluate(`!!document.querySelector("#model-alices-model .download")`), "alice's download", 15000);
+  assert.equal(await browser.evaluate(`document.querySelector("#model-bobs-model")`), null, "bob's download is not shown");
   assert.deepEqual(browser.problems, [], "no console errors");
 });
 

@@ -206,3 +206,28 @@ test("a forbidden topic fails its subscription only", async () => {
   assert.equal((await take(frames, 1))[0].data.alert_id, "a1");
   assert.equal(client.state, "open");
 });
+
+test("publish with an audience: only its user receives it; a bad audience is refused with the field", async () => {
+  const secret = "a-test-secret-that-is-long-enough-for-hs256";
+  const server = await startServer({ env: { MODELCAST_JWT_SECRET: secret } });
+  cleanups.push(() => server.stop());
+  // A backend (no publish keys on this server, so any non-browser connection may publish).
+  const backend = use(connect(server.ws, { WebSocket, token: token(secret, { sub: "backend" }) }));
+  const alice = use(connect(server.ws, { WebSocket, token: token(secret, { sub: "alice" }) }));
+  const bob = use(connect(server.ws, { WebSocket, token: token(secret, { sub: "bob" }) }));
+  const subs = [alice, bob].map((c) => c.subscribe("alerts"));
+  const [aliceFrames, bobFrames] = subs.map((s) => s[Symbol.asyncIterator]());
+  await until(() => subs.every((s) => s.state === "subscribed") && backend.state === "open", "ready");
+  const forAlice = await backend.publish(alert(1), { audience: { users: ["alice"] } });
+  assert.equal(forAlice.status, "sent");
+  const forAll = await backend.publish(alert(2));
+  assert.equal(forAll.seq, forAlice.seq + 1);
+  assert.deepEqual((await take(aliceFrames, 2)).map((f) => f.data.alert_id), ["a1", "a2"]);
+  const [first] = await take(bobFrames, 1);
+  assert.equal(first.data.alert_id, "a2", "bob never gets alice's alert");
+  assert.equal(first.audience, undefined);
+  await assert.rejects(
+    backend.publish(alert(3), { audience: { users: [] } }),
+    (e) => e.code === "invalid_message" && e.message.includes("audience.users"),
+  );
+});

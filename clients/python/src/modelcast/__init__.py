@@ -15,7 +15,7 @@ from .errors import MappingError, ModelcastError, Problem, PublishError, Unavail
 from .integrator import ModelNotificationIntegrator, get_model_notification_integrator
 from .messages import DATA_MODELS, TYPE_NAMES
 from .notifiers import AvailabilityNotifier, DownloadNotifier, FallbackNotifier, HealthNotifier, SystemNotifier
-from .publisher import Accepted, Publisher, RetryPolicy, SyncPublisher
+from .publisher import Accepted, Audience, Publisher, RetryPolicy, SyncPublisher
 from .subscribe import Gap, SubscriptionError, subscribe
 from .urls import http_base, ws_url
 
@@ -23,6 +23,7 @@ __all__ = [
     "DATA_MODELS",
     "TYPE_NAMES",
     "Accepted",
+    "Audience",
     "AvailabilityNotifier",
     "DownloadNotifier",
     "FallbackNotifier",

@@ -10,13 +10,13 @@ from __future__ import annotations
 import typing
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, RootModel, TypeAdapter, ValidationError
 
 from . import models
 from .errors import MappingError
-from .publisher import Accepted, Publisher
+from .publisher import Accepted, Audience, Publisher
 
 
 def _now() -> datetime:
@@ -87,12 +87,24 @@ def _build(model: type[BaseModel], fields: dict[str, Any], what: str) -> BaseMod
     return built
 
 
+_N = TypeVar("_N", bound="_Notifier")
+
+
 class _Notifier:
-    def __init__(self, publisher: Publisher) -> None:
+    def __init__(self, publisher: Publisher, audience: Audience | None = None) -> None:
         self.publisher = publisher
+        self.audience = audience
+        self._audiences: dict[Audience, _Notifier] = {}
+
+    def to(self: _N, audience: Audience) -> _N:
+        """This notifier publishing to `audience` only (e.g. one user's downloads): one per
+        audience, kept, so a download notifier tracks each audience's downloads apart."""
+        if audience not in self._audiences:
+            self._audiences[audience] = type(self)(self.publisher, audience)
+        return typing.cast(_N, self._audiences[audience])
 
     async def _publish(self, model: type[BaseModel], what: str, **fields: Any) -> Accepted:
-        return await self.publisher.publish(_build(model, fields, what))
+        return await self.publisher.publish(_build(model, fields, what), audience=self.audience)
 
     async def _publish_mapped(
         self, model: type[BaseModel], what: str, value: Any, argument: str, fixed: Mapping[str, Any]
@@ -105,8 +117,8 @@ class DownloadNotifier(_Notifier):
     """`download_progress`: progress, state changes (started, paused, resumed, cancelled,
     completed, failed, retrying) and retries."""
 
-    def __init__(self, publisher: Publisher) -> None:
-        super().__init__(publisher)
+    def __init__(self, publisher: Publisher, audience: Audience | None = None) -> None:
+        super().__init__(publisher, audience)
         self._status: dict[str, str] = {}
         self._percent: dict[str, float] = {}
         self._total: dict[str, float] = {}

@@ -13,7 +13,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,36 @@ class Accepted:
     seq: int | None = None
     epoch: str | None = None
     """The topic's epoch `seq` belongs to: a new one means the numbering started again."""
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who a message is for: the connections whose token's `sub` is one of `users`, or whose
+    `roles` claim holds one of `roles`. Without an audience a message reaches every subscriber
+    of its topic; with one, connections without a token get nothing of it. Subscribers never
+    see it (the frame they receive is unchanged), and `seq` stays per topic: a subscriber sees
+    gaps where messages were for others."""
+
+    users: Sequence[str] = ()
+    roles: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.users, str) or isinstance(self.roles, str):
+            raise TypeError("users and roles are sequences of names, not one string")
+        if not self.users and not self.roles:
+            raise ValueError("an audience names users, roles or both (an empty one reaches nobody)")
+        # Tuples: an audience is a value (hashable, comparable), whatever sequence it was given.
+        object.__setattr__(self, "users", tuple(self.users))
+        object.__setattr__(self, "roles", tuple(self.roles))
+
+    def to_json(self) -> dict[str, list[str]]:
+        """The `audience` field of a publish."""
+        out: dict[str, list[str]] = {}
+        if self.users:
+            out["users"] = list(self.users)
+        if self.roles:
+            out["roles"] = list(self.roles)
+        return out
 
 
 @dataclass(frozen=True)
@@ -117,13 +147,20 @@ def _outcome(
     raise _error(result)
 
 
-def _body(messages: Any, many: bool) -> Any:
+def _frame(message: Any, audience: Audience | None) -> dict[str, Any]:
+    frame = frame_of(message)
+    if audience is not None:
+        frame = {**frame, "audience": audience.to_json()}
+    return frame
+
+
+def _body(messages: Any, many: bool, audience: Audience | None) -> Any:
     if many:
-        frames = [frame_of(m) for m in messages]
+        frames = [_frame(m, audience) for m in messages]
         if not frames:
             raise ValueError("publish_many needs at least one message")
         return frames
-    return frame_of(messages)
+    return _frame(messages, audience)
 
 
 class Publisher:
@@ -145,13 +182,15 @@ class Publisher:
         self.retry = retry or RetryPolicy()
         self._http = httpx.AsyncClient(headers=headers, timeout=timeout)
 
-    async def publish(self, message: Any) -> Accepted:
-        """Publishes one message (a `modelcast.models` data model, or `{"type", "data"}`)."""
-        return (await self._send(_body(message, many=False)))[0]
+    async def publish(self, message: Any, *, audience: Audience | None = None) -> Accepted:
+        """Publishes one message (a `modelcast.models` data model, or `{"type", "data"}`), to
+        `audience` only if one is given."""
+        return (await self._send(_body(message, many=False, audience=audience)))[0]
 
-    async def publish_many(self, messages: Iterable[Any]) -> list[Accepted]:
-        """Publishes several messages in one request (all or nothing if any is invalid)."""
-        return await self._send(_body(list(messages), many=True))
+    async def publish_many(self, messages: Iterable[Any], *, audience: Audience | None = None) -> list[Accepted]:
+        """Publishes several messages in one request (all or nothing if any is invalid), each
+        to `audience` if one is given."""
+        return await self._send(_body(list(messages), many=True, audience=audience))
 
     async def _send(self, body: Any) -> list[Accepted]:
         headers = {"idempotency-key": uuid.uuid4().hex}  # the same for every retry
@@ -192,13 +231,13 @@ class SyncPublisher:
         self.retry = retry or RetryPolicy()
         self._http = httpx.Client(headers=headers, timeout=timeout)
 
-    def publish(self, message: Any) -> Accepted:
-        """Publishes one message."""
-        return self._send(_body(message, many=False))[0]
+    def publish(self, message: Any, *, audience: Audience | None = None) -> Accepted:
+        """Publishes one message (to `audience` only, if given)."""
+        return self._send(_body(message, many=False, audience=audience))[0]
 
-    def publish_many(self, messages: Iterable[Any]) -> list[Accepted]:
-        """Publishes several messages in one request."""
-        return self._send(_body(list(messages), many=True))
+    def publish_many(self, messages: Iterable[Any], *, audience: Audience | None = None) -> list[Accepted]:
+        """Publishes several messages in one request (each to `audience`, if given)."""
+        return self._send(_body(list(messages), many=True, audience=audience))
 
     def _send(self, body: Any) -> list[Accepted]:
         headers = {"idempotency-key": uuid.uuid4().hex}  # the same for every retry
