@@ -363,21 +363,35 @@ async fn the_demo_emits_every_message_type() {
         NotifiersConfig::default().stale_after(Duration::from_secs(10)),
     );
     let conn = hub.connect();
+    // The demo user's own download reaches a connection of that user, no one else.
+    let user = hub.connect();
+    user.set_viewer(modelcast_hub::Viewer::new(demo::DEMO_USER, Vec::<&str>::new()));
     for topic in Topic::ALL {
         conn.subscribe(topic, SubscribeOptions::default()).unwrap();
+        user.subscribe(topic, SubscribeOptions::default()).unwrap();
     }
     let tasks = demo::spawn(&n, DemoConfig::default().stale_after(Duration::from_secs(10)));
     let mut seen = BTreeSet::new();
     let mut statuses = BTreeSet::new();
+    let mut personal: Vec<String> = Vec::new();
     for _ in 0..120 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         for f in frames(&conn).await {
             if let Some(s) = f["data"]["new_status"].as_str() {
                 statuses.insert(s.to_owned());
             }
+            assert_ne!(f["data"]["model_id"], "lora-demo-style", "the user's own download leaked");
             seen.insert(f["type"].as_str().unwrap().to_owned());
         }
+        for f in frames(&user).await {
+            if f["data"]["model_id"] == "lora-demo-style"
+                && let Some(s) = f["data"]["new_status"].as_str()
+            {
+                personal.push(s.to_owned());
+            }
+        }
     }
+    assert!(personal.starts_with(&["downloading".into(), "completed".into()]), "{personal:?}");
     for t in tasks {
         t.abort();
     }

@@ -10,6 +10,8 @@
 //! - a request for the missing `t2v-a14b` triggers a fallback to an alternative and a queue
 //!   position counting down;
 //! - `i2v-a14b` degrades, a disk-space alert fires, cleanup and priority recommendations follow;
+//! - the user `demo` downloads a LoRA of their own (`lora-demo-style`), published to that user
+//!   only (an audience): a connection whose token's `sub` is `demo` sees it, no one else;
 //! - throughout: system stats, generation tasks, the generation queue, usage statistics, and
 //!   the availability source swept every `MODEL_STATUS_UPDATE_INTERVAL`.
 
@@ -27,6 +29,9 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
 use crate::{HealthReport, ModelState, Notifiers, Strategy, Suggestion};
+
+/// The user whose downloads the demo publishes to that user only.
+pub const DEMO_USER: &str = "demo";
 
 /// How the demo runs.
 #[derive(Debug, Clone)]
@@ -117,6 +122,7 @@ pub fn spawn(notifiers: &Notifiers, config: DemoConfig) -> Vec<JoinHandle<()>> {
         tokio::spawn(system_stats(notifiers.clone(), config.seed)),
         tokio::spawn(generation(notifiers.clone(), config.seed + 1)),
         tokio::spawn(cycles(notifiers.clone(), catalog, config.seed + 2, config.stale_after)),
+        tokio::spawn(personal_downloads(notifiers.clone(), config.seed + 3)),
     ]
 }
 
@@ -190,6 +196,27 @@ async fn generation(n: Notifiers, seed: u64) {
         };
         n.system().generation_progress(&id, Some("i2v-a14b"), done, Some((steps, steps)), None);
         sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The demo user's own download, again and again: published to that user only.
+async fn personal_downloads(n: Notifiers, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mine = n.to(modelcast_hub::Audience::users([DEMO_USER]));
+    let d = mine.downloads();
+    let model = "lora-demo-style";
+    let total = 1_536.0;
+    loop {
+        let speed: f64 = rng.random_range(60.0..120.0);
+        d.started(model, total);
+        let mut done = 0.0;
+        while done < total {
+            sleep(Duration::from_millis(500)).await;
+            done = (done + speed * 0.5).min(total);
+            d.progress(model, done, total, speed);
+        }
+        d.completed(model);
+        sleep(Duration::from_secs(10)).await;
     }
 }
 

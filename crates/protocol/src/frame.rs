@@ -15,8 +15,11 @@ pub struct ServerFrame {
     /// The topic the message was published on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<Topic>,
-    /// The message's position in its topic, from 1, increasing by one per message within an
-    /// epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    /// The message's position in its topic, from 1, increasing by one per message of the topic
+    /// within an epoch. A connection sees gaps where messages were for others (an audience)
+    /// or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    /// `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    /// when re-subscribing to recover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     /// `true` when the frame arrives below the position the client already holds in this

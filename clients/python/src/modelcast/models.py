@@ -863,8 +863,11 @@ class ServerMessage1(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -890,8 +893,11 @@ class ServerMessage2(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -917,8 +923,11 @@ class ServerMessage4(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -944,8 +953,11 @@ class ServerMessage6(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -971,8 +983,11 @@ class ServerMessage7(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -998,8 +1013,11 @@ class ServerMessage13(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1025,8 +1043,11 @@ class ServerMessage14(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1052,8 +1073,11 @@ class ServerMessage15(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1079,8 +1103,11 @@ class ServerMessage17(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1106,8 +1133,11 @@ class ServerMessage18(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1133,8 +1163,11 @@ class ServerMessage20(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1160,8 +1193,11 @@ class ServerMessage22(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1187,8 +1223,11 @@ class ServerMessage24(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1214,8 +1253,11 @@ class ServerMessage26(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1705,8 +1747,11 @@ class ServerMessage3(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1732,8 +1777,11 @@ class ServerMessage5(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1759,8 +1807,11 @@ class ServerMessage8(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1786,8 +1837,11 @@ class ServerMessage9(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1813,8 +1867,11 @@ class ServerMessage10(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1840,8 +1897,11 @@ class ServerMessage11(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1867,8 +1927,11 @@ class ServerMessage12(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1894,8 +1957,11 @@ class ServerMessage16(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1921,8 +1987,11 @@ class ServerMessage19(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1948,8 +2017,11 @@ class ServerMessage21(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -1975,8 +2047,11 @@ class ServerMessage23(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -2002,8 +2077,11 @@ class ServerMessage25(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -2029,8 +2107,11 @@ class ServerMessage27(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -2056,8 +2137,11 @@ class ServerMessage28(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """
@@ -2083,8 +2167,11 @@ class ServerMessage29(BaseModel):
     """
     seq: int | None = Field(None, ge=0, le=18446744073709551615)
     """
-    The message's position in its topic, from 1, increasing by one per message within an
-    epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+    The message's position in its topic, from 1, increasing by one per message of the topic
+    within an epoch. A connection sees gaps where messages were for others (an audience)
+    or outside its filter: a gap means nothing by itself (only a `subscribed` with
+    `recovered: false` says messages were lost). Send the last one received as `since.seq`
+    when re-subscribing to recover.
     """
     topic: Topic | None = None
     """

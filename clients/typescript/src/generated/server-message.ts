@@ -18,8 +18,11 @@ export type ServerMessage = {
    */
   late?: true;
   /**
-   * The message's position in its topic, from 1, increasing by one per message within an
-   * epoch. Send the last one received as `since.seq` when re-subscribing to recover.
+   * The message's position in its topic, from 1, increasing by one per message of the topic
+   * within an epoch. A connection sees gaps where messages were for others (an audience)
+   * or outside its filter: a gap means nothing by itself (only a `subscribed` with
+   * `recovered: false` says messages were lost). Send the last one received as `since.seq`
+   * when re-subscribing to recover.
    */
   seq?: number;
   /**
