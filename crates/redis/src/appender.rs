@@ -5,29 +5,18 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
-use modelcast_hub::{Error as HubError, Result as HubResult, Sequenced, StateChange};
+use modelcast_hub::{Error as HubError, Sequenced};
 use modelcast_protocol::Topic;
 use redis::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::queued::Queued;
 use crate::scripts::{AppendLimits, append_call};
 use crate::shared::{IDEMPOTENCY_TTL_SECS, Shared, needs_restart_check};
 
 /// The most appends sent in one round trip.
 const ROUND: usize = 1024;
-
-/// An append waiting for Redis: the message encoded (the payload, and what it does to retained
-/// state), its idempotency key, and where the answer goes.
-#[derive(Debug)]
-pub(crate) struct Queued {
-    pub(crate) topic: Topic,
-    pub(crate) payload: Bytes,
-    pub(crate) state: Vec<StateChange>,
-    pub(crate) idempotency_key: Option<String>,
-    pub(crate) reply: tokio::sync::oneshot::Sender<HubResult<Sequenced>>,
-}
 
 /// Sends queued appends to Redis until `stop`.
 pub(crate) async fn run(

@@ -11,11 +11,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::appender::Queued;
 use crate::error::{Error, Result};
 use crate::follower::{TopicHandle, Work, topic_channels};
 use crate::health::HealthReport;
 use crate::names::Names;
+use crate::queued::Queued;
 use crate::scripts::clear_call;
 use crate::shared::{Limits, Shared};
 

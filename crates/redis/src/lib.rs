@@ -21,6 +21,7 @@ mod error;
 mod follower;
 mod health;
 mod names;
+mod queued;
 mod scripts;
 mod shared;
 mod snapshot;

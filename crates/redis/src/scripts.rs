@@ -204,7 +204,7 @@ pub(crate) fn append_call(
     names: &TopicNames,
     limits: AppendLimits<'_>,
     now_ms: i64,
-    appends: &[crate::appender::Queued],
+    appends: &[crate::queued::Queued],
 ) -> Cmd {
     let idem: Vec<String> = appends
         .iter()
