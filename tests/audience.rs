@@ -396,3 +396,27 @@ async fn a_batch_window_makes_one_batch_per_audience() {
         .collect();
     assert_eq!(retained, ["m1", "m4"]);
 }
+
+/// Server-Sent Events take the token's viewer too: each stream gets its own user's messages.
+#[tokio::test]
+async fn event_streams_receive_their_tokens_audience_only() {
+    use modelcast_tests::server_util::Sse;
+    let server = server().await;
+    let open = |token: String| {
+        let path = format!("/sse?topic=alerts&token={token}");
+        async move { Sse::open(server.addr, &path, &[]).await }
+    };
+    let mut a = open(alice()).await;
+    let mut b = open(bob()).await;
+    for sse in [&mut a, &mut b] {
+        assert_eq!(sse.status(), 200, "{}", sse.head);
+        sse.until("subscribed").await;
+    }
+    publish(&server, alert("for-alice", Some(json!({"users": ["alice"]})))).await;
+    publish(&server, alert("for-all", None)).await;
+    let ids = |events: Vec<modelcast_tests::server_util::Event>| -> Vec<String> {
+        events.iter().map(|e| e.data["data"]["alert_id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids(a.messages(2).await), ["for-alice", "for-all"]);
+    assert_eq!(ids(b.messages(1).await), ["for-all"]);
+}
