@@ -78,6 +78,12 @@ impl Audience {
     }
 }
 
+impl From<modelcast_protocol::Audience> for Audience {
+    fn from(audience: modelcast_protocol::Audience) -> Self {
+        Self::new(audience.users, audience.roles)
+    }
+}
+
 /// The state key as publishers named it, without its audience's scope if it is `scoped` (for
 /// `state_cleared` and inspection: subscribers never see an audience's members).
 pub(crate) fn unscoped(key: &str, scoped: bool) -> &str {

@@ -547,13 +547,17 @@ impl Topics {
     ) {
         let mut delivered = vec![0u64; recorded.len()];
         let mut gone = Vec::new();
-        let audience = recorded.first().and_then(|r| r.audience.as_deref());
+        // A single message's audience, read once rather than per subscriber.
+        let single_audience = match recorded {
+            [one] => one.audience.as_deref(),
+            _ => None,
+        };
         for (i, sub) in state.subs.iter().enumerate() {
             let alive = if let [one] = recorded {
                 // One message, as every single publish: pushed directly. Through `push_many`'s
                 // iterator it measured 7–10% more server CPU per delivery at one message per
                 // HTTP request (three alternated pairs), the delivery being moved through it.
-                if !sub.admits(one.subject, audience) {
+                if !sub.admits(one.subject, single_audience) {
                     continue;
                 }
                 let pushed = match sub.rate {

@@ -445,13 +445,14 @@ pub fn openapi() -> Value {
                 "responses": {
                     "200": {"description": "A page of the frames, as a subscriber receives them", "content": {"application/json": {"schema": {
                         "type": "object",
-                        "required": ["topic", "epoch", "seq", "keys", "next", "state"],
+                        "required": ["topic", "epoch", "seq", "keys", "next", "audiences", "state"],
                         "properties": {
                             "topic": {"$ref": "#/components/schemas/Topic"},
                             "epoch": {"type": "string"},
                             "seq": {"type": "integer", "minimum": 0},
                             "keys": {"type": "integer", "minimum": 0, "description": "Keys with state, all pages together"},
                             "next": {"type": ["integer", "null"], "minimum": 0, "description": "The cursor of the next page; null after the last"},
+                            "audiences": {"type": "array", "items": {"oneOf": [{"$ref": "#/components/schemas/Audience"}, {"type": "null"}]}, "description": "Whom each frame of `state` is for, index for index: an audience, or null for every subscriber"},
                             "state": {"type": "array", "items": {"type": "object"}}
                         }
                     }}}},
@@ -464,11 +465,13 @@ pub fn openapi() -> Value {
                 "description": "Needs `Authorization: Bearer <key>` when MODELCAST_PUBLISH_KEYS is set.",
                 "parameters": [
                     {"name": "topic", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/Topic"}},
-                    {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}, "description": "The state key: for model topics, the model_id."}
+                    {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}, "description": "The state key: for model topics, the model_id."},
+                    {"name": "user", "in": "query", "required": false, "schema": {"type": "array", "items": {"type": "string"}}, "style": "form", "explode": true, "description": "With `role`: the key's state published to this audience (alice's `m1` is not the `m1` published to everyone). Repeat for several users."},
+                    {"name": "role", "in": "query", "required": false, "schema": {"type": "array", "items": {"type": "string"}}, "style": "form", "explode": true, "description": "The audience's roles (see `user`). Repeat for several roles."}
                 ],
                 "responses": {
                     "200": {"description": "Cleared"},
-                    "400": error("Unknown topic or a malformed path"),
+                    "400": error("Unknown topic, a malformed path, or a bad audience"),
                     "401": error("A publish key is required"),
                     "404": error("No state for that key")
                 }

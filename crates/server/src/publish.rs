@@ -170,7 +170,7 @@ fn audience_of_query(query: Option<&str>) -> Result<Option<modelcast_hub::Audien
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
-    Ok(Some(modelcast_hub::Audience::new(audience.users, audience.roles)))
+    Ok(Some(audience.into()))
 }
 
 /// An audience as the HTTP API shows it: `{"users": [...], "roles": [...]}`.
@@ -438,9 +438,7 @@ pub(crate) fn check_publish(
     let audience = audience.map(|a| modelcast_protocol::Audience::from_value(a, "audience"));
     match (message, audience) {
         (Ok(message), None) => Ok((message, None)),
-        (Ok(message), Some(Ok(a))) => {
-            Ok((message, Some(Arc::new(modelcast_hub::Audience::new(a.users, a.roles)))))
-        }
+        (Ok(message), Some(Ok(a))) => Ok((message, Some(Arc::new(a.into())))),
         (message, audience) => {
             let mut problems = message.err().unwrap_or_default();
             if let Some(Err(found)) = audience {
