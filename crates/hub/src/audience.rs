@@ -72,23 +72,37 @@ impl Audience {
     /// `key` as a state key of this audience: `key`, a NUL, then the audience as compact JSON
     /// (which never holds a raw NUL, so [`unscoped`] finds the split). Equal audiences scope
     /// equally on every node and in the engine's store.
-    pub(crate) fn scope(&self, key: &str) -> Key {
+    fn scope(&self, key: &str) -> Key {
         let members = serde_json::to_string(self).expect("an audience always serializes");
         Key::from(format!("{key}\0{members}"))
     }
 }
 
+/// The state key the hub keeps for a publisher's `key` and `audience`: one key per (key,
+/// audience), and no two pairs share one, whatever a publisher puts in a key.
+/// - With an audience: `key\0{json}` (it ends with `}`).
+/// - Without, a key holding no NUL is itself; one that holds a NUL gets a NUL appended (it
+///   ends with NUL), so `"m\0{\"u\":[\"alice\"]}"` published to everyone can never be alice's
+///   `m`.
+pub(crate) fn state_key(key: &Key, audience: Option<&Audience>) -> Key {
+    match audience {
+        Some(audience) => audience.scope(key),
+        None if key.contains('\0') => Key::from(format!("{key}\0")),
+        None => key.clone(),
+    }
+}
 impl From<modelcast_protocol::Audience> for Audience {
     fn from(audience: modelcast_protocol::Audience) -> Self {
         Self::new(audience.users, audience.roles)
     }
 }
 
-/// The state key as publishers named it, without its audience's scope if it is `scoped` (for
-/// `state_cleared` and inspection: subscribers never see an audience's members).
+/// The key as the publisher named it, from the hub's [`state_key`] (of an audience if
+/// `scoped`): for `state_cleared` and inspection (subscribers never see an audience's members).
 pub(crate) fn unscoped(key: &str, scoped: bool) -> &str {
     match scoped {
         true => key.rsplit_once('\0').map_or(key, |(plain, _)| plain),
+        false if key.contains('\0') => key.strip_suffix('\0').unwrap_or(key),
         false => key,
     }
 }
@@ -145,14 +159,24 @@ mod tests {
     }
 
     #[test]
-    fn a_scoped_key_is_distinct_per_audience_and_unscopes_exactly() {
+    fn state_keys_are_one_per_key_and_audience_and_unscope_exactly() {
         let alice = Audience::users(["alice"]);
         let bob = Audience::users(["bob"]);
-        let tricky = "model\0with{\"u\":[\"alice\"]}";
-        for key in ["model-a", "", tricky] {
-            assert_ne!(alice.scope(key), bob.scope(key));
-            assert_eq!(unscoped(&alice.scope(key), true), key);
-            assert_eq!(unscoped(key, false), key);
+        let audiences = [None, Some(&alice), Some(&bob)];
+        // Keys a publisher could craft to meet another pair's state key.
+        let keys: Vec<Key> = ["m", "", "m\0", "m\0\0", "m\0{\"u\":[\"alice\"]}", "\0{}"]
+            .into_iter()
+            .map(Key::from)
+            .collect();
+        let mut seen = std::collections::HashMap::new();
+        for key in &keys {
+            for audience in audiences {
+                let stored = state_key(key, audience);
+                assert_eq!(unscoped(&stored, audience.is_some()), &**key);
+                if let Some(other) = seen.insert(stored.clone(), (key.clone(), audience)) {
+                    panic!("{stored:?} is both {other:?} and {:?}", (key, audience));
+                }
+            }
         }
     }
 }

@@ -278,7 +278,7 @@ impl Hub {
         if let Some(reason) = self.engine.unavailable() {
             return Err(Error::Unavailable(reason));
         }
-        let key = audience.map_or_else(|| key.to_owned(), |a| a.scope(key).to_string());
+        let key = crate::audience::state_key(&Key::from(key), audience).to_string();
         self.engine.clear(topic, key).wait().await
     }
 

@@ -141,10 +141,7 @@ impl Publish {
     /// The state key as the hub keeps it: scoped to the audience, if there is one.
     pub(crate) fn state_key(&self) -> Option<Key> {
         let key = self.key.as_ref()?;
-        Some(match &self.audience {
-            Some(audience) => audience.scope(key),
-            None => key.clone(),
-        })
+        Some(crate::audience::state_key(key, self.audience.as_deref()))
     }
 
     /// The message.
