@@ -23,6 +23,8 @@ pub struct Redis {
     pub port: u16,
     dir: PathBuf,
     aof: Option<&'static str>,
+    /// More arguments (e.g. `--replicaof`).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -38,9 +40,30 @@ impl Redis {
         let dir =
             std::env::temp_dir().join(format!("modelcast-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut redis = Redis { port, dir, aof: fsync, child: None };
+        let mut redis = Redis { port, dir, aof: fsync, extra: Vec::new(), child: None };
         redis.spawn();
         redis
+    }
+
+    /// A replica of `primary` (no AOF), once its link to the primary is up.
+    pub fn replica_of(primary: &Redis) -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("modelcast-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let extra = vec!["--replicaof".into(), "127.0.0.1".into(), primary.port.to_string()];
+        let mut redis = Redis { port, dir, aof: None, extra, child: None };
+        redis.spawn();
+        for _ in 0..400 {
+            if redis
+                .cli(&["INFO", "replication"])
+                .is_some_and(|i| i.contains("master_link_status:up"))
+            {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("the replica on port {port} never linked to its primary");
     }
 
     fn spawn(&mut self) {
@@ -57,6 +80,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server runs (the Debian package redis-server)");
@@ -137,6 +161,104 @@ impl Drop for Redis {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Three Redis Sentinels watching `primary` as master `mymaster` (quorum 2,
+/// `down-after-milliseconds` 1000, `failover-timeout` 3000), each with its own port and
+/// directory; ready once each knows the replica and the other two.
+#[derive(Debug)]
+pub struct Sentinels {
+    /// Their ports on 127.0.0.1.
+    pub ports: Vec<u16>,
+    dirs: Vec<PathBuf>,
+    children: Vec<Child>,
+}
+
+impl Sentinels {
+    /// Starts them and waits until they see one replica and each other.
+    pub fn watch(primary: &Redis) -> Self {
+        let mut sentinels = Sentinels { ports: Vec::new(), dirs: Vec::new(), children: Vec::new() };
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = std::env::temp_dir()
+                .join(format!("modelcast-sentinel-{port}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("sentinel dir");
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor mymaster 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds mymaster 1000\n\
+                     sentinel failover-timeout mymaster 3000\n",
+                    dir.display(),
+                    primary.port
+                ),
+            )
+            .expect("sentinel.conf");
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel runs");
+            sentinels.ports.push(port);
+            sentinels.dirs.push(dir);
+            sentinels.children.push(child);
+        }
+        for _ in 0..1200 {
+            let ready = sentinels.ports.iter().all(|port| {
+                let master = cli(*port, &["SENTINEL", "master", "mymaster"]).unwrap_or_default();
+                let field = |name: &str| {
+                    let lines: Vec<&str> = master.lines().collect();
+                    lines.iter().position(|l| *l == name).and_then(|i| lines.get(i + 1).copied())
+                };
+                field("num-slaves") == Some("1") && field("num-other-sentinels") == Some("2")
+            });
+            if ready {
+                return sentinels;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the sentinels did not find the replica and each other within a minute");
+    }
+
+    /// `host:port,host:port,host:port`, as `MODELCAST_REDIS_SENTINELS` takes them.
+    pub fn list(&self) -> String {
+        self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// The port of the primary the first sentinel that answers names now.
+    pub fn primary_port(&self) -> Option<u16> {
+        self.ports.iter().find_map(|port| {
+            let out = cli(*port, &["SENTINEL", "get-master-addr-by-name", "mymaster"])?;
+            out.lines().nth(1)?.trim().parse().ok()
+        })
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// `redis-cli -p port args…`: its output, `None` if it failed.
+fn cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
 }
 
 /// A `modelcast` process.

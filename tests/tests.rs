@@ -23,6 +23,7 @@ mod publish_ws;
 mod robustness;
 mod schema_compat;
 mod security;
+mod sentinel;
 mod server_browser;
 mod server_http;
 mod server_ws;

@@ -98,7 +98,7 @@ async fn call_groups(
     let now_ms = chrono::Utc::now().timestamp_millis();
     let calls = groups.iter().map(|(topic, group)| {
         let cmd = append_call(&shared.scripts, shared.names.of(*topic), limits, now_ms, group);
-        let mut conn = shared.conn.clone();
+        let mut conn = shared.conn();
         async move { cmd.query_async::<Value>(&mut conn).await }
     });
     futures_util::future::join_all(calls).await

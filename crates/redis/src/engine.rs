@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use modelcast_hub::{Append, Appended, Engine, Error as HubError, Pending, Replica};
 use modelcast_protocol::{Since, Topic};
@@ -17,12 +16,16 @@ use crate::health::HealthReport;
 use crate::names::Names;
 use crate::queued::Queued;
 use crate::scripts::clear_call;
-use crate::shared::{Limits, Shared};
+use crate::shared::{Limits, Shared, manager_config};
+use crate::target::{Target, address};
 
 /// What the engine needs to know. Build with [`RedisSettings::new`] and the setters.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     url: String,
+    sentinels: Vec<String>,
+    master: Option<String>,
+    sentinel_password: Option<String>,
     prefix: String,
     node: String,
     history_size: usize,
@@ -37,12 +40,31 @@ impl RedisSettings {
     pub fn new(url: impl Into<String>, prefix: impl Into<String>, node: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            sentinels: Vec::new(),
+            master: None,
+            sentinel_password: None,
             prefix: prefix.into(),
             node: node.into(),
             history_size: 1000,
             state_max_keys: 10_000,
             append_queue: 10_000,
         }
+    }
+
+    /// Redis Sentinel: the primary is the one these sentinels (`host:port`) name for `master`,
+    /// asked again whenever a connection fails or the primary turns read-only (a failover);
+    /// the URL still gives the database, password and TLS of the data connections.
+    /// `password` is the sentinels' own, if they have one.
+    pub fn sentinel(
+        mut self,
+        sentinels: Vec<String>,
+        master: impl Into<String>,
+        password: Option<String>,
+    ) -> Self {
+        self.sentinels = sentinels;
+        self.master = Some(master.into());
+        self.sentinel_password = password;
+        self
     }
 
     /// Messages kept per topic in the log (a capped stream).
@@ -95,13 +117,17 @@ impl RedisEngine {
     pub async fn start(settings: RedisSettings) -> Result<Arc<Self>> {
         let connect =
             |source: redis::RedisError| Error::Connect { url: redact(&settings.url), source };
-        let client = redis::Client::open(settings.url.as_str()).map_err(connect)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let mut conn = client.get_connection_manager_with_config(config).await.map_err(connect)?;
+        let target = Target::new(
+            &settings.url,
+            &settings.sentinels,
+            settings.master.as_deref(),
+            settings.sentinel_password.as_deref(),
+        )
+        .map_err(connect)?;
+        let client = target.primary().await.map_err(connect)?;
+        let primary = address(&client);
+        let mut conn =
+            client.get_connection_manager_with_config(manager_config()).await.map_err(connect)?;
         let warning = eviction_warning(&mut conn).await;
         if let Some(warning) = &warning {
             tracing::warn!("{warning}");
@@ -109,7 +135,7 @@ impl RedisEngine {
         let names = Names::new(&settings.prefix, &settings.node);
         let limits =
             Limits { history_size: settings.history_size, state_max_keys: settings.state_max_keys };
-        let shared = Arc::new(Shared::new(conn, names, limits));
+        let shared = Arc::new(Shared::new(conn, target, primary, names, limits));
         shared.health.set_warning(warning);
         if let Err(err) = shared.restart_check().await {
             shared.health.set_down(format!("redis: {err}"));
@@ -121,7 +147,6 @@ impl RedisEngine {
         let tracker = TaskTracker::new();
         tracker.spawn(crate::appender::run(shared.clone(), queue, stop.clone()));
         tracker.spawn(crate::follower::run(
-            client,
             shared.clone(),
             attached,
             inboxes,
@@ -143,6 +168,12 @@ impl RedisEngine {
     /// The engine's health now.
     pub fn health(&self) -> HealthReport {
         self.shared.health.report()
+    }
+
+    /// The primary's address the engine uses now (`host:port`), and whether it follows a
+    /// failover (Redis Sentinel).
+    pub fn primary(&self) -> (String, bool) {
+        (self.shared.primary(), self.shared.follows_failovers())
     }
 
     /// Stops the engine's tasks and waits for them: appends still queued are answered

@@ -94,7 +94,6 @@ pub(crate) fn topic_channels() -> (Vec<TopicHandle>, Vec<TopicInbox>) {
 /// Follows the channels until `stop`: waits for the hub's replica, starts a worker per topic,
 /// then keeps a pub/sub connection (reconnecting with backoff).
 pub(crate) async fn run(
-    client: redis::Client,
     shared: Arc<Shared>,
     attached: oneshot::Receiver<Replica>,
     inboxes: Vec<TopicInbox>,
@@ -118,7 +117,7 @@ pub(crate) async fn run(
         };
         tracker.spawn(worker.run(inbox, stop.clone()));
     }
-    let mut follower = Follower { client, shared, replica, handles };
+    let mut follower = Follower { shared, replica, handles };
     let mut backoff = Duration::from_millis(100);
     loop {
         match follower.subscribe().await {
@@ -143,7 +142,6 @@ pub(crate) async fn run(
 }
 
 struct Follower {
-    client: redis::Client,
     shared: Arc<Shared>,
     replica: Replica,
     handles: Vec<TopicHandle>,
@@ -154,12 +152,15 @@ impl Follower {
     /// restart check and every topic marked for repair: subscribed first, so nothing published
     /// in between is missed (it is in the log, on the channel, or both).
     async fn subscribe(&mut self) -> redis::RedisResult<redis::aio::PubSub> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
+        // Where the primary is now (after a failover: the one Sentinel names; the command
+        // connection moves with it), then the pub/sub connection there.
+        let client = self.shared.follow_primary().await?;
+        let mut pubsub = client.get_async_pubsub().await?;
         let mut channels: Vec<&str> = self.shared.names.channels().collect();
         channels.push(&self.shared.names.probe);
         pubsub.subscribe(&channels).await?;
         self.shared.restart_check().await?;
-        let mut conn = self.shared.conn.clone();
+        let mut conn = self.shared.conn();
         let fresh = new_epoch();
         let names = &self.shared.names;
         let _: Value = redis::cmd("SET")
@@ -214,7 +215,15 @@ impl Follower {
                     probes_sent += 1;
                     match self.check_and_probe(probes_sent).await {
                         Ok(()) => self.shared.health.set_up(),
-                        Err(err) => self.shared.health.set_down(format!("redis: {err}")),
+                        Err(err) => {
+                            self.shared.health.set_down(format!("redis: {err}"));
+                            // Under Sentinel a primary that fails or turned read-only (demoted)
+                            // means "ask again": reconnect, through the sentinels.
+                            if self.shared.follows_failovers() && moved(&err) {
+                                tracing::warn!("redis primary unreachable or demoted ({err}); asking sentinel");
+                                return Some(());
+                            }
+                        }
                     }
                 }
             }
@@ -253,7 +262,7 @@ impl Follower {
         for topic in Topic::ALL {
             pipe.cmd("HMGET").arg(&names.of(topic).meta).arg("epoch").arg("seq");
         }
-        let mut conn = self.shared.conn.clone();
+        let mut conn = self.shared.conn();
         let metas: Vec<(Option<String>, Option<u64>)> = pipe.query_async(&mut conn).await?;
         for (topic, (epoch, seq)) in Topic::ALL.into_iter().zip(metas) {
             let Some((mine, last)) = self.replica.position(topic) else { return Ok(()) };
@@ -271,6 +280,15 @@ impl Follower {
         redis::cmd("PUBLISH").arg(&names.probe).arg(probe).query_async::<i64>(&mut conn).await?;
         Ok(())
     }
+}
+
+/// Whether `err` says the primary is gone or no longer the primary.
+fn moved(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        || err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
 }
 
 /// What a topic's channel carries.

@@ -33,6 +33,8 @@ pub(crate) struct Health {
     pub(crate) fences: AtomicU64,
     /// Pub/sub reconnects.
     pub(crate) reconnects: AtomicU64,
+    /// Times Sentinel named another primary and the engine moved to it.
+    pub(crate) failovers: AtomicU64,
 }
 
 /// A snapshot of the engine's health (for `/readyz`, `/api/stats`, `/metrics`).
@@ -59,6 +61,8 @@ pub struct HealthReport {
     pub fences: u64,
     /// Pub/sub reconnects.
     pub reconnects: u64,
+    /// Failovers followed (Redis Sentinel named another primary).
+    pub failovers: u64,
 }
 
 impl Default for Health {
@@ -73,6 +77,7 @@ impl Default for Health {
             resets: AtomicU64::new(0),
             fences: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
         }
     }
 }
@@ -136,6 +141,7 @@ impl Health {
             resets: n(&self.resets),
             fences: n(&self.fences),
             reconnects: n(&self.reconnects),
+            failovers: n(&self.failovers),
         }
     }
 }

@@ -25,6 +25,7 @@ mod queued;
 mod scripts;
 mod shared;
 mod snapshot;
+mod target;
 
 pub use engine::{RedisEngine, RedisSettings, redact};
 pub use error::{Error, Result};

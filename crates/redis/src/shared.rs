@@ -2,7 +2,7 @@
 //! the settings, and the restart check that every task runs before Redis is used again after
 //! it lost its script cache.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use modelcast_hub::new_epoch;
@@ -12,6 +12,7 @@ use redis::aio::ConnectionManager;
 use crate::health::Health;
 use crate::names::Names;
 use crate::scripts::{RestartCheck, Scripts};
+use crate::target::{Target, address};
 
 /// How long an idempotency key is remembered (the hub's rule, in Redis: a key with a TTL).
 pub(crate) const IDEMPOTENCY_TTL_SECS: u64 = modelcast_hub::IDEMPOTENCY_TTL.as_secs();
@@ -26,7 +27,12 @@ pub(crate) struct Limits {
 /// The shared part of the engine.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) conn: ConnectionManager,
+    /// The command connection to the primary now (replaced when Sentinel names another).
+    conn: RwLock<ConnectionManager>,
+    /// Where Redis is.
+    target: Target,
+    /// The primary's address the command connection goes to.
+    primary: Mutex<String>,
     pub(crate) names: Names,
     pub(crate) scripts: Scripts,
     pub(crate) health: Health,
@@ -52,9 +58,17 @@ pub(crate) fn needs_restart_check(err: &redis::RedisError) -> bool {
 }
 
 impl Shared {
-    pub(crate) fn new(conn: ConnectionManager, names: Names, limits: Limits) -> Self {
+    pub(crate) fn new(
+        conn: ConnectionManager,
+        target: Target,
+        primary: String,
+        names: Names,
+        limits: Limits,
+    ) -> Self {
         Self {
-            conn,
+            conn: RwLock::new(conn),
+            target,
+            primary: Mutex::new(primary),
             names,
             scripts: Scripts::default(),
             health: Health::default(),
@@ -64,6 +78,46 @@ impl Shared {
             candidate: Mutex::new(String::new()),
             checking: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The command connection (a clone: cheap, shares the one connection).
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the primary can move (Redis Sentinel).
+    pub(crate) fn follows_failovers(&self) -> bool {
+        self.target.follows_failovers()
+    }
+
+    /// The primary's address the engine uses now.
+    pub(crate) fn primary(&self) -> String {
+        self.primary.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Asks where the primary is now (Sentinel: the sentinels; one Redis: always the same),
+    /// moves the command connection there if it moved (said once, at warn), and returns a
+    /// client for it (the follower's pub/sub connection).
+    pub(crate) async fn follow_primary(&self) -> redis::RedisResult<redis::Client> {
+        let client = self.target.primary().await?;
+        if !self.follows_failovers() {
+            return Ok(client);
+        }
+        let now = address(&client);
+        let before = self.primary();
+        if now != before {
+            let conn = client.get_connection_manager_with_config(manager_config()).await?;
+            *self.conn.write().unwrap_or_else(|e| e.into_inner()) = conn;
+            *self.primary.lock().unwrap_or_else(|e| e.into_inner()) = now.clone();
+            self.health.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                from = %before,
+                to = %now,
+                "redis sentinel names another primary (a failover): the engine moved its \
+                 connections there and catches up from its log"
+            );
+        }
+        Ok(client)
     }
 
     /// The cluster's epoch candidate (empty until the follower read it).
@@ -86,7 +140,7 @@ impl Shared {
     /// restart ever reuses a number of the lost tail under the old epoch.
     pub(crate) async fn restart_check(&self) -> redis::RedisResult<()> {
         let _one = self.checking.lock().await;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await?;
         let run_id = info
             .lines()
@@ -128,7 +182,7 @@ impl Shared {
     /// Whether Redis can lose acknowledged writes on a crash: anything but `appendonly yes`
     /// with `appendfsync always` (and when its configuration cannot be read).
     async fn lossy(&self) -> bool {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let get = |name: &'static str| {
             let mut cmd = redis::cmd("CONFIG");
             cmd.arg("GET").arg(name);
@@ -146,7 +200,7 @@ impl Shared {
         &self,
         cmd: &redis::Cmd,
     ) -> redis::RedisResult<T> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         match cmd.query_async(&mut conn).await {
             Err(err) if needs_restart_check(&err) => {
                 self.restart_check().await?;
@@ -155,6 +209,16 @@ impl Shared {
             done => done,
         }
     }
+}
+
+/// How the command connection behaves: fail fast (a second to connect, two to answer, one
+/// retry), so a publish meets an unreachable Redis with a 503, not a wait.
+pub(crate) fn manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500))
 }
 
 /// How often every topic's seq is compared with the node's, and the probes sent.

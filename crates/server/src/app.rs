@@ -65,17 +65,32 @@ impl Server {
             .idempotency_keys(config.idempotency_keys)
             .outbox_capacity(config.queue_size);
         let node_id = node_id(&config);
-        let engine = match &config.redis_url {
+        let sentinel = !config.redis_sentinels.is_empty();
+        // With Sentinel alone, the URL only says how to talk to the primary: the defaults.
+        let url =
+            config.redis_url.clone().or_else(|| sentinel.then(|| "redis://localhost/0".into()));
+        let engine = match &url {
             None => None,
             Some(url) => {
-                let settings = RedisSettings::new(url, &config.redis_prefix, &node_id)
+                let mut settings = RedisSettings::new(url, &config.redis_prefix, &node_id)
                     .history_size(config.history_size)
                     .state_max_keys(config.state_max_keys)
                     .append_queue(config.redis_append_queue);
+                if let (true, Some(master)) = (sentinel, &config.redis_master) {
+                    settings = settings.sentinel(
+                        config.redis_sentinels.clone(),
+                        master,
+                        config.redis_sentinel_password.clone(),
+                    );
+                }
                 let engine = RedisEngine::start(settings).await.map_err(|e| {
                     std::io::Error::new(
                         std::io::ErrorKind::ConnectionRefused,
-                        format!("MODELCAST_REDIS_URL: {e}"),
+                        if sentinel {
+                            format!("MODELCAST_REDIS_SENTINELS: {e}")
+                        } else {
+                            format!("MODELCAST_REDIS_URL: {e}")
+                        },
                     )
                 })?;
                 Some(engine)

@@ -104,6 +104,31 @@ pub struct Config {
     #[arg(long, env = "MODELCAST_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
 
+    /// Redis Sentinel (`host:port,host:port,...`): the cluster's Redis is the primary these
+    /// sentinels name for `MODELCAST_REDIS_MASTER`, followed through failovers.
+    /// `MODELCAST_REDIS_URL` then only gives the database, password and TLS.
+    #[arg(
+        long,
+        env = "MODELCAST_REDIS_SENTINELS",
+        value_name = "HOST:PORT,...",
+        value_delimiter = ',',
+        requires = "redis_master"
+    )]
+    pub redis_sentinels: Vec<String>,
+
+    /// The master's name the sentinels monitor (with `MODELCAST_REDIS_SENTINELS`).
+    #[arg(long, env = "MODELCAST_REDIS_MASTER", value_name = "NAME")]
+    pub redis_master: Option<String>,
+
+    /// The sentinels' own password, if they have one.
+    #[arg(
+        long,
+        env = "MODELCAST_REDIS_SENTINEL_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub redis_sentinel_password: Option<String>,
+
     /// Prefix of the cluster's Redis keys, so several clusters can share one Redis.
     #[arg(long, env = "MODELCAST_REDIS_PREFIX", default_value = "mc", value_name = "PREFIX")]
     pub redis_prefix: String,
@@ -613,6 +638,24 @@ mod tests {
                 ("MODELCAST_DEMO", "yes"),
             ],
         );
+    }
+
+    /// Sentinels are a comma list and need the master's name.
+    #[test]
+    fn sentinels_need_a_master_name() {
+        let parsed = Config::try_parse_args([
+            "modelcast",
+            "--redis-sentinels",
+            "10.0.0.1:26379,10.0.0.2:26379",
+            "--redis-master",
+            "mymaster",
+        ])
+        .expect("valid");
+        assert_eq!(parsed.redis_sentinels, ["10.0.0.1:26379", "10.0.0.2:26379"]);
+        assert_eq!(parsed.redis_master.as_deref(), Some("mymaster"));
+        let missing = Config::try_parse_args(["modelcast", "--redis-sentinels", "h:26379"]);
+        let message = missing.expect_err("no master name").to_string();
+        assert!(message.contains("--redis-master"), "{message}");
     }
 
     /// Yes/no settings take the usual spellings from the environment, and a bad one is named.

@@ -319,8 +319,12 @@ fn state(app: &App, query: Option<&str>) -> Resp {
 fn engine(app: &App) -> Value {
     let Some(engine) = &app.engine else { return json!({"kind": "memory", "up": true}) };
     let h = engine.health();
+    let (primary, sentinel) = engine.primary();
     json!({
         "kind": "redis",
+        "topology": if sentinel { "sentinel" } else { "single" },
+        "primary": primary,
+        "failovers": h.failovers,
         "up": h.up,
         "following": h.following,
         "unavailable_reason": h.reason,

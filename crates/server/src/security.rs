@@ -50,26 +50,37 @@ pub fn check_config(config: &Config) -> Result<String, String> {
         .collect();
     let list = |items: &[String]| if items.is_empty() { "-".to_owned() } else { items.join(",") };
     let proxies: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
-    Ok([
-        format!("bind: {}", config.bind),
-        format!(
-            "engine: {}",
-            config.redis_url.as_deref().map_or("memory".to_owned(), modelcast_redis::redact)
-        ),
-        format!(
-            "authentication: {}",
-            if security.auth_required() { "JWT required" } else { "open" }
-        ),
-        format!("topic roles: {}", list(&roles)),
-        format!("publish keys: {}", config.publish_keys.len()),
-        format!("allowed origins: {}", list(&config.allowed_origins)),
-        format!("trusted proxies: {}", list(&proxies)),
-        format!("max connections: {}", config.max_connections),
-        format!("state keys per topic: {}", config.state_max_keys),
-        format!("ids per filter: {}", config.max_filter_ids),
-        format!("idempotency keys: {}", config.idempotency_keys),
-    ]
-    .join("\n"))
+    Ok(
+        [
+            format!("bind: {}", config.bind),
+            format!(
+                "engine: {}",
+                match (&config.redis_master, config.redis_sentinels.is_empty()) {
+                    (Some(master), false) => format!(
+                        "redis sentinel: master {master} via {}",
+                        config.redis_sentinels.join(",")
+                    ),
+                    _ => config
+                        .redis_url
+                        .as_deref()
+                        .map_or("memory".to_owned(), modelcast_redis::redact),
+                }
+            ),
+            format!(
+                "authentication: {}",
+                if security.auth_required() { "JWT required" } else { "open" }
+            ),
+            format!("topic roles: {}", list(&roles)),
+            format!("publish keys: {}", config.publish_keys.len()),
+            format!("allowed origins: {}", list(&config.allowed_origins)),
+            format!("trusted proxies: {}", list(&proxies)),
+            format!("max connections: {}", config.max_connections),
+            format!("state keys per topic: {}", config.state_max_keys),
+            format!("ids per filter: {}", config.max_filter_ids),
+            format!("idempotency keys: {}", config.idempotency_keys),
+        ]
+        .join("\n"),
+    )
 }
 
 /// The security settings, resolved at start-up.
