@@ -101,14 +101,7 @@ impl Redis {
 
     /// Runs `redis-cli` with `args`; its output, `None` if it failed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+        cli(self.port, args)
     }
 
     /// Sends `signal` (e.g. `-STOP`, `-CONT`) to the server.
