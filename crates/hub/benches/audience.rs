@@ -15,27 +15,16 @@
 //!
 //! Outboxes are drained every 200 publishes, outside the timed section.
 
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod support;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use modelcast_hub::{Audience, Connection, Hub, HubConfig, Publish, SubscribeOptions, Viewer};
-use modelcast_protocol::{ServerMessage, Topic};
+use modelcast_protocol::Topic;
+use support::{message, timed};
 
 const SUBSCRIBERS: usize = 1_000;
-
-fn message() -> ServerMessage {
-    serde_json::from_value(serde_json::json!({
-        "type": "download_progress_update",
-        "data": {
-            "model_id": "t2v-a14b", "status": "downloading", "progress_percent": 45.5,
-            "downloaded_mb": 455.0, "total_mb": 1000.0, "speed_mbps": 15.2, "eta_seconds": 36.0,
-            "can_pause": true, "can_resume": true, "can_cancel": true,
-            "timestamp": "2025-08-27T10:30:00Z"
-        }
-    }))
-    .expect("valid message")
-}
 
 /// 1,000 subscribers, `user-<i>` with role `user`; filtered on `m<i>` if `filtered`.
 fn setup(filtered: bool) -> (Hub, Vec<Connection>) {
@@ -47,31 +36,6 @@ fn setup(filtered: bool) -> (Hub, Vec<Connection>) {
         c.subscribe(Topic::DownloadProgress, options).expect("subscribe");
     }
     (hub, conns)
-}
-
-fn drain(conns: &[Connection], buf: &mut Vec<modelcast_hub::Delivery>) {
-    for c in conns {
-        while c.try_recv(buf, 1024).expect("open") > 0 {
-            buf.clear();
-        }
-    }
-}
-
-/// Publishes `iters` times what `make(i)` builds, timing only the publishes.
-fn timed(hub: &Hub, conns: &[Connection], iters: u64, make: impl Fn(u64) -> Publish) -> Duration {
-    let mut buf = Vec::with_capacity(1024);
-    let mut total = Duration::ZERO;
-    for i in 0..iters {
-        let publish = make(i);
-        let start = Instant::now();
-        hub.publish(black_box(publish));
-        total += start.elapsed();
-        if i % 200 == 199 {
-            drain(conns, &mut buf);
-        }
-    }
-    drain(conns, &mut buf);
-    total
 }
 
 fn audience(c: &mut Criterion) {
@@ -88,18 +52,20 @@ fn audience(c: &mut Criterion) {
     let pick = |i: u64| (i as usize * 7919) % SUBSCRIBERS;
 
     let (hub, conns) = setup(false);
-    group.bench_function("everyone", |b| b.iter_custom(|n| timed(&hub, &conns, n, |_| plain())));
+    group.bench_function("everyone", |b| {
+        b.iter_custom(|n| timed(&hub, &conns, n, 200, |_| plain()))
+    });
     group.bench_function("user_one", |b| {
-        b.iter_custom(|n| timed(&hub, &conns, n, |i| plain().audience(users[pick(i)].clone())))
+        b.iter_custom(|n| timed(&hub, &conns, n, 200, |i| plain().audience(users[pick(i)].clone())))
     });
     group.bench_function("role_all", |b| {
-        b.iter_custom(|n| timed(&hub, &conns, n, |_| plain().audience(role.clone())))
+        b.iter_custom(|n| timed(&hub, &conns, n, 200, |_| plain().audience(role.clone())))
     });
     drop(conns);
 
     let (hub, conns) = setup(true);
     group.bench_function("filter_one", |b| {
-        b.iter_custom(|n| timed(&hub, &conns, n, |i| plain().subject(format!("m{}", pick(i)))))
+        b.iter_custom(|n| timed(&hub, &conns, n, 200, |i| plain().subject(format!("m{}", pick(i)))))
     });
     group.finish();
 }

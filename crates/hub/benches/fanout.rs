@@ -9,30 +9,18 @@
 //!
 //! Outboxes are drained every 500 publishes, outside the timed section.
 
-use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use modelcast_hub::{Connection, Hub, HubConfig, Publish, SubscribeOptions};
-use modelcast_protocol::{ServerMessage, Topic};
+use modelcast_protocol::Topic;
+use support::{message, timed};
 
 const SUBSCRIBERS: usize = 10_000;
-
-fn message() -> ServerMessage {
-    // A ~150-byte progress frame, like the ones the seed's clients receive.
-    serde_json::from_value(serde_json::json!({
-        "type": "download_progress_update",
-        "data": {
-            "model_id": "t2v-a14b", "status": "downloading", "progress_percent": 45.5,
-            "downloaded_mb": 455.0, "total_mb": 1000.0, "speed_mbps": 15.2, "eta_seconds": 36.0,
-            "can_pause": true, "can_resume": true, "can_cancel": true,
-            "timestamp": "2025-08-27T10:30:00Z"
-        }
-    }))
-    .expect("valid message")
-}
 
 fn setup() -> (Hub, Vec<Connection>) {
     let hub = Hub::new(HubConfig::default());
@@ -43,30 +31,12 @@ fn setup() -> (Hub, Vec<Connection>) {
     (hub, conns)
 }
 
-fn drain(conns: &[Connection], buf: &mut Vec<modelcast_hub::Delivery>) {
-    for c in conns {
-        while c.try_recv(buf, 1024).expect("open") > 0 {
-            buf.clear();
-        }
-    }
-}
-
-/// Publishes `iters` times, timing only the publishes.
+/// Publishes `iters` progress updates about `m1`, timing only the publishes.
 fn timed_publishes(hub: &Hub, conns: &[Connection], iters: u64) -> Duration {
     let msg = message();
-    let mut buf = Vec::with_capacity(1024);
-    let mut total = Duration::ZERO;
-    for i in 0..iters {
-        let publish = Publish::new(msg.clone()).expect("topic message").subject("m1");
-        let start = Instant::now();
-        hub.publish(black_box(publish));
-        total += start.elapsed();
-        if i % 500 == 499 {
-            drain(conns, &mut buf);
-        }
-    }
-    drain(conns, &mut buf);
-    total
+    timed(hub, conns, iters, 500, |_| {
+        Publish::new(msg.clone()).expect("topic message").subject("m1")
+    })
 }
 
 fn fanout(c: &mut Criterion) {
