@@ -420,3 +420,30 @@ async fn event_streams_receive_their_tokens_audience_only() {
     assert_eq!(ids(a.messages(2).await), ["for-alice", "for-all"]);
     assert_eq!(ids(b.messages(1).await), ["for-all"]);
 }
+
+/// The names an audience or a viewer makes the hub keep are freed with their owner: a
+/// message's audience with its history entry, a connection's viewer with the connection (or
+/// when a renewal replaces it).
+#[tokio::test]
+async fn audience_and_viewer_names_are_freed_with_their_owner() {
+    use modelcast_hub::{Audience, Hub, HubConfig, Publish, SubscribeOptions, Viewer};
+    use modelcast_protocol::Topic;
+    use modelcast_tests::msg;
+
+    let hub = Hub::new(HubConfig::default().history_size(1));
+    let conn = hub.connect();
+    conn.set_viewer(Viewer::new("viewer-before", ["role-before"]));
+    conn.subscribe(Topic::Alerts, SubscribeOptions::default()).unwrap();
+    assert!(hub.knows_key("viewer-before") && hub.knows_key("role-before"));
+    conn.set_viewer(Viewer::new("viewer-after", Vec::<&str>::new()));
+    assert!(!hub.knows_key("viewer-before") && !hub.knows_key("role-before"), "renewed away");
+
+    let to_once = Audience::new(["only-once"], ["role-once"]);
+    hub.publish(Publish::new(msg::alert("a1")).unwrap().audience(to_once));
+    assert!(hub.knows_key("only-once") && hub.knows_key("role-once"), "held by history");
+    hub.publish(Publish::new(msg::alert("a2")).unwrap());
+    assert!(!hub.knows_key("only-once") && !hub.knows_key("role-once"), "gone with its entry");
+
+    drop(conn);
+    assert!(!hub.knows_key("viewer-after"), "gone with the connection");
+}
