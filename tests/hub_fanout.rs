@@ -172,6 +172,67 @@ async fn an_engine_makes_two_hubs_one_sequence() {
     assert_eq!(c.retained(Topic::DownloadProgress), a.retained(Topic::DownloadProgress));
 }
 
+/// An engine whose log the hub has not loaded until a client needs it (as a Redis node right
+/// after its start): it loads a topic when asked to reach it.
+#[derive(Debug, Default)]
+struct LoadsOnReach(std::sync::Mutex<Option<modelcast_hub::Replica>>);
+
+impl modelcast_hub::Engine for LoadsOnReach {
+    fn attach(&self, replica: modelcast_hub::Replica) {
+        *self.0.lock().unwrap() = Some(replica);
+    }
+
+    fn append(&self, _: modelcast_hub::Append) -> modelcast_hub::Appended {
+        modelcast_hub::Appended::Done(Err(modelcast_hub::Error::Unavailable("test".into())))
+    }
+
+    fn clear(&self, _: Topic, _: String) -> modelcast_hub::Pending<bool> {
+        modelcast_hub::Pending::ready(Ok(false))
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+
+    fn reach(
+        &self,
+        topic: Topic,
+        _: Option<&modelcast_protocol::Since>,
+    ) -> modelcast_hub::Pending<()> {
+        let replica = self.0.lock().unwrap().clone().unwrap();
+        replica.reset(topic, "the-logs-epoch", 7, Vec::new(), Vec::new());
+        modelcast_hub::Pending::ready(Ok(()))
+    }
+}
+
+/// A node's copy of a topic that its engine has not loaded answers no one: with or without
+/// `since`, a subscription is refused as `Behind` (the caller asks the engine to reach it),
+/// so no client ever sees the node's placeholder epoch or empty state; after the load it
+/// starts at the log's position. A single node's copy is the log from the start.
+#[tokio::test]
+async fn a_copy_not_loaded_from_the_log_answers_no_one() {
+    let hub = Hub::with_engine(HubConfig::default(), Arc::new(LoadsOnReach::default()));
+    assert_eq!(hub.loading(), Topic::ALL);
+    let conn = hub.connect();
+    let since = modelcast_protocol::Since { epoch: hub.position(Topic::Alerts).0, seq: 0 };
+    for options in [SubscribeOptions::default(), SubscribeOptions::default().since(Some(since))] {
+        let refused = conn.subscribe(Topic::Alerts, options);
+        assert!(matches!(refused, Err(modelcast_hub::Error::Behind { .. })), "{refused:?}");
+    }
+    assert!(drain(&conn, NOW).await.unwrap().is_empty(), "nothing was answered");
+
+    hub.reach(Topic::Alerts, None).wait().await.unwrap();
+    assert!(!hub.loading().contains(&Topic::Alerts));
+    assert!(hub.loading().contains(&Topic::ModelStatus), "loaded one topic at a time");
+    let outcome = conn.subscribe(Topic::Alerts, SubscribeOptions::default()).unwrap();
+    assert_eq!((outcome.epoch.as_str(), outcome.seq), ("the-logs-epoch", 7));
+    let frames = drain(&conn, NOW).await.unwrap();
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["data"]["epoch"], "the-logs-epoch");
+
+    assert!(Hub::default().loading().is_empty(), "a single node is its own log");
+}
+
 /// The same publishes, in order: downloads of three models (keyed updates, throttled updates,
 /// transitions, keyless updates), alerts (urgent) and model status, interleaved so that runs
 /// of one topic are short and long; then a burst of updates of one key.

@@ -244,7 +244,7 @@ async fn recovery_that_cannot_be_served_says_so_and_sends_the_retained_state() {
     let with_since = SubscribeOptions::default().since(Some(future.clone()));
     let err = c.subscribe(Topic::ModelStatus, with_since.clone()).unwrap_err();
     assert_eq!(err, modelcast_hub::Error::Behind { topic: Topic::ModelStatus, have: 50 });
-    hub.reach(Topic::ModelStatus, &future).wait().await.unwrap();
+    hub.reach(Topic::ModelStatus, Some(&future)).wait().await.unwrap();
     assert!(c.subscribe(Topic::ModelStatus, with_since).is_err(), "still past the log");
     let o = c.subscribe(Topic::ModelStatus, SubscribeOptions::default()).unwrap();
     assert_eq!((o.recovered, o.seq), (false, 50));

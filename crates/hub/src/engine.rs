@@ -56,11 +56,12 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
     /// error at once instead of waiting).
     fn unavailable(&self) -> Option<String>;
 
-    /// A client asked this node for `since` in `topic`, which it has not reached: bring the
-    /// node's copy up to the log's newest `seq`; if the log's head under `since`'s epoch is
-    /// below it, the log rolled back (the client holds acknowledged messages the log lost):
-    /// give the topic a new epoch. Answers once done.
-    fn reach(&self, topic: Topic, since: &modelcast_protocol::Since) -> Pending<()>;
+    /// A client asked this node for `topic` from `since`, which it has not reached, or before
+    /// the node's copy was loaded from the log: load or bring the copy up to the log's newest
+    /// `seq`; if the log's head under `since`'s epoch is below it, the log rolled back (the
+    /// client holds acknowledged messages the log lost): give the topic a new epoch. Answers
+    /// once done.
+    fn reach(&self, topic: Topic, since: Option<&modelcast_protocol::Since>) -> Pending<()>;
 }
 
 /// One message for [`Engine::append`].
@@ -164,6 +165,15 @@ impl Replica {
         }
     }
 
+    /// Declares the hub's own topics the log (an engine in the same process, which sequences
+    /// on them): until an engine does this or [`Replica::reset`]s a topic, the node's copy is
+    /// not the log's, and a client's position in it waits for [`Engine::reach`].
+    pub fn own(&self) {
+        if let Some(topics) = self.topics.upgrade() {
+            topics.own();
+        }
+    }
+
     /// `key`'s retained state on `topic` was cleared: drop it and tell the subscribers.
     pub fn cleared(&self, topic: Topic, key: &str) -> bool {
         self.topics.upgrade().is_some_and(|t| t.clear_state(topic, key))
@@ -209,6 +219,7 @@ const GONE: &str = "the hub is gone";
 
 impl Engine for LocalEngine {
     fn attach(&self, replica: Replica) {
+        replica.own();
         if self.replica.set(replica).is_err() {
             tracing::error!("a local engine serves one hub; a second attach was ignored");
         }
@@ -251,7 +262,7 @@ impl Engine for LocalEngine {
         None
     }
 
-    fn reach(&self, _topic: Topic, _since: &modelcast_protocol::Since) -> Pending<()> {
+    fn reach(&self, _topic: Topic, _since: Option<&modelcast_protocol::Since>) -> Pending<()> {
         // The node is the log: never behind. A position past it in its epoch is made up (a
         // process's epoch is its own), and the subscription starts from the current state.
         Pending::ready(Ok(()))
@@ -373,7 +384,7 @@ impl Engine for MemoryEngine {
         None
     }
 
-    fn reach(&self, _topic: Topic, _since: &modelcast_protocol::Since) -> Pending<()> {
+    fn reach(&self, _topic: Topic, _since: Option<&modelcast_protocol::Since>) -> Pending<()> {
         // Every replica applies under the engine's lock: none is ever behind.
         Pending::ready(Ok(()))
     }

@@ -28,10 +28,11 @@ pub enum Error {
     #[error("not subscribed to {0}")]
     NotSubscribed(Topic),
     /// A recovery's `since` is ahead of what this node has received of the topic (another node
-    /// delivered it first, or the log rolled back, or it is made up): ask the engine to reach
-    /// it ([`crate::Hub::reach`]: it catches the node up, or fences a rolled-back log), then
-    /// subscribe again; if the position is still ahead, subscribe without it (the current
-    /// state, not recovered).
+    /// delivered it first, or the log rolled back, or it is made up), or the node's copy of the
+    /// topic is not loaded from the log yet (just started): ask the engine to reach it
+    /// ([`crate::Hub::reach`]: it loads or catches the node up, or fences a rolled-back log),
+    /// then subscribe again; if the position is still ahead, subscribe without it (the
+    /// current state, not recovered).
     #[error("this node has {topic} up to seq {have}; the position asked for is ahead of it")]
     Behind {
         /// The topic.

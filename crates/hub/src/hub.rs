@@ -134,12 +134,19 @@ impl Hub {
         self.engine.unavailable()
     }
 
-    /// A client asked for `since` in `topic`, which this node has not reached: the engine
-    /// brings the node up to its log's head, and fences the topic (a new epoch) if the log is
-    /// behind the client under the same epoch — the log rolled back. Answers once done
-    /// (at once on a single node, which is never behind); then subscribe again.
-    pub fn reach(&self, topic: Topic, since: &modelcast_protocol::Since) -> Pending<()> {
+    /// A subscription was refused with [`crate::Error::Behind`] (a position this node has not
+    /// reached, or a copy not loaded from the log yet): the engine brings the node up to its
+    /// log's head, and fences the topic (a new epoch) if the log is behind `since` under the
+    /// same epoch — the log rolled back. Answers once done (at once on a single node, which is
+    /// never behind); then subscribe again.
+    pub fn reach(&self, topic: Topic, since: Option<&modelcast_protocol::Since>) -> Pending<()> {
         self.engine.reach(topic, since)
+    }
+
+    /// The topics whose copy is not loaded from the engine's log yet (right after a start):
+    /// subscriptions to them wait for [`Hub::reach`]. Empty on a single node.
+    pub fn loading(&self) -> Vec<Topic> {
+        self.topics.loading()
     }
 
     /// Opens a connection: an outbox and the subscriptions that feed it.

@@ -165,7 +165,8 @@ enum Start {
     Recover(u64),
     /// Not recoverable: the history after this position, then the current state.
     Gap(u64),
-    /// The position asked for is ahead of this node's newest `seq` in the same epoch.
+    /// The position asked for is ahead of this node's newest `seq` in the same epoch, or the
+    /// node's copy is not loaded from the log yet: the engine must bring it up first.
     Ahead,
 }
 
@@ -236,6 +237,9 @@ struct TopicState {
     /// stored marked late, since they are only ever sent below a new subscription's position.
     retained: Retained,
     subs: Vec<Sub>,
+    /// Whether this copy is the log's: reset from it by the engine, or the hub's own log
+    /// ([`Topics::own`]). Until then, no position is judged against it.
+    loaded: bool,
 }
 
 impl TopicState {
@@ -408,6 +412,19 @@ impl Topics {
     }
 
     /// The topic's epoch and newest seq on this node.
+    /// Declares every topic's copy the log itself (an engine in this process): positions are
+    /// judged against it from now on.
+    pub(crate) fn own(&self) {
+        for topic in Topic::ALL {
+            self.lock(topic).loaded = true;
+        }
+    }
+
+    /// The topics whose copy is not loaded from the log yet.
+    pub(crate) fn loading(&self) -> Vec<Topic> {
+        Topic::ALL.into_iter().filter(|t| !self.lock(*t).loaded).collect()
+    }
+
     pub(crate) fn position(&self, topic: Topic) -> (Arc<str>, u64) {
         let state = self.lock(topic);
         (state.epoch.clone(), state.seq)
@@ -627,6 +644,7 @@ impl Topics {
         let mut guard = self.lock(topic);
         let state = &mut *guard;
         let old = Since { epoch: state.epoch.to_string(), seq: state.seq };
+        state.loaded = true;
         let dropped: usize = state.history.iter().map(|e| e.frame.frame.len()).sum();
         self.history_bytes.fetch_sub(dropped, Ordering::Relaxed);
         state.history.clear();
@@ -665,6 +683,9 @@ impl Topics {
         let epoch = &*state.epoch;
         let oldest = state.history.front().map_or(top + 1, |e| e.frame.seq);
         match since {
+            // A copy not yet loaded from the log has neither its epoch nor its state: the
+            // engine loads it first (and fences, if the client holds a position the log lost).
+            _ if !state.loaded => Start::Ahead,
             None => Start::State,
             // Recovery: the whole range (since, top] is still held.
             Some(since)

@@ -232,9 +232,9 @@ impl Engine for RedisEngine {
         self.shared.health.unavailable()
     }
 
-    fn reach(&self, topic: Topic, since: &Since) -> Pending<()> {
+    fn reach(&self, topic: Topic, since: Option<&Since>) -> Pending<()> {
         let (reply, pending) = Pending::new();
-        let work = Work { since: since.clone(), reply };
+        let work = Work { since: since.cloned(), reply };
         if let Err(err) = self.topics[topic.index()].work.try_send(work) {
             let message = match &err {
                 mpsc::error::TrySendError::Full(_) => {

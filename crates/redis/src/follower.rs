@@ -37,10 +37,11 @@ pub(crate) const TOPIC_QUEUE: usize = 256;
 /// range the log may hand out again.
 const CLIENT_FENCE_EVERY: Duration = Duration::from_secs(60);
 
-/// Work for a topic's worker: a client asked for a position this node has not reached.
+/// Work for a topic's worker: a client asked for a position this node has not reached, or
+/// subscribed before the topic was loaded.
 #[derive(Debug)]
 pub(crate) struct Work {
-    pub(crate) since: Since,
+    pub(crate) since: Option<Since>,
     pub(crate) reply: oneshot::Sender<HubResult<()>>,
 }
 
@@ -348,7 +349,7 @@ impl Worker {
                 work = inbox.work.recv() => match work {
                     None => return,
                     Some(Work { since, reply }) => {
-                        let reached = self.reach(&since).await;
+                        let reached = self.reach(since.as_ref()).await;
                         let answer = reached.as_ref().map(|_| ()).map_err(|e| {
                             HubError::Unavailable(format!("cannot reach the position now: redis: {e}"))
                         });
@@ -369,8 +370,9 @@ impl Worker {
     /// Brings the topic up to the log's head; a client past that head under the same epoch
     /// holds acknowledged messages the log lost: fence (at most once per
     /// [`CLIENT_FENCE_EVERY`]).
-    async fn reach(&mut self, since: &Since) -> redis::RedisResult<()> {
+    async fn reach(&mut self, since: Option<&Since>) -> redis::RedisResult<()> {
         self.repair().await?;
+        let Some(since) = since else { return Ok(()) };
         let Some((epoch, last)) = self.replica.position(self.topic) else { return Ok(()) };
         let past_head = *epoch == *since.epoch && last < since.seq;
         let due = self.last_client_fence.is_none_or(|at| at.elapsed() >= CLIENT_FENCE_EVERY);

@@ -49,33 +49,38 @@ fn authenticated(app: &App, conn: &Connection, control: &Arc<Control>, identity:
 /// asks for (it got it from another node, which received the message first).
 const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// A recovery asked for a position this node has not reached: the engine brings the node up
-/// to its log's head (fencing the topic if the client holds a position the log lost), then
-/// the subscription starts — notified, not polled. If the node still has not reached it (a
-/// position the log never had, within the engine's fence cooldown), the client gets the
-/// current state, not recovered: never a replay from numbers the log may hand out again. If
-/// the engine cannot answer, a retryable `unavailable` error.
+/// A subscription this node cannot answer yet: a recovery asked for a position it has not
+/// reached, or its copy of the topic is not loaded from the log yet (as right after a start).
+/// The engine brings the node up to its log's head (fencing the topic if the client holds a
+/// position the log lost), then the subscription starts — notified, not polled. If the node
+/// still has not reached the position (one the log never had, within the engine's fence
+/// cooldown), the client gets the current state, not recovered: never a replay from numbers
+/// the log may hand out again. If the engine cannot answer, a retryable `unavailable` error.
 fn subscribe_when_caught_up(app: &App, conn: &Connection, topic: Topic, options: SubscribeOptions) {
-    let Some(since) = options.since.clone() else { return };
-    let reached = app.hub.reach(topic, &since);
+    let reached = app.hub.reach(topic, options.since.as_ref());
     let conn = conn.clone();
     let counter = app.metrics.error_counter(&ErrorCode::Unavailable);
     tokio::spawn(async move {
         let request_id = options.request_id.clone();
+        let since = options.since.as_ref().map_or(0, |s| s.seq);
         let failed = match tokio::time::timeout(CATCH_UP_WAIT, reached.wait()).await {
-            Ok(Ok(())) => None,
+            Ok(Ok(())) => {
+                let behind =
+                    |r: &Result<_, _>| matches!(r, Err(modelcast_hub::Error::Behind { .. }));
+                let mut outcome = conn.subscribe(topic, options.clone());
+                if behind(&outcome) && options.since.is_some() {
+                    outcome = conn.subscribe(topic, options.since(None));
+                }
+                behind(&outcome).then(|| format!("this node has not loaded {topic} yet"))
+            }
             Ok(Err(err)) => Some(err.to_string()),
-            Err(_) => Some(format!("this node did not reach {topic} seq {} in time", since.seq)),
+            Err(_) => Some(format!("this node did not reach {topic} seq {since} in time")),
         };
         if let Some(reason) = failed {
             counter.inc();
             let code = ErrorCode::Unavailable;
-            let message = format!("cannot recover now ({reason}); retry in a moment");
+            let message = format!("cannot subscribe now ({reason}); retry in a moment");
             let _ = conn.send(&ServerMessage::Error(ErrorMessage { code, message, request_id }));
-            return;
-        }
-        if let Err(modelcast_hub::Error::Behind { .. }) = conn.subscribe(topic, options.clone()) {
-            let _ = conn.subscribe(topic, options.since(None));
         }
     });
 }

@@ -211,6 +211,9 @@ async fn respond(
             } else if let Some(reason) = app.hub.unavailable() {
                 let body = json!({"status": "engine_unavailable", "reason": reason});
                 (StatusCode::SERVICE_UNAVAILABLE, body)
+            } else if let loading @ [_, ..] = app.hub.loading().as_slice() {
+                // Just started: subscriptions to these wait until the engine has loaded them.
+                (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "loading", "topics": loading}))
             } else {
                 (StatusCode::OK, json!({"status": "ready"}))
             };
