@@ -42,6 +42,9 @@ pub(crate) struct Options {
     idle: Option<usize>,
     pin: bool,
     redis_url: Option<String>,
+    /// The nodes' Redis topology instead of one Redis: `--redis-cluster …` or
+    /// `--redis-sentinels … --redis-master …`, passed to every node as they are.
+    topology: Vec<String>,
     nodes: usize,
     sources: u8,
     /// Messages per publish request (1: as backends publish).
@@ -65,6 +68,7 @@ impl Options {
             idle: None,
             pin: true,
             redis_url: None,
+            topology: Vec::new(),
             nodes: 1,
             sources: 1,
             per_request: 1,
@@ -106,6 +110,10 @@ impl Options {
                         .map(|t| t.parse().context("--hold: targets are addr:port,…"))
                         .collect::<Result<Vec<SocketAddr>>>()?;
                     o.hold = Some((n, first, targets));
+                }
+                flag @ ("--redis-cluster" | "--redis-sentinels" | "--redis-master") => {
+                    let arg = it.next().with_context(|| format!("{flag} needs a value"))?;
+                    o.topology.extend([flag.to_string(), arg.to_string()]);
                 }
                 "--redis-url" => {
                     o.redis_url = Some(it.next().context("--redis-url needs a URL")?.to_string());
@@ -219,7 +227,7 @@ fn start_servers(o: &Options, connections: usize) -> Result<Servers> {
     )?;
     let mut servers = Servers { nodes: Vec::new(), redis: None };
     let mut redis_url = o.redis_url.clone();
-    if o.nodes > 1 && redis_url.is_none() {
+    if o.nodes > 1 && redis_url.is_none() && o.topology.is_empty() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let redis = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
@@ -277,6 +285,8 @@ fn start_node(
     if let Some(url) = redis_url {
         // A node of a cluster: every publish goes through Redis and back.
         cmd.args(["--redis-url", url, "--redis-prefix", prefix]);
+    } else if !o.topology.is_empty() {
+        cmd.args(&o.topology).args(["--redis-prefix", prefix]);
     }
     let child = cmd.spawn().context("starting modelcast (is `taskset` installed? use --no-pin)")?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;

@@ -40,6 +40,8 @@ tasks:
       --compress        subscribers offer permessage-deflate (and inflate what comes compressed)
       --no-pin          do not pin server and generator to cores (no taskset)
       --redis-url URL   run the server as a cluster node on this Redis (a fresh key prefix)
+      --redis-cluster SEEDS | --redis-sentinels LIST --redis-master NAME
+                        the nodes on this Redis Cluster or Sentinel setup instead
       --nodes N         N > 1: a private Redis and N nodes; publish on node 0, subscribers
                         on the others (every delivery crosses Redis); CPU/RSS summed
       --sources K       clients connect from 127.0.0.1 … 127.0.0.K

@@ -481,7 +481,7 @@ pub fn openapi() -> Value {
                 "responses": {"200": {"description": "The counters", "content": {"application/json": {"schema": {"type": "object"}}}}, "401": error("MODELCAST_METRICS_TOKEN is set and missing")}
             }},
             "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "The process serves"}}}},
-            "/readyz": {"get": {"summary": "Ready", "responses": {"200": {"description": "Ready"}, "503": {"description": "Shutting down: draining clients"}}}},
+            "/readyz": {"get": {"summary": "Ready (`engine`: the topology and primary)", "responses": {"200": {"description": "Ready"}, "503": {"description": "`shutting_down` (draining clients), `engine_unavailable` (Redis, with the reason) or `loading` (a starting node has not loaded these topics from Redis yet)"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics text)", "responses": {"200": {"description": "The metrics", "content": {"application/openmetrics-text": {}}}}}}
         },
         "components": {"schemas": Value::Object(components)},

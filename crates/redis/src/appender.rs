@@ -87,16 +87,16 @@ async fn call_groups(
     shared: &Shared,
     groups: &[(Topic, Vec<Queued>)],
 ) -> Vec<redis::RedisResult<Value>> {
-    let run_id = shared.run_id();
-    let limits = AppendLimits {
-        run_id: &run_id,
-        node_epoch: &shared.node_epoch,
-        history_size: shared.limits.history_size,
-        idempotency_ttl_secs: IDEMPOTENCY_TTL_SECS,
-        state_max_keys: shared.limits.state_max_keys,
-    };
     let now_ms = chrono::Utc::now().timestamp_millis();
     let calls = groups.iter().map(|(topic, group)| {
+        let run_id = shared.run_id(*topic);
+        let limits = AppendLimits {
+            run_id: &run_id,
+            node_epoch: &shared.node_epoch,
+            history_size: shared.limits.history_size,
+            idempotency_ttl_secs: IDEMPOTENCY_TTL_SECS,
+            state_max_keys: shared.limits.state_max_keys,
+        };
         let cmd = append_call(&shared.scripts, shared.names.of(*topic), limits, now_ms, group);
         let mut conn = shared.conn();
         async move { cmd.query_async::<Value>(&mut conn).await }

@@ -10,14 +10,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::follower::{TopicHandle, Work, topic_channels};
 use crate::health::HealthReport;
 use crate::names::Names;
 use crate::queued::Queued;
 use crate::scripts::clear_call;
-use crate::shared::{Limits, Shared, manager_config};
-use crate::target::{Target, address};
+use crate::shared::{Limits, Shared};
+use crate::target::Target;
 
 /// What the engine needs to know. Build with [`RedisSettings::new`] and the setters.
 #[derive(Debug, Clone)]
@@ -26,6 +27,7 @@ pub struct RedisSettings {
     sentinels: Vec<String>,
     master: Option<String>,
     sentinel_password: Option<String>,
+    cluster: Vec<String>,
     prefix: String,
     node: String,
     history_size: usize,
@@ -43,6 +45,7 @@ impl RedisSettings {
             sentinels: Vec::new(),
             master: None,
             sentinel_password: None,
+            cluster: Vec::new(),
             prefix: prefix.into(),
             node: node.into(),
             history_size: 1000,
@@ -64,6 +67,14 @@ impl RedisSettings {
         self.sentinels = sentinels;
         self.master = Some(master.into());
         self.sentinel_password = password;
+        self
+    }
+
+    /// Redis Cluster, found through these seed nodes (`host:port`): each topic lives on the
+    /// shard of its hash tag (its name), its messages are published sharded (`SPUBLISH`) and
+    /// followed with sharded subscriptions; the URL still gives the user and password.
+    pub fn cluster(mut self, seeds: Vec<String>) -> Self {
+        self.cluster = seeds;
         self
     }
 
@@ -122,17 +133,15 @@ impl RedisEngine {
             &settings.sentinels,
             settings.master.as_deref(),
             settings.sentinel_password.as_deref(),
+            &settings.cluster,
         )
         .map_err(connect)?;
-        let client = target.primary().await.map_err(connect)?;
-        let primary = address(&client);
-        let mut conn =
-            client.get_connection_manager_with_config(manager_config()).await.map_err(connect)?;
-        let warning = eviction_warning(&mut conn).await;
+        let (mut conn, primary) = target.connect().await.map_err(connect)?;
+        let names = Names::new(&settings.prefix, &settings.node);
+        let warning = eviction_warning(&mut conn, &names).await;
         if let Some(warning) = &warning {
             tracing::warn!("{warning}");
         }
-        let names = Names::new(&settings.prefix, &settings.node);
         let limits =
             Limits { history_size: settings.history_size, state_max_keys: settings.state_max_keys };
         let shared = Arc::new(Shared::new(conn, target, primary, names, limits));
@@ -170,10 +179,17 @@ impl RedisEngine {
         self.shared.health.report()
     }
 
-    /// The primary's address the engine uses now (`host:port`), and whether it follows a
-    /// failover (Redis Sentinel).
-    pub fn primary(&self) -> (String, bool) {
-        (self.shared.primary(), self.shared.follows_failovers())
+    /// The topology (`single`, `sentinel` or `cluster`) and the primary's address the engine
+    /// uses now (`host:port`; a cluster's seed nodes).
+    pub fn topology(&self) -> (&'static str, String) {
+        let kind = if self.shared.is_cluster() {
+            "cluster"
+        } else if self.shared.follows_failovers() {
+            "sentinel"
+        } else {
+            "single"
+        };
+        (kind, self.shared.primary())
     }
 
     /// Stops the engine's tasks and waits for them: appends still queued are answered
@@ -250,9 +266,23 @@ impl Engine for RedisEngine {
 
 /// Redis's eviction policy must be `noeviction`: an evicted key would silently drop history,
 /// state or an idempotency key. Returns what is wrong, if anything.
-async fn eviction_warning(conn: &mut redis::aio::ConnectionManager) -> Option<String> {
-    let reply: redis::RedisResult<Vec<String>> =
-        redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(conn).await;
+/// On a cluster, every primary that holds a topic is asked; the first problem is said.
+async fn eviction_warning(conn: &mut Conn, names: &Names) -> Option<String> {
+    for topic in Topic::ALL {
+        let warning = eviction_warning_of(conn, &names.of(topic).meta).await;
+        if warning.is_some() {
+            return warning;
+        }
+    }
+    None
+}
+
+/// [`eviction_warning`] of the Redis that holds `key`.
+async fn eviction_warning_of(conn: &mut Conn, key: &str) -> Option<String> {
+    let reply = conn
+        .on_primary_of(key, redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy"))
+        .await
+        .and_then(|v| Ok(redis::from_redis_value::<Vec<String>>(v)?));
     match reply.as_deref() {
         Ok([_, policy]) if policy == "noeviction" => None,
         Ok([_, policy]) => Some(format!(

@@ -1,5 +1,9 @@
 //! Following the topics' channels: one pub/sub connection (subscribed to every topic's channel
 //! and the node's probe) whose messages are applied as they arrive, and a check each second.
+//! On a Redis Cluster the subscriptions are sharded (`SSUBSCRIBE`): one RESP3 cluster
+//! connection holds one connection per shard primary that has a topic, grouped by node, and
+//! subscribes again on that shard's new primary after a failover or a slot migration; what
+//! was published in between is read back from the log by the check each second.
 //! Whatever needs Redis again — a hole to fill, a rollback to fence, a client's position to
 //! reach — goes to the topic's own worker task, so a slow repair blocks only its topic, and
 //! never the messages of the others.
@@ -9,21 +13,22 @@
 //! is applied if it is next, or left to the repair (the log has it); a topic's queue of client
 //! positions to reach is bounded.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use modelcast_hub::{Applied, Error as HubError, Logged, Replica, Result as HubResult, new_epoch};
 use modelcast_protocol::{Since, Topic};
-use redis::Value;
+use redis::{Msg, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::scripts::{FenceWhy, fence_call, snapshot_call};
+use crate::scripts::{FenceWhy, fence_call, publish_command, snapshot_call};
 use crate::shared::{CHECK_EVERY, Shared};
 use crate::snapshot::{Snapshot, parse_snapshot};
 
@@ -142,6 +147,9 @@ pub(crate) async fn run(
     }
 }
 
+/// The messages of every topic's channel and of the probe, as they arrive.
+type Feed = Pin<Box<dyn Stream<Item = Msg> + Send>>;
+
 struct Follower {
     shared: Arc<Shared>,
     replica: Replica,
@@ -152,14 +160,40 @@ impl Follower {
     /// A pub/sub connection subscribed to every topic's channel and the probe, then the
     /// restart check and every topic marked for repair: subscribed first, so nothing published
     /// in between is missed (it is in the log, on the channel, or both).
-    async fn subscribe(&mut self) -> redis::RedisResult<redis::aio::PubSub> {
-        // Where the primary is now (after a failover: the one Sentinel names; the command
-        // connection moves with it), then the pub/sub connection there.
-        let client = self.shared.follow_primary().await?;
-        let mut pubsub = client.get_async_pubsub().await?;
+    async fn subscribe(&mut self) -> redis::RedisResult<Feed> {
         let mut channels: Vec<&str> = self.shared.names.channels().collect();
         channels.push(&self.shared.names.probe);
-        pubsub.subscribe(&channels).await?;
+        // Where the primary is now (after a failover: the one Sentinel names; the command
+        // connection moves with it), then the pub/sub connection there; on a cluster, sharded
+        // subscriptions, each on the primary of its channel's slot.
+        let feed: Feed = match self.shared.follow_primary().await? {
+            Some(client) => {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channels).await?;
+                Box::pin(pubsub.into_on_message())
+            }
+            None => {
+                let (push, pushes) = mpsc::unbounded_channel();
+                let client = self.shared.target().cluster_pubsub(push).ok_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::Client, "not a cluster"))
+                })??;
+                let mut conn = client.get_async_connection().await?;
+                // One command per channel: each goes to the primary of its slot.
+                for channel in &channels {
+                    conn.ssubscribe(*channel).await?;
+                }
+                // The connection lives as long as the feed; pushes other than messages (the
+                // confirmations, a resubscription after a failover) are skipped.
+                Box::pin(futures_util::stream::unfold((conn, pushes), |(conn, mut pushes)| async {
+                    loop {
+                        let push = pushes.recv().await?;
+                        if let Some(msg) = Msg::from_push_info(push) {
+                            return Some((msg, (conn, pushes)));
+                        }
+                    }
+                }))
+            }
+        };
         self.shared.restart_check().await?;
         let mut conn = self.shared.conn();
         let fresh = new_epoch();
@@ -176,13 +210,12 @@ impl Follower {
             handle.signals.repair();
         }
         self.shared.health.set_up();
-        Ok(pubsub)
+        Ok(feed)
     }
 
     /// Routes channel messages and checks every second, until the connection is lost or
     /// wedged (`Some`: reconnect) or the engine stops (`None`).
-    async fn follow(&mut self, pubsub: redis::aio::PubSub, stop: &CancellationToken) -> Option<()> {
-        let mut messages = pubsub.into_on_message();
+    async fn follow(&mut self, mut messages: Feed, stop: &CancellationToken) -> Option<()> {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut probes_sent, mut probes_seen) = (0u64, 0u64);
@@ -259,13 +292,18 @@ impl Follower {
     /// pub/sub connection).
     async fn check_and_probe(&mut self, probe: u64) -> redis::RedisResult<()> {
         let names = &self.shared.names;
-        let mut pipe = redis::pipe();
-        for topic in Topic::ALL {
-            pipe.cmd("HMGET").arg(&names.of(topic).meta).arg("epoch").arg("seq");
-        }
-        let mut conn = self.shared.conn();
-        let metas: Vec<(Option<String>, Option<u64>)> = pipe.query_async(&mut conn).await?;
-        for (topic, (epoch, seq)) in Topic::ALL.into_iter().zip(metas) {
+        let conn = self.shared.conn();
+        // One command per topic, all at once: on a cluster each goes to its topic's primary.
+        let metas = Topic::ALL.map(|topic| {
+            let mut conn = conn.clone();
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(&names.of(topic).meta).arg("epoch").arg("seq");
+            async move { cmd.query_async::<(Option<String>, Option<u64>)>(&mut conn).await }
+        });
+        let metas = futures_util::future::join_all(metas).await;
+        let mut conn = conn;
+        for (topic, meta) in Topic::ALL.into_iter().zip(metas) {
+            let (epoch, seq) = meta?;
             let Some((mine, last)) = self.replica.position(topic) else { return Ok(()) };
             if epoch.as_deref() != Some(&*mine) || seq.unwrap_or(0) != last {
                 self.handles[topic.index()].signals.repair();
@@ -278,7 +316,11 @@ impl Follower {
             .arg(10_000)
             .query_async::<()>(&mut conn)
             .await?;
-        redis::cmd("PUBLISH").arg(&names.probe).arg(probe).query_async::<i64>(&mut conn).await?;
+        redis::cmd(publish_command(self.shared.is_cluster()))
+            .arg(&names.probe)
+            .arg(probe)
+            .query_async::<i64>(&mut conn)
+            .await?;
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! modelcast-redis: the Redis engine. Several modelcast nodes behind any load balancer share,
-//! through one Redis, one `seq` per topic, its history and its current state, and behave to
+//! through Redis (one Redis, a primary that Redis Sentinel names, or a Redis Cluster with each
+//! topic on one shard), one `seq` per topic, its history and its current state, and behave to
 //! every client as one server. It implements the hub's [`modelcast_hub::Engine`] seam: the
 //! hub appends what it publishes, and the engine hands every sequenced message back to every
 //! node's [`modelcast_hub::Replica`].
@@ -16,6 +17,7 @@
 //! service that embeds the hub can run a cluster with it.
 
 mod appender;
+mod conn;
 mod engine;
 mod error;
 mod follower;

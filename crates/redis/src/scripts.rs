@@ -14,13 +14,16 @@ use crate::names::TopicNames;
 #[derive(Debug)]
 pub(crate) struct Script {
     pub(crate) name: &'static str,
-    source: &'static str,
+    source: String,
     sha: String,
 }
 
 impl Script {
-    fn new(name: &'static str, source: &'static str) -> Self {
-        Self { name, source, sha: redis::Script::new(source).get_hash().to_owned() }
+    /// `source`, publishing with `publish` (`PUBLISH`, or `SPUBLISH` on a Redis Cluster:
+    /// sharded, on the topic's own primary, since the channel carries the topic's hash tag).
+    fn new(name: &'static str, source: &str, publish: &str) -> Self {
+        let source = source.replace("'PUBLISH'", &format!("'{publish}'"));
+        Self { name, sha: redis::Script::new(&source).get_hash().to_owned(), source }
     }
 
     /// `EVALSHA` of this script with `keys`, arguments to follow.
@@ -38,7 +41,7 @@ impl Script {
     /// `SCRIPT LOAD` of this script.
     pub(crate) fn load(&self) -> Cmd {
         let mut cmd = redis::cmd("SCRIPT");
-        cmd.arg("LOAD").arg(self.source);
+        cmd.arg("LOAD").arg(&self.source);
         cmd
     }
 }
@@ -146,19 +149,19 @@ pub(crate) struct Scripts {
     restart: Script,
 }
 
-impl Default for Scripts {
-    fn default() -> Self {
+impl Scripts {
+    /// The scripts, publishing sharded (`SPUBLISH`) if `sharded` (a Redis Cluster).
+    pub(crate) fn new(sharded: bool) -> Self {
+        let publish = publish_command(sharded);
         Self {
-            append: Script::new("append", APPEND),
-            snapshot: Script::new("snapshot", SNAPSHOT),
-            fence: Script::new("fence", FENCE),
-            clear: Script::new("clear", CLEAR),
-            restart: Script::new("restart", RESTART),
+            append: Script::new("append", APPEND, publish),
+            snapshot: Script::new("snapshot", SNAPSHOT, publish),
+            fence: Script::new("fence", FENCE, publish),
+            clear: Script::new("clear", CLEAR, publish),
+            restart: Script::new("restart", RESTART, publish),
         }
     }
-}
 
-impl Scripts {
     /// Every script called by SHA.
     pub(crate) fn all(&self) -> [&Script; 4] {
         [&self.append, &self.snapshot, &self.fence, &self.clear]
@@ -167,7 +170,7 @@ impl Scripts {
     /// The restart check of one topic, by source (it runs before the scripts are loaded).
     pub(crate) fn restart_call(&self, names: &TopicNames, check: &RestartCheck) -> Cmd {
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(self.restart.source)
+        cmd.arg(&self.restart.source)
             .arg(1)
             .arg(&names.meta)
             .arg(&check.run_id)
@@ -175,6 +178,12 @@ impl Scripts {
             .arg(&check.new_epoch);
         cmd
     }
+}
+
+/// The command that publishes on a channel: `SPUBLISH` (sharded) on a Redis Cluster, where
+/// a classic `PUBLISH` would be broadcast to every node of the cluster.
+pub(crate) fn publish_command(sharded: bool) -> &'static str {
+    if sharded { "SPUBLISH" } else { "PUBLISH" }
 }
 
 /// What the restart check needs: the Redis `run_id` now, whether that Redis can lose

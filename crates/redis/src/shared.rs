@@ -5,14 +5,16 @@
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
-use modelcast_hub::new_epoch;
-use modelcast_protocol::Topic;
-use redis::aio::ConnectionManager;
-
+use crate::conn::Conn;
 use crate::health::Health;
 use crate::names::Names;
 use crate::scripts::{RestartCheck, Scripts};
-use crate::target::{Target, address};
+use crate::target::{Target, address, manager_config};
+use modelcast_hub::new_epoch;
+use modelcast_protocol::Topic;
+
+/// A topic's Redis `run_id` per [`Topic::index`] (in a cluster, its shard primary's).
+type RunIds = [String; Topic::ALL.len()];
 
 /// How long an idempotency key is remembered (the hub's rule, in Redis: a key with a TTL).
 pub(crate) const IDEMPOTENCY_TTL_SECS: u64 = modelcast_hub::IDEMPOTENCY_TTL.as_secs();
@@ -27,8 +29,9 @@ pub(crate) struct Limits {
 /// The shared part of the engine.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// The command connection to the primary now (replaced when Sentinel names another).
-    conn: RwLock<ConnectionManager>,
+    /// The command connection to the primary now (replaced when Sentinel names another), or
+    /// to the cluster.
+    conn: RwLock<Conn>,
     /// Where Redis is.
     target: Target,
     /// The primary's address the command connection goes to.
@@ -40,8 +43,8 @@ pub(crate) struct Shared {
     /// The epoch a topic gets if this node appends to it first (the follower normally set the
     /// cluster's already).
     pub(crate) node_epoch: String,
-    /// The Redis `run_id` the restart check last ran under.
-    run_id: Mutex<String>,
+    /// The Redis `run_id` the restart check last ran under, per topic.
+    run_ids: Mutex<RunIds>,
     /// The cluster's epoch for topics Redis has none for (`{prefix}:epoch`), read by the
     /// follower on each (re)connect.
     candidate: Mutex<String>,
@@ -59,29 +62,30 @@ pub(crate) fn needs_restart_check(err: &redis::RedisError) -> bool {
 
 impl Shared {
     pub(crate) fn new(
-        conn: ConnectionManager,
+        conn: Conn,
         target: Target,
         primary: String,
         names: Names,
         limits: Limits,
     ) -> Self {
+        let scripts = Scripts::new(target.is_cluster());
         Self {
             conn: RwLock::new(conn),
             target,
             primary: Mutex::new(primary),
             names,
-            scripts: Scripts::default(),
+            scripts,
             health: Health::default(),
             limits,
             node_epoch: new_epoch(),
-            run_id: Mutex::new(String::new()),
+            run_ids: Mutex::new(RunIds::default()),
             candidate: Mutex::new(String::new()),
             checking: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The command connection (a clone: cheap, shares the one connection).
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> Conn {
         self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -95,19 +99,29 @@ impl Shared {
         self.primary.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether Redis is a Redis Cluster (sharded pub/sub, a primary per shard).
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.target.is_cluster()
+    }
+
+    /// Where Redis is.
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// Asks where the primary is now (Sentinel: the sentinels; one Redis: always the same),
     /// moves the command connection there if it moved (said once, at warn), and returns a
-    /// client for it (the follower's pub/sub connection).
-    pub(crate) async fn follow_primary(&self) -> redis::RedisResult<redis::Client> {
-        let client = self.target.primary().await?;
+    /// client for it (the follower's pub/sub connection); `None` for a cluster.
+    pub(crate) async fn follow_primary(&self) -> redis::RedisResult<Option<redis::Client>> {
+        let Some(client) = self.target.primary().await? else { return Ok(None) };
         if !self.follows_failovers() {
-            return Ok(client);
+            return Ok(Some(client));
         }
         let now = address(&client);
         let before = self.primary();
         if now != before {
             let conn = client.get_connection_manager_with_config(manager_config()).await?;
-            *self.conn.write().unwrap_or_else(|e| e.into_inner()) = conn;
+            *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Conn::Single(conn);
             *self.primary.lock().unwrap_or_else(|e| e.into_inner()) = now.clone();
             self.health.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
@@ -117,7 +131,7 @@ impl Shared {
                  connections there and catches up from its log"
             );
         }
-        Ok(client)
+        Ok(Some(client))
     }
 
     /// The cluster's epoch candidate (empty until the follower read it).
@@ -129,9 +143,9 @@ impl Shared {
         *self.candidate.lock().unwrap_or_else(|e| e.into_inner()) = epoch;
     }
 
-    /// The Redis `run_id` the last restart check ran under.
-    pub(crate) fn run_id(&self) -> String {
-        self.run_id.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The Redis `run_id` the last restart check of `topic` ran under.
+    pub(crate) fn run_id(&self, topic: Topic) -> String {
+        self.run_ids.lock().unwrap_or_else(|e| e.into_inner())[topic.index()].clone()
     }
 
     /// Runs the restart check on every topic (a topic last written under another Redis that
@@ -141,57 +155,48 @@ impl Shared {
     pub(crate) async fn restart_check(&self) -> redis::RedisResult<()> {
         let _one = self.checking.lock().await;
         let mut conn = self.conn();
-        let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await?;
-        let run_id = info
-            .lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .map(|id| id.trim().to_owned())
-            .unwrap_or_default();
-        let lossy = self.lossy().await;
-        let check = RestartCheck { run_id: run_id.clone(), lossy, new_epoch: new_epoch() };
-        let mut pipe = redis::pipe();
+        let new_epoch = new_epoch();
+        let mut run_ids = RunIds::default();
+        // Per topic, on the primary that holds it (one Redis: the same each time).
         for topic in Topic::ALL {
-            pipe.add_command(self.scripts.restart_call(self.names.of(topic), &check));
-        }
-        let fenced: Vec<i64> = pipe.query_async(&mut conn).await?;
-        for (topic, fenced) in Topic::ALL.into_iter().zip(fenced) {
+            let meta = &self.names.of(topic).meta;
+            let info = conn.on_primary_of(meta, redis::cmd("INFO").arg("server")).await?;
+            let info: String = redis::from_redis_value(info)?;
+            let run_id = info
+                .lines()
+                .find_map(|l| l.strip_prefix("run_id:"))
+                .map(|id| id.trim().to_owned())
+                .unwrap_or_default();
+            let lossy = lossy(&mut conn, meta).await;
+            let check =
+                RestartCheck { run_id: run_id.clone(), lossy, new_epoch: new_epoch.clone() };
+            let cmd = self.scripts.restart_call(self.names.of(topic), &check);
+            let fenced: i64 = cmd.query_async(&mut conn).await?;
             if fenced == 1 {
                 self.health.fences.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
                     %topic,
-                    new_epoch = %check.new_epoch,
+                    %new_epoch,
                     "redis restarted (or failed over) without appendfsync always: it may have \
                      lost acknowledged messages, so the topic gets a new epoch (clients are told)"
                 );
             }
+            run_ids[topic.index()] = run_id;
         }
-        let mut pipe = redis::pipe();
-        for script in self.scripts.all() {
-            pipe.add_command(script.load());
-        }
-        let shas: Vec<String> = pipe.query_async(&mut conn).await?;
-        for (script, sha) in self.scripts.all().into_iter().zip(shas) {
-            if !script.has_sha(&sha) {
-                tracing::error!(script = script.name, %sha, "redis loaded the script under another SHA1");
+        for topic in Topic::ALL {
+            for script in self.scripts.all() {
+                let sha = conn.on_primary_of(&self.names.of(topic).meta, &script.load()).await?;
+                let sha: String = redis::from_redis_value(sha)?;
+                if !script.has_sha(&sha) {
+                    tracing::error!(script = script.name, %sha, "redis loaded the script under another SHA1");
+                }
+            }
+            if !self.is_cluster() {
+                break; // one Redis holds every topic
             }
         }
-        *self.run_id.lock().unwrap_or_else(|e| e.into_inner()) = run_id;
+        *self.run_ids.lock().unwrap_or_else(|e| e.into_inner()) = run_ids;
         Ok(())
-    }
-
-    /// Whether Redis can lose acknowledged writes on a crash: anything but `appendonly yes`
-    /// with `appendfsync always` (and when its configuration cannot be read).
-    async fn lossy(&self) -> bool {
-        let mut conn = self.conn();
-        let get = |name: &'static str| {
-            let mut cmd = redis::cmd("CONFIG");
-            cmd.arg("GET").arg(name);
-            cmd
-        };
-        let aof: redis::RedisResult<Vec<String>> = get("appendonly").query_async(&mut conn).await;
-        let fsync: redis::RedisResult<Vec<String>> =
-            get("appendfsync").query_async(&mut conn).await;
-        !matches!((aof.as_deref(), fsync.as_deref()), (Ok([_, a]), Ok([_, f])) if a == "yes" && f == "always")
     }
 
     /// Runs `cmd` (an `EVALSHA`); after a `NOSCRIPT` or `RESTARTED`, the restart check, then
@@ -211,14 +216,17 @@ impl Shared {
     }
 }
 
-/// How the command connection behaves: fail fast (a second to connect, two to answer, one
-/// retry), so a publish meets an unreachable Redis with a 503, not a wait.
-pub(crate) fn manager_config() -> redis::aio::ConnectionManagerConfig {
-    redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500))
+/// Whether the Redis holding `key` can lose acknowledged writes on a crash: anything but
+/// `appendonly yes` with `appendfsync always` (and when its configuration cannot be read).
+async fn lossy(conn: &mut Conn, key: &str) -> bool {
+    let mut get = async |name: &'static str| -> Option<String> {
+        let value = conn.on_primary_of(key, redis::cmd("CONFIG").arg("GET").arg(name)).await;
+        let pair: Vec<String> = redis::from_redis_value(value.ok()?).ok()?;
+        pair.into_iter().nth(1)
+    };
+    let aof = get("appendonly").await;
+    let fsync = get("appendfsync").await;
+    !(aof.as_deref() == Some("yes") && fsync.as_deref() == Some("always"))
 }
 
 /// How often every topic's seq is compared with the node's, and the probes sent.

@@ -66,9 +66,12 @@ impl Server {
             .outbox_capacity(config.queue_size);
         let node_id = node_id(&config);
         let sentinel = !config.redis_sentinels.is_empty();
-        // With Sentinel alone, the URL only says how to talk to the primary: the defaults.
-        let url =
-            config.redis_url.clone().or_else(|| sentinel.then(|| "redis://localhost/0".into()));
+        let cluster = !config.redis_cluster.is_empty();
+        // With Sentinel or Cluster alone, the URL only says how to log in: the defaults.
+        let url = config
+            .redis_url
+            .clone()
+            .or_else(|| (sentinel || cluster).then(|| "redis://localhost/0".into()));
         let engine = match &url {
             None => None,
             Some(url) => {
@@ -83,10 +86,15 @@ impl Server {
                         config.redis_sentinel_password.clone(),
                     );
                 }
+                if cluster {
+                    settings = settings.cluster(config.redis_cluster.clone());
+                }
                 let engine = RedisEngine::start(settings).await.map_err(|e| {
                     std::io::Error::new(
                         std::io::ErrorKind::ConnectionRefused,
-                        if sentinel {
+                        if cluster {
+                            format!("MODELCAST_REDIS_CLUSTER: {e}")
+                        } else if sentinel {
                             format!("MODELCAST_REDIS_SENTINELS: {e}")
                         } else {
                             format!("MODELCAST_REDIS_URL: {e}")

@@ -129,6 +129,18 @@ pub struct Config {
     )]
     pub redis_sentinel_password: Option<String>,
 
+    /// Redis Cluster (`host:port,host:port,...`: seed nodes): each topic lives on the shard of
+    /// its name's hash slot, published and followed sharded (`SPUBLISH`/`SSUBSCRIBE`).
+    /// `MODELCAST_REDIS_URL` then only gives the user and password.
+    #[arg(
+        long,
+        env = "MODELCAST_REDIS_CLUSTER",
+        value_name = "HOST:PORT,...",
+        value_delimiter = ',',
+        conflicts_with = "redis_sentinels"
+    )]
+    pub redis_cluster: Vec<String>,
+
     /// Prefix of the cluster's Redis keys, so several clusters can share one Redis.
     #[arg(long, env = "MODELCAST_REDIS_PREFIX", default_value = "mc", value_name = "PREFIX")]
     pub redis_prefix: String,

@@ -217,6 +217,7 @@ async fn respond(
             } else {
                 (StatusCode::OK, json!({"status": "ready"}))
             };
+            body["engine"] = topology(app);
             // A configuration that works but can lose data (Redis evicting keys) is said here.
             if let Some(warning) = app.engine.as_ref().and_then(|e| e.health().warning) {
                 body["warnings"] = json!([warning]);
@@ -231,6 +232,13 @@ async fn respond(
         Route::State => state(app, req.uri().query()),
         Route::Metrics => {
             app.metrics.engine_up.set(i64::from(app.hub.unavailable().is_none()));
+            let engine = topology(app);
+            let label = crate::metrics::EngineLabel {
+                topology: engine["topology"].as_str().unwrap_or_default().to_owned(),
+                primary: engine["primary"].as_str().unwrap_or_default().to_owned(),
+            };
+            app.metrics.engine_info.clear();
+            app.metrics.engine_info.get_or_create(&label).set(1);
             let body = app.metrics.encode(&app.hub.stats());
             let mut resp = Response::new(Body::from(Bytes::from(body)));
             resp.headers_mut().insert(
@@ -318,14 +326,25 @@ fn state(app: &App, query: Option<&str>) -> Resp {
     resp
 }
 
+/// The engine's topology and primary (`/readyz`, `/metrics`).
+fn topology(app: &App) -> Value {
+    match &app.engine {
+        None => json!({"topology": "memory", "primary": ""}),
+        Some(engine) => {
+            let (topology, primary) = engine.topology();
+            json!({"topology": topology, "primary": primary})
+        }
+    }
+}
+
 /// The engine's part of `/api/stats`.
 fn engine(app: &App) -> Value {
     let Some(engine) = &app.engine else { return json!({"kind": "memory", "up": true}) };
     let h = engine.health();
-    let (primary, sentinel) = engine.primary();
+    let (topology, primary) = engine.topology();
     json!({
         "kind": "redis",
-        "topology": if sentinel { "sentinel" } else { "single" },
+        "topology": topology,
         "primary": primary,
         "failovers": h.failovers,
         "up": h.up,

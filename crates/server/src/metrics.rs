@@ -24,6 +24,13 @@ struct TopicLabel {
     topic: String,
 }
 
+/// The engine's topology and the primary (or a cluster's seeds) it uses now.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EngineLabel {
+    pub(crate) topology: String,
+    pub(crate) primary: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TopicTypeLabel {
     topic: String,
@@ -61,6 +68,8 @@ pub(crate) struct Metrics {
     pub(crate) frames_per_flush: Histogram,
     /// 1 when the engine accepts publishes, 0 when not (Redis unreachable).
     pub(crate) engine_up: Gauge,
+    /// 1 for the engine's topology and primary now (the series is replaced on a failover).
+    pub(crate) engine_info: Family<EngineLabel, Gauge>,
     state_keys: Family<TopicLabel, Gauge>,
     state_evicted: Family<TopicLabel, Counter>,
     keys: Gauge,
@@ -144,6 +153,12 @@ impl Metrics {
             "engine_up",
             "1 when the message store (memory, or Redis in a cluster) accepts publishes, else 0",
             engine_up.clone(),
+        );
+        let engine_info = Family::<EngineLabel, Gauge>::default();
+        registry.register(
+            "engine_info",
+            "1 for the engine's topology (memory, single, sentinel, cluster) and the primary it uses now (a cluster: its seeds)",
+            engine_info.clone(),
         );
         let state_keys = Family::<TopicLabel, Gauge>::default();
         registry.register(
@@ -229,6 +244,7 @@ impl Metrics {
             latency,
             frames_per_flush,
             engine_up,
+            engine_info,
             state_keys,
             state_evicted,
             keys,

@@ -56,6 +56,9 @@ pub fn check_config(config: &Config) -> Result<String, String> {
             format!(
                 "engine: {}",
                 match (&config.redis_master, config.redis_sentinels.is_empty()) {
+                    _ if !config.redis_cluster.is_empty() => {
+                        format!("redis cluster via {}", config.redis_cluster.join(","))
+                    }
                     (Some(master), false) => format!(
                         "redis sentinel: master {master} via {}",
                         config.redis_sentinels.join(",")
