@@ -66,6 +66,25 @@ impl Redis {
         panic!("the replica on port {port} never linked to its primary");
     }
 
+    /// A node for a Redis Cluster (AOF fsynced always), not yet part of one: a free port whose
+    /// cluster bus port (+10000) is free too.
+    fn cluster_node() -> Self {
+        let port = loop {
+            let port = free_port();
+            if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+                break port;
+            }
+        };
+        let dir =
+            std::env::temp_dir().join(format!("modelcast-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
+        let extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        let mut redis = Redis { port, dir, aof: Some("always"), extra, child: None };
+        redis.spawn();
+        redis
+    }
+
     fn spawn(&mut self) {
         let aof = if self.aof.is_some() { "yes" } else { "no" };
         let child = Command::new("redis-server")
@@ -111,6 +130,13 @@ impl Redis {
         assert!(sent.success(), "kill {signal} {pid}");
     }
 
+    /// Closes its replicas' links (`CLIENT KILL TYPE replica`): a stopped replica cannot
+    /// reconnect, so nothing written from now on reaches it.
+    pub fn cut_replicas(&self) {
+        let killed = self.cli(&["CLIENT", "KILL", "TYPE", "replica"]).unwrap_or_default();
+        assert!(killed.trim().parse::<u32>().is_ok_and(|n| n >= 1), "no replica link: {killed}");
+    }
+
     /// Kills the server at once (`kill -9`): what was not written to its AOF is lost.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -153,6 +179,105 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of private `redis-server`s: `primaries` shards, each with one replica
+/// (`cluster-node-timeout` 2000, AOF fsynced always), created with `redis-cli --cluster
+/// create`; ready once every node says `cluster_state:ok` and every replica is linked.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// Its nodes, primaries first (as created; a failover may swap roles).
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    /// Starts `primaries` primaries and as many replicas, and creates the cluster.
+    pub fn start(primaries: usize) -> Self {
+        let nodes: Vec<Redis> = (0..primaries * 2).map(|_| Redis::cluster_node()).collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli --cluster create runs");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let cluster = RedisCluster { nodes };
+        for _ in 0..1200 {
+            let ok = cluster.nodes.iter().all(|n| {
+                n.cli(&["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))
+            });
+            let linked = cluster.nodes.iter().all(|n| {
+                n.cli(&["INFO", "replication"]).is_some_and(|i| {
+                    i.contains("role:master") || i.contains("master_link_status:up")
+                })
+            });
+            if ok && linked {
+                return cluster;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the cluster did not become ok within a minute");
+    }
+
+    /// `host:port,...` of every node, as `MODELCAST_REDIS_CLUSTER` takes them.
+    pub fn seeds(&self) -> String {
+        let addrs: Vec<String> =
+            self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        addrs.join(",")
+    }
+
+    /// The hash slot of `key` (`CLUSTER KEYSLOT`).
+    pub fn slot(&self, key: &str) -> u16 {
+        self.any(&["CLUSTER", "KEYSLOT", key]).trim().parse().expect("a slot")
+    }
+
+    /// The port of the primary that serves `slot` now, as a live node sees it.
+    pub fn primary_of(&self, slot: u16) -> Option<u16> {
+        let nodes = self.any(&["CLUSTER", "NODES"]);
+        nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = *fields.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") {
+                return None;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                match (from.parse::<u16>(), to.parse::<u16>()) {
+                    (Ok(from), Ok(to)) => (from..=to).contains(&slot),
+                    _ => false,
+                }
+            });
+            let port = fields[1].split(['@', ':']).nth(1)?.parse().ok()?;
+            serves.then_some(port)
+        })
+    }
+
+    /// The port of the replica of the primary on `primary`.
+    pub fn replica_of(&self, primary: u16) -> Option<u16> {
+        let nodes = self.any(&["CLUSTER", "NODES"]);
+        let port_of = |field: &str| field.split(['@', ':']).nth(1)?.parse::<u16>().ok();
+        let id = nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (port_of(fields.get(1)?)? == primary).then(|| fields[0].to_owned())
+        })?;
+        nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (*fields.get(3)? == id).then(|| port_of(fields[1])).flatten()
+        })
+    }
+
+    /// The node on `port`.
+    pub fn node(&mut self, port: u16) -> &mut Redis {
+        self.nodes.iter_mut().find(|n| n.port == port).expect("a node of the cluster")
+    }
+
+    /// `redis-cli args` on the first node that answers.
+    fn any(&self, args: &[&str]) -> String {
+        self.nodes.iter().find_map(|n| n.cli(args)).expect("a node of the cluster answers")
     }
 }
 
@@ -243,7 +368,7 @@ impl Drop for Sentinels {
 }
 
 /// `redis-cli -p port args…`: its output, `None` if it failed.
-fn cli(port: u16, args: &[&str]) -> Option<String> {
+pub fn cli(port: u16, args: &[&str]) -> Option<String> {
     let out = Command::new("redis-cli")
         .args(["-p", &port.to_string()])
         .args(args)

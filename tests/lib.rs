@@ -5,6 +5,7 @@
 
 pub mod arbitrary;
 pub mod cluster_util;
+pub mod failover_util;
 pub mod server_util;
 
 use std::path::{Path, PathBuf};
