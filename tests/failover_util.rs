@@ -23,6 +23,8 @@ pub async fn alerts_subscriber(node: &Node, id: &str) -> (Client, View) {
 #[derive(Debug, Default)]
 pub struct View {
     epoch: String,
+    /// The newest seq it holds in `epoch` (from `subscribed`, then each alert).
+    position: u64,
     /// (epoch, seq) → alert id, in arrival order.
     pub alerts: Vec<((String, u64), String)>,
     /// Whether it was told of a gap (`recovered: false` after it had alerts).
@@ -34,11 +36,13 @@ impl View {
     pub fn take(&mut self, frame: &Value) {
         if frame["type"] == "subscribed" {
             self.epoch = frame["data"]["epoch"].as_str().unwrap().to_owned();
+            self.position = frame["data"]["seq"].as_u64().unwrap();
             if frame["data"]["recovered"] == false && !self.alerts.is_empty() {
                 self.told = true;
             }
         } else if frame["type"] == "alert" && frame["late"] != true {
-            let at = (self.epoch.clone(), frame["seq"].as_u64().unwrap());
+            self.position = frame["seq"].as_u64().unwrap();
+            let at = (self.epoch.clone(), self.position);
             self.alerts.push((at, frame["data"]["alert_id"].as_str().unwrap().to_owned()));
         }
     }
@@ -47,6 +51,25 @@ impl View {
     pub fn ids(&self) -> BTreeSet<&str> {
         self.alerts.iter().map(|(_, id)| id.as_str()).collect()
     }
+}
+
+/// Reads what has arrived on `client`, drops its connection, and subscribes again on `node`
+/// (as `id`) with `since` the last position it read, as a client that lost its connection
+/// does: what it had not read yet must be replayed, or it is told.
+pub async fn reconnect(client: &mut Client, view: &mut View, node: &Node, id: &str) {
+    use futures_util::StreamExt;
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(100), client.ws.next()).await
+    {
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            view.take(&serde_json::from_str(text.as_str()).unwrap());
+        }
+    }
+    let mut again = node.ws(id).await;
+    let since = json!({"epoch": view.epoch, "seq": view.position});
+    again.send_json(&json!({"action": "subscribe", "topic": "alerts", "since": since})).await;
+    view.take(&again.next_of_type("subscribed").await);
+    *client = again;
 }
 
 /// Reads `client` until `last` arrived and nothing more comes for a moment.

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use modelcast_protocol::{ServerMessage, Topic};
 use modelcast_tests::cluster_util::{Node, RedisCluster};
-use modelcast_tests::failover_util::{alerts_subscriber, check_deliveries, publish_retrying};
+use modelcast_tests::failover_util::{
+    alerts_subscriber, check_deliveries, publish_retrying, reconnect,
+};
 use modelcast_tests::fixtures;
 use serde_json::{Value, json};
 
@@ -107,7 +109,8 @@ async fn topics_spread_over_the_shards_and_every_node_gets_every_topic() {
 
 /// `kill -9` of the primary that holds `alerts` after 30 of 80 publishes spread over three
 /// nodes: its replica takes over, publishing resumes (a backend retrying with an
-/// `Idempotency-Key`), and six subscribers over the three nodes get every acknowledged alert
+/// `Idempotency-Key`), and six subscribers over the three nodes (half of them reconnecting to
+/// another node with `since` after the failover) get every acknowledged alert
 /// once and in order, or are told (`recovered: false`); none published after the kill is
 /// missing, and no `(epoch, seq)` carries two messages.
 #[tokio::test]
@@ -154,6 +157,12 @@ async fn failover(lag: bool) {
             }
         }
         slowest = slowest.max(publish_retrying(&nodes[i % 3], &format!("a{i}")).await);
+        if i == kill_at + 10 {
+            // Half the subscribers lose their connection and come back on another node.
+            for (k, (client, view)) in clients.iter_mut().enumerate().filter(|(k, _)| k % 2 == 1) {
+                reconnect(client, view, &nodes[(k + 1) % 3], &format!("back{k}")).await;
+            }
+        }
     }
     eprintln!("cluster failover (lag: {lag}): the longest publish took {slowest:?}");
     assert_eq!(cluster.primary_of(alerts_slot), Some(replica), "the replica was promoted");

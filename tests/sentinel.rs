@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use modelcast_tests::cluster_util::{Node, Redis, Sentinels};
-use modelcast_tests::failover_util::{alerts_subscriber, check_deliveries, publish_retrying};
+use modelcast_tests::failover_util::{
+    alerts_subscriber, check_deliveries, publish_retrying, reconnect,
+};
 use serde_json::Value;
 
 #[tokio::test]
@@ -22,8 +24,9 @@ async fn a_lagging_replica_promoted_is_fenced_and_never_reuses_a_seq() {
     failover(true).await;
 }
 
-/// Publishes 80 alerts alternately on two nodes, kills the primary with `kill -9` after 30 (with
-/// `lag`: the replica misses 30..50 first), and checks what four subscribers saw. Prints how
+/// Publishes 80 alerts in turn on three nodes, kills the primary with `kill -9` after 30 (with
+/// `lag`: the replica misses 30..50 first), reconnects half of six subscribers to another node
+/// with `since` ten publishes after the kill, and checks what they saw. Prints how
 /// long publishing stalled and what each subscriber missed (measurements, not assertions).
 #[allow(clippy::print_stderr)]
 async fn failover(lag: bool) {
@@ -33,15 +36,15 @@ async fn failover(lag: bool) {
     let sentinels = Sentinels::watch(&primary);
     let list = sentinels.list();
     let args = ["--redis-sentinels", list.as_str(), "--redis-master", "mymaster"];
-    let nodes = [Node::start(&args).await, Node::start(&args).await];
+    let nodes = [Node::start(&args).await, Node::start(&args).await, Node::start(&args).await];
     let (_, stats) = nodes[0].get("/api/stats").await;
     let stats: Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["engine"]["topology"], "sentinel", "{stats}");
     assert_eq!(stats["engine"]["primary"], format!("127.0.0.1:{}", primary.port), "{stats}");
 
     let mut clients = Vec::new();
-    for i in 0..4 {
-        clients.push(alerts_subscriber(&nodes[i % 2], &format!("s{i}")).await);
+    for i in 0..6 {
+        clients.push(alerts_subscriber(&nodes[i % 3], &format!("s{i}")).await);
     }
 
     let total = 80;
@@ -59,7 +62,13 @@ async fn failover(lag: bool) {
                 replica.signal("-CONT");
             }
         }
-        slowest = slowest.max(publish_retrying(&nodes[i % 2], &format!("a{i}")).await);
+        slowest = slowest.max(publish_retrying(&nodes[i % 3], &format!("a{i}")).await);
+        if i == kill_at + 10 {
+            // Half the subscribers lose their connection and come back on another node.
+            for (k, (client, view)) in clients.iter_mut().enumerate().filter(|(k, _)| k % 2 == 1) {
+                reconnect(client, view, &nodes[(k + 1) % 3], &format!("back{k}")).await;
+            }
+        }
     }
     // How long publishing stalled (reported, not asserted: a measurement, not a behaviour).
     eprintln!("sentinel failover: the longest publish took {slowest:?}");
