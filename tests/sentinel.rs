@@ -83,3 +83,49 @@ async fn failover(lag: bool) {
         assert!(stats["engine"]["topic_fences"].as_u64().unwrap() >= 1, "fenced: {stats}");
     }
 }
+
+/// A failover the operator asks for (`SENTINEL FAILOVER`): the old primary lives on as a
+/// replica, so no connection to it drops. The nodes follow the sentinels' `+switch-master`
+/// announcement (or, failing that, the `READONLY` answer of the next check), and publishing
+/// and delivery go on: every alert reaches the subscriber or it is told.
+#[tokio::test]
+#[allow(clippy::print_stderr)]
+async fn a_requested_failover_is_followed_without_a_dropped_connection() {
+    let primary = Redis::start(false);
+    let replica = Redis::replica_of(&primary);
+    let sentinels = Sentinels::watch(&primary);
+    let list = sentinels.list();
+    let args = ["--redis-sentinels", list.as_str(), "--redis-master", "mymaster"];
+    let nodes = [Node::start(&args).await, Node::start(&args).await];
+    let mut clients = vec![alerts_subscriber(&nodes[1], "watch").await];
+    let mut slowest = Duration::ZERO;
+    for i in 0..40 {
+        if i == 20 {
+            let asked = modelcast_tests::cluster_util::cli(
+                sentinels.ports[0],
+                &["SENTINEL", "FAILOVER", "mymaster"],
+            );
+            assert_eq!(asked.as_deref().map(str::trim), Some("OK"));
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while sentinels.primary_port() != Some(replica.port) {
+                assert!(std::time::Instant::now() < deadline, "the sentinels never switched");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        slowest = slowest.max(publish_retrying(&nodes[0], &format!("a{i}")).await);
+    }
+    eprintln!("requested failover: the longest publish took {slowest:?}");
+    check_deliveries(&mut clients, 40, 20).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for node in &nodes {
+        loop {
+            let (_, stats) = node.get("/api/stats").await;
+            let stats: Value = serde_json::from_str(&stats).unwrap();
+            if stats["engine"]["primary"] == format!("127.0.0.1:{}", replica.port) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never followed: {stats}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

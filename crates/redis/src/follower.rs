@@ -130,7 +130,8 @@ pub(crate) async fn run(
             Ok(pubsub) => {
                 backoff = Duration::from_millis(100);
                 follower.shared.health.set_following(true);
-                let exit = follower.follow(pubsub, &stop).await;
+                let switches = follower.shared.target().switch_watch().await;
+                let exit = follower.follow(pubsub, switches, &stop).await;
                 follower.shared.health.set_following(false);
                 if exit.is_none() {
                     return;
@@ -215,13 +216,27 @@ impl Follower {
 
     /// Routes channel messages and checks every second, until the connection is lost or
     /// wedged (`Some`: reconnect) or the engine stops (`None`).
-    async fn follow(&mut self, mut messages: Feed, stop: &CancellationToken) -> Option<()> {
+    async fn follow(
+        &mut self,
+        mut messages: Feed,
+        mut switches: Option<(redis::aio::PubSub, String)>,
+        stop: &CancellationToken,
+    ) -> Option<()> {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut probes_sent, mut probes_seen) = (0u64, 0u64);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return None,
+                switch = next_switch(&mut switches) => match switch {
+                    // `<master> <old ip> <old port> <new ip> <new port>`: ours moved.
+                    Some((payload, master)) if payload.split(' ').next() == Some(&*master) => {
+                        tracing::warn!("redis sentinel announces a failover ({payload}); following");
+                        return Some(());
+                    }
+                    Some(_) => {}
+                    None => switches = None, // the watch is gone; checks still notice
+                },
                 message = messages.next() => {
                     let Some(message) = message else {
                         if stop.is_cancelled() {
@@ -322,6 +337,23 @@ impl Follower {
             .query_async::<i64>(&mut conn)
             .await?;
         Ok(())
+    }
+}
+
+/// The next `+switch-master` announcement (payload, our master's name), if watching; never
+/// ready otherwise. `None` when the watch's connection ended.
+async fn next_switch(
+    switches: &mut Option<(redis::aio::PubSub, String)>,
+) -> Option<(String, String)> {
+    match switches {
+        Some((pubsub, master)) => {
+            let message = pubsub.on_message().next().await?;
+            Some((
+                String::from_utf8_lossy(message.get_payload_bytes()).into_owned(),
+                master.clone(),
+            ))
+        }
+        None => std::future::pending().await,
     }
 }
 

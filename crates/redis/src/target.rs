@@ -21,6 +21,8 @@ pub(crate) enum Target {
         node: SentinelNodeConnectionInfo,
         /// The sentinels, for messages.
         sentinels: Vec<String>,
+        /// The sentinels' URLs (with their password), for the `+switch-master` watch.
+        urls: Vec<String>,
     },
     /// A Redis Cluster found through `seeds` (`host:port`); `client` for commands (routed by
     /// slot); the follower builds its own (RESP3, sharded subscriptions) with `login`.
@@ -72,12 +74,13 @@ impl Target {
                 None => format!("redis://{s}"),
             })
             .collect();
-        let sentinel = Sentinel::build(urls)?;
+        let sentinel = Sentinel::build(urls.clone())?;
         let node = SentinelNodeConnectionInfo::default()
             .set_redis_connection_info(data.get_connection_info().redis_settings().clone());
         Ok(Target::Sentinel {
             sentinel: tokio::sync::Mutex::new(sentinel),
             master: master.to_owned(),
+            urls,
             node,
             sentinels: sentinels.to_vec(),
         })
@@ -126,6 +129,24 @@ impl Target {
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(push);
         Some(builder.build())
+    }
+
+    /// Under Sentinel, a pub/sub connection to the first sentinel that answers, subscribed to
+    /// `+switch-master` (a failover done), and the master's name; `None` otherwise or when
+    /// no sentinel answers now (a failed check then still says "ask again").
+    pub(crate) async fn switch_watch(&self) -> Option<(redis::aio::PubSub, String)> {
+        let Target::Sentinel { urls, master, .. } = self else { return None };
+        for url in urls {
+            let watch = async {
+                let mut pubsub = redis::Client::open(url.as_str())?.get_async_pubsub().await?;
+                pubsub.subscribe("+switch-master").await?;
+                redis::RedisResult::Ok(pubsub)
+            };
+            if let Ok(Ok(pubsub)) = tokio::time::timeout(Duration::from_secs(1), watch).await {
+                return Some((pubsub, master.clone()));
+            }
+        }
+        None
     }
 
     /// Whether this is a Redis Cluster.
