@@ -256,6 +256,50 @@ impl RedisCluster {
         })
     }
 
+    /// Moves `slot` and its keys to the primary on `to`, as `redis-cli --cluster reshard` does
+    /// one slot at a time: `IMPORTING`/`MIGRATING`, `MIGRATE` of its keys, then `NODE` on every
+    /// primary. Clients meet `ASK`/`TRYAGAIN` meanwhile, and `MOVED` after.
+    pub fn migrate_slot(&self, slot: u16, to: u16) {
+        let from = self.primary_of(slot).expect("a primary serves the slot");
+        let id = |port: u16| cli(port, &["CLUSTER", "MYID"]).expect("an id").trim().to_owned();
+        let (from_id, to_id, slot) = (id(from), id(to), slot.to_string());
+        let ok = |port: u16, args: &[&str]| {
+            let out = cli(port, args).unwrap_or_default();
+            assert_eq!(out.trim(), "OK", "{args:?} on {port}");
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        loop {
+            let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]).unwrap_or_default();
+            let keys: Vec<&str> = keys.lines().map(str::trim).filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            ok(from, &args);
+        }
+        for port in [to, from] {
+            ok(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
+    }
+
+    /// The ports of the primaries now.
+    pub fn primaries(&self) -> Vec<u16> {
+        let nodes = self.any(&["CLUSTER", "NODES"]);
+        nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let flags = *fields.get(2)?;
+                (flags.contains("master") && !flags.contains("fail"))
+                    .then(|| fields[1].split(['@', ':']).nth(1)?.parse().ok())
+                    .flatten()
+            })
+            .collect()
+    }
+
     /// The port of the replica of the primary on `primary`.
     pub fn replica_of(&self, primary: u16) -> Option<u16> {
         let nodes = self.any(&["CLUSTER", "NODES"]);

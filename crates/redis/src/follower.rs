@@ -184,10 +184,20 @@ impl Follower {
                     conn.ssubscribe(*channel).await?;
                 }
                 // The connection lives as long as the feed; pushes other than messages (the
-                // confirmations, a resubscription after a failover) are skipped.
+                // confirmations, a resubscription after a failover) are skipped. A channel's
+                // slot that moved to another shard unsubscribes it (`sunsubscribe` from Redis;
+                // redis-rs does not follow it): the feed ends, and the follower subscribes
+                // again along the new slot map.
                 Box::pin(futures_util::stream::unfold((conn, pushes), |(conn, mut pushes)| async {
                     loop {
                         let push = pushes.recv().await?;
+                        if push.kind == redis::PushKind::SUnsubscribe {
+                            tracing::warn!(
+                                "redis cluster: a topic's slot moved to another shard; \
+                                 subscribing again there"
+                            );
+                            return None;
+                        }
                         if let Some(msg) = Msg::from_push_info(push) {
                             return Some((msg, (conn, pushes)));
                         }

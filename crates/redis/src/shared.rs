@@ -195,7 +195,31 @@ impl Shared {
                 break; // one Redis holds every topic
             }
         }
-        *self.run_ids.lock().unwrap_or_else(|e| e.into_inner()) = run_ids;
+        let before = std::mem::replace(
+            &mut *self.run_ids.lock().unwrap_or_else(|e| e.into_inner()),
+            run_ids.clone(),
+        );
+        if self.is_cluster() {
+            // A shard's primary that is another Redis now (a failover, a restart, a slot that
+            // moved): said once per check, with the topics it holds.
+            let moved: Vec<&str> = Topic::ALL
+                .into_iter()
+                .filter(|t| {
+                    let (old, new) = (&before[t.index()], &run_ids[t.index()]);
+                    !old.is_empty() && old != new
+                })
+                .map(Topic::as_str)
+                .collect();
+            if !moved.is_empty() {
+                self.health.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    topics = %moved.join(","),
+                    "redis cluster: these topics are on another primary now (a failover, a \
+                     restart or a slot migration); the engine follows the new slot map and \
+                     catches up from the log"
+                );
+            }
+        }
         Ok(())
     }
 
