@@ -61,6 +61,19 @@ async fn topics_spread_over_the_shards_and_every_node_gets_every_topic() {
     let (_, ready) = nodes[0].get("/readyz").await;
     let ready: Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready["engine"]["topology"], "cluster", "{ready}");
+    // Per shard: its primary, the topics it holds, up.
+    let shards = stats["engine"]["shards"].as_array().unwrap();
+    let listed: usize = shards.iter().map(|s| s["topics"].as_array().unwrap().len()).sum();
+    assert_eq!(listed, Topic::ALL.len(), "{stats}");
+    assert!(shards.iter().all(|s| s["up"] == true), "{stats}");
+    for shard in shards {
+        let port: u16 =
+            shard["primary"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+        for topic in shard["topics"].as_array().unwrap() {
+            let meta = format!("mc:{{{}}}:meta", topic.as_str().unwrap());
+            assert_eq!(cluster.primary_of(cluster.slot(&meta)), Some(port), "{stats}");
+        }
+    }
     let (_, metrics) = nodes[0].get("/metrics").await;
     assert!(metrics.contains("modelcast_engine_info{topology=\"cluster\""), "{metrics}");
 
@@ -171,6 +184,11 @@ async fn failover(lag: bool) {
         let (_, stats) = node.get("/api/stats").await;
         let stats: Value = serde_json::from_str(&stats).unwrap();
         assert!(stats["engine"]["failovers"].as_u64().unwrap() >= 1, "noticed: {stats}");
+        let shards = stats["engine"]["shards"].as_array().unwrap();
+        let alerts =
+            shards.iter().find(|s| s["topics"].as_array().unwrap().contains(&json!("alerts")));
+        let expected = format!("127.0.0.1:{replica}");
+        assert_eq!(alerts.unwrap()["primary"], expected.as_str(), "{stats}");
     }
     if lag {
         let (_, stats) = nodes[0].get("/api/stats").await;

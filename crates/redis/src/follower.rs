@@ -326,6 +326,8 @@ impl Follower {
             async move { cmd.query_async::<(Option<String>, Option<u64>)>(&mut conn).await }
         });
         let metas = futures_util::future::join_all(metas).await;
+        let answered: Vec<bool> = metas.iter().map(Result::is_ok).collect();
+        self.shared.health.set_topics_up(&answered);
         let mut conn = conn;
         for (topic, meta) in Topic::ALL.into_iter().zip(metas) {
             let (epoch, seq) = meta?;

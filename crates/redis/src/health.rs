@@ -6,12 +6,28 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use modelcast_protocol::Topic;
+
 #[derive(Debug, Default, Clone)]
 struct State {
     up: bool,
     reason: String,
     following: bool,
     warning: Option<String>,
+    /// Per topic (a cluster): the primary that holds it, and whether its last check answered.
+    places: Vec<(String, bool)>,
+}
+
+/// One shard of a Redis Cluster, as this node last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Shard {
+    /// Its primary's address (`host:port`).
+    pub primary: String,
+    /// The topics it holds.
+    pub topics: Vec<Topic>,
+    /// Whether every one of those topics answered the last check.
+    pub up: bool,
 }
 
 /// The engine's health, shared by its tasks. Down ("connecting") until the engine first
@@ -61,8 +77,11 @@ pub struct HealthReport {
     pub fences: u64,
     /// Pub/sub reconnects.
     pub reconnects: u64,
-    /// Failovers followed (Redis Sentinel named another primary).
+    /// Failovers followed (Redis Sentinel named another primary; a cluster's topics on
+    /// another primary).
     pub failovers: u64,
+    /// A cluster's shards that hold topics (empty for one Redis or Sentinel).
+    pub shards: Vec<Shard>,
 }
 
 impl Default for Health {
@@ -114,6 +133,21 @@ impl Health {
         self.lock().following = following;
     }
 
+    /// Where each topic lives (a cluster: its primary's address, per [`Topic::index`]).
+    pub(crate) fn set_primaries(&self, primaries: Vec<String>) {
+        let mut state = self.lock();
+        let up = |i: usize| state.places.get(i).is_none_or(|p| p.1);
+        let places = primaries.into_iter().enumerate().map(|(i, p)| (p, up(i))).collect();
+        state.places = places;
+    }
+
+    /// Whether each topic's check answered (per [`Topic::index`]).
+    pub(crate) fn set_topics_up(&self, up: &[bool]) {
+        for (place, up) in self.lock().places.iter_mut().zip(up) {
+            place.1 = *up;
+        }
+    }
+
     pub(crate) fn set_warning(&self, warning: Option<String>) {
         self.lock().warning = warning;
     }
@@ -142,6 +176,22 @@ impl Health {
             fences: n(&self.fences),
             reconnects: n(&self.reconnects),
             failovers: n(&self.failovers),
+            shards: shards(&state.places),
         }
     }
+}
+
+/// The topics' places grouped by primary, in topic order.
+fn shards(places: &[(String, bool)]) -> Vec<Shard> {
+    let mut shards: Vec<Shard> = Vec::new();
+    for (topic, (primary, up)) in Topic::ALL.into_iter().zip(places) {
+        match shards.iter_mut().find(|s| s.primary == *primary) {
+            Some(shard) => {
+                shard.topics.push(topic);
+                shard.up &= *up;
+            }
+            None => shards.push(Shard { primary: primary.clone(), topics: vec![topic], up: *up }),
+        }
+    }
+    shards
 }

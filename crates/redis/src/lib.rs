@@ -31,4 +31,4 @@ mod target;
 
 pub use engine::{RedisEngine, RedisSettings, redact};
 pub use error::{Error, Result};
-pub use health::HealthReport;
+pub use health::{HealthReport, Shard};

@@ -200,6 +200,10 @@ impl Shared {
             run_ids.clone(),
         );
         if self.is_cluster() {
+            match primaries(&mut conn, &self.names).await {
+                Ok(primaries) => self.health.set_primaries(primaries),
+                Err(err) => tracing::debug!("cannot read the cluster's slot map: {err}"),
+            }
             // A shard's primary that is another Redis now (a failover, a restart, a slot that
             // moved): said once per check, with the topics it holds.
             let moved: Vec<&str> = Topic::ALL
@@ -238,6 +242,36 @@ impl Shared {
             done => done,
         }
     }
+}
+
+/// Each topic's primary address in a cluster (per [`Topic::index`]): `CLUSTER SLOTS`, and the
+/// slot of each topic's keys.
+async fn primaries(conn: &mut Conn, names: &Names) -> redis::RedisResult<Vec<String>> {
+    let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    let mut owners: Vec<(i64, i64, String)> = Vec::new();
+    if let redis::Value::Array(ranges) = slots {
+        for range in ranges {
+            let redis::Value::Array(range) = range else { continue };
+            if let [start, end, redis::Value::Array(primary), ..] = range.as_slice()
+                && let [ip, port, ..] = primary.as_slice()
+            {
+                let ip: String = redis::from_redis_value_ref(ip)?;
+                let port: i64 = redis::from_redis_value_ref(port)?;
+                let start: i64 = redis::from_redis_value_ref(start)?;
+                let end: i64 = redis::from_redis_value_ref(end)?;
+                owners.push((start, end, format!("{ip}:{port}")));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(Topic::ALL.len());
+    for topic in Topic::ALL {
+        let mut keyslot = redis::cmd("CLUSTER");
+        keyslot.arg("KEYSLOT").arg(&names.of(topic).meta);
+        let slot: i64 = keyslot.query_async(conn).await?;
+        let owner = owners.iter().find(|(from, to, _)| (*from..=*to).contains(&slot));
+        out.push(owner.map_or_else(|| "?".to_owned(), |o| o.2.clone()));
+    }
+    Ok(out)
 }
 
 /// Whether the Redis holding `key` can lose acknowledged writes on a crash: anything but

@@ -332,7 +332,17 @@ fn topology(app: &App) -> Value {
         None => json!({"topology": "memory", "primary": ""}),
         Some(engine) => {
             let (topology, primary) = engine.topology();
-            json!({"topology": topology, "primary": primary})
+            let mut out = json!({"topology": topology, "primary": primary});
+            let shards: Vec<Value> = engine
+                .health()
+                .shards
+                .iter()
+                .map(|s| json!({"primary": s.primary, "topics": s.topics, "up": s.up}))
+                .collect();
+            if !shards.is_empty() {
+                out["shards"] = json!(shards);
+            }
+            out
         }
     }
 }
@@ -341,11 +351,12 @@ fn topology(app: &App) -> Value {
 fn engine(app: &App) -> Value {
     let Some(engine) = &app.engine else { return json!({"kind": "memory", "up": true}) };
     let h = engine.health();
-    let (topology, primary) = engine.topology();
+    let place = topology(app);
     json!({
         "kind": "redis",
-        "topology": topology,
-        "primary": primary,
+        "topology": place["topology"],
+        "primary": place["primary"],
+        "shards": place.get("shards"),
         "failovers": h.failovers,
         "up": h.up,
         "following": h.following,
