@@ -49,7 +49,8 @@ pub(crate) struct Health {
     pub(crate) fences: AtomicU64,
     /// Pub/sub reconnects.
     pub(crate) reconnects: AtomicU64,
-    /// Times Sentinel named another primary and the engine moved to it.
+    /// Times Sentinel named another primary and the engine moved to it, or a restart check
+    /// found a cluster's topics on another primary.
     pub(crate) failovers: AtomicU64,
 }
 

@@ -106,16 +106,14 @@ impl Target {
 
     /// A command connection and what it is connected to (an address, or the seeds).
     pub(crate) async fn connect(&self) -> redis::RedisResult<(Conn, String)> {
-        match (self, self.primary().await?) {
-            (Target::Cluster { client, seeds, .. }, _) => {
-                Ok((Conn::Cluster(client.get_async_connection().await?), seeds.join(",")))
-            }
-            (_, Some(client)) => {
-                let conn = client.get_connection_manager_with_config(manager_config()).await?;
-                Ok((Conn::Single(conn), address(&client)))
-            }
-            (_, None) => unreachable!("only a cluster has no single primary"),
+        if let Target::Cluster { client, seeds, .. } = self {
+            return Ok((Conn::Cluster(client.get_async_connection().await?), seeds.join(",")));
         }
+        let client = self.primary().await?.ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Client, "no primary to connect to"))
+        })?;
+        let conn = client.get_connection_manager_with_config(manager_config()).await?;
+        Ok((Conn::Single(conn), address(&client)))
     }
 
     /// For a Redis Cluster, a builder of the follower's client: RESP3, its pushes (the
