@@ -94,7 +94,10 @@ async fn failover(lag: bool) {
 /// A failover the operator asks for (`SENTINEL FAILOVER`): the old primary lives on as a
 /// replica, so no connection to it drops. The nodes follow the sentinels' `+switch-master`
 /// announcement (or, failing that, the `READONLY` answer of the next check), and publishing
-/// and delivery go on: every alert reaches the subscriber or it is told.
+/// and delivery go on. Publishes acknowledged in the moment between the promotion and the old
+/// primary's demotion were written to the old primary and are lost with it (Sentinel's
+/// asynchronous design): a subscriber missing any of them must have been told; everything
+/// published once the nodes follow the new primary arrives.
 #[tokio::test]
 #[allow(clippy::print_stderr)]
 async fn a_requested_failover_is_followed_without_a_dropped_connection() {
@@ -105,9 +108,10 @@ async fn a_requested_failover_is_followed_without_a_dropped_connection() {
     let args = ["--redis-sentinels", list.as_str(), "--redis-master", "mymaster"];
     let nodes = [Node::start(&args).await, Node::start(&args).await];
     let mut clients = vec![alerts_subscriber(&nodes[1], "watch").await];
+    let (total, switch_at, followed_at) = (40, 20, 30);
     let mut slowest = Duration::ZERO;
-    for i in 0..40 {
-        if i == 20 {
+    for i in 0..total {
+        if i == switch_at {
             let asked = modelcast_tests::cluster_util::cli(
                 sentinels.ports[0],
                 &["SENTINEL", "FAILOVER", "mymaster"],
@@ -119,20 +123,22 @@ async fn a_requested_failover_is_followed_without_a_dropped_connection() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        if i == followed_at {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            for node in &nodes {
+                loop {
+                    let (_, stats) = node.get("/api/stats").await;
+                    let stats: Value = serde_json::from_str(&stats).unwrap();
+                    if stats["engine"]["primary"] == format!("127.0.0.1:{}", replica.port) {
+                        break;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "never followed: {stats}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
         slowest = slowest.max(publish_retrying(&nodes[0], &format!("a{i}")).await);
     }
     eprintln!("requested failover: the longest publish took {slowest:?}");
-    check_deliveries(&mut clients, 40, 20).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    for node in &nodes {
-        loop {
-            let (_, stats) = node.get("/api/stats").await;
-            let stats: Value = serde_json::from_str(&stats).unwrap();
-            if stats["engine"]["primary"] == format!("127.0.0.1:{}", replica.port) {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "never followed: {stats}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    check_deliveries(&mut clients, total, followed_at).await;
 }
