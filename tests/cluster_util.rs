@@ -513,6 +513,12 @@ impl Node {
         (status, headers, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// `GET /api/stats`, parsed.
+    pub async fn stats(&self) -> Value {
+        let (_, body) = self.get("/api/stats").await;
+        serde_json::from_str(&body).expect("/api/stats is JSON")
+    }
+
     /// `GET path`: status and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
         http_request(self.addr, "GET", path, &[], None).await

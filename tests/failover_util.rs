@@ -106,6 +106,16 @@ pub async fn publish_retrying(node: &Node, id: &str) -> Duration {
     }
 }
 
+/// The topics' fences all `nodes` made: the fence runs once, in Redis, by whichever node
+/// noticed first.
+pub async fn fences(nodes: &[Node]) -> u64 {
+    let mut fences = 0;
+    for node in nodes {
+        fences += node.stats().await["engine"]["topic_fences"].as_u64().unwrap();
+    }
+    fences
+}
+
 /// Reads every client until `a{total-1}` arrived and checks what it saw: no `(epoch, seq)`
 /// with two messages on any connection, in order within an epoch, every acknowledged alert
 /// (`a0..a{total}`) received or the subscriber told, and none published from `kill_at` on

@@ -9,7 +9,7 @@ use std::time::Duration;
 use modelcast_protocol::{ServerMessage, Topic};
 use modelcast_tests::cluster_util::{Node, RedisCluster};
 use modelcast_tests::failover_util::{
-    alerts_subscriber, check_deliveries, publish_retrying, reconnect,
+    alerts_subscriber, check_deliveries, fences, publish_retrying, reconnect,
 };
 use modelcast_tests::fixtures;
 use serde_json::{Value, json};
@@ -55,8 +55,7 @@ fn one_per_topic() -> BTreeMap<&'static str, Value> {
 async fn topics_spread_over_the_shards_and_every_node_gets_every_topic() {
     let cluster = RedisCluster::start(3);
     let nodes = nodes_on(&cluster, 3).await;
-    let (_, stats) = nodes[0].get("/api/stats").await;
-    let stats: Value = serde_json::from_str(&stats).unwrap();
+    let stats = nodes[0].stats().await;
     assert_eq!(stats["engine"]["topology"], "cluster", "{stats}");
     let (_, ready) = nodes[0].get("/readyz").await;
     let ready: Value = serde_json::from_str(&ready).unwrap();
@@ -114,8 +113,7 @@ async fn topics_spread_over_the_shards_and_every_node_gets_every_topic() {
     assert!(shards.len() >= 2, "all nine topics on one shard: {shards:?}");
     // Every message came over its shard's channel, none read back from the log.
     for node in &nodes {
-        let (_, stats) = node.get("/api/stats").await;
-        let stats: Value = serde_json::from_str(&stats).unwrap();
+        let stats = node.stats().await;
         assert_eq!(stats["engine"]["topic_repairs"], 0, "{stats}");
     }
 }
@@ -181,8 +179,7 @@ async fn failover(lag: bool) {
     assert_eq!(cluster.primary_of(alerts_slot), Some(replica), "the replica was promoted");
     check_deliveries(&mut clients, total, kill_at).await;
     for node in &nodes {
-        let (_, stats) = node.get("/api/stats").await;
-        let stats: Value = serde_json::from_str(&stats).unwrap();
+        let stats = node.stats().await;
         assert!(stats["engine"]["failovers"].as_u64().unwrap() >= 1, "noticed: {stats}");
         let shards = stats["engine"]["shards"].as_array().unwrap();
         let alerts =
@@ -191,14 +188,7 @@ async fn failover(lag: bool) {
         assert_eq!(alerts.unwrap()["primary"], expected.as_str(), "{stats}");
     }
     if lag {
-        // Whichever node came first fenced (the fence runs once, in Redis).
-        let mut fences = 0;
-        for node in &nodes {
-            let (_, stats) = node.get("/api/stats").await;
-            let stats: Value = serde_json::from_str(&stats).unwrap();
-            fences += stats["engine"]["topic_fences"].as_u64().unwrap();
-        }
-        assert!(fences >= 1, "fenced by some node");
+        assert!(fences(&nodes).await >= 1, "fenced by some node");
     }
 }
 
@@ -241,8 +231,7 @@ async fn a_topic_whose_slot_migrates_keeps_publishing_and_delivering() {
     // resubscription's moment; had it not followed the slot, the check each second would have
     // read the paced messages back from the log about five times more per node.
     for node in &nodes {
-        let (_, stats) = node.get("/api/stats").await;
-        let stats: Value = serde_json::from_str(&stats).unwrap();
+        let stats = node.stats().await;
         assert!(stats["engine"]["topic_repairs"].as_u64().unwrap() <= 3, "{stats}");
     }
 }

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use modelcast_tests::cluster_util::{Node, Redis, Sentinels};
 use modelcast_tests::failover_util::{
-    alerts_subscriber, check_deliveries, publish_retrying, reconnect,
+    alerts_subscriber, check_deliveries, fences, publish_retrying, reconnect,
 };
-use serde_json::Value;
 
 #[tokio::test]
 async fn a_killed_sentinel_primary_fails_over_and_nothing_acknowledged_is_lost_silently() {
@@ -37,8 +36,7 @@ async fn failover(lag: bool) {
     let list = sentinels.list();
     let args = ["--redis-sentinels", list.as_str(), "--redis-master", "mymaster"];
     let nodes = [Node::start(&args).await, Node::start(&args).await, Node::start(&args).await];
-    let (_, stats) = nodes[0].get("/api/stats").await;
-    let stats: Value = serde_json::from_str(&stats).unwrap();
+    let stats = nodes[0].stats().await;
     assert_eq!(stats["engine"]["topology"], "sentinel", "{stats}");
     assert_eq!(stats["engine"]["primary"], format!("127.0.0.1:{}", primary.port), "{stats}");
 
@@ -75,19 +73,11 @@ async fn failover(lag: bool) {
     assert_eq!(sentinels.primary_port(), Some(replica.port), "the replica was promoted");
 
     check_deliveries(&mut clients, total, kill_at).await;
-    let (_, stats) = nodes[0].get("/api/stats").await;
-    let stats: Value = serde_json::from_str(&stats).unwrap();
+    let stats = nodes[0].stats().await;
     assert_eq!(stats["engine"]["primary"], format!("127.0.0.1:{}", replica.port), "{stats}");
     assert!(stats["engine"]["failovers"].as_u64().unwrap() >= 1, "{stats}");
     if lag {
-        // Whichever node came first fenced (the fence runs once, in Redis).
-        let mut fences = 0;
-        for node in &nodes {
-            let (_, stats) = node.get("/api/stats").await;
-            let stats: Value = serde_json::from_str(&stats).unwrap();
-            fences += stats["engine"]["topic_fences"].as_u64().unwrap();
-        }
-        assert!(fences >= 1, "fenced by some node");
+        assert!(fences(&nodes).await >= 1, "fenced by some node");
     }
 }
 
@@ -127,8 +117,7 @@ async fn a_requested_failover_is_followed_without_a_dropped_connection() {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             for node in &nodes {
                 loop {
-                    let (_, stats) = node.get("/api/stats").await;
-                    let stats: Value = serde_json::from_str(&stats).unwrap();
+                    let stats = node.stats().await;
                     if stats["engine"]["primary"] == format!("127.0.0.1:{}", replica.port) {
                         break;
                     }

@@ -175,9 +175,7 @@ impl Follower {
             }
             None => {
                 let (push, pushes) = mpsc::unbounded_channel();
-                let client = self.shared.target().cluster_pubsub(push).ok_or_else(|| {
-                    redis::RedisError::from((redis::ErrorKind::Client, "not a cluster"))
-                })??;
+                let client = self.shared.target().cluster_pubsub(push)?;
                 let mut conn = client.get_async_connection().await?;
                 // One command per channel: each goes to the primary of its slot.
                 for channel in &channels {
@@ -239,12 +237,10 @@ impl Follower {
             tokio::select! {
                 () = stop.cancelled() => return None,
                 switch = next_switch(&mut switches) => match switch {
-                    // `<master> <old ip> <old port> <new ip> <new port>`: ours moved.
-                    Some((payload, master)) if payload.split(' ').next() == Some(&*master) => {
+                    Some(payload) => {
                         tracing::warn!("redis sentinel announces a failover ({payload}); following");
                         return Some(());
                     }
-                    Some(_) => {}
                     None => switches = None, // the watch is gone; checks still notice
                 },
                 message = messages.next() => {
@@ -352,20 +348,18 @@ impl Follower {
     }
 }
 
-/// The next `+switch-master` announcement (payload, our master's name), if watching; never
-/// ready otherwise. `None` when the watch's connection ended.
-async fn next_switch(
-    switches: &mut Option<(redis::aio::PubSub, String)>,
-) -> Option<(String, String)> {
-    match switches {
-        Some((pubsub, master)) => {
-            let message = pubsub.on_message().next().await?;
-            Some((
-                String::from_utf8_lossy(message.get_payload_bytes()).into_owned(),
-                master.clone(),
-            ))
+/// The next `+switch-master` announcement for our master (its payload: `<master> <old ip>
+/// <old port> <new ip> <new port>`), if watching; never ready otherwise. `None` when the
+/// watch's connection ended.
+async fn next_switch(switches: &mut Option<(redis::aio::PubSub, String)>) -> Option<String> {
+    let Some((pubsub, master)) = switches else { return std::future::pending().await };
+    let mut messages = pubsub.on_message();
+    loop {
+        let payload =
+            String::from_utf8_lossy(messages.next().await?.get_payload_bytes()).into_owned();
+        if payload.split(' ').next() == Some(master.as_str()) {
+            return Some(payload);
         }
-        None => std::future::pending().await,
     }
 }
 

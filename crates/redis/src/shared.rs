@@ -5,13 +5,14 @@
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
+use modelcast_hub::new_epoch;
+use modelcast_protocol::Topic;
+
 use crate::conn::Conn;
 use crate::health::Health;
 use crate::names::Names;
 use crate::scripts::{RestartCheck, Scripts};
 use crate::target::{Target, address, manager_config};
-use modelcast_hub::new_epoch;
-use modelcast_protocol::Topic;
 
 /// A topic's Redis `run_id` per [`Topic::index`] (in a cluster, its shard primary's).
 type RunIds = [String; Topic::ALL.len()];
@@ -157,7 +158,9 @@ impl Shared {
         let mut conn = self.conn();
         let new_epoch = new_epoch();
         let mut run_ids = RunIds::default();
-        // Per topic, on the primary that holds it (one Redis: the same each time).
+        // Per topic, on the primary that holds it (one Redis: the same each time). Whether a
+        // primary can lose writes is asked, and the scripts loaded, once per primary.
+        let mut seen: Vec<(String, bool, Topic)> = Vec::new();
         for topic in Topic::ALL {
             let meta = &self.names.of(topic).meta;
             let info = conn.on_primary_of(meta, redis::cmd("INFO").arg("server")).await?;
@@ -167,7 +170,14 @@ impl Shared {
                 .find_map(|l| l.strip_prefix("run_id:"))
                 .map(|id| id.trim().to_owned())
                 .unwrap_or_default();
-            let lossy = lossy(&mut conn, meta).await;
+            let lossy = match seen.iter().find(|p| p.0 == run_id) {
+                Some(known) => known.1,
+                None => {
+                    let lossy = lossy(&mut conn, meta).await;
+                    seen.push((run_id.clone(), lossy, topic));
+                    lossy
+                }
+            };
             let check =
                 RestartCheck { run_id: run_id.clone(), lossy, new_epoch: new_epoch.clone() };
             let cmd = self.scripts.restart_call(self.names.of(topic), &check);
@@ -183,16 +193,13 @@ impl Shared {
             }
             run_ids[topic.index()] = run_id;
         }
-        for topic in Topic::ALL {
+        for (_, _, topic) in seen {
             for script in self.scripts.all() {
                 let sha = conn.on_primary_of(&self.names.of(topic).meta, &script.load()).await?;
                 let sha: String = redis::from_redis_value(sha)?;
                 if !script.has_sha(&sha) {
                     tracing::error!(script = script.name, %sha, "redis loaded the script under another SHA1");
                 }
-            }
-            if !self.is_cluster() {
-                break; // one Redis holds every topic
             }
         }
         let before = std::mem::replace(

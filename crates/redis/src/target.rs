@@ -116,17 +116,19 @@ impl Target {
         Ok((Conn::Single(conn), address(&client)))
     }
 
-    /// For a Redis Cluster, a builder of the follower's client: RESP3, its pushes (the
-    /// sharded messages) sent to `push`.
+    /// For a Redis Cluster, the follower's client: RESP3, its pushes (the sharded messages)
+    /// sent to `push`.
     pub(crate) fn cluster_pubsub(
         &self,
         push: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
-    ) -> Option<redis::RedisResult<ClusterClient>> {
-        let Target::Cluster { seeds, login, .. } = self else { return None };
-        let builder = cluster_builder(seeds, login)
+    ) -> redis::RedisResult<ClusterClient> {
+        let Target::Cluster { seeds, login, .. } = self else {
+            return Err((redis::ErrorKind::Client, "not a Redis Cluster").into());
+        };
+        cluster_builder(seeds, login)
             .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(push);
-        Some(builder.build())
+            .push_sender(push)
+            .build()
     }
 
     /// Under Sentinel, a pub/sub connection to the first sentinel that answers, subscribed to
