@@ -75,6 +75,9 @@ async fn topics_spread_over_the_shards_and_every_node_gets_every_topic() {
     }
     let (_, metrics) = nodes[0].get("/metrics").await;
     assert!(metrics.contains("modelcast_engine_info{topology=\"cluster\""), "{metrics}");
+    let shards_up = metrics.lines().filter(|l| l.starts_with("modelcast_engine_shard_up{"));
+    let shards_up: Vec<&str> = shards_up.collect();
+    assert!(shards_up.len() >= 2 && shards_up.iter().all(|l| l.ends_with(" 1")), "{metrics}");
 
     let mut clients = Vec::new();
     for (i, node) in nodes.iter().enumerate() {

@@ -239,6 +239,15 @@ async fn respond(
             };
             app.metrics.engine_info.clear();
             app.metrics.engine_info.get_or_create(&label).set(1);
+            app.metrics.engine_shard_up.clear();
+            for shard in engine.get("shards").and_then(Value::as_array).into_iter().flatten() {
+                let primary = shard["primary"].as_str().unwrap_or_default().to_owned();
+                let up = i64::from(shard["up"] == true);
+                app.metrics
+                    .engine_shard_up
+                    .get_or_create(&crate::metrics::ShardLabel { primary })
+                    .set(up);
+            }
             let body = app.metrics.encode(&app.hub.stats());
             let mut resp = Response::new(Body::from(Bytes::from(body)));
             resp.headers_mut().insert(

@@ -31,6 +31,12 @@ pub(crate) struct EngineLabel {
     pub(crate) primary: String,
 }
 
+/// A Redis Cluster shard, by its primary's address.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ShardLabel {
+    pub(crate) primary: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TopicTypeLabel {
     topic: String,
@@ -70,6 +76,9 @@ pub(crate) struct Metrics {
     pub(crate) engine_up: Gauge,
     /// 1 for the engine's topology and primary now (the series is replaced on a failover).
     pub(crate) engine_info: Family<EngineLabel, Gauge>,
+    /// Per shard of a Redis Cluster (by its primary now): 1 when its topics answered the last
+    /// check, else 0. Replaced on every scrape, so a shard that moved leaves no stale series.
+    pub(crate) engine_shard_up: Family<ShardLabel, Gauge>,
     state_keys: Family<TopicLabel, Gauge>,
     state_evicted: Family<TopicLabel, Counter>,
     keys: Gauge,
@@ -160,6 +169,12 @@ impl Metrics {
             "1 for the engine's topology (memory, single, sentinel, cluster) and the primary it uses now (a cluster: its seeds)",
             engine_info.clone(),
         );
+        let engine_shard_up = Family::<ShardLabel, Gauge>::default();
+        registry.register(
+            "engine_shard_up",
+            "Per Redis Cluster shard (by its primary): 1 when its topics answered the last check",
+            engine_shard_up.clone(),
+        );
         let state_keys = Family::<TopicLabel, Gauge>::default();
         registry.register(
             "state_keys",
@@ -245,6 +260,7 @@ impl Metrics {
             frames_per_flush,
             engine_up,
             engine_info,
+            engine_shard_up,
             state_keys,
             state_evicted,
             keys,
