@@ -74,7 +74,9 @@ fn upgrade(
 }
 
 async fn echo(mut stream: TcpStream, already_read: Bytes, deflate: Option<Deflate>) {
-    let mut reader = Reader::new(Decoder::new(MAX_MESSAGE, deflate.is_some()), already_read);
+    // Autobahn's 9.x cases send messages of up to 16 MiB in 64-byte frames.
+    let decoder = Decoder::new(MAX_MESSAGE, deflate.is_some()).max_fragments(usize::MAX);
+    let mut reader = Reader::new(decoder, already_read);
     let close = loop {
         let sent = match reader.next(&stream).await {
             Ok(Some(Message::Text(text))) => {

@@ -2,8 +2,8 @@
 
 use crate::code;
 
-/// Why the connection must be failed, with the code its close frame carries (1002, 1007 or
-/// 1009: see [`crate::code`]).
+/// Why the connection must be failed, with the code its close frame carries (1002, 1007, 1008
+/// or 1009: see [`crate::code`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     /// The close code to send.
@@ -19,6 +19,10 @@ impl Failure {
 
     pub(crate) fn invalid(reason: impl Into<String>) -> Self {
         Self { code: code::INVALID_PAYLOAD, reason: reason.into() }
+    }
+
+    pub(crate) fn policy(reason: impl Into<String>) -> Self {
+        Self { code: code::POLICY_VIOLATION, reason: reason.into() }
     }
 
     pub(crate) fn too_big(reason: impl Into<String>) -> Self {

@@ -26,7 +26,7 @@ mod frame;
 mod handshake;
 mod io;
 
-pub use decode::{CloseFrame, Decoder, Message};
+pub use decode::{CloseFrame, DEFAULT_MAX_FRAGMENTS, Decoder, Message};
 pub use deflate::deflate;
 pub use failure::Failure;
 pub use frame::{Header, OpCode, close_payload};
@@ -39,6 +39,8 @@ pub mod code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// 1007: a text message that is not UTF-8, or compressed data that does not inflate.
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// 1008: a message cut into more fragments than the limit.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// 1009: a message larger than the limit (after inflation).
     pub const MESSAGE_TOO_BIG: u16 = 1009;
 }
