@@ -116,7 +116,7 @@ async fn state_pages_cover_the_state_once_in_order_without_splitting_a_seq() {
     let mut after = None;
     let mut pages = 0;
     loop {
-        let page = hub.state_page(Topic::ModelStatus, after, 10);
+        let page = hub.state_page(Topic::ModelStatus, after, 10, None);
         assert_eq!(page.keys, 25);
         pages += 1;
         paged.extend(page.frames);
@@ -148,4 +148,29 @@ async fn max_hz_windows_are_forgotten_once_they_end() {
     drain(&c, NOW).await.unwrap();
     let keys = hub.stats().keys;
     assert!(keys <= 10 + 200, "ended windows were forgotten: {keys} keys held");
+}
+
+/// Issue 34, high: the memory a maximal audience costs (64 users and 64 roles of 256 bytes:
+/// its names in the message and interned once more) was not counted in the history's byte
+/// budget, so a budget of 1 MiB held 165 KiB per entry. The budget counts what an entry keeps
+/// alive: its frame, its key and its audience.
+#[tokio::test]
+async fn the_history_budget_counts_an_entrys_audience() {
+    let hub = Hub::new(HubConfig::default().history_bytes(1 << 20));
+    let name = |prefix: &str, i: usize| format!("{prefix}{i:03}{}", "n".repeat(252));
+    let audience = modelcast_hub::Audience::new(
+        (0..64).map(|i| name("u", i)),
+        (0..64).map(|i| name("r", i)),
+    );
+    for i in 0..100 {
+        let publish = Publish::new(alert(&format!("a{i}"))).unwrap().audience(audience.clone());
+        hub.publish(publish);
+    }
+    // Recover from the start as an operator would read history: what it still holds.
+    let c = hub.connect();
+    let since = modelcast_protocol::Since { epoch: hub.epoch().to_owned(), seq: 0 };
+    let outcome = c.subscribe(Topic::Alerts, SubscribeOptions::default().since(Some(since)));
+    let held = 100 - outcome.unwrap().seq;
+    // Each entry keeps about 64 KiB of names (twice 128 names of 256 bytes): 1 MiB holds ~16.
+    assert!((10..=20).contains(&held), "{held} entries of about 65 KiB in a 1 MiB budget");
 }

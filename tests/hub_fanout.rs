@@ -186,6 +186,10 @@ impl modelcast_hub::Engine for LoadsOnReach {
         modelcast_hub::Appended::Done(Err(modelcast_hub::Error::Unavailable("test".into())))
     }
 
+    fn claim(&self, _: &str, _: &str) -> modelcast_hub::Pending<modelcast_hub::Claim> {
+        modelcast_hub::Pending::ready(Err(modelcast_hub::Error::Unavailable("test".into())))
+    }
+
     fn clear(&self, _: Topic, _: String) -> modelcast_hub::Pending<bool> {
         modelcast_hub::Pending::ready(Ok(false))
     }

@@ -62,17 +62,22 @@ impl Connection {
     }
 
     /// Sets who the connection is (anonymous until then): messages with an audience reach it
-    /// only if `viewer` is in it. From now on, for every subscription (a renewed token with
-    /// other roles changes what arrives next; nothing already queued is taken back).
+    /// only if `viewer` is in it. From now on, for every subscription, and for what waits in
+    /// the connection's queue: a frame queued or held back (`max_hz`) for the previous viewer
+    /// that `viewer` is not in is dropped, so a renewed token that narrows what a connection
+    /// may see never receives what only the old one could.
     pub fn set_viewer(&self, viewer: Viewer) {
         let mut held = self.held_viewer();
         if *held.viewer() == viewer {
             return;
         }
         *held = Who::new(viewer, &self.inner.topics.keys);
+        // Every subscription first (no fan-out queues for the old viewer after this), then
+        // what the old one left waiting.
         for topic in self.subscriptions() {
             self.inner.topics.set_viewer(self.inner.id, topic, &held);
         }
+        self.inner.outbox.narrow(&held);
     }
 
     /// Who the connection is.
@@ -84,8 +89,8 @@ impl Connection {
         self.inner.viewer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Unsubscribes from `topic`; returns whether it was subscribed. Nothing of the topic that
-    /// `max_hz` held back is delivered afterwards.
+    /// Unsubscribes from `topic`; returns whether it was subscribed. Nothing of the topic
+    /// arrives afterwards: what is queued or held back (`max_hz`) of it is dropped.
     pub fn unsubscribe(&self, topic: Topic) -> bool {
         self.subscribed()[topic.index()] = false;
         self.inner.topics.unsubscribe(self.inner.id, &self.inner.outbox, topic)

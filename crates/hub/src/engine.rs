@@ -22,7 +22,7 @@ use modelcast_protocol::Topic;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::idempotency::Remembered;
+use crate::idempotency::{Claim, Claims, Remembered};
 use crate::publish::Sequenced;
 use crate::topics::{Applied, HubConfig, Logged, Topics, new_epoch};
 use crate::wire::{StateChange, Wire};
@@ -47,6 +47,11 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
     fn append_run(&self, run: Vec<Append>) -> Vec<Appended> {
         run.into_iter().map(|append| self.append(append)).collect()
     }
+
+    /// Claims a publisher's idempotency key for the request whose digest is `request`, before
+    /// any of its messages is appended (see [`crate::Hub::claim`]), with the same window and
+    /// capacity as the keys of messages.
+    fn claim(&self, key: &str, request: &str) -> Pending<Claim>;
 
     /// Removes `key`'s retained state on `topic` everywhere, each node telling its
     /// subscribers ([`Replica::cleared`]). Answers whether there was any.
@@ -195,6 +200,7 @@ impl Replica {
 pub struct LocalEngine {
     replica: OnceLock<Replica>,
     idempotency: Mutex<Remembered>,
+    claims: Mutex<Claims>,
 }
 
 impl LocalEngine {
@@ -203,6 +209,7 @@ impl LocalEngine {
         Self {
             replica: OnceLock::new(),
             idempotency: Mutex::new(Remembered::new(idempotency_keys)),
+            claims: Mutex::new(Claims::new(idempotency_keys)),
         }
     }
 
@@ -254,6 +261,11 @@ impl Engine for LocalEngine {
         self.sequence(topic, run.into_iter().map(|a| a.wire).collect())
     }
 
+    fn claim(&self, key: &str, request: &str) -> Pending<Claim> {
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        Pending::ready(claims.claim(key, request, tokio::time::Instant::now()))
+    }
+
     fn clear(&self, topic: Topic, key: String) -> Pending<bool> {
         Pending::ready(Ok(self.replica.get().is_some_and(|r| r.cleared(topic, &key))))
     }
@@ -281,6 +293,7 @@ struct MemoryState {
     topics: HashMap<Topic, MemoryLog>,
     replicas: Vec<Replica>,
     idempotency: Remembered,
+    claims: Claims,
 }
 
 /// An engine in memory shared by hubs in one process: one `seq` per topic across them, like
@@ -305,6 +318,7 @@ impl MemoryEngine {
             topics: HashMap::new(),
             replicas: Vec::new(),
             idempotency: Remembered::new(HubConfig::default().idempotency_keys),
+            claims: Claims::new(HubConfig::default().idempotency_keys),
         };
         Self { epoch: new_epoch(), history_size, state: Mutex::new(state) }
     }
@@ -369,6 +383,11 @@ impl Engine for MemoryEngine {
             debug_assert!(matches!(applied, Applied::Applied | Applied::Gone), "{applied:?}");
         }
         Appended::Done(Ok(at))
+    }
+
+    fn claim(&self, key: &str, request: &str) -> Pending<Claim> {
+        let now = tokio::time::Instant::now();
+        Pending::ready(self.lock().claims.claim(key, request, now))
     }
 
     fn clear(&self, topic: Topic, key: String) -> Pending<bool> {

@@ -62,14 +62,25 @@ pub enum Error {
         /// Seconds until the oldest key expires.
         retry_after: u64,
     },
+    /// An idempotency key already names another request (within its window): nothing was
+    /// published. A key names one request; use a new key for a new request (see
+    /// `Hub::claim`).
+    #[error(
+        "the idempotency key `{key}` was used for another request within the last 10 minutes; nothing was published: use a new key for a new request"
+    )]
+    IdempotencyConflict {
+        /// The key as the publisher sent it.
+        key: String,
+    },
     /// The engine that sequences and stores messages (Redis) cannot be reached now; retry.
     #[error("the message store is unavailable: {0}")]
     Unavailable(String),
 }
 
-/// The smallest accepted `max_hz`: one update per key per day. Smaller rates would hold a value
-/// back for longer than any client waits (and overflow a `Duration` near zero).
-pub const MIN_MAX_HZ: f64 = 1.0 / 86_400.0;
+/// The smallest accepted `max_hz`: one update per key per 100 seconds, so nothing is held back
+/// longer than that. A rate limit is for a screen that redraws; slower rates would hold a value
+/// back for longer than a person waits for it (and overflow a `Duration` near zero).
+pub const MIN_MAX_HZ: f64 = 0.01;
 
 /// The hub's `Result`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

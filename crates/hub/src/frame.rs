@@ -78,6 +78,16 @@ impl Frame {
         splice(self.as_str(), LATE)
     }
 
+    /// This frame without its `"late":true` mark (itself when it has none): a released
+    /// `max_hz` update whose newer frames were taken back before they went out is in order
+    /// after all.
+    pub(crate) fn on_time(&self) -> Frame {
+        match self.as_str().strip_prefix('{').and_then(|rest| rest.strip_prefix(LATE)) {
+            Some(rest) => Frame::from_json(format!("{{{rest}")),
+            None => self.clone(),
+        }
+    }
+
     /// A topic frame's `seq`, which the hub writes first (after `"late":true` on a late frame);
     /// `None` for a control frame.
     pub fn seq(&self) -> Option<u64> {

@@ -8,11 +8,12 @@ use std::time::Duration;
 use modelcast_protocol::{ServerMessage, Topic};
 use tokio::time::Instant;
 
-use crate::audience::Audience;
+use crate::audience::{Audience, Viewer};
 use crate::connection::Connection;
 use crate::engine::{Append, Appended, Engine, LocalEngine, Pending, Replica};
 use crate::error::{Error, Result};
 use crate::frame::Frame;
+use crate::idempotency::Claim;
 use crate::outbox::Outbox;
 use crate::publish::{Key, Kind, Publish, Sequenced};
 use crate::stats::HubStats;
@@ -212,6 +213,20 @@ impl Hub {
         }
     }
 
+    /// Claims a publisher's idempotency key for one request (`request`: a digest of it, e.g.
+    /// of an HTTP body) before any of the request's messages is published, so that a key names
+    /// one request: [`Claim::New`] the first time (publish the messages, each with a key of
+    /// its own derived from this one), [`Claim::Retry`] for the same request again within
+    /// [`crate::IDEMPOTENCY_TTL`] (publish them again: each answers its first position),
+    /// and [`Error::IdempotencyConflict`] when the key names another request (publish
+    /// nothing). A full table refuses as [`Error::IdempotencyFull`] does.
+    pub fn claim(&self, key: &str, request: &str) -> Pending<Claim> {
+        if let Some(reason) = self.engine.unavailable() {
+            return Pending::ready(Err(Error::Unavailable(reason)));
+        }
+        self.engine.claim(key, request)
+    }
+
     /// Publishes `message` with default policy (an event, no key, no subject).
     pub fn publish_message(&self, message: ServerMessage) -> Result<Published> {
         let type_name = message.type_name();
@@ -299,8 +314,27 @@ impl Hub {
     /// frames after the cursor `after` (the previous page's [`StatePage::next`]), at least
     /// `limit` unless the state ends first (a batch's parts, which share a `seq`, are never
     /// split across pages).
-    pub fn state_page(&self, topic: Topic, after: Option<u64>, limit: usize) -> StatePage {
-        self.topics.retained_page(topic, after, limit)
+    ///
+    /// `reader`: `None` for everything (an operator's view); a viewer for exactly what a
+    /// subscription of that viewer receives — the same check as every hand-out to a
+    /// subscriber, so inspection can never show a viewer more than subscribing would.
+    pub fn state_page(
+        &self,
+        topic: Topic,
+        after: Option<u64>,
+        limit: usize,
+        reader: Option<&Viewer>,
+    ) -> StatePage {
+        let reader = reader.map(|v| crate::reach::Who::new(v.clone(), &self.topics.keys));
+        self.topics.retained_page(topic, after, limit, reader)
+    }
+
+    /// Whether `topic` holds current state for `key` of `audience` (`None`: published to
+    /// everyone) now. State evicted past `state_max_keys`, cleared, or older than
+    /// `retained_ttl` is not held.
+    pub fn holds_state(&self, topic: Topic, key: &str, audience: Option<&Audience>) -> bool {
+        let key = crate::audience::state_key(&Key::from(key), audience);
+        self.topics.holds_state(topic, &key)
     }
 
     /// Counts a conflation by the batcher (which lives outside the hub's core).

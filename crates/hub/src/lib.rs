@@ -86,7 +86,7 @@ pub use engine::{Append, Appended, Engine, LocalEngine, MemoryEngine, Pending, R
 pub use error::{DropReason, Error, MIN_MAX_HZ, Result};
 pub use frame::Frame;
 pub use hub::{Hub, Published};
-pub use idempotency::IDEMPOTENCY_TTL;
+pub use idempotency::{Claim, IDEMPOTENCY_TTL};
 pub use outbox::Delivery;
 pub use publish::{Key, Kind, Publish, Retain, Sequenced};
 pub use stats::{ConflateReason, HubStats, TopicStats};

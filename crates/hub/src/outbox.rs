@@ -38,7 +38,9 @@ use crate::error::DropReason;
 use crate::frame::{Frame, encode};
 use crate::keys::{KeyId, KeyRef, id_of};
 use crate::publish::Kind;
+use crate::reach::{Reach, Who};
 use crate::stats::{ConflateReason, Stats};
+use std::sync::Arc;
 
 const TOPICS: usize = Topic::ALL.len();
 const _: () = assert!(TOPICS <= 16, "State::routine_topics has a bit per topic");
@@ -57,6 +59,9 @@ pub struct Delivery {
     /// The message type's index in `ServerMessage::TYPES` (for per-type metrics).
     pub(crate) type_index: u8,
     origin: Origin,
+    /// Who the message is for (`None`: everyone): a renewed token that is no longer in it
+    /// takes the frame back while it waits ([`Outbox::narrow`]).
+    reach: Option<Arc<Reach>>,
 }
 
 /// Where a queued frame came from.
@@ -117,7 +122,14 @@ impl Delivery {
             published_at: None,
             type_index,
             origin: Origin::Live,
+            reach: None,
         }
+    }
+
+    /// Whether `who` may still receive it (control frames and messages without an audience:
+    /// always).
+    fn admits(&self, who: &Who) -> bool {
+        self.reach.as_deref().is_none_or(|reach| reach.admits(who))
     }
 
     fn conflatable(&self) -> bool {
@@ -135,6 +147,9 @@ pub(crate) struct TopicFrame {
     pub(crate) key: Option<KeyRef>,
     pub(crate) kind: Kind,
     pub(crate) type_index: u8,
+    /// Who the message is for (`None`: everyone). It travels with the frame into every queue,
+    /// so what waits there can be checked again when a connection's viewer changes.
+    pub(crate) reach: Option<Arc<Reach>>,
 }
 
 impl TopicFrame {
@@ -147,6 +162,7 @@ impl TopicFrame {
             published_at,
             type_index: self.type_index,
             origin: Origin::Live,
+            reach: self.reach.clone(),
         }
     }
 }
@@ -201,6 +217,9 @@ struct Rated {
     pruned_len: usize,
     /// The highest `seq` given per topic: a held-back update released below it is late.
     position: [u64; TOPICS],
+    /// The highest `seq` per topic the owner has taken (or the subscription started at): what
+    /// `position` falls back to when queued frames are taken back ([`Outbox::narrow`]).
+    taken: [u64; TOPICS],
 }
 
 impl Rated {
@@ -296,6 +315,25 @@ impl State {
             self.routine_topics = 0;
         }
         item
+    }
+
+    /// Keeps the queued frames `keep` says yes to, in order (the `lagging` notice stays
+    /// whatever `keep` says: it is the outbox's own).
+    fn retain(&mut self, mut keep: impl FnMut(&Delivery) -> bool) {
+        let mut removed_start = 0;
+        for lane in [&mut self.urgent, &mut self.routine] {
+            lane.retain(|d| {
+                let kept = d.origin == Origin::Notice || keep(d);
+                if !kept && d.origin == Origin::Start {
+                    removed_start += 1;
+                }
+                kept
+            });
+        }
+        self.start_queued -= removed_start;
+        if self.routine.is_empty() {
+            self.routine_topics = 0;
+        }
     }
 
     fn clear(&mut self) {
@@ -490,32 +528,55 @@ impl Outbox {
     pub(crate) fn start(&self, topic: Topic, position: u64, rated: bool) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let mut removed_start = 0;
-        for lane in [&mut state.urgent, &mut state.routine] {
-            lane.retain(|d| {
-                let keep = d.topic != Some(topic);
-                if !keep && d.origin == Origin::Start {
-                    removed_start += 1;
-                }
-                keep
-            });
-        }
-        state.start_queued -= removed_start;
-        if state.routine.is_empty() {
-            state.routine_topics = 0;
-        }
+        state.retain(|d| d.topic != Some(topic));
         if rated {
-            state.rated.get_or_insert_with(Box::default).position[topic.index()] = position;
+            let rated = state.rated.get_or_insert_with(Box::default);
+            rated.position[topic.index()] = position;
+            rated.taken[topic.index()] = position;
         }
         if let Some(rated) = state.rated.as_mut() {
             rated.forget(topic);
         }
     }
 
-    /// The subscription to `topic` ended: nothing held back for it is released later.
+    /// The subscription to `topic` ended: what is queued or held back of it is dropped, so
+    /// nothing of the topic arrives after its end (an unsubscribe, or a renewed token whose
+    /// roles no longer allow the topic).
     pub(crate) fn forget(&self, topic: Topic) {
-        if let Some(rated) = self.lock().rated.as_mut() {
+        let mut state = self.lock();
+        state.retain(|d| d.topic != Some(topic));
+        if let Some(rated) = state.rated.as_mut() {
             rated.forget(topic);
+        }
+    }
+
+    /// The connection's viewer became `who`: every frame waiting (queued or held back by
+    /// `max_hz`) whose audience `who` is not in is dropped. A renewed token that narrows what
+    /// a connection may see applies to what was queued for the old one too, so nothing
+    /// admitted for an earlier viewer is written after the renewal.
+    pub(crate) fn narrow(&self, who: &Who) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.retain(|d| d.admits(who));
+        if let Some(rated) = state.rated.as_mut() {
+            rated.deferred.retain(|_, held| held.item.admits(who));
+            // A frame taken back no longer counts for the position its topic's releases are
+            // judged against: walk what is left, in the order it will be taken, from what was
+            // taken. A released update marked late only because of a frame taken back is in
+            // order after all: its mark goes.
+            rated.position = rated.taken;
+            for item in state.urgent.iter_mut().chain(state.routine.iter_mut()) {
+                let Some(topic) = item.topic else { continue };
+                let seq = item.frame.seq().unwrap_or(0);
+                let position = &mut rated.position[topic.index()];
+                let released = item.origin == Origin::Live && item.frame.is_late();
+                if released && seq > *position {
+                    item.frame = item.frame.on_time();
+                }
+                if !item.frame.is_late() {
+                    *position = (*position).max(seq);
+                }
+            }
         }
     }
 
@@ -595,6 +656,13 @@ impl Outbox {
                 Origin::Notice => state.lagging_queued = false, // the notice is on its way
                 Origin::Start => state.start_queued -= 1,
                 Origin::Live => {}
+            }
+            // Only a rate-limited connection keeps positions (see `Rated`).
+            if let (Some(rated), Some(topic)) = (state.rated.as_mut(), item.topic)
+                && !item.frame.is_late()
+            {
+                let taken = &mut rated.taken[topic.index()];
+                *taken = (*taken).max(item.frame.seq().unwrap_or(0));
             }
             out.push(item);
         }

@@ -14,18 +14,37 @@ pub(crate) struct Reach {
     users: Box<[KeyId]>,
     roles: Box<[KeyId]>,
     _held: Box<[KeyRef]>,
+    /// What its names cost: the audience's copy and the interned one.
+    bytes: usize,
+}
+
+impl std::fmt::Debug for Reach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Reach").field(&self.audience).finish()
+    }
 }
 
 impl Reach {
     pub(crate) fn new(audience: Arc<Audience>, keys: &Interner) -> Self {
         let users: Vec<KeyRef> = audience.user_names().iter().map(|n| keys.intern(n)).collect();
         let roles: Vec<KeyRef> = audience.role_names().iter().map(|n| keys.intern(n)).collect();
+        // Per name: its bytes twice (the audience's and the interner's) and about 64 bytes of
+        // bookkeeping (two `Arc<str>` headers, a table slot, an id).
+        let names = audience.user_names().iter().chain(audience.role_names());
+        let bytes = names.map(|n| 2 * n.len() + 64).sum();
         Self {
             users: users.iter().map(KeyRef::id).collect(),
             roles: roles.iter().map(KeyRef::id).collect(),
             _held: users.into_iter().chain(roles).collect(),
             audience,
+            bytes,
         }
+    }
+
+    /// What the audience's names cost in memory (shared by every entry that holds this
+    /// audience, counted for each as if it were its own: a budget never undercounts).
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether `who` is in it.

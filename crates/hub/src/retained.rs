@@ -13,19 +13,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use std::sync::Arc;
-
 use crate::keys::{KeyId, KeyRef, id_of};
 use crate::outbox::TopicFrame;
 use crate::publish::Key;
 use crate::reach::Reach;
 
-/// A sequenced message as history and retained state hold it.
+/// A sequenced message as history and retained state hold it. Its audience (who it is for,
+/// `None`: everyone) travels in its frame; its key is scoped to it.
 pub(crate) struct Entry {
     pub(crate) frame: TopicFrame,
     pub(crate) subject: Option<KeyRef>,
-    /// Who it is for (`None`: everyone); its key is scoped to it.
-    pub(crate) audience: Option<Arc<Reach>>,
     pub(crate) urgent: bool,
     /// When it was published (retained state expires by `retained_ttl`).
     pub(crate) at: Instant,
@@ -34,6 +31,19 @@ pub(crate) struct Entry {
 impl Entry {
     pub(crate) fn subject_id(&self) -> KeyId {
         id_of(self.subject.as_ref())
+    }
+
+    /// Who it is for (`None`: everyone).
+    pub(crate) fn audience(&self) -> Option<&Reach> {
+        self.frame.reach.as_deref()
+    }
+
+    /// The bytes it keeps alive, as the history budget counts them: its frame, its state key
+    /// and its audience's names (a state key of an audience holds the names once more).
+    pub(crate) fn cost(&self) -> usize {
+        self.frame.frame.len()
+            + self.frame.key.as_ref().map_or(0, |k| k.name().len())
+            + self.audience().map_or(0, Reach::bytes)
     }
 }
 
@@ -99,15 +109,25 @@ impl Retained {
         self.order.values().filter_map(|k| self.entries.get(k))
     }
 
-    /// Entries after `after_seq` (the cursor of the previous page), at least `limit` unless the
-    /// state ends first, never splitting the keys of one `seq` (a batch's parts). Returns them
-    /// and the cursor of the next page (`None`: this is the last).
-    pub(crate) fn page(&self, after_seq: Option<u64>, limit: usize) -> (Vec<&Entry>, Option<u64>) {
+    /// Whether `key` has state.
+    pub(crate) fn contains(&self, key: KeyId) -> bool {
+        self.entries.contains_key(&key)
+    }
+
+    /// Entries `keep` accepts after `after_seq` (the cursor of the previous page), at least
+    /// `limit` unless the state ends first, never splitting the keys of one `seq` (a batch's
+    /// parts). Returns them and the cursor of the next page (`None`: this is the last).
+    pub(crate) fn page(
+        &self,
+        after_seq: Option<u64>,
+        limit: usize,
+        keep: impl Fn(&Entry) -> bool,
+    ) -> (Vec<&Entry>, Option<u64>) {
         let start = after_seq.map_or(0, |s| s.saturating_add(1));
         let mut page: Vec<&Entry> = Vec::new();
         let mut rest = self.order.range((start, Key::from(""))..).peekable();
         while let Some(((seq, _), key)) = rest.next() {
-            if let Some(entry) = self.entries.get(key) {
+            if let Some(entry) = self.entries.get(key).filter(|e| keep(e)) {
                 page.push(entry);
             }
             let group_ends = rest.peek().is_none_or(|((next, _), _)| next != seq);

@@ -195,20 +195,20 @@ struct Filter {
 
 type FilterRef = Option<Arc<Filter>>;
 
-/// One connection's subscription to a topic.
-struct Sub {
-    connection: u64,
-    outbox: Arc<Outbox>,
+/// Who may receive what of a topic: a filter on subjects and a viewer. **The one predicate**
+/// every hand-out of a topic makes — live fan-out (single messages and runs), the state after
+/// `subscribed`, the replay, a recovery's state, `state_cleared` — and the state inspection
+/// (`Hub::state_page` for a viewer: a gate without a filter), so no path can forget an
+/// audience.
+struct Gate {
     filter: FilterRef,
-    rate: Option<Duration>,
     /// Who the connection is (re-set when its token is renewed).
     who: Who,
 }
 
-impl Sub {
-    /// Whether a message about `subject` for `audience` may reach this subscription: its
-    /// filter passes the subject and its viewer is in the audience. The one check every
-    /// hand-out of a topic makes (live fan-out, state, replay, recovery, `state_cleared`).
+impl Gate {
+    /// Whether a message about `subject` for `audience` passes: the filter passes the subject
+    /// and the viewer is in the audience.
     #[inline]
     fn admits(&self, subject: KeyId, audience: Option<&Reach>) -> bool {
         if let Some(filter) = &self.filter
@@ -221,9 +221,31 @@ impl Sub {
         audience.is_none_or(|a| a.admits(&self.who))
     }
 
+    /// Whether `entry` (history or retained state) passes.
+    fn admits_entry(&self, entry: &Entry) -> bool {
+        self.admits(entry.subject_id(), entry.audience())
+    }
+}
+
+/// One connection's subscription to a topic.
+struct Sub {
+    connection: u64,
+    outbox: Arc<Outbox>,
+    rate: Option<Duration>,
+    gate: Gate,
+}
+
+impl Sub {
+    /// Whether a message about `subject` for `audience` may reach this subscription
+    /// ([`Gate::admits`]).
+    #[inline]
+    fn admits(&self, subject: KeyId, audience: Option<&Reach>) -> bool {
+        self.gate.admits(subject, audience)
+    }
+
     /// Whether `entry` (history or retained state) may reach this subscription.
     fn admits_entry(&self, entry: &Entry) -> bool {
-        self.admits(entry.subject_id(), entry.audience.as_deref())
+        self.gate.admits_entry(entry)
     }
 }
 
@@ -259,7 +281,7 @@ impl TopicState {
             if !over {
                 break;
             }
-            let bytes = front.frame.frame.len();
+            let bytes = front.cost();
             self.history.pop_front();
             total.fetch_sub(bytes, Ordering::Relaxed);
         }
@@ -281,7 +303,6 @@ struct Recorded {
     frame: TopicFrame,
     seq: u64,
     subject: KeyId,
-    audience: Option<Arc<Reach>>,
     urgent: bool,
     type_index: u8,
 }
@@ -310,14 +331,9 @@ impl Prepared {
             key: self.key.clone(),
             kind: self.kind,
             type_index: self.type_index,
+            reach: self.audience.clone(),
         };
-        Entry {
-            frame,
-            subject: self.subject.clone(),
-            audience: self.audience.clone(),
-            urgent: self.urgent,
-            at,
-        }
+        Entry { frame, subject: self.subject.clone(), urgent: self.urgent, at }
     }
 }
 
@@ -538,7 +554,7 @@ impl Topics {
         self.stats.state_keys(topic, state.retained.len());
         let entry = main.entry(topic, seq, at, false);
         let frame = entry.frame.clone();
-        self.history_bytes.fetch_add(frame.frame.len(), Ordering::Relaxed);
+        self.history_bytes.fetch_add(entry.cost(), Ordering::Relaxed);
         state.history.push_back(entry);
         // May drop this very message from history if it alone is over the byte budget: it is
         // still delivered, only not recoverable.
@@ -547,7 +563,6 @@ impl Topics {
             frame,
             seq,
             subject: id_of(main.subject.as_ref()),
-            audience: main.audience,
             urgent: main.urgent,
             type_index: main.type_index,
         }
@@ -566,7 +581,7 @@ impl Topics {
         let mut gone = Vec::new();
         // A single message's audience, read once rather than per subscriber.
         let single_audience = match recorded {
-            [one] => one.audience.as_deref(),
+            [one] => one.frame.reach.as_deref(),
             _ => None,
         };
         for (i, sub) in state.subs.iter().enumerate() {
@@ -595,7 +610,7 @@ impl Topics {
                 let passing = recorded
                     .iter()
                     .enumerate()
-                    .filter(|(_, r)| sub.admits(r.subject, r.audience.as_deref()))
+                    .filter(|(_, r)| sub.admits(r.subject, r.frame.reach.as_deref()))
                     .map(|(j, r)| (j, &r.frame, r.urgent));
                 sub.outbox.push_many(passing, sub.rate, now, &self.stats, |j| delivered[j] += 1)
             };
@@ -645,7 +660,7 @@ impl Topics {
         let state = &mut *guard;
         let old = Since { epoch: state.epoch.to_string(), seq: state.seq };
         state.loaded = true;
-        let dropped: usize = state.history.iter().map(|e| e.frame.frame.len()).sum();
+        let dropped: usize = state.history.iter().map(Entry::cost).sum();
         self.history_bytes.fetch_sub(dropped, Ordering::Relaxed);
         state.history.clear();
         state.retained.clear();
@@ -653,7 +668,7 @@ impl Topics {
         state.seq = top;
         for (p, seq, at) in history {
             let entry = p.entry(topic, seq, at, false);
-            self.history_bytes.fetch_add(entry.frame.frame.len(), Ordering::Relaxed);
+            self.history_bytes.fetch_add(entry.cost(), Ordering::Relaxed);
             state.history.push_back(entry);
         }
         for (p, seq, at) in retained.into_iter().filter(|(p, ..)| p.key.is_some()) {
@@ -807,7 +822,7 @@ impl Topics {
             return Err(Error::Behind { topic, have: state.seq });
         }
         let replaced = state.remove_sub(connection);
-        let sub = Sub { connection, outbox: outbox.clone(), filter, rate, who };
+        let sub = Sub { connection, outbox: outbox.clone(), rate, gate: Gate { filter, who } };
         let begun = self.begin(&state, &sub, topic, start, options.request_id);
         let outcome = match begun {
             Ok(outcome) => outcome,
@@ -829,7 +844,7 @@ impl Topics {
     pub(crate) fn set_viewer(&self, connection: u64, topic: Topic, who: &Who) {
         let mut state = self.lock(topic);
         if let Some(sub) = state.subs.iter_mut().find(|s| s.connection == connection) {
-            sub.who = who.clone();
+            sub.gate.who = who.clone();
         }
     }
 
@@ -860,7 +875,7 @@ impl Topics {
         let Some(key) = &entry.frame.key else { return };
         let notice = ServerMessage::StateCleared(modelcast_protocol::StateCleared {
             topic,
-            key: unscoped(key.name(), entry.audience.is_some()).to_string(),
+            key: unscoped(key.name(), entry.audience().is_some()).to_string(),
             timestamp: chrono::Utc::now(),
         });
         let type_index = u8::try_from(notice.type_index()).unwrap_or_default();
@@ -872,32 +887,51 @@ impl Topics {
 
     /// The frames retained on `topic` now, in the order a new subscriber gets them.
     pub(crate) fn retained(&self, topic: Topic) -> Vec<crate::Frame> {
-        self.retained_page(topic, None, usize::MAX).frames
+        self.retained_page(topic, None, usize::MAX, None).frames
     }
 
     /// A page of the frames retained on `topic`: those after the cursor `after` (from the
     /// previous page), at least `limit` unless the state ends first (the keys of one `seq`, a
-    /// batch's parts, are never split).
+    /// batch's parts, are never split). With a `reader`, only what a subscription of that
+    /// viewer without a filter would receive ([`Gate::admits`]: the check every hand-out
+    /// makes), and `keys` counts those; without one, everything.
     pub(crate) fn retained_page(
         &self,
         topic: Topic,
         after: Option<u64>,
         limit: usize,
+        reader: Option<Who>,
     ) -> StatePage {
+        let gate = reader.map(|who| Gate { filter: None, who });
+        let admitted = |e: &Entry| gate.as_ref().is_none_or(|g| g.admits_entry(e));
         let mut state = self.lock(topic);
         state.expire_retained(&self.config, Instant::now());
-        let (entries, next) = state.retained.page(after, limit);
+        let (entries, next) = state.retained.page(after, limit, admitted);
+        let keys = match &gate {
+            None => state.retained.len(),
+            Some(_) => state.retained.in_order().filter(|e| admitted(e)).count(),
+        };
         StatePage {
             audiences: entries
                 .iter()
-                .map(|e| e.audience.as_ref().map(|r| Audience::clone(&r.audience)))
+                .map(|e| e.audience().map(|r| Audience::clone(&r.audience)))
                 .collect(),
             frames: entries.into_iter().map(|e| e.frame.frame.clone()).collect(),
             next,
             epoch: state.epoch.to_string(),
             seq: state.seq,
-            keys: state.retained.len(),
+            keys,
         }
+    }
+
+    /// Whether `topic` holds state for the (audience-scoped) state `key` now — what the stale
+    /// watchdog asks before it speaks of a download: state evicted, cleared or expired is gone
+    /// for it too.
+    pub(crate) fn holds_state(&self, topic: Topic, key: &str) -> bool {
+        let Some(held) = self.keys.lookup(key) else { return false };
+        let mut state = self.lock(topic);
+        state.expire_retained(&self.config, Instant::now());
+        state.retained.contains(held.id())
     }
 }
 
@@ -915,7 +949,7 @@ pub struct StatePage {
     pub epoch: String,
     /// The topic's newest `seq`.
     pub seq: u64,
-    /// How many keys the topic holds state for, all pages together.
+    /// How many keys the topic holds state for (that the reader may see), all pages together.
     pub keys: usize,
 }
 
