@@ -1,5 +1,14 @@
 //! Download notifications: started, progress, paused, resumed, cancelled, retry, completed,
 //! failed — and `stale` when a download's source stops reporting.
+//!
+//! Each active download is tracked (its status, sizes, last report), keyed by a
+//! publisher-chosen model id, so the table has the owner and limit every such map needs: an
+//! entry lives only as long as the hub holds the download's current state. A finished download
+//! leaves at once; one whose state the hub no longer holds (evicted past `state_max_keys`,
+//! cleared with `DELETE /api/state`, expired after `retained_ttl`) leaves at the watchdog's next
+//! check once it has been silent for the stale interval, and is never marked stale (which would
+//! bring its state back); and the table never holds more than the hub's `state_max_keys`
+//! downloads: past that, the ones without state go first, then the least recently reported.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -8,7 +17,7 @@ use std::time::Duration;
 use modelcast_hub::Audience;
 use modelcast_protocol::{
     DownloadEvent as WireEvent, DownloadProgressUpdate, DownloadRetry, DownloadStatus,
-    DownloadStatusChange, ServerMessage,
+    DownloadStatusChange, ServerMessage, Topic,
 };
 use tokio::time::Instant;
 
@@ -18,6 +27,10 @@ use crate::{Outcome, Policy};
 /// downloads of one model are two downloads.
 type Tracked = (Option<Arc<Audience>>, String);
 type Table = HashMap<Tracked, Download>;
+
+/// How long a download just reported is kept even without state in the hub: its first
+/// message may still be on its way to the hub's state (an engine's round trip).
+const STATE_GRACE: Duration = Duration::from_secs(2);
 
 /// The longest wait between retries, whatever the attempt.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -146,6 +159,34 @@ impl DownloadNotifier {
         self.downloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether the hub holds current state for the download `tracked`.
+    fn has_state(&self, (audience, model): &Tracked) -> bool {
+        self.policy.hub().holds_state(Topic::DownloadProgress, model, audience.as_deref())
+    }
+
+    /// The table with room for `tracked`: past the hub's `state_max_keys`, the downloads the
+    /// hub holds no state for go first (those just reported excepted), then the least recently
+    /// reported, down to three quarters of the cap (so the work is done once per quarter of
+    /// the cap, not once per new download).
+    fn with_room(&self, tracked: &Tracked) -> MutexGuard<'_, Table> {
+        let cap = self.policy.hub().config().state_max_keys.max(1);
+        let mut downloads = self.lock();
+        if downloads.len() < cap || downloads.contains_key(tracked) {
+            return downloads;
+        }
+        let now = Instant::now();
+        downloads
+            .retain(|t, d| now.duration_since(d.last_report) < STATE_GRACE || self.has_state(t));
+        let keep = cap - cap / 4;
+        if downloads.len() > keep {
+            let mut reports: Vec<Instant> = downloads.values().map(|d| d.last_report).collect();
+            reports.sort_unstable();
+            let cut = reports[downloads.len() - keep];
+            downloads.retain(|_, d| d.last_report >= cut);
+        }
+        downloads
+    }
+
     /// This notifier, for the downloads of `audience` (e.g. one user): its messages reach
     /// that audience only, and its downloads are tracked (and marked stale) apart from the
     /// same models' downloads of anyone else.
@@ -191,8 +232,9 @@ impl DownloadNotifier {
         error: Option<&str>,
     ) -> Outcome {
         let (old, percent) = {
-            let mut downloads = self.lock();
-            let d = downloads.entry(self.tracked(model_id)).or_insert_with(|| Download {
+            let tracked = self.tracked(model_id);
+            let mut downloads = self.with_room(&tracked);
+            let d = downloads.entry(tracked).or_insert_with(|| Download {
                 status: DownloadStatus::Queued,
                 downloaded_mb: 0.0,
                 total_mb: 0.0,
@@ -222,8 +264,9 @@ impl DownloadNotifier {
     /// A download began.
     pub fn started(&self, model_id: &str, total_mb: f64) -> Outcome {
         {
-            let mut downloads = self.lock();
-            let d = downloads.entry(self.tracked(model_id)).or_insert_with(|| Download {
+            let tracked = self.tracked(model_id);
+            let mut downloads = self.with_room(&tracked);
+            let d = downloads.entry(tracked).or_insert_with(|| Download {
                 status: DownloadStatus::Queued,
                 downloaded_mb: 0.0,
                 total_mb,
@@ -254,8 +297,9 @@ impl DownloadNotifier {
         speed_mbps: f64,
     ) -> Outcome {
         let back = {
-            let mut downloads = self.lock();
-            let d = downloads.entry(self.tracked(model_id)).or_insert_with(|| Download {
+            let tracked = self.tracked(model_id);
+            let mut downloads = self.with_room(&tracked);
+            let d = downloads.entry(tracked).or_insert_with(|| Download {
                 status: DownloadStatus::Downloading,
                 downloaded_mb,
                 total_mb,
@@ -389,17 +433,25 @@ impl DownloadNotifier {
 
     /// Marks every active download (of every audience) silent for longer than `after` as
     /// `stale` (once), published to its own audience; a later report moves it back to
-    /// `downloading`. Returns the models marked.
+    /// `downloading`. A download silent that long whose state the hub no longer holds
+    /// (evicted, cleared, expired) is forgotten instead: it is gone for the watchdog too, and
+    /// marking it would bring its state back. Returns the models marked.
     pub fn mark_stale(&self, after: Duration) -> Vec<String> {
         let now = Instant::now();
-        let stale: Vec<Tracked> = self
+        let silent: Vec<(Tracked, DownloadStatus)> = self
             .lock()
             .iter()
-            .filter(|(_, d)| {
-                d.status == DownloadStatus::Downloading && now.duration_since(d.last_report) > after
-            })
-            .map(|(t, _)| t.clone())
+            .filter(|(_, d)| now.duration_since(d.last_report) > after)
+            .map(|(t, d)| (t.clone(), d.status.clone()))
             .collect();
+        let mut stale = Vec::new();
+        for (tracked, status) in silent {
+            if !self.has_state(&tracked) {
+                self.lock().remove(&tracked);
+            } else if status == DownloadStatus::Downloading {
+                stale.push(tracked);
+            }
+        }
         for (audience, model) in &stale {
             // Marked stale for the audience that downloads it, no one else.
             self.with_audience(audience.clone()).change(
@@ -411,6 +463,11 @@ impl DownloadNotifier {
             );
         }
         stale.into_iter().map(|(_, model)| model).collect()
+    }
+
+    /// How many downloads are tracked now (every audience).
+    pub fn tracked_count(&self) -> usize {
+        self.lock().len()
     }
 
     /// A download message someone else published (over HTTP) to this notifier's audience:
@@ -426,12 +483,13 @@ impl DownloadNotifier {
             ServerMessage::DownloadRetry(r) => (&r.model_id, DownloadStatus::Retrying, None),
             _ => return,
         };
-        let mut downloads = self.lock();
+        let tracked = self.tracked(model);
         if crate::policy::download_finished(&status) {
-            downloads.remove(&self.tracked(model));
+            self.lock().remove(&tracked);
             return;
         }
-        let d = downloads.entry(self.tracked(model)).or_insert_with(|| Download {
+        let mut downloads = self.with_room(&tracked);
+        let d = downloads.entry(tracked).or_insert_with(|| Download {
             status: status.clone(),
             downloaded_mb: 0.0,
             total_mb: 0.0,

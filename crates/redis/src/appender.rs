@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use modelcast_hub::{Error as HubError, Sequenced};
+use modelcast_hub::{Error as HubError, Result as HubResult, Sequenced};
 use modelcast_protocol::Topic;
 use redis::Value;
 use tokio::sync::mpsc;
@@ -104,17 +104,17 @@ async fn call_groups(
     futures_util::future::join_all(calls).await
 }
 
-/// Answers a group's appends from the script's `{epoch, seq…}` (or its failure).
+/// Answers a group's appends from the script's `{epoch, answer…}` (or its failure).
 fn answer(shared: &Shared, topic: Topic, group: Vec<Queued>, result: redis::RedisResult<Value>) {
-    let positions = result.and_then(|value| {
-        parse_positions(&value, group.len()).ok_or_else(|| {
+    let answers = result.and_then(|value| {
+        parse_answers(&value, &group).ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::Parse, "unexpected append reply"))
         })
     });
-    match positions {
-        Ok((epoch, seqs)) => {
-            for (append, seq) in group.into_iter().zip(seqs) {
-                let _ = append.reply.send(Ok(Sequenced { epoch: epoch.clone(), seq }));
+    match answers {
+        Ok(answers) => {
+            for (append, answer) in group.into_iter().zip(answers) {
+                let _ = append.reply.send(answer);
             }
         }
         Err(err) => {
@@ -130,13 +130,27 @@ fn answer(shared: &Shared, topic: Topic, group: Vec<Queued>, result: redis::Redi
     }
 }
 
-fn parse_positions(value: &Value, n: usize) -> Option<(Arc<str>, Vec<u64>)> {
+/// Each append's answer: a new seq under the topic's epoch, or for an idempotency key
+/// already used, where it was sequenced (under the epoch of then, which a fence may have left
+/// since).
+fn parse_answers(value: &Value, group: &[Queued]) -> Option<Vec<HubResult<Sequenced>>> {
     let Value::Array(items) = value else { return None };
-    let (epoch, seqs) = items.split_first()?;
-    let epoch: Arc<str> = Arc::from(std::str::from_utf8(crate::snapshot::bytes_of(epoch)?).ok()?);
-    let seqs: Vec<u64> = seqs
+    let (epoch, answers) = items.split_first()?;
+    let text =
+        |v: &Value| std::str::from_utf8(crate::snapshot::bytes_of(v)?).ok().map(str::to_owned);
+    let epoch: Arc<str> = Arc::from(text(epoch)?);
+    if answers.len() != group.len() {
+        return None;
+    }
+    answers
         .iter()
-        .map(|s| crate::snapshot::number_of(s).map(|n| n as u64))
-        .collect::<Option<_>>()?;
-    (seqs.len() == n).then_some((epoch, seqs))
+        .map(|answer| match answer {
+            Value::Int(seq) => Some(Ok(Sequenced { epoch: epoch.clone(), seq: *seq as u64 })),
+            other => {
+                let text = text(other)?;
+                let (epoch, seq) = text.split_once('\n')?;
+                Some(Ok(Sequenced { epoch: Arc::from(epoch), seq: seq.parse().ok()? }))
+            }
+        })
+        .collect()
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use modelcast_hub::{Append, Appended, Engine, Error as HubError, Pending, Replica};
+use modelcast_hub::{Append, Appended, Claim, Engine, Error as HubError, Pending, Replica};
 use modelcast_protocol::{Since, Topic};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ use crate::health::HealthReport;
 use crate::names::Names;
 use crate::queued::Queued;
 use crate::scripts::clear_call;
-use crate::shared::{Limits, Shared};
+use crate::shared::{IDEMPOTENCY_TTL_SECS, Limits, Shared};
 use crate::target::Target;
 
 /// What the engine needs to know. Build with [`RedisSettings::new`] and the setters.
@@ -230,6 +230,32 @@ impl Engine for RedisEngine {
                 Appended::Done(Err(HubError::Unavailable("the server is stopping".into())))
             }
         }
+    }
+
+    fn claim(&self, key: &str, request: &str) -> Pending<Claim> {
+        let (tx, pending) = Pending::new();
+        let shared = self.shared.clone();
+        let (key, request) = (key.to_owned(), request.to_owned());
+        self.tracker.spawn(async move {
+            // One atomic command (Redis 7): set if absent, and say what was there.
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(shared.names.claim(&key))
+                .arg(&request)
+                .arg("NX")
+                .arg("GET")
+                .arg("EX")
+                .arg(IDEMPOTENCY_TTL_SECS);
+            let mut conn = shared.conn();
+            let known: redis::RedisResult<Option<String>> = cmd.query_async(&mut conn).await;
+            let answer = match known {
+                Ok(None) => Ok(Claim::New),
+                Ok(Some(known)) if known == request => Ok(Claim::Retry),
+                Ok(Some(_)) => Err(HubError::IdempotencyConflict { key }),
+                Err(err) => Err(HubError::Unavailable(format!("redis: {err}"))),
+            };
+            let _ = tx.send(answer);
+        });
+        pending
     }
 
     fn clear(&self, topic: Topic, key: String) -> Pending<bool> {

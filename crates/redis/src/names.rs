@@ -5,8 +5,10 @@
 //! `run_id` the topic was last written under), `:log` (stream, entry id `0-<seq>`, fields `p`
 //! payload and `t` publish time in ms, capped at the history size), `:ret` (hash: state key →
 //! `seq\nms\npayload`), `:reto` (sorted set: state key by the seq of its newest message, to
-//! evict the least recently updated past the cap), `:idem:<key>` (idempotency keys), and the
-//! channel `:ch`.
+//! evict the least recently updated past the cap), `:idem:<key>` (idempotency keys of
+//! messages: `<epoch>\n<seq>` where each was sequenced), and the channel `:ch`. A publisher's
+//! key names one request: `{prefix}:claim:{<key>}` holds the request's digest (the key is its
+//! own hash tag, so claims spread over a cluster's slots).
 
 use modelcast_protocol::Topic;
 
@@ -34,6 +36,13 @@ pub(crate) struct Names {
     pub(crate) probe: String,
     /// This node's write probe (a key that expires): Redis takes writes.
     pub(crate) alive: String,
+}
+
+impl Names {
+    /// Where a publisher's idempotency key records the request it names.
+    pub(crate) fn claim(&self, key: &str) -> String {
+        format!("{}:claim:{{{key}}}", self.prefix)
+    }
 }
 
 impl Names {

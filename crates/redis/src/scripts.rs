@@ -49,7 +49,10 @@ impl Script {
 /// Appends one node's messages of one topic, in order, atomically: the restart check (a Redis
 /// that restarted since the node last looked answers `RESTARTED`, and nothing is appended),
 /// then per message the idempotency key, `HINCRBY` seq, `XADD`, the retained state and its
-/// order (evicting past the cap), `PUBLISH`. Returns `{epoch, seq…}`.
+/// order (evicting past the cap), `PUBLISH`. Returns `{epoch, answer…}`, an answer per
+/// message: its new seq (a number), or for a key already used, `"<epoch>\n<seq>"`, where it
+/// was sequenced (a key's record; the epoch a fence may have left since, never the current
+/// one for an old seq).
 const APPEND: &str = r#"
 local run = redis.call('HGET', KEYS[1], 'run')
 if run and run ~= ARGV[1] then return redis.error_reply('RESTARTED redis restarted since this node looked') end
@@ -62,7 +65,11 @@ for m = 1, tonumber(ARGV[8]) do
   local prev = false
   if ARGV[a + 1] == '1' then prev = redis.call('GET', idem) end
   if prev then
-    out[#out + 1] = tonumber(prev)
+    if string.find(prev, '\n', 1, true) then
+      out[#out + 1] = prev
+    else
+      out[#out + 1] = epoch .. '\n' .. prev
+    end
   else
     local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
     redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], '0-' .. seq, 'p', payload, 't', ARGV[4])
@@ -80,7 +87,7 @@ for m = 1, tonumber(ARGV[8]) do
       redis.call('HDEL', KEYS[3], oldest[1])
     end
     redis.call('PUBLISH', ARGV[3], 'm\n' .. epoch .. '\n' .. seq .. '\n' .. ARGV[4] .. '\n' .. payload)
-    if ARGV[a + 1] == '1' then redis.call('SET', idem, seq, 'EX', ARGV[6]) end
+    if ARGV[a + 1] == '1' then redis.call('SET', idem, epoch .. '\n' .. seq, 'EX', ARGV[6]) end
     out[#out + 1] = seq
   end
   a = a + 3 + 3 * changes
