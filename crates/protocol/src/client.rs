@@ -179,7 +179,8 @@ pub struct SubscribeRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<SubscriptionFilter>,
     /// At most this many updates per second per model; the newest value wins and state changes
-    /// are never dropped. Must be positive.
+    /// are never dropped. From 0.01 (one update per model per 100 s) up: nothing is held back
+    /// longer than that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_hz: Option<f64>,
 }

@@ -30,6 +30,7 @@ mod client;
 pub mod close;
 mod dupes;
 mod frame;
+mod http;
 mod messages;
 mod problem;
 mod publish;
@@ -45,6 +46,7 @@ pub use client::{
 };
 pub use dupes::first_duplicate_key;
 pub use frame::ServerFrame;
+pub use http::ApiErrorCode;
 pub use messages::*;
 pub use problem::Problem;
 pub use publish::PublishFrame;

@@ -370,7 +370,13 @@ pub fn openapi() -> Value {
                 "type": "object",
                 "required": ["code", "message"],
                 "properties": {
-                    "code": {"type": "string", "description": "Machine-readable, e.g. `invalid_message`, `unauthorized`, `payload_too_large`, `body_timeout`, `server_busy`."},
+                    "code": {
+                        "description": "Machine-readable: one of these, answered with the status after it.",
+                        "oneOf": crate::ApiErrorCode::ALL.iter().map(|code| json!({
+                            "const": code.as_str(),
+                            "description": format!("{} — {}", code.status(), code.description().trim()),
+                        })).collect::<Vec<_>>()
+                    },
                     "message": {"type": "string", "description": "What was wrong and what to do, for people."},
                     "field": {"type": "string", "description": "The first problem's field, e.g. `data.progress_percent`."},
                     "index": {"type": "integer", "minimum": 0, "description": "The first problem's element, for an array body."},
