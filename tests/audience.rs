@@ -146,12 +146,29 @@ async fn a_users_download_reaches_that_user_only_live_as_state_in_a_replay_and_w
     assert_eq!(about(&drain(&mut b2).await), ["m1@20.0 late"]);
     let mut c2 = connect(&server, "c2", &carol(), &["download_progress"]).await;
     assert_eq!(about(&drain(&mut c2).await), Vec::<String>::new());
-    // The operator sees all of it, with whom each key is for.
-    let (status, body) = server.get("/api/state?topic=download_progress").await;
+    // An operator (a token with role admin) sees all of it, with whom each key is for.
+    let operator = format!("Bearer {}", token("op", &["admin"]));
+    let (status, body) = server
+        .request_with(
+            "GET",
+            "/api/state?topic=download_progress",
+            &[("authorization", &operator)],
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let state: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(state["keys"], 2, "{state}");
     assert_eq!(state["audiences"], json!([{"users": ["alice"]}, {"users": ["bob"]}]), "{state}");
+    // alice's token sees what alice's subscription gets (and not who else a key is for);
+    // without a token, nothing: this server requires tokens.
+    let path = format!("/api/state?topic=download_progress&token={}", alice());
+    let (status, body) = server.get(&path).await;
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, &state["keys"]), (200, &json!(1)), "{state}");
+    assert_eq!(about(state["state"].as_array().unwrap()), ["m1@10.0 late"]);
+    assert!(state.get("audiences").is_none(), "{state}");
+    assert_eq!(server.get("/api/state?topic=download_progress").await.0, 401);
 
     // A replay after a cut: alice comes back with `since` and gets her own messages only (and
     // her newest m1 again, marked late, as every recovery resends state). Each download's

@@ -141,7 +141,7 @@ async fn nginx_passes_websockets_and_the_server_sees_each_clients_address() {
 /// A systemd `EnvironmentFile=` as systemd reads it (systemd.exec(5)): `KEY=VALUE` lines,
 /// `#` and `;` lines ignored, values in double quotes (with backslash escapes) or single
 /// quotes, unquoted values with surrounding whitespace stripped.
-fn systemd_environment(text: &str) -> BTreeMap<String, String> {
+pub(crate) fn systemd_environment(text: &str) -> BTreeMap<String, String> {
     let mut vars = BTreeMap::new();
     for line in text.lines().map(str::trim_start) {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
@@ -222,12 +222,27 @@ fn production_env_means_the_same_to_a_shell_and_to_systemd_and_is_valid() {
         &private_path,
     ]);
     openssl(&["pkey", "-in", &private_path, "-pubout", "-out", &public_path]);
+    // As shipped, the check names every secret still a placeholder, and starts nothing.
+    let out = Command::new(modelcast_tests::server_util::binary())
+        .arg("--check-config")
+        .env_clear()
+        .envs(&systemd)
+        .env("MODELCAST_JWT_PUBLIC_KEY", &public)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("MODELCAST_METRICS_TOKEN, MODELCAST_PUBLISH_KEYS: still the placeholder"),
+        "{said}"
+    );
     let out = Command::new(modelcast_tests::server_util::binary())
         .arg("--check-config")
         .env_clear()
         .envs(&systemd)
         .env("MODELCAST_JWT_PUBLIC_KEY", &public)
         .env("MODELCAST_PUBLISH_KEYS", "a-publish-key-of-32-characters--")
+        .env("MODELCAST_METRICS_TOKEN", "a-metrics-token-of-32-characters")
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -236,4 +251,8 @@ fn production_env_means_the_same_to_a_shell_and_to_systemd_and_is_valid() {
     assert!(said.contains("topic roles: analytics_updates=admin,alerts=admin|ops"), "{said}");
     assert!(said.contains("trusted proxies: 127.0.0.1/32,::1/128"), "{said}");
     assert!(said.contains("authentication: JWT required"), "{said}");
+    assert!(
+        said.contains("/api/state): need a credential: the metrics token, a publish key, a token with role admin"),
+        "{said}"
+    );
 }

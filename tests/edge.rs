@@ -195,8 +195,9 @@ async fn sigterm_stops_the_server_after_its_log_pipe_closed() {
 async fn no_token_reaches_the_log_even_at_trace() {
     let secret = "a-test-secret-that-is-long-enough-for-hs256";
     let server = BinaryServer::start_logged(&["--log", "trace", "--jwt-secret", secret], &[]).await;
-    let token = |sub: &str| {
-        let claims = json!({"sub": sub, "exp": chrono::Utc::now().timestamp() + 600});
+    // Two tokens of one user (a renewal keeps the user), told apart by their expiry.
+    let token = |valid_for: i64| {
+        let claims = json!({"sub": "user", "exp": chrono::Utc::now().timestamp() + valid_for});
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,
@@ -204,7 +205,7 @@ async fn no_token_reaches_the_log_even_at_trace() {
         )
         .unwrap()
     };
-    let (in_url, in_frame) = (token("url-user"), token("frame-user"));
+    let (in_url, in_frame) = (token(600), token(900));
     let mut ws = modelcast_tests::server_util::Client::connect(
         server.addr,
         &format!("/ws/t?token={in_url}"),

@@ -391,3 +391,297 @@ async fn an_abrupt_disconnect_is_counted_as_client_gone() {
         "{closed:?}"
     );
 }
+
+/// A TCP connection from `local` (a loopback address of its own) to `server`.
+async fn connect_from(local: &str, server: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+/// What a raw connection is answered, read to its end: the status line, or `None` for a reset
+/// or a close without an answer.
+async fn answer_of(stream: &mut tokio::net::TcpStream, request: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(
+        modelcast_tests::server_util::PATIENCE,
+        stream.read_to_end(&mut reply),
+    );
+    read.await.ok()?.ok()?;
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    (!reply.is_empty()).then_some(reply)
+}
+
+/// Issue 34, medium: ~4,100 silent TCP connections from one address held the whole HTTP
+/// connection cap (a victim published 6 times in 61, 54 resets). One address now holds at most
+/// its share (`MODELCAST_MAX_HTTP_CONNECTIONS_PER_IP`; WebSockets and event streams:
+/// `MODELCAST_MAX_CONNECTIONS_PER_IP`), a silent connection is closed after
+/// `MODELCAST_FIRST_BYTE_TIMEOUT`, and over a cap the answer is 503 with `Retry-After`, never
+/// a reset.
+#[tokio::test]
+async fn one_address_cannot_hold_every_connection() {
+    let server = TestServer::start(&[
+        "--max-http-connections",
+        "60",
+        "--max-http-connections-per-ip",
+        "20",
+        "--max-connections-per-ip",
+        "2",
+        "--first-byte-timeout",
+        "1",
+    ])
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(connect_from("127.0.0.2", server.addr).await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The attacker's next connection is answered 503, not reset, with what to do.
+    let mut over = connect_from("127.0.0.2", server.addr).await;
+    let request = "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+    let answer = answer_of(&mut over, request).await.expect("an answer, not a reset");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("Retry-After: 1") && answer.contains("too_many_connections_from_address")
+    );
+    // A victim at another address publishes every time meanwhile.
+    for i in 0..20 {
+        let (status, body) = server.post("/api/publish", &alerts(i, 1)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    // The silent ones are closed after the first-byte timeout: the address's share is back.
+    for mut stream in silent {
+        assert_eq!(answer_of(&mut stream, "").await, None, "closed without an answer");
+    }
+    let mut again = connect_from("127.0.0.2", server.addr).await;
+    let answer =
+        answer_of(&mut again, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(answer.await.unwrap().starts_with("HTTP/1.1 200"));
+
+    // WebSockets per address: the third from one address is refused with 503 and a reason.
+    let _first = server.ws("/ws/one").await;
+    let _second = server.ws("/ws/two").await;
+    let url = format!("ws://{}/ws/three", server.addr);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            assert!(resp.headers().contains_key("retry-after"));
+            let body =
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("MODELCAST_MAX_CONNECTIONS_PER_IP"), "{body}");
+        }
+        other => panic!("the third WebSocket from one address was not refused: {other:?}"),
+    }
+}
+
+/// Issue 34, medium: after SIGTERM, publishes were answered 202 for about a second after every
+/// subscriber had been closed: acknowledged, delivered to no one. Now a publish acknowledged
+/// before the drain reaches every subscriber before it is closed, and one after is refused
+/// (503 `shutting_down`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_acknowledged_during_a_shutdown_reaches_the_subscribers() {
+    let server = TestServer::start(&["--shutdown-timeout", "5"]).await;
+    // The first publish builds the validators (slow in a debug build): before the clock runs.
+    assert_eq!(server.post("/api/publish", &alerts(1000, 1)).await.0, 202);
+    let mut ws = server.ws("/ws/listener").await;
+    ws.subscribe("alerts").await;
+    let addr = server.addr;
+    let publisher = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        for i in 0.. {
+            let body = alerts(i, 1).to_string();
+            let answer = modelcast_tests::server_util::http_request_full(
+                addr,
+                "POST",
+                "/api/publish",
+                &[],
+                Some(body),
+            )
+            .await;
+            match answer {
+                Some((202, _, _)) => acknowledged.push(format!("a{i}")),
+                Some((503, _, body)) => {
+                    assert!(body.contains("shutting_down"), "{body}");
+                    break;
+                }
+                Some((status, _, body)) => panic!("{status}: {body}"),
+                None => panic!("no answer after {} publishes", acknowledged.len()),
+            }
+        }
+        acknowledged
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    server.begin_shutdown();
+    let (close, frames) = ws.until_close().await;
+    assert_eq!(close.map(|c| c.0), Some(1001));
+    let acknowledged = publisher.await.unwrap();
+    assert!(acknowledged.len() > 5, "the publisher ran: {}", acknowledged.len());
+    let received: Vec<&str> =
+        frames.iter().filter_map(|f| f["data"]["alert_id"].as_str()).collect();
+    let lost: Vec<&String> =
+        acknowledged.iter().filter(|id| !received.contains(&id.as_str())).collect();
+    assert!(lost.is_empty(), "acknowledged but never delivered: {lost:?}");
+}
+
+/// Issue 34, medium: an idempotency key reused with another body answered 202 with another
+/// message's `(topic, seq)` and published nothing; a single publish keyed `k-c#0` met element 0
+/// of an array keyed `k-c`, which was silently not published. A key names one request.
+#[tokio::test]
+async fn an_idempotency_key_names_one_request() {
+    let server = TestServer::start(&[]).await;
+    let post = |key: &'static str, body: Value| {
+        let server = &server;
+        async move {
+            let headers = [("idempotency-key", key)];
+            let (status, text) =
+                server.request_with("POST", "/api/publish", &headers, Some(body.to_string())).await;
+            (status, serde_json::from_str::<Value>(&text).unwrap())
+        }
+    };
+    let (status, first) = post("k-1", alerts(0, 1)).await;
+    assert_eq!(status, 202, "{first}");
+    // A retry: the same answer, nothing new.
+    assert_eq!(post("k-1", alerts(0, 1)).await, (202, first.clone()));
+    // Another body under the key: refused, naming it; nothing published.
+    let (status, refused) = post("k-1", alerts(7, 1)).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("idempotency_key_reused")));
+    assert!(refused["error"]["message"].as_str().unwrap().contains("`k-1`"), "{refused}");
+    assert_eq!(server.hub.last_seq(modelcast_protocol::Topic::Alerts), 1);
+    // Keys cannot meet: a single publish keyed `k-c#0` and an array keyed `k-c` both publish.
+    let (status, single) = post("k-c#0", alerts(10, 1)).await;
+    assert_eq!(status, 202, "{single}");
+    let (status, array) = post("k-c", alerts(20, 2)).await;
+    assert_eq!(status, 202, "{array}");
+    let seqs: Vec<u64> =
+        array["accepted"].as_array().unwrap().iter().map(|a| a["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [3, 4], "both elements published");
+}
+
+/// Issue 34, medium: `1e400`, a lone `\ud800` and nesting 200 deep were refused as "data:
+/// expected object, got null". The 400 names the real problem.
+#[tokio::test]
+async fn json_the_parser_cannot_hold_is_refused_with_its_real_problem() {
+    let server = TestServer::start(&[]).await;
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let cases = [
+        (
+            r#"{"alert_id":"a","level":"info","title":"t","message":"m","n":1e400}"#.to_owned(),
+            "out of range",
+        ),
+        (
+            r#"{"alert_id":"a","level":"info","title":"\ud800","message":"m"}"#.to_owned(),
+            "surrogate",
+        ),
+        (
+            format!(r#"{{"alert_id":"a","level":"info","title":"t","message":"m","x":{deep}}}"#),
+            "deeper than 128",
+        ),
+    ];
+    for (data, problem) in cases {
+        let body = format!(r#"{{"type":"alert","data":{data}}}"#);
+        let (status, text) = server.request("POST", "/api/publish", Some(body)).await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(problem) && !text.contains("got null"), "{problem}: {text}");
+    }
+}
+
+/// Issue 34, medium: zero-length continuation frames were never closed (62 M frames in 9 s
+/// cost 3 s of server CPU). A message may be cut into `MODELCAST_MAX_FRAGMENTS` frames.
+#[tokio::test]
+async fn a_message_in_endless_empty_fragments_is_closed() {
+    let server = TestServer::start(&["--max-fragments", "16"]).await;
+    let mut raw = modelcast_tests::server_util::RawWs::connect(server.addr, "/ws/frag", None).await;
+    raw.send_frame(0x01, b"{").await; // a text message begins
+    for _ in 0..20 {
+        raw.send_frame(0x00, b"").await; // empty continuations
+    }
+    assert_eq!(raw.until_close().await, Some(1008));
+}
+
+/// A download progress update of `model`, as a backend that never finishes it publishes.
+fn unfinished(model: &str) -> Value {
+    json!({"type": "download_progress_update", "data": {"model_id": model,
+        "status": "downloading", "progress_percent": 1.0, "downloaded_mb": 1.0,
+        "total_mb": 100.0, "speed_mbps": 1.0, "eta_seconds": 99.0, "can_pause": true,
+        "can_resume": false, "can_cancel": true}})
+}
+
+/// Issue 34, high: downloads that never finish stayed in memory after their state's TTL
+/// (6,000 of 32 KB ids kept 384 MiB): the stale watchdog's entry had no owner. It lives as
+/// long as the hub holds the download's state, and never more of them than
+/// `MODELCAST_STATE_MAX_KEYS`.
+#[tokio::test]
+async fn abandoned_downloads_are_forgotten_with_their_state() {
+    let server = TestServer::start(&[
+        "--state-max-keys",
+        "100",
+        "--stale-after",
+        "0.5",
+        "--state-ttl",
+        "2",
+        "--download-progress-throttle",
+        "0.05",
+        "--history-size",
+        "10",
+    ])
+    .await;
+    let downloads = server.notifiers.downloads();
+    let id = |n: usize| format!("{n:04}-{}", "x".repeat(1000));
+    for batch in 0..10 {
+        let body: Vec<Value> =
+            (batch * 100..(batch + 1) * 100).map(|n| unfinished(&id(n))).collect();
+        let (status, text) = server.post("/api/publish", &Value::Array(body)).await;
+        assert_eq!(status, 202, "{text}");
+        assert!(downloads.tracked_count() <= 100, "bounded: {}", downloads.tracked_count());
+    }
+    // Past the state's TTL (and a watchdog check), nothing of them is left.
+    let gone = async {
+        while downloads.tracked_count() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), gone)
+        .await
+        .unwrap_or_else(|_| panic!("{} downloads still tracked", downloads.tracked_count()));
+    let (_, state) = server.get("/api/state?topic=download_progress").await;
+    assert!(state.contains("\"keys\":0"), "{state}");
+    // History holds the last 10 messages' keys; the others are freed.
+    assert!(!server.hub.knows_key(&id(0)), "the id itself is freed");
+}
+
+/// Issue 34, high: after subscribers got `state_cleared d1` (the state cap), the watchdog
+/// published `stale` for d1, which came back and evicted an active download. An evicted or
+/// cleared download is gone for the watchdog too.
+#[tokio::test]
+async fn the_stale_watchdog_never_brings_back_evicted_state() {
+    let server = TestServer::start(&["--state-max-keys", "2", "--stale-after", "0.5"]).await;
+    let mut ws = server.ws("/ws/watcher").await;
+    ws.subscribe("download_progress").await;
+    for model in ["d1", "d2", "d3"] {
+        assert_eq!(server.post("/api/publish", &unfinished(model)).await.0, 202);
+    }
+    // d2 and d3 turn stale; d1, evicted by d3, never does.
+    let mut stale = Vec::new();
+    let mut cleared = Vec::new();
+    while stale.len() < 2 {
+        let frame = ws.next_json().await;
+        match frame["type"].as_str() {
+            Some("state_cleared") => {
+                cleared.push(frame["data"]["key"].as_str().unwrap().to_owned())
+            }
+            Some("download_status_change") if frame["data"]["new_status"] == "stale" => {
+                stale.push(frame["data"]["model_id"].as_str().unwrap().to_owned());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(cleared, ["d1"]);
+    stale.sort();
+    assert_eq!(stale, ["d2", "d3"]);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await; // more checks pass
+    let (_, state) = server.get("/api/state?topic=download_progress").await;
+    assert!(!state.contains("\"d1\""), "d1 came back: {state}");
+    assert!(state.contains("\"d2\"") && state.contains("\"d3\""), "{state}");
+}

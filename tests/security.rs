@@ -135,7 +135,9 @@ async fn a_missing_token_must_arrive_as_a_first_frame_before_the_deadline() {
 #[tokio::test]
 async fn an_expiring_token_is_announced_and_must_be_refreshed() {
     let server = authed_server(&[]).await;
-    let short = token(json!({"sub": "a", "exp": now() + 1, "aud": "modelcast"}), SECRET);
+    // Valid for one more second, plus the 5 s leeway every token gets (the expiry follows the
+    // rule the token was accepted by).
+    let short = token(json!({"sub": "alice", "exp": now() + 1, "aud": "modelcast"}), SECRET);
     let mut lazy = server.ws(&format!("/ws/lazy?token={short}")).await;
     let mut diligent = server.ws(&format!("/ws/diligent?token={short}")).await;
     for ws in [&mut lazy, &mut diligent] {
@@ -499,4 +501,258 @@ async fn another_user_cannot_take_over_a_connection_id() {
     let _again = server.ws(&format!("/ws/tab-1?token={}", alice(&[]))).await;
     let (close_frame, _) = victim.until_close().await;
     assert_eq!(close_frame.map(|c| c.0), Some(close::REPLACED));
+}
+
+/// Issue 34, critical: `deploy/production.env` as shipped (its two placeholders given real
+/// secrets, the bind moved to loopback, a local key) showed admin-only and audience-only state
+/// to anyone without a token, and `/api/stats` and `/metrics` too, while `/sse` said 401.
+/// Every path data leaves by now asks who the caller is: no credential gets nothing; a token
+/// gets what it could subscribe to (its topic roles, its audience); an operator (the metrics
+/// token, a publish key, a token with role admin) gets every figure and key.
+#[tokio::test]
+async fn the_shipped_production_config_shows_data_only_to_whom_may_see_it() {
+    use modelcast_tests::server_util::{BinaryServer, http_request_full};
+    let text = std::fs::read_to_string(modelcast_tests::root().join("deploy/production.env"));
+    let env = crate::deploy::systemd_environment(&text.unwrap());
+    let (private, public) =
+        key_pair("prod-rs256", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
+    let (publish_key, metrics_token) =
+        ("a-publish-key-of-32-characters--", "a-metrics-token-of-32-characters");
+    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    vars.retain(|(k, _)| !["MODELCAST_PUBLISH_KEYS", "MODELCAST_METRICS_TOKEN"].contains(k));
+    let public = public.to_str().unwrap().to_owned();
+    vars.extend([
+        ("MODELCAST_JWT_PUBLIC_KEY", public.as_str()),
+        ("MODELCAST_PUBLISH_KEYS", publish_key),
+        ("MODELCAST_METRICS_TOKEN", metrics_token),
+    ]);
+    let server = BinaryServer::start(&[], &vars).await;
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let token_of = |sub: &str, roles: &[&str]| {
+        let claims = json!({"sub": sub, "roles": roles, "exp": now() + 600,
+            "aud": env["MODELCAST_JWT_AUDIENCE"], "iss": env["MODELCAST_JWT_ISSUER"]});
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap()
+    };
+    let get = |path: &str, bearer: Option<String>| {
+        let path = path.to_owned();
+        async move {
+            let header = bearer.map(|b| format!("Bearer {b}"));
+            let headers: Vec<(&str, &str)> =
+                header.iter().map(|h| ("authorization", h.as_str())).collect();
+            let (status, _, body) =
+                http_request_full(server.addr, "GET", &path, &headers, None).await.unwrap();
+            (status, body)
+        }
+    };
+    // Admin-only state (analytics_updates=admin) and alice's download.
+    let usage = json!({"type": "usage_statistics_update", "data": {"total_models": 5,
+        "active_models": 3, "most_used_model": "t2v-a14b", "usage_trends": {"daily_usage": 25}}});
+    let download = json!({"type": "download_progress_update", "audience": {"users": ["alice"]},
+        "data": {"model_id": "m1", "status": "downloading", "progress_percent": 10.0,
+        "downloaded_mb": 10.0, "total_mb": 100.0, "speed_mbps": 1.0, "eta_seconds": 90.0,
+        "can_pause": true, "can_resume": false, "can_cancel": true}});
+    let bearer = format!("Bearer {publish_key}");
+    for body in [usage, download] {
+        let published = http_request_full(
+            server.addr,
+            "POST",
+            "/api/publish",
+            &[("authorization", bearer.as_str())],
+            Some(body.to_string()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(published.0, 202, "{}", published.2);
+    }
+    let analytics = "/api/state?topic=analytics_updates";
+    let downloads = "/api/state?topic=download_progress";
+
+    // No credential: nothing, on every path.
+    for path in [analytics, downloads, "/api/stats", "/metrics", "/sse?topic=alerts"] {
+        let (status, body) = get(path, None).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(!body.contains("m1") && !body.contains("t2v-a14b"), "{path}: {body}");
+    }
+    // bob's token: what bob could subscribe to — not the admin topic, not alice's download,
+    // not the operator's figures.
+    let bob = token_of("bob", &["user"]);
+    assert_eq!(get(analytics, Some(bob.clone())).await.0, 403);
+    let (status, body) = get(downloads, Some(bob.clone())).await;
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, &page["keys"], &page["state"]), (200, &json!(0), &json!([])), "{body}");
+    assert!(page.get("audiences").is_none(), "{body}");
+    for path in ["/api/stats", "/metrics"] {
+        assert_eq!(get(path, Some(bob.clone())).await.0, 403, "{path}");
+    }
+    // alice's token (in the URL, as a browser page sends it): her download, nothing else.
+    let alice = token_of("alice", &["user"]);
+    let (status, body) = get(&format!("{downloads}&token={alice}"), None).await;
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, &page["keys"]), (200, &json!(1)), "{body}");
+    assert_eq!(page["state"][0]["data"]["model_id"], "m1");
+    // Operators: the metrics token, a publish key, a token with role admin.
+    for operator in [metrics_token.to_owned(), publish_key.to_owned(), token_of("ops", &["admin"])]
+    {
+        for path in ["/api/stats", "/metrics"] {
+            assert_eq!(get(path, Some(operator.clone())).await.0, 200, "{path}");
+        }
+        let (status, body) = get(analytics, Some(operator.clone())).await;
+        assert!(status == 200 && body.contains("t2v-a14b"), "{body}");
+        let (_, body) = get(downloads, Some(operator.clone())).await;
+        let page: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(page["audiences"], json!([{"users": ["alice"]}]), "{body}");
+    }
+    // A credential that is none of these is refused, never read as anonymous.
+    assert_eq!(get("/api/stats", Some("not-a-key".into())).await.0, 403);
+
+    // The same rule with only a JWT secret set: nothing open.
+    let server = TestServer::start(&["--jwt-secret", SECRET]).await;
+    for path in [analytics, downloads, "/api/stats", "/metrics"] {
+        assert_eq!(server.get(path).await.0, 401, "{path}");
+    }
+}
+
+/// Issue 34, high: a socket subscribed as alice renewed with bob's token was accepted, and
+/// received alice's update that `max_hz` held back. A renewal keeps the user: another `sub` is
+/// refused and the connection closed with 4401, and nothing of alice's reaches it.
+#[tokio::test]
+async fn a_renewal_for_another_user_is_refused_and_closes_the_connection() {
+    let server = authed_server(&[]).await;
+    let alice = token(json!({"sub": "alice", "exp": now() + 600, "aud": "modelcast"}), SECRET);
+    let bob = token(json!({"sub": "bob", "exp": now() + 600, "aud": "modelcast"}), SECRET);
+    let mut ws = server.ws(&format!("/ws/a?token={alice}")).await;
+    ws.send_json(&json!({"action": "subscribe", "topic": "download_progress", "max_hz": 0.5}))
+        .await;
+    assert_eq!(ws.next_of_type("subscribed").await["type"], "subscribed");
+    let notifier = server.notifiers.downloads().to(modelcast_hub::Audience::users(["alice"]));
+    notifier.progress("m1", 10.0, 100.0, 1.0);
+    assert_eq!(ws.next_of_type("download_progress_update").await["data"]["model_id"], "m1");
+    // Held back by max_hz (and by the throttle): alice's, due later.
+    server.hub.publish(
+        modelcast_hub::Publish::new(modelcast_tests::msg::progress("m1", 20.0))
+            .unwrap()
+            .key("m1")
+            .kind(modelcast_hub::Kind::Update)
+            .audience(modelcast_hub::Audience::users(["alice"])),
+    );
+    ws.send_json(&json!({"action": "auth", "token": bob})).await;
+    let (close_frame, frames) = ws.until_close().await;
+    assert_eq!(close_frame.map(|c| c.0), Some(close::UNAUTHORIZED));
+    let error = frames.iter().find(|f| f["type"] == "error").expect("told why");
+    assert!(error["data"]["message"].as_str().unwrap().contains("same user"), "{error}");
+    assert!(
+        frames.iter().all(|f| f["type"] != "download_progress_update"),
+        "nothing of alice's after the renewal: {frames:?}"
+    );
+}
+
+/// Issue 34, high: a renewal that drops a role still delivered what the role admitted: queued
+/// `ops` alerts, and `max_hz` hold-backs seconds later. What waits for the connection is
+/// checked again against the new token.
+#[tokio::test]
+async fn a_renewal_that_drops_a_role_takes_back_what_waits() {
+    let server = authed_server(&[]).await;
+    let carol = |roles: &[&str]| {
+        token(
+            json!({"sub": "carol", "roles": roles, "exp": now() + 600, "aud": "modelcast"}),
+            SECRET,
+        )
+    };
+    let ops = modelcast_hub::Audience::roles(["ops"]);
+    // A held-back update: the first of a key goes out, the second waits for its window (2 s).
+    let mut ws = server.ws(&format!("/ws/c?token={}", carol(&["ops"]))).await;
+    ws.send_json(&json!({"action": "subscribe", "topic": "download_progress", "max_hz": 0.5}))
+        .await;
+    ws.next_of_type("subscribed").await;
+    for percent in [10.0, 20.0] {
+        server.hub.publish(
+            modelcast_hub::Publish::new(modelcast_tests::msg::progress("m1", percent))
+                .unwrap()
+                .key("m1")
+                .kind(modelcast_hub::Kind::Update)
+                .audience(ops.clone()),
+        );
+    }
+    assert_eq!(ws.next_of_type("download_progress_update").await["data"]["progress_percent"], 10.0);
+    ws.send_json(&json!({"action": "auth", "token": carol(&["user"])})).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // past the window
+    ws.send_json(&json!({"action": "ping", "id": "after"})).await;
+    let mut rest = Vec::new();
+    loop {
+        let frame = ws.next_json().await;
+        if frame["type"] == "pong" {
+            break;
+        }
+        rest.push(frame);
+    }
+    assert!(rest.iter().all(|f| f["type"] != "download_progress_update"), "{rest:?}");
+
+    // Queued frames: 300 large ops alerts while the client does not read; after the renewal
+    // only what was already on the wire arrives.
+    let mut ws = server.ws(&format!("/ws/q?token={}", carol(&["ops"]))).await;
+    ws.subscribe("alerts").await;
+    let big = "x".repeat(60_000);
+    for n in 0..300 {
+        let mut message = alert(&format!("ops-{n}"));
+        if let modelcast_protocol::ServerMessage::Alert(a) = &mut message {
+            a.message = big.clone();
+        }
+        server.hub.publish(modelcast_hub::Publish::new(message).unwrap().audience(ops.clone()));
+    }
+    ws.send_json(&json!({"action": "auth", "token": carol(&["user"])})).await;
+    ws.send_json(&json!({"action": "ping", "id": "after"})).await;
+    let mut received = 0;
+    loop {
+        let frame = ws.next_json().await;
+        match frame["type"].as_str() {
+            Some("pong") => break,
+            Some("alert") => received += 1,
+            _ => {}
+        }
+    }
+    assert!(received < 300, "every queued ops alert arrived after the renewal ({received})");
+}
+
+/// `max_hz` has a documented lower bound (0.01: nothing is held back longer than 100 s).
+#[tokio::test]
+async fn max_hz_has_a_lower_bound() {
+    let server = TestServer::start(&[]).await;
+    let mut ws = server.ws("/ws/slow").await;
+    ws.send_json(&json!({"action": "subscribe", "topic": "alerts", "max_hz": 0.0001, "id": 1}))
+        .await;
+    let reply = ws.next_json().await;
+    assert_eq!(reply["data"]["code"], "invalid_message", "{reply}");
+    assert!(reply["data"]["message"].as_str().unwrap().contains("0.01"), "{reply}");
+    ws.send_json(&json!({"action": "subscribe", "topic": "alerts", "max_hz": 0.01})).await;
+    assert_eq!(ws.next_json().await["type"], "subscribed");
+}
+
+/// Issue 34, medium: the expiry timer ignored the leeway (an event stream ended at exp + 0.9 s;
+/// a WebSocket token expired 3 s ago was accepted and at once told it had expired). One rule
+/// for both transports: a token is good until `exp` + `MODELCAST_JWT_LEEWAY`.
+#[tokio::test]
+async fn both_transports_hold_a_token_to_its_expiry_plus_the_leeway() {
+    let server = authed_server(&["--jwt-leeway", "3"]).await;
+    // Expired a second ago: accepted (within the leeway), and good for about 2 s more.
+    let t = token(json!({"sub": "alice", "exp": now() - 1, "aud": "modelcast"}), SECRET);
+    let mut ws = server.ws(&format!("/ws/late?token={t}")).await;
+    let mut sse = modelcast_tests::server_util::Sse::open(
+        server.addr,
+        &format!("/sse?topic=alerts&token={t}"),
+        &[],
+    )
+    .await;
+    assert_eq!(sse.status(), 200, "{}", sse.head);
+    sse.until("subscribed").await;
+    // Not told at once.
+    ws.send_json(&json!({"action": "ping", "id": 1})).await;
+    assert_eq!(ws.next_json().await["type"], "pong", "not told it expired at once");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    server.hub.publish_message(alert("still-valid")).unwrap();
+    assert_eq!(sse.messages(1).await[0].data["data"]["alert_id"], "still-valid");
+    // Then both end on the same rule.
+    let told = ws.next_of_type("error").await;
+    assert!(told["data"]["message"].as_str().unwrap().contains("expired"), "{told}");
+    let end = sse.until("error").await;
+    assert_eq!(end.data["data"]["code"], "unauthorized", "{:?}", end.data);
 }

@@ -211,7 +211,12 @@ async fn shutdown_drains_and_closes_every_client_with_1001() {
 /// after the handshake timeout; hundreds of them do not stop a real client.
 #[tokio::test]
 async fn slow_or_silent_handshakes_are_cut_off() {
-    let server = TestServer::start(&["--handshake-timeout", "0.5"]).await;
+    // The silent sockets come from the same address as the real client: raise its share of
+    // HTTP connections so that this test is about the timeouts (the per-address cap has
+    // its own test).
+    let server =
+        TestServer::start(&["--handshake-timeout", "0.5", "--max-http-connections-per-ip", "1000"])
+            .await;
     let mut silent = Vec::new();
     for _ in 0..300 {
         silent.push(TcpStream::connect(server.addr).await.unwrap());

@@ -250,3 +250,51 @@ test("a browser's EventSource reads the stream and recovers by itself after the 
   assert.deepEqual(got, ["1:a1", "2:a2", "3:a3", "4:a4"], "recovered with Last-Event-ID: once, in order");
   assert.deepEqual(browser.problems.filter((p) => !/ERR_|net::/.test(p)), []);
 });
+
+test("an EventSource from an allowed origin reads the stream across origins; another origin cannot", async () => {
+  // Two pages on origins of their own; the server lists one of them.
+  const page = (server) => `<!doctype html><meta charset="utf-8"><script>
+    window.got = [];
+    window.opened = 0;
+    window.failed = 0;
+    const es = new EventSource(${JSON.stringify(`${server}/sse?topic=alerts`)});
+    es.onopen = () => window.opened++;
+    es.onerror = () => window.failed++;
+    es.onmessage = (e) => { const f = JSON.parse(e.data); if (f.type === "alert") window.got.push(f.data.alert_id); };
+  </script>`;
+  const sites = [];
+  let serverBase = "";
+  for (let i = 0; i < 2; i++) {
+    const site = createServer((req, res) => {
+      res.writeHead(200, { "content-type": "text/html" });
+      res.end(page(serverBase));
+    });
+    await new Promise((done) => site.listen(0, "127.0.0.1", done));
+    cleanups.push(() => new Promise((done) => (site.closeAllConnections(), site.close(done))));
+    sites.push(`http://127.0.0.1:${site.address().port}`);
+  }
+  const [allowed, other] = sites;
+  const server = await startServer({ args: ["--allowed-origin", allowed] });
+  cleanups.push(() => server.stop());
+  serverBase = server.base;
+  const browser = await launch();
+  cleanups.push(() => browser.close());
+  await browser.goto(`${allowed}/`);
+  await until(() => browser.evaluate("window.opened === 1"), "the cross-origin stream opened", 15000);
+  await publish(server.base, [alert(1), alert(2)]);
+  const got = await until(async () => {
+    const got = await browser.evaluate("window.got");
+    return got.length >= 2 && got;
+  }, "two alerts across origins");
+  assert.deepEqual(got, ["a1", "a2"]);
+  assert.deepEqual(browser.problems.filter((p) => !/ERR_|net::/.test(p)), []);
+
+  const blocked = await launch();
+  cleanups.push(() => blocked.close());
+  await blocked.goto(`${other}/`);
+  await until(() => blocked.evaluate("window.failed >= 1"), "the other origin's stream fails", 15000);
+  await publish(server.base, [alert(3)]);
+  await sleep(500);
+  assert.equal(await blocked.evaluate("window.opened"), 0, "never opened");
+  assert.deepEqual(await blocked.evaluate("window.got"), []);
+});

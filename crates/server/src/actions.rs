@@ -4,7 +4,7 @@ use modelcast_hub::{Connection, Sequenced, SubscribeOptions};
 use modelcast_notifiers::Outcome;
 use modelcast_protocol::{
     ClientMessage, ErrorCode, ErrorMessage, FrameError, Pong, PublishRequest, Published, RequestId,
-    ServerMessage, Topic,
+    ServerMessage, Topic, close,
 };
 
 use std::sync::Arc;
@@ -25,8 +25,24 @@ pub(crate) fn reply_error(
 
 /// A token was accepted (first or renewed): the session takes its id within the token's
 /// subject, and every subscription the new roles no longer allow ends with a `forbidden`
-/// error naming the topic.
+/// error naming the topic (what was queued of it is dropped, and what the new token's viewer
+/// may not receive is taken back from the queue: `Connection::set_viewer`).
+///
+/// A renewal keeps the user: a token for another `sub` is refused and the connection closed
+/// with 4401, so nothing queued or held back for one user is ever written to another.
 fn authenticated(app: &App, conn: &Connection, control: &Arc<Control>, identity: Identity) {
+    let current = control.auth().identity.as_ref().map(|i| i.subject.clone());
+    if let Some(current) = current.filter(|c| *c != identity.subject) {
+        let message = format!(
+            "a renewed token must be for the same user ({current}), not {}: open a new \
+             connection for another user",
+            identity.subject
+        );
+        reply_error(app, conn, ErrorCode::Unauthorized, message, None);
+        control.set_close(close::UNAUTHORIZED, "a renewed token for another user");
+        control.wake.notify_one();
+        return;
+    }
     for topic in conn.subscriptions() {
         if !app.security.may_subscribe(Some(&identity), topic) {
             conn.unsubscribe(topic);
@@ -95,6 +111,16 @@ pub(crate) fn publish_frames(
     control: &Control,
     requests: Vec<PublishRequest>,
 ) {
+    if requests.is_empty() {
+        return;
+    }
+    let Some(_publishing) = app.publish_permit() else {
+        for request in requests {
+            let message = "the server is shutting down; publish to another node".to_owned();
+            reply_error(app, conn, ErrorCode::Unavailable, message, request.id);
+        }
+        return;
+    };
     if control.publisher == Publisher::No {
         let message = if app.security.has_publish_keys() {
             "publishing needs a connection opened with `Authorization: Bearer <publish key>`"

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::security::Security;
-use crate::state::{App, HttpPermit};
+use crate::state::{AddressSlot, Addresses, App, HttpPermit, Publishing};
 use modelcast_redis::{RedisEngine, RedisSettings};
 
 /// A bound, not yet running server.
@@ -143,9 +143,19 @@ impl Server {
                 format!("cannot listen on {} (MODELCAST_BIND / --bind): {e}", config.bind),
             )
         })?;
+        if !config.bind.ip().is_loopback() && !security.operator_guarded() {
+            tracing::warn!(
+                bind = %config.bind,
+                "/api/stats, /metrics and every key of /api/state are open to anyone who can \
+                 reach this address: set MODELCAST_METRICS_TOKEN (or require tokens with \
+                 MODELCAST_JWT_SECRET / MODELCAST_JWT_PUBLIC_KEY)"
+            );
+        }
         let policy = notifiers.policy().clone();
         let hub = policy.hub().clone();
         let http_permits = Arc::new(tokio::sync::Semaphore::new(http_connection_cap(&config)));
+        let http_per_ip = Arc::new(Addresses::new(config.max_http_connections_per_ip));
+        let streams_per_ip = Arc::new(Addresses::new(config.max_connections_per_ip));
         let app = Arc::new(App {
             config,
             hub,
@@ -157,6 +167,10 @@ impl Server {
             active: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
+            drain: CancellationToken::new(),
+            publishing: Publishing::default(),
+            http_per_ip,
+            streams_per_ip,
             tracker: TaskTracker::new(),
             started: Instant::now(),
             http_permits,
@@ -232,12 +246,19 @@ impl Server {
                         task.abort();
                     }
                     app.tracker.close();
-                    // Sessions drain and close themselves on the token; wait for them, within
-                    // the deadline.
-                    let tracker = app.tracker.clone();
+                    // Publishes refused from now on; the ones acknowledged before reach the
+                    // subscribers' queues first, then the sessions drain and close themselves;
+                    // wait for them, within the deadline.
+                    let app = app.clone();
                     let deadline = app.config.shutdown_timeout;
                     drain = Some(Box::pin(async move {
-                        tokio::time::timeout(deadline, tracker.wait()).await.is_ok()
+                        tokio::time::timeout(deadline, async {
+                            app.publishing.idle().await;
+                            app.drain.cancel();
+                            app.tracker.wait().await;
+                        })
+                        .await
+                        .is_ok()
                     }));
                 }
                 drained = async { drain.as_mut().expect("draining").await }, if drain.is_some() => {
@@ -257,17 +278,23 @@ impl Server {
                         }
                     };
                     let _ = stream.set_nodelay(true);
+                    let Some(place) = http_place(&app, peer) else {
+                        tokio::spawn(refuse_busy(stream, BUSY_ADDRESS));
+                        continue;
+                    };
                     let permit = app.http_permits.clone().try_acquire_owned();
                     match (permit, drain.is_some()) {
                         (Ok(permit), false) => {
-                            app.tracker.spawn(serve_connection(app.clone(), stream, peer, permit));
+                            let serve = serve_connection(app.clone(), stream, peer, (permit, place));
+                            app.tracker.spawn(serve);
                         }
                         // Answered outside the tracker, so they never hold up the drain.
                         (Ok(permit), true) => {
-                            tokio::spawn(serve_connection(app.clone(), stream, peer, permit));
+                            let serve = serve_connection(app.clone(), stream, peer, (permit, place));
+                            tokio::spawn(serve);
                         }
                         (Err(_), _) => {
-                            tokio::spawn(refuse_busy(stream));
+                            tokio::spawn(refuse_busy(stream, BUSY));
                         }
                     }
                 }
@@ -324,16 +351,41 @@ fn split_open_files(soft: u64, max_ws: u64, wanted: u64) -> (u64, u64) {
     (http, usable.saturating_sub(http))
 }
 
-/// Over `MODELCAST_MAX_HTTP_CONNECTIONS`: a fixed 503 with `Retry-After`, written without
-/// reading the request, then the socket is closed.
-async fn refuse_busy(mut stream: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
-        Content-Type: application/json\r\nConnection: close\r\nContent-Length: 97\r\n\r\n\
-        {\"error\":{\"code\":\"server_busy\",\"message\":\"too many HTTP connections at once; retry in a second\"}}";
+/// A place among `peer`'s HTTP connections (`MODELCAST_MAX_HTTP_CONNECTIONS_PER_IP`); the
+/// trusted proxies, which carry every client's connections, are not counted.
+fn http_place(app: &Arc<App>, peer: SocketAddr) -> Option<Option<AddressSlot>> {
+    if app.security.is_trusted_proxy(peer.ip()) {
+        return Some(None);
+    }
+    app.http_per_ip.admit(peer.ip()).map(Some)
+}
+
+/// The answer over `MODELCAST_MAX_HTTP_CONNECTIONS`.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+    Content-Type: application/json\r\nConnection: close\r\nContent-Length: 97\r\n\r\n\
+    {\"error\":{\"code\":\"server_busy\",\"message\":\"too many HTTP connections at once; retry in a second\"}}";
+
+/// The answer over `MODELCAST_MAX_HTTP_CONNECTIONS_PER_IP`.
+const BUSY_ADDRESS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+    Content-Type: application/json\r\nConnection: close\r\nContent-Length: 142\r\n\r\n\
+    {\"error\":{\"code\":\"too_many_connections_from_address\",\"message\":\"too many HTTP connections from this address at once; retry in a second\"}}";
+
+/// Over a cap: a fixed 503 with `Retry-After` (`answer`), then the socket is closed — after
+/// what the client sent is read (for at most a second, 64 KiB): closing a socket with unread
+/// bytes resets the connection, and the client would see a reset instead of the answer.
+async fn refuse_busy(mut stream: tokio::net::TcpStream, answer: &'static [u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        let _ = stream.write_all(BUSY).await;
+        let _ = stream.write_all(answer).await;
         let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let mut read = 0;
+        while read < 64 * 1024 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
     })
     .await;
 }
@@ -342,9 +394,16 @@ async fn serve_connection(
     app: Arc<App>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    (permit, place): (tokio::sync::OwnedSemaphorePermit, Option<AddressSlot>),
 ) {
-    let permit = HttpPermit::new(permit);
+    // A connection that sends nothing holds a place for the first-byte timeout, not the whole
+    // handshake timeout: silent connections cannot keep the places filled.
+    let first_byte = tokio::time::timeout(app.config.first_byte_timeout, stream.readable()).await;
+    if first_byte.is_err() {
+        tracing::debug!(%peer, "closed: no request within MODELCAST_FIRST_BYTE_TIMEOUT");
+        return;
+    }
+    let permit = HttpPermit::new(permit, place);
     let service = {
         let app = app.clone();
         service_fn(move |req| http::handle(app.clone(), req, peer, permit.clone()))

@@ -289,6 +289,19 @@ pub struct Config {
     )]
     pub metrics_token: Option<String>,
 
+    /// Token roles that make a caller an operator: with one of them, a JWT opens the operator
+    /// endpoints (`/api/stats`, `/metrics`, every key of `/api/state`) as the metrics token and
+    /// the publish keys do.
+    #[arg(
+        long = "operator-role",
+        env = "MODELCAST_OPERATOR_ROLES",
+        value_delimiter = ',',
+        default_value = "admin",
+        value_name = "ROLE",
+        help_heading = "Security"
+    )]
+    pub operator_roles: Vec<String>,
+
     /// Allow an open `POST /api/publish` on a non-loopback address (on purpose).
     #[arg(long, env = "MODELCAST_INSECURE_PUBLISH", action = ArgAction::SetTrue,
           value_parser = boolish("MODELCAST_INSECURE_PUBLISH"), help_heading = "Security")]
@@ -335,6 +348,33 @@ pub struct Config {
     #[arg(long = "trusted-proxy", env = "MODELCAST_TRUSTED_PROXIES", value_delimiter = ',',
           value_name = "CIDR", value_parser = parse_cidr, help_heading = "Security")]
     pub trusted_proxies: Vec<Cidr>,
+
+    /// WebSocket and event-stream connections per client address (IPv6: per /64, what one
+    /// host usually holds); more are refused with 503 and `Retry-After`. Behind the trusted
+    /// proxies, per real client.
+    #[arg(long, env = "MODELCAST_MAX_CONNECTIONS_PER_IP", default_value = "1000", value_name = "N",
+          value_parser = count("MODELCAST_MAX_CONNECTIONS_PER_IP"), help_heading = "Security")]
+    pub max_connections_per_ip: usize,
+
+    /// TCP connections per peer address that are not (yet) WebSockets or event streams (IPv6:
+    /// per /64), so one address cannot hold every place of MODELCAST_MAX_HTTP_CONNECTIONS;
+    /// more are answered 503 with `Retry-After`. The trusted proxies are not limited.
+    #[arg(long, env = "MODELCAST_MAX_HTTP_CONNECTIONS_PER_IP", default_value = "256",
+          value_name = "N", value_parser = count("MODELCAST_MAX_HTTP_CONNECTIONS_PER_IP"),
+          help_heading = "Security")]
+    pub max_http_connections_per_ip: usize,
+
+    /// Seconds a new TCP connection has to send its first byte; a silent one is closed (the
+    /// whole request then has MODELCAST_HANDSHAKE_TIMEOUT).
+    #[arg(long, env = "MODELCAST_FIRST_BYTE_TIMEOUT", default_value = "3", value_name = "SECONDS",
+          value_parser = seconds("MODELCAST_FIRST_BYTE_TIMEOUT"), help_heading = "Security")]
+    pub first_byte_timeout: Duration,
+
+    /// Frames one WebSocket message may be cut into (fragments); a message in more is refused
+    /// with close code 1008. Bytes alone do not bound the work: empty fragments cost CPU.
+    #[arg(long, env = "MODELCAST_MAX_FRAGMENTS", default_value = "128", value_name = "N",
+          value_parser = count("MODELCAST_MAX_FRAGMENTS"), help_heading = "Security")]
+    pub max_fragments: usize,
 
     /// Subscriptions per connection.
     #[arg(long, env = "MODELCAST_MAX_SUBSCRIPTIONS", default_value = "9", value_name = "N",
@@ -388,6 +428,22 @@ impl Config {
         }
         if !self.topic_roles.is_empty() && !auth {
             return Err("MODELCAST_TOPIC_ROLES needs authentication: set MODELCAST_JWT_SECRET or MODELCAST_JWT_PUBLIC_KEY".into());
+        }
+        let placeholders: Vec<&str> = [
+            ("MODELCAST_JWT_SECRET", self.jwt_secret.as_deref()),
+            ("MODELCAST_METRICS_TOKEN", self.metrics_token.as_deref()),
+        ]
+        .into_iter()
+        .chain(self.publish_keys.iter().map(|k| ("MODELCAST_PUBLISH_KEYS", Some(k.as_str()))))
+        .filter(|(_, value)| value.is_some_and(|v| v.starts_with(PLACEHOLDER)))
+        .map(|(var, _)| var)
+        .collect();
+        if !placeholders.is_empty() {
+            return Err(format!(
+                "{}: still the placeholder of deploy/production.env (`{PLACEHOLDER} …`); put \
+                 the real secret there, from your secret store (e.g. `openssl rand -base64 32`)",
+                placeholders.join(", ")
+            ));
         }
         if self.publish_keys.iter().any(|k| k.len() < 16) {
             return Err("MODELCAST_PUBLISH_KEYS: every key must be at least 16 characters".into());
@@ -547,6 +603,10 @@ fn parse_cidr(s: &str) -> Result<Cidr, String> {
     };
     Ok(Cidr { network, prefix })
 }
+
+/// How `deploy/production.env` marks a secret it cannot ship: such a value is refused, naming
+/// the variable, so a placeholder never becomes a real key.
+pub(crate) const PLACEHOLDER: &str = "CHANGE-ME";
 
 /// The shortest HS256 secret accepted: 256 bits, the hash's own size (RFC 7518 §3.2).
 const MIN_HS256_SECRET: usize = 32;

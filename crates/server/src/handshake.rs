@@ -2,7 +2,6 @@
 //! connection limit; then the 101 and the session task.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use hyper::body::Incoming;
 use hyper::header::{
@@ -11,18 +10,14 @@ use hyper::header::{
 };
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use modelcast_protocol::ErrorCode;
+use modelcast_protocol::{ApiErrorCode, ErrorCode};
 use tokio::net::TcpStream;
 
-use crate::response::{Refusal, Resp, error_response, json_response};
+use crate::admit::admit;
+use crate::error::ApiError;
+use crate::response::{Resp, error_response};
 use crate::session::{Socket, run};
-use crate::state::{Admitted, App, Publisher};
-
-/// Adds `Retry-After: seconds` to a refusal, so clients and proxies back off.
-fn retry_after(mut resp: Resp, seconds: &'static str) -> Resp {
-    resp.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static(seconds));
-    resp
-}
+use crate::state::{App, Publisher};
 
 fn valid_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
@@ -106,71 +101,29 @@ pub(crate) fn upgrade(
             );
         }
     };
-    if app.shutdown.is_cancelled() {
-        return retry_after(
-            error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the server is shutting down",
-            ),
-            "5",
-        );
-    }
-    if !app.security.origin_allowed(req.headers()) {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            "this page's origin may not connect",
-        );
-    }
-    let client = app.security.client_ip(peer, req.headers());
-    if !app.security.admit_ip(client) {
-        return retry_after(
-            error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many connection attempts from this address; retry with backoff",
-            ),
-            "1",
-        );
-    }
-    let identity = match (app.security.auth_required(), query_token(req.uri())) {
-        (false, _) | (true, None) => None,
-        (true, Some(token)) => match app.security.verify(&token) {
-            Ok(identity) => Some(identity),
-            Err(reason) => return refuse_token(app, &reason),
-        },
+    let authenticate = || {
+        let identity = match (app.security.auth_required(), query_token(req.uri())) {
+            (false, _) | (true, None) => None,
+            (true, Some(token)) => {
+                Some(app.security.verify(&token).map_err(|reason| refuse_token(app, reason))?)
+            }
+        };
+        let publisher = match app.security.check_publish_key(req.headers()) {
+            Err(false) => {
+                let message = "that publish key is not valid here";
+                return Err(ApiError::new(ApiErrorCode::Forbidden, message));
+            }
+            Err(true) => Publisher::No,
+            Ok(()) if app.security.has_publish_keys() => Publisher::Key,
+            Ok(()) if app.security.browser_may_publish(req.headers()).is_ok() => Publisher::Open,
+            Ok(()) => Publisher::No,
+        };
+        Ok((identity, publisher))
     };
-    let publisher = match app.security.check_publish_key(req.headers()) {
-        Err(false) => {
-            return error_response(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "that publish key is not valid here",
-            );
-        }
-        Err(true) => Publisher::No,
-        Ok(()) if app.security.has_publish_keys() => Publisher::Key,
-        Ok(()) if app.security.browser_may_publish(req.headers()).is_ok() => Publisher::Open,
-        Ok(()) => Publisher::No,
+    let (admitted, (identity, publisher)) = match admit(app, req.headers(), peer, authenticate) {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused.into_response(),
     };
-    let max = app.config.max_connections;
-    if app.active.fetch_add(1, Ordering::Relaxed) >= max {
-        app.active.fetch_sub(1, Ordering::Relaxed);
-        app.metrics.error(&ErrorCode::Other("too_many_connections".into()));
-        let message = format!("the server holds its maximum of {max} connections; retry later");
-        let mut resp = json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"error": {
-                "code": "too_many_connections",
-                "message": message,
-                "max_connections": max,
-            }}),
-        );
-        resp.extensions_mut().insert(Refusal { code: "too_many_connections".into(), message });
-        return retry_after(resp, "5");
-    }
-    let admitted = Admitted(app.clone());
     // permessage-deflate when the client offers it in a form this server accepts (RFC 7692:
     // a declined offer means an uncompressed connection, not a refusal).
     let deflate = app
@@ -223,11 +176,9 @@ pub(crate) fn upgrade(
 }
 
 /// 401 for a token that is missing or refused (counted), asking for a Bearer token.
-pub(crate) fn refuse_token(app: &App, reason: &str) -> Resp {
+pub(crate) fn refuse_token(app: &App, reason: impl Into<String>) -> ApiError {
     app.metrics.error(&ErrorCode::Unauthorized);
-    let mut resp = error_response(StatusCode::UNAUTHORIZED, "unauthorized", reason);
-    resp.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    resp
+    ApiError::unauthorized(reason)
 }
 
 /// The `token` query parameter, decoded as a browser encodes a query.

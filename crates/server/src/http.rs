@@ -10,9 +10,13 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use modelcast_protocol::ApiErrorCode;
 use serde_json::{Value, json};
 
+use crate::error::{ApiError, ApiResult};
+use crate::handshake::refuse_token;
 use crate::response::{Body, Refusal, Resp, error_response, json_response, method_not_allowed};
+use crate::security::{Caller, Refused};
 use crate::state::{App, HttpPermit};
 use crate::{handshake, publish, sse};
 
@@ -117,7 +121,8 @@ impl<'a> Route<'a> {
     /// The methods the route answers (the `Allow` header of a 405).
     fn allow(&self) -> &'static str {
         match self {
-            Route::WebSocket(_) | Route::Sse => "GET",
+            Route::WebSocket(_) => "GET",
+            Route::Sse => "GET, OPTIONS",
             Route::Publish => "POST, OPTIONS",
             Route::StateKey(_) => "DELETE",
             _ => "GET, HEAD",
@@ -168,24 +173,12 @@ async fn respond(
     peer: SocketAddr,
     permit: &HttpPermit,
 ) -> Resp {
-    let metrics_denied = || match app.security.check_metrics_token(req.headers()) {
-        Ok(()) => None,
-        Err(true) => Some(StatusCode::UNAUTHORIZED),
-        Err(false) => Some(StatusCode::FORBIDDEN),
-    };
-    let guarded = matches!(route, Route::Stats | Route::Metrics | Route::State);
-    if let Some(status) = guarded.then(metrics_denied).flatten() {
-        return error_response(
-            status,
-            "unauthorized",
-            "this endpoint needs `Authorization: Bearer <MODELCAST_METRICS_TOKEN>`",
-        );
-    }
     match route {
         Route::WebSocket(id) => {
             let id = id.map(str::to_owned);
             handshake::upgrade(app, req, id, peer.ip())
         }
+        Route::Sse if req.method() == Method::OPTIONS => sse::preflight(app, req.headers()),
         Route::Sse => sse::open(app, req, peer.ip(), permit),
         Route::Publish if req.method() == Method::OPTIONS => publish::preflight(app, req.headers()),
         Route::Publish => {
@@ -224,13 +217,22 @@ async fn respond(
             }
             json_response(status, &body)
         }
-        Route::Stats => json_response(StatusCode::OK, &stats(app)),
+        Route::Stats => match operator(app, &req) {
+            Ok(()) => json_response(StatusCode::OK, &stats(app)),
+            Err(refused) => refused.into_response(),
+        },
         Route::OpenApi => {
             static OPENAPI: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
             json_response(StatusCode::OK, OPENAPI.get_or_init(modelcast_protocol::schema::openapi))
         }
-        Route::State => state(app, req.uri().query()),
+        Route::State => match caller(app, &req) {
+            Ok(caller) => state(app, req.uri().query(), &caller),
+            Err(refused) => refused.into_response(),
+        },
         Route::Metrics => {
+            if let Err(refused) = operator(app, &req) {
+                return refused.into_response();
+            }
             app.metrics.engine_up.set(i64::from(app.hub.unavailable().is_none()));
             let engine = topology(app);
             let label = crate::metrics::EngineLabel {
@@ -261,6 +263,32 @@ async fn respond(
     }
 }
 
+/// Who a request is ([`crate::security::Security::caller`]): its bearer credential, or a
+/// `?token=` (a browser page's way to send one).
+fn caller(app: &App, req: &Request<Incoming>) -> ApiResult<Caller> {
+    let token = query_param(req.uri().query(), "token");
+    app.security.caller(req.headers(), token.as_deref()).map_err(|refused| refusal(app, refused))
+}
+
+/// An operator endpoint's check: an operator credential, where they are guarded.
+fn operator(app: &App, req: &Request<Incoming>) -> ApiResult<()> {
+    let caller = caller(app, req)?;
+    app.security.operator(&caller).map_err(|refused| refusal(app, refused))
+}
+
+/// A refused credential: 401 (asking for a Bearer credential) or 403.
+fn refusal(app: &App, refused: Refused) -> ApiError {
+    match refused {
+        Refused::Missing(message) | Refused::Invalid(message) => refuse_token(app, message),
+        Refused::Forbidden(message) => ApiError::new(ApiErrorCode::Forbidden, message),
+    }
+}
+
+/// The first value of the query parameter `name`.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
 /// The most frames one `GET /api/state` page holds, and the default.
 const STATE_PAGE_MAX: usize = 10_000;
 const STATE_PAGE_DEFAULT: usize = 1_000;
@@ -268,7 +296,13 @@ const STATE_PAGE_DEFAULT: usize = 1_000;
 /// `GET /api/state?topic=…[&limit=N][&after=CURSOR]`: a page of the frames a new subscriber
 /// to the topic receives first, as it receives them (marked `late`). The frames the hub holds
 /// are written as they are, between a small head and tail: no value tree, no copy.
-fn state(app: &App, query: Option<&str>) -> Resp {
+///
+/// What `caller` sees is what it could subscribe to: an operator every key (with
+/// `audiences`); a token's user the keys a subscription of that user receives (its topic
+/// roles, its audience: the hub's one check); without a credential, where tokens are
+/// required or a metrics token is set, nothing (401), else what an anonymous subscriber
+/// receives.
+fn state(app: &App, query: Option<&str>, caller: &Caller) -> Resp {
     let params: Vec<(String, String)> =
         form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
     let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
@@ -307,15 +341,36 @@ fn state(app: &App, query: Option<&str>) -> Resp {
             );
         }
     };
-    let page = app.hub.state_page(topic, after, limit);
-    // Who each frame is for (`null`: every subscriber), index for index with `state`.
-    let audiences: Vec<Value> = page
-        .audiences
-        .iter()
-        .map(|a| a.as_ref().map_or(Value::Null, publish::audience_json))
-        .collect();
-    let head = json!({"topic": topic, "epoch": page.epoch, "seq": page.seq, "keys": page.keys,
-        "next": page.next, "audiences": audiences});
+    let viewer = match caller {
+        Caller::Operator => None,
+        Caller::Viewer(identity) => {
+            if !app.security.may_subscribe(Some(identity), topic) {
+                let message =
+                    format!("{topic} is open to the roles {} only", app.security.roles_for(topic));
+                return error_response(StatusCode::FORBIDDEN, "forbidden", &message);
+            }
+            Some(identity.viewer())
+        }
+        Caller::Anonymous if app.security.operator_guarded() => {
+            let message = "GET /api/state needs a token (?token= or Authorization: Bearer): it \
+                           answers what that token could subscribe to";
+            return refuse_token(app, message).into_response();
+        }
+        Caller::Anonymous => Some(modelcast_hub::Viewer::anonymous()),
+    };
+    let page = app.hub.state_page(topic, after, limit, viewer.as_ref());
+    let mut head = json!({"topic": topic, "epoch": page.epoch, "seq": page.seq, "keys": page.keys,
+        "next": page.next});
+    if viewer.is_none() {
+        // Who each frame is for (`null`: every subscriber), index for index with `state`:
+        // for operators only (subscribers never see an audience's members).
+        let audiences: Vec<Value> = page
+            .audiences
+            .iter()
+            .map(|a| a.as_ref().map_or(Value::Null, publish::audience_json))
+            .collect();
+        head["audiences"] = json!(audiences);
+    }
     // `{…head…,"state":[` frame `,` frame … `]}`: the head's closing brace makes way.
     let mut head = head.to_string();
     head.pop();

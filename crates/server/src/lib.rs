@@ -16,8 +16,10 @@
 //! ```
 
 mod actions;
+mod admit;
 mod app;
 mod config;
+mod error;
 mod handshake;
 mod http;
 mod metrics;

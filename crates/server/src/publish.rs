@@ -8,10 +8,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use modelcast_notifiers::Outcome;
-use modelcast_protocol::{PublishFrame, ServerMessage};
+use modelcast_protocol::{ApiErrorCode, PublishFrame, ServerMessage};
 use serde_json::{Value, json};
 use serde_path_to_error::Segment;
 
+use crate::error::{ApiError, ApiResult};
 use crate::response::{Resp, error_response, json_response};
 use crate::state::App;
 
@@ -88,6 +89,7 @@ pub(crate) async fn clear_state(
             );
         }
     }
+    let Some(_publishing) = app.publish_permit() else { return shutting_down() };
     // The key is one path segment, percent-encoded (`sp%20ace`, `a%2Fb`); a `/` left in it
     // is part of the key too.
     let decoded = rest.split_once('/').map(|(topic, key)| {
@@ -241,58 +243,15 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         Ok(key) => key,
         Err(resp) => return *resp,
     };
+    // Held until the answer: the drain closes subscribers only after the last publish it
+    // acknowledged reached their queues.
+    let Some(_publishing) = app.publish_permit() else { return shutting_down() };
     if let Some(reason) = app.hub.unavailable() {
         return unavailable(&format!("cannot publish now: {reason}"));
     }
-    let limit = app.config.max_publish_bytes;
-    let too_large = || {
-        error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            &format!(
-                "the body is larger than {limit} bytes (MODELCAST_MAX_PUBLISH_BYTES); publish in smaller arrays"
-            ),
-        )
-    };
-    let declared = req.headers().get(hyper::header::CONTENT_LENGTH);
-    if declared.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
-        > Some(limit as u64)
-    {
-        // Refused before a byte of it is read; the unread body ends the connection.
-        let mut resp = too_large();
-        resp.headers_mut()
-            .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
-        return resp;
-    }
-    let body = tokio::time::timeout(
-        app.config.body_timeout,
-        Limited::new(req.into_body(), limit).collect(),
-    );
-    let body: Bytes = match body.await {
-        Err(_elapsed) => {
-            let mut resp = error_response(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                &format!(
-                    "the body did not arrive within {:?} (MODELCAST_BODY_TIMEOUT)",
-                    app.config.body_timeout
-                ),
-            );
-            resp.headers_mut().insert(
-                hyper::header::CONNECTION,
-                hyper::header::HeaderValue::from_static("close"),
-            );
-            return resp;
-        }
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Ok(Err(err)) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                &format!("reading the body failed: {err}"),
-            );
-        }
+    let body = match read_body(app, req).await {
+        Ok(body) => body,
+        Err(refused) => return refused.into_response(),
     };
     if let Some(path) = modelcast_protocol::first_duplicate_key(&String::from_utf8_lossy(&body)) {
         return invalid(
@@ -327,9 +286,19 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             }
             problems.push(problem);
         };
-        let data: Value = serde_json::from_str(frame.data.get()).unwrap_or(Value::Null);
-        let audience: Option<Value> =
-            frame.audience.map(|a| serde_json::from_str(a.get()).unwrap_or(Value::Null));
+        // The envelope delimited them as JSON; reading them into values can still fail (a
+        // number out of range, a lone surrogate escape, nesting too deep): say so.
+        let data = read_value(frame.data.get(), "data");
+        let audience = frame.audience.map(|a| read_value(a.get(), "audience")).transpose();
+        let (data, audience) = match (data, audience) {
+            (Ok(data), Ok(audience)) => (data, audience),
+            (data, audience) => {
+                for (field, message) in [data.err(), audience.err()].into_iter().flatten() {
+                    report(field, message);
+                }
+                continue;
+            }
+        };
         let topic = frame.topic.as_deref();
         match check_publish(&frame.type_name, topic, data, audience.as_ref()) {
             Ok(addressed) => messages.push(addressed),
@@ -361,15 +330,23 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         // Without a key the whole body goes in one call: consecutive messages of a topic are
         // fanned out together (one lock per subscriber per run, not per message).
         None => app.policy.publish_many_to(messages),
-        // One key per element: a retry of the same body maps element to element.
-        Some(k) => messages
-            .into_iter()
-            .enumerate()
-            .map(|(i, (message, audience))| {
-                let key = if single { k.clone() } else { format!("{k}#{i}") };
-                app.policy.with_audience(audience).publish_with(message, Some(&key))
-            })
-            .collect(),
+        // The key names this request (its body): claimed before anything is published, so
+        // another body under it publishes nothing. Then one key per element, made with a
+        // space, which a header's key cannot hold, so no two requests' keys ever meet: a
+        // retry of the same body maps element to element.
+        Some(k) => {
+            if let Err(err) = app.hub.claim(k, &digest(&body)).wait().await {
+                return idempotency_refused(app, &err);
+            }
+            messages
+                .into_iter()
+                .enumerate()
+                .map(|(i, (message, audience))| {
+                    let key = format!("{k} {i}");
+                    app.policy.with_audience(audience).publish_with(message, Some(&key))
+                })
+                .collect()
+        }
     };
     // Appends were all handed to the engine in order above; now wait for their positions.
     let mut accepted = Vec::with_capacity(outcomes.len());
@@ -402,6 +379,7 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
             }
             _ => ("unavailable", 1),
         };
+
         app.metrics.error(&modelcast_protocol::ErrorCode::Other(code.into()));
         let mut resp = json_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -415,6 +393,99 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         return resp;
     }
     json_response(StatusCode::ACCEPTED, &json!({"accepted": accepted}))
+}
+
+/// The body of a publish: within `MODELCAST_MAX_PUBLISH_BYTES` (a larger declared length is
+/// refused before a byte of it is read) and `MODELCAST_BODY_TIMEOUT`.
+async fn read_body(app: &App, req: Request<Incoming>) -> ApiResult<Bytes> {
+    let limit = app.config.max_publish_bytes;
+    let too_large = || {
+        let message = format!(
+            "the body is larger than {limit} bytes (MODELCAST_MAX_PUBLISH_BYTES); publish in \
+             smaller arrays"
+        );
+        ApiError::new(ApiErrorCode::PayloadTooLarge, message)
+    };
+    let declared = req.headers().get(hyper::header::CONTENT_LENGTH);
+    if declared.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        > Some(limit as u64)
+    {
+        // Refused before a byte of it is read; the unread body ends the connection.
+        return Err(too_large().closing());
+    }
+    let timeout = app.config.body_timeout;
+    let body = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect());
+    match body.await {
+        Err(_elapsed) => {
+            let message =
+                format!("the body did not arrive within {timeout:?} (MODELCAST_BODY_TIMEOUT)");
+            Err(ApiError::new(ApiErrorCode::BodyTimeout, message).closing())
+        }
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(err)) => {
+            Err(ApiError::new(ApiErrorCode::BadBody, format!("reading the body failed: {err}")))
+        }
+    }
+}
+
+/// 503 `shutting_down`: the server takes no publishes while it drains (another node does).
+fn shutting_down() -> Resp {
+    let mut resp = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the server is shutting down; publish to another node or retry shortly",
+    );
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+    resp
+}
+
+/// A digest of a request's body: what its idempotency key names.
+fn digest(body: &[u8]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(body);
+    hash.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The answer when a request's idempotency key cannot be claimed: 409 when it names another
+/// request, 503 with `Retry-After` when the table is full or the engine is down. Nothing was
+/// published.
+fn idempotency_refused(app: &App, err: &modelcast_hub::Error) -> Resp {
+    let (status, code, retry_after) = match err {
+        modelcast_hub::Error::IdempotencyConflict { .. } => {
+            (StatusCode::CONFLICT, "idempotency_key_reused", None)
+        }
+        modelcast_hub::Error::IdempotencyFull { retry_after, .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "idempotency_keys_full", Some(*retry_after))
+        }
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(1)),
+    };
+    app.metrics.error(&modelcast_protocol::ErrorCode::Other(code.into()));
+    let mut resp = error_response(status, code, &err.to_string());
+    if let Some(seconds) = retry_after {
+        resp.headers_mut().insert(hyper::header::RETRY_AFTER, seconds.into());
+    }
+    resp
+}
+
+/// A JSON value the envelope delimited, read for checking; what is wrong with it otherwise,
+/// as (field, message): a number out of range, an invalid escape, nesting too deep.
+fn read_value(raw: &str, field: &str) -> Result<Value, (String, String)> {
+    serde_json::from_str(raw).map_err(|err| {
+        let what = err.to_string();
+        let what = what.split(" at line ").next().unwrap_or(&what).to_owned();
+        let hint = if what.contains("recursion limit") {
+            " (nested deeper than 128 levels)"
+        } else if what.contains("out of range") {
+            " (larger than a 64-bit float holds)"
+        } else if what.contains("surrogate") || what.contains("escape") {
+            " (a lone UTF-16 surrogate or another invalid \\u escape)"
+        } else {
+            ""
+        };
+        (field.to_owned(), format!("{what}{hint}"))
+    })
 }
 
 /// A `202` element for a message sequenced at `at`: its epoch too, so a publisher sees a fenced

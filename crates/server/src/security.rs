@@ -19,8 +19,36 @@ use crate::config::{Cidr, Config, JwtAlgorithm};
 pub(crate) struct Identity {
     pub(crate) subject: String,
     pub(crate) roles: Vec<String>,
-    /// `exp`, seconds since the Unix epoch.
+    /// When the token stops being accepted, in seconds since the Unix epoch: its `exp` plus
+    /// `MODELCAST_JWT_LEEWAY`, the same instant the verification itself uses, so a connection
+    /// is held to the rule its token was accepted by (one rule for WebSockets and event
+    /// streams).
     pub(crate) expires_at: Option<u64>,
+}
+
+/// Who is asking, by the credential a request carries (`Authorization: Bearer`, or a
+/// `?token=`): what the HTTP endpoints that show data decide by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// The metrics token, a publish key, or a JWT with one of `MODELCAST_OPERATOR_ROLES`:
+    /// sees every figure and every key.
+    Operator,
+    /// A JWT's user: sees what a subscription of that user would receive.
+    Viewer(Identity),
+    /// No credential.
+    Anonymous,
+}
+
+/// Why a credential was refused: missing where one is needed (401), or not valid (401 with
+/// the token's problem) or not enough (403).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// None was sent, and this needs one.
+    Missing(String),
+    /// One was sent and is not valid: what is wrong with it.
+    Invalid(String),
+    /// A valid one that does not allow this.
+    Forbidden(String),
 }
 
 impl Identity {
@@ -75,6 +103,26 @@ pub fn check_config(config: &Config) -> Result<String, String> {
             ),
             format!("topic roles: {}", list(&roles)),
             format!("publish keys: {}", config.publish_keys.len()),
+            format!("operator endpoints (/api/stats, /metrics, all of /api/state): {}", {
+                if security.operator_guarded() {
+                    format!(
+                        "need a credential: {}",
+                        [
+                            config.metrics_token.as_ref().map(|_| "the metrics token".to_owned()),
+                            (!config.publish_keys.is_empty()).then(|| "a publish key".to_owned()),
+                            security.auth_required().then(|| {
+                                format!("a token with role {}", config.operator_roles.join("|"))
+                            }),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                    )
+                } else {
+                    "open (no token required and no MODELCAST_METRICS_TOKEN)".to_owned()
+                }
+            }),
             format!("allowed origins: {}", list(&config.allowed_origins)),
             format!("trusted proxies: {}", list(&proxies)),
             format!("max connections: {}", config.max_connections),
@@ -89,6 +137,8 @@ pub fn check_config(config: &Config) -> Result<String, String> {
 /// The security settings, resolved at start-up.
 pub(crate) struct Security {
     jwt: Option<(DecodingKey, Validation)>,
+    leeway: u64,
+    operator_roles: Vec<String>,
     topic_roles: HashMap<Topic, Vec<String>>,
     publish_keys: Vec<Vec<u8>>,
     metrics_token: Option<Vec<u8>>,
@@ -166,6 +216,8 @@ impl Security {
         );
         Ok(Self {
             jwt,
+            leeway: config.jwt_leeway,
+            operator_roles: config.operator_roles.clone(),
             topic_roles: config.topic_roles.iter().cloned().collect(),
             publish_keys: config.publish_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
             metrics_token: config.metrics_token.as_ref().map(|t| t.as_bytes().to_vec()),
@@ -209,8 +261,90 @@ impl Security {
         Ok(Identity {
             subject: data.claims.sub,
             roles: data.claims.roles,
-            expires_at: data.claims.exp,
+            expires_at: data.claims.exp.map(|exp| exp.saturating_add(self.leeway)),
         })
+    }
+
+    /// Whether the endpoints that show every figure and key (`/api/stats`, `/metrics`, all of
+    /// `/api/state`) need an operator credential: on a server that requires tokens, or has a
+    /// metrics token. Otherwise they are open (the loopback default, or a server whose
+    /// subscriptions are open to anyone anyway).
+    pub(crate) fn operator_guarded(&self) -> bool {
+        self.auth_required() || self.metrics_token.is_some()
+    }
+
+    /// Whether the server has no credential of any kind (the loopback default): everyone is an
+    /// operator, as every other endpoint is open too.
+    fn open(&self) -> bool {
+        !self.auth_required() && self.metrics_token.is_none() && self.publish_keys.is_empty()
+    }
+
+    /// Who a request is, by its `Authorization: Bearer` credential (or `token`, a `?token=`
+    /// a browser can send): the metrics token or a publish key is an operator; a JWT is its
+    /// user, an operator with one of `MODELCAST_OPERATOR_ROLES`. A credential that is none of
+    /// these is refused (never taken for anonymous). Without one: anonymous, an operator on a
+    /// server without any credential.
+    pub(crate) fn caller(
+        &self,
+        headers: &HeaderMap,
+        token: Option<&str>,
+    ) -> Result<Caller, Refused> {
+        let bearer = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .or(token);
+        let Some(bearer) = bearer else {
+            return Ok(if self.open() { Caller::Operator } else { Caller::Anonymous });
+        };
+        let mut keys: Vec<&[u8]> = self.publish_keys.iter().map(Vec::as_slice).collect();
+        keys.extend(self.metrics_token.as_deref());
+        if matches_any(&keys, bearer) {
+            return Ok(Caller::Operator);
+        }
+        // Not a key: a token, if it looks like one (a refused token is 401, get a new one);
+        // anything else is a wrong key (403), as for publishing.
+        let looks_like_a_token = bearer.split('.').count() == 3;
+        if !self.auth_required() || !looks_like_a_token {
+            return Err(Refused::Forbidden("that credential is not valid here".into()));
+        }
+        let identity = self.verify(bearer).map_err(Refused::Invalid)?;
+        if identity.roles.iter().any(|r| self.operator_roles.contains(r)) {
+            Ok(Caller::Operator)
+        } else {
+            Ok(Caller::Viewer(identity))
+        }
+    }
+
+    /// What an operator endpoint needs of `caller`: an operator, where the endpoints are
+    /// guarded ([`Security::operator_guarded`]).
+    pub(crate) fn operator(&self, caller: &Caller) -> Result<(), Refused> {
+        match caller {
+            Caller::Operator => Ok(()),
+            _ if !self.operator_guarded() => Ok(()),
+            Caller::Anonymous => Err(Refused::Missing(self.operator_credentials())),
+            Caller::Viewer(identity) => Err(Refused::Forbidden(format!(
+                "{} is not an operator: {}",
+                identity.subject,
+                self.operator_credentials()
+            ))),
+        }
+    }
+
+    /// What counts as an operator's credential here, for a refusal's message.
+    fn operator_credentials(&self) -> String {
+        let mut ways = Vec::new();
+        if self.metrics_token.is_some() {
+            ways.push("MODELCAST_METRICS_TOKEN".to_owned());
+        }
+        if !self.publish_keys.is_empty() {
+            ways.push("a publish key".to_owned());
+        }
+        if self.auth_required() {
+            ways.push(format!("a token with role {}", self.operator_roles.join("|")));
+        }
+        format!("this endpoint needs `Authorization: Bearer <{}>`", ways.join(" | "))
     }
 
     /// Whether `identity` may subscribe to `topic`.
@@ -237,12 +371,6 @@ impl Security {
 
     pub(crate) fn check_publish_key(&self, headers: &HeaderMap) -> Result<(), bool> {
         check_bearer(&self.publish_keys, headers)
-    }
-
-    /// Checks `/metrics` and `/api/stats` against `MODELCAST_METRICS_TOKEN`, as
-    /// [`Security::check_publish_key`] does.
-    pub(crate) fn check_metrics_token(&self, headers: &HeaderMap) -> Result<(), bool> {
-        check_bearer(self.metrics_token.as_slice(), headers)
     }
 
     /// Whether a browser request (one with an `Origin`, or a `Sec-Fetch-Site` other than
@@ -324,6 +452,11 @@ impl Security {
             .unwrap_or(peer)
     }
 
+    /// Whether `ip` is one of `MODELCAST_TRUSTED_PROXIES`.
+    pub(crate) fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+
     /// Counts a connection attempt from `ip`; `false` when it exceeds the per-IP rate.
     pub(crate) fn admit_ip(&self, ip: IpAddr) -> bool {
         self.per_ip.check_key(&ip).is_ok()
@@ -343,11 +476,18 @@ fn check_bearer(keys: &[Vec<u8>], headers: &HeaderMap) -> Result<(), bool> {
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or(true)?;
+    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    if matches_any(&keys, presented) { Ok(()) } else { Err(false) }
+}
+
+/// Whether `presented` is one of `keys`. Every key is compared in constant time, and all of
+/// them are compared, so timing reveals neither the key nor which one matched.
+fn matches_any(keys: &[&[u8]], presented: &str) -> bool {
     let mut matched = subtle::Choice::from(0u8);
     for key in keys {
-        matched |= key.as_slice().ct_eq(presented.as_bytes());
+        matched |= key.ct_eq(presented.as_bytes());
     }
-    if bool::from(matched) { Ok(()) } else { Err(false) }
+    bool::from(matched)
 }
 
 /// An address as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `[::1]:80` or `::1`.

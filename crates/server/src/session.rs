@@ -21,8 +21,9 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use crate::actions::{handle_frame, publish_frames, reply_error};
+use crate::admit::Admitted;
 use crate::security::Identity;
-use crate::state::{Admitted, App, Control, Publisher};
+use crate::state::{App, Control, Publisher};
 
 /// Frames taken from the outbox per burst (one flush each).
 const BURST: usize = 256;
@@ -79,7 +80,8 @@ pub(crate) async fn run(
     if deflate.is_some() {
         app.metrics.compressing.inc();
     }
-    let decoder = Decoder::new(app.config.max_frame_size, deflate.is_some());
+    let decoder = Decoder::new(app.config.max_frame_size, deflate.is_some())
+        .max_fragments(app.config.max_fragments);
     let mut frames = Reader::new(decoder, already_read);
     let (reason, close_sent) = {
         let (read_half, write_half) = stream.split();
@@ -132,7 +134,7 @@ async fn writer(
         let auth_check = if auth_required { control.auth().next_check() } else { None };
         tokio::select! {
             biased;
-            () = app.shutdown.cancelled() => {
+            () = app.drain.cancelled() => {
                 // Drain what is queued (bounded by the queue size), then say goodbye.
                 break out.close_after_queued(conn, &mut burst, close::GOING_AWAY, "server shutting down", "shutdown").await;
             }

@@ -29,10 +29,11 @@ use modelcast_protocol::{
 use tokio::sync::mpsc;
 
 use crate::actions::{handle_frame, reply_error};
+use crate::admit::admit;
 use crate::handshake::refuse_token;
 use crate::response::{Body, Resp, error_response};
 use crate::security::Identity;
-use crate::state::{Admitted, App, Control, HttpPermit, Publisher};
+use crate::state::{App, Control, HttpPermit, Publisher};
 
 /// Frames taken from the outbox per write.
 const BURST: usize = 256;
@@ -193,35 +194,13 @@ pub(crate) fn open(
 ) -> Resp {
     let request = match read_request(&req) {
         Ok(request) => request,
-        Err(resp) => return *resp,
+        Err(resp) => return with_cors(app, req.headers(), *resp),
     };
-    if app.shutdown.is_cancelled() {
-        let mut resp = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down",
-        );
-        resp.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return resp;
-    }
-    if !app.security.origin_allowed(req.headers()) {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            "this page's origin may not connect",
-        );
-    }
-    if !app.security.admit_ip(app.security.client_ip(peer, req.headers())) {
-        let mut resp = error_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many connection attempts from this address; retry with backoff",
-        );
-        resp.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return resp;
-    }
-    let identity = if app.security.auth_required() {
-        // No first frame can carry it here: the token comes with the request.
+    // No first frame can carry the token here: it comes with the request.
+    let authenticate = || {
+        if !app.security.auth_required() {
+            return Ok(None);
+        }
         let verified = match &request.token {
             Some(token) => app.security.verify(token),
             None => {
@@ -229,31 +208,19 @@ pub(crate) fn open(
                     .into())
             }
         };
-        match verified {
-            Ok(identity) => Some(identity),
-            Err(reason) => return refuse_token(app, &reason),
-        }
-    } else {
-        None
+        verified.map(Some).map_err(|reason| refuse_token(app, reason))
     };
-    let max = app.config.max_connections;
-    if app.active.fetch_add(1, Ordering::Relaxed) >= max {
-        app.active.fetch_sub(1, Ordering::Relaxed);
-        app.metrics.error(&ErrorCode::Other("too_many_connections".into()));
-        let message = format!("the server holds its maximum of {max} connections; retry later");
-        let mut resp =
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "too_many_connections", &message);
-        resp.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return resp;
-    }
-    let admitted = Admitted(app.clone());
+    let (admitted, identity) = match admit(app, req.headers(), peer, authenticate) {
+        Ok(admitted) => admitted,
+        Err(refused) => return with_cors(app, req.headers(), refused.into_response()),
+    };
     // A stream now: it counts against the connections, not the HTTP requests in progress.
     permit.release();
     let (tx, rx) = mpsc::channel(IN_FLIGHT);
-    let app = app.clone();
-    app.tracker.clone().spawn(async move {
+    let task_app = app.clone();
+    app.tracker.spawn(async move {
         let _admitted = admitted;
-        run(app, tx, request, identity).await;
+        run(task_app, tx, request, identity).await;
     });
     let mut resp = Response::new(Body::stream(rx));
     let headers = resp.headers_mut();
@@ -261,7 +228,46 @@ pub(crate) fn open(
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // nginx would otherwise buffer the stream (deploy/nginx/modelcast.conf turns it off too).
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    with_cors(app, req.headers(), resp)
+}
+
+/// Lets a page from an allowed origin (`MODELCAST_ALLOWED_ORIGINS`; any, when none are
+/// listed) read the answer: a browser's `EventSource` from another origin needs
+/// `Access-Control-Allow-Origin` (the WebSocket from the same page does not). Never for
+/// other origins. `Vary: Origin`, since the answer depends on it.
+fn with_cors(app: &App, headers: &hyper::HeaderMap, mut resp: Resp) -> Resp {
+    let origin = headers.get(hyper::header::ORIGIN).cloned();
+    if let Some(origin) = origin.filter(|_| app.security.origin_allowed(headers)) {
+        let out = resp.headers_mut();
+        out.insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        out.insert(hyper::header::VARY, HeaderValue::from_static("Origin"));
+    }
     resp
+}
+
+/// A browser's CORS preflight for `GET /sse` (a reconnecting `EventSource` sends
+/// `Last-Event-ID`, which is not a simple header): allowed origins may send it and a token.
+pub(crate) fn preflight(app: &App, headers: &hyper::HeaderMap) -> Resp {
+    use hyper::header::{
+        ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_MAX_AGE,
+    };
+    if headers.get(hyper::header::ORIGIN).is_none() || !app.security.origin_allowed(headers) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this page's origin may not connect (MODELCAST_ALLOWED_ORIGINS)",
+        );
+    }
+    let mut resp = Resp::new(Default::default());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET"));
+    h.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("last-event-id, authorization"),
+    );
+    h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    with_cors(app, headers, resp)
 }
 
 /// The stream's task: the hub connection, its subscriptions, and the events written from its
@@ -336,7 +342,7 @@ async fn write(
     loop {
         tokio::select! {
             biased;
-            () = app.shutdown.cancelled() => {
+            () = app.drain.cancelled() => {
                 // Drain what is queued (bounded by the queue size), then end the stream.
                 while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
                     let events = events(app, &mut burst, &mut position);

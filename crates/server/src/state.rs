@@ -32,7 +32,17 @@ pub(crate) struct App {
     /// WebSocket connections admitted and not yet closed (the `max_connections` gauge).
     pub(crate) active: AtomicUsize,
     pub(crate) next_session: AtomicU64,
+    /// Cancelled when the shutdown begins: no new connections, no new publishes.
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled once the shutdown has begun and every publish acknowledged before it has
+    /// reached the subscribers' queues: the sessions drain what is queued and close.
+    pub(crate) drain: CancellationToken,
+    /// Publishes in progress (see [`App::publish_permit`]).
+    pub(crate) publishing: Publishing,
+    /// Open connections per address (see [`Addresses`]): HTTP connections by peer, WebSocket
+    /// and event streams by client.
+    pub(crate) http_per_ip: Arc<Addresses>,
+    pub(crate) streams_per_ip: Arc<Addresses>,
     pub(crate) tracker: TaskTracker,
     pub(crate) started: Instant,
     /// One permit per TCP connection that is not a WebSocket (yet).
@@ -81,6 +91,15 @@ impl App {
         }
     }
 
+    /// A publish may go ahead: `None` once the shutdown has begun (answer 503). The drain
+    /// waits for every permit given before, so a publish acknowledged to its publisher has
+    /// reached every subscriber's queue before the subscribers are closed.
+    pub(crate) fn publish_permit(&self) -> Option<PublishPermit<'_>> {
+        self.publishing.in_flight.fetch_add(1, Ordering::SeqCst);
+        let permit = PublishPermit(&self.publishing);
+        (!self.shutdown.is_cancelled()).then_some(permit)
+    }
+
     pub(crate) fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, SessionHandle>> {
         self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -100,15 +119,21 @@ impl App {
 }
 
 /// A TCP connection's place among those that are not WebSockets
-/// (`MODELCAST_MAX_HTTP_CONNECTIONS`): held while it serves requests, given back when it turns
-/// into a long-lived stream (a WebSocket upgrade, or Server-Sent Events, which count against
-/// `WEBSOCKET_MAX_CONNECTIONS` instead).
+/// (`MODELCAST_MAX_HTTP_CONNECTIONS`, and its address's share,
+/// `MODELCAST_MAX_HTTP_CONNECTIONS_PER_IP`): held while it serves requests, given back when it
+/// turns into a long-lived stream (a WebSocket upgrade, or Server-Sent Events, which count
+/// against `WEBSOCKET_MAX_CONNECTIONS` and `MODELCAST_MAX_CONNECTIONS_PER_IP` instead).
 #[derive(Debug, Clone)]
-pub(crate) struct HttpPermit(Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+pub(crate) struct HttpPermit(Arc<Mutex<HttpPlace>>);
+
+type HttpPlace = Option<(tokio::sync::OwnedSemaphorePermit, Option<AddressSlot>)>;
 
 impl HttpPermit {
-    pub(crate) fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
-        Self(Arc::new(Mutex::new(Some(permit))))
+    pub(crate) fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        address: Option<AddressSlot>,
+    ) -> Self {
+        Self(Arc::new(Mutex::new(Some((permit, address)))))
     }
 
     /// Gives the place back (the connection became a stream).
@@ -117,12 +142,103 @@ impl HttpPermit {
     }
 }
 
-/// Counts an admitted WebSocket connection until dropped.
-pub(crate) struct Admitted(pub(crate) Arc<App>);
+/// Publishes in progress: counted by [`PublishPermit`]s, waited for by the drain.
+#[derive(Debug, Default)]
+pub(crate) struct Publishing {
+    in_flight: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
 
-impl Drop for Admitted {
+impl Publishing {
+    /// Waits until no publish is in progress.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// One publish in progress (see [`App::publish_permit`]).
+#[derive(Debug)]
+pub(crate) struct PublishPermit<'a>(&'a Publishing);
+
+impl Drop for PublishPermit<'_> {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Connections per address, capped: one address can never hold every place of a shared limit
+/// (`MODELCAST_MAX_HTTP_CONNECTIONS`, `WEBSOCKET_MAX_CONNECTIONS`). IPv6 addresses count per
+/// /64, the block one host is usually given. An entry lives while its address has a
+/// connection open.
+#[derive(Debug)]
+pub(crate) struct Addresses {
+    open: Mutex<HashMap<std::net::IpAddr, usize>>,
+    max: usize,
+}
+
+impl Addresses {
+    pub(crate) fn new(max: usize) -> Self {
+        Self { open: Mutex::default(), max: max.max(1) }
+    }
+
+    /// The most connections per address.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A place for one more connection from `ip`, held until dropped; `None` at the cap.
+    pub(crate) fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let block = block_of(ip);
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(block).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot { addresses: self.clone(), block })
+    }
+}
+
+/// What an address is counted as: an IPv4 address itself (IPv4-mapped IPv6 too); an IPv6
+/// address by its /64.
+fn block_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
+
+/// One connection's place in [`Addresses`].
+#[derive(Debug)]
+pub(crate) struct AddressSlot {
+    addresses: Arc<Addresses>,
+    block: std::net::IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open =
+            self.addresses.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.block) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.block);
+            }
+        }
     }
 }
 
