@@ -341,9 +341,13 @@ function render() {
 
 async function stats() {
   try {
-    const response = await fetch("/api/stats");
+    // Server figures are for operators: the page's token counts when it has an operator role.
+    const response = await fetch("/api/stats", token ? { headers: { authorization: `Bearer ${token}` } } : {});
     if (!response.ok) {
-      $("stats").textContent = response.status === 401 ? "server stats need the metrics token" : `stats: ${response.status}`;
+      $("stats").textContent =
+        response.status === 401 || response.status === 403
+          ? "server figures are for operators: open the page with a token that has an operator role (admin)"
+          : `stats: ${response.status}`;
       return;
     }
     const s = await response.json();

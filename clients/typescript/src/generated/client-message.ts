@@ -35,7 +35,8 @@ export interface SubscribeRequest {
   id?: number | string;
   /**
    * At most this many updates per second per model; the newest value wins and state changes
-   * are never dropped. Must be positive.
+   * are never dropped. From 0.01 (one update per model per 100 s) up: nothing is held back
+   * longer than that.
    */
   max_hz?: number;
   since?: Since;
