@@ -158,10 +158,8 @@ async fn max_hz_windows_are_forgotten_once_they_end() {
 async fn the_history_budget_counts_an_entrys_audience() {
     let hub = Hub::new(HubConfig::default().history_bytes(1 << 20));
     let name = |prefix: &str, i: usize| format!("{prefix}{i:03}{}", "n".repeat(252));
-    let audience = modelcast_hub::Audience::new(
-        (0..64).map(|i| name("u", i)),
-        (0..64).map(|i| name("r", i)),
-    );
+    let audience =
+        modelcast_hub::Audience::new((0..64).map(|i| name("u", i)), (0..64).map(|i| name("r", i)));
     for i in 0..100 {
         let publish = Publish::new(alert(&format!("a{i}"))).unwrap().audience(audience.clone());
         hub.publish(publish);

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use modelcast_protocol::ServerFrame;
 
+use crate::reach::Reach;
 use crate::stats::Stats;
 
 /// One serialized JSON frame (UTF-8 text). Cloning shares it: a message published to 10,000
@@ -20,12 +21,26 @@ struct Shared {
     text: Box<str>,
     /// The compressed form (`None` inside: not worth compressing), made on first demand.
     compressed: OnceLock<Option<Box<[u8]>>>,
+    /// Who the message is for (`None`: everyone), shared with the frame rather than copied
+    /// into every delivery: what waits in a queue can be checked again when a connection's
+    /// viewer changes, at no cost per delivery.
+    reach: Option<Arc<Reach>>,
 }
 
 impl Frame {
     /// Wraps JSON text.
     fn from_json(json: String) -> Self {
-        Self(Arc::new(Shared { text: json.into_boxed_str(), compressed: OnceLock::new() }))
+        Self::for_reach(json, None)
+    }
+
+    /// Wraps JSON text of a message for `reach`.
+    fn for_reach(json: String, reach: Option<Arc<Reach>>) -> Self {
+        Self(Arc::new(Shared { text: json.into_boxed_str(), compressed: OnceLock::new(), reach }))
+    }
+
+    /// Who the message is for (`None`: everyone, and every control frame).
+    pub(crate) fn reach(&self) -> Option<&Reach> {
+        self.0.reach.as_deref()
     }
 
     /// The frame's bytes (valid UTF-8 JSON).
@@ -75,7 +90,7 @@ impl Frame {
     /// holds (see the crate docs' ordering contract). One small copy, made only for the
     /// frames that need it.
     pub(crate) fn late(&self) -> Frame {
-        splice(self.as_str(), LATE)
+        splice(self.as_str(), LATE, self.0.reach.clone())
     }
 
     /// This frame without its `"late":true` mark (itself when it has none): a released
@@ -83,7 +98,7 @@ impl Frame {
     /// after all.
     pub(crate) fn on_time(&self) -> Frame {
         match self.as_str().strip_prefix('{').and_then(|rest| rest.strip_prefix(LATE)) {
-            Some(rest) => Frame::from_json(format!("{{{rest}")),
+            Some(rest) => Frame::for_reach(format!("{{{rest}"), self.0.reach.clone()),
             None => self.clone(),
         }
     }
@@ -140,19 +155,20 @@ pub(crate) fn encode_text(frame: &ServerFrame, stats: &Stats) -> String {
 }
 
 /// `{"topic":...}` + seq → `{"seq":N,"topic":...}`: one small copy instead of a second
-/// serialization once the topic's lock has given the message its `seq`.
-pub(crate) fn with_seq(unsequenced: &str, seq: u64) -> Frame {
-    splice(unsequenced, &format!("\"seq\":{seq},"))
+/// serialization once the topic's lock has given the message its `seq`. The frame of a
+/// message for `reach`.
+pub(crate) fn with_seq(unsequenced: &str, seq: u64, reach: Option<Arc<Reach>>) -> Frame {
+    splice(unsequenced, &format!("\"seq\":{seq},"), reach)
 }
 
 /// Inserts `fields` (ending in a comma) right after the opening brace of a JSON object.
-fn splice(object: &str, fields: &str) -> Frame {
+fn splice(object: &str, fields: &str, reach: Option<Arc<Reach>>) -> Frame {
     debug_assert!(object.starts_with('{') && fields.ends_with(','));
     let mut out = String::with_capacity(object.len() + fields.len());
     out.push('{');
     out.push_str(fields);
     out.push_str(&object[1..]);
-    Frame::from_json(out)
+    Frame::for_reach(out, reach)
 }
 
 #[cfg(test)]
@@ -161,7 +177,7 @@ mod tests {
 
     #[test]
     fn the_seq_is_read_back_from_live_and_late_frames() {
-        let live = with_seq(r#"{"topic":"alerts","type":"alert","data":{}}"#, 42);
+        let live = with_seq(r#"{"topic":"alerts","type":"alert","data":{}}"#, 42, None);
         assert_eq!(live.seq(), Some(42));
         assert_eq!(live.late().seq(), Some(42));
         assert!(live.late().is_late() && !live.is_late());
@@ -170,7 +186,7 @@ mod tests {
 
     #[test]
     fn a_frame_is_compressed_once_for_all_its_clones() {
-        let frame = with_seq(r#"{"topic":"alerts","type":"alert","data":{}}"#, 1);
+        let frame = with_seq(r#"{"topic":"alerts","type":"alert","data":{}}"#, 1, None);
         let clone = frame.clone();
         let calls = std::cell::Cell::new(0);
         let compress = |bytes: &[u8]| {

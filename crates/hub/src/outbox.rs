@@ -38,9 +38,8 @@ use crate::error::DropReason;
 use crate::frame::{Frame, encode};
 use crate::keys::{KeyId, KeyRef, id_of};
 use crate::publish::Kind;
-use crate::reach::{Reach, Who};
+use crate::reach::Who;
 use crate::stats::{ConflateReason, Stats};
-use std::sync::Arc;
 
 const TOPICS: usize = Topic::ALL.len();
 const _: () = assert!(TOPICS <= 16, "State::routine_topics has a bit per topic");
@@ -59,9 +58,6 @@ pub struct Delivery {
     /// The message type's index in `ServerMessage::TYPES` (for per-type metrics).
     pub(crate) type_index: u8,
     origin: Origin,
-    /// Who the message is for (`None`: everyone): a renewed token that is no longer in it
-    /// takes the frame back while it waits ([`Outbox::narrow`]).
-    reach: Option<Arc<Reach>>,
 }
 
 /// Where a queued frame came from.
@@ -122,14 +118,14 @@ impl Delivery {
             published_at: None,
             type_index,
             origin: Origin::Live,
-            reach: None,
         }
     }
 
     /// Whether `who` may still receive it (control frames and messages without an audience:
-    /// always).
+    /// always). A renewed token that is no longer in a message's audience takes its frame
+    /// back while it waits ([`Outbox::narrow`]).
     fn admits(&self, who: &Who) -> bool {
-        self.reach.as_deref().is_none_or(|reach| reach.admits(who))
+        self.frame.reach().is_none_or(|reach| reach.admits(who))
     }
 
     fn conflatable(&self) -> bool {
@@ -147,9 +143,6 @@ pub(crate) struct TopicFrame {
     pub(crate) key: Option<KeyRef>,
     pub(crate) kind: Kind,
     pub(crate) type_index: u8,
-    /// Who the message is for (`None`: everyone). It travels with the frame into every queue,
-    /// so what waits there can be checked again when a connection's viewer changes.
-    pub(crate) reach: Option<Arc<Reach>>,
 }
 
 impl TopicFrame {
@@ -162,7 +155,6 @@ impl TopicFrame {
             published_at,
             type_index: self.type_index,
             origin: Origin::Live,
-            reach: self.reach.clone(),
         }
     }
 }
@@ -657,14 +649,16 @@ impl Outbox {
                 Origin::Start => state.start_queued -= 1,
                 Origin::Live => {}
             }
-            // Only a rate-limited connection keeps positions (see `Rated`).
-            if let (Some(rated), Some(topic)) = (state.rated.as_mut(), item.topic)
-                && !item.frame.is_late()
-            {
-                let taken = &mut rated.taken[topic.index()];
-                *taken = (*taken).max(item.frame.seq().unwrap_or(0));
-            }
             out.push(item);
+        }
+        // Only a rate-limited connection keeps positions (see `Rated`): what it has taken.
+        if let Some(rated) = state.rated.as_mut() {
+            for item in &out[start..] {
+                if let (Some(topic), false) = (item.topic, item.frame.is_late()) {
+                    let taken = &mut rated.taken[topic.index()];
+                    *taken = (*taken).max(item.frame.seq().unwrap_or(0));
+                }
+            }
         }
         if out.len() > start {
             return Ok(Taken::Some);

@@ -35,7 +35,7 @@ impl Entry {
 
     /// Who it is for (`None`: everyone).
     pub(crate) fn audience(&self) -> Option<&Reach> {
-        self.frame.reach.as_deref()
+        self.frame.frame.reach()
     }
 
     /// The bytes it keeps alive, as the history budget counts them: its frame, its state key

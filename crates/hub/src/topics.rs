@@ -323,7 +323,7 @@ impl Prepared {
     /// The record of this message at `seq` (its frame marked `late` for retained state, which
     /// is only ever sent below a subscriber's position).
     fn entry(&self, topic: Topic, seq: u64, at: Instant, late: bool) -> Entry {
-        let frame = with_seq(&self.text, seq);
+        let frame = with_seq(&self.text, seq, self.audience.clone());
         let frame = TopicFrame {
             frame: if late { frame.late() } else { frame },
             topic,
@@ -331,7 +331,6 @@ impl Prepared {
             key: self.key.clone(),
             kind: self.kind,
             type_index: self.type_index,
-            reach: self.audience.clone(),
         };
         Entry { frame, subject: self.subject.clone(), urgent: self.urgent, at }
     }
@@ -488,7 +487,9 @@ impl Topics {
         }
         if seq <= state.seq {
             return match state.history.iter().rev().find(|e| e.frame.seq == seq) {
-                Some(held) if held.frame.frame != with_seq(&main.text, seq) => Applied::Conflict,
+                Some(held) if held.frame.frame != with_seq(&main.text, seq, None) => {
+                    Applied::Conflict
+                }
                 _ => Applied::Duplicate,
             };
         }
@@ -581,7 +582,7 @@ impl Topics {
         let mut gone = Vec::new();
         // A single message's audience, read once rather than per subscriber.
         let single_audience = match recorded {
-            [one] => one.frame.reach.as_deref(),
+            [one] => one.frame.frame.reach(),
             _ => None,
         };
         for (i, sub) in state.subs.iter().enumerate() {
@@ -610,7 +611,7 @@ impl Topics {
                 let passing = recorded
                     .iter()
                     .enumerate()
-                    .filter(|(_, r)| sub.admits(r.subject, r.frame.reach.as_deref()))
+                    .filter(|(_, r)| sub.admits(r.subject, r.frame.frame.reach()))
                     .map(|(j, r)| (j, &r.frame, r.urgent));
                 sub.outbox.push_many(passing, sub.rate, now, &self.stats, |j| delivered[j] += 1)
             };
