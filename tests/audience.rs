@@ -378,10 +378,10 @@ async fn a_batch_window_makes_one_batch_per_audience() {
         conn
     };
     let (a, b) = (viewer("alice"), viewer("bob"));
-    policy.to(Audience::users(["alice"])).publish(model_status("m1", 1.0));
-    policy.to(Audience::users(["bob"])).publish(model_status("m2", 2.0));
-    policy.to(Audience::users(["bob"])).publish(model_status("m3", 3.0));
-    policy.to(Audience::users(["alice"])).publish(model_status("m4", 4.0));
+    policy.to(Audience::users(["alice"])).publish([model_status("m1", 1.0)]);
+    policy.to(Audience::users(["bob"])).publish([model_status("m2", 2.0)]);
+    policy.to(Audience::users(["bob"])).publish([model_status("m3", 3.0)]);
+    policy.to(Audience::users(["alice"])).publish([model_status("m4", 4.0)]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let models = |conn: &modelcast_hub::Connection| {
         let mut out: Vec<Delivery> = Vec::new();

@@ -48,7 +48,7 @@ async fn dropped_connections_lose_and_duplicate_nothing() {
     let hub = server.hub.clone();
     let publisher = tokio::spawn(async move {
         for i in 0..TOTAL {
-            hub.publish_message(alert(&format!("a{i}"))).unwrap();
+            modelcast_tests::msg::send(&hub, alert(&format!("a{i}"))).unwrap();
             if i % 20 == 0 {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -80,16 +80,16 @@ async fn a_listener_restart_loses_and_duplicates_nothing() {
     let client = Client::connect(&format!("ws://{addr}/ws/svc"), fast()).await.unwrap();
     let mut sub = client.subscribe(Topic::Alerts).await.unwrap();
     for i in 0..100 {
-        hub.publish_message(alert(&format!("before-{i}"))).unwrap();
+        modelcast_tests::msg::send(&hub, alert(&format!("before-{i}"))).unwrap();
     }
     expect_consecutive(&mut sub, 1, 100).await;
     server.stop().await.unwrap();
     for i in 0..100 {
-        hub.publish_message(alert(&format!("while-down-{i}"))).unwrap();
+        modelcast_tests::msg::send(&hub, alert(&format!("while-down-{i}"))).unwrap();
     }
     let _restarted = TestServer::restart_on(addr, notifiers).await;
     for i in 0..100 {
-        hub.publish_message(alert(&format!("after-{i}"))).unwrap();
+        modelcast_tests::msg::send(&hub, alert(&format!("after-{i}"))).unwrap();
     }
     assert_eq!(expect_consecutive(&mut sub, 101, 200).await, 300);
     assert!(client.stats().reconnects >= 1);
@@ -128,11 +128,11 @@ async fn a_dead_server_is_detected_by_the_heartbeat() {
     let options = fast().dead_after(Duration::from_millis(600));
     let client = Client::connect(&format!("ws://{}/ws/svc", proxy.addr), options).await.unwrap();
     let mut sub = client.subscribe(Topic::Alerts).await.unwrap();
-    server.hub.publish_message(alert("one")).unwrap();
+    modelcast_tests::msg::send(&server.hub, alert("one")).unwrap();
     expect_consecutive(&mut sub, 1, 1).await;
     proxy.freeze_all();
     for i in 0..5 {
-        server.hub.publish_message(alert(&format!("during-{i}"))).unwrap();
+        modelcast_tests::msg::send(&server.hub, alert(&format!("during-{i}"))).unwrap();
     }
     assert_eq!(expect_consecutive(&mut sub, 2, 5).await, 6);
     assert_eq!(client.stats().reconnects, 1);
@@ -210,7 +210,7 @@ async fn modelcast_watch_json_prints_valid_frames() {
     let server = TestServer::start(&[]).await;
     let mut child = watch_alerts(&server, &["--json"]).await;
     for i in 0..3 {
-        server.hub.publish_message(alert(&format!("w{i}"))).unwrap();
+        modelcast_tests::msg::send(&server.hub, alert(&format!("w{i}"))).unwrap();
     }
     let stdout = child.stdout.take().unwrap();
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
@@ -231,7 +231,7 @@ async fn modelcast_watch_json_prints_valid_frames() {
     // `modelcast-watch --json | head -3`: the reader goes away; the next line ends the
     // program quietly (it used to panic on the broken pipe).
     drop(lines);
-    server.hub.publish_message(alert("after-the-pipe-closed")).unwrap();
+    modelcast_tests::msg::send(&server.hub, alert("after-the-pipe-closed")).unwrap();
     let status = tokio::time::timeout(PATIENCE, child.wait()).await.expect("exits").unwrap();
     assert_eq!(status.code(), Some(0), "a closed pipe ends modelcast-watch quietly");
 }
@@ -269,7 +269,7 @@ async fn the_client_authenticates_by_url_or_first_message() {
             .unwrap();
         let mut sub = client.subscribe(Topic::Alerts).await.unwrap();
         let first = server.hub.last_seq(Topic::Alerts);
-        server.hub.publish_message(alert("before")).unwrap();
+        modelcast_tests::msg::send(&server.hub, alert("before")).unwrap();
         expect_consecutive(&mut sub, first + 1, 1).await;
         proxy.drop_all(); // the reconnect must authenticate again
         // Wait for it: a message published at once may still leave on the old socket.
@@ -279,7 +279,7 @@ async fn the_client_authenticates_by_url_or_first_message() {
             }
         };
         tokio::time::timeout(PATIENCE, reconnected).await.expect("reconnected");
-        server.hub.publish_message(alert("after")).unwrap();
+        modelcast_tests::msg::send(&server.hub, alert("after")).unwrap();
         expect_consecutive(&mut sub, first + 2, 1).await;
     }
     let viewer = Client::connect(

@@ -285,7 +285,7 @@ fn publish(hub: &Hub, topic: usize, n: usize, sent: &Sent, urgent: bool) -> u64 
         let users = users.iter().map(|u| USERS[*u]);
         p = p.audience(Audience::new(users, roles.iter().map(|r| ROLES[*r])));
     }
-    match hub.publish(p) {
+    match hub.publish(p).remove(0) {
         modelcast_hub::Published::Sent(at) => at.seq,
         other => panic!("no throttle here, so every publish is sent: {other:?}"),
     }

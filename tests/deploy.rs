@@ -106,7 +106,7 @@ async fn nginx_passes_websockets_and_the_server_sees_each_clients_address() {
     let mut ws = nginx.ws(alice, "/ws/through-nginx").await.expect("upgraded through nginx");
     assert_eq!(ws.next_json().await["type"], "welcome");
     ws.subscribe("alerts").await;
-    server.hub.publish_message(modelcast_tests::msg::alert("via-nginx")).unwrap();
+    modelcast_tests::msg::send(&server.hub, modelcast_tests::msg::alert("via-nginx")).unwrap();
     assert_eq!(ws.next_json().await["data"]["alert_id"], "via-nginx");
 
     // Alice spends her burst; Bob, behind the same nginx, is still let in.
@@ -125,7 +125,7 @@ async fn nginx_passes_websockets_and_the_server_sees_each_clients_address() {
         modelcast_tests::server_util::Sse::open(nginx.addr, "/sse?topic=alerts", &[]).await;
     assert_eq!(sse.status(), 200, "{}", sse.head);
     sse.until("subscribed").await;
-    server.hub.publish_message(modelcast_tests::msg::alert("via-nginx-sse")).unwrap();
+    modelcast_tests::msg::send(&server.hub, modelcast_tests::msg::alert("via-nginx-sse")).unwrap();
     let event = sse.messages(1).await.remove(0);
     assert_eq!(event.data["data"]["alert_id"], "via-nginx-sse");
     assert!(event.id.is_some_and(|id| id.starts_with("1.")), "the id passes through");

@@ -130,7 +130,7 @@ async fn a_full_queue_collapses_updates_keeps_transitions_and_says_lagging() {
     }
 }
 
-/// A run fanned out at once (`publish_many`) fills a small queue as the same publishes one by
+/// A run fanned out at once (`Hub::publish` with several messages) fills a small queue as the same publishes one by
 /// one do: updates collapse to the newest per key with one `lagging` notice, and events that
 /// still do not fit drop the subscriber as a slow consumer.
 #[tokio::test]
@@ -151,7 +151,7 @@ async fn a_run_published_at_once_collapses_and_drops_as_one_by_one() {
         });
         let script: Vec<Publish> = updates.chain(stops).collect();
         if many {
-            hub.publish_many(script);
+            hub.publish(script);
         } else {
             script.into_iter().for_each(|p| drop(hub.publish(p)));
         }

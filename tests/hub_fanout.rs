@@ -137,7 +137,7 @@ async fn control_messages_cannot_be_published() {
         timestamp: modelcast_tests::msg::ts(),
     });
     assert!(Publish::new(pong.clone()).is_none());
-    let err = hub.publish_message(pong).unwrap_err();
+    let err = modelcast_tests::msg::send(&hub, pong).unwrap_err();
     assert!(err.to_string().contains("control message"), "{err}");
 }
 
@@ -182,8 +182,9 @@ impl modelcast_hub::Engine for LoadsOnReach {
         *self.0.lock().unwrap() = Some(replica);
     }
 
-    fn append(&self, _: modelcast_hub::Append) -> modelcast_hub::Appended {
-        modelcast_hub::Appended::Done(Err(modelcast_hub::Error::Unavailable("test".into())))
+    fn append(&self, run: Vec<modelcast_hub::Append>) -> Vec<modelcast_hub::Appended> {
+        let refused = || Err(modelcast_hub::Error::Unavailable("test".into()));
+        run.iter().map(|_| modelcast_hub::Appended::Done(refused())).collect()
     }
 
     fn claim(&self, _: &str, _: &str) -> modelcast_hub::Pending<modelcast_hub::Claim> {
@@ -287,7 +288,7 @@ fn mixed_script() -> Vec<Publish> {
         .collect()
 }
 
-/// `publish_many` (which fans a run of one topic out with one lock per subscriber) delivers
+/// A run (which the hub fans out with one lock per subscriber per topic) delivers
 /// exactly what `publish` one by one does — same frames, seqs, order and `late` marks — to a
 /// subscriber of everything, a subject-filtered one and a `max_hz` one, throttle windows and
 /// transitions included; and answers each message as `publish` would.
@@ -310,9 +311,9 @@ async fn publishing_many_at_once_delivers_what_publishing_one_by_one_does() {
             drain(c, NOW).await.unwrap();
         }
         let published = if many {
-            hub.publish_many(mixed_script())
+            hub.publish(mixed_script())
         } else {
-            mixed_script().into_iter().map(|p| hub.publish(p)).collect()
+            mixed_script().into_iter().flat_map(|p| hub.publish(p)).collect()
         };
         let seqs = published
             .iter()

@@ -50,10 +50,22 @@ pub fn validator(rel: &str) -> jsonschema::Validator {
 }
 
 pub mod msg {
-    //! Builders for the messages tests publish.
+    //! Builders for the messages tests publish, and [`send`], one message through a hub.
 
     use chrono::{DateTime, Utc};
     use modelcast_protocol::*;
+
+    /// Publishes `message` on `hub` with the default policy (an event, no key): a run of one.
+    /// Refused for a control message, which has no topic.
+    pub fn send(
+        hub: &modelcast_hub::Hub,
+        message: ServerMessage,
+    ) -> Result<modelcast_hub::Published, modelcast_hub::Error> {
+        let type_name = message.type_name();
+        let publish = modelcast_hub::Publish::new(message)
+            .ok_or(modelcast_hub::Error::NotATopicMessage { type_name })?;
+        Ok(hub.publish(publish).remove(0))
+    }
 
     /// A fixed timestamp, so frames compare equal across runs.
     pub fn ts() -> DateTime<Utc> {

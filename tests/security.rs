@@ -372,7 +372,7 @@ async fn a_flooding_client_is_limited_while_others_are_served() {
         flooder.until_close().await
     });
     for i in 0..100 {
-        server.hub.publish_message(alert(&format!("a{i}"))).unwrap();
+        modelcast_tests::msg::send(&server.hub, alert(&format!("a{i}"))).unwrap();
     }
     for i in 0..100u64 {
         let f = calm.next_of_type("alert").await;
@@ -463,7 +463,7 @@ async fn a_renewed_token_with_fewer_roles_ends_the_forbidden_subscriptions() {
     let error = ws.next_of_type("error").await;
     assert_eq!(error["data"]["code"], "forbidden");
     assert!(error["data"]["message"].as_str().unwrap().contains("alerts"), "{error}");
-    server.hub.publish_message(alert("after")).unwrap();
+    modelcast_tests::msg::send(&server.hub, alert("after")).unwrap();
     ws.send_json(&json!({"action": "ping", "id": "p"})).await;
     let next = ws.next_json().await;
     assert_eq!(next["type"], "pong", "no alert reaches the demoted connection: {next}");
@@ -492,7 +492,7 @@ async fn another_user_cannot_take_over_a_connection_id() {
     let mut late_attacker = server.ws("/ws/tab-1").await;
     late_attacker.send_json(&json!({"action": "auth", "token": bob})).await;
     assert_eq!(late_attacker.subscribe("alerts").await["type"], "subscribed");
-    server.hub.publish_message(alert("still-there")).unwrap();
+    modelcast_tests::msg::send(&server.hub, alert("still-there")).unwrap();
     assert_eq!(victim.next_json().await["data"]["alert_id"], "still-there");
     // Bob's second connection replaced his first, within his namespace.
     let (close_frame, _) = attacker.until_close().await;
@@ -748,7 +748,7 @@ async fn both_transports_hold_a_token_to_its_expiry_plus_the_leeway() {
     ws.send_json(&json!({"action": "ping", "id": 1})).await;
     assert_eq!(ws.next_json().await["type"], "pong", "not told it expired at once");
     tokio::time::sleep(Duration::from_millis(800)).await;
-    server.hub.publish_message(alert("still-valid")).unwrap();
+    modelcast_tests::msg::send(&server.hub, alert("still-valid")).unwrap();
     assert_eq!(sse.messages(1).await[0].data["data"]["alert_id"], "still-valid");
     // Then both end on the same rule.
     let told = ws.next_of_type("error").await;

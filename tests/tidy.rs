@@ -264,3 +264,76 @@ fn the_cycle_check_finds_a_cycle() {
             .collect();
     assert_eq!(find_cycle(&graph).unwrap(), ["a", "b", "c", "a"]);
 }
+
+/// The longest a function in `crates/server` may be: a handler reads as a list of steps
+/// (`?` on each), so anything longer is several concerns in one place.
+const MAX_FUNCTION_LINES: usize = 60;
+
+/// Functions made of one declarative table (a JSON document of figures and their help, the
+/// metrics' registrations, a summary of settings), as `file:function`, exempt from
+/// [`MAX_FUNCTION_LINES`]: length there is content, not logic.
+const DECLARATIVE: &[&str] = &["inspect.rs:figures", "metrics.rs:new", "security.rs:check_config"];
+
+/// The functions of a Rust file and their length in lines: a `fn` at any indentation, up to
+/// the line that closes it at the same indentation. (Rustfmt's layout makes this exact.)
+fn function_lengths(text: &str) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        let signature = [
+            "fn ",
+            "pub fn ",
+            "pub(crate) fn ",
+            "async fn ",
+            "pub async fn ",
+            "pub(crate) async fn ",
+        ]
+        .iter()
+        .find_map(|p| trimmed.strip_prefix(p));
+        let Some(rest) = signature else { continue };
+        let name = rest.split(['(', '<']).next().unwrap_or_default().to_owned();
+        let close = " ".repeat(indent) + "}";
+        let end = lines[i..].iter().position(|l| *l == close || l.trim_end() == close);
+        // A declaration without a body (a trait item) ends with `;` before any brace.
+        if let Some(end) = end.filter(|_| !line.trim_end().ends_with(';')) {
+            out.push((name, i + 1, end + 1));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_function_in_the_server_is_longer_than_sixty_lines() {
+    let dir = root().join("crates/server/src");
+    let mut long = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Unit tests are data, not handlers.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        for (name, line, len) in function_lengths(code) {
+            if len > MAX_FUNCTION_LINES && !DECLARATIVE.contains(&format!("{file}:{name}").as_str())
+            {
+                long.push(format!("{file}:{line} {name}: {len} lines"));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "split these into steps (at most {MAX_FUNCTION_LINES} lines):\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn the_function_length_check_measures_functions() {
+    let text = "fn a() {\n    let x = 1;\n}\n\n    pub(crate) fn b(\n        y: u8,\n    ) {\n        if y > 0 {\n        }\n    }\n";
+    let lengths = function_lengths(text);
+    assert_eq!(lengths, [("a".to_owned(), 1, 3), ("b".to_owned(), 5, 6)]);
+}

@@ -339,7 +339,15 @@ function render() {
   $("raw").textContent = raw.join("\n");
 }
 
+// Whether this page's credential opens the server's figures (the server says so in `welcome`):
+// only then are they asked for, so a page that may not read them never draws a refusal.
+let operator = false;
+
 async function stats() {
+  if (!operator) {
+    $("stats").textContent = "server figures are for operators: open the page with a token that has an operator role (admin)";
+    return;
+  }
   try {
     // Server figures are for operators: the page's token counts when it has an operator role.
     const response = await fetch("/api/stats", token ? { headers: { authorization: `Bearer ${token}` } } : {});
@@ -420,7 +428,13 @@ client.on("frame", (frame: ServerMessage) => {
   raw.length = Math.min(raw.length, 100);
   dirty = true;
 });
-client.on("welcome", (w) => ($("node").textContent = `connection ${w.connection_id}`));
+client.on("welcome", (w) => {
+  $("node").textContent = `connection ${w.connection_id}`;
+  if (w.operator && !operator) {
+    operator = true;
+    void stats();
+  }
+});
 client.on("error", (e: ModelcastError) => push("warning", `connection: ${e.code}`, e.message, new Date().toISOString()));
 for (const topic of Object.keys(TOPIC_TYPES) as Topic[]) {
   const sub = client.subscribe(topic);

@@ -54,7 +54,7 @@ impl Batcher {
     /// Adds a message to the current window (replacing an older one with the same key).
     pub fn publish(&self, publish: Publish) -> Published {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return self.hub.publish(publish);
+            return self.hub.publish_one(publish);
         };
         let mut state = self.lock();
         if let Some(key) = publish.state_key() {
@@ -102,9 +102,7 @@ impl Batcher {
         match items.len() {
             0 => {}
             1 => {
-                items.into_iter().for_each(|p| {
-                    self.hub.publish(p);
-                });
+                self.hub.publish(items);
             }
             _ => {
                 let messages: Vec<ServerMessage> =
@@ -120,9 +118,7 @@ impl Batcher {
                         tracing::error!(
                             "batch combiner returned a message of another topic; publishing the parts one by one"
                         );
-                        items.into_iter().for_each(|p| {
-                            self.hub.publish(p);
-                        });
+                        self.hub.publish(items);
                     }
                 }
             }

@@ -34,19 +34,15 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
     /// message, in `seq` order per topic.
     fn attach(&self, replica: Replica);
 
-    /// Appends a message to its topic as the next `seq`: [`Appended::Done`] when the engine
-    /// sequenced it at once (in process), [`Appended::Pending`] when it answers once stored.
-    /// Refusals (unavailable, a full queue, a full idempotency table) are errors, never a
-    /// wait. Called under the hub's throttle lock: it must not block, and must sequence one
-    /// node's appends of a topic in call order.
-    fn append(&self, append: Append) -> Appended;
-
-    /// Appends consecutive messages of one topic, none with an idempotency key, in order: an
-    /// in-process engine fans them out together (each subscriber's queue locked once for the
-    /// run). By default, one [`Engine::append`] each.
-    fn append_run(&self, run: Vec<Append>) -> Vec<Appended> {
-        run.into_iter().map(|append| self.append(append)).collect()
-    }
+    /// Appends messages, in order, each to its topic as the next `seq` (one message is a run
+    /// of one; consecutive messages of one topic without an idempotency key an in-process
+    /// engine fans out together, each subscriber's queue locked once for them). One answer
+    /// per message: [`Appended::Done`] when the engine sequenced it at once (in process),
+    /// [`Appended::Pending`] when it answers once stored. Refusals (unavailable, a full queue,
+    /// a full idempotency table) are errors, never a wait. Called under the hub's throttle
+    /// lock: it must not block, and must sequence one node's appends of a topic in call
+    /// order.
+    fn append(&self, run: Vec<Append>) -> Vec<Appended>;
 
     /// Claims a publisher's idempotency key for the request whose digest is `request`, before
     /// any of its messages is appended (see [`crate::Hub::claim`]), with the same window and
@@ -220,23 +216,13 @@ impl LocalEngine {
             None => (0..n).map(|_| Appended::Done(Err(Error::Unavailable(GONE.into())))).collect(),
         }
     }
-}
 
-const GONE: &str = "the hub is gone";
-
-impl Engine for LocalEngine {
-    fn attach(&self, replica: Replica) {
-        replica.own();
-        if self.replica.set(replica).is_err() {
-            tracing::error!("a local engine serves one hub; a second attach was ignored");
-        }
-    }
-
-    fn append(&self, append: Append) -> Appended {
+    /// One message, remembering its idempotency key (held across the publish: a retry racing
+    /// the first waits for its answer).
+    fn append_one(&self, append: Append) -> Appended {
         let Some(key) = append.idempotency_key else {
             return self.sequence(append.topic, vec![append.wire]).remove(0);
         };
-        // Held across the publish: a retry racing the first waits for its answer.
         let mut remembered = self.idempotency.lock().unwrap_or_else(|e| e.into_inner());
         let now = tokio::time::Instant::now();
         match remembered.check(&key, now) {
@@ -251,14 +237,25 @@ impl Engine for LocalEngine {
             Err(refused) => Appended::Done(Err(refused)),
         }
     }
+}
 
-    fn append_run(&self, run: Vec<Append>) -> Vec<Appended> {
+const GONE: &str = "the hub is gone";
+
+impl Engine for LocalEngine {
+    fn attach(&self, replica: Replica) {
+        replica.own();
+        if self.replica.set(replica).is_err() {
+            tracing::error!("a local engine serves one hub; a second attach was ignored");
+        }
+    }
+
+    fn append(&self, run: Vec<Append>) -> Vec<Appended> {
         let Some(first) = run.first() else { return Vec::new() };
         let topic = first.topic;
-        if run.iter().any(|a| a.idempotency_key.is_some() || a.topic != topic) {
-            return run.into_iter().map(|append| self.append(append)).collect();
+        if run.iter().all(|a| a.idempotency_key.is_none() && a.topic == topic) {
+            return self.sequence(topic, run.into_iter().map(|a| a.wire).collect());
         }
-        self.sequence(topic, run.into_iter().map(|a| a.wire).collect())
+        run.into_iter().map(|append| self.append_one(append)).collect()
     }
 
     fn claim(&self, key: &str, request: &str) -> Pending<Claim> {
@@ -326,22 +323,9 @@ impl MemoryEngine {
     fn lock(&self) -> MutexGuard<'_, MemoryState> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
 
-impl Engine for MemoryEngine {
-    fn attach(&self, replica: Replica) {
-        let mut state = self.lock();
-        state.replicas.retain(Replica::is_alive);
-        for topic in Topic::ALL {
-            let log = state.topics.entry(topic).or_default();
-            let mut retained: Vec<Logged> = log.retained.values().cloned().collect();
-            retained.sort_by_key(|l| l.seq);
-            replica.reset(topic, &self.epoch, log.seq, log.log.iter().cloned().collect(), retained);
-        }
-        state.replicas.push(replica);
-    }
-
-    fn append(&self, append: Append) -> Appended {
+    /// One message: sequenced, logged, and applied by every replica under the lock.
+    fn append_one(&self, append: Append) -> Appended {
         let mut guard = self.lock();
         let state = &mut *guard;
         let now = tokio::time::Instant::now();
@@ -383,6 +367,24 @@ impl Engine for MemoryEngine {
             debug_assert!(matches!(applied, Applied::Applied | Applied::Gone), "{applied:?}");
         }
         Appended::Done(Ok(at))
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn attach(&self, replica: Replica) {
+        let mut state = self.lock();
+        state.replicas.retain(Replica::is_alive);
+        for topic in Topic::ALL {
+            let log = state.topics.entry(topic).or_default();
+            let mut retained: Vec<Logged> = log.retained.values().cloned().collect();
+            retained.sort_by_key(|l| l.seq);
+            replica.reset(topic, &self.epoch, log.seq, log.log.iter().cloned().collect(), retained);
+        }
+        state.replicas.push(replica);
+    }
+
+    fn append(&self, run: Vec<Append>) -> Vec<Appended> {
+        run.into_iter().map(|append| self.append_one(append)).collect()
     }
 
     fn claim(&self, key: &str, request: &str) -> Pending<Claim> {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelcast_protocol::{ServerMessage, Topic};
+use modelcast_protocol::Topic;
 use tokio::time::Instant;
 
 use crate::audience::{Audience, Viewer};
@@ -158,10 +158,43 @@ impl Hub {
         Connection::new(self.topics.clone(), id, outbox)
     }
 
-    /// Publishes a message with its policy: throttled updates wait for their window,
-    /// transitions release a pending update of their key first, everything else goes out now.
-    /// Never blocks on subscribers. Throttling needs a tokio runtime (it arms timers).
-    pub fn publish(&self, publish: Publish) -> Published {
+    /// Publishes a run of messages (one message is a run of one), in order, each with its
+    /// policy: a throttled update waits for its key's window, a transition first releases a
+    /// pending update of its key, everything else goes out now. Consecutive messages of one
+    /// topic that go out at once (no throttle, no transition, no idempotency key) go to the
+    /// engine together, which an in-process engine fans out together: each subscriber's
+    /// queue is locked once for them instead of once per message, which is most of a
+    /// fan-out's cost when a backend streams messages (one read of its connection holds many).
+    /// One answer per message, in order. Never blocks on subscribers. Throttling needs a tokio
+    /// runtime (it arms timers).
+    pub fn publish(&self, run: impl Into<Run>) -> Vec<Published> {
+        let Run(publishes) = run.into();
+        let mut out = Vec::with_capacity(publishes.len());
+        if let [_] = publishes.as_slice() {
+            // The common case, a lone message, goes its own way: no run to gather.
+            out.extend(publishes.into_iter().map(|p| self.publish_one(p)));
+            return out;
+        }
+        let mut together: Vec<Publish> = Vec::new();
+        for publish in publishes {
+            let immediate = publish.idempotency_key.is_none()
+                && publish.throttle.is_none()
+                && publish.kind != Kind::Transition;
+            if !immediate || together.first().is_some_and(|p| p.topic != publish.topic) {
+                self.append_together(&mut together, &mut out);
+            }
+            if immediate {
+                together.push(publish);
+            } else {
+                out.push(self.publish_one(publish));
+            }
+        }
+        self.append_together(&mut together, &mut out);
+        out
+    }
+
+    /// One message with its policy (see [`Hub::publish`]).
+    pub(crate) fn publish_one(&self, publish: Publish) -> Published {
         let Some(key) = publish.state_key() else { return self.publish_now(publish, Vec::new()) };
         match (publish.kind, publish.throttle) {
             (Kind::Update, Some(interval)) => self.throttled(key, publish, interval),
@@ -172,45 +205,18 @@ impl Hub {
         }
     }
 
-    /// Publishes several messages, in order, each with its policy as [`Hub::publish`] would.
-    /// Consecutive messages of one topic that go out at once (no throttle window, no
-    /// transition, no idempotency key) go to the engine as a run, which an in-process engine
-    /// fans out together: each subscriber's queue is locked once for the run instead of once
-    /// per message, which is most of a fan-out's cost when a backend streams messages (one
-    /// read of its connection holds many).
-    pub fn publish_many(&self, publishes: Vec<Publish>) -> Vec<Published> {
-        let mut out = Vec::with_capacity(publishes.len());
-        let mut run: Vec<Publish> = Vec::new();
-        for publish in publishes {
-            let immediate = publish.idempotency_key.is_none()
-                && publish.throttle.is_none()
-                && publish.kind != Kind::Transition;
-            if !immediate || run.first().is_some_and(|p| p.topic != publish.topic) {
-                self.publish_run(&mut run, &mut out);
-            }
-            if immediate {
-                run.push(publish);
-            } else {
-                out.push(self.publish(publish));
-            }
+    /// Hands `together` (consecutive messages of one topic, to go out now) to the engine in
+    /// one call; their answers go to `out`.
+    fn append_together(&self, together: &mut Vec<Publish>, out: &mut Vec<Published>) {
+        if together.is_empty() {
+            return;
         }
-        self.publish_run(&mut run, &mut out);
-        out
-    }
-
-    fn publish_run(&self, run: &mut Vec<Publish>, out: &mut Vec<Published>) {
-        match run.len() {
-            0 => {}
-            1 => out.extend(run.drain(..).map(|p| self.publish_now(p, Vec::new()))),
-            _ => {
-                if let Some(reason) = self.engine.unavailable() {
-                    out.extend(run.drain(..).map(|_| unavailable(&reason)));
-                    return;
-                }
-                let appends = run.drain(..).map(|p| self.append_of(p, Vec::new())).collect();
-                out.extend(self.engine.append_run(appends).into_iter().map(published));
-            }
+        if let Some(reason) = self.engine.unavailable() {
+            out.extend(together.drain(..).map(|_| unavailable(&reason)));
+            return;
         }
+        let appends = together.drain(..).map(|p| self.append_of(p, Vec::new())).collect();
+        out.extend(self.engine.append(appends).into_iter().map(published));
     }
 
     /// Claims a publisher's idempotency key for one request (`request`: a digest of it, e.g.
@@ -225,13 +231,6 @@ impl Hub {
             return Pending::ready(Err(Error::Unavailable(reason)));
         }
         self.engine.claim(key, request)
-    }
-
-    /// Publishes `message` with default policy (an event, no key, no subject).
-    pub fn publish_message(&self, message: ServerMessage) -> Result<Published> {
-        let type_name = message.type_name();
-        let publish = Publish::new(message).ok_or(Error::NotATopicMessage { type_name })?;
-        Ok(self.publish(publish))
     }
 
     fn throttled(&self, key: Key, publish: Publish, interval: Duration) -> Published {
@@ -270,7 +269,11 @@ impl Hub {
         if let Some(reason) = self.engine.unavailable() {
             return unavailable(&reason);
         }
-        published(self.engine.append(self.append_of(publish, constituents)))
+        let appended = self.engine.append(vec![self.append_of(publish, constituents)]);
+        appended
+            .into_iter()
+            .next()
+            .map_or_else(|| unavailable("the engine answered nothing"), published)
     }
 
     /// The engine's form of a publish: serialized once here, for every engine.
@@ -340,6 +343,22 @@ impl Hub {
     /// Counts a conflation by the batcher (which lives outside the hub's core).
     pub(crate) fn stats_handle(&self) -> &crate::stats::Stats {
         &self.topics.stats
+    }
+}
+
+/// What [`Hub::publish`] takes: messages to publish in order. One message is a run of one.
+#[derive(Debug)]
+pub struct Run(Vec<Publish>);
+
+impl From<Publish> for Run {
+    fn from(publish: Publish) -> Self {
+        Self(vec![publish])
+    }
+}
+
+impl From<Vec<Publish>> for Run {
+    fn from(publishes: Vec<Publish>) -> Self {
+        Self(publishes)
     }
 }
 

@@ -85,7 +85,7 @@ pub use connection::Connection;
 pub use engine::{Append, Appended, Engine, LocalEngine, MemoryEngine, Pending, Replica};
 pub use error::{DropReason, Error, MIN_MAX_HZ, Result};
 pub use frame::Frame;
-pub use hub::{Hub, Published};
+pub use hub::{Hub, Published, Run};
 pub use idempotency::{Claim, IDEMPOTENCY_TTL};
 pub use outbox::Delivery;
 pub use publish::{Key, Kind, Publish, Retain, Sequenced};

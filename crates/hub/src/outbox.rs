@@ -360,22 +360,33 @@ impl Outbox {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues a live `item` of a subscription without `max_hz`.
-    pub(crate) fn push(&self, item: Delivery, urgent: bool, stats: &Stats) -> Pushed {
-        let mut state = self.lock();
-        if state.closed.is_some() {
-            return Pushed::Closed;
-        }
-        match self.enqueue(&mut state, item, urgent, stats) {
-            Pushed::Dropped => self.dropped(state),
-            outcome => outcome,
-        }
+    /// Queues a live `frame` (published `now`) of a subscription; with a per-key `rate`
+    /// (from `max_hz`), an update inside its key's window is held back (replacing an older
+    /// held-back one) until the window ends.
+    #[inline]
+    pub(crate) fn push(
+        &self,
+        frame: &TopicFrame,
+        urgent: bool,
+        rate: Option<Duration>,
+        now: Instant,
+        stats: &Stats,
+    ) -> Pushed {
+        let Some(rate) = rate else {
+            let mut state = self.lock();
+            if state.closed.is_some() {
+                return Pushed::Closed;
+            }
+            return match self.enqueue(&mut state, frame.delivery(Some(now)), urgent, stats) {
+                Pushed::Dropped => self.dropped(state),
+                outcome => outcome,
+            };
+        };
+        self.push_rated(frame, urgent, rate, now, stats)
     }
 
-    /// Queues the live `frame` (published `now`) of a subscription with a per-key `rate`
-    /// (from `max_hz`): an update inside its key's window is held back (replacing an older
-    /// held-back one) until the window ends.
-    pub(crate) fn push_rated(
+    /// [`Outbox::push`] with a `rate`.
+    fn push_rated(
         &self,
         frame: &TopicFrame,
         urgent: bool,
@@ -437,7 +448,7 @@ impl Outbox {
     /// once per message; none at all when nothing passes its filter. Calls `queued(index)` for
     /// each frame queued now; returns `false` once the outbox is closed or this push dropped
     /// the subscriber. With a `rate` (`max_hz`) each frame goes through
-    /// [`Outbox::push_rated`].
+    /// [`Outbox::push`].
     pub(crate) fn push_many<'a>(
         &self,
         items: impl Iterator<Item = (usize, &'a TopicFrame, bool)>,
@@ -452,7 +463,7 @@ impl Outbox {
         }
         if let Some(rate) = rate {
             for (index, frame, urgent) in items {
-                match self.push_rated(frame, urgent, rate, now, stats) {
+                match self.push(frame, urgent, Some(rate), now, stats) {
                     Pushed::Queued => queued(index),
                     Pushed::Deferred => {}
                     Pushed::Closed | Pushed::Dropped => return false,

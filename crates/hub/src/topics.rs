@@ -593,12 +593,7 @@ impl Topics {
                 if !sub.admits(one.subject, single_audience) {
                     continue;
                 }
-                let pushed = match sub.rate {
-                    None => sub.outbox.push(one.frame.delivery(Some(now)), one.urgent, &self.stats),
-                    Some(rate) => {
-                        sub.outbox.push_rated(&one.frame, one.urgent, rate, now, &self.stats)
-                    }
-                };
+                let pushed = sub.outbox.push(&one.frame, one.urgent, sub.rate, now, &self.stats);
                 match pushed {
                     Pushed::Queued => {
                         delivered[0] += 1;

@@ -43,7 +43,7 @@ pub use availability::{AvailabilityNotifier, AvailabilitySource, ModelState};
 pub use downloads::{DownloadEvent, DownloadNotifier, retry_backoff};
 pub use fallback::{FallbackEvent, FallbackNotifier, Strategy, Suggestion};
 pub use health::{HealthEvent, HealthNotifier, HealthReport};
-pub use policy::{Outcome, Policy, PolicyConfig, Rule, combine_model_status};
+pub use policy::{Outcome, Outgoing, Policy, PolicyConfig, Rule, combine_model_status};
 pub use system::SystemNotifier;
 use tokio::sync::mpsc;
 

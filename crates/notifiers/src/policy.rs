@@ -132,6 +132,42 @@ pub enum Outcome {
 }
 
 /// Where a message goes by its rule.
+/// One message for [`Policy::publish`]: the message, and who it is for and a publisher's
+/// idempotency key if the caller says so. From a [`ServerMessage`] alone: the policy's
+/// audience, no key.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    message: ServerMessage,
+    audience: Option<Arc<Audience>>,
+    idempotency_key: Option<String>,
+}
+
+impl Outgoing {
+    /// `message`, for the policy's audience, without a key.
+    pub fn new(message: ServerMessage) -> Self {
+        Self { message, audience: None, idempotency_key: None }
+    }
+
+    /// For `audience` (`None`: the policy's own, every subscriber for a policy without one).
+    pub fn to(mut self, audience: Option<Arc<Audience>>) -> Self {
+        self.audience = audience;
+        self
+    }
+
+    /// With a publisher's idempotency key ([`Publish::idempotency_key`]): a retry with the
+    /// same key gets the first `seq`.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+}
+
+impl From<ServerMessage> for Outgoing {
+    fn from(message: ServerMessage) -> Self {
+        Self::new(message)
+    }
+}
+
 enum Routed {
     /// Nowhere: decided already (filtered).
     Done(Outcome),
@@ -336,48 +372,27 @@ impl Policy {
     /// Publishes a message the caller built as a topic message (the typed notifiers do).
     pub(crate) fn publish_topic(&self, message: ServerMessage) -> Outcome {
         let type_name = message.type_name();
-        self.publish(message).unwrap_or_else(|| {
+        self.publish([message]).pop().flatten().unwrap_or_else(|| {
             unreachable!("notifiers build topic messages only, not `{type_name}`")
         })
     }
 
-    /// Publishes `message` by its rule. Returns `None` for a control message, which is never
-    /// published.
-    pub fn publish(&self, message: ServerMessage) -> Option<Outcome> {
-        self.publish_with(message, None)
-    }
-
-    /// [`Policy::publish`] with a publisher's idempotency key (see
-    /// [`Publish::idempotency_key`]): a retry with the same key gets the first `seq`.
-    pub fn publish_with(
+    /// Publishes messages, in order, each by its rule (one message is a run of one): the one
+    /// way messages are published, in-process and over HTTP alike. Consecutive messages of
+    /// one topic that go out at once are fanned out together ([`Hub::publish`]). One outcome
+    /// per message, `None` for a control message (never published).
+    pub fn publish<M: Into<Outgoing>>(
         &self,
-        message: ServerMessage,
-        idempotency_key: Option<&str>,
-    ) -> Option<Outcome> {
-        self.route(message, idempotency_key, self.audience.clone())
-            .map(|routed| self.settle(routed))
-    }
-
-    /// Publishes several messages in order, each by its rule, as [`Policy::publish`] would
-    /// one by one; consecutive messages of one topic that go out at once are fanned out
-    /// together ([`Hub::publish_many`]). One outcome per message (`None` for a control
-    /// message).
-    pub fn publish_many(&self, messages: Vec<ServerMessage>) -> Vec<Option<Outcome>> {
-        let audience = self.audience.clone();
-        self.publish_many_to(messages.into_iter().map(|m| (m, audience.clone())).collect())
-    }
-
-    /// [`Policy::publish_many`], each message to its own audience (`None`: every subscriber),
-    /// as `POST /api/publish` takes them.
-    pub fn publish_many_to(
-        &self,
-        messages: Vec<(ServerMessage, Option<Arc<Audience>>)>,
+        run: impl IntoIterator<Item = M>,
     ) -> Vec<Option<Outcome>> {
-        let mut outcomes = Vec::with_capacity(messages.len());
+        let run = run.into_iter();
+        let mut outcomes = Vec::with_capacity(run.size_hint().0);
         // Messages for the hub, waiting to go in one call, with their index in `outcomes`.
         let mut waiting: Vec<(usize, Publish)> = Vec::new();
-        for (message, audience) in messages {
-            match self.route(message, None, audience) {
+        for outgoing in run {
+            let Outgoing { message, audience, idempotency_key } = outgoing.into();
+            let audience = audience.or_else(|| self.audience.clone());
+            match self.route(message, idempotency_key.as_deref(), audience) {
                 Some(Routed::Hub(publish)) => {
                     waiting.push((outcomes.len(), publish));
                     outcomes.push(None);
@@ -401,7 +416,7 @@ impl Policy {
     ) {
         let (slots, publishes): (Vec<(usize, Topic)>, Vec<Publish>) =
             waiting.drain(..).map(|(index, p)| ((index, p.topic()), p)).unzip();
-        for ((index, topic), published) in slots.into_iter().zip(self.hub.publish_many(publishes)) {
+        for ((index, topic), published) in slots.into_iter().zip(self.hub.publish(publishes)) {
             outcomes[index] = Some(outcome_of(topic, published));
         }
     }
@@ -413,7 +428,11 @@ impl Policy {
             Routed::Batched(publish) => {
                 outcome_of(publish.topic(), self.model_status.publish(publish))
             }
-            Routed::Hub(publish) => outcome_of(publish.topic(), self.hub.publish(publish)),
+            Routed::Hub(publish) => {
+                let topic = publish.topic();
+                let published = self.hub.publish(publish).pop();
+                published.map_or(Outcome::Filtered { topic }, |p| outcome_of(topic, p))
+            }
         }
     }
 

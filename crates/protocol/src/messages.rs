@@ -711,6 +711,13 @@ pub struct Welcome {
     /// The id of the node (server process) the connection is on, for support and logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// Whether the connection's credential also opens the operator endpoints (`/api/stats`,
+    /// `/metrics`, every key of `/api/state`): a publish key, a token with an operator role,
+    /// or a server that requires no credential at all. A page asks for server figures only
+    /// when it may. Absent: not an operator. Only ever sent as `true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schemars(extend("const" = true))]
+    pub operator: bool,
     /// When the connection opened.
     pub timestamp: Timestamp,
 }

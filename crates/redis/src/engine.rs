@@ -201,17 +201,9 @@ impl RedisEngine {
     }
 }
 
-impl Engine for RedisEngine {
-    fn attach(&self, replica: Replica) {
-        match self.attach.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            Some(attach) => {
-                let _ = attach.send(replica);
-            }
-            None => tracing::error!("a redis engine serves one hub; a second attach was ignored"),
-        }
-    }
-
-    fn append(&self, append: Append) -> Appended {
+impl RedisEngine {
+    /// One message on its way to Redis: queued (bounded: full is a refusal at once).
+    fn append_one(&self, append: Append) -> Appended {
         let (payload, state) = append.wire.encode();
         let (reply, pending) = Pending::new();
         let topic = append.topic;
@@ -230,6 +222,21 @@ impl Engine for RedisEngine {
                 Appended::Done(Err(HubError::Unavailable("the server is stopping".into())))
             }
         }
+    }
+}
+
+impl Engine for RedisEngine {
+    fn attach(&self, replica: Replica) {
+        match self.attach.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(attach) => {
+                let _ = attach.send(replica);
+            }
+            None => tracing::error!("a redis engine serves one hub; a second attach was ignored"),
+        }
+    }
+
+    fn append(&self, run: Vec<Append>) -> Vec<Appended> {
+        run.into_iter().map(|append| self.append_one(append)).collect()
     }
 
     fn claim(&self, key: &str, request: &str) -> Pending<Claim> {

@@ -1,16 +1,17 @@
 //! Client actions: a text frame parsed, validated, authorized and answered.
 
 use modelcast_hub::{Connection, Sequenced, SubscribeOptions};
-use modelcast_notifiers::Outcome;
+use modelcast_notifiers::{Outcome, Outgoing};
 use modelcast_protocol::{
-    ClientMessage, ErrorCode, ErrorMessage, FrameError, Pong, PublishRequest, Published, RequestId,
-    ServerMessage, Topic, close,
+    AuthRequest, ClientMessage, ErrorCode, ErrorMessage, FrameError, Pong, PublishRequest,
+    Published, RequestId, ServerMessage, SubscribeRequest, Topic, UnsubscribeRequest, close,
 };
 
 use std::sync::Arc;
 
 use crate::security::Identity;
 use crate::state::{App, AuthState, Control, Publisher};
+use crate::validate::Checked;
 
 pub(crate) fn reply_error(
     app: &App,
@@ -136,7 +137,7 @@ pub(crate) fn publish_frames(
     let mut ids = Vec::with_capacity(requests.len());
     for PublishRequest { type_name, data, topic, audience, id } in requests {
         let data = serde_json::Value::Object(data);
-        let checked = crate::publish::check_publish(
+        let checked = crate::validate::check_publish(
             &type_name,
             topic.map(Topic::as_str),
             data,
@@ -164,26 +165,24 @@ pub(crate) fn publish_frames(
 fn publish_checked(
     app: &App,
     conn: &Connection,
-    messages: Vec<(ServerMessage, Option<Arc<modelcast_hub::Audience>>)>,
+    messages: Vec<Checked>,
     ids: Vec<Option<RequestId>>,
 ) {
     if messages.is_empty() {
         return;
     }
-    let answer = |status: &str, topic: Topic, at: Option<Sequenced>, request_id| {
-        let (epoch, seq) = at.map(|at| (at.epoch.to_string(), at.seq)).unzip();
-        ServerMessage::Published(Published { topic, status: status.into(), seq, epoch, request_id })
-    };
-    for (outcome, id) in app.policy.publish_many_to(messages).into_iter().zip(ids) {
+    let outgoing =
+        messages.into_iter().map(|(message, audience)| Outgoing::new(message).to(audience));
+    for (outcome, id) in app.policy.publish(outgoing).into_iter().zip(ids) {
         match outcome {
+            // Sequenced by the cluster's engine: answer (or report a failure) when stored.
             Some(Outcome::Appending { topic, pending }) => {
-                // Sequenced by the cluster's engine: answer (or report a failure) when stored.
                 let conn = conn.clone();
                 let counter = app.metrics.error_counter(&ErrorCode::Unavailable);
                 tokio::spawn(async move {
                     let reply = match pending.wait().await {
                         Ok(_) if id.is_none() => return,
-                        Ok(at) => answer("sent", topic, Some(at), id),
+                        Ok(at) => published("sent", topic, Some(at), id),
                         Err(err) => {
                             counter.inc();
                             let code = ErrorCode::Unavailable;
@@ -196,17 +195,28 @@ fn publish_checked(
             }
             _ if id.is_none() => {}
             Some(Outcome::Sent { topic, at }) => {
-                let _ = conn.send(&answer("sent", topic, Some(at), id));
+                let _ = conn.send(&published("sent", topic, Some(at), id));
             }
             Some(Outcome::Held { topic }) => {
-                let _ = conn.send(&answer("held", topic, None, id));
+                let _ = conn.send(&published("held", topic, None, id));
             }
             Some(Outcome::Filtered { topic }) => {
-                let _ = conn.send(&answer("filtered", topic, None, id));
+                let _ = conn.send(&published("filtered", topic, None, id));
             }
             _ => {}
         }
     }
+}
+
+/// The `published` answer to a request.
+fn published(
+    status: &str,
+    topic: Topic,
+    at: Option<Sequenced>,
+    request_id: Option<RequestId>,
+) -> ServerMessage {
+    let (epoch, seq) = at.map(|at| (at.epoch.to_string(), at.seq)).unzip();
+    ServerMessage::Published(Published { topic, status: status.into(), seq, epoch, request_id })
 }
 
 /// A client frame: parsed, validated, authorized, answered. Bad input gets an `error` with
@@ -221,110 +231,103 @@ pub(crate) fn handle_frame(
         Ok(m) => m,
         Err(e) => return reply_error(app, conn, e.code, e.message, e.request_id),
     };
-    if let ClientMessage::Publish(request) = message {
-        return publish_frames(app, conn, control, vec![request]);
-    }
-    if let ClientMessage::Auth(a) = &message {
-        match app.security.verify(&a.token) {
-            Ok(identity) => authenticated(app, conn, control, identity),
-            Err(reason) => reply_error(app, conn, ErrorCode::Unauthorized, reason, a.id.clone()),
+    let identity = match message {
+        ClientMessage::Publish(request) => {
+            return publish_frames(app, conn, control, vec![request]);
         }
-        return;
-    }
-    let identity = control.auth().identity.clone();
+        ClientMessage::Auth(a) => return auth(app, conn, control, a),
+        _ => control.auth().identity.clone(),
+    };
     if app.security.auth_required() && identity.is_none() {
-        return reply_error(
-            app,
-            conn,
-            ErrorCode::Unauthorized,
-            "authenticate first: connect with ?token=… or send {\"action\":\"auth\",\"token\":…}"
-                .into(),
-            message.request_id().cloned(),
-        );
+        let text =
+            r#"authenticate first: connect with ?token=… or send {"action":"auth","token":…}"#;
+        let request_id = message.request_id().cloned();
+        return reply_error(app, conn, ErrorCode::Unauthorized, text.into(), request_id);
     }
     match message {
-        ClientMessage::Subscribe(s) => {
-            if !app.security.may_subscribe(identity.as_ref(), s.topic) {
-                return reply_error(
-                    app,
-                    conn,
-                    ErrorCode::Forbidden,
-                    format!(
-                        "{} is open to the roles {} only",
-                        s.topic,
-                        app.security.roles_for(s.topic)
-                    ),
-                    s.id,
-                );
-            }
-            let current = conn.subscriptions();
-            if !current.contains(&s.topic) && current.len() >= app.config.max_subscriptions {
-                return reply_error(
-                    app,
-                    conn,
-                    ErrorCode::TooManySubscriptions,
-                    format!(
-                        "at most {} subscriptions per connection",
-                        app.config.max_subscriptions
-                    ),
-                    s.id,
-                );
-            }
-            if s.since.is_some()
-                && let Some(reason) = app.hub.unavailable()
-            {
-                // Recovery needs the cluster's log: no answer made up from this node alone.
-                let message = format!("cannot recover now ({reason}); retry in a moment");
-                return reply_error(app, conn, ErrorCode::Unavailable, message, s.id);
-            }
-            let options = SubscribeOptions::default()
-                .request_id(s.id.clone())
-                .since(s.since)
-                .subjects(s.filter.and_then(|f| f.model_ids))
-                .max_hz(s.max_hz);
-            match conn.subscribe(s.topic, options.clone()) {
-                Ok(_) => {}
-                Err(err @ modelcast_hub::Error::InvalidMaxHz(_)) => {
-                    reply_error(app, conn, ErrorCode::InvalidMessage, err.to_string(), s.id);
-                }
-                Err(err @ modelcast_hub::Error::FilterTooLarge { .. }) => {
-                    let message = format!("filter.model_ids: {err} (MODELCAST_MAX_FILTER_IDS)");
-                    reply_error(app, conn, ErrorCode::InvalidMessage, message, s.id);
-                }
-                Err(modelcast_hub::Error::Behind { topic, .. }) => {
-                    subscribe_when_caught_up(app, conn, topic, options);
-                }
-                Err(_) => {} // closed meanwhile
-            }
-        }
-        ClientMessage::Unsubscribe(u) => {
-            if conn.unsubscribe(u.topic) {
-                let _ = conn.send(&ServerMessage::Unsubscribed(modelcast_protocol::Unsubscribed {
-                    topic: u.topic,
-                    request_id: u.id,
-                }));
-            } else {
-                reply_error(
-                    app,
-                    conn,
-                    ErrorCode::NotSubscribed,
-                    format!("not subscribed to {}", u.topic),
-                    u.id,
-                );
-            }
-        }
+        ClientMessage::Subscribe(s) => subscribe(app, conn, identity.as_ref(), s),
+        ClientMessage::Unsubscribe(u) => unsubscribe(app, conn, u),
         ClientMessage::Ping(p) => {
-            let _ = conn.send(&ServerMessage::Pong(Pong {
-                request_id: p.id,
-                timestamp: chrono::Utc::now(),
-            }));
+            let pong = Pong { request_id: p.id, timestamp: chrono::Utc::now() };
+            let _ = conn.send(&ServerMessage::Pong(pong));
         }
-        other => reply_error(
-            app,
-            conn,
-            ErrorCode::UnknownAction,
-            "unsupported action".into(),
-            other.request_id().cloned(),
-        ),
+        other => {
+            let request_id = other.request_id().cloned();
+            reply_error(
+                app,
+                conn,
+                ErrorCode::UnknownAction,
+                "unsupported action".into(),
+                request_id,
+            );
+        }
+    }
+}
+
+/// `{"action":"auth"}`: a first token, or a renewal.
+fn auth(app: &App, conn: &Connection, control: &Arc<Control>, request: AuthRequest) {
+    match app.security.verify(&request.token) {
+        Ok(identity) => authenticated(app, conn, control, identity),
+        Err(reason) => reply_error(app, conn, ErrorCode::Unauthorized, reason, request.id),
+    }
+}
+
+/// `{"action":"subscribe"}`: checked against the token's roles and the subscription limit, then
+/// started (with the state, a replay or a recovery) — or, on a node not caught up with the
+/// position asked for, started once it is.
+fn subscribe(app: &App, conn: &Connection, identity: Option<&Identity>, s: SubscribeRequest) {
+    let refuse = |code, message| reply_error(app, conn, code, message, s.id.clone());
+    if !app.security.may_subscribe(identity, s.topic) {
+        let roles = app.security.roles_for(s.topic);
+        return refuse(
+            ErrorCode::Forbidden,
+            format!("{} is open to the roles {roles} only", s.topic),
+        );
+    }
+    let current = conn.subscriptions();
+    let max = app.config.max_subscriptions;
+    if !current.contains(&s.topic) && current.len() >= max {
+        return refuse(
+            ErrorCode::TooManySubscriptions,
+            format!("at most {max} subscriptions per connection"),
+        );
+    }
+    if s.since.is_some()
+        && let Some(reason) = app.hub.unavailable()
+    {
+        // Recovery needs the cluster's log: no answer made up from this node alone.
+        return refuse(
+            ErrorCode::Unavailable,
+            format!("cannot recover now ({reason}); retry in a moment"),
+        );
+    }
+    let options = SubscribeOptions::default()
+        .request_id(s.id.clone())
+        .since(s.since)
+        .subjects(s.filter.and_then(|f| f.model_ids))
+        .max_hz(s.max_hz);
+    match conn.subscribe(s.topic, options.clone()) {
+        Ok(_) | Err(modelcast_hub::Error::Closed(_)) => {}
+        Err(modelcast_hub::Error::Behind { topic, .. }) => {
+            subscribe_when_caught_up(app, conn, topic, options);
+        }
+        Err(err @ modelcast_hub::Error::FilterTooLarge { .. }) => {
+            refuse(
+                ErrorCode::InvalidMessage,
+                format!("filter.model_ids: {err} (MODELCAST_MAX_FILTER_IDS)"),
+            );
+        }
+        Err(err) => refuse(ErrorCode::InvalidMessage, err.to_string()),
+    }
+}
+
+/// `{"action":"unsubscribe"}`.
+fn unsubscribe(app: &App, conn: &Connection, u: UnsubscribeRequest) {
+    if conn.unsubscribe(u.topic) {
+        let done = modelcast_protocol::Unsubscribed { topic: u.topic, request_id: u.id };
+        let _ = conn.send(&ServerMessage::Unsubscribed(done));
+    } else {
+        let message = format!("not subscribed to {}", u.topic);
+        reply_error(app, conn, ErrorCode::NotSubscribed, message, u.id);
     }
 }

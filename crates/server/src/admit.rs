@@ -30,6 +30,12 @@ impl Drop for Admitted {
     }
 }
 
+/// 401 for a token that is missing or refused (counted), asking for a Bearer token.
+pub(crate) fn refuse_token(app: &App, reason: impl Into<String>) -> ApiError {
+    app.metrics.error(&ErrorCode::Unauthorized);
+    ApiError::unauthorized(reason)
+}
+
 /// Admits a connection from `peer` with `headers`, `authenticate` being the transport's own
 /// credential check. Refused with `shutting_down`, `origin_not_allowed`, `rate_limited`,
 /// `too_many_connections_from_address` or `too_many_connections` (with `Retry-After`), or as

@@ -55,58 +55,11 @@ impl ShutdownHandle {
 impl Server {
     /// Binds the listener and builds the hub, policy and notifiers from `config`.
     pub async fn bind(config: Config) -> std::io::Result<Self> {
-        let hub_config = HubConfig::default()
-            .history_size(config.history_size)
-            .history_age(config.history_age)
-            .history_bytes(config.history_bytes)
-            .retained_ttl(config.state_ttl)
-            .state_max_keys(config.state_max_keys)
-            .filter_max_subjects(config.max_filter_ids)
-            .idempotency_keys(config.idempotency_keys)
-            .outbox_capacity(config.queue_size);
         let node_id = node_id(&config);
-        let sentinel = !config.redis_sentinels.is_empty();
-        let cluster = !config.redis_cluster.is_empty();
-        // With Sentinel or Cluster alone, the URL only says how to log in: the defaults.
-        let url = config
-            .redis_url
-            .clone()
-            .or_else(|| (sentinel || cluster).then(|| "redis://localhost/0".into()));
-        let engine = match &url {
-            None => None,
-            Some(url) => {
-                let mut settings = RedisSettings::new(url, &config.redis_prefix, &node_id)
-                    .history_size(config.history_size)
-                    .state_max_keys(config.state_max_keys)
-                    .append_queue(config.redis_append_queue);
-                if let (true, Some(master)) = (sentinel, &config.redis_master) {
-                    settings = settings.sentinel(
-                        config.redis_sentinels.clone(),
-                        master,
-                        config.redis_sentinel_password.clone(),
-                    );
-                }
-                if cluster {
-                    settings = settings.cluster(config.redis_cluster.clone());
-                }
-                let engine = RedisEngine::start(settings).await.map_err(|e| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::ConnectionRefused,
-                        if cluster {
-                            format!("MODELCAST_REDIS_CLUSTER: {e}")
-                        } else if sentinel {
-                            format!("MODELCAST_REDIS_SENTINELS: {e}")
-                        } else {
-                            format!("MODELCAST_REDIS_URL: {e}")
-                        },
-                    )
-                })?;
-                Some(engine)
-            }
-        };
+        let engine = redis_engine(&config, &node_id).await?;
         let hub = match &engine {
-            None => Hub::new(hub_config),
-            Some(engine) => Hub::with_engine(hub_config, engine.clone()),
+            None => Hub::new(hub_config(&config)),
+            Some(engine) => Hub::with_engine(hub_config(&config), engine.clone()),
         };
         let policy = Policy::new(
             &hub,
@@ -209,24 +162,7 @@ impl Server {
     /// after its queue is written (up to `shutdown_timeout`), and returns.
     pub async fn run(self) -> std::io::Result<()> {
         let Server { app, listener } = self;
-        let addr = listener.local_addr()?;
-        tracing::info!(
-            %addr,
-            node_id = %app.node_id,
-            engine = if app.engine.is_some() { "redis" } else { "memory" },
-            "modelcast listening"
-        );
-        let host =
-            if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-        let page = if addr.is_ipv6() && !addr.ip().is_unspecified() {
-            format!("http://[{host}]:{}/", addr.port())
-        } else {
-            format!("http://{host}:{}/", addr.port())
-        };
-        tracing::info!(
-            "open {page} to watch every topic live; WebSocket: {}ws",
-            page.replacen("http", "ws", 1)
-        );
+        announce(&app, listener.local_addr()?);
         let demo = app.config.demo.then(|| {
             tracing::info!("demo running: a simulated catalog publishes on every topic");
             modelcast_notifiers::demo::spawn(
@@ -245,21 +181,7 @@ impl Server {
                     for task in demo.iter().flatten() {
                         task.abort();
                     }
-                    app.tracker.close();
-                    // Publishes refused from now on; the ones acknowledged before reach the
-                    // subscribers' queues first, then the sessions drain and close themselves;
-                    // wait for them, within the deadline.
-                    let app = app.clone();
-                    let deadline = app.config.shutdown_timeout;
-                    drain = Some(Box::pin(async move {
-                        tokio::time::timeout(deadline, async {
-                            app.publishing.idle().await;
-                            app.drain.cancel();
-                            app.tracker.wait().await;
-                        })
-                        .await
-                        .is_ok()
-                    }));
+                    drain = Some(Box::pin(drain_within_deadline(app.clone())));
                 }
                 drained = async { drain.as_mut().expect("draining").await }, if drain.is_some() => {
                     if !drained {
@@ -267,37 +189,14 @@ impl Server {
                     }
                     break;
                 }
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(err) => {
-                            // Out of file descriptors and the like: back off instead of spinning.
-                            tracing::warn!(%err, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let Some(place) = http_place(&app, peer) else {
-                        tokio::spawn(refuse_busy(stream, BUSY_ADDRESS));
-                        continue;
-                    };
-                    let permit = app.http_permits.clone().try_acquire_owned();
-                    match (permit, drain.is_some()) {
-                        (Ok(permit), false) => {
-                            let serve = serve_connection(app.clone(), stream, peer, (permit, place));
-                            app.tracker.spawn(serve);
-                        }
-                        // Answered outside the tracker, so they never hold up the drain.
-                        (Ok(permit), true) => {
-                            let serve = serve_connection(app.clone(), stream, peer, (permit, place));
-                            tokio::spawn(serve);
-                        }
-                        (Err(_), _) => {
-                            tokio::spawn(refuse_busy(stream, BUSY));
-                        }
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => accept(&app, stream, peer, drain.is_some()),
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%err, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
-                }
+                },
             }
         }
         drop(listener);
@@ -307,6 +206,108 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Says where the server listens, and where its dashboard is.
+fn announce(app: &App, addr: SocketAddr) {
+    tracing::info!(
+        %addr,
+        node_id = %app.node_id,
+        engine = if app.engine.is_some() { "redis" } else { "memory" },
+        "modelcast listening"
+    );
+    let host =
+        if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let page = if addr.is_ipv6() && !addr.ip().is_unspecified() {
+        format!("http://[{host}]:{}/", addr.port())
+    } else {
+        format!("http://{host}:{}/", addr.port())
+    };
+    tracing::info!(
+        "open {page} to watch every topic live; WebSocket: {}ws",
+        page.replacen("http", "ws", 1)
+    );
+}
+
+/// The drain: publishes are refused from now on; the ones acknowledged before reach the
+/// subscribers' queues first, then the sessions drain and close themselves. Whether it ended
+/// within the shutdown timeout.
+async fn drain_within_deadline(app: Arc<App>) -> bool {
+    app.tracker.close();
+    let deadline = app.config.shutdown_timeout;
+    let drained = async {
+        app.publishing.idle().await;
+        app.drain.cancel();
+        app.tracker.wait().await;
+    };
+    tokio::time::timeout(deadline, drained).await.is_ok()
+}
+
+/// A new TCP connection: served, or over a cap answered 503 and closed.
+fn accept(app: &Arc<App>, stream: tokio::net::TcpStream, peer: SocketAddr, draining: bool) {
+    let _ = stream.set_nodelay(true);
+    let Some(place) = http_place(app, peer) else {
+        tokio::spawn(refuse_busy(stream, BUSY_ADDRESS));
+        return;
+    };
+    match app.http_permits.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let serve = serve_connection(app.clone(), stream, peer, (permit, place));
+            if draining {
+                // Answered outside the tracker, so they never hold up the drain.
+                tokio::spawn(serve);
+            } else {
+                app.tracker.spawn(serve);
+            }
+        }
+        Err(_) => {
+            tokio::spawn(refuse_busy(stream, BUSY));
+        }
+    }
+}
+
+/// The hub's limits from `config`.
+fn hub_config(config: &Config) -> HubConfig {
+    HubConfig::default()
+        .history_size(config.history_size)
+        .history_age(config.history_age)
+        .history_bytes(config.history_bytes)
+        .retained_ttl(config.state_ttl)
+        .state_max_keys(config.state_max_keys)
+        .filter_max_subjects(config.max_filter_ids)
+        .idempotency_keys(config.idempotency_keys)
+        .outbox_capacity(config.queue_size)
+}
+
+/// The Redis engine, when `config` names a Redis (one, Sentinel or Cluster); started, or the
+/// error naming the setting.
+async fn redis_engine(config: &Config, node_id: &str) -> std::io::Result<Option<Arc<RedisEngine>>> {
+    let sentinel = !config.redis_sentinels.is_empty();
+    let cluster = !config.redis_cluster.is_empty();
+    // With Sentinel or Cluster alone, the URL only says how to log in: the defaults.
+    let url = config
+        .redis_url
+        .clone()
+        .or_else(|| (sentinel || cluster).then(|| "redis://localhost/0".into()));
+    let Some(url) = url else { return Ok(None) };
+    let mut settings = RedisSettings::new(&url, &config.redis_prefix, node_id)
+        .history_size(config.history_size)
+        .state_max_keys(config.state_max_keys)
+        .append_queue(config.redis_append_queue);
+    let setting = if let (true, Some(master)) = (sentinel, &config.redis_master) {
+        let password = config.redis_sentinel_password.clone();
+        settings = settings.sentinel(config.redis_sentinels.clone(), master, password);
+        "MODELCAST_REDIS_SENTINELS"
+    } else if cluster {
+        settings = settings.cluster(config.redis_cluster.clone());
+        "MODELCAST_REDIS_CLUSTER"
+    } else {
+        "MODELCAST_REDIS_URL"
+    };
+    let engine = RedisEngine::start(settings).await.map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::ConnectionRefused, format!("{setting}: {e}"))
+    })?;
+    Ok(Some(engine))
 }
 
 /// `MODELCAST_NODE_ID`, or a random id for this process.

@@ -37,6 +37,12 @@ impl ApiError {
         Self { code, message: message.into(), extra: None }
     }
 
+    /// The same refusal, saying `message` instead.
+    pub(crate) fn say(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
+
     fn extra(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Box::default)
     }

@@ -10,12 +10,15 @@ use hyper::header::{
 };
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use modelcast_protocol::{ApiErrorCode, ErrorCode};
+use modelcast_protocol::ApiErrorCode;
 use tokio::net::TcpStream;
 
-use crate::admit::admit;
-use crate::error::ApiError;
-use crate::response::{Resp, error_response};
+use modelcast_ws::Deflate;
+
+use crate::admit::{Admitted, admit, refuse_token};
+use crate::error::{ApiError, ApiResult};
+use crate::response::Resp;
+use crate::security::Identity;
 use crate::session::{Socket, run};
 use crate::state::{App, Publisher};
 
@@ -37,108 +40,113 @@ fn header_has(req: &Request<Incoming>, name: hyper::header::HeaderName, token: &
     })
 }
 
-/// Answers a WebSocket handshake: 101 and a session task, or a JSON error.
+/// Answers a WebSocket handshake: 101 and a session task, or the refusal.
 pub(crate) fn upgrade(
     app: &Arc<App>,
     mut req: Request<Incoming>,
     id: Option<String>,
     peer: std::net::IpAddr,
-) -> Resp {
-    let id = match id {
-        Some(id) if valid_id(&id) => id,
-        Some(_) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_connection_id",
-                "a connection id is 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-'",
-            );
-        }
-        None => format!("c-{:016x}", rand_u64()),
-    };
-    let is_upgrade =
-        header_has(&req, UPGRADE, "websocket") && header_has(&req, CONNECTION, "upgrade");
-    if !is_upgrade {
-        let mut resp = error_response(
-            StatusCode::UPGRADE_REQUIRED,
-            "websocket_required",
-            "this endpoint speaks WebSocket: connect with a WebSocket client",
-        );
-        resp.headers_mut().insert(UPGRADE, HeaderValue::from_static("websocket"));
-        return resp;
+) -> ApiResult {
+    let id = connection_id(id)?;
+    let key = websocket_key(&req)?;
+    let (admitted, (identity, publisher)) =
+        admit(app, req.headers(), peer, || authenticate(app, &req))?;
+    // permessage-deflate when the client offers it in a form this server accepts (RFC 7692:
+    // a declined offer means an uncompressed connection, not a refusal).
+    let offers = req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS);
+    let deflate = app
+        .config
+        .compression
+        .then(|| modelcast_ws::negotiate(offers.iter().map(HeaderValue::as_bytes)))
+        .flatten();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let session = Session { app: app.clone(), id, admitted, identity, publisher, deflate };
+    app.tracker.spawn(session.start(on_upgrade));
+    Ok(switching_protocols(&key, deflate))
+}
+
+/// The connection id from the path (checked), or a server-made one for `/ws`.
+fn connection_id(id: Option<String>) -> ApiResult<String> {
+    match id {
+        Some(id) if valid_id(&id) => Ok(id),
+        Some(_) => Err(ApiError::new(
+            ApiErrorCode::InvalidConnectionId,
+            "a connection id is 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-'",
+        )),
+        None => Ok(format!("c-{:016x}", rand_u64())),
     }
-    // RFC 6455 §4.2.1–4.2.2: one version, 13 (another gets 426 naming the one spoken), and one
-    // key that is 16 bytes in base64.
+}
+
+/// The request is a WebSocket upgrade (RFC 6455 §4.2.1–4.2.2): `Upgrade` and `Connection`,
+/// one version, 13 (another gets 426 naming the one spoken), and one key that is 16 bytes in
+/// base64. Returns the key.
+fn websocket_key(req: &Request<Incoming>) -> ApiResult<HeaderValue> {
+    if !(header_has(req, UPGRADE, "websocket") && header_has(req, CONNECTION, "upgrade")) {
+        let message = "this endpoint speaks WebSocket: connect with a WebSocket client";
+        let refused = ApiError::new(ApiErrorCode::WebsocketRequired, message);
+        return Err(refused.header(UPGRADE, HeaderValue::from_static("websocket")));
+    }
+    let thirteen = HeaderValue::from_static("13");
     let versions: Vec<&HeaderValue> = req.headers().get_all(SEC_WEBSOCKET_VERSION).iter().collect();
     match versions.as_slice() {
         [version] if version.as_bytes() == b"13" => {}
         [_] => {
-            let mut resp = error_response(
-                StatusCode::UPGRADE_REQUIRED,
-                "unsupported_websocket_version",
-                "only WebSocket version 13 is supported",
-            );
-            resp.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-            return resp;
+            let message = "only WebSocket version 13 is supported";
+            let refused = ApiError::new(ApiErrorCode::UnsupportedWebsocketVersion, message);
+            return Err(refused.header(SEC_WEBSOCKET_VERSION, thirteen));
         }
         _ => {
-            let mut resp = error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_websocket_version",
-                "send exactly one Sec-WebSocket-Version header: 13",
-            );
-            resp.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-            return resp;
+            let message = "send exactly one Sec-WebSocket-Version header: 13";
+            let refused = ApiError::new(ApiErrorCode::InvalidWebsocketVersion, message);
+            return Err(refused.header(SEC_WEBSOCKET_VERSION, thirteen));
         }
     }
     let keys: Vec<&HeaderValue> = req.headers().get_all(SEC_WEBSOCKET_KEY).iter().collect();
-    let key = match keys.as_slice() {
-        [key] if valid_key(key.as_bytes()) => (*key).clone(),
-        _ => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_websocket_key",
-                "send exactly one Sec-WebSocket-Key: 16 random bytes in base64 (24 characters)",
-            );
+    match keys.as_slice() {
+        [key] if valid_key(key.as_bytes()) => Ok((*key).clone()),
+        _ => Err(ApiError::new(
+            ApiErrorCode::InvalidWebsocketKey,
+            "send exactly one Sec-WebSocket-Key: 16 random bytes in base64 (24 characters)",
+        )),
+    }
+}
+
+/// The WebSocket's credentials: a URL token (where tokens are required; without one the
+/// session waits for an `auth` frame), and whether it may publish (a publish key makes a
+/// trusted backend; a wrong one is refused).
+fn authenticate(app: &App, req: &Request<Incoming>) -> ApiResult<(Option<Identity>, Publisher)> {
+    let identity = match (app.security.auth_required(), query_token(req.uri())) {
+        (false, _) | (true, None) => None,
+        (true, Some(token)) => {
+            Some(app.security.verify(&token).map_err(|reason| refuse_token(app, reason))?)
         }
     };
-    let authenticate = || {
-        let identity = match (app.security.auth_required(), query_token(req.uri())) {
-            (false, _) | (true, None) => None,
-            (true, Some(token)) => {
-                Some(app.security.verify(&token).map_err(|reason| refuse_token(app, reason))?)
-            }
-        };
-        let publisher = match app.security.check_publish_key(req.headers()) {
-            Err(false) => {
-                let message = "that publish key is not valid here";
-                return Err(ApiError::new(ApiErrorCode::Forbidden, message));
-            }
-            Err(true) => Publisher::No,
-            Ok(()) if app.security.has_publish_keys() => Publisher::Key,
-            Ok(()) if app.security.browser_may_publish(req.headers()).is_ok() => Publisher::Open,
-            Ok(()) => Publisher::No,
-        };
-        Ok((identity, publisher))
+    let publisher = match app.security.check_publish_key(req.headers()) {
+        Err(false) => {
+            let message = "that publish key is not valid here";
+            return Err(ApiError::new(ApiErrorCode::Forbidden, message));
+        }
+        Err(true) => Publisher::No,
+        Ok(()) if app.security.has_publish_keys() => Publisher::Key,
+        Ok(()) if app.security.browser_may_publish(req.headers()).is_ok() => Publisher::Open,
+        Ok(()) => Publisher::No,
     };
-    let (admitted, (identity, publisher)) = match admit(app, req.headers(), peer, authenticate) {
-        Ok(admitted) => admitted,
-        Err(refused) => return refused.into_response(),
-    };
-    // permessage-deflate when the client offers it in a form this server accepts (RFC 7692:
-    // a declined offer means an uncompressed connection, not a refusal).
-    let deflate = app
-        .config
-        .compression
-        .then(|| {
-            modelcast_ws::negotiate(
-                req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter().map(HeaderValue::as_bytes),
-            )
-        })
-        .flatten();
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let accept = modelcast_ws::accept_key(key.as_bytes());
-    let app = app.clone();
-    app.tracker.clone().spawn(async move {
+    Ok((identity, publisher))
+}
+
+/// An admitted WebSocket, waiting for hyper to hand over its socket.
+struct Session {
+    app: Arc<App>,
+    id: String,
+    admitted: Admitted,
+    identity: Option<Identity>,
+    publisher: Publisher,
+    deflate: Option<Deflate>,
+}
+
+impl Session {
+    /// Takes the upgraded socket and runs the session on it.
+    async fn start(self, on_upgrade: hyper::upgrade::OnUpgrade) {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(err) => {
@@ -148,37 +156,34 @@ pub(crate) fn upgrade(
         };
         // The server's connections are TCP streams (app.rs), which is what hyper hands back
         // with the bytes it read past the request.
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                let socket =
-                    Socket { stream: parts.io.into_inner(), already_read: parts.read_buf, deflate };
-                run(app, socket, id, admitted, identity, publisher).await;
-            }
-            Err(_) => tracing::error!("websocket upgrade on a connection that is not TCP"),
-        }
-    });
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("websocket upgrade on a connection that is not TCP");
+            return;
+        };
+        let Session { app, id, admitted, identity, publisher, deflate } = self;
+        let socket =
+            Socket { stream: parts.io.into_inner(), already_read: parts.read_buf, deflate };
+        run(app, socket, id, admitted, identity, publisher).await;
+    }
+}
+
+/// The 101 answering the client's `key` (with the agreed permessage-deflate parameters).
+fn switching_protocols(key: &HeaderValue, deflate: Option<Deflate>) -> Resp {
     let mut resp = Response::new(Default::default());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = resp.headers_mut();
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    let accept = modelcast_ws::accept_key(key.as_bytes());
     headers.insert(
         SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a header value"),
     );
     if let Some(deflate) = deflate {
-        headers.insert(
-            SEC_WEBSOCKET_EXTENSIONS,
-            HeaderValue::from_str(&deflate.response()).expect("ASCII parameters"),
-        );
+        let parameters = HeaderValue::from_str(&deflate.response()).expect("ASCII parameters");
+        headers.insert(SEC_WEBSOCKET_EXTENSIONS, parameters);
     }
     resp
-}
-
-/// 401 for a token that is missing or refused (counted), asking for a Bearer token.
-pub(crate) fn refuse_token(app: &App, reason: impl Into<String>) -> ApiError {
-    app.metrics.error(&ErrorCode::Unauthorized);
-    ApiError::unauthorized(reason)
 }
 
 /// The `token` query parameter, decoded as a browser encodes a query.

@@ -1,10 +1,10 @@
-//! HTTP routing: the router depends on the handlers (`handshake`, `publish`) and on the
-//! response helpers; no handler imports it.
+//! HTTP routing: a [`Route`] per path with its methods, each answered by its handler
+//! (`handshake`, `sse`, `publish`, `inspect`) or here (the dashboard's files, `/healthz`,
+//! the OpenAPI document). The router depends on the handlers; no handler imports it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -14,11 +14,9 @@ use modelcast_protocol::ApiErrorCode;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
-use crate::handshake::refuse_token;
-use crate::response::{Body, Refusal, Resp, error_response, json_response, method_not_allowed};
-use crate::security::{Caller, Refused};
+use crate::response::{Body, Refusal, Resp, json_response};
 use crate::state::{App, HttpPermit};
-use crate::{handshake, publish, sse};
+use crate::{handshake, inspect, publish, sse};
 
 /// The dashboard page (`/`): markup and style; its script is [`DASHBOARD_JS`].
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -142,15 +140,16 @@ pub(crate) async fn handle(
 ) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let response = match Route::of(&path) {
-        None => error_response(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("no route for {method} {path}"),
-        ),
-        Some(route) if !route.allows(&method) => method_not_allowed(route.allow()),
+    let answer = match Route::of(&path) {
+        None => Err(ApiError::new(ApiErrorCode::NotFound, format!("no route for {method} {path}"))),
+        Some(route) if !route.allows(&method) => Err(ApiError::new(
+            ApiErrorCode::MethodNotAllowed,
+            format!("this route accepts {} only", route.allow()),
+        )
+        .header(hyper::header::ALLOW, HeaderValue::from_static(route.allow()))),
         Some(route) => respond(&app, route, req, peer, &permit).await,
     };
+    let response = answer.unwrap_or_else(ApiError::into_response);
     let status = response.status().as_u16();
     match response.extensions().get::<Refusal>() {
         // A refused WebSocket handshake says why, for the operator looking at a client that
@@ -172,346 +171,45 @@ async fn respond(
     req: Request<Incoming>,
     peer: SocketAddr,
     permit: &HttpPermit,
-) -> Resp {
+) -> ApiResult {
+    let preflight = req.method() == Method::OPTIONS;
     match route {
-        Route::WebSocket(id) => {
-            let id = id.map(str::to_owned);
-            handshake::upgrade(app, req, id, peer.ip())
-        }
-        Route::Sse if req.method() == Method::OPTIONS => sse::preflight(app, req.headers()),
-        Route::Sse => sse::open(app, req, peer.ip(), permit),
-        Route::Publish if req.method() == Method::OPTIONS => publish::preflight(app, req.headers()),
+        Route::WebSocket(id) => handshake::upgrade(app, req, id.map(str::to_owned), peer.ip()),
+        Route::Sse if preflight => Ok(sse::preflight(app, req.headers())),
+        Route::Sse => Ok(sse::open(app, req, peer.ip(), permit)),
+        Route::Publish if preflight => publish::preflight(app, req.headers()),
         Route::Publish => {
+            // An allowed browser page may read the answer (CORS), refusals included but for
+            // its origin's own.
             let origin = req.headers().get(hyper::header::ORIGIN).cloned();
-            let mut resp = publish::handle(app, req).await;
-            // An allowed browser page may read the answer (CORS).
-            if let Some(origin) = origin.filter(|_| resp.status() != StatusCode::FORBIDDEN) {
-                resp.headers_mut().insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-                resp.headers_mut().insert(hyper::header::VARY, HeaderValue::from_static("Origin"));
-            }
-            resp
+            let resp = publish::handle(app, req).await.unwrap_or_else(ApiError::into_response);
+            Ok(match origin.filter(|_| resp.status() != StatusCode::FORBIDDEN) {
+                Some(origin) => allow_origin(resp, origin),
+                None => resp,
+            })
         }
         Route::StateKey(rest) => {
             publish::clear_state(app, req.headers(), rest, req.uri().query()).await
         }
-        Route::Dashboard => dashboard(req.headers()),
-        Route::DashboardJs => static_asset(DASHBOARD_JS, "text/javascript; charset=utf-8"),
-        Route::DashboardCss => static_asset(DASHBOARD_CSS, "text/css; charset=utf-8"),
-        Route::Healthz => json_response(StatusCode::OK, &json!({"status": "ok"})),
-        Route::Readyz => {
-            let (status, mut body) = if app.shutdown.is_cancelled() {
-                (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "shutting_down"}))
-            } else if let Some(reason) = app.hub.unavailable() {
-                let body = json!({"status": "engine_unavailable", "reason": reason});
-                (StatusCode::SERVICE_UNAVAILABLE, body)
-            } else if let loading @ [_, ..] = app.hub.loading().as_slice() {
-                // Just started: subscriptions to these wait until the engine has loaded them.
-                (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "loading", "topics": loading}))
-            } else {
-                (StatusCode::OK, json!({"status": "ready"}))
-            };
-            body["engine"] = topology(app);
-            // A configuration that works but can lose data (Redis evicting keys) is said here.
-            if let Some(warning) = app.engine.as_ref().and_then(|e| e.health().warning) {
-                body["warnings"] = json!([warning]);
-            }
-            json_response(status, &body)
-        }
-        Route::Stats => match operator(app, &req) {
-            Ok(()) => json_response(StatusCode::OK, &stats(app)),
-            Err(refused) => refused.into_response(),
-        },
+        Route::Dashboard => Ok(dashboard(req.headers())),
+        Route::DashboardJs => Ok(static_asset(DASHBOARD_JS, "text/javascript; charset=utf-8")),
+        Route::DashboardCss => Ok(static_asset(DASHBOARD_CSS, "text/css; charset=utf-8")),
+        Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        Route::Readyz => Ok(inspect::readyz(app)),
+        Route::Stats => inspect::stats(app, &req),
         Route::OpenApi => {
             static OPENAPI: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-            json_response(StatusCode::OK, OPENAPI.get_or_init(modelcast_protocol::schema::openapi))
+            let document = OPENAPI.get_or_init(modelcast_protocol::schema::openapi);
+            Ok(json_response(StatusCode::OK, document))
         }
-        Route::State => match caller(app, &req) {
-            Ok(caller) => state(app, req.uri().query(), &caller),
-            Err(refused) => refused.into_response(),
-        },
-        Route::Metrics => {
-            if let Err(refused) = operator(app, &req) {
-                return refused.into_response();
-            }
-            app.metrics.engine_up.set(i64::from(app.hub.unavailable().is_none()));
-            let engine = topology(app);
-            let label = crate::metrics::EngineLabel {
-                topology: engine["topology"].as_str().unwrap_or_default().to_owned(),
-                primary: engine["primary"].as_str().unwrap_or_default().to_owned(),
-            };
-            app.metrics.engine_info.clear();
-            app.metrics.engine_info.get_or_create(&label).set(1);
-            app.metrics.engine_shard_up.clear();
-            for shard in engine.get("shards").and_then(Value::as_array).into_iter().flatten() {
-                let primary = shard["primary"].as_str().unwrap_or_default().to_owned();
-                let up = i64::from(shard["up"] == true);
-                app.metrics
-                    .engine_shard_up
-                    .get_or_create(&crate::metrics::ShardLabel { primary })
-                    .set(up);
-            }
-            let body = app.metrics.encode(&app.hub.stats());
-            let mut resp = Response::new(Body::from(Bytes::from(body)));
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            resp
-        }
+        Route::State => inspect::state(app, &req),
+        Route::Metrics => inspect::metrics(app, &req),
     }
 }
 
-/// Who a request is ([`crate::security::Security::caller`]): its bearer credential, or a
-/// `?token=` (a browser page's way to send one).
-fn caller(app: &App, req: &Request<Incoming>) -> ApiResult<Caller> {
-    let token = query_param(req.uri().query(), "token");
-    app.security.caller(req.headers(), token.as_deref()).map_err(|refused| refusal(app, refused))
-}
-
-/// An operator endpoint's check: an operator credential, where they are guarded.
-fn operator(app: &App, req: &Request<Incoming>) -> ApiResult<()> {
-    let caller = caller(app, req)?;
-    app.security.operator(&caller).map_err(|refused| refusal(app, refused))
-}
-
-/// A refused credential: 401 (asking for a Bearer credential) or 403.
-fn refusal(app: &App, refused: Refused) -> ApiError {
-    match refused {
-        Refused::Missing(message) | Refused::Invalid(message) => refuse_token(app, message),
-        Refused::Forbidden(message) => ApiError::new(ApiErrorCode::Forbidden, message),
-    }
-}
-
-/// The first value of the query parameter `name`.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
-}
-
-/// The most frames one `GET /api/state` page holds, and the default.
-const STATE_PAGE_MAX: usize = 10_000;
-const STATE_PAGE_DEFAULT: usize = 1_000;
-
-/// `GET /api/state?topic=…[&limit=N][&after=CURSOR]`: a page of the frames a new subscriber
-/// to the topic receives first, as it receives them (marked `late`). The frames the hub holds
-/// are written as they are, between a small head and tail: no value tree, no copy.
-///
-/// What `caller` sees is what it could subscribe to: an operator every key (with
-/// `audiences`); a token's user the keys a subscription of that user receives (its topic
-/// roles, its audience: the hub's one check); without a credential, where tokens are
-/// required or a metrics token is set, nothing (401), else what an anonymous subscriber
-/// receives.
-fn state(app: &App, query: Option<&str>, caller: &Caller) -> Resp {
-    let params: Vec<(String, String)> =
-        form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
-    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let topic = match param("topic").map(str::parse::<modelcast_protocol::Topic>) {
-        Some(Ok(topic)) => topic,
-        Some(Err(err)) => {
-            return error_response(StatusCode::BAD_REQUEST, "unknown_topic", &err.to_string());
-        }
-        None => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "missing_topic",
-                "name the topic: GET /api/state?topic=download_progress",
-            );
-        }
-    };
-    let limit = match param("limit").map(str::parse::<usize>) {
-        None => STATE_PAGE_DEFAULT,
-        Some(Ok(n)) if (1..=STATE_PAGE_MAX).contains(&n) => n,
-        Some(_) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_limit",
-                &format!("limit is a whole number from 1 to {STATE_PAGE_MAX}"),
-            );
-        }
-    };
-    let after = match param("after").map(str::parse::<u64>) {
-        None => None,
-        Some(Ok(cursor)) => Some(cursor),
-        Some(Err(_)) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_cursor",
-                "after is the `next` of the previous page (a whole number)",
-            );
-        }
-    };
-    let viewer = match caller {
-        Caller::Operator => None,
-        Caller::Viewer(identity) => {
-            if !app.security.may_subscribe(Some(identity), topic) {
-                let message =
-                    format!("{topic} is open to the roles {} only", app.security.roles_for(topic));
-                return error_response(StatusCode::FORBIDDEN, "forbidden", &message);
-            }
-            Some(identity.viewer())
-        }
-        Caller::Anonymous if app.security.operator_guarded() => {
-            let message = "GET /api/state needs a token (?token= or Authorization: Bearer): it \
-                           answers what that token could subscribe to";
-            return refuse_token(app, message).into_response();
-        }
-        Caller::Anonymous => Some(modelcast_hub::Viewer::anonymous()),
-    };
-    let page = app.hub.state_page(topic, after, limit, viewer.as_ref());
-    let mut head = json!({"topic": topic, "epoch": page.epoch, "seq": page.seq, "keys": page.keys,
-        "next": page.next});
-    if viewer.is_none() {
-        // Who each frame is for (`null`: every subscriber), index for index with `state`:
-        // for operators only (subscribers never see an audience's members).
-        let audiences: Vec<Value> = page
-            .audiences
-            .iter()
-            .map(|a| a.as_ref().map_or(Value::Null, publish::audience_json))
-            .collect();
-        head["audiences"] = json!(audiences);
-    }
-    // `{…head…,"state":[` frame `,` frame … `]}`: the head's closing brace makes way.
-    let mut head = head.to_string();
-    head.pop();
-    head.push_str(",\"state\":[");
-    let comma = Bytes::from_static(b",");
-    let mut chunks = Vec::with_capacity(2 * page.frames.len() + 2);
-    chunks.push(Bytes::from(head));
-    for (i, frame) in page.frames.into_iter().enumerate() {
-        if i > 0 {
-            chunks.push(comma.clone());
-        }
-        chunks.push(frame.into_bytes());
-    }
-    chunks.push(Bytes::from_static(b"]}"));
-    let mut resp = Response::new(Body::chunks(chunks));
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+/// `resp` readable by a page from `origin` (CORS).
+fn allow_origin(mut resp: Resp, origin: HeaderValue) -> Resp {
+    resp.headers_mut().insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    resp.headers_mut().insert(hyper::header::VARY, HeaderValue::from_static("Origin"));
     resp
-}
-
-/// The engine's topology and primary (`/readyz`, `/metrics`).
-fn topology(app: &App) -> Value {
-    match &app.engine {
-        None => json!({"topology": "memory", "primary": ""}),
-        Some(engine) => {
-            let (topology, primary) = engine.topology();
-            let mut out = json!({"topology": topology, "primary": primary});
-            let shards: Vec<Value> = engine
-                .health()
-                .shards
-                .iter()
-                .map(|s| json!({"primary": s.primary, "topics": s.topics, "up": s.up}))
-                .collect();
-            if !shards.is_empty() {
-                out["shards"] = json!(shards);
-            }
-            out
-        }
-    }
-}
-
-/// The engine's part of `/api/stats`.
-fn engine(app: &App) -> Value {
-    let Some(engine) = &app.engine else { return json!({"kind": "memory", "up": true}) };
-    let h = engine.health();
-    let place = topology(app);
-    json!({
-        "kind": "redis",
-        "topology": place["topology"],
-        "primary": place["primary"],
-        "shards": place.get("shards"),
-        "failovers": h.failovers,
-        "up": h.up,
-        "following": h.following,
-        "unavailable_reason": h.reason,
-        "append_failures": h.append_failures,
-        "appends_refused_queue_full": h.appends_refused_full,
-        "topic_repairs": h.repairs,
-        "topic_resets": h.resets,
-        "topic_fences": h.fences,
-        "pubsub_reconnects": h.reconnects,
-        "warning": h.warning,
-    })
-}
-
-/// `GET /api/stats`. Every figure is named for what it counts, and `help` says it, so a
-/// person can read the document without the source.
-fn stats(app: &App) -> Value {
-    use modelcast_hub::{ConflateReason, DropReason};
-    let stats = app.hub.stats();
-    let by = |t: &modelcast_hub::TopicStats, reason: ConflateReason| {
-        t.conflated_by.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
-    };
-    let topics: serde_json::Map<String, Value> = stats
-        .topics
-        .iter()
-        .map(|t| {
-            (
-                t.topic.as_str().to_owned(),
-                json!({
-                    "subscriptions": t.subscribers,
-                    "published": t.published,
-                    "absorbed_before_publish": {
-                        "throttle": by(t, ConflateReason::Throttle),
-                        "batch": by(t, ConflateReason::Batch),
-                    },
-                    "delivered": t.delivered,
-                    "skipped_per_subscriber": {
-                        "max_hz": by(t, ConflateReason::MaxHz),
-                        "queue_full": by(t, ConflateReason::QueueFull),
-                    },
-                    "discarded_with_dropped_subscribers": t.dropped,
-                    "state_keys": t.state_keys,
-                    "state_evicted": t.state_evicted,
-                }),
-            )
-        })
-        .collect();
-    let count =
-        |reason: DropReason| stats.drops.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n);
-    let (compressions, compressed_frames, bytes_before, bytes_after, compressing) =
-        app.metrics.compression();
-    json!({
-        "uptime_seconds": app.started.elapsed().as_secs_f64(),
-        "connections": app.active.load(Ordering::Relaxed),
-        "sse_connections": app.metrics.sse_active(),
-        "keys": stats.keys,
-        "epoch": app.hub.epoch(),
-        "node_id": app.node_id,
-        "engine": engine(app),
-        "topics": topics,
-        "connections_dropped": {
-            "slow_consumer": count(DropReason::SlowConsumer),
-            "replaced": count(DropReason::Replaced),
-        },
-        "connections_ended": {
-            "closed": count(DropReason::Closed),
-            "shutdown": count(DropReason::Shutdown),
-        },
-        "compression": {
-            "enabled": app.config.compression,
-            "min_size": app.config.compression_min_size,
-            "connections": compressing,
-            "compressions": compressions,
-            "frames": compressed_frames,
-            "bytes_before": bytes_before,
-            "bytes_after": bytes_after,
-        },
-        "help": {
-            "published": "messages sequenced on the topic (after throttling and batching)",
-            "absorbed_before_publish": "updates replaced by a newer value of their key before they were published: never sequenced, never sent",
-            "delivered": "frames queued to subscribers: each publish once per subscriber that receives it, plus replayed and current-state frames",
-            "skipped_per_subscriber": "per-subscriber deliveries replaced by a newer value of the key (max_hz, or a full queue collapsed)",
-            "discarded_with_dropped_subscribers": "frames still queued when their subscriber was dropped",
-            "state_keys": "keys the topic holds current state for now (at most MODELCAST_STATE_MAX_KEYS)",
-            "state_evicted": "keys whose state left because the topic held MODELCAST_STATE_MAX_KEYS keys; their subscribers got state_cleared",
-            "connections": "open connections, WebSocket and Server-Sent Events together (WEBSOCKET_MAX_CONNECTIONS bounds them together)",
-            "sse_connections": "open Server-Sent Events streams (GET /sse), counted in connections too",
-            "keys": "distinct keys and filter ids the server holds now, all topics and subscriptions together; each is freed with its last user",
-            "connections_dropped": "connections the server closed: too slow (4001), or replaced by the same id (4002)",
-            "connections_ended": "connections closed by their owner or by a shutdown",
-            "compression": "permessage-deflate (MODELCAST_COMPRESSION): WebSocket connections that agreed on it, frames compressed (once each, however many connections get them), frames written compressed and their bytes before and after compression",
-        },
-    })
 }

@@ -22,6 +22,7 @@ mod config;
 mod error;
 mod handshake;
 mod http;
+mod inspect;
 mod metrics;
 mod publish;
 mod response;
@@ -29,6 +30,7 @@ mod security;
 mod session;
 mod sse;
 mod state;
+mod validate;
 
 pub use app::{Server, ShutdownHandle};
 pub use config::{Cidr, Config, HealthLevel, JwtAlgorithm, LogFormat};

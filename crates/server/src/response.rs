@@ -8,9 +8,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The response type of every route.
 pub(crate) type Resp = Response<Body>;
@@ -89,21 +89,4 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> Resp {
 pub(crate) struct Refusal {
     pub(crate) code: String,
     pub(crate) message: String,
-}
-
-/// `{"error": {"code": ..., "message": ...}}` with `status`.
-pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> Resp {
-    let mut resp = json_response(status, &json!({"error": {"code": code, "message": message}}));
-    resp.extensions_mut().insert(Refusal { code: code.to_owned(), message: message.to_owned() });
-    resp
-}
-
-pub(crate) fn method_not_allowed(allow: &'static str) -> Resp {
-    let mut resp = error_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        &format!("this route accepts {allow} only"),
-    );
-    resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
-    resp
 }

@@ -166,56 +166,12 @@ fn nonzero(n: usize) -> NonZeroU32 {
 impl Security {
     pub(crate) fn from_config(config: &Config) -> Result<Self, String> {
         config.validate()?;
-        let jwt = match (&config.jwt_secret, &config.jwt_public_key) {
-            (Some(secret), _) => Some((
-                DecodingKey::from_secret(secret.as_bytes()),
-                Validation::new(Algorithm::HS256),
-            )),
-            (None, Some(path)) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    format!("MODELCAST_JWT_PUBLIC_KEY: cannot read {}: {e}", path.display())
-                })?;
-                let (key, alg) = match config.jwt_algorithm {
-                    JwtAlgorithm::Rs256 => (DecodingKey::from_rsa_pem(&pem), Algorithm::RS256),
-                    JwtAlgorithm::Es256 => (DecodingKey::from_ec_pem(&pem), Algorithm::ES256),
-                };
-                let key = key.map_err(|e| {
-                    format!(
-                        "MODELCAST_JWT_PUBLIC_KEY: {} is not a {:?} public key in PEM: {e}",
-                        path.display(),
-                        config.jwt_algorithm
-                    )
-                })?;
-                Some((key, Validation::new(alg)))
-            }
-            (None, None) => None,
-        };
-        let jwt = jwt.map(|(key, mut validation)| {
-            validation.leeway = config.jwt_leeway;
-            validation.validate_nbf = true;
-            // A configured audience or issuer is required, not only checked when present; the
-            // subject always is: it is the connection's identity (whose ids it may replace).
-            let mut required = vec!["exp", "sub"];
-            match &config.jwt_audience {
-                Some(aud) => {
-                    validation.set_audience(&[aud]);
-                    required.push("aud");
-                }
-                None => validation.validate_aud = false,
-            }
-            if let Some(iss) = &config.jwt_issuer {
-                validation.set_issuer(&[iss]);
-                required.push("iss");
-            }
-            validation.set_required_spec_claims(&required);
-            (key, validation)
-        });
         let per_ip = RateLimiter::keyed(
             Quota::per_second(nonzero(config.connect_rate))
                 .allow_burst(nonzero(config.connect_rate * 10)),
         );
         Ok(Self {
-            jwt,
+            jwt: jwt(config)?,
             leeway: config.jwt_leeway,
             operator_roles: config.operator_roles.clone(),
             topic_roles: config.topic_roles.iter().cloned().collect(),
@@ -315,6 +271,14 @@ impl Security {
         } else {
             Ok(Caller::Viewer(identity))
         }
+    }
+
+    /// Whether a connection with `identity` (and a publish key, if `keyed`) could read the
+    /// operator endpoints: the rule of [`Security::caller`] for a connection's credentials.
+    pub(crate) fn is_operator(&self, identity: Option<&Identity>, keyed: bool) -> bool {
+        self.open()
+            || keyed
+            || identity.is_some_and(|id| id.roles.iter().any(|r| self.operator_roles.contains(r)))
     }
 
     /// What an operator endpoint needs of `caller`: an operator, where the endpoints are
@@ -461,6 +425,53 @@ impl Security {
     pub(crate) fn admit_ip(&self, ip: IpAddr) -> bool {
         self.per_ip.check_key(&ip).is_ok()
     }
+}
+
+/// How tokens are verified, when they are required: the key (an HS256 secret, or a PEM
+/// public key file read now) and the rules (`exp`, `nbf`, the leeway, a configured audience
+/// or issuer required, the subject always).
+fn jwt(config: &Config) -> Result<Option<(DecodingKey, Validation)>, String> {
+    let (key, mut validation) = match (&config.jwt_secret, &config.jwt_public_key) {
+        (Some(secret), _) => {
+            (DecodingKey::from_secret(secret.as_bytes()), Validation::new(Algorithm::HS256))
+        }
+        (None, Some(path)) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                format!("MODELCAST_JWT_PUBLIC_KEY: cannot read {}: {e}", path.display())
+            })?;
+            let (key, alg) = match config.jwt_algorithm {
+                JwtAlgorithm::Rs256 => (DecodingKey::from_rsa_pem(&pem), Algorithm::RS256),
+                JwtAlgorithm::Es256 => (DecodingKey::from_ec_pem(&pem), Algorithm::ES256),
+            };
+            let key = key.map_err(|e| {
+                format!(
+                    "MODELCAST_JWT_PUBLIC_KEY: {} is not a {:?} public key in PEM: {e}",
+                    path.display(),
+                    config.jwt_algorithm
+                )
+            })?;
+            (key, Validation::new(alg))
+        }
+        (None, None) => return Ok(None),
+    };
+    validation.leeway = config.jwt_leeway;
+    validation.validate_nbf = true;
+    // A configured audience or issuer is required, not only checked when present; the subject
+    // always is: it is the connection's identity (whose ids it may replace).
+    let mut required = vec!["exp", "sub"];
+    match &config.jwt_audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    if let Some(iss) = &config.jwt_issuer {
+        validation.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    validation.set_required_spec_claims(&required);
+    Ok(Some((key, validation)))
 }
 
 /// `Authorization: Bearer <one of keys>`: `Ok` when `keys` is empty; `Err(true)` when missing,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use modelcast_hub::{Connection, Delivery, DropReason};
-use modelcast_protocol::{ClientMessage, ErrorCode, PublishRequest, close};
+use modelcast_protocol::{ClientMessage, ErrorCode, FrameError, PublishRequest, close};
 use modelcast_ws::{Decoder, Deflate, Header, Message, OpCode, ReadError, Reader, close_payload};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
@@ -63,6 +63,7 @@ pub(crate) async fn run(
         (app.security.auth_required() && identity.is_none() && publisher != Publisher::Key)
             .then(|| tokio::time::Instant::now() + app.config.auth_deadline);
     let subject = identity.as_ref().map(|i| i.subject.clone());
+    let operator = app.security.is_operator(identity.as_ref(), publisher == Publisher::Key);
     let control =
         Arc::new(Control::new(id.clone(), serial, publisher, identity, deadline, now_ms(&app)));
     // Without authentication, ids are global; with it, they live within the token's subject,
@@ -74,7 +75,7 @@ pub(crate) async fn run(
     }
     app.metrics.opened();
     tracing::debug!(connection_id = %id, "connected");
-    let _ = conn.send(&app.welcome(id.clone()));
+    let _ = conn.send(&app.welcome(id.clone(), operator));
 
     let Socket { mut stream, already_read, deflate } = socket;
     if deflate.is_some() {
@@ -134,43 +135,19 @@ async fn writer(
         let auth_check = if auth_required { control.auth().next_check() } else { None };
         tokio::select! {
             biased;
-            () = app.drain.cancelled() => {
-                // Drain what is queued (bounded by the queue size), then say goodbye.
-                break out.close_after_queued(conn, &mut burst, close::GOING_AWAY, "server shutting down", "shutdown").await;
-            }
+            // Drain what is queued (bounded by the queue size), then say goodbye.
+            () = app.drain.cancelled() => break out.close_after_queued(conn, &mut burst, close::GOING_AWAY, "server shutting down", "shutdown").await,
             received = conn.recv(&mut burst, BURST) => match received {
-                Ok(()) => {
-                    // A ping is answered before the next burst, however busy the writer is.
-                    if out.pong(control).await.is_err() {
-                        break ("write_failed", false);
-                    }
-                    if out.live(conn, &mut burst).await.is_err() {
-                        // The peer has not taken a burst for the write timeout, or the socket
-                        // failed. A frame may be half written: no close frame can follow it.
-                        break ("write_failed", false);
-                    }
-                }
-                Err(dropped) => {
-                    if let Some(echo) = control.take_peer_close() {
-                        // The client started the closing handshake: echo its close frame.
-                        break ("client_closed", out.control(OpCode::Close, &echo).await.is_ok());
-                    }
-                    let (code, text, label) = match (control.take_close(), dropped) {
-                        (Some((code, text)), _) => (code, text, close_label(code)),
-                        (None, DropReason::SlowConsumer) => (close::SLOW_CONSUMER, "too far behind: reconnect with `since` to recover".to_owned(), "slow_consumer"),
-                        (None, DropReason::Replaced) => (close::REPLACED, "replaced by a newer connection with the same id".to_owned(), "replaced"),
-                        (None, DropReason::Shutdown) => (close::GOING_AWAY, "server shutting down".to_owned(), "shutdown"),
-                        (None, _) if control.peer_gone.load(Ordering::Relaxed) => break ("client_gone", false),
-                        (None, _) => (close::NORMAL, String::new(), "client_closed"),
-                    };
-                    break (label, out.close(code, &text).await);
-                }
+                // A ping is answered before the next burst, however busy the writer is. A
+                // failed write may leave a frame half written: no close frame can follow it.
+                Ok(()) => if out.pong(control).await.is_err() || out.live(conn, &mut burst).await.is_err() {
+                    break ("write_failed", false);
+                },
+                Err(dropped) => break out.closed(control, dropped).await,
             },
-            () = sleep_until_opt(auth_check), if auth_check.is_some() => {
-                if let Some(label) = check_auth(app, conn, control) {
-                    break out.close_after_queued(conn, &mut burst, close::UNAUTHORIZED, label, "unauthorized").await;
-                }
-            }
+            () = sleep_until_opt(auth_check), if auth_check.is_some() => if let Some(label) = check_auth(app, conn, control) {
+                break out.close_after_queued(conn, &mut burst, close::UNAUTHORIZED, label, "unauthorized").await;
+            },
             () = &mut wake => {
                 wake.set(control.wake.notified());
                 if out.pong(control).await.is_err() {
@@ -181,15 +158,9 @@ async fn writer(
                     break out.close_after_queued(conn, &mut burst, code, &text, close_label(code)).await;
                 }
             }
-            _ = ping.tick() => {
-                let silent = now_ms(app).saturating_sub(control.last_seen_ms.load(Ordering::Relaxed));
-                if silent > 2 * u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX) {
-                    break ("heartbeat_timeout", out.close(close::HEARTBEAT_TIMEOUT, "no heartbeat").await);
-                }
-                if out.control(OpCode::Ping, &[]).await.is_err() {
-                    break ("write_failed", false);
-                }
-            }
+            _ = ping.tick() => if let Some(ended) = out.heartbeat(control, heartbeat).await {
+                break ended;
+            },
         }
     };
     control.done.cancel();
@@ -281,6 +252,45 @@ impl From<tokio::time::error::Elapsed> for WriteFailed {
     }
 }
 
+/// A burst's figures, added to the metrics every writer shares once per burst (a delivery
+/// count once per run of one type, not per frame).
+#[derive(Debug, Default)]
+struct Tally {
+    run: Option<(usize, u64)>,
+    compressed_frames: u64,
+    bytes_before: u64,
+    bytes_after: u64,
+}
+
+impl Tally {
+    /// One frame of type `type_index` delivered.
+    #[inline]
+    fn delivered(&mut self, app: &App, type_index: usize) {
+        match &mut self.run {
+            Some((t, n)) if *t == type_index => *n += 1,
+            run => {
+                if let Some((t, n)) = run.replace((type_index, 1)) {
+                    app.metrics.delivered(t, n);
+                }
+            }
+        }
+    }
+
+    /// One frame of `before` bytes written compressed in `after`.
+    fn compressed(&mut self, before: usize, after: usize) {
+        self.compressed_frames += 1;
+        self.bytes_before += before as u64;
+        self.bytes_after += after as u64;
+    }
+
+    fn add_to(self, app: &App) {
+        if let Some((t, n)) = self.run {
+            app.metrics.delivered(t, n);
+        }
+        app.metrics.compressed(self.compressed_frames, self.bytes_before, self.bytes_after);
+    }
+}
+
 /// How many scheduler turns a writer waits at most, gathering frames, before it writes.
 const MAX_GATHER_TURNS: usize = 16;
 
@@ -334,48 +344,16 @@ impl Out<'_> {
     async fn burst(&mut self, burst: &mut Vec<Delivery>) -> Result<(), WriteFailed> {
         let app = self.app;
         self.stamps.clear();
-        let min_size = app.config.compression_min_size;
         let mut frames: Vec<(Header, &[u8])> = Vec::with_capacity(burst.len());
-        // Delivery counters are shared by every writer: add once per run of one type, not per
-        // frame; the same for the compression figures, once per burst.
-        let mut run: Option<(usize, u64)> = None;
-        let (mut compressed_frames, mut bytes_before, mut bytes_after) = (0u64, 0u64, 0u64);
+        let mut tally = Tally::default();
         for delivery in burst.iter() {
-            let type_index = delivery.type_index();
-            match &mut run {
-                Some((t, n)) if *t == type_index => *n += 1,
-                _ => {
-                    if let Some((t, n)) = run.replace((type_index, 1)) {
-                        app.metrics.delivered(t, n);
-                    }
-                }
-            }
+            tally.delivered(app, delivery.type_index());
             if let Some(at) = delivery.published_at() {
                 self.stamps.push(at);
             }
-            let frame = delivery.frame();
-            let compressed = match self.deflate {
-                Some(deflate) if frame.len() >= min_size && deflate.fits(frame.len()) => frame
-                    .compressed_with(|bytes| {
-                        app.metrics.compressions.inc();
-                        modelcast_ws::deflate(bytes)
-                    }),
-                _ => None,
-            };
-            frames.push(match compressed {
-                Some(payload) => {
-                    compressed_frames += 1;
-                    bytes_before += frame.len() as u64;
-                    bytes_after += payload.len() as u64;
-                    (Header::new(OpCode::Text, true, payload.len()), payload)
-                }
-                None => (Header::new(OpCode::Text, false, frame.len()), frame.as_bytes()),
-            });
+            frames.push(self.payload(delivery.frame(), &mut tally));
         }
-        if let Some((t, n)) = run {
-            app.metrics.delivered(t, n);
-        }
-        app.metrics.compressed(compressed_frames, bytes_before, bytes_after);
+        tally.add_to(app);
         let written = tokio::time::timeout(
             self.write_timeout,
             modelcast_ws::write_frames(self.socket, &frames),
@@ -391,6 +369,35 @@ impl Out<'_> {
         }
         self.stamps.clear();
         Ok(())
+    }
+
+    /// A frame's header and payload: the frame the hub shares, or its compressed form (made
+    /// once per frame, whatever the connections) for a compressing connection.
+    #[inline]
+    fn payload<'f>(
+        &self,
+        frame: &'f modelcast_hub::Frame,
+        tally: &mut Tally,
+    ) -> (Header, &'f [u8]) {
+        let app = self.app;
+        let compressed = match self.deflate {
+            Some(deflate)
+                if frame.len() >= app.config.compression_min_size && deflate.fits(frame.len()) =>
+            {
+                frame.compressed_with(|bytes| {
+                    app.metrics.compressions.inc();
+                    modelcast_ws::deflate(bytes)
+                })
+            }
+            _ => None,
+        };
+        match compressed {
+            Some(payload) => {
+                tally.compressed(frame.len(), payload.len());
+                (Header::new(OpCode::Text, true, payload.len()), payload)
+            }
+            None => (Header::new(OpCode::Text, false, frame.len()), frame.as_bytes()),
+        }
     }
 
     /// Answers the ping the reader left in `control`, if there is one.
@@ -415,6 +422,51 @@ impl Out<'_> {
         let frame = [(Header::new(OpCode::Close, false, payload.len()), &payload[..])];
         let write = modelcast_ws::write_frames(self.socket, &frame);
         matches!(tokio::time::timeout(Duration::from_secs(1), write).await, Ok(Ok(())))
+    }
+
+    /// The connection's outbox was closed (`dropped`): the close frame that says why — the
+    /// echo of the peer's, the one the reader or the registry asked for, or the drop's own.
+    async fn closed(&self, control: &Control, dropped: DropReason) -> (&'static str, bool) {
+        if let Some(echo) = control.take_peer_close() {
+            // The client started the closing handshake: echo its close frame.
+            return ("client_closed", self.control(OpCode::Close, &echo).await.is_ok());
+        }
+        let (code, text, label) = match (control.take_close(), dropped) {
+            (Some((code, text)), _) => (code, text, close_label(code)),
+            (None, DropReason::SlowConsumer) => (
+                close::SLOW_CONSUMER,
+                "too far behind: reconnect with `since` to recover".to_owned(),
+                "slow_consumer",
+            ),
+            (None, DropReason::Replaced) => (
+                close::REPLACED,
+                "replaced by a newer connection with the same id".to_owned(),
+                "replaced",
+            ),
+            (None, DropReason::Shutdown) => {
+                (close::GOING_AWAY, "server shutting down".to_owned(), "shutdown")
+            }
+            (None, _) if control.peer_gone.load(Ordering::Relaxed) => {
+                return ("client_gone", false);
+            }
+            (None, _) => (close::NORMAL, String::new(), "client_closed"),
+        };
+        (label, self.close(code, &text).await)
+    }
+
+    /// A heartbeat: a peer silent for two intervals is closed (4003), else it is pinged.
+    /// `Some` when the connection ends.
+    async fn heartbeat(
+        &self,
+        control: &Control,
+        interval: Duration,
+    ) -> Option<(&'static str, bool)> {
+        let silent = now_ms(self.app).saturating_sub(control.last_seen_ms.load(Ordering::Relaxed));
+        if silent > 2 * u64::try_from(interval.as_millis()).unwrap_or(u64::MAX) {
+            let closed = self.close(close::HEARTBEAT_TIMEOUT, "no heartbeat").await;
+            return Some(("heartbeat_timeout", closed));
+        }
+        self.control(OpCode::Ping, &[]).await.is_err().then_some(("write_failed", false))
     }
 
     /// Writes what is queued (bounded by the queue size), then the close frame.
@@ -443,147 +495,18 @@ async fn reader(
     frames: &mut Reader,
     control: &Arc<Control>,
 ) {
-    // Made on the first inbound frame, so idle connections carry no limiter.
-    // Boxed: an idle session's future stays small.
-    let mut limiter: Option<Box<governor::DefaultDirectRateLimiter>> = None;
-    // Refused frames in the current one-second window: each is answered, and a sustained flood
-    // (more than MODELCAST_ABUSE_LIMIT refused within a second) closes the connection, however
-    // the refusals interleave with served frames.
-    let mut window = (tokio::time::Instant::now(), 0usize);
-    // `publish` frames already read and not yet published: a backend streaming messages sends
-    // many per read, and publishing them in one call fans each topic's run out with one lock
-    // per subscriber instead of one per message. Published before any other frame is handled
-    // and before waiting for more input, so nothing waits for a later frame.
-    let mut publishes: Vec<PublishRequest> = Vec::new();
-    loop {
-        let next = if publishes.is_empty() {
-            tokio::select! {
-                () = control.done.cancelled() => break,
-                next = frames.next(socket) => next,
-            }
-        } else {
-            // What is already read, without waiting (the reader is cancel-safe).
-            match frames.next(socket).now_or_never() {
-                Some(next) => next,
-                None => {
-                    publish_frames(app, conn, control, std::mem::take(&mut publishes));
-                    continue;
-                }
-            }
-        };
-        let message = match next {
-            Ok(Some(message)) => message,
-            // EOF or a reset without a close frame: the peer is gone (a closed tab, a dropped
-            // network), not a protocol violation.
-            Ok(None) | Err(ReadError::Io(_)) => {
-                publish_frames(app, conn, control, std::mem::take(&mut publishes));
-                control.peer_gone.store(true, Ordering::Relaxed);
-                break;
-            }
-            Err(ReadError::Failed(failure)) => {
-                publish_frames(app, conn, control, std::mem::take(&mut publishes));
-                let text = match failure.code {
-                    modelcast_ws::code::MESSAGE_TOO_BIG => format!(
-                        "frame too large (at most {} bytes): {failure}",
-                        app.config.max_frame_size
-                    ),
-                    modelcast_ws::code::INVALID_PAYLOAD => format!("invalid payload: {failure}"),
-                    _ => format!("protocol error: {failure}"),
-                };
-                control.set_close(failure.code, text);
-                break;
-            }
-        };
+    let mut inbound = Inbound {
+        app,
+        conn,
+        control,
+        limiter: None,
+        window: (tokio::time::Instant::now(), 0),
+        publishes: Vec::new(),
+    };
+    while let Some(message) = inbound.next(socket, frames).await {
         control.last_seen_ms.store(now_ms(app), Ordering::Relaxed);
-        // Only a connection allowed to publish has its `publish` frames gathered here (others'
-        // are refused below, rate limited like any frame).
-        let (message, parsed) = match message {
-            Message::Text(text) if control.publisher != Publisher::No => {
-                match ClientMessage::parse_frame(&text) {
-                    Ok(ClientMessage::Publish(request)) => {
-                        publishes.push(request);
-                        if publishes.len() >= MAX_PUBLISH_BATCH {
-                            publish_frames(app, conn, control, std::mem::take(&mut publishes));
-                        }
-                        continue;
-                    }
-                    parsed => (Message::Text(text), Some(parsed)),
-                }
-            }
-            other => (other, None),
-        };
-        publish_frames(app, conn, control, std::mem::take(&mut publishes));
-        let parsed = match (&message, parsed) {
-            (_, Some(parsed)) => Some(parsed),
-            (Message::Text(text), None) => Some(ClientMessage::parse_frame(text)),
-            _ => None,
-        };
-        // A connection allowed to publish sends `publish` frames at a backend's rate (HTTP
-        // publishing has no per-client rate either); every other frame counts against the
-        // limit that guards against floods.
-        let publishing = control.publisher != Publisher::No
-            && matches!(parsed, Some(Ok(ClientMessage::Publish(_))));
-        if !publishing && matches!(message, Message::Text(_) | Message::Binary(_)) {
-            let limiter = limiter.get_or_insert_with(|| app.security.message_limiter());
-            if limiter.check().is_err() {
-                let now = tokio::time::Instant::now();
-                if now.duration_since(window.0) >= Duration::from_secs(1) {
-                    window = (now, 0);
-                }
-                window.1 += 1;
-                if window.1 > app.config.abuse_limit {
-                    control.set_close(
-                        close::POLICY_VIOLATION,
-                        format!(
-                            "more than {} messages over the rate limit within a second",
-                            app.config.abuse_limit
-                        ),
-                    );
-                    break;
-                }
-                let request_id = match &parsed {
-                    Some(Ok(message)) => message.request_id().cloned(),
-                    Some(Err(err)) => err.request_id.clone(),
-                    None => None,
-                };
-                reply_error(
-                    app,
-                    conn,
-                    ErrorCode::RateLimited,
-                    format!(
-                        "message dropped: more than {} messages per second (bursts of {}); \
-                         {} dropped in this second, more than {} closes the connection",
-                        app.config.rate_limit,
-                        app.config.rate_burst,
-                        window.1,
-                        app.config.abuse_limit
-                    ),
-                    request_id,
-                );
-                continue;
-            }
-        }
-        match message {
-            Message::Text(_) => {
-                if let Some(parsed) = parsed {
-                    handle_frame(app, conn, control, parsed);
-                }
-            }
-            Message::Binary(_) => reply_error(
-                app,
-                conn,
-                ErrorCode::BinaryNotSupported,
-                "binary frames are not supported: send JSON in text frames".into(),
-                None,
-            ),
-            Message::Ping(payload) => control.set_pong(payload),
-            Message::Pong(_) => {}
-            Message::Close(frame) => {
-                // Echo the code (RFC 6455 §5.5.1); a close without one gets one without.
-                let echo = frame.map(|f| close_payload(f.code, "")).unwrap_or_default();
-                control.set_peer_closed(echo);
-                break;
-            }
+        if inbound.handle(message) == Flow::Stop {
+            break;
         }
     }
     if control.close.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some() {
@@ -592,5 +515,162 @@ async fn reader(
     } else {
         // The peer left or closed: nothing more to write but the echo.
         conn.close(DropReason::Closed);
+    }
+}
+
+/// Whether the reader goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
+}
+
+/// The reading side of a session and what it keeps between frames.
+struct Inbound<'a> {
+    app: &'a App,
+    conn: &'a Connection,
+    control: &'a Arc<Control>,
+    /// Made on the first inbound frame, so idle connections carry no limiter. Boxed: an idle
+    /// session's future stays small.
+    limiter: Option<Box<governor::DefaultDirectRateLimiter>>,
+    /// Refused frames in the current one-second window: each is answered, and a sustained
+    /// flood (more than MODELCAST_ABUSE_LIMIT refused within a second) closes the connection,
+    /// however the refusals interleave with served frames.
+    window: (tokio::time::Instant, usize),
+    /// `publish` frames already read and not yet published: a backend streaming messages sends
+    /// many per read, and publishing them in one call fans each topic's run out with one lock
+    /// per subscriber instead of one per message. Published before any other frame is handled
+    /// and before waiting for more input, so nothing waits for a later frame.
+    publishes: Vec<PublishRequest>,
+}
+
+impl Inbound<'_> {
+    /// The next message; `None` at the end (the writer is done, the peer left, or its bytes
+    /// broke the protocol: then the close frame to send is set).
+    async fn next(&mut self, socket: &ReadHalf<'_>, frames: &mut Reader) -> Option<Message> {
+        let next = loop {
+            if self.publishes.is_empty() {
+                tokio::select! {
+                    () = self.control.done.cancelled() => return None,
+                    next = frames.next(socket) => break next,
+                }
+            }
+            // What is already read, without waiting (the reader is cancel-safe).
+            match frames.next(socket).now_or_never() {
+                Some(next) => break next,
+                None => self.publish_gathered(),
+            }
+        };
+        match next {
+            Ok(Some(message)) => Some(message),
+            // EOF or a reset without a close frame: the peer is gone (a closed tab, a dropped
+            // network), not a protocol violation.
+            Ok(None) | Err(ReadError::Io(_)) => {
+                self.publish_gathered();
+                self.control.peer_gone.store(true, Ordering::Relaxed);
+                None
+            }
+            Err(ReadError::Failed(failure)) => {
+                self.publish_gathered();
+                let text = match failure.code {
+                    modelcast_ws::code::MESSAGE_TOO_BIG => format!(
+                        "frame too large (at most {} bytes): {failure}",
+                        self.app.config.max_frame_size
+                    ),
+                    modelcast_ws::code::INVALID_PAYLOAD => format!("invalid payload: {failure}"),
+                    _ => format!("protocol error: {failure}"),
+                };
+                self.control.set_close(failure.code, text);
+                None
+            }
+        }
+    }
+
+    /// Publishes the `publish` frames gathered so far.
+    fn publish_gathered(&mut self) {
+        let publishes = std::mem::take(&mut self.publishes);
+        publish_frames(self.app, self.conn, self.control, publishes);
+    }
+
+    /// One message: a `publish` frame of a connection allowed to publish is gathered (its
+    /// traffic, not counted by the rate limit, as HTTP publishing has no per-client rate
+    /// either); every other frame is rate limited, then answered.
+    fn handle(&mut self, message: Message) -> Flow {
+        let parsed = match &message {
+            Message::Text(text) => Some(ClientMessage::parse_frame(text)),
+            _ => None,
+        };
+        if self.control.publisher != Publisher::No
+            && let Some(Ok(ClientMessage::Publish(request))) = parsed
+        {
+            self.publishes.push(request);
+            if self.publishes.len() >= MAX_PUBLISH_BATCH {
+                self.publish_gathered();
+            }
+            return Flow::Go;
+        }
+        self.publish_gathered();
+        if matches!(message, Message::Text(_) | Message::Binary(_)) && !self.allowed(&parsed) {
+            return if self.window.1 > self.app.config.abuse_limit { Flow::Stop } else { Flow::Go };
+        }
+        self.answer(message, parsed)
+    }
+
+    /// Whether a frame is within the rate limit; a refused one is answered `rate_limited`,
+    /// and past the abuse limit the connection is set to close with 1008.
+    fn allowed(&mut self, parsed: &Option<Result<ClientMessage, FrameError>>) -> bool {
+        let app = self.app;
+        let limiter = self.limiter.get_or_insert_with(|| app.security.message_limiter());
+        if limiter.check().is_ok() {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.window.0) >= Duration::from_secs(1) {
+            self.window = (now, 0);
+        }
+        self.window.1 += 1;
+        let config = &app.config;
+        if self.window.1 > config.abuse_limit {
+            let limit = config.abuse_limit;
+            let text = format!("more than {limit} messages over the rate limit within a second");
+            self.control.set_close(close::POLICY_VIOLATION, text);
+            return false;
+        }
+        let request_id = match parsed {
+            Some(Ok(message)) => message.request_id().cloned(),
+            Some(Err(err)) => err.request_id.clone(),
+            None => None,
+        };
+        let text = format!(
+            "message dropped: more than {} messages per second (bursts of {}); {} dropped in \
+             this second, more than {} closes the connection",
+            config.rate_limit, config.rate_burst, self.window.1, config.abuse_limit
+        );
+        reply_error(app, self.conn, ErrorCode::RateLimited, text, request_id);
+        false
+    }
+
+    /// Answers a message within the limits.
+    fn answer(&self, message: Message, parsed: Option<Result<ClientMessage, FrameError>>) -> Flow {
+        match message {
+            Message::Text(_) => {
+                if let Some(parsed) = parsed {
+                    handle_frame(self.app, self.conn, self.control, parsed);
+                }
+            }
+            Message::Binary(_) => {
+                let text = "binary frames are not supported: send JSON in text frames";
+                reply_error(self.app, self.conn, ErrorCode::BinaryNotSupported, text.into(), None);
+            }
+            Message::Ping(payload) => self.control.set_pong(payload),
+            Message::Pong(_) => {}
+            Message::Close(frame) => {
+                // Echo the code (RFC 6455 §5.5.1); a close without one gets one without.
+                let echo = frame.map(|f| close_payload(f.code, "")).unwrap_or_default();
+                self.control.set_peer_closed(echo);
+                return Flow::Stop;
+            }
+        }
+        Flow::Go
     }
 }

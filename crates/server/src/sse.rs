@@ -24,14 +24,15 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use modelcast_hub::{Connection, Delivery, DropReason};
 use modelcast_protocol::{
-    ClientMessage, ErrorCode, ServerMessage, Since, SubscribeRequest, SubscriptionFilter, Topic,
+    ApiErrorCode, ClientMessage, ErrorCode, ServerMessage, Since, SubscribeRequest,
+    SubscriptionFilter, Topic,
 };
 use tokio::sync::mpsc;
 
 use crate::actions::{handle_frame, reply_error};
-use crate::admit::admit;
-use crate::handshake::refuse_token;
-use crate::response::{Body, Resp, error_response};
+use crate::admit::{admit, refuse_token};
+use crate::error::{ApiError, ApiResult};
+use crate::response::{Body, Resp};
 use crate::security::Identity;
 use crate::state::{App, Control, HttpPermit, Publisher};
 
@@ -127,18 +128,17 @@ struct StreamRequest {
 
 /// Reads the query (and the `Last-Event-ID` and `Authorization` headers); a 400 naming the
 /// parameter otherwise.
-fn read_request(req: &Request<Incoming>) -> Result<StreamRequest, Box<Resp>> {
-    let bad = |code: &str, message: String| {
-        Box::new(error_response(StatusCode::BAD_REQUEST, code, &message))
-    };
+fn read_request(req: &Request<Incoming>) -> ApiResult<StreamRequest> {
+    let bad = |code: ApiErrorCode, message: String| ApiError::new(code, message);
     let query = req.uri().query().unwrap_or_default();
     let mut topics = Vec::new();
     let (mut filter, mut max_hz, mut token, mut last_event_id) = (None, None, None, None);
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "topic" => {
-                let topic =
-                    value.parse::<Topic>().map_err(|e| bad("unknown_topic", e.to_string()))?;
+                let topic = value
+                    .parse::<Topic>()
+                    .map_err(|e| bad(ApiErrorCode::UnknownTopic, e.to_string()))?;
                 if !topics.contains(&topic) {
                     topics.push(topic);
                 }
@@ -155,7 +155,7 @@ fn read_request(req: &Request<Incoming>) -> Result<StreamRequest, Box<Resp>> {
             "max_hz" => {
                 let hz = value.parse::<f64>().map_err(|_| {
                     bad(
-                        "invalid_message",
+                        ApiErrorCode::InvalidMessage,
                         format!("max_hz: expected a number of updates per second, got `{value}`"),
                     )
                 })?;
@@ -168,7 +168,7 @@ fn read_request(req: &Request<Incoming>) -> Result<StreamRequest, Box<Resp>> {
     }
     if topics.is_empty() {
         return Err(bad(
-            "missing_topic",
+            ApiErrorCode::MissingTopic,
             "name the topics: GET /sse?topic=model_status&topic=download_progress".into(),
         ));
     }
@@ -194,7 +194,7 @@ pub(crate) fn open(
 ) -> Resp {
     let request = match read_request(&req) {
         Ok(request) => request,
-        Err(resp) => return with_cors(app, req.headers(), *resp),
+        Err(refused) => return with_cors(app, req.headers(), refused.into_response()),
     };
     // No first frame can carry the token here: it comes with the request.
     let authenticate = || {
@@ -252,11 +252,8 @@ pub(crate) fn preflight(app: &App, headers: &hyper::HeaderMap) -> Resp {
         ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_MAX_AGE,
     };
     if headers.get(hyper::header::ORIGIN).is_none() || !app.security.origin_allowed(headers) {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            "this page's origin may not connect (MODELCAST_ALLOWED_ORIGINS)",
-        );
+        let message = "this page's origin may not connect (MODELCAST_ALLOWED_ORIGINS)";
+        return ApiError::new(ApiErrorCode::OriginNotAllowed, message).into_response();
     }
     let mut resp = Resp::new(Default::default());
     *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -285,9 +282,10 @@ async fn run(
     let serial = app.next_session.fetch_add(1, Ordering::Relaxed);
     let id = format!("sse-{serial:x}-{:08x}", rand::random::<u32>());
     let expires_at = identity.as_ref().and_then(|i| i.expires_at);
+    let operator = app.security.is_operator(identity.as_ref(), false);
     let control = Arc::new(Control::new(id.clone(), serial, Publisher::No, identity, None, 0));
     app.metrics.sse_opened();
-    let _ = conn.send(&app.welcome(id));
+    let _ = conn.send(&app.welcome(id, operator));
     let recovered = match request.last_event_id.as_deref().map(Position::parse) {
         None => Position::default(),
         Some(Ok(position)) => position,
@@ -318,39 +316,25 @@ async fn write(
     app: &App,
     conn: &Connection,
     tx: &mpsc::Sender<Bytes>,
-    mut position: Position,
+    position: Position,
     expires_at: Option<u64>,
 ) -> &'static str {
     let heartbeat = app.config.heartbeat_interval;
     // A reader that takes nothing for this long is dead or hopelessly slow.
     let patience = heartbeat.max(Duration::from_secs(5));
-    if !send(tx, Bytes::from(format!("retry: {RETRY_MS}\n\n")), patience).await {
+    let mut stream = Stream { app, conn, tx, position, patience, burst: Vec::new() };
+    if !stream.send(Bytes::from(format!("retry: {RETRY_MS}\n\n"))).await {
         return "client_gone";
     }
-    let expiry = async {
-        match expires_at {
-            Some(exp) => {
-                let now = chrono::Utc::now().timestamp().max(0) as u64;
-                tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now))).await;
-            }
-            None => std::future::pending().await,
-        }
-    };
+    let expiry = sleep_until_unix(expires_at);
     tokio::pin!(expiry);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    let mut burst: Vec<Delivery> = Vec::new();
     loop {
         tokio::select! {
             biased;
             () = app.drain.cancelled() => {
-                // Drain what is queued (bounded by the queue size), then end the stream.
-                while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
-                    let events = events(app, &mut burst, &mut position);
-                    if !send(tx, events, patience).await {
-                        break;
-                    }
-                }
-                let _ = send(tx, Bytes::from_static(b": server shutting down\n\n"), patience).await;
+                stream.flush().await;
+                stream.send(Bytes::from_static(b": server shutting down\n\n")).await;
                 return "shutdown";
             }
             () = &mut expiry => {
@@ -360,28 +344,66 @@ async fn write(
                     request_id: None,
                 });
                 let _ = conn.send(&frame);
-                while conn.try_recv(&mut burst, BURST).unwrap_or(0) > 0 {
-                    let events = events(app, &mut burst, &mut position);
-                    let _ = send(tx, events, patience).await;
-                }
+                stream.flush().await;
                 return "unauthorized";
             }
-            received = conn.recv(&mut burst, BURST) => {
+            received = conn.recv(&mut stream.burst, BURST) => {
                 if let Err(reason) = received {
                     let line = format!(": closed: {reason}; reconnect with Last-Event-ID\n\n");
-                    let _ = send(tx, Bytes::from(line), patience).await;
+                    stream.send(Bytes::from(line)).await;
                     return reason.as_str();
                 }
-                let events = events(app, &mut burst, &mut position);
-                if !send(tx, events, patience).await {
+                if !stream.write_burst().await {
                     return "client_gone";
                 }
             }
-            _ = ping.tick() => {
-                // A comment line: proxies keep the connection open, a dead reader is noticed.
-                if !send(tx, Bytes::from_static(b": ping\n\n"), patience).await {
-                    return "client_gone";
-                }
+            // A comment line: proxies keep the connection open, a dead reader is noticed.
+            _ = ping.tick() => if !stream.send(Bytes::from_static(b": ping\n\n")).await {
+                return "client_gone";
+            }
+        }
+    }
+}
+
+/// Sleeps until `at` (seconds since the Unix epoch); forever without one.
+async fn sleep_until_unix(at: Option<u64>) {
+    match at {
+        Some(at) => {
+            let now = chrono::Utc::now().timestamp().max(0) as u64;
+            tokio::time::sleep(Duration::from_secs(at.saturating_sub(now))).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// An open stream's writing side: what it writes to and where it stands.
+struct Stream<'a> {
+    app: &'a App,
+    conn: &'a Connection,
+    tx: &'a mpsc::Sender<Bytes>,
+    position: Position,
+    patience: Duration,
+    burst: Vec<Delivery>,
+}
+
+impl Stream<'_> {
+    /// Sends `bytes`, waiting for the reader at most the patience. `false` when it is gone or
+    /// stuck.
+    async fn send(&self, bytes: Bytes) -> bool {
+        send(self.tx, bytes, self.patience).await
+    }
+
+    /// Writes the burst taken from the outbox as events.
+    async fn write_burst(&mut self) -> bool {
+        let events = events(self.app, &mut self.burst, &mut self.position);
+        self.send(events).await
+    }
+
+    /// Writes what is queued (bounded by the queue size).
+    async fn flush(&mut self) {
+        while self.conn.try_recv(&mut self.burst, BURST).unwrap_or(0) > 0 {
+            if !self.write_burst().await {
+                break;
             }
         }
     }

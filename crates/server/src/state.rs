@@ -104,8 +104,13 @@ impl App {
         self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The `welcome` a connection (a WebSocket or an event stream) gets first.
-    pub(crate) fn welcome(&self, connection_id: String) -> modelcast_protocol::ServerMessage {
+    /// The `welcome` a connection (a WebSocket or an event stream) gets first; `operator`
+    /// when its credential opens the operator endpoints.
+    pub(crate) fn welcome(
+        &self,
+        connection_id: String,
+        operator: bool,
+    ) -> modelcast_protocol::ServerMessage {
         modelcast_protocol::ServerMessage::Welcome(modelcast_protocol::Welcome {
             connection_id,
             protocol_version: modelcast_protocol::PROTOCOL_VERSION,
@@ -113,6 +118,7 @@ impl App {
             topics: modelcast_protocol::Topic::ALL.to_vec(),
             epoch: self.hub.epoch().to_owned(),
             node_id: Some(self.node_id.clone()),
+            operator,
             timestamp: chrono::Utc::now(),
         })
     }

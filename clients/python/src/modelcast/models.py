@@ -833,6 +833,13 @@ class Welcome(BaseModel):
     """
     The id of the node (server process) the connection is on, for support and logs.
     """
+    operator: Literal[True] | None = None
+    """
+    Whether the connection's credential also opens the operator endpoints (`/api/stats`,
+    `/metrics`, every key of `/api/state`): a publish key, a token with an operator role,
+    or a server that requires no credential at all. A page asks for server figures only
+    when it may. Absent: not an operator. Only ever sent as `true`.
+    """
     protocol_version: int = Field(..., ge=0, le=4294967295)
     """
     The protocol version the server speaks.

@@ -1001,6 +1001,13 @@ export interface Welcome {
    */
   node_id?: string;
   /**
+   * Whether the connection's credential also opens the operator endpoints (`/api/stats`,
+   * `/metrics`, every key of `/api/state`): a publish key, a token with an operator role,
+   * or a server that requires no credential at all. A page asks for server figures only
+   * when it may. Absent: not an operator. Only ever sent as `true`.
+   */
+  operator?: true;
+  /**
    * The protocol version the server speaks.
    */
   protocol_version: number;
