@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -19,8 +20,11 @@ struct Nginx {
 }
 
 impl Drop for Nginx {
+    /// Kills nginx's whole process group: its master and the worker, which would otherwise
+    /// outlive the test, still listening.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self._dir);
     }
@@ -37,7 +41,7 @@ impl Nginx {
             .into_iter()
             .map(PathBuf::from)
             .find(|p| p.exists())
-            .expect("nginx is needed: apt-get install nginx (.ci/run installs it)");
+            .expect("nginx is needed: apt-get install nginx (cargo xtask test installs it)");
         let port = free_port();
         let site = std::fs::read_to_string(root().join("deploy/nginx/modelcast.conf")).unwrap();
         assert!(site.contains("server 127.0.0.1:8000;") && site.contains("listen 80;"));
@@ -65,6 +69,8 @@ impl Nginx {
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // A group of its own, so the worker goes with the master (Drop).
+            .process_group(0)
             .spawn()
             .expect("start nginx");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

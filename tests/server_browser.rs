@@ -40,7 +40,9 @@ async fn the_seed_javascript_renders_in_chromium() {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("headless Chromium is needed: apt-get install chromium (.ci/run installs it)");
+        .expect(
+            "headless Chromium is needed: apt-get install chromium (cargo xtask test installs it)",
+        );
     // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/…"
     let mut lines = BufReader::new(browser.stderr.take().unwrap()).lines();
     let devtools = tokio::time::timeout(Duration::from_secs(30), async {

@@ -337,3 +337,140 @@ fn the_function_length_check_measures_functions() {
     let lengths = function_lengths(text);
     assert_eq!(lengths, [("a".to_owned(), 1, 3), ("b".to_owned(), 5, 6)]);
 }
+
+/// The documents whose code references must hold: the codemap and the docs by reader.
+fn documents() -> Vec<std::path::PathBuf> {
+    let mut docs = vec![root().join("ARCHITECTURE.md"), root().join("README.md")];
+    for entry in std::fs::read_dir(root().join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            docs.push(path);
+        }
+    }
+    docs
+}
+
+/// Every source file of the repository (its path from the root), for finding what a document
+/// names.
+fn source_files() -> Vec<(String, String)> {
+    fn walk(dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if !["target", "node_modules", ".git", "dist", ".venv"].contains(&name.as_str()) {
+                    walk(&path, out);
+                }
+            } else {
+                let rel = path.strip_prefix(root()).unwrap().display().to_string();
+                let code = [".rs", ".ts", ".py"].iter().any(|ext| name.ends_with(ext));
+                let text = if code {
+                    std::fs::read_to_string(&path).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                out.push((rel, text));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for dir in ["crates", "clients", "tests", "xtask", "deploy", "docs", "schemas"] {
+        walk(&root().join(dir), &mut out);
+    }
+    out
+}
+
+/// What a document names in backticks that is not there: a file (`session.rs`,
+/// `deploy/nginx/modelcast.conf`) that exists nowhere, or a code path (`actions::handle_frame`,
+/// `Topics::publish_run`) whose item no file defines where the path says.
+fn missing_references(text: &str, files: &[(String, String)]) -> Vec<String> {
+    let mut missing = Vec::new();
+    for token in text.split('`').skip(1).step_by(2) {
+        let token = token.trim_end_matches("()");
+        let is_file = [".rs", ".ts", ".mjs", ".py", ".toml", ".conf", ".env", ".service", ".html"]
+            .iter()
+            .any(|ext| token.ends_with(ext));
+        if is_file && !token.contains(' ') && !token.contains('*') && !token.starts_with('.') {
+            let exists = root().join(token).exists()
+                || files.iter().any(|(path, _)| path.ends_with(&format!("/{token}")))
+                || ["deploy", "tests", "clients/typescript", "clients/python"]
+                    .iter()
+                    .any(|dir| root().join(dir).join(token).exists());
+            if !exists {
+                missing.push(format!("file `{token}`"));
+            }
+            continue;
+        }
+        let parts: Vec<&str> = token.split("::").collect();
+        let [owner, item] = parts.as_slice() else { continue };
+        let plain =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !plain(owner) || !plain(item) || owner.starts_with(char::is_numeric) {
+            continue;
+        }
+        // `module::item` (a file stem) or `Type::item` (a type defined in the file).
+        let owners: Vec<&(String, String)> = files
+            .iter()
+            .filter(|(path, text)| {
+                path.ends_with(&format!("/{owner}.rs"))
+                    || [
+                        format!("struct {owner}"),
+                        format!("enum {owner}"),
+                        format!("trait {owner}"),
+                    ]
+                    .iter()
+                    .any(|def| {
+                        text.contains(&format!("{def} "))
+                            || text.contains(&format!("{def}<"))
+                            || text.contains(&format!("{def}("))
+                            || text.contains(&format!("{def};"))
+                    })
+            })
+            .collect();
+        if owners.is_empty() {
+            // A type or module of another crate (`serde_json::Value`): not ours to check.
+            continue;
+        }
+        // `item` right after one of the ways Rust defines a name, as a whole word.
+        let defines = |text: &str| {
+            let ways = ["fn ", "struct ", "enum ", "trait ", "type ", "const ", "mod ", "static "];
+            let fields = ["pub ", "pub(crate) ", "    "];
+            ways.iter().chain(&fields).any(|way| {
+                text.match_indices(&format!("{way}{item}")).any(|(at, found)| {
+                    let next = text[at + found.len()..].chars().next().unwrap_or(' ');
+                    let field = fields.contains(way);
+                    !(next.is_alphanumeric() || next == '_')
+                        && (!field || matches!(next, ':' | ',' | '(' | ' ' | '{'))
+                })
+            })
+        };
+        if !owners.iter().any(|(_, text)| defines(text)) {
+            missing.push(format!("`{owner}::{item}`"));
+        }
+    }
+    missing
+}
+
+/// Every file and code path the codemap and the docs name exists, so a newcomer following
+/// them never reaches a name that went away.
+#[test]
+fn the_docs_name_only_what_exists() {
+    let files = source_files();
+    let mut problems = Vec::new();
+    for doc in documents() {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for missing in missing_references(&text, &files) {
+            problems.push(format!("{}: {missing}", doc.strip_prefix(root()).unwrap().display()));
+        }
+    }
+    assert!(problems.is_empty(), "named but not there:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn the_reference_check_finds_what_went_away() {
+    let files = source_files();
+    let text = "`actions::handle_text`, `Topics::publish_run`, `Topics::publish`, \
+                `tests/nope.rs`, `session.rs`, `serde_json::Value`, `HubStats::keys`";
+    let missing = missing_references(text, &files);
+    assert_eq!(missing, ["`actions::handle_text`", "`Topics::publish`", "file `tests/nope.rs`"]);
+}

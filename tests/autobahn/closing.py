@@ -5,7 +5,7 @@ the fuzzer, e.g. --rate-limit 100000 --rate-burst 100000). modelcast is not an e
 only the *closing* behaviour is judged: the close code, and that the close is clean. Cases
 whose script waits for an echo of a valid message before it goes on to close are reported as
 not exercised (the fuzzer gives up on them, never reaching the close); every other case must
-close correctly. Run by .ci/run:
+close correctly. Run by cargo xtask test:
 
     python closing.py ws://127.0.0.1:PORT/ws
 """

@@ -2,7 +2,7 @@
 echo server built on modelcast's own frame layer (crates/ws/examples/echo.rs): every case
 must pass. Verdicts that are not OK but allowed -- INFORMATIONAL (behaviour the RFC leaves
 open) and NON-STRICT (conformant, not the strictest reading) -- are listed, each with the
-reason known for it; a new one fails the run until it is looked at. Run by .ci/run:
+reason known for it; a new one fails the run until it is looked at. Run by cargo xtask test:
 
     python suite.py ws://127.0.0.1:PORT
 

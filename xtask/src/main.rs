@@ -1,5 +1,6 @@
 //! `cargo xtask`: modelcast's developer tasks.
 //!
+//! - `cargo xtask test [--only SUITE,…]` runs every test suite (installing what they need).
 //! - `cargo xtask codegen [--check]` writes (or checks) the generated files under `schemas/`.
 //! - `cargo xtask cluster [--nodes N] [--demo]` runs a private Redis and N nodes.
 //! - `cargo xtask loadtest` measures the release server.
@@ -12,6 +13,7 @@ mod callgrind;
 mod cluster;
 mod codegen;
 mod loadtest;
+mod test;
 mod wire;
 
 use std::process::ExitCode;
@@ -19,6 +21,10 @@ use std::process::ExitCode;
 pub(crate) const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
+  test [--only SUITES]
+                      every test suite: rust, schemas, autobahn, typescript, python
+                      (--only a comma list); what they need from the system is installed
+                      with apt-get when run as root, else named with the command to run
   codegen [--check]   write the generated JSON Schemas under schemas/
                       (--check: fail, naming each stale file, if they differ)
   schema-baseline     freeze schemas/ as the compatibility baseline of the current
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
         ["loadtest", rest @ ..] => {
             loadtest::Options::parse(rest).and_then(|o| loadtest::run(o, rest))
         }
+        ["test", rest @ ..] => test::run(rest),
         ["callgrind"] => callgrind::run(),
         ["wire", rest @ ..] => wire::run(rest),
         ["help" | "--help" | "-h"] => {

@@ -1,5 +1,5 @@
 //! An echo server on modelcast-ws, for the Autobahn TestSuite (`tests/autobahn/suite.py`,
-//! run by `.ci/run`): every text and binary message comes back as it was sent, compressed
+//! run by `cargo xtask test`): every text and binary message comes back as it was sent, compressed
 //! when permessage-deflate was negotiated, with the same reader, decoder, compressor and
 //! vectored writes the modelcast server uses. Test-only: it has no limits worth a server.
 //!
