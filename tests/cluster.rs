@@ -562,3 +562,129 @@ async fn redis_trouble_is_said_in_the_log_and_readyz() {
     assert!(said.contains("MODELCAST_REDIS_URL: cannot reach Redis at"), "{said}");
     assert!(!said.contains("cannot listen"), "{said}");
 }
+
+/// The epoch a new subscriber of `alerts` on `node` is given once it is not one of `not`
+/// (the nodes notice a change of Redis at their next check, each second).
+async fn alerts_epoch_other_than(node: &Node, not: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut client = node.ws(&format!("e{}", rand::random::<u32>())).await;
+        let epoch =
+            subscribe(&mut client, "alerts", None).await["epoch"].as_str().unwrap().to_owned();
+        if !not.contains(&epoch.as_str()) {
+            return epoch;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "alerts kept its epoch {epoch}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An epoch's generation: its first 8 hex digits.
+fn generation(epoch: &str) -> u32 {
+    u32::from_str_radix(&epoch[..8], 16).unwrap()
+}
+
+/// Redis as a failback leaves it (issue 36, 1): the topic's epoch and log as they were before
+/// a failover (`epoch`, newest seq `top`: the messages above it gone), as when the old
+/// primary, never restarted, is promoted again before it caught up.
+fn fail_back(redis: &Redis, epoch: &str, top: u64, lost: &[u64]) {
+    let top = top.to_string();
+    let set = redis.cli(&["HSET", "mc:{alerts}:meta", "epoch", epoch, "seq", &top]);
+    assert!(set.is_some());
+    for seq in lost {
+        assert!(redis.cli(&["XDEL", "mc:{alerts}:log", &format!("0-{seq}")]).is_some());
+    }
+}
+
+/// An epoch, once left, is never current again (issue 36, 1): a failover gives `alerts` a
+/// second epoch and a message under it; then Redis goes back to the first epoch's data (a
+/// failback to a primary that missed the second). The nodes, which saw the second epoch's
+/// generation, fence the first: a client holding a position under it is told
+/// (`recovered: false`), never `recovered: true` over the message it cannot get.
+#[tokio::test]
+async fn an_epoch_that_comes_back_is_fenced_and_a_client_holding_it_is_told() {
+    let cluster = Cluster::redis(2, false, &[]).await;
+    let redis = cluster.redis.as_ref().unwrap();
+    let mut early = cluster.node(1).ws("early").await;
+    let first = subscribe(&mut early, "alerts", None).await["epoch"].as_str().unwrap().to_owned();
+    for k in 0..3 {
+        publish_ok(cluster.node(0), &alert(&format!("r{k}")), &[]).await;
+    }
+    messages(&mut early, 3).await;
+    drop(early); // it holds (first, 3)
+    // A failover to a replica that missed the third message: the nodes fence it.
+    assert!(redis.cli(&["HSET", "mc:{alerts}:meta", "seq", "2"]).is_some());
+    let second = alerts_epoch_other_than(cluster.node(0), &[&first]).await;
+    alerts_epoch_other_than(cluster.node(1), &[&first]).await;
+    assert_eq!(publish_ok(cluster.node(0), &alert("under-second"), &[]).await, [4]);
+    fail_back(redis, &first, 3, &[4]);
+    let third = alerts_epoch_other_than(cluster.node(1), &[&second]).await;
+    assert_ne!(third, first, "an epoch once left is never current again");
+    assert!(generation(&third) > generation(&second), "{third} after {second}");
+    let mut back = cluster.node(1).ws("back").await;
+    let told = subscribe(&mut back, "alerts", Some((&first, 3))).await;
+    assert_eq!(told["recovered"], false, "{told}");
+    assert_eq!(told["epoch"], third.as_str());
+}
+
+/// The same failback after every node restarted (their memory of the second epoch gone): a
+/// client holding a position under the second epoch is the evidence — its generation is
+/// later than the topic's — so the node fences the first epoch before answering; the client
+/// is told, and so is one holding a position under the first.
+#[tokio::test]
+async fn a_client_from_a_later_epoch_fences_one_that_came_back_after_the_nodes_restarted() {
+    let mut cluster = Cluster::redis(1, false, &[]).await;
+    let mut early = cluster.node(0).ws("early").await;
+    let first = subscribe(&mut early, "alerts", None).await["epoch"].as_str().unwrap().to_owned();
+    for k in 0..3 {
+        publish_ok(cluster.node(0), &alert(&format!("c{k}")), &[]).await;
+    }
+    messages(&mut early, 3).await;
+    drop(early);
+    let redis = cluster.redis.as_ref().unwrap();
+    assert!(redis.cli(&["HSET", "mc:{alerts}:meta", "seq", "2"]).is_some());
+    let second = alerts_epoch_other_than(cluster.node(0), &[&first]).await;
+    let mut late = cluster.node(0).ws("late").await;
+    subscribe(&mut late, "alerts", None).await;
+    assert_eq!(publish_ok(cluster.node(0), &alert("under-second"), &[]).await, [4]);
+    messages(&mut late, 1).await;
+    drop(late); // it holds (second, 4)
+    cluster.nodes[0].kill();
+    fail_back(cluster.redis.as_ref().unwrap(), &first, 3, &[4]);
+    cluster.nodes[0].restart().await;
+    let mut late = cluster.node(0).ws("late").await;
+    let told = subscribe(&mut late, "alerts", Some((&second, 4))).await;
+    assert_eq!(told["recovered"], false, "{told}");
+    let now = told["epoch"].as_str().unwrap();
+    assert!(now != first && now != second, "a new epoch: {told}");
+    let mut early = cluster.node(0).ws("early").await;
+    let told = subscribe(&mut early, "alerts", Some((&first, 3))).await;
+    assert_eq!(told["recovered"], false, "{told}");
+}
+
+/// A client resuming with a position from before an epoch change gets everything the log
+/// still holds (issue 36, 4) — also the new epoch's messages when the node's history no
+/// longer reaches back to the first — as after a gap within one epoch, and is told.
+#[tokio::test]
+async fn a_resume_across_an_epoch_change_replays_everything_the_log_holds() {
+    let cluster = Cluster::redis(2, false, &["--history-size", "5"]).await;
+    let mut early = cluster.node(1).ws("early").await;
+    let first = subscribe(&mut early, "alerts", None).await["epoch"].as_str().unwrap().to_owned();
+    for k in 0..8 {
+        publish_ok(cluster.node(0), &alert(&format!("h{k}")), &[]).await;
+    }
+    messages(&mut early, 6).await;
+    drop(early); // it holds (first, 6)
+    let redis = cluster.redis.as_ref().unwrap();
+    assert!(redis.cli(&["HSET", "mc:{alerts}:meta", "seq", "7"]).is_some());
+    alerts_epoch_other_than(cluster.node(0), &[&first]).await;
+    alerts_epoch_other_than(cluster.node(1), &[&first]).await;
+    assert_eq!(publish_ok(cluster.node(0), &alert("n0"), &[]).await, [9]);
+    assert_eq!(publish_ok(cluster.node(0), &alert("n1"), &[]).await, [10]);
+    let mut back = cluster.node(1).ws("back").await;
+    let told = subscribe(&mut back, "alerts", Some((&first, 6))).await;
+    assert_eq!(told["recovered"], false, "{told}");
+    let frames = messages(&mut back, 5).await;
+    assert_eq!(seqs(&frames), [6, 7, 8, 9, 10], "all five the log holds");
+    assert_eq!(alert_ids(&frames[3..]), ["n0", "n1"]);
+}

@@ -339,6 +339,11 @@ pub struct Sentinels {
 impl Sentinels {
     /// Starts them and waits until they see one replica and each other.
     pub fn watch(primary: &Redis) -> Self {
+        Self::watch_with(primary, 1)
+    }
+
+    /// Starts them and waits until they see `replicas` replicas and each other.
+    pub fn watch_with(primary: &Redis, replicas: usize) -> Self {
         let mut sentinels = Sentinels { ports: Vec::new(), dirs: Vec::new(), children: Vec::new() };
         for _ in 0..3 {
             let port = free_port();
@@ -375,7 +380,8 @@ impl Sentinels {
                     let lines: Vec<&str> = master.lines().collect();
                     lines.iter().position(|l| *l == name).and_then(|i| lines.get(i + 1).copied())
                 };
-                field("num-slaves") == Some("1") && field("num-other-sentinels") == Some("2")
+                field("num-slaves") == Some(replicas.to_string().as_str())
+                    && field("num-other-sentinels") == Some("2")
             });
             if ready {
                 return sentinels;
@@ -388,6 +394,12 @@ impl Sentinels {
     /// `host:port,host:port,host:port`, as `MODELCAST_REDIS_SENTINELS` takes them.
     pub fn list(&self) -> String {
         self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// `kill -9` of sentinel `i` (the nodes watch the first that answers: 0).
+    pub fn kill(&mut self, i: usize) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
     }
 
     /// The port of the primary the first sentinel that answers names now.
@@ -451,11 +463,13 @@ impl Node {
     }
 
     async fn spawn(&mut self) {
+        // `MODELCAST_TEST_NODE_LOGS=1` shows the nodes' warnings (to see what a test did).
+        let logs = std::env::var_os("MODELCAST_TEST_NODE_LOGS").is_some();
         let child = Command::new(crate::server_util::binary())
             .args(["--bind", &self.addr.to_string()])
             .args(&self.args)
             .env("MODELCAST_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(if logs { Stdio::inherit() } else { Stdio::null() })
             .spawn()
             .expect("spawn modelcast");
         self.child = Some(child);

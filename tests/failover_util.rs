@@ -116,6 +116,12 @@ pub async fn fences(nodes: &[Node]) -> u64 {
     fences
 }
 
+/// Every epoch any client received alerts under: one event (a failover) makes one epoch, not
+/// one per node that noticed it.
+pub fn epochs(clients: &[(Client, View)]) -> BTreeSet<String> {
+    clients.iter().flat_map(|(_, view)| view.alerts.iter().map(|((e, _), _)| e.clone())).collect()
+}
+
 /// Reads every client until `a{total-1}` arrived and checks what it saw: no `(epoch, seq)`
 /// with two messages on any connection, in order within an epoch, every acknowledged alert
 /// (`a0..a{total}`) received or the subscriber told, and none published from `kill_at` on

@@ -195,7 +195,7 @@ impl modelcast_hub::Engine for LoadsOnReach {
         modelcast_hub::Pending::ready(Ok(false))
     }
 
-    fn unavailable(&self) -> Option<String> {
+    fn unavailable(&self, _topic: Option<Topic>) -> Option<String> {
         None
     }
 

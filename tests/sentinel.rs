@@ -3,11 +3,11 @@
 //! `modelcast` binaries; the primary is killed with `kill -9` in the middle of a stream of
 //! publishes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use modelcast_tests::cluster_util::{Node, Redis, Sentinels};
+use modelcast_tests::cluster_util::{Node, Redis, Sentinels, cli};
 use modelcast_tests::failover_util::{
-    alerts_subscriber, check_deliveries, fences, publish_retrying, reconnect,
+    alerts_subscriber, check_deliveries, epochs, fences, publish_retrying, reconnect,
 };
 
 #[tokio::test]
@@ -102,26 +102,23 @@ async fn a_requested_failover_is_followed_without_a_dropped_connection() {
     let mut slowest = Duration::ZERO;
     for i in 0..total {
         if i == switch_at {
-            let asked = modelcast_tests::cluster_util::cli(
-                sentinels.ports[0],
-                &["SENTINEL", "FAILOVER", "mymaster"],
-            );
+            let asked = cli(sentinels.ports[0], &["SENTINEL", "FAILOVER", "mymaster"]);
             assert_eq!(asked.as_deref().map(str::trim), Some("OK"));
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + Duration::from_secs(20);
             while sentinels.primary_port() != Some(replica.port) {
-                assert!(std::time::Instant::now() < deadline, "the sentinels never switched");
+                assert!(Instant::now() < deadline, "the sentinels never switched");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         if i == followed_at {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(10);
             for node in &nodes {
                 loop {
                     let stats = node.stats().await;
                     if stats["engine"]["primary"] == format!("127.0.0.1:{}", replica.port) {
                         break;
                     }
-                    assert!(std::time::Instant::now() < deadline, "never followed: {stats}");
+                    assert!(Instant::now() < deadline, "never followed: {stats}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -130,4 +127,97 @@ async fn a_requested_failover_is_followed_without_a_dropped_connection() {
     }
     eprintln!("requested failover: the longest publish took {slowest:?}");
     check_deliveries(&mut clients, total, followed_at).await;
+}
+
+/// The sentinel the nodes watch for `+switch-master` dies, then the operator asks another for
+/// a failover (issue 36, 2): each node asks a sentinel which primary it names at every check
+/// and watches another sentinel, so every node follows within a few seconds — not only once
+/// the old primary is demoted — and publishing and delivery go on.
+#[tokio::test]
+#[allow(clippy::print_stderr)]
+async fn a_dead_watched_sentinel_does_not_keep_the_nodes_on_the_old_primary() {
+    let primary = Redis::start(false);
+    let replica = Redis::replica_of(&primary);
+    let mut sentinels = Sentinels::watch(&primary);
+    let list = sentinels.list();
+    let args = ["--redis-sentinels", list.as_str(), "--redis-master", "mymaster"];
+    let nodes = [Node::start(&args).await, Node::start(&args).await];
+    let mut clients = vec![alerts_subscriber(&nodes[1], "watch").await];
+    for i in 0..10 {
+        publish_retrying(&nodes[0], &format!("a{i}")).await;
+    }
+    sentinels.kill(0);
+    let asked = cli(sentinels.ports[1], &["SENTINEL", "FAILOVER", "mymaster"]);
+    assert_eq!(asked.as_deref().map(str::trim), Some("OK"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sentinels.primary_port() != Some(replica.port) {
+        assert!(Instant::now() < deadline, "the sentinels never switched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let switched = Instant::now();
+    for node in &nodes {
+        loop {
+            let stats = node.stats().await;
+            if stats["engine"]["primary"] == format!("127.0.0.1:{}", replica.port) {
+                break;
+            }
+            let waited = switched.elapsed();
+            assert!(waited < Duration::from_secs(5), "still on the old primary: {stats}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!("dead sentinel: every node followed {:?} after the switch", switched.elapsed());
+    for i in 10..30 {
+        publish_retrying(&nodes[i % 2], &format!("a{i}")).await;
+    }
+    check_deliveries(&mut clients, 30, 10).await;
+}
+
+/// With `MODELCAST_REDIS_ACK_REPLICAS=1` a publish is acknowledged only once a replica holds
+/// it (issue 36, 7): `kill -9` of the primary (of two replicas: the one left keeps
+/// acknowledging) in the middle of a stream loses nothing acknowledged, the promoted replica
+/// keeps the epoch, and no subscriber is told of a gap or gets history again.
+#[tokio::test]
+#[allow(clippy::print_stderr)]
+async fn with_ack_replicas_a_killed_primary_loses_nothing_acknowledged() {
+    let mut primary = Redis::start(false);
+    let replicas = [Redis::replica_of(&primary), Redis::replica_of(&primary)];
+    let sentinels = Sentinels::watch_with(&primary, 2);
+    let list = sentinels.list();
+    let args = [
+        "--redis-sentinels",
+        list.as_str(),
+        "--redis-master",
+        "mymaster",
+        "--redis-ack-replicas",
+        "1",
+    ];
+    let nodes = [Node::start(&args).await, Node::start(&args).await, Node::start(&args).await];
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        clients.push(alerts_subscriber(&nodes[i % 3], &format!("s{i}")).await);
+    }
+    let (total, kill_at) = (60, 30);
+    let mut slowest = Duration::ZERO;
+    for i in 0..total {
+        if i == kill_at {
+            primary.kill();
+        }
+        slowest = slowest.max(publish_retrying(&nodes[i % 3], &format!("a{i}")).await);
+        if i == kill_at + 10 {
+            for (k, (client, view)) in clients.iter_mut().enumerate().filter(|(k, _)| k % 2 == 1) {
+                reconnect(client, view, &nodes[(k + 1) % 3], &format!("back{k}")).await;
+            }
+        }
+    }
+    eprintln!("ack replicas: the longest publish took {slowest:?}");
+    let promoted = sentinels.primary_port();
+    assert!(replicas.iter().any(|r| Some(r.port) == promoted), "a replica was promoted");
+    check_deliveries(&mut clients, total, 0).await;
+    for (_, view) in &clients {
+        assert!(!view.told, "nothing acknowledged was lost: no one is told");
+        assert_eq!(view.alerts.len(), total, "each alert once: no history again");
+    }
+    assert_eq!(epochs(&clients).len(), 1, "the epoch is kept: {:?}", epochs(&clients));
+    assert_eq!(fences(&nodes).await, 0);
 }

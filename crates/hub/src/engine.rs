@@ -21,10 +21,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use modelcast_protocol::Topic;
 use tokio::sync::oneshot;
 
+use crate::epoch::new_epoch;
 use crate::error::{Error, Result};
 use crate::idempotency::{Claim, Claims, Remembered};
 use crate::publish::Sequenced;
-use crate::topics::{Applied, HubConfig, Logged, Topics, new_epoch};
+use crate::topics::{Applied, HubConfig, Logged, Topics};
 use crate::wire::{StateChange, Wire};
 
 /// Where messages get their `seq`, and where history and retained state are kept for the
@@ -53,9 +54,11 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
     /// subscribers ([`Replica::cleared`]). Answers whether there was any.
     fn clear(&self, topic: Topic, key: String) -> Pending<bool>;
 
-    /// `None` when appends can succeed now; otherwise why not (publishers get a retryable
-    /// error at once instead of waiting).
-    fn unavailable(&self) -> Option<String>;
+    /// `None` when appends of `topic` (`None`: of every topic — the engine as a whole) can
+    /// succeed now; otherwise why not (publishers get a retryable error at once instead of
+    /// waiting). An engine whose topics live in several places (a Redis Cluster's shards)
+    /// refuses only the topics whose place is down.
+    fn unavailable(&self, topic: Option<Topic>) -> Option<String>;
 
     /// A client asked this node for `topic` from `since`, which it has not reached, or before
     /// the node's copy was loaded from the log: load or bring the copy up to the log's newest
@@ -267,7 +270,7 @@ impl Engine for LocalEngine {
         Pending::ready(Ok(self.replica.get().is_some_and(|r| r.cleared(topic, &key))))
     }
 
-    fn unavailable(&self) -> Option<String> {
+    fn unavailable(&self, _topic: Option<Topic>) -> Option<String> {
         None
     }
 
@@ -378,7 +381,8 @@ impl Engine for MemoryEngine {
             let log = state.topics.entry(topic).or_default();
             let mut retained: Vec<Logged> = log.retained.values().cloned().collect();
             retained.sort_by_key(|l| l.seq);
-            replica.reset(topic, &self.epoch, log.seq, log.log.iter().cloned().collect(), retained);
+            let history = log.log.iter().cloned().collect();
+            replica.reset(topic, &self.epoch, log.seq, history, retained);
         }
         state.replicas.push(replica);
     }
@@ -401,7 +405,7 @@ impl Engine for MemoryEngine {
         Pending::ready(Ok(had))
     }
 
-    fn unavailable(&self) -> Option<String> {
+    fn unavailable(&self, _topic: Option<Topic>) -> Option<String> {
         None
     }
 

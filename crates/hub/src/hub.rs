@@ -132,7 +132,7 @@ impl Hub {
 
     /// Why publishing cannot succeed now (the engine is unreachable), or `None`.
     pub fn unavailable(&self) -> Option<String> {
-        self.engine.unavailable()
+        self.engine.unavailable(None)
     }
 
     /// A subscription was refused with [`crate::Error::Behind`] (a position this node has not
@@ -211,7 +211,7 @@ impl Hub {
         if together.is_empty() {
             return;
         }
-        if let Some(reason) = self.engine.unavailable() {
+        if let Some(reason) = self.engine.unavailable(together.first().map(|p| p.topic)) {
             out.extend(together.drain(..).map(|_| unavailable(&reason)));
             return;
         }
@@ -227,7 +227,7 @@ impl Hub {
     /// and [`Error::IdempotencyConflict`] when the key names another request (publish
     /// nothing). A full table refuses as [`Error::IdempotencyFull`] does.
     pub fn claim(&self, key: &str, request: &str) -> Pending<Claim> {
-        if let Some(reason) = self.engine.unavailable() {
+        if let Some(reason) = self.engine.unavailable(None) {
             return Pending::ready(Err(Error::Unavailable(reason)));
         }
         self.engine.claim(key, request)
@@ -266,7 +266,7 @@ impl Hub {
     /// Hands one message to the engine now; `constituents` (a batch's parts) only update the
     /// retained state.
     pub(crate) fn publish_now(&self, publish: Publish, constituents: Vec<Publish>) -> Published {
-        if let Some(reason) = self.engine.unavailable() {
+        if let Some(reason) = self.engine.unavailable(Some(publish.topic)) {
             return unavailable(&reason);
         }
         let appended = self.engine.append(vec![self.append_of(publish, constituents)]);
@@ -300,7 +300,7 @@ impl Hub {
         key: &str,
         audience: Option<&Audience>,
     ) -> Result<bool> {
-        if let Some(reason) = self.engine.unavailable() {
+        if let Some(reason) = self.engine.unavailable(Some(topic)) {
             return Err(Error::Unavailable(reason));
         }
         let key = crate::audience::state_key(&Key::from(key), audience).to_string();

@@ -65,6 +65,7 @@ mod audience;
 mod batch;
 mod connection;
 mod engine;
+mod epoch;
 mod error;
 mod frame;
 mod hub;
@@ -83,6 +84,7 @@ pub use audience::{Audience, Viewer};
 pub use batch::{Batcher, Combiner};
 pub use connection::Connection;
 pub use engine::{Append, Appended, Engine, LocalEngine, MemoryEngine, Pending, Replica};
+pub use epoch::{epoch_of, epoch_random, generation, new_epoch, next_epoch};
 pub use error::{DropReason, Error, MIN_MAX_HZ, Result};
 pub use frame::Frame;
 pub use hub::{Hub, Published, Run};
@@ -90,7 +92,5 @@ pub use idempotency::{Claim, IDEMPOTENCY_TTL};
 pub use outbox::Delivery;
 pub use publish::{Key, Kind, Publish, Retain, Sequenced};
 pub use stats::{ConflateReason, HubStats, TopicStats};
-pub use topics::{
-    Applied, HubConfig, Logged, StatePage, SubscribeOptions, SubscribeOutcome, new_epoch,
-};
+pub use topics::{Applied, HubConfig, Logged, StatePage, SubscribeOptions, SubscribeOutcome};
 pub use wire::{StateChange, Wire};

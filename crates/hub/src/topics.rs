@@ -11,6 +11,7 @@ use modelcast_protocol::{RequestId, ServerFrame, ServerMessage, Since, Subscribe
 use tokio::time::Instant;
 
 use crate::audience::{Audience, unscoped};
+use crate::epoch::{generation, new_epoch};
 use crate::error::{DropReason, Error, MIN_MAX_HZ, Result};
 use crate::frame::{encode, with_seq};
 use crate::keys::{Interner, KeyId, KeyRef, id_of};
@@ -334,11 +335,6 @@ impl Prepared {
         };
         Entry { frame, subject: self.subject.clone(), urgent: self.urgent, at }
     }
-}
-
-/// A new random epoch: 16 hex digits.
-pub fn new_epoch() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 /// What [`Replica::apply`](crate::Replica::apply) did with a message sequenced elsewhere.
@@ -711,9 +707,13 @@ impl Topics {
             Some(since) if since.epoch == epoch && since.seq > top => Start::Ahead,
             // A gap in this epoch: what history still holds, then the state.
             Some(since) if since.epoch == epoch && since.seq < oldest => Start::Gap(oldest - 1),
-            // Another epoch (the hub restarted): its whole history if nothing has expired yet.
-            Some(since) if since.epoch != epoch && oldest <= 1 => Start::Gap(0),
-            Some(_) => Start::State,
+            // A later epoch than this node's: the client saw an epoch after this one, so this
+            // one came back (a failback to older data): the engine fences it first.
+            Some(since) if generation(&since.epoch) > generation(epoch) => Start::Ahead,
+            // Another epoch (a restart, a failover, a fence): everything history still holds
+            // (an engine's log numbers on through a new epoch, so it may hold messages the
+            // client missed before it), as after a gap in one epoch, then the state.
+            Some(_) => Start::Gap(oldest.saturating_sub(1)),
         }
     }
 

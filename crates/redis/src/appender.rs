@@ -11,9 +11,10 @@ use redis::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::Conn;
 use crate::queued::Queued;
 use crate::scripts::{AppendLimits, append_call};
-use crate::shared::{IDEMPOTENCY_TTL_SECS, Shared, needs_restart_check};
+use crate::shared::{Ack, IDEMPOTENCY_TTL_SECS, Shared, needs_restart_check};
 
 /// The most appends sent in one round trip.
 const ROUND: usize = 1024;
@@ -97,12 +98,41 @@ async fn call_groups(
             idempotency_ttl_secs: IDEMPOTENCY_TTL_SECS,
             state_max_keys: shared.limits.state_max_keys,
         };
-        let cmd = append_call(&shared.scripts, shared.names.of(*topic), limits, now_ms, group);
+        let names = shared.names.of(*topic);
+        let cmd = append_call(&shared.scripts, names, limits, now_ms, group);
         let mut conn = shared.conn();
-        async move { cmd.query_async::<Value>(&mut conn).await }
+        let ack = shared.limits.ack;
+        async move {
+            let value = cmd.query_async::<Value>(&mut conn).await?;
+            if let Some(ack) = ack {
+                wait_for_replicas(&mut conn, &names.meta, ack).await?;
+            }
+            Ok(value)
+        }
     });
     futures_util::future::join_all(calls).await
 }
+
+/// `WAIT` on the primary that took an append (the same connection, so it covers it): `Ok`
+/// once `ack.replicas` hold it, else an error that says the message may have gone out.
+async fn wait_for_replicas(conn: &mut Conn, key: &str, ack: Ack) -> redis::RedisResult<()> {
+    let millis = u64::try_from(ack.timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(ack.replicas).arg(millis);
+    let held: usize = redis::from_redis_value(conn.on_primary_of(key, &wait).await?)?;
+    if held >= ack.replicas {
+        return Ok(());
+    }
+    let detail = format!(
+        "{held} of the {} replicas MODELCAST_REDIS_ACK_REPLICAS asks for acknowledged within \
+         {:?} (the message may have gone out)",
+        ack.replicas, ack.timeout
+    );
+    Err(redis::RedisError::from((redis::ErrorKind::Client, NOT_REPLICATED, detail)))
+}
+
+/// The description of an append the replicas did not acknowledge in time.
+const NOT_REPLICATED: &str = "not replicated in time";
 
 /// Answers a group's appends from the script's `{epoch, answer…}` (or its failure).
 fn answer(shared: &Shared, topic: Topic, group: Vec<Queued>, result: redis::RedisResult<Value>) {
@@ -119,9 +149,12 @@ fn answer(shared: &Shared, topic: Topic, group: Vec<Queued>, result: redis::Redi
         }
         Err(err) => {
             // Unreachable, or refusing writes (a read-only replica, NOAUTH, OOM): publishes
-            // fail fast until the follower's write probe succeeds.
+            // (of the topic's shard, on a cluster) fail fast until the follower's checks
+            // succeed. Replicas that did not acknowledge in time refuse only these.
             shared.health.append_failures.fetch_add(group.len() as u64, Ordering::Relaxed);
-            shared.health.set_down(format!("redis: {err}"));
+            if !err.to_string().contains(NOT_REPLICATED) {
+                shared.topic_failed(topic, &err);
+            }
             tracing::debug!(%topic, "append failed: {err}");
             for append in group {
                 let _ = append.reply.send(Err(HubError::Unavailable(format!("redis: {err}"))));

@@ -33,6 +33,24 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Runs `cmd` on the cluster node at `host:port` (one Redis: on it, whatever the address).
+    pub(crate) async fn on_address(
+        &mut self,
+        host: &str,
+        port: u16,
+        cmd: &Cmd,
+    ) -> RedisResult<Value> {
+        match self {
+            Conn::Single(conn) => cmd.query_async(conn).await,
+            Conn::Cluster(conn) => {
+                let node = SingleNodeRoutingInfo::ByAddress { host: host.to_owned(), port };
+                conn.route_command(cmd.clone(), RoutingInfo::SingleNode(node)).await
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use modelcast_hub::{Append, Appended, Claim, Engine, Error as HubError, Pending, Replica};
 use modelcast_protocol::{Since, Topic};
@@ -17,7 +18,7 @@ use crate::health::HealthReport;
 use crate::names::Names;
 use crate::queued::Queued;
 use crate::scripts::clear_call;
-use crate::shared::{IDEMPOTENCY_TTL_SECS, Limits, Shared};
+use crate::shared::{Ack, IDEMPOTENCY_TTL_SECS, Limits, Shared};
 use crate::target::Target;
 
 /// What the engine needs to know. Build with [`RedisSettings::new`] and the setters.
@@ -33,6 +34,7 @@ pub struct RedisSettings {
     history_size: usize,
     state_max_keys: usize,
     append_queue: usize,
+    ack: Option<Ack>,
 }
 
 impl RedisSettings {
@@ -51,6 +53,7 @@ impl RedisSettings {
             history_size: 1000,
             state_max_keys: 10_000,
             append_queue: 10_000,
+            ack: None,
         }
     }
 
@@ -87,6 +90,16 @@ impl RedisSettings {
     /// Keys with retained state per topic; past it the least recently updated leaves.
     pub fn state_max_keys(mut self, n: usize) -> Self {
         self.state_max_keys = n;
+        self
+    }
+
+    /// Acknowledge an append only once `replicas` replicas of its primary hold it (`WAIT`):
+    /// past `timeout` the publish is refused as unavailable (retry with the same idempotency
+    /// key; the message may have gone out). A failover to such a replica loses nothing
+    /// acknowledged, so it keeps the topics' epochs. 0 (the default): acknowledged once the
+    /// primary has it.
+    pub fn ack_replicas(mut self, replicas: usize, timeout: Duration) -> Self {
+        self.ack = (replicas > 0).then_some(Ack { replicas, timeout });
         self
     }
 
@@ -134,6 +147,7 @@ impl RedisEngine {
             settings.master.as_deref(),
             settings.sentinel_password.as_deref(),
             &settings.cluster,
+            settings.ack.map_or(Duration::ZERO, |ack| ack.timeout),
         )
         .map_err(connect)?;
         let (mut conn, primary) = target.connect().await.map_err(connect)?;
@@ -142,8 +156,11 @@ impl RedisEngine {
         if let Some(warning) = &warning {
             tracing::warn!("{warning}");
         }
-        let limits =
-            Limits { history_size: settings.history_size, state_max_keys: settings.state_max_keys };
+        let limits = Limits {
+            history_size: settings.history_size,
+            state_max_keys: settings.state_max_keys,
+            ack: settings.ack,
+        };
         let shared = Arc::new(Shared::new(conn, target, primary, names, limits));
         shared.health.set_warning(warning);
         if let Err(err) = shared.restart_check().await {
@@ -277,8 +294,8 @@ impl Engine for RedisEngine {
         pending
     }
 
-    fn unavailable(&self) -> Option<String> {
-        self.shared.health.unavailable()
+    fn unavailable(&self, topic: Option<Topic>) -> Option<String> {
+        self.shared.health.unavailable(topic)
     }
 
     fn reach(&self, topic: Topic, since: Option<&Since>) -> Pending<()> {

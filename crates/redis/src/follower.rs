@@ -20,9 +20,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use modelcast_hub::{Applied, Error as HubError, Logged, Replica, Result as HubResult, new_epoch};
+use modelcast_hub::{
+    Applied, Error as HubError, Logged, Replica, Result as HubResult, generation, new_epoch,
+};
 use modelcast_protocol::{Since, Topic};
-use redis::{Msg, Value};
+use redis::{AsyncConnectionConfig, Msg, ProtocolVersion, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::scripts::{FenceWhy, fence_call, publish_command, snapshot_call};
 use crate::shared::{CHECK_EVERY, Shared};
 use crate::snapshot::{Snapshot, parse_snapshot};
+use crate::target::Watch;
 
 /// Probes unanswered for this many checks mean the pub/sub connection is wedged.
 const PROBE_PATIENCE: u64 = 3;
@@ -123,14 +126,14 @@ pub(crate) async fn run(
         };
         tracker.spawn(worker.run(inbox, stop.clone()));
     }
-    let mut follower = Follower { shared, replica, handles };
+    let mut follower = Follower { shared, replica, handles, overflow: Arc::default() };
     let mut backoff = Duration::from_millis(100);
     loop {
         match follower.subscribe().await {
             Ok(pubsub) => {
                 backoff = Duration::from_millis(100);
                 follower.shared.health.set_following(true);
-                let switches = follower.shared.target().switch_watch().await;
+                let switches = follower.shared.target().switch_watch(None).await;
                 let exit = follower.follow(pubsub, switches, &stop).await;
                 follower.shared.health.set_following(false);
                 if exit.is_none() {
@@ -151,10 +154,42 @@ pub(crate) async fn run(
 /// The messages of every topic's channel and of the probe, as they arrive.
 type Feed = Pin<Box<dyn Stream<Item = Msg> + Send>>;
 
+/// Pushes that may wait for the follower; past it they are dropped and every topic is
+/// repaired from the log (the messages are there).
+const FEED: usize = 4096;
+
+/// The messages among a connection's pushes. The connection lives as long as the feed;
+/// pushes other than messages (the confirmations, a resubscription after a failover) are
+/// skipped. The feed ends when the connection does, and — on a cluster — when a channel's
+/// slot moved to another shard (`sunsubscribe` from Redis; redis-rs does not follow it): the
+/// follower then subscribes again along the new slot map.
+fn feed<C: Send + 'static>(conn: C, pushes: mpsc::Receiver<redis::PushInfo>) -> Feed {
+    Box::pin(futures_util::stream::unfold((conn, pushes), |(conn, mut pushes)| async {
+        loop {
+            let push = pushes.recv().await?;
+            match push.kind {
+                redis::PushKind::Disconnection => return None,
+                redis::PushKind::SUnsubscribe => {
+                    tracing::info!(
+                        "redis cluster: a topic's slot moved to another shard; subscribing again there"
+                    );
+                    return None;
+                }
+                _ => {}
+            }
+            if let Some(msg) = Msg::from_push_info(push) {
+                return Some((msg, (conn, pushes)));
+            }
+        }
+    }))
+}
+
 struct Follower {
     shared: Arc<Shared>,
     replica: Replica,
     handles: Vec<TopicHandle>,
+    /// Set when the feed dropped a message (full): every topic is repaired.
+    overflow: Arc<AtomicBool>,
 }
 
 impl Follower {
@@ -167,40 +202,38 @@ impl Follower {
         // Where the primary is now (after a failover: the one Sentinel names; the command
         // connection moves with it), then the pub/sub connection there; on a cluster, sharded
         // subscriptions, each on the primary of its channel's slot.
+        let (push, pushes) = mpsc::channel(FEED);
+        let overflow = self.overflow.clone();
+        // The connection's pushes (messages, confirmations) into a bounded queue: never
+        // waiting (that would stall the connection), and never growing without bound — a
+        // message that does not fit is dropped and every topic repaired from the log.
+        let sender = move |info: redis::PushInfo| {
+            if let Err(mpsc::error::TrySendError::Full(_)) = push.try_send(info) {
+                overflow.store(true, Ordering::SeqCst);
+            }
+            Ok::<(), ()>(())
+        };
         let feed: Feed = match self.shared.follow_primary().await? {
             Some(client) => {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&channels).await?;
-                Box::pin(pubsub.into_on_message())
+                let info = client.get_connection_info().clone();
+                let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+                let client = redis::Client::open(info.set_redis_settings(settings))?;
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    .set_push_sender(sender);
+                let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+                conn.subscribe(&channels).await?;
+                feed(conn, pushes)
             }
             None => {
-                let (push, pushes) = mpsc::unbounded_channel();
-                let client = self.shared.target().cluster_pubsub(push)?;
+                let client = self.shared.target().cluster_pubsub(sender)?;
                 let mut conn = client.get_async_connection().await?;
                 // One command per channel: each goes to the primary of its slot.
                 for channel in &channels {
                     conn.ssubscribe(*channel).await?;
                 }
-                // The connection lives as long as the feed; pushes other than messages (the
-                // confirmations, a resubscription after a failover) are skipped. A channel's
-                // slot that moved to another shard unsubscribes it (`sunsubscribe` from Redis;
-                // redis-rs does not follow it): the feed ends, and the follower subscribes
-                // again along the new slot map.
-                Box::pin(futures_util::stream::unfold((conn, pushes), |(conn, mut pushes)| async {
-                    loop {
-                        let push = pushes.recv().await?;
-                        if push.kind == redis::PushKind::SUnsubscribe {
-                            tracing::warn!(
-                                "redis cluster: a topic's slot moved to another shard; \
-                                 subscribing again there"
-                            );
-                            return None;
-                        }
-                        if let Some(msg) = Msg::from_push_info(push) {
-                            return Some((msg, (conn, pushes)));
-                        }
-                    }
-                }))
+                feed(conn, pushes)
             }
         };
         self.shared.restart_check().await?;
@@ -215,9 +248,7 @@ impl Follower {
             .await?;
         let candidate: String = redis::cmd("GET").arg(&names.epoch).query_async(&mut conn).await?;
         self.shared.set_candidate(candidate);
-        for handle in &self.handles {
-            handle.signals.repair();
-        }
+        self.repair_all();
         self.shared.health.set_up();
         Ok(feed)
     }
@@ -227,7 +258,7 @@ impl Follower {
     async fn follow(
         &mut self,
         mut messages: Feed,
-        mut switches: Option<(redis::aio::PubSub, String)>,
+        mut switches: Option<Watch>,
         stop: &CancellationToken,
     ) -> Option<()> {
         let mut tick = tokio::time::interval(CHECK_EVERY);
@@ -241,7 +272,24 @@ impl Follower {
                         tracing::warn!("redis sentinel announces a failover ({payload}); following");
                         return Some(());
                     }
-                    None => switches = None, // the watch is gone; checks still notice
+                    None => {
+                        // The watched sentinel is gone: watch another (each check also asks
+                        // a sentinel which primary it names, so nothing waits on the watch).
+                        let lost = switches.take().map(|w| (w.index, w.sentinel));
+                        switches = self.shared.target().switch_watch(lost.as_ref().map(|l| l.0)).await;
+                        let lost = lost.map_or_else(String::new, |l| l.1);
+                        match &switches {
+                            Some(now) => tracing::warn!(
+                                %lost, watching = %now.sentinel,
+                                "lost the +switch-master watch on a sentinel; watching another"
+                            ),
+                            None => tracing::warn!(
+                                %lost,
+                                "lost the +switch-master watch and no sentinel answers: asking \
+                                 them each second instead"
+                            ),
+                        }
+                    }
                 },
                 message = messages.next() => {
                     let Some(message) = message else {
@@ -253,6 +301,10 @@ impl Follower {
                         tracing::warn!("redis pub/sub connection lost; reconnecting");
                         return Some(());
                     };
+                    if self.overflow.swap(false, Ordering::SeqCst) {
+                        tracing::warn!("redis pub/sub messages came faster than applied: {FEED} waiting; repairing every topic from the log");
+                        self.repair_all();
+                    }
                     let channel = message.get_channel_name();
                     if channel == self.shared.names.probe {
                         probes_seen = probes_sent;
@@ -268,8 +320,33 @@ impl Follower {
                         return Some(());
                     }
                     probes_sent += 1;
+                    if self.overflow.swap(false, Ordering::SeqCst) {
+                        self.repair_all();
+                    }
+                    if switches.is_none() && self.shared.follows_failovers() {
+                        switches = self.shared.target().switch_watch(None).await;
+                    }
+                    if let Some(named) = self.shared.target().named_primary().await
+                        && named != self.shared.primary()
+                    {
+                        tracing::warn!(
+                            %named, writing_to = %self.shared.primary(),
+                            "redis sentinel names another primary than the one this node writes to; following"
+                        );
+                        return Some(());
+                    }
                     match self.check_and_probe(probes_sent).await {
-                        Ok(()) => self.shared.health.set_up(),
+                        Ok(sent) => {
+                            if !sent {
+                                probes_sent -= 1; // nothing to wait for
+                            }
+                            self.shared.health.set_up();
+                            if self.shared.recheck.load(Ordering::SeqCst)
+                                && let Err(err) = self.shared.restart_check().await
+                            {
+                                tracing::debug!("redis: the restart check again: {err}");
+                            }
+                        }
                         Err(err) => {
                             self.shared.health.set_down(format!("redis: {err}"));
                             // Under Sentinel a primary that fails or turned read-only (demoted)
@@ -282,6 +359,13 @@ impl Follower {
                     }
                 }
             }
+        }
+    }
+
+    /// Marks every topic for repair from the log.
+    fn repair_all(&self) {
+        for handle in &self.handles {
+            handle.signals.repair();
         }
     }
 
@@ -311,7 +395,7 @@ impl Follower {
     /// for repair), a write (Redis takes writes: not a read-only replica, authenticated, not
     /// out of memory), then a probe on the node's own channel (it must come back on the
     /// pub/sub connection).
-    async fn check_and_probe(&mut self, probe: u64) -> redis::RedisResult<()> {
+    async fn check_and_probe(&mut self, probe: u64) -> redis::RedisResult<bool> {
         let names = &self.shared.names;
         let conn = self.shared.conn();
         // One command per topic, all at once: on a cluster each goes to its topic's primary.
@@ -324,36 +408,61 @@ impl Follower {
         let metas = futures_util::future::join_all(metas).await;
         let answered: Vec<bool> = metas.iter().map(Result::is_ok).collect();
         self.shared.health.set_topics_up(&answered);
+        let cluster = self.shared.is_cluster();
         let mut conn = conn;
         for (topic, meta) in Topic::ALL.into_iter().zip(metas) {
-            let (epoch, seq) = meta?;
-            let Some((mine, last)) = self.replica.position(topic) else { return Ok(()) };
+            // On a cluster a topic whose shard does not answer is down alone.
+            let (epoch, seq) = match meta {
+                Ok(meta) => meta,
+                Err(err) if cluster => {
+                    self.shared.topic_failed(topic, &err);
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            if cluster {
+                self.shared.health.set_topic(topic, None);
+            }
+            let Some((mine, last)) = self.replica.position(topic) else { continue };
             if epoch.as_deref() != Some(&*mine) || seq.unwrap_or(0) != last {
                 self.handles[topic.index()].signals.repair();
             }
         }
-        redis::cmd("SET")
-            .arg(&names.alive)
-            .arg(probe)
-            .arg("PX")
-            .arg(10_000)
-            .query_async::<()>(&mut conn)
-            .await?;
-        redis::cmd(publish_command(self.shared.is_cluster()))
-            .arg(&names.probe)
-            .arg(probe)
-            .query_async::<i64>(&mut conn)
-            .await?;
-        Ok(())
+        let probes = async {
+            redis::cmd("SET")
+                .arg(&names.alive)
+                .arg(probe)
+                .arg("PX")
+                .arg(10_000)
+                .query_async::<()>(&mut conn)
+                .await?;
+            redis::cmd(publish_command(cluster))
+                .arg(&names.probe)
+                .arg(probe)
+                .query_async::<i64>(&mut conn)
+                .await
+        };
+        match probes.await {
+            Ok(_) => Ok(true),
+            // On a cluster the probes live on one shard among several: its failover is that
+            // shard's (the topics' checks above say which are down), not the engine's; a
+            // lost pub/sub connection still shows as probes that never come back.
+            Err(err) if cluster => {
+                tracing::debug!("redis cluster: the probe's shard did not answer: {err}");
+                Ok(false)
+            }
+            Err(err) => Err(err),
+        }
     }
 }
 
 /// The next `+switch-master` announcement for our master (its payload: `<master> <old ip>
 /// <old port> <new ip> <new port>`), if watching; never ready otherwise. `None` when the
 /// watch's connection ended.
-async fn next_switch(switches: &mut Option<(redis::aio::PubSub, String)>) -> Option<String> {
-    let Some((pubsub, master)) = switches else { return std::future::pending().await };
-    let mut messages = pubsub.on_message();
+async fn next_switch(switches: &mut Option<Watch>) -> Option<String> {
+    let Some(watch) = switches else { return std::future::pending().await };
+    let master = watch.master.clone();
+    let mut messages = watch.pubsub.on_message();
     loop {
         let payload =
             String::from_utf8_lossy(messages.next().await?.get_payload_bytes()).into_owned();
@@ -420,8 +529,8 @@ impl Worker {
                 () = stop.cancelled() => return,
                 () = inbox.signals.repair.notified() => {
                     if inbox.signals.reused.swap(false, Ordering::SeqCst) {
-                        let last = self.replica.position(self.topic).map_or(0, |(_, s)| s);
-                        self.fence(FenceWhy::Reused { min: last }).await
+                        let (known, last) = self.position();
+                        self.fence(&known, FenceWhy::Reused { min: last }).await
                     } else {
                         self.repair().await
                     }
@@ -440,29 +549,45 @@ impl Worker {
             };
             if let Err(err) = result {
                 let topic = self.topic;
-                tracing::warn!(%topic, "redis: {err}");
-                self.shared.health.set_down(format!("redis: {err}"));
+                tracing::debug!(%topic, "redis: {err}");
+                self.shared.topic_failed(topic, &err);
                 // The periodic check asks again once Redis answers.
             }
         }
     }
 
-    /// Brings the topic up to the log's head; a client past that head under the same epoch
-    /// holds acknowledged messages the log lost: fence (at most once per
-    /// [`CLIENT_FENCE_EVERY`]).
+    /// The epoch and newest seq of the node's copy ("" and 0 before it is loaded).
+    fn position(&self) -> (String, u64) {
+        self.replica.position(self.topic).map_or((String::new(), 0), |(e, s)| (e.to_string(), s))
+    }
+
+    /// Brings the topic up to the log's head. A client past that head under the same epoch
+    /// holds acknowledged messages the log lost; a client holding a later generation than
+    /// the topic's epoch saw an epoch after it (the topic's came back): fence, at most once per
+    /// [`CLIENT_FENCE_EVERY`] (the client's word alone; its generation is never adopted).
     async fn reach(&mut self, since: Option<&Since>) -> redis::RedisResult<()> {
         self.repair().await?;
         let Some(since) = since else { return Ok(()) };
         let Some((epoch, last)) = self.replica.position(self.topic) else { return Ok(()) };
         let past_head = *epoch == *since.epoch && last < since.seq;
+        let later = generation(&since.epoch) > generation(&epoch);
         let due = self.last_client_fence.is_none_or(|at| at.elapsed() >= CLIENT_FENCE_EVERY);
-        if past_head && due {
+        if (past_head || later) && due {
             self.last_client_fence = Some(Instant::now());
-            tracing::warn!(
-                topic = %self.topic, log = last, client = since.seq,
-                "a client holds a position past the log's head: the log rolled back; fencing"
-            );
-            self.fence(FenceWhy::Behind { min: since.seq }).await?;
+            let why = if past_head {
+                tracing::warn!(
+                    topic = %self.topic, log = last, client = since.seq,
+                    "a client holds a position past the log's head: the log rolled back; fencing"
+                );
+                FenceWhy::Behind { min: since.seq }
+            } else {
+                tracing::warn!(
+                    topic = %self.topic, %epoch, client = %since.epoch,
+                    "a client holds a later epoch than the topic's: an old epoch came back; fencing"
+                );
+                FenceWhy::Returned { min: last }
+            };
+            self.fence(&epoch, why).await?;
         }
         Ok(())
     }
@@ -473,10 +598,13 @@ impl Worker {
         let topic = self.topic;
         let Some((mine, last)) = self.replica.position(topic) else { return Ok(()) };
         let snap = self.snapshot(last + 1, false).await?;
+        if self.shared.saw_epoch(topic, &snap.epoch) {
+            return self.fence_returned(&snap.epoch, last.max(snap.top)).await;
+        }
         if snap.epoch == *mine && snap.top < last {
             // Redis lost messages this node applied: never hand out their numbers again.
             tracing::warn!(%topic, redis = snap.top, node = last, "redis's log went backwards");
-            return self.fence(FenceWhy::Behind { min: last }).await;
+            return self.fence(&mine, FenceWhy::Behind { min: last }).await;
         }
         if snap.epoch == *mine && snap.top == last {
             return Ok(());
@@ -500,24 +628,59 @@ impl Worker {
         Ok(())
     }
 
-    /// Gives the topic a new epoch (if it still has the one the node knows), numbering on
-    /// above `why`'s seq, then resets the node's copy from Redis.
-    async fn fence(&mut self, why: FenceWhy) -> redis::RedisResult<()> {
-        let Some((mine, _)) = self.replica.position(self.topic) else { return Ok(()) };
-        let fenced = new_epoch();
-        tracing::warn!(topic = %self.topic, ?why, "fencing a rolled-back log: new epoch {fenced}");
+    /// Redis holds `epoch`, older than one this node saw: a primary with older data took over
+    /// again (a failback). Its epoch must not be current again — a client holding a position
+    /// in it would be told `recovered: true` over what it missed — so it is fenced.
+    async fn fence_returned(&mut self, epoch: &str, min: u64) -> redis::RedisResult<()> {
+        tracing::warn!(
+            topic = %self.topic, %epoch, seen = self.shared.highest_generation(self.topic),
+            "redis holds an epoch this node saw replaced (a failback to older data); fencing"
+        );
+        self.fence(epoch, FenceWhy::Returned { min }).await
+    }
+
+    /// Gives the topic a new epoch (if it still has `known`), numbering on above `why`'s seq,
+    /// of a generation past every one this node saw, then resets the node's copy from Redis.
+    async fn fence(&mut self, known: &str, why: FenceWhy) -> redis::RedisResult<()> {
+        if known.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(topic = %self.topic, ?why, "fencing: a new epoch");
         let names = self.shared.names.of(self.topic);
-        let done: i64 =
-            self.shared.eval(&fence_call(&self.shared.scripts, names, &mine, why, &fenced)).await?;
+        let min_generation = self.shared.min_generation(self.topic);
+        let address = self.shared.address_of(self.topic);
+        let call = fence_call(&self.shared.scripts, names, known, why, min_generation, &address);
+        let done: i64 = self.shared.eval(&call).await?;
         if done == 1 {
             self.shared.health.fences.fetch_add(1, Ordering::Relaxed);
         }
         self.reset().await
     }
 
+    /// Replaces the node's copy with Redis's (fencing first an epoch that came back).
     async fn reset(&mut self) -> redis::RedisResult<()> {
         let topic = self.topic;
-        let snap = self.snapshot(1, true).await?;
+        let mut snap = self.snapshot(1, true).await?;
+        // A returned epoch is fenced, then read again; the fence's epoch is past every one
+        // seen, so twice is enough unless another failback comes in between (then the next
+        // check fences it).
+        for _ in 0..2 {
+            if !self.shared.saw_epoch(topic, &snap.epoch) {
+                break;
+            }
+            let min = self.position().1.max(snap.top);
+            tracing::warn!(topic = %self.topic, epoch = %snap.epoch, "an epoch came back; fencing");
+            let names = self.shared.names.of(topic);
+            let min_generation = self.shared.min_generation(topic);
+            let why = FenceWhy::Returned { min };
+            let address = self.shared.address_of(topic);
+            let call =
+                fence_call(&self.shared.scripts, names, &snap.epoch, why, min_generation, &address);
+            if self.shared.eval::<i64>(&call).await? == 1 {
+                self.shared.health.fences.fetch_add(1, Ordering::Relaxed);
+            }
+            snap = self.snapshot(1, true).await?;
+        }
         self.shared.health.resets.fetch_add(1, Ordering::Relaxed);
         if self.replica.position(topic).is_some_and(|(_, seq)| seq > 0) {
             tracing::info!(%topic, epoch = %snap.epoch, seq = snap.top, "topic reset from redis");

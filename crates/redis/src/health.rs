@@ -1,10 +1,11 @@
 //! The engine's health: one state (up or down with the reason, whether the node follows the
-//! channels, what is wrong with Redis's configuration) behind one lock, so a reader never sees
-//! an "up" with a stale reason (an atomic mirror of "up" spares every publish the lock); and
-//! counters.
+//! channels, what is wrong with Redis's configuration, and on a Redis Cluster each topic's:
+//! its shard may be failing over while the others take publishes) behind one lock, so a
+//! reader never sees an "up" with a stale reason (atomic mirrors of "up" and of the topics
+//! that are down spare every publish the lock); and counters.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use modelcast_protocol::Topic;
 
@@ -16,6 +17,8 @@ struct State {
     warning: Option<String>,
     /// Per topic (a cluster): the primary that holds it, and whether its last check answered.
     places: Vec<(String, bool)>,
+    /// Per topic (a cluster), why its shard cannot take its appends now.
+    topics_down: Vec<Option<String>>,
 }
 
 /// One shard of a Redis Cluster, as this node last saw it.
@@ -37,6 +40,8 @@ pub(crate) struct Health {
     state: Mutex<State>,
     /// `state.up`, written under the lock, read without it by every publish.
     up: AtomicBool,
+    /// A bit per [`Topic::index`] whose `state.topics_down` is set; written under the lock.
+    down_topics: AtomicU32,
     /// Appends Redis failed or refused.
     pub(crate) append_failures: AtomicU64,
     /// Appends refused at once because the queue to Redis was full.
@@ -91,6 +96,7 @@ impl Default for Health {
         Self {
             state: Mutex::new(connecting),
             up: AtomicBool::new(false),
+            down_topics: AtomicU32::new(0),
             append_failures: AtomicU64::new(0),
             appends_refused_full: AtomicU64::new(0),
             repairs: AtomicU64::new(0),
@@ -142,6 +148,11 @@ impl Health {
         state.places = places;
     }
 
+    /// Where `topic` lives (a cluster: its primary's address), if known.
+    pub(crate) fn place(&self, topic: Topic) -> Option<String> {
+        self.lock().places.get(topic.index()).map(|p| p.0.clone())
+    }
+
     /// Whether each topic's check answered (per [`Topic::index`]).
     pub(crate) fn set_topics_up(&self, up: &[bool]) {
         for (place, up) in self.lock().places.iter_mut().zip(up) {
@@ -149,17 +160,53 @@ impl Health {
         }
     }
 
+    /// On a Redis Cluster, `topic`'s shard cannot take its appends now (`Some(why)`: said at
+    /// warn once per change) or can again (`None`); the other topics go on.
+    pub(crate) fn set_topic(&self, topic: Topic, down: Option<String>) {
+        let mut state = self.lock();
+        if state.topics_down.len() < Topic::ALL.len() {
+            state.topics_down.resize(Topic::ALL.len(), None);
+        }
+        let slot = &mut state.topics_down[topic.index()];
+        match (&slot, &down) {
+            (Some(was), Some(now)) if was == now => return,
+            (None, None) => return,
+            (_, Some(reason)) => tracing::warn!(
+                %topic, %reason,
+                "redis cluster: the shard of this topic is down: its publishes are refused \
+                 (503) until it recovers; other topics go on"
+            ),
+            (Some(_), None) => {
+                tracing::info!(%topic, "redis cluster: the shard of this topic is up")
+            }
+        }
+        *slot = down;
+        let bits = state
+            .topics_down
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.is_some())
+            .fold(0u32, |bits, (i, _)| bits | 1 << i);
+        self.down_topics.store(bits, Ordering::SeqCst);
+    }
+
     pub(crate) fn set_warning(&self, warning: Option<String>) {
         self.lock().warning = warning;
     }
 
-    /// `None` when appends can succeed, else why not. Asked by every publish: no lock while up.
-    pub(crate) fn unavailable(&self) -> Option<String> {
-        if self.up.load(Ordering::SeqCst) {
+    /// `None` when appends (of `topic`, or of any topic) can succeed, else why not. Asked by
+    /// every publish: no lock while up.
+    pub(crate) fn unavailable(&self, topic: Option<Topic>) -> Option<String> {
+        let bit = topic.map_or(0, |t| 1u32 << t.index());
+        if self.up.load(Ordering::SeqCst) && self.down_topics.load(Ordering::SeqCst) & bit == 0 {
             return None;
         }
         let state = self.lock();
-        (!state.up).then(|| state.reason.clone())
+        if !state.up {
+            return Some(state.reason.clone());
+        }
+        let topic = topic?;
+        state.topics_down.get(topic.index()).cloned().flatten()
     }
 
     pub(crate) fn report(&self) -> HealthReport {
@@ -177,15 +224,16 @@ impl Health {
             fences: n(&self.fences),
             reconnects: n(&self.reconnects),
             failovers: n(&self.failovers),
-            shards: shards(&state.places),
+            shards: shards(&state.places, &state.topics_down),
         }
     }
 }
 
 /// The topics' places grouped by primary, in topic order.
-fn shards(places: &[(String, bool)]) -> Vec<Shard> {
+fn shards(places: &[(String, bool)], down: &[Option<String>]) -> Vec<Shard> {
     let mut shards: Vec<Shard> = Vec::new();
     for (topic, (primary, up)) in Topic::ALL.into_iter().zip(places) {
+        let up = &(*up && down.get(topic.index()).is_none_or(Option::is_none));
         match shards.iter_mut().find(|s| s.primary == *primary) {
             Some(shard) => {
                 shard.topics.push(topic);

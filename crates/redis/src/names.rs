@@ -1,14 +1,17 @@
 //! Every Redis name the engine uses, made once at start-up (no formatting per message).
 //!
 //! Per topic `T` (in braces: a Redis Cluster hash tag, so one topic's keys share a slot and its
-//! scripts stay single-slot): `{prefix}:{T}:meta` (hash: `epoch`, `seq`, `run` — the Redis
-//! `run_id` the topic was last written under), `:log` (stream, entry id `0-<seq>`, fields `p`
+//! scripts stay single-slot): `{prefix}:{T}:meta` (hash: `epoch` — see the hub's epoch
+//! rule —, `seq`, `run` and `at` — the Redis `run_id` and address the topic was last written
+//! under), `:log` (stream, entry id `0-<seq>`, fields `p`
 //! payload and `t` publish time in ms, capped at the history size), `:ret` (hash: state key →
 //! `seq\nms\npayload`), `:reto` (sorted set: state key by the seq of its newest message, to
-//! evict the least recently updated past the cap), `:idem:<key>` (idempotency keys of
-//! messages: `<epoch>\n<seq>` where each was sequenced), and the channel `:ch`. A publisher's
-//! key names one request: `{prefix}:claim:{<key>}` holds the request's digest (the key is its
-//! own hash tag, so claims spread over a cluster's slots).
+//! evict the least recently updated past the cap), `:idm` (hash: a message's idempotency key
+//! → `<epoch>\n<seq>`, where it was sequenced) with `:idz` (sorted set: those keys by when
+//! they expire), and the channel `:ch`; `:idem:<key>`, one key per record, is where records
+//! were kept before (still read). A publisher's key names one request:
+//! `{prefix}:claim:{<key>}` holds the request's digest (the key is its own hash tag, so
+//! claims spread over a cluster's slots).
 
 use modelcast_protocol::Topic;
 
@@ -20,8 +23,11 @@ pub(crate) struct TopicNames {
     pub(crate) ret: String,
     pub(crate) order: String,
     pub(crate) channel: String,
-    /// `<idem><key>` is an idempotency key's record; `<idem>-` stands for "no key" (a script's
-    /// key list has a fixed shape).
+    /// Idempotency records by key, and the same keys by expiry (ms).
+    pub(crate) idm: String,
+    pub(crate) idz: String,
+    /// `<idem><key>` is an idempotency key's record as kept before `idm`; `<idem>-` stands for
+    /// "no key" (a script's key list has a fixed shape).
     pub(crate) idem: String,
 }
 
@@ -57,6 +63,8 @@ impl Names {
                     ret: format!("{base}ret"),
                     order: format!("{base}reto"),
                     channel: format!("{base}ch"),
+                    idm: format!("{base}idm"),
+                    idz: format!("{base}idz"),
                     idem: format!("{base}idem:"),
                 }
             })

@@ -293,7 +293,8 @@ async fn redis_engine(config: &Config, node_id: &str) -> std::io::Result<Option<
     let mut settings = RedisSettings::new(&url, &config.redis_prefix, node_id)
         .history_size(config.history_size)
         .state_max_keys(config.state_max_keys)
-        .append_queue(config.redis_append_queue);
+        .append_queue(config.redis_append_queue)
+        .ack_replicas(config.redis_ack_replicas, config.redis_ack_timeout);
     let setting = if let (true, Some(master)) = (sentinel, &config.redis_master) {
         let password = config.redis_sentinel_password.clone();
         settings = settings.sentinel(config.redis_sentinels.clone(), master, password);

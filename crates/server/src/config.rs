@@ -151,6 +151,21 @@ pub struct Config {
           value_parser = count("MODELCAST_REDIS_APPEND_QUEUE"))]
     pub redis_append_queue: usize,
 
+    /// Replicas of its primary that must hold a publish before it is acknowledged (`WAIT`):
+    /// then a primary's failure loses nothing acknowledged, and a failover to such a replica
+    /// keeps the topics' epochs. 0: acknowledged once the primary has it (Redis's
+    /// asynchronous replication; a failover may lose the newest publishes, and says so).
+    #[arg(long, env = "MODELCAST_REDIS_ACK_REPLICAS", default_value = "0", value_name = "N",
+          value_parser = whole("MODELCAST_REDIS_ACK_REPLICAS"))]
+    pub redis_ack_replicas: usize,
+
+    /// How long a publish waits for `MODELCAST_REDIS_ACK_REPLICAS` replicas; past it the
+    /// publish is answered 503 with `Retry-After` (it may have gone out: retry with the same
+    /// `Idempotency-Key`).
+    #[arg(long, env = "MODELCAST_REDIS_ACK_TIMEOUT", default_value = "1", value_name = "SECONDS",
+          value_parser = seconds("MODELCAST_REDIS_ACK_TIMEOUT"))]
+    pub redis_ack_timeout: Duration,
+
     /// This node's id, shown in logs, `/api/stats`, `/metrics` and `welcome` (default: random).
     #[arg(long, env = "MODELCAST_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
@@ -644,6 +659,14 @@ fn millis(var: &'static str) -> impl Fn(&str) -> Result<Duration, String> + Clon
         s.trim().parse::<u64>().ok().filter(|v| *v > 0).map(Duration::from_millis).ok_or_else(
             || format!("{var}: expected a positive whole number of milliseconds, got `{s}`"),
         )
+    }
+}
+
+fn whole(var: &'static str) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |s| {
+        s.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("{var}: expected a whole number (0 or more), got `{s}`"))
     }
 }
 

@@ -23,7 +23,10 @@ fn main() -> ExitCode {
         };
     }
     let filter = match EnvFilter::try_new(&config.log) {
-        Ok(f) => f,
+        // redis-rs says each retry of a failover at warn; the engine says the event once
+        // (its own target, `modelcast_redis`). A filter naming `redis=` decides for itself.
+        Ok(f) if config.log.split(',').any(|d| d.trim().starts_with("redis=")) => f,
+        Ok(f) => f.add_directive("redis=error".parse().expect("a valid directive")),
         Err(err) => {
             #[allow(clippy::print_stderr)]
             {
