@@ -401,8 +401,14 @@ impl BinaryServer {
             .spawn()
             .expect("spawn modelcast");
         let server = Self { addr, child, log: None };
+        // A server with TLS on its port answers no plain request: listening is enough.
+        let tls = args.contains(&"--tls-cert");
         for _ in 0..200 {
-            if http_request_full(addr, "GET", "/healthz", &[], None).await.is_some() {
+            let up = match tls {
+                true => TcpStream::connect(addr).await.is_ok(),
+                false => http_request_full(addr, "GET", "/healthz", &[], None).await.is_some(),
+            };
+            if up {
                 return server;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -464,10 +470,21 @@ pub struct Event {
     pub data: Value,
 }
 
+/// A byte stream to the server: TCP, or TLS over it ([`crate::tls_util::Transport::dial`]).
+pub trait Duplex:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + std::fmt::Debug
+{
+}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + std::fmt::Debug> Duplex
+    for T
+{
+}
+
 /// A raw HTTP/1.1 client reading an event stream (`GET /sse`).
 #[derive(Debug)]
 pub struct Sse {
-    stream: TcpStream,
+    stream: Box<dyn Duplex>,
     /// Bytes read and not yet de-chunked.
     buffer: Vec<u8>,
     /// Body text de-chunked and not yet parsed into events.
@@ -482,7 +499,17 @@ pub struct Sse {
 impl Sse {
     /// `GET path` with `headers` from `addr`; reads the response head.
     pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        Self::open_over(&crate::tls_util::Transport::Plain, addr, path, headers).await
+    }
+
+    /// [`Sse::open`] over `transport` (plain or TLS).
+    pub async fn open_over(
+        transport: &crate::tls_util::Transport,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Sse {
+        let mut stream = transport.dial(addr).await;
         let mut request =
             format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (name, value) in headers {
@@ -639,7 +666,7 @@ impl WireMessage {
 /// compressed messages as RFC 7692 says — with flate2 directly, not with the server's code.
 #[derive(Debug)]
 pub struct RawWs {
-    stream: TcpStream,
+    stream: Box<dyn Duplex>,
     buf: Vec<u8>,
     /// The `Sec-WebSocket-Extensions` the server answered with.
     pub extensions: Option<String>,
@@ -648,7 +675,17 @@ pub struct RawWs {
 impl RawWs {
     /// Opens a WebSocket to `path`, offering `extensions`; panics unless the answer is 101.
     pub async fn connect(addr: SocketAddr, path: &str, extensions: Option<&str>) -> Self {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        Self::connect_over(&crate::tls_util::Transport::Plain, addr, path, extensions).await
+    }
+
+    /// [`RawWs::connect`] over `transport` (plain or TLS).
+    pub async fn connect_over(
+        transport: &crate::tls_util::Transport,
+        addr: SocketAddr,
+        path: &str,
+        extensions: Option<&str>,
+    ) -> Self {
+        let mut stream = transport.dial(addr).await;
         let offer =
             extensions.map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n")).unwrap_or_default();
         let request = format!(

@@ -30,3 +30,4 @@ mod server_http;
 mod server_ws;
 mod sse;
 mod tidy;
+mod tls;

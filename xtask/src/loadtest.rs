@@ -33,6 +33,102 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
+/// A WebSocket over TCP, or TLS (`--tls`).
+type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// The client TLS config of a `--tls` run (trusting the run's own CA); unset otherwise.
+static TLS: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
+/// A WebSocket handshake on `stream` to `path`: `ws://`, or `wss://` in a `--tls` run.
+async fn ws_handshake(
+    stream: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    config: Option<tokio_tungstenite::tungstenite::protocol::WebSocketConfig>,
+) -> Result<WsStream> {
+    let (url, connector) = match TLS.get() {
+        Some(tls) => (
+            format!("wss://localhost:{}{path}", addr.port()),
+            Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
+        ),
+        None => (format!("ws://{addr}{path}"), None),
+    };
+    let (ws, _) =
+        tokio_tungstenite::client_async_tls_with_config(url, stream, config, connector).await?;
+    Ok(ws)
+}
+
+/// A certificate for `localhost`/`127.0.0.1` signed by a CA made for this run (openssl, in
+/// a temporary directory); sets [`TLS`] and returns the server's `--tls-cert`/`--tls-key`.
+#[allow(deprecated)] // ring: no post-quantum key exchange, which is all rustls warns of
+fn make_tls() -> Result<[String; 4]> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let dir = std::env::temp_dir().join(format!("modelcast-loadtest-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ssl = |args: &[&str]| -> Result<()> {
+        let ok = Command::new("openssl").args(args).current_dir(&dir).output()?.status.success();
+        if !ok {
+            bail!("openssl {args:?} failed");
+        }
+        Ok(())
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    ssl(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=loadtest CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+        ],
+    ]
+    .concat())?;
+    ssl(&[
+        &["req"][..],
+        &ec,
+        &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
+    ]
+    .concat())?;
+    std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1")?;
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ])?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(dir.join("ca.pem"))? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let _ = TLS.set(Arc::new(config));
+    let path = |name: &str| dir.join(name).display().to_string();
+    Ok(["--tls-cert".into(), path("server.pem"), "--tls-key".into(), path("server.key")])
+}
+
 /// Load test options.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
@@ -57,6 +153,9 @@ pub(crate) struct Options {
     kind: Kind,
     /// Internal (a helper process of `--idle`): hold this many connections to `targets`.
     hold: Option<(usize, usize, Vec<SocketAddr>)>,
+    /// TLS on the server's port (a certificate made with openssl for the run): subscribers
+    /// over `wss://`, publishers over `https://`.
+    tls: bool,
 }
 
 impl Options {
@@ -76,6 +175,7 @@ impl Options {
             ws_publish: false,
             kind: Kind::Ws,
             hold: None,
+            tls: false,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -94,6 +194,7 @@ impl Options {
                 "--per-request" => o.per_request = value("--per-request")?.max(1),
                 "--publishers" => o.publishers = (value("--publishers")? as usize).max(1),
                 "--ws-publish" => o.ws_publish = true,
+                "--tls" => o.tls = true,
                 "--sse" | "--compress" if o.kind != Kind::Ws => {
                     bail!("--sse and --compress are two kinds of subscriber: choose one")
                 }
@@ -282,6 +383,9 @@ fn start_node(
         .env("MODELCAST_LOG", "warn")
         .env("MODELCAST_INSECURE_PUBLISH", "1")
         .stdin(Stdio::null());
+    if o.tls {
+        cmd.args(make_tls()?);
+    }
     if let Some(url) = redis_url {
         // A node of a cluster: every publish goes through Redis and back.
         cmd.args(["--redis-url", url, "--redis-prefix", prefix]);
@@ -316,6 +420,11 @@ pub(crate) fn run(o: Options, args: &[&str]) -> Result<()> {
     };
     if limit < per_process as u64 + 64 {
         bail!("the open-file limit is {limit}, too low for {connections} connections");
+    }
+    if o.tls && (o.kind != Kind::Ws || o.nodes > 1 || o.idle.is_some()) {
+        bail!(
+            "--tls measures WebSocket subscribers of one node: no --sse, --compress, --nodes or --idle"
+        );
     }
     let server = start_servers(&o, connections)?;
     if o.pin && o.nodes == 1 {
@@ -377,7 +486,7 @@ struct Tally {
 /// A subscriber's connection: a WebSocket, a compressing WebSocket, or a Server-Sent Events
 /// stream.
 enum Subscriber {
-    Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
+    Ws(Box<WsStream>),
     Deflate(DeflateReader),
     Sse(SseReader),
 }
@@ -651,9 +760,7 @@ async fn connect(addr: SocketAddr, id: usize, sources: u8, kind: Kind) -> Result
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let url = format!("ws://{addr}/ws/load-{id}");
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+    let mut ws = ws_handshake(stream, addr, &format!("/ws/load-{id}"), Some(config)).await?;
     ws.send(Message::Text(r#"{"action":"subscribe","topic":"alerts"}"#.into())).await?;
     // welcome, subscribed
     let mut seen = 0;
@@ -758,6 +865,14 @@ impl Publisher {
     async fn new(addr: SocketAddr) -> Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        let Some(tls) = TLS.get() else {
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            return Ok(Self { sender, addr });
+        };
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        let stream = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, stream).await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         Ok(Self { sender, addr })
@@ -807,7 +922,7 @@ impl Publisher {
 /// publish channel (`{"action":"publish",…}` frames, fed together, one flush).
 enum Channel {
     Http(Publisher),
-    Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
+    Ws(Box<WsStream>),
 }
 
 impl Channel {
@@ -817,8 +932,7 @@ impl Channel {
         }
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let url = format!("ws://{addr}/ws/publisher-{id}");
-        let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+        let mut ws = ws_handshake(stream, addr, &format!("/ws/publisher-{id}"), None).await?;
         ws.next().await; // welcome
         Ok(Channel::Ws(Box::new(ws)))
     }

@@ -44,6 +44,8 @@ tasks:
       --ws-publish      publish over WebSocket channels (action publish) instead of HTTP
       --sse             subscribers read Server-Sent Events (GET /sse) instead of WebSockets
       --compress        subscribers offer permessage-deflate (and inflate what comes compressed)
+      --tls             TLS on the server's port (a CA and certificate made for the run):
+                        subscribers over wss://, publishers over https://
       --no-pin          do not pin server and generator to cores (no taskset)
       --redis-url URL   run the server as a cluster node on this Redis (a fresh key prefix)
       --redis-cluster SEEDS | --redis-sentinels LIST --redis-master NAME

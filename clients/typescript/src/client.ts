@@ -317,6 +317,8 @@ export class Client extends Emitter<ClientEvents> {
    * once a WebSocket could not open). */
   transport: "websocket" | "sse";
   #opened = false;
+  /** An `unreachable` error was emitted since the last successful open. */
+  #unreachableSaid = false;
   #options: ConnectOptions;
   #WebSocket: WebSocketConstructor;
   #ws: WebSocketLike | undefined;
@@ -447,7 +449,7 @@ export class Client extends Emitter<ClientEvents> {
     let ws: WebSocketLike;
     this.#opened = false;
     try {
-      ws = this.transport === "sse" ? new SseSocket(url, this.#options.fetch) : new this.#WebSocket(url);
+      ws = this.transport === "sse" ? new SseSocket(url, this.#options.fetch) : new this.#WebSocket(webSocketUrl(url));
     } catch (error) {
       this.emit("error", new ModelcastError("invalid_url", String(error)));
       this.close();
@@ -479,6 +481,7 @@ export class Client extends Emitter<ClientEvents> {
       case "welcome":
         return this.#welcome(frame.data);
       case "subscribed":
+        this.#unreachableSaid = false;
         return this.#subs.get(frame.data.topic)?._subscribed(frame.data);
       case "error":
         return this.#error(frame.data);
@@ -497,6 +500,8 @@ export class Client extends Emitter<ClientEvents> {
 
   #welcome(welcome: Welcome): void {
     this.#opened = true;
+    // Over SSE the welcome is the transport's own; its streams open after (`subscribed`).
+    if (this.transport === "websocket") this.#unreachableSaid = false;
     this.#attempt = 0;
     this.connectionId = welcome.connection_id;
     this.#setState("open");
@@ -534,6 +539,11 @@ export class Client extends Emitter<ClientEvents> {
       void this.#refreshToken();
       return;
     }
+    if (error.code === "unreachable") {
+      // Once per outage, not per attempt.
+      if (this.#unreachableSaid) return;
+      this.#unreachableSaid = true;
+    }
     this.emit("error", new ModelcastError(error.code, error.message));
   }
 
@@ -548,6 +558,13 @@ export class Client extends Emitter<ClientEvents> {
 
   #lost(code: number, reason: string): void {
     this.#ws = undefined;
+    if (!this.#opened && !this.#closed && !this.#unreachableSaid) {
+      // Said once per outage (not per attempt): the server is down, refuses, or the address,
+      // the certificate or a proxy is wrong. Reconnecting goes on.
+      this.#unreachableSaid = true;
+      const detail = reason ? `${code}: ${reason}` : `${code}`;
+      this.emit("error", new ModelcastError("unreachable", `cannot connect to ${this.url} (closed with ${detail}); retrying`));
+    }
     if (this.#options.transport === "auto" && this.transport === "websocket" && !this.#opened) {
       void this.#fallBack();
     }
@@ -573,8 +590,7 @@ export class Client extends Emitter<ClientEvents> {
   /** A WebSocket could not open: if the server answers HTTP (so something between refuses
    * the upgrade), the next attempts use Server-Sent Events. */
   async #fallBack(): Promise<void> {
-    const health = new URL(this.url);
-    health.protocol = health.protocol === "wss:" ? "https:" : "http:";
+    const health = new URL(httpUrl(this.url));
     health.pathname = "/healthz";
     health.search = "";
     try {
@@ -644,7 +660,24 @@ export class Client extends Emitter<ClientEvents> {
   }
 }
 
-/** Connects to a modelcast server's WebSocket URL (e.g. `ws://127.0.0.1:8000/ws`). */
+/** `url` for a WebSocket: `http:` → `ws:`, `https:` → `wss:` (`ws:`/`wss:` as they are). */
+export function webSocketUrl(url: string): string {
+  const parsed = new URL(url);
+  if (parsed.protocol === "http:") parsed.protocol = "ws:";
+  else if (parsed.protocol === "https:") parsed.protocol = "wss:";
+  return parsed.toString();
+}
+
+/** `url` for HTTP (event streams, health): `ws:` → `http:`, `wss:` → `https:`. */
+export function httpUrl(url: string): string {
+  const parsed = new URL(url);
+  if (parsed.protocol === "ws:") parsed.protocol = "http:";
+  else if (parsed.protocol === "wss:") parsed.protocol = "https:";
+  return parsed.toString();
+}
+
+/** Connects to a modelcast server (e.g. `ws://127.0.0.1:8000/ws`; `wss://`, `http://` and
+ * `https://` too, for either transport). */
 export function connect(url: string, options: ConnectOptions = {}): Client {
   return new Client(url, options);
 }

@@ -64,7 +64,7 @@ export class SseSocket implements WebSocketLike {
   constructor(url: string, fetchImpl: FetchLike = globalThis.fetch as unknown as FetchLike) {
     const parsed = new URL(url);
     this.#token = parsed.searchParams.get("token") ?? undefined;
-    parsed.protocol = parsed.protocol === "wss:" ? "https:" : "http:";
+    parsed.protocol = parsed.protocol === "wss:" || parsed.protocol === "https:" ? "https:" : "http:";
     parsed.pathname = "/sse";
     parsed.search = "";
     this.#base = parsed.toString();
@@ -181,19 +181,30 @@ export class SseSocket implements WebSocketLike {
     let response: Response;
     try {
       response = await this.#fetch(url, { headers, signal: stream.abort.signal });
-    } catch {
-      if (!stream.abort.signal.aborted) this.close(1006, "the stream could not be opened");
+    } catch (error) {
+      if (!stream.abort.signal.aborted) {
+        // Said as an error, then closed: the client reconnects (an unreachable server, a
+        // refused certificate, a wrong address all land here).
+        const message = `cannot open the event stream at ${this.#base}: ${String(error)}`;
+        this.#deliver({ type: "error", data: { code: "unreachable", message } });
+        this.close(1006, "the stream could not be opened");
+      }
       return;
     }
     if (!response.ok || !response.body) {
       const text = await response.text().catch(() => "");
       let message = text;
+      let code = "refused";
       try {
-        message = (JSON.parse(text) as { error?: { message?: string } }).error?.message ?? text;
+        const error = (JSON.parse(text) as { error?: { message?: string; code?: string } }).error;
+        message = error?.message ?? text;
+        code = error?.code ?? code;
       } catch {
         // not JSON
       }
-      this.close(response.status === 401 ? 4401 : 1006, message || `HTTP ${response.status}`);
+      message = message || `HTTP ${response.status}`;
+      if (response.status !== 401) this.#deliver({ type: "error", data: { code, message } });
+      this.close(response.status === 401 ? 4401 : 1006, message);
       return;
     }
     const reader = response.body.getReader();

@@ -46,6 +46,8 @@ pub struct ConnectOptions {
     /// A publish key, sent as `Authorization: Bearer <key>` when connecting: needed by
     /// [`Client::publish`] on a server with `MODELCAST_PUBLISH_KEYS`.
     pub publish_key: Option<String>,
+    /// TLS for `wss://`: the public roots (webpki-roots) and the CAs of [`ConnectOptions::ca`].
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ConnectOptions {
@@ -59,6 +61,7 @@ impl Default for ConnectOptions {
             token_mode: TokenMode::Query,
             welcome_timeout: Duration::from_secs(10),
             publish_key: None,
+            tls: None,
         }
     }
 }
@@ -86,6 +89,26 @@ impl ConnectOptions {
     pub fn token_mode(mut self, mode: TokenMode) -> Self {
         self.token_mode = mode;
         self
+    }
+
+    /// Trusts the CA certificates in `pem` (a private CA) for `wss://`, besides the public
+    /// roots. An error when `pem` holds no certificate.
+    pub fn ca(mut self, pem: &[u8]) -> Result<Self, ConnectError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let invalid = |reason: String| ConnectError::InvalidCa { reason };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid(format!("not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(invalid("no certificate in it (PEM)".into()));
+        }
+        let mut roots = public_roots();
+        for cert in certs {
+            roots.add(cert).map_err(|e| invalid(format!("an unusable certificate: {e}")))?;
+        }
+        self.tls = Some(tls_config(roots));
+        Ok(self)
     }
 
     /// Sets the first and the longest reconnect delay.
@@ -385,6 +408,49 @@ fn build_url(url: &str, token: Option<&str>) -> Result<String, ConnectError> {
     Ok(url)
 }
 
+/// The public roots (webpki-roots: Mozilla's, built in, so no system store is needed).
+fn public_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }
+}
+
+/// A TLS client config trusting `roots` (ring: no C build beyond ring's own).
+#[allow(deprecated)] // ring lacks post-quantum key exchange, which is all rustls warns of
+fn tls_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"));
+    Arc::new(config)
+}
+
+/// The TLS config for `wss://`: the options' CA, or the public roots alone.
+fn tls_of(options: &ConnectOptions) -> Arc<rustls::ClientConfig> {
+    static PUBLIC: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    match &options.tls {
+        Some(config) => config.clone(),
+        None => PUBLIC.get_or_init(|| tls_config(public_roots())).clone(),
+    }
+}
+
+/// A connection failure, with a TLS certificate problem named as one.
+fn unreachable_error(url: &str, error: tungstenite::Error) -> ConnectError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(err) = source {
+        let rustls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()?.get_ref()?.downcast_ref::<rustls::Error>()
+        });
+        if let Some(rustls::Error::InvalidCertificate(problem)) = rustls {
+            return ConnectError::Certificate {
+                url: url.to_owned(),
+                problem: format!("{problem:?}"),
+            };
+        }
+        source = err.source();
+    }
+    ConnectError::Unreachable { url: url.to_owned(), reason: error.to_string() }
+}
+
 /// Opens a WebSocket and reads the `welcome`.
 async fn open(url: &str, options: &ConnectOptions) -> Result<(Ws, u64), ConnectError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -396,7 +462,10 @@ async fn open(url: &str, options: &ConnectOptions) -> Result<(Ws, u64), ConnectE
             .map_err(|_| invalid("the publish key is not a valid header value".to_owned()))?;
         request.headers_mut().insert("authorization", value);
     }
-    let (mut ws, _) = match tokio_tungstenite::connect_async(request).await {
+    let connector = tokio_tungstenite::Connector::Rustls(tls_of(options));
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
+    let (mut ws, _) = match connecting.await {
         Ok(ok) => ok,
         Err(tungstenite::Error::Http(resp)) => {
             let body = resp
@@ -406,9 +475,7 @@ async fn open(url: &str, options: &ConnectOptions) -> Result<(Ws, u64), ConnectE
                 .unwrap_or_default();
             return Err(ConnectError::Rejected { status: resp.status().as_u16(), body });
         }
-        Err(e) => {
-            return Err(ConnectError::Unreachable { url: url.to_owned(), reason: e.to_string() });
-        }
+        Err(e) => return Err(unreachable_error(url, e)),
     };
     let welcome = tokio::time::timeout(options.welcome_timeout, async {
         while let Some(Ok(m)) = ws.next().await {

@@ -35,6 +35,24 @@ pub enum ConnectError {
         /// The response body (a JSON error from modelcast).
         body: String,
     },
+    /// The server's TLS certificate was refused (`wss://`): an unknown issuer (a private CA:
+    /// pass it with [`crate::ConnectOptions::ca`]), another name, expired, ….
+    #[error(
+        "the TLS certificate of {url} was refused: {problem}; if a private CA signed it, \
+         trust that CA (ConnectOptions::ca, modelcast-watch --ca FILE)"
+    )]
+    Certificate {
+        /// The URL.
+        url: String,
+        /// What is wrong with the certificate (rustls's word: `UnknownIssuer`, `NotValidForName`, …).
+        problem: String,
+    },
+    /// The CA given to [`crate::ConnectOptions::ca`] is not usable.
+    #[error("the CA certificate is not usable: {reason}")]
+    InvalidCa {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The server did not send its `welcome` in time: it may not be a modelcast server.
     #[error("no welcome from {url} within the timeout; is it a modelcast server?")]
     NoWelcome {

@@ -19,7 +19,7 @@ use crate::names::Names;
 use crate::queued::Queued;
 use crate::scripts::clear_call;
 use crate::shared::{Ack, IDEMPOTENCY_TTL_SECS, Limits, Shared};
-use crate::target::Target;
+use crate::target::{RedisTls, Target, Where};
 
 /// What the engine needs to know. Build with [`RedisSettings::new`] and the setters.
 #[derive(Debug, Clone)]
@@ -35,6 +35,7 @@ pub struct RedisSettings {
     state_max_keys: usize,
     append_queue: usize,
     ack: Option<Ack>,
+    tls: Option<RedisTls>,
 }
 
 impl RedisSettings {
@@ -54,6 +55,7 @@ impl RedisSettings {
             state_max_keys: 10_000,
             append_queue: 10_000,
             ack: None,
+            tls: None,
         }
     }
 
@@ -90,6 +92,14 @@ impl RedisSettings {
     /// Keys with retained state per topic; past it the least recently updated leaves.
     pub fn state_max_keys(mut self, n: usize) -> Self {
         self.state_max_keys = n;
+        self
+    }
+
+    /// TLS beyond what a `rediss://` URL says (a private CA, a client certificate), for every
+    /// connection the engine makes. Set without `rediss://`, the engine refuses to start
+    /// rather than connect in plain text.
+    pub fn tls(mut self, tls: RedisTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -141,15 +151,16 @@ impl RedisEngine {
     pub async fn start(settings: RedisSettings) -> Result<Arc<Self>> {
         let connect =
             |source: redis::RedisError| Error::Connect { url: redact(&settings.url), source };
-        let target = Target::new(
-            &settings.url,
-            &settings.sentinels,
-            settings.master.as_deref(),
-            settings.sentinel_password.as_deref(),
-            &settings.cluster,
-            settings.ack.map_or(Duration::ZERO, |ack| ack.timeout),
-        )
-        .map_err(connect)?;
+        let at = Where {
+            url: &settings.url,
+            sentinels: &settings.sentinels,
+            master: settings.master.as_deref(),
+            sentinel_password: settings.sentinel_password.as_deref(),
+            cluster: &settings.cluster,
+            tls: settings.tls.as_ref(),
+        };
+        let waits = settings.ack.map_or(Duration::ZERO, |ack| ack.timeout);
+        let target = Target::new(at, waits).map_err(connect)?;
         let (mut conn, primary) = target.connect().await.map_err(connect)?;
         let names = Names::new(&settings.prefix, &settings.node);
         let warning = eviction_warning(&mut conn, &names).await;

@@ -32,3 +32,4 @@ mod target;
 pub use engine::{RedisEngine, RedisSettings, redact};
 pub use error::{Error, Result};
 pub use health::{HealthReport, Shard};
+pub use target::RedisTls;

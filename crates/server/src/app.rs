@@ -19,6 +19,8 @@ use crate::http;
 use crate::metrics::Metrics;
 use crate::security::Security;
 use crate::state::{AddressSlot, Addresses, App, HttpPermit, Publishing};
+use crate::stream::Stream;
+use crate::tls::ServerTls;
 use modelcast_redis::{RedisEngine, RedisSettings};
 
 /// A bound, not yet running server.
@@ -90,6 +92,8 @@ impl Server {
     ) -> std::io::Result<Self> {
         let security = Security::from_config(&config)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let tls = ServerTls::from_config(&config)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.bind).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -129,6 +133,7 @@ impl Server {
             http_permits,
             node_id,
             engine,
+            tls,
         });
         Ok(Self { app, listener })
     }
@@ -163,6 +168,7 @@ impl Server {
     pub async fn run(self) -> std::io::Result<()> {
         let Server { app, listener } = self;
         announce(&app, listener.local_addr()?);
+        let reloads = app.tls.is_some().then(|| tokio::spawn(reload_on_hangup(app.clone())));
         let demo = app.config.demo.then(|| {
             tracing::info!("demo running: a simulated catalog publishes on every topic");
             modelcast_notifiers::demo::spawn(
@@ -200,6 +206,9 @@ impl Server {
             }
         }
         drop(listener);
+        if let Some(reloads) = reloads {
+            reloads.abort();
+        }
         // The engine last: drained sessions may still have been waiting for its answers.
         if let Some(engine) = &app.engine {
             engine.stop().await;
@@ -295,6 +304,11 @@ async fn redis_engine(config: &Config, node_id: &str) -> std::io::Result<Option<
         .state_max_keys(config.state_max_keys)
         .append_queue(config.redis_append_queue)
         .ack_replicas(config.redis_ack_replicas, config.redis_ack_timeout);
+    if let Some(tls) = crate::tls::redis_tls(config)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
+    {
+        settings = settings.tls(tls);
+    }
     let setting = if let (true, Some(master)) = (sentinel, &config.redis_master) {
         let password = config.redis_sentinel_password.clone();
         settings = settings.sentinel(config.redis_sentinels.clone(), master, password);
@@ -406,6 +420,39 @@ async fn serve_connection(
         return;
     }
     let permit = HttpPermit::new(permit, place);
+    let Some(tls) = &app.tls else {
+        return serve_http(app.clone(), Stream::Plain(stream), peer, permit).await;
+    };
+    // The TLS handshake within the handshake timeout, like the HTTP request after it.
+    let handshake = tls.acceptor().accept(stream);
+    match tokio::time::timeout(app.config.handshake_timeout, handshake).await {
+        Ok(Ok(tls)) => serve_http(app.clone(), Stream::Tls(Box::new(tls)), peer, permit).await,
+        Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "closed: no TLS handshake within the handshake timeout"),
+    }
+}
+
+/// Re-reads the TLS certificate on each `SIGHUP`: new connections get it, open ones keep
+/// theirs.
+async fn reload_on_hangup(app: Arc<App>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return tracing::warn!("cannot watch SIGHUP: the TLS certificate is not reloadable");
+        };
+        while hangups.recv().await.is_some() {
+            if let Some(tls) = &app.tls {
+                tls.reload();
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = app;
+}
+
+/// HTTP/1.1 on `stream` (plain or TLS), with upgrades, until it ends or the server drains.
+async fn serve_http(app: Arc<App>, stream: Stream, peer: SocketAddr, permit: HttpPermit) {
     let service = {
         let app = app.clone();
         service_fn(move |req| http::handle(app.clone(), req, peer, permit.clone()))

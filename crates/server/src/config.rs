@@ -99,10 +99,35 @@ pub struct Config {
     pub history_bytes: usize,
 
     /// Run as one node of a cluster: `seq`, history and current state live in this Redis
-    /// (e.g. `redis://127.0.0.1:6379/0`), shared by every node with the same prefix. Without
-    /// it: a single node, everything in memory.
+    /// (e.g. `redis://127.0.0.1:6379/0`; `rediss://` for TLS, to every Redis and sentinel the
+    /// engine reaches), shared by every node with the same prefix. Without it: a single node,
+    /// everything in memory.
     #[arg(long, env = "MODELCAST_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
+
+    /// TLS to Redis: a CA certificate (PEM) to trust instead of the system's roots (a private
+    /// CA). Needs a `rediss://` URL.
+    #[arg(long, env = "MODELCAST_REDIS_CA", value_name = "FILE")]
+    pub redis_ca: Option<std::path::PathBuf>,
+
+    /// TLS to Redis: a client certificate (PEM) to present (mutual TLS), with
+    /// `MODELCAST_REDIS_KEY`.
+    #[arg(long, env = "MODELCAST_REDIS_CERT", value_name = "FILE")]
+    pub redis_cert: Option<std::path::PathBuf>,
+
+    /// TLS to Redis: the client certificate's private key (PEM).
+    #[arg(long, env = "MODELCAST_REDIS_KEY", value_name = "FILE")]
+    pub redis_key: Option<std::path::PathBuf>,
+
+    /// TLS on this server's port (HTTPS and WSS): the certificate chain (PEM), with
+    /// `MODELCAST_TLS_KEY`. Re-read on `SIGHUP` (open connections keep theirs). Without it:
+    /// plain TCP (TLS at a proxy).
+    #[arg(long, env = "MODELCAST_TLS_CERT", value_name = "FILE", help_heading = "Security")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// TLS on this server's port: the certificate's private key (PEM).
+    #[arg(long, env = "MODELCAST_TLS_KEY", value_name = "FILE", help_heading = "Security")]
+    pub tls_key: Option<std::path::PathBuf>,
 
     /// Redis Sentinel (`host:port,host:port,...`): the cluster's Redis is the primary these
     /// sentinels name for `MODELCAST_REDIS_MASTER`, followed through failovers.

@@ -11,7 +11,6 @@ use hyper::header::{
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use modelcast_protocol::ApiErrorCode;
-use tokio::net::TcpStream;
 
 use modelcast_ws::Deflate;
 
@@ -21,6 +20,7 @@ use crate::response::Resp;
 use crate::security::Identity;
 use crate::session::{Socket, run};
 use crate::state::{App, Publisher};
+use crate::stream::Stream;
 
 fn valid_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
@@ -154,10 +154,10 @@ impl Session {
                 return;
             }
         };
-        // The server's connections are TCP streams (app.rs), which is what hyper hands back
-        // with the bytes it read past the request.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            tracing::error!("websocket upgrade on a connection that is not TCP");
+        // The server's connections are `Stream`s (app.rs: TCP or TLS), which is what hyper
+        // hands back with the bytes it read past the request.
+        let Ok(parts) = upgraded.downcast::<TokioIo<Stream>>() else {
+            tracing::error!("websocket upgrade on a connection that is not the server's own");
             return;
         };
         let Session { app, id, admitted, identity, publisher, deflate } = self;

@@ -30,6 +30,8 @@ mod security;
 mod session;
 mod sse;
 mod state;
+mod stream;
+mod tls;
 mod validate;
 
 pub use app::{Server, ShutdownHandle};

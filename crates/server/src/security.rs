@@ -71,6 +71,7 @@ struct Claims {
 /// without binding or connecting, and says what it amounts to, one setting per line.
 pub fn check_config(config: &Config) -> Result<String, String> {
     let security = Security::from_config(config)?;
+    let [tls, redis_tls] = crate::tls::describe(config)?;
     let roles: Vec<String> = config
         .topic_roles
         .iter()
@@ -97,6 +98,8 @@ pub fn check_config(config: &Config) -> Result<String, String> {
                         .map_or("memory".to_owned(), modelcast_redis::redact),
                 }
             ),
+            tls,
+            redis_tls,
             format!(
                 "authentication: {}",
                 if security.auth_required() { "JWT required" } else { "open" }

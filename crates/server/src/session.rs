@@ -1,5 +1,6 @@
 //! WebSocket sessions: the per-connection task — a reader and a writer future side by side on
-//! the two halves of the TCP socket, heartbeats, authentication deadlines, close codes.
+//! the two halves of the socket (TCP, or TLS), heartbeats, authentication deadlines, close
+//! codes.
 //!
 //! Every reply goes through the connection's hub outbox, so there is exactly one writer of
 //! data frames, which writes a burst as header and payload slices in as few `writev` calls as
@@ -17,13 +18,13 @@ use futures_util::FutureExt;
 use modelcast_hub::{Connection, Delivery, DropReason};
 use modelcast_protocol::{ClientMessage, ErrorCode, FrameError, PublishRequest, close};
 use modelcast_ws::{Decoder, Deflate, Header, Message, OpCode, ReadError, Reader, close_payload};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use modelcast_ws::{ReadSocket, Streamed, WriteSocket};
 
 use crate::actions::{handle_frame, publish_frames, reply_error};
 use crate::admit::Admitted;
 use crate::security::Identity;
 use crate::state::{App, Control, Publisher};
+use crate::stream::Stream;
 
 /// Frames taken from the outbox per burst (one flush each).
 const BURST: usize = 256;
@@ -36,7 +37,7 @@ const MAX_PUBLISH_BATCH: usize = 64;
 /// permessage-deflate was agreed.
 #[derive(Debug)]
 pub(crate) struct Socket {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     pub(crate) already_read: Bytes,
     pub(crate) deflate: Option<Deflate>,
 }
@@ -77,25 +78,12 @@ pub(crate) async fn run(
     tracing::debug!(connection_id = %id, "connected");
     let _ = conn.send(&app.welcome(id.clone(), operator));
 
-    let Socket { mut stream, already_read, deflate } = socket;
+    let Socket { stream, already_read, deflate } = socket;
     if deflate.is_some() {
         app.metrics.compressing.inc();
     }
-    let decoder = Decoder::new(app.config.max_frame_size, deflate.is_some())
-        .max_fragments(app.config.max_fragments);
-    let mut frames = Reader::new(decoder, already_read);
-    let (reason, close_sent) = {
-        let (read_half, write_half) = stream.split();
-        let (ended, ()) = tokio::join!(
-            writer(&app, &conn, &write_half, &control, deflate),
-            reader(&app, &conn, &read_half, &mut frames, &control)
-        );
-        ended
-    };
-    if close_sent {
-        // The server closes the TCP connection first (RFC 6455 §7.1.1), without a reset.
-        modelcast_ws::finish(&mut stream, LINGER).await;
-    }
+    let talk = Talk { app: &app, conn: &conn, control: &control, deflate };
+    let reason = talk.run(stream, already_read).await;
     if deflate.is_some() {
         app.metrics.compressing.dec();
     }
@@ -104,6 +92,58 @@ pub(crate) async fn run(
     conn.close(DropReason::Closed);
     app.metrics.closed(reason);
     tracing::debug!(connection_id = %id, reason, "disconnected");
+}
+
+/// What the reader and the writer of one session share.
+struct Talk<'a> {
+    app: &'a App,
+    conn: &'a Connection,
+    control: &'a Arc<Control>,
+    deflate: Option<Deflate>,
+}
+
+impl Talk<'_> {
+    /// The session's frames on `stream` (`already_read`: what hyper read past the upgrade)
+    /// until it ends; then, if a close frame went out, the closing handshake's end. Returns
+    /// the close reason.
+    async fn run(&self, mut stream: Stream, already_read: Bytes) -> &'static str {
+        let decoder = Decoder::new(self.app.config.max_frame_size, self.deflate.is_some())
+            .max_fragments(self.app.config.max_fragments);
+        let mut frames = Reader::new(decoder, already_read);
+        let (reason, close_sent) = match &mut stream {
+            // TCP: readiness and `writev` on the socket's two halves.
+            Stream::Plain(tcp) => {
+                let (read_half, write_half) = tcp.split();
+                self.over(&read_half, &write_half, &mut frames).await
+            }
+            // TLS: the stream's halves, each behind its own lock (one user each).
+            Stream::Tls(tls) => {
+                let (read_half, write_half) = tokio::io::split(&mut **tls);
+                let halves = (Streamed::new(read_half), Streamed::new(write_half));
+                self.over(&halves.0, &halves.1, &mut frames).await
+            }
+        };
+        if close_sent {
+            // The server closes the TCP connection first (RFC 6455 §7.1.1), without a reset.
+            modelcast_ws::finish(&mut stream, LINGER).await;
+        }
+        reason
+    }
+
+    /// The writer and the reader side by side on the socket's halves, until both end; the
+    /// writer's close reason, and whether a close frame went out.
+    async fn over(
+        &self,
+        read: &(impl ReadSocket + Sync),
+        write: &(impl WriteSocket + Sync),
+        frames: &mut Reader,
+    ) -> (&'static str, bool) {
+        let (ended, ()) = tokio::join!(
+            writer(self.app, self.conn, write, self.control, self.deflate),
+            reader(self.app, self.conn, read, frames, self.control)
+        );
+        ended
+    }
 }
 
 fn now_ms(app: &App) -> u64 {
@@ -116,7 +156,7 @@ fn now_ms(app: &App) -> u64 {
 async fn writer(
     app: &App,
     conn: &Connection,
-    socket: &WriteHalf<'_>,
+    socket: &(impl WriteSocket + Sync),
     control: &Control,
     deflate: Option<Deflate>,
 ) -> (&'static str, bool) {
@@ -226,9 +266,9 @@ fn close_label(code: u16) -> &'static str {
 }
 
 /// The writing side of a session: the socket half and what every write needs.
-struct Out<'a> {
+struct Out<'a, W> {
     app: &'a App,
-    socket: &'a WriteHalf<'a>,
+    socket: &'a W,
     deflate: Option<Deflate>,
     write_timeout: Duration,
     /// Publish times of the frames in flight, for the latency histogram (reused: no
@@ -297,7 +337,7 @@ const MAX_GATHER_TURNS: usize = 16;
 /// How many turns in a row without a new frame end a gather.
 const MAX_EMPTY_TURNS: usize = 2;
 
-impl Out<'_> {
+impl<W: WriteSocket + Sync> Out<'_, W> {
     /// Writes live frames: before writing the burst, yields and takes whatever arrived
     /// meanwhile, so that when the server is busy (publishes in flight, other writers running)
     /// the frames of several publishes leave in one `writev` instead of one each, without
@@ -491,7 +531,7 @@ impl Out<'_> {
 async fn reader(
     app: &App,
     conn: &Connection,
-    socket: &ReadHalf<'_>,
+    socket: &(impl ReadSocket + Sync),
     frames: &mut Reader,
     control: &Arc<Control>,
 ) {
@@ -547,7 +587,11 @@ struct Inbound<'a> {
 impl Inbound<'_> {
     /// The next message; `None` at the end (the writer is done, the peer left, or its bytes
     /// broke the protocol: then the close frame to send is set).
-    async fn next(&mut self, socket: &ReadHalf<'_>, frames: &mut Reader) -> Option<Message> {
+    async fn next(
+        &mut self,
+        socket: &(impl ReadSocket + Sync),
+        frames: &mut Reader,
+    ) -> Option<Message> {
         let next = loop {
             if self.publishes.is_empty() {
                 tokio::select! {

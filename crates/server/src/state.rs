@@ -51,6 +51,8 @@ pub(crate) struct App {
     pub(crate) node_id: String,
     /// The Redis engine, when this node is one of a cluster.
     pub(crate) engine: Option<Arc<modelcast_redis::RedisEngine>>,
+    /// TLS on this port (`MODELCAST_TLS_CERT`), when on.
+    pub(crate) tls: Option<crate::tls::ServerTls>,
 }
 
 impl App {

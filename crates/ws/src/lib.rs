@@ -31,7 +31,7 @@ pub use deflate::deflate;
 pub use failure::Failure;
 pub use frame::{Header, OpCode, close_payload};
 pub use handshake::{Deflate, accept_key, negotiate};
-pub use io::{ReadError, ReadSocket, Reader, WriteSocket, finish, write_frames};
+pub use io::{ReadError, ReadSocket, Reader, Streamed, WriteSocket, finish, write_frames};
 
 /// Close codes this layer sends (RFC 6455 §7.4.1).
 pub mod code {

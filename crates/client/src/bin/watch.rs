@@ -27,6 +27,9 @@ struct Args {
     /// An auth token.
     #[arg(long, env = "MODELCAST_TOKEN")]
     token: Option<String>,
+    /// A CA certificate (PEM) to trust for `wss://`, besides the public roots (a private CA).
+    #[arg(long, env = "MODELCAST_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
     /// Topics to watch (default: all of them).
     #[arg(value_parser = parse_topic)]
     topics: Vec<Topic>,
@@ -42,6 +45,18 @@ async fn main() -> ExitCode {
     let mut options = ConnectOptions::default();
     if let Some(token) = &args.token {
         options = options.token(token.clone());
+    }
+    if let Some(ca) = &args.ca {
+        let trusted = std::fs::read(ca)
+            .map_err(|e| format!("cannot read {}: {e}", ca.display()))
+            .and_then(|pem| options.clone().ca(&pem).map_err(|e| format!("{}: {e}", ca.display())));
+        match trusted {
+            Ok(with_ca) => options = with_ca,
+            Err(err) => {
+                eprintln!("modelcast-watch: --ca: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     let client = match Client::connect(&args.url, options).await {
         Ok(c) => c,
