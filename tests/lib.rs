@@ -6,6 +6,7 @@
 pub mod arbitrary;
 pub mod cluster_util;
 pub mod failover_util;
+pub mod push_util;
 pub mod server_util;
 pub mod tls_util;
 

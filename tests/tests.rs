@@ -20,6 +20,7 @@ mod notifiers;
 mod protocol;
 mod protocol_props;
 mod publish_ws;
+mod push;
 mod redis_cluster;
 mod robustness;
 mod schema_compat;

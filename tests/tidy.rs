@@ -102,6 +102,9 @@ fn dependencies_point_one_way() {
             "{name} must not depend on redis"
         );
     }
+    // Push is told of messages by the server (the hub's tap); it knows devices and services,
+    // not the hub, the engine or the domain.
+    assert!(workspace_deps("modelcast-push").is_empty(), "push depends on no workspace crate");
     // The WebSocket frame layer knows frames, not modelcast: no workspace crate, no HTTP, and
     // no other WebSocket library.
     assert!(workspace_deps("modelcast-ws").is_empty(), "ws depends on no workspace crate");

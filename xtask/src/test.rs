@@ -139,8 +139,11 @@ fn step(dir: &str, program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The Rust tests: cargo-nextest when installed, else `cargo test`.
+/// The Rust tests: cargo-nextest when installed, else `cargo test`. The push tests' Web Push
+/// stand-in needs its Python packages first (`target/push-venv`, where `tests/push_util.rs`
+/// looks).
 fn rust() -> Result<()> {
+    venv("push-venv", &["-r", "tests/push/requirements.txt"])?;
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])
         .stdout(Stdio::null())

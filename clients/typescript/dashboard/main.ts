@@ -1,7 +1,7 @@
 // The dashboard at `/`: what an operator keeps open. Driven only by the public protocol,
 // through @modelcast/client (this is its first user), plus GET /api/stats for server figures.
 // Plain DOM and SVG: no framework, no chart library, nothing to load from elsewhere.
-import { connect, ModelcastError, TOPIC_TYPES } from "../src/index.js";
+import { connect, ModelcastError, registerPush, TOPIC_TYPES } from "../src/index.js";
 import type { AnyTopicFrame, ServerMessage, Topic } from "../src/index.js";
 
 type Download = {
@@ -397,6 +397,35 @@ function viewerLabel(jwt: string | undefined): string {
   }
 }
 $("viewer").textContent = viewerLabel(token);
+/** "notify me": push this user's finished downloads and alerts to this browser while the page is
+ * closed. Shown to a signed-in page only (a device is its user's); says why when the browser or
+ * the server cannot. */
+function offerPush(jwt: string | undefined) {
+  if (!jwt) return;
+  const button = $("notify") as HTMLButtonElement;
+  const status = $("notify-status");
+  button.hidden = false;
+  button.addEventListener("click", () => {
+    button.disabled = true;
+    status.textContent = "asking…";
+    registerPush(location.origin, { token: jwt, serviceWorker: "/push-sw.js" })
+      .then(() => {
+        status.textContent = "this browser will be notified while the page is closed";
+        button.hidden = true;
+      })
+      .catch((e: unknown) => {
+        const why = e instanceof ModelcastError ? e.code : "error";
+        const reasons: Record<string, string> = {
+          push_unsupported: "this browser cannot receive pushes here (it needs https:// or localhost)",
+          permission_denied: "notifications are blocked for this site: allow them in the browser's site settings",
+          push_off: "the server has no push (MODELCAST_VAPID_PRIVATE_KEY is not set)",
+        };
+        status.textContent = `cannot notify: ${reasons[why] ?? (e instanceof Error ? e.message : String(e))}`;
+        button.disabled = false;
+      });
+  });
+}
+offerPush(token);
 /** Says at the top of the page why it cannot show anything, and what to do. */
 function notice(text: string | undefined) {
   const el = $("notice");

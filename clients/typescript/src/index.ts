@@ -35,6 +35,15 @@ export {
 } from "./client.js";
 export type { WebSocketConstructor, WebSocketLike } from "./socket.js";
 export { SseSocket, type FetchLike } from "./sse.js";
+export {
+  registerPush,
+  listPushDevices,
+  unregisterPush,
+  notificationOf,
+  type PushDevice,
+  type PushFetch,
+  type RegisterPushOptions,
+} from "./push.js";
 export { TOPIC_TYPES, CONTROL_TYPES, PROTOCOL_VERSION } from "./generated/topics.js";
 export type * from "./generated/server-message.js";
 export type {

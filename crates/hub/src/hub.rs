@@ -130,6 +130,12 @@ impl Hub {
         stats
     }
 
+    /// Sets the [`Tap`] told of every message this hub sequences (its own and, on a cluster,
+    /// every other node's); once: a second call is refused (`false`).
+    pub fn set_tap(&self, tap: std::sync::Arc<dyn crate::Tap>) -> bool {
+        self.topics.tap.set(tap).is_ok()
+    }
+
     /// Why publishing cannot succeed now (the engine is unreachable), or `None`.
     pub fn unavailable(&self) -> Option<String> {
         self.engine.unavailable(None)

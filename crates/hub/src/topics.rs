@@ -20,6 +20,7 @@ use crate::publish::{Key, Kind, Retain};
 use crate::reach::{Reach, Who};
 use crate::retained::{Entry, Retained};
 use crate::stats::Stats;
+use crate::tap::{Tap, Tapped};
 use crate::wire::Wire;
 
 /// The hub's limits. `Default` gives the product's defaults: 1000 messages or 5 minutes of
@@ -383,6 +384,8 @@ pub(crate) struct Topics {
     next_connection: AtomicU64,
     /// Bytes of history across all topics (for `history_bytes`).
     history_bytes: AtomicUsize,
+    /// Told of every sequenced message, when set ([`crate::Hub::set_tap`]).
+    pub(crate) tap: std::sync::OnceLock<Arc<dyn Tap>>,
 }
 
 /// A wall-clock publish time as an `Instant` on this node's clock (for age limits).
@@ -405,6 +408,7 @@ impl Topics {
             stats: Stats::default(),
             next_connection: AtomicU64::new(1),
             history_bytes: AtomicUsize::new(0),
+            tap: std::sync::OnceLock::new(),
         }
     }
 
@@ -614,9 +618,26 @@ impl Topics {
             state.subs.swap_remove(i);
             self.stats.unsubscribed(topic);
         }
+        let tapped = self.tap.get().map(|tap| (tap, state.epoch.clone()));
         drop(state);
         for (r, delivered) in recorded.iter().zip(delivered) {
             self.stats.published(topic, r.type_index, delivered);
+        }
+        if let Some((tap, epoch)) = tapped {
+            for r in recorded {
+                tap.sequenced(Tapped {
+                    topic,
+                    epoch: &epoch,
+                    seq: r.seq,
+                    type_name: ServerMessage::TYPES
+                        .get(usize::from(r.type_index))
+                        .copied()
+                        .unwrap_or_default(),
+                    frame: &r.frame.frame,
+                    audience: r.frame.frame.reach().map(|reach| &*reach.audience),
+                    key: r.frame.key.as_ref().map(|k| &**k.name()),
+                });
+            }
         }
     }
 

@@ -76,6 +76,11 @@ api_error_codes! {
     NotFound = ("not_found", 404),
     /// No state for that key.
     NoState = ("no_state", 404),
+    /// Push is not configured on this server (no `MODELCAST_VAPID_PRIVATE_KEY`,
+    /// `MODELCAST_FCM_SERVICE_ACCOUNT` or `MODELCAST_APNS_KEY`), or not for this kind of device.
+    PushOff = ("push_off", 404),
+    /// The device registration names a bad field (`errors` says which and why).
+    InvalidRegistration = ("invalid_registration", 400),
     /// The route does not take that method (`Allow` lists the ones it does).
     MethodNotAllowed = ("method_not_allowed", 405),
     /// The body did not arrive within `MODELCAST_BODY_TIMEOUT`.
@@ -83,6 +88,8 @@ api_error_codes! {
     /// The `Idempotency-Key` names another request (another body) within its 10 minutes:
     /// nothing was published. Use a new key for a new request.
     IdempotencyKeyReused = ("idempotency_key_reused", 409),
+    /// The user has `MODELCAST_PUSH_MAX_DEVICES` devices already: remove one first.
+    TooManyDevices = ("too_many_devices", 409),
     /// The body (or its declared `Content-Length`) is larger than
     /// `MODELCAST_MAX_PUBLISH_BYTES`.
     PayloadTooLarge = ("payload_too_large", 413),

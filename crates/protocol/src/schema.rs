@@ -486,6 +486,22 @@ pub fn openapi() -> Value {
                 "summary": "Counters per topic and connection, each explained in `help`",
                 "responses": {"200": {"description": "The counters", "content": {"application/json": {"schema": {"type": "object"}}}}, "401": error("MODELCAST_METRICS_TOKEN is set and missing")}
             }},
+            "/api/push/vapid-public-key": {"get": {
+                "summary": "The VAPID public key browsers subscribe with (`applicationServerKey`)",
+                "responses": {"200": {"description": "`{\"key\": \"<base64url>\"}`", "content": {"application/json": {"schema": {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]}}}}, "404": error("`push_off`: Web Push is not configured")}
+            }},
+            "/api/push/subscriptions": {
+                "post": {
+                    "summary": "Registers a device of the caller (a user's JWT as Bearer): a browser's PushSubscription `{endpoint, keys: {p256dh, auth}}`, or `{fcm_token}`, or `{apns_token}`; optionally `types` (a subset of MODELCAST_PUSH_TYPES)",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "responses": {"201": {"description": "The device `{id, kind, types, registered}`"}, "400": error("`invalid_registration` naming the field"), "401": error("no user token"), "404": error("`push_off`"), "409": error("`too_many_devices`")}
+                },
+                "get": {"summary": "The caller's devices", "responses": {"200": {"description": "`{devices: [...]}`"}, "401": error("no user token")}},
+                "delete": {
+                    "summary": "Removes one of the caller's devices: `{endpoint}`, `{fcm_token}`, `{apns_token}` or `{id}`",
+                    "responses": {"204": {"description": "Removed"}, "404": error("`not_found`: no such device of the caller")}
+                }
+            },
             "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "The process serves"}}}},
             "/readyz": {"get": {"summary": "Ready (`engine`: the topology and primary)", "responses": {"200": {"description": "Ready"}, "503": {"description": "`shutting_down` (draining clients), `engine_unavailable` (Redis, with the reason) or `loading` (a starting node has not loaded these topics from Redis yet)"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics text)", "responses": {"200": {"description": "The metrics", "content": {"application/openmetrics-text": {}}}}}}

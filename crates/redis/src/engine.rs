@@ -202,6 +202,11 @@ impl RedisEngine {
         }))
     }
 
+    /// What else a cluster keeps in Redis: push registrations, claims and presence.
+    pub fn kv(&self) -> crate::Kv {
+        crate::Kv::new(self.shared.clone())
+    }
+
     /// The engine's health now.
     pub fn health(&self) -> HealthReport {
         self.shared.health.report()

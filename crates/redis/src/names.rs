@@ -35,6 +35,8 @@ pub(crate) struct TopicNames {
 #[derive(Debug)]
 pub(crate) struct Names {
     pub(crate) prefix: String,
+    /// This node's id.
+    pub(crate) node: String,
     topics: Vec<TopicNames>,
     /// The cluster's epoch for topics Redis has none for.
     pub(crate) epoch: String,
@@ -71,6 +73,7 @@ impl Names {
             .collect();
         Names {
             prefix: prefix.to_owned(),
+            node: node.to_owned(),
             topics,
             epoch: format!("{prefix}:epoch"),
             probe: format!("{prefix}:probe:{node}"),

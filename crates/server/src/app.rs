@@ -110,6 +110,9 @@ impl Server {
         }
         let policy = notifiers.policy().clone();
         let hub = policy.hub().clone();
+        let presence = crate::presence::Presence::new(engine.as_ref());
+        let push = crate::push::start(&config, &hub, engine.as_ref(), presence.clone())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let http_permits = Arc::new(tokio::sync::Semaphore::new(http_connection_cap(&config)));
         let http_per_ip = Arc::new(Addresses::new(config.max_http_connections_per_ip));
         let streams_per_ip = Arc::new(Addresses::new(config.max_connections_per_ip));
@@ -134,6 +137,8 @@ impl Server {
             node_id,
             engine,
             tls,
+            push,
+            presence,
         });
         Ok(Self { app, listener })
     }

@@ -421,6 +421,108 @@ pub struct Config {
           value_parser = count("MODELCAST_MAX_SUBSCRIPTIONS"), help_heading = "Security")]
     pub max_subscriptions: usize,
 
+    /// Web Push: the VAPID private key (PEM, EC P-256; `modelcast push-keys` makes one). Push
+    /// is on when this, `MODELCAST_FCM_SERVICE_ACCOUNT` or `MODELCAST_APNS_KEY` is given.
+    #[arg(long, env = "MODELCAST_VAPID_PRIVATE_KEY", value_name = "FILE", help_heading = "Push")]
+    pub vapid_private_key: Option<std::path::PathBuf>,
+
+    /// Web Push: the contact push services may use (`mailto:` or `https:`).
+    #[arg(long, env = "MODELCAST_VAPID_SUBJECT", value_name = "URL", help_heading = "Push")]
+    pub vapid_subject: Option<String>,
+
+    /// The message types pushed. The defaults, each with its rule (urgent: `Urgency: high`):
+    /// `download_status_change` (to completed; failed, urgent), `model_availability_change`
+    /// (to available or loaded; unavailable, corrupted or missing, urgent),
+    /// `corruption_detection` (urgent when high or critical), `alert` (error; critical,
+    /// urgent), `health_monitoring_alert` (unhealthy; critical, urgent). Other types named
+    /// here are pushed whenever published.
+    #[arg(
+        long,
+        env = "MODELCAST_PUSH_TYPES",
+        value_delimiter = ',',
+        value_name = "TYPE,...",
+        default_value = "download_status_change,model_availability_change,corruption_detection,alert,health_monitoring_alert",
+        help_heading = "Push"
+    )]
+    pub push_types: Vec<String>,
+
+    /// `offline`: push to users with no WebSocket or event stream open on any node; `always`:
+    /// to every user owed the message.
+    #[arg(long, env = "MODELCAST_PUSH_WHEN", default_value = "offline", value_name = "offline|always",
+          value_parser = ["offline", "always"], help_heading = "Push")]
+    pub push_when: String,
+
+    /// Pushes per user per minute; past it, dropped (counted in `/metrics`).
+    #[arg(long, env = "MODELCAST_PUSH_RATE", default_value = "30", value_name = "N",
+          value_parser = count("MODELCAST_PUSH_RATE"), help_heading = "Push")]
+    pub push_rate: usize,
+
+    /// Devices per user.
+    #[arg(long, env = "MODELCAST_PUSH_MAX_DEVICES", default_value = "10", value_name = "N",
+          value_parser = count("MODELCAST_PUSH_MAX_DEVICES"), help_heading = "Push")]
+    pub push_max_devices: usize,
+
+    /// How long a push service may keep a push for an unreachable device.
+    #[arg(long, env = "MODELCAST_PUSH_TTL", default_value = "86400", value_name = "SECONDS",
+          value_parser = seconds("MODELCAST_PUSH_TTL"), help_heading = "Push")]
+    pub push_ttl: Duration,
+
+    /// Accept `http://` push endpoints on loopback (for tests and local stand-ins only).
+    #[arg(long, env = "MODELCAST_PUSH_INSECURE_ENDPOINTS", action = ArgAction::SetTrue,
+          value_parser = boolish("MODELCAST_PUSH_INSECURE_ENDPOINTS"), help_heading = "Push")]
+    pub push_insecure_endpoints: bool,
+
+    /// A CA (PEM) trusted for push services besides the public roots (a private gateway).
+    #[arg(long, env = "MODELCAST_PUSH_CA", value_name = "FILE", help_heading = "Push")]
+    pub push_ca: Option<std::path::PathBuf>,
+
+    /// Where a single node keeps its push registrations (`push/registrations.json` in it).
+    /// Default: `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else
+    /// `$XDG_STATE_HOME/modelcast`, else `~/.local/state/modelcast`. A cluster keeps them in
+    /// Redis.
+    #[arg(long, env = "MODELCAST_DATA_DIR", value_name = "DIR", help_heading = "Push")]
+    pub data_dir: Option<std::path::PathBuf>,
+
+    /// Firebase Cloud Messaging: the service account's JSON key file.
+    #[arg(long, env = "MODELCAST_FCM_SERVICE_ACCOUNT", value_name = "FILE", help_heading = "Push")]
+    pub fcm_service_account: Option<std::path::PathBuf>,
+
+    /// FCM's API base URL.
+    #[arg(
+        long,
+        env = "MODELCAST_FCM_URL",
+        default_value = "https://fcm.googleapis.com",
+        value_name = "URL",
+        help_heading = "Push"
+    )]
+    pub fcm_url: String,
+
+    /// APNs: the token-signing key (`.p8`).
+    #[arg(long, env = "MODELCAST_APNS_KEY", value_name = "FILE", help_heading = "Push")]
+    pub apns_key: Option<std::path::PathBuf>,
+
+    /// APNs: the key's id.
+    #[arg(long, env = "MODELCAST_APNS_KEY_ID", value_name = "ID", help_heading = "Push")]
+    pub apns_key_id: Option<String>,
+
+    /// APNs: the developer team id.
+    #[arg(long, env = "MODELCAST_APNS_TEAM_ID", value_name = "ID", help_heading = "Push")]
+    pub apns_team_id: Option<String>,
+
+    /// APNs: the app's bundle id (`apns-topic`).
+    #[arg(long, env = "MODELCAST_APNS_TOPIC", value_name = "BUNDLE", help_heading = "Push")]
+    pub apns_topic: Option<String>,
+
+    /// APNs' URL (`https://api.sandbox.push.apple.com` for development builds).
+    #[arg(
+        long,
+        env = "MODELCAST_APNS_URL",
+        default_value = "https://api.push.apple.com",
+        value_name = "URL",
+        help_heading = "Push"
+    )]
+    pub apns_url: String,
+
     /// Log format.
     #[arg(long, env = "MODELCAST_LOG_FORMAT", default_value = "text", value_name = "text|json",
           value_parser = parse_log_format)]

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, ApiResult};
 use crate::response::{Body, Refusal, Resp, json_response};
 use crate::state::{App, HttpPermit};
-use crate::{handshake, inspect, publish, sse};
+use crate::{handshake, inspect, publish, push, sse};
 
 /// The dashboard page (`/`): markup and style; its script is [`DASHBOARD_JS`].
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -25,6 +25,10 @@ const INDEX_HTML: &str = include_str!("../assets/index.html");
 /// client (`npm run build` there; committed, checked for staleness in CI), so running the
 /// server needs no Node.js.
 const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
+
+/// The dashboard's service worker, which shows pushes as notifications:
+/// `clients/typescript/dashboard/sw.ts` bundled (`npm run build` there; committed).
+const PUSH_SW_JS: &str = include_str!("../assets/push-sw.js");
 
 /// The dashboard's style sheet (its own file: the page's Content-Security-Policy allows no
 /// inline style).
@@ -87,6 +91,12 @@ enum Route<'a> {
     Stats,
     OpenApi,
     Metrics,
+    /// `/api/push/vapid-public-key`.
+    VapidKey,
+    /// `/push-sw.js`: the dashboard's service worker (at the root: its scope is the site).
+    PushWorker,
+    /// `/api/push/subscriptions`.
+    PushDevices,
 }
 
 impl<'a> Route<'a> {
@@ -104,6 +114,9 @@ impl<'a> Route<'a> {
             "/api/stats" => Route::Stats,
             "/api/openapi.json" => Route::OpenApi,
             "/metrics" => Route::Metrics,
+            "/api/push/vapid-public-key" => Route::VapidKey,
+            "/api/push/subscriptions" => Route::PushDevices,
+            "/push-sw.js" => Route::PushWorker,
             p => {
                 if let Some(id) = p.strip_prefix("/ws/") {
                     Route::WebSocket(Some(id))
@@ -123,6 +136,8 @@ impl<'a> Route<'a> {
             Route::Sse => "GET, OPTIONS",
             Route::Publish => "POST, OPTIONS",
             Route::StateKey(_) => "DELETE",
+            Route::VapidKey => "GET, HEAD, OPTIONS",
+            Route::PushDevices => "GET, POST, DELETE, OPTIONS",
             _ => "GET, HEAD",
         }
     }
@@ -204,6 +219,9 @@ async fn respond(
         }
         Route::State => inspect::state(app, &req),
         Route::Metrics => inspect::metrics(app, &req),
+        Route::VapidKey => push::handle(app, req, push::Endpoint::VapidKey).await,
+        Route::PushDevices => push::handle(app, req, push::Endpoint::Devices).await,
+        Route::PushWorker => Ok(static_asset(PUSH_SW_JS, "text/javascript; charset=utf-8")),
     }
 }
 

@@ -183,6 +183,9 @@ pub(crate) fn metrics(app: &App, req: &Request<Incoming>) -> ApiResult {
         let label = crate::metrics::ShardLabel { primary };
         app.metrics.engine_shard_up.get_or_create(&label).set(up);
     }
+    if let Some(push) = &app.push {
+        app.metrics.push(&push.stats());
+    }
     let body = app.metrics.encode(&app.hub.stats());
     let mut resp = Response::new(Body::from(Bytes::from(body)));
     let kind =
@@ -303,6 +306,16 @@ fn figures(app: &App) -> Value {
         "epoch": app.hub.epoch(),
         "node_id": app.node_id,
         "engine": engine(app),
+        "push": app.push.as_ref().map(|push| {
+            let stats = push.stats();
+            json!({
+                "sent": stats.sent,
+                "failed": stats.failed.iter().map(|(r, n)| (r.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                "devices_removed": stats.devices_removed,
+                "queued": stats.queued,
+                "devices": stats.devices,
+            })
+        }),
         "topics": topics,
         "connections_dropped": {
             "slow_consumer": count(DropReason::SlowConsumer),
@@ -322,6 +335,7 @@ fn figures(app: &App) -> Value {
             "bytes_after": bytes_after,
         },
         "help": {
+            "push": "pushes to users who are not connected (null: push is off): accepted by a push service, not delivered by reason, devices forgotten as gone, waiting, registered",
             "published": "messages sequenced on the topic (after throttling and batching)",
             "absorbed_before_publish": "updates replaced by a newer value of their key before they were published: never sequenced, never sent",
             "delivered": "frames queued to subscribers: each publish once per subscriber that receives it, plus replayed and current-state frames",

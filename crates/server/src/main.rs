@@ -8,19 +8,13 @@ use modelcast_server::{Config, LogFormat, Server};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // `modelcast push-keys`: a new VAPID key pair for Web Push.
+    if std::env::args().nth(1).as_deref() == Some("push-keys") {
+        return push_keys();
+    }
     let config = Config::parse();
     if config.check_config {
-        #[allow(clippy::print_stdout, clippy::print_stderr)]
-        return match modelcast_server::check_config(&config) {
-            Ok(summary) => {
-                println!("{summary}\nthe configuration is valid");
-                ExitCode::SUCCESS
-            }
-            Err(problem) => {
-                eprintln!("error: invalid configuration: {problem}");
-                ExitCode::FAILURE
-            }
-        };
+        return check_config(&config);
     }
     let filter = match EnvFilter::try_new(&config.log) {
         // redis-rs says each retry of a failover at warn; the engine says the event once
@@ -57,6 +51,35 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `modelcast push-keys`: the private key as PEM on stdout; the public key, for reference, and
+/// what to do with them on stderr.
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+fn push_keys() -> ExitCode {
+    let (pem, public) = modelcast_server::new_push_keys();
+    print!("{pem}");
+    eprintln!(
+        "# the public key (GET /api/push/vapid-public-key serves it): {public}\n\
+         # save the private key, e.g. `modelcast push-keys > /etc/modelcast/vapid.pem`, and set\n\
+         # MODELCAST_VAPID_PRIVATE_KEY to that file and MODELCAST_VAPID_SUBJECT to your contact"
+    );
+    ExitCode::SUCCESS
+}
+
+/// `--check-config`: the summary and "valid", or the problem.
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+fn check_config(config: &Config) -> ExitCode {
+    match modelcast_server::check_config(config) {
+        Ok(summary) => {
+            println!("{summary}\nthe configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(problem) => {
+            eprintln!("error: invalid configuration: {problem}");
             ExitCode::FAILURE
         }
     }

@@ -92,9 +92,68 @@ pub(crate) struct Metrics {
     compressed_frames: Counter,
     compressed_bytes_before: Counter,
     compressed_bytes_after: Counter,
+    /// Push's figures, brought up to date at each scrape.
+    push: PushMetrics,
+}
+
+/// Push's series: counters advanced by what push counted since the last scrape.
+#[derive(Debug, Default)]
+struct PushMetrics {
+    sent: Counter,
+    failed: Family<ReasonLabel, Counter>,
+    removed: Counter,
+    queued: Gauge,
+    devices: Gauge,
+    /// Push's totals at the last scrape (sent, removed, each reason's).
+    seen: std::sync::Mutex<(u64, u64, Vec<u64>)>,
+}
+
+impl PushMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let push = Self::default();
+        registry.register("push_sent", "Pushes a push service accepted", push.sent.clone());
+        registry.register(
+            "push_failed",
+            "Pushes not delivered, by reason (gone, refused, retries_exhausted, rate_limited, queue_full, too_large: sent shortened)",
+            push.failed.clone(),
+        );
+        registry.register(
+            "push_devices_removed",
+            "Devices forgotten: their push service said they are gone",
+            push.removed.clone(),
+        );
+        registry.register("push_queue_depth", "Pushes waiting to be sent", push.queued.clone());
+        registry.register(
+            "push_devices",
+            "Devices registered for push (this node's copy)",
+            push.devices.clone(),
+        );
+        push
+    }
+
+    fn update(&self, stats: &modelcast_push::PushStats) {
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.sent.inc_by(stats.sent.saturating_sub(seen.0));
+        self.removed.inc_by(stats.devices_removed.saturating_sub(seen.1));
+        seen.2.resize(stats.failed.len(), 0);
+        for ((reason, n), before) in stats.failed.iter().zip(seen.2.iter_mut()) {
+            let label = ReasonLabel { reason: (*reason).to_owned() };
+            self.failed.get_or_create(&label).inc_by(n.saturating_sub(*before));
+            *before = *n;
+        }
+        seen.0 = stats.sent;
+        seen.1 = stats.devices_removed;
+        self.queued.set(stats.queued as i64);
+        self.devices.set(stats.devices as i64);
+    }
 }
 
 impl Metrics {
+    /// Brings push's series up to date (at a scrape).
+    pub(crate) fn push(&self, stats: &modelcast_push::PushStats) {
+        self.push.update(stats);
+    }
+
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("modelcast");
         let connections_active = Gauge::default();
@@ -244,6 +303,7 @@ impl Metrics {
                     .clone()
             })
             .collect();
+        let push = PushMetrics::register(&mut registry);
         Self {
             registry,
             connections_active,
@@ -271,6 +331,7 @@ impl Metrics {
             compressed_frames,
             compressed_bytes_before,
             compressed_bytes_after,
+            push,
         }
     }
 

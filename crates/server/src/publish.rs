@@ -79,7 +79,7 @@ fn unavailable(message: String) -> ApiError {
 
 /// The body of a publish: within `MODELCAST_MAX_PUBLISH_BYTES` (a larger declared length is
 /// refused before a byte of it is read) and `MODELCAST_BODY_TIMEOUT`.
-async fn read_body(app: &App, req: Request<Incoming>) -> ApiResult<Bytes> {
+pub(crate) async fn read_body(app: &App, req: Request<Incoming>) -> ApiResult<Bytes> {
     let limit = app.config.max_publish_bytes;
     let too_large = || {
         let message = format!(

@@ -72,6 +72,20 @@ struct Claims {
 pub fn check_config(config: &Config) -> Result<String, String> {
     let security = Security::from_config(config)?;
     let [tls, redis_tls] = crate::tls::describe(config)?;
+    let push = match crate::push_settings::settings(config)? {
+        None => "push: off (no MODELCAST_VAPID_PRIVATE_KEY, MODELCAST_FCM_SERVICE_ACCOUNT or MODELCAST_APNS_KEY)".to_owned(),
+        Some(push) => format!(
+            "push: {} to {} users, types {}",
+            [("web", push.vapid.is_some()), ("fcm", push.fcm.is_some()), ("apns", push.apns.is_some())]
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(name, _)| *name)
+                .collect::<Vec<_>>()
+                .join("+"),
+            config.push_when,
+            config.push_types.join(","),
+        ),
+    };
     let roles: Vec<String> = config
         .topic_roles
         .iter()
@@ -100,6 +114,7 @@ pub fn check_config(config: &Config) -> Result<String, String> {
             ),
             tls,
             redis_tls,
+            push,
             format!(
                 "authentication: {}",
                 if security.auth_required() { "JWT required" } else { "open" }

@@ -283,6 +283,8 @@ async fn run(
     let id = format!("sse-{serial:x}-{:08x}", rand::random::<u32>());
     let expires_at = identity.as_ref().and_then(|i| i.expires_at);
     let operator = app.security.is_operator(identity.as_ref(), false);
+    // The stream's user is online while it is open (push's "offline").
+    let _online = identity.as_ref().map(|i| app.presence.enter(&i.subject));
     let control = Arc::new(Control::new(id.clone(), serial, Publisher::No, identity, None, 0));
     app.metrics.sse_opened();
     let _ = conn.send(&app.welcome(id, operator));

@@ -53,12 +53,20 @@ pub(crate) struct App {
     pub(crate) engine: Option<Arc<modelcast_redis::RedisEngine>>,
     /// TLS on this port (`MODELCAST_TLS_CERT`), when on.
     pub(crate) tls: Option<crate::tls::ServerTls>,
+    /// Push to users who are not connected, when configured.
+    pub(crate) push: Option<modelcast_push::Pusher>,
+    /// Which users have a connection open (push's "offline").
+    pub(crate) presence: Arc<crate::presence::Presence>,
 }
 
 impl App {
     /// Registers the session of `conn` under `key`, moving it from where it was registered,
     /// and replaces (closes with 4002) an older session with the same key.
     pub(crate) fn register(&self, key: SessionKey, conn: &Connection, control: &Arc<Control>) {
+        if let Some(user) = &key.0 {
+            // Online while the session lives (its control holds the guard).
+            let _ = control.online.get_or_init(|| self.presence.enter(user));
+        }
         let mut registered =
             control.registered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let handle =
@@ -304,6 +312,8 @@ pub(crate) struct Control {
     pub(crate) serial: u64,
     /// Where the session is registered now (none while a token is awaited).
     pub(crate) registered: Mutex<Option<SessionKey>>,
+    /// The session's share in its user's presence, once it has a user.
+    pub(crate) online: std::sync::OnceLock<crate::presence::OnlineGuard>,
 }
 
 /// A session's place in the registry: its connection id, within its token's subject when
@@ -359,6 +369,7 @@ impl Control {
             id,
             serial,
             registered: Mutex::new(None),
+            online: std::sync::OnceLock::new(),
         }
     }
 

@@ -11,11 +11,12 @@ await integrator.get_download_notifier().on_download_progress("t2v-a14b", {"prog
 `modelcast.models` holds the message models generated from the server's JSON Schemas."""
 
 from . import models
-from .errors import MappingError, ModelcastError, Problem, PublishError, UnavailableError
+from .errors import MappingError, ModelcastError, Problem, PublishError, PushError, UnavailableError
 from .integrator import ModelNotificationIntegrator, get_model_notification_integrator
 from .messages import DATA_MODELS, TYPE_NAMES
 from .notifiers import AvailabilityNotifier, DownloadNotifier, FallbackNotifier, HealthNotifier, SystemNotifier
 from .publisher import Accepted, Audience, Publisher, RetryPolicy, SyncPublisher
+from .push import Device, PushDevices, vapid_public_key
 from .subscribe import Gap, SubscriptionError, subscribe
 from .urls import http_base, ws_url
 
@@ -25,6 +26,7 @@ __all__ = [
     "Accepted",
     "Audience",
     "AvailabilityNotifier",
+    "Device",
     "DownloadNotifier",
     "FallbackNotifier",
     "Gap",
@@ -35,6 +37,8 @@ __all__ = [
     "Problem",
     "PublishError",
     "Publisher",
+    "PushDevices",
+    "PushError",
     "RetryPolicy",
     "SubscriptionError",
     "SyncPublisher",
@@ -44,5 +48,6 @@ __all__ = [
     "http_base",
     "models",
     "subscribe",
+    "vapid_public_key",
     "ws_url",
 ]

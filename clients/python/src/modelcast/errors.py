@@ -42,3 +42,19 @@ class UnavailableError(PublishError):
 class MappingError(ModelcastError, ValueError):
     """A notifier argument cannot be turned into a message (unknown keys, missing values):
     raised before anything is sent, never a silent drop."""
+
+
+class PushError(ModelcastError):
+    """The server refused a push registration call (`modelcast.push`): `status` is the HTTP
+    status (`None`: the server could not be reached, `connection_failed`), `code` the server's
+    error code (`push_off`, `unauthorized`, `invalid_registration`, `too_many_devices`,
+    `not_found`), `problems` the fields a 400 names."""
+
+    def __init__(self, status: int | None, code: str, message: str, problems: list[Problem] | None = None):
+        self.status = status
+        self.code = code
+        self.message = message
+        self.problems = problems or []
+        detail = "; ".join(f"{p.field}: {p.message}" for p in self.problems if p.field)
+        head = f"{code}: {message}" if status is None else f"{status} {code}: {message}"
+        super().__init__(head + (f" ({detail})" if detail else ""))
