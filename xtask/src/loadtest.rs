@@ -39,6 +39,10 @@ type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsSt
 /// The client TLS config of a `--tls` run (trusting the run's own CA); unset otherwise.
 static TLS: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
 
+/// The token every connection of a `--push` run carries (a server with push requires
+/// tokens); unset otherwise.
+pub(crate) static AUTH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// A WebSocket handshake on `stream` to `path`: `ws://`, or `wss://` in a `--tls` run.
 async fn ws_handshake(
     stream: TcpStream,
@@ -46,6 +50,10 @@ async fn ws_handshake(
     path: &str,
     config: Option<tokio_tungstenite::tungstenite::protocol::WebSocketConfig>,
 ) -> Result<WsStream> {
+    let path = match AUTH.get() {
+        Some(token) => format!("{path}?token={token}"),
+        None => path.to_owned(),
+    };
     let (url, connector) = match TLS.get() {
         Some(tls) => (
             format!("wss://localhost:{}{path}", addr.port()),
@@ -156,6 +164,9 @@ pub(crate) struct Options {
     /// TLS on the server's port (a certificate made with openssl for the run): subscribers
     /// over `wss://`, publishers over `https://`.
     tls: bool,
+    /// `--push N`: push on (Web Push; tokens required, so every connection carries one) with N
+    /// devices of N users registered to a local sink; the alerts are of a pushed level.
+    push: Option<usize>,
 }
 
 impl Options {
@@ -176,6 +187,7 @@ impl Options {
             kind: Kind::Ws,
             hold: None,
             tls: false,
+            push: None,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -195,6 +207,7 @@ impl Options {
                 "--publishers" => o.publishers = (value("--publishers")? as usize).max(1),
                 "--ws-publish" => o.ws_publish = true,
                 "--tls" => o.tls = true,
+                "--push" => o.push = Some(value("--push")? as usize),
                 "--sse" | "--compress" if o.kind != Kind::Ws => {
                     bail!("--sse and --compress are two kinds of subscriber: choose one")
                 }
@@ -385,6 +398,9 @@ fn start_node(
         .stdin(Stdio::null());
     if o.tls {
         cmd.args(make_tls()?);
+    }
+    if o.push.is_some() {
+        cmd.args(crate::loadtest_push::server_args(&bin)?);
     }
     if let Some(url) = redis_url {
         // A node of a cluster: every publish goes through Redis and back.
@@ -848,9 +864,11 @@ async fn idle(server: &Servers, n: usize, sources: u8, kind: Kind) -> Result<()>
 }
 
 fn alert(i: u64, base: Instant) -> String {
-    // ~150 bytes on the wire once the server adds seq and topic.
+    // ~150 bytes on the wire once the server adds seq and topic. In a `--push` run, of a level
+    // that is pushed (error).
+    let level = if AUTH.get().is_some() { "error" } else { "info" };
     format!(
-        r#"{{"type":"alert","data":{{"alert_id":"a{i}","level":"info","title":"load","message":"{}","timestamp":"2025-08-27T10:30:00Z"}}}}"#,
+        r#"{{"type":"alert","data":{{"alert_id":"a{i}","level":"{level}","title":"load","message":"{}","timestamp":"2025-08-27T10:30:00Z"}}}}"#,
         base.elapsed().as_nanos()
     )
 }
@@ -881,9 +899,11 @@ impl Publisher {
     /// `GET path` → body text.
     async fn get(&mut self, path: &str) -> Result<String> {
         self.sender.ready().await?;
-        let req = hyper::Request::get(path)
-            .header("host", self.addr.to_string())
-            .body(Full::new(Bytes::new()))?;
+        let mut req = hyper::Request::get(path).header("host", self.addr.to_string());
+        if let Some(token) = AUTH.get() {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req.body(Full::new(Bytes::new()))?;
         let resp = self.sender.send_request(req).await?;
         Ok(String::from_utf8_lossy(&resp.into_body().collect().await?.to_bytes()).into_owned())
     }
@@ -1024,6 +1044,10 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     let base = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, rss_before) = server.usage()?;
+    let sink = match o.push {
+        Some(devices) => Some(crate::loadtest_push::register(server.publish_to(), devices).await?),
+        None => None,
+    };
     say(&format!("connecting {} subscribers…", o.subscribers));
     let mut streams = Vec::with_capacity(o.subscribers);
     for i in 0..o.subscribers {
@@ -1076,9 +1100,10 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     let next = Arc::new(AtomicU64::new(1));
     // The publish-to-flush histogram of a node with subscribers (in a cluster: from the
     // message's arrival from Redis on that node).
-    let mut watched = Publisher::new(server.subscriber_node(0)).await?;
-
-    let buckets_before = watched.latency_buckets().await?;
+    // A connection each time: the server closes an HTTP connection idle for longer than a
+    // phase (its idle timeout), so a kept one would be gone after `--seconds 10`.
+    let watched = server.subscriber_node(0);
+    let buckets_before = Publisher::new(watched).await?.latency_buckets().await?;
     // Phase 1: a steady rate.
     say(&format!(
         "phase 1: {} messages/s for {} s, {} per {}, {} publisher(s)…",
@@ -1121,7 +1146,7 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     let generator_cpu = own_cpu() - generator_cpu0;
     let generator_frames = received(&tallies) - steady_received0;
     let generator_wall = phase_start.elapsed().as_secs_f64();
-    let buckets_after = watched.latency_buckets().await?;
+    let buckets_after = Publisher::new(watched).await?.latency_buckets().await?;
     let server_view = histogram_quantiles(&buckets_before, &buckets_after);
 
     // Phase 2: flat out.
@@ -1194,6 +1219,9 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
         rate = o.rate,
         s = o.seconds,
     ));
+    if let Some(sink) = sink {
+        say(&sink.report(server.publish_to()).await?);
+    }
     Ok(())
 }
 
@@ -1233,6 +1261,6 @@ async fn wait_for(tallies: &[Arc<Tally>], target: u64, received: &impl Fn(&[Arc<
 }
 
 #[allow(clippy::print_stdout)]
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     println!("{line}");
 }

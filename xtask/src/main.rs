@@ -13,6 +13,7 @@ mod callgrind;
 mod cluster;
 mod codegen;
 mod loadtest;
+mod loadtest_push;
 mod test;
 mod wire;
 
@@ -46,6 +47,8 @@ tasks:
       --compress        subscribers offer permessage-deflate (and inflate what comes compressed)
       --tls             TLS on the server's port (a CA and certificate made for the run):
                         subscribers over wss://, publishers over https://
+      --push N          push on (Web Push, tokens on every connection), N users' browsers
+                        registered to a local sink, alerts of a pushed level (0: no device)
       --no-pin          do not pin server and generator to cores (no taskset)
       --redis-url URL   run the server as a cluster node on this Redis (a fresh key prefix)
       --redis-cluster SEEDS | --redis-sentinels LIST --redis-master NAME

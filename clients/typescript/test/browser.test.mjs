@@ -1,12 +1,14 @@
 // In headless Chromium: the built bundle (dist/modelcast.min.js) in a page, and the dashboard at
 // `/` against `--demo`. Writes target/dashboard.png (the README's picture comes from it).
 import assert from "node:assert/strict";
-import { readFileSync, mkdirSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { readFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, request as httpRequest } from "node:http";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { launch } from "./cdp.mjs";
-import { alert, progress, publish, repo, sleep, startServer, status, token, until } from "./helpers.mjs";
+import { alert, binary, progress, publish, repo, sleep, startServer, status, token, until } from "./helpers.mjs";
 
 const cleanups = [];
 after(async () => {
@@ -297,4 +299,45 @@ test("an EventSource from an allowed origin reads the stream across origins; ano
   await sleep(500);
   assert.equal(await blocked.evaluate("window.opened"), 0, "never opened");
   assert.deepEqual(await blocked.evaluate("window.got"), []);
+});
+
+test("the dashboard's notify me: shown with a token, registers the service worker, says why it cannot", async () => {
+  const secret = "a-test-secret-that-is-long-enough-for-hs256";
+  const plain = await startServer({ env: { MODELCAST_JWT_SECRET: secret } });
+  cleanups.push(() => plain.stop());
+  const browser = await launch();
+  cleanups.push(() => browser.close());
+  await browser.goto(`${plain.base}/`);
+  assert.equal(await browser.evaluate(`document.getElementById("notify").hidden`), true, "no token: no device to register");
+  const alice = token(secret, { sub: "alice", roles: ["user"] });
+  await browser.send("Browser.grantPermissions", { origin: plain.base, permissions: ["notifications"] });
+  await browser.goto(`${plain.base}/?token=${alice}`);
+  assert.equal(await browser.evaluate(`document.getElementById("notify").hidden`), false);
+  await browser.evaluate(`document.getElementById("notify").click()`);
+  const said = () => browser.evaluate(`document.getElementById("notify-status").textContent`);
+  await until(async () => (await said()).startsWith("cannot notify"), "the page says why", 10000);
+  assert.equal(await said(), "cannot notify: the server has no push (MODELCAST_VAPID_PRIVATE_KEY is not set)");
+  assert.equal(await browser.evaluate(`document.getElementById("notify").disabled`), false, "it may be tried again");
+
+  // With push on, the service worker is registered from the server and subscribed with its key;
+  // this machine has no push service to reach, and the page says what the browser answered.
+  const dir = mkdtempSync(join(tmpdir(), "modelcast-ts-vapid-"));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, "vapid.pem"), execFileSync(binary, ["push-keys"], { stdio: ["ignore", "pipe", "ignore"] }));
+  const pushing = await startServer({
+    env: { MODELCAST_JWT_SECRET: secret, MODELCAST_VAPID_PRIVATE_KEY: join(dir, "vapid.pem"),
+      MODELCAST_VAPID_SUBJECT: "mailto:ops@example.com", MODELCAST_DATA_DIR: join(dir, "data") },
+  });
+  cleanups.push(() => pushing.stop());
+  await browser.send("Browser.grantPermissions", { origin: pushing.base, permissions: ["notifications"] });
+  await browser.goto(`${pushing.base}/?token=${alice}`);
+  await browser.evaluate(`document.getElementById("notify").click()`);
+  await until(async () => (await said()) !== "asking…" && (await said()) !== "", "the page says how it went", 15000);
+  const worker = await browser.evaluate(`navigator.serviceWorker.getRegistration().then((r) => r?.active?.scriptURL ?? r?.installing?.scriptURL ?? r?.waiting?.scriptURL ?? null)`);
+  assert.equal(worker, `${pushing.base}/push-sw.js`, "the dashboard's service worker is registered");
+  const outcome = await said();
+  assert.ok(
+    outcome === "this browser will be notified while the page is closed" || outcome.startsWith("cannot notify: "),
+    outcome,
+  );
 });

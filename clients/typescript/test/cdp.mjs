@@ -78,6 +78,8 @@ export async function launch() {
       if (exceptionDetails) throw new Error(`evaluate ${expression}: ${exceptionDetails.exception?.description ?? exceptionDetails.text}`);
       return result.value;
     },
+    /** Sends a DevTools Protocol command as it is (`Browser.grantPermissions`, …). */
+    send: call,
     /** A PNG of the viewport (whole page when `full`). */
     async screenshot(full = true) {
       const { data } = await call("Page.captureScreenshot", { format: "png", captureBeyondViewport: full });

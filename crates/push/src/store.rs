@@ -28,10 +28,11 @@ pub trait Store: Send + Sync + 'static {
     fn claim(&self, id: &str) -> BoxFuture<'_, Result<bool, String>>;
 }
 
-/// Whether a user has a WebSocket or an event stream open (on any node of a cluster).
+/// Whether users have a WebSocket or an event stream open (on any node of a cluster).
 pub trait Presence: Send + Sync + 'static {
-    /// `user` is connected now.
-    fn online(&self, user: &str) -> BoxFuture<'_, bool>;
+    /// For each of `users`, whether it is connected now (in order; one round trip to a shared
+    /// store for all of them, not one per user).
+    fn online<'a>(&'a self, users: &'a [&'a str]) -> BoxFuture<'a, Vec<bool>>;
 }
 
 /// Registrations in one JSON file (`registrations.json` under a directory), read at start,

@@ -127,6 +127,9 @@ pub struct Vapid {
     public: String,
     /// `mailto:` or `https:` contact for the push services.
     subject: String,
+    /// The header made last per push service origin, and until when it is reused (a JWT is
+    /// good for 12 hours; one is signed per origin per hour, not per push).
+    made: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>>,
 }
 
 impl std::fmt::Debug for Vapid {
@@ -150,7 +153,12 @@ impl Vapid {
             return Err(format!("the subject `{subject}` must be a mailto: or https: URL"));
         }
         let public = URL_SAFE_NO_PAD.encode(secret.public_key().to_encoded_point(false).as_bytes());
-        Ok(Self { signing: SigningKey::from(&secret), public, subject: subject.to_owned() })
+        Ok(Self {
+            signing: SigningKey::from(&secret),
+            public,
+            subject: subject.to_owned(),
+            made: std::sync::Arc::default(),
+        })
     }
 
     /// A new key pair as PEM (PKCS#8), for `modelcast push-keys`.
@@ -168,8 +176,23 @@ impl Vapid {
     }
 
     /// The `Authorization` header for a push to `origin` (`https://push.example.com`):
-    /// `vapid t=<ES256 JWT>, k=<public key>`, the JWT valid for 12 hours.
+    /// `vapid t=<ES256 JWT>, k=<public key>`, the JWT valid for 12 hours and reused for one.
     pub fn authorization(&self, origin: &str, now_unix: u64) -> String {
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((header, until)) = made.get(origin)
+            && now_unix < *until
+        {
+            return header.clone();
+        }
+        let header = self.sign(origin, now_unix);
+        if made.len() >= 1024 {
+            made.clear(); // push services are few; a bound all the same
+        }
+        made.insert(origin.to_owned(), (header.clone(), now_unix + 3600));
+        header
+    }
+
+    fn sign(&self, origin: &str, now_unix: u64) -> String {
         let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ES256"}"#);
         let claims =
             serde_json::json!({"aud": origin, "exp": now_unix + 12 * 3600, "sub": self.subject});

@@ -98,29 +98,32 @@ impl Kv {
     }
 
     /// This node holds connections of `users` until `until_ms` (Unix ms): each user's
-    /// presence hash gets this node's field, and expires with the latest.
+    /// presence hash gets this node's field, and expires with the latest. The users' commands
+    /// go out together (one multiplexed connection pipelines them), not one round trip each.
     pub async fn present(&self, users: &[String], until_ms: i64) -> redis::RedisResult<()> {
-        let mut conn = self.shared.conn();
-        for user in users {
+        let one = |user: &String| {
+            let mut conn = self.shared.conn();
             let key = self.key("presence", user);
-            redis::cmd("HSET")
-                .arg(&key)
-                .arg(&self.shared.names.node)
-                .arg(until_ms)
-                .query_async::<()>(&mut conn)
-                .await?;
-            redis::cmd("PEXPIREAT")
-                .arg(&key)
-                .arg(until_ms)
-                .arg("GT")
-                .query_async::<()>(&mut conn)
-                .await?;
-            redis::cmd("PEXPIREAT")
-                .arg(&key)
-                .arg(until_ms)
-                .arg("NX")
-                .query_async::<()>(&mut conn)
-                .await?;
+            async move {
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg(&self.shared.names.node)
+                    .arg(until_ms)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                for flag in ["GT", "NX"] {
+                    redis::cmd("PEXPIREAT")
+                        .arg(&key)
+                        .arg(until_ms)
+                        .arg(flag)
+                        .query_async::<()>(&mut conn)
+                        .await?;
+                }
+                Ok::<(), redis::RedisError>(())
+            }
+        };
+        for result in futures_util::future::join_all(users.iter().map(one)).await {
+            result?;
         }
         Ok(())
     }
@@ -135,11 +138,18 @@ impl Kv {
             .await
     }
 
-    /// Whether some node holds a connection of `user` now (`now_ms`, Unix ms).
-    pub async fn online(&self, user: &str, now_ms: i64) -> redis::RedisResult<bool> {
-        let mut conn = self.shared.conn();
-        let fields: Vec<(String, i64)> =
-            redis::cmd("HGETALL").arg(self.key("presence", user)).query_async(&mut conn).await?;
-        Ok(fields.iter().any(|(_, until)| *until > now_ms))
+    /// For each of `users`, whether some node holds a connection of theirs now (`now_ms`,
+    /// Unix ms). The lookups go out together, not one round trip each.
+    pub async fn online(&self, users: &[&str], now_ms: i64) -> redis::RedisResult<Vec<bool>> {
+        let one = |user: &&str| {
+            let mut conn = self.shared.conn();
+            let key = self.key("presence", user);
+            async move {
+                let fields: Vec<(String, i64)> =
+                    redis::cmd("HGETALL").arg(key).query_async(&mut conn).await?;
+                Ok::<bool, redis::RedisError>(fields.iter().any(|(_, until)| *until > now_ms))
+            }
+        };
+        futures_util::future::join_all(users.iter().map(one)).await.into_iter().collect()
     }
 }

@@ -100,17 +100,26 @@ async fn renew(presence: std::sync::Weak<Presence>) {
 }
 
 impl modelcast_push::Presence for Presence {
-    fn online(&self, user: &str) -> BoxFuture<'_, bool> {
-        let here = self.locals().contains_key(user);
-        let user = user.to_owned();
+    fn online<'a>(&'a self, users: &'a [&'a str]) -> BoxFuture<'a, Vec<bool>> {
+        let mut online: Vec<bool> = {
+            let locals = self.locals();
+            users.iter().map(|user| locals.contains_key(*user)).collect()
+        };
         Box::pin(async move {
-            if here {
-                return true;
+            let Some(kv) = &self.kv else { return online };
+            // The users not connected here: asked of Redis together. Unreachable Redis: they
+            // count as offline (a push too many, rather than one lost).
+            let elsewhere: Vec<&str> =
+                users.iter().zip(&online).filter(|(_, here)| !**here).map(|(u, _)| *u).collect();
+            if elsewhere.is_empty() {
+                return online;
             }
-            match &self.kv {
-                Some(kv) => kv.online(&user, unix_ms()).await.unwrap_or(false),
-                None => false,
+            let answers = kv.online(&elsewhere, unix_ms()).await.unwrap_or_default();
+            let mut answers = answers.into_iter();
+            for here in online.iter_mut().filter(|here| !**here) {
+                *here = answers.next().unwrap_or(false);
             }
+            online
         })
     }
 }
