@@ -130,7 +130,7 @@ impl Hub {
         stats
     }
 
-    /// Sets the [`Tap`] told of every message this hub sequences (its own and, on a cluster,
+    /// Sets the [`Tap`](crate::Tap) told of every message this hub sequences (its own and, on a cluster,
     /// every other node's); once: a second call is refused (`false`).
     pub fn set_tap(&self, tap: std::sync::Arc<dyn crate::Tap>) -> bool {
         self.topics.tap.set(tap).is_ok()
