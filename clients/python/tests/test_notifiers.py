@@ -208,6 +208,23 @@ async def test_mapping_errors_name_every_field_at_once(integrator, collector) ->
     assert [f["type"] for f in collector.frames] == ["alert"], "nothing was sent for the refused calls"
 
 
+async def test_numbers_given_as_strings_are_published_as_numbers_and_derived_from(integrator, collector) -> None:
+    # The seed's callers pass what their components hold: "45.5" as a percent, "1000" as a size.
+    # What is derived (sizes, ETA) is computed on the numbers, never a bare TypeError.
+    d = integrator.get_download_notifier()
+    await d.on_download_started("m2", total_mb="1000")
+    await d.on_download_progress("m2", {"progress_percent": "45.5", "speed_mbps": "10"})
+    frame = await collector.wait_for(lambda f: f["type"] == "download_progress_update")
+    data = frame["data"]
+    assert (data["progress_percent"], data["total_mb"], data["downloaded_mb"]) == (45.5, 1000.0, 455.0), data
+    assert data["eta_seconds"] == 54.5, data
+    await d.on_download_progress("m3", {"downloaded_mb": "250", "total_mb": "1000"})
+    frame = await collector.wait_for(
+        lambda f: f["type"] == "download_progress_update" and f["data"]["model_id"] == "m3"
+    )
+    assert frame["data"]["progress_percent"] == 25.0
+
+
 async def test_a_notifier_for_an_audience_publishes_to_it_only(integrator, collector) -> None:
     from modelcast import Audience
 

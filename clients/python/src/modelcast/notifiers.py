@@ -50,19 +50,23 @@ def _known_values(annotation: Any) -> list[str] | None:
     return known or None
 
 
-def _value_problems(model: type[BaseModel], fields: Mapping[str, Any]) -> list[str]:
+def _value_problems(model: type[BaseModel], fields: dict[str, Any]) -> list[str]:
     """Every problem of the given values alone (types, closed vocabularies), field by field, so
-    that one error names them all before any is used."""
+    that one error names them all before any is used. A value the message's type accepts in
+    another form (`"45.5"` for a number, as the message itself would take it) is replaced by
+    that form in `fields`, so that what is derived from it is computed on the number."""
     problems = []
     for name, value in fields.items():
         field = model.model_fields.get(name)
         if field is None or value is None:
             continue
         try:
-            TypeAdapter(field.annotation).validate_python(value)
+            checked = TypeAdapter(field.annotation).validate_python(value)
         except ValidationError as error:
             problems.extend(f"{name}: {e['msg']} (got {value!r})" for e in error.errors())
             continue
+        if isinstance(checked, (bool, int, float)) and not isinstance(value, (bool, int, float)):
+            fields[name] = checked
         known = _known_values(field.annotation)
         if known is not None and value not in known:
             problems.append(f"{name}: {value!r} is not a known value; expected one of: {', '.join(known)}")
@@ -126,7 +130,11 @@ class DownloadNotifier(_Notifier):
     async def on_download_started(self, model_id: str, total_mb: float | None = None) -> Accepted:
         """A download started (`download_status_change`, event `started`)."""
         if total_mb is not None:
-            self._total[model_id] = total_mb
+            sizes = {"total_mb": total_mb}
+            problems = _value_problems(models.DownloadProgressUpdate, sizes)
+            if problems:
+                raise MappingError(f"total_mb: {'; '.join(problems)}")
+            self._total[model_id] = sizes["total_mb"]
         self._percent[model_id] = 0.0
         return await self._change(model_id, "downloading", "started", "Download started")
 
