@@ -396,3 +396,32 @@ async fn a_client_publishes_over_its_connection() {
     let err = anonymous.publish(&alert("x")).await.unwrap_err().to_string();
     assert!(err.contains("forbidden") && err.contains("publish key"), "{err}");
 }
+
+/// `Client::close` while the server is down ends the client: it does not reconnect when the
+/// server is back (a close was once a queued command, read only once connected again), and
+/// calling it again and again keeps nothing. A publish after it is refused, never left waiting.
+#[tokio::test]
+async fn close_while_reconnecting_ends_the_client() {
+    let server = TestServer::start(&[]).await;
+    let addr = server.addr;
+    let notifiers = server.notifiers.clone();
+    let client = Client::connect(&format!("ws://{addr}/ws/closing"), fast()).await.unwrap();
+    server.stop().await.unwrap();
+    for _ in 0..200 {
+        if !client.is_connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!client.is_connected());
+    for _ in 0..10_000 {
+        client.close();
+    }
+    let _restarted = TestServer::restart_on(addr, notifiers).await;
+    // Several reconnect delays (20–200 ms): a client still trying would be back by now.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(client.stats().reconnects, 0, "a closed client does not reconnect");
+    assert!(!client.is_connected());
+    let refused = tokio::time::timeout(PATIENCE, client.publish(&alert("after"))).await;
+    assert!(matches!(refused, Ok(Err(modelcast_client::PublishError::Closed))), "{refused:?}");
+}

@@ -197,7 +197,20 @@ struct Shared {
     next_token: AtomicU64,
     /// A WebSocket is open now (false while reconnecting).
     connected: std::sync::atomic::AtomicBool,
+    /// [`Client::close`] was called: a flag and a wake-up, not a queued command, so calling it
+    /// any number of times keeps nothing.
+    closing: std::sync::atomic::AtomicBool,
+    close: tokio::sync::Notify,
 }
+
+/// Commands (subscribe, publish) waiting for the connection's task: past this many,
+/// [`Client::subscribe`] and [`Client::publish`] wait (during a reconnect, say) rather than
+/// queue without end.
+const COMMANDS: usize = 256;
+
+/// A subscription that was dropped: its topic and token, for the task to end it on the server.
+/// Its channel needs no bound of its own: each [`Subscription`] sends at most one, on drop.
+type Dropped = (Topic, u64);
 
 #[derive(Debug)]
 enum Command {
@@ -208,15 +221,10 @@ enum Command {
         events: mpsc::Sender<Event>,
         reply: oneshot::Sender<Result<(), SubscribeError>>,
     },
-    Unsubscribe {
-        topic: Topic,
-        token: u64,
-    },
     Publish {
         request: PublishRequest,
         reply: oneshot::Sender<Result<Published, PublishError>>,
     },
-    Close,
 }
 
 /// A cheap, cloneable handle to one modelcast connection. Made only by [`Client::connect`].
@@ -224,7 +232,8 @@ enum Command {
 /// [`Client::close`].
 #[derive(Debug, Clone)]
 pub struct Client {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
+    drops: mpsc::UnboundedSender<Dropped>,
     shared: Arc<Shared>,
     buffer: usize,
 }
@@ -240,7 +249,8 @@ impl Client {
         };
         let url = build_url(url, query_token)?;
         let ws = open(&url, &options).await?;
-        let (commands, rx) = mpsc::unbounded_channel();
+        let (commands, rx) = mpsc::channel(COMMANDS);
+        let (drops, dropped) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
         let buffer = options.buffer.max(1);
         let task = Task {
@@ -251,8 +261,8 @@ impl Client {
             next_id: 1,
             publishes: HashMap::new(),
         };
-        tokio::spawn(task.run(ws, rx));
-        Ok(Client { commands, shared, buffer })
+        tokio::spawn(task.run(ws, rx, dropped));
+        Ok(Client { commands, drops, shared, buffer })
     }
 
     /// Subscribes to `topic`: the stream yields the current state, then live messages.
@@ -271,9 +281,16 @@ impl Client {
         let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
         self.commands
             .send(Command::Subscribe { topic, options, token, events, reply })
+            .await
             .map_err(|_| SubscribeError::Closed)?;
         confirmed.await.map_err(|_| SubscribeError::Closed)??;
-        Ok(Subscription { topic, token, events: rx, commands: self.commands.clone() })
+        Ok(Subscription {
+            topic,
+            token,
+            events: rx,
+            _keep: self.commands.clone(),
+            drops: self.drops.clone(),
+        })
     }
 
     /// Publishes `message` over this connection (the server's WebSocket publish channel, with
@@ -322,6 +339,7 @@ impl Client {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Publish { request, reply })
+            .await
             .map_err(|_| PublishError::Closed)?;
         answer.await.map_err(|_| PublishError::Closed)?
     }
@@ -342,7 +360,8 @@ impl Client {
 
     /// Closes the connection; every subscription's stream ends.
     pub fn close(&self) {
-        let _ = self.commands.send(Command::Close);
+        self.shared.closing.store(true, Ordering::Relaxed);
+        self.shared.close.notify_one();
     }
 }
 
@@ -352,7 +371,10 @@ pub struct Subscription {
     topic: Topic,
     token: u64,
     events: mpsc::Receiver<Event>,
-    commands: mpsc::UnboundedSender<Command>,
+    /// Keeps the connection open while the subscription lives (the task ends when every
+    /// sender is gone).
+    _keep: mpsc::Sender<Command>,
+    drops: mpsc::UnboundedSender<Dropped>,
 }
 
 impl Subscription {
@@ -375,7 +397,7 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.commands.send(Command::Unsubscribe { topic: self.topic, token: self.token });
+        let _ = self.drops.send((self.topic, self.token));
     }
 }
 
@@ -536,10 +558,18 @@ enum End {
 }
 
 impl Task {
-    async fn run(mut self, first: (Ws, u64), mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        first: (Ws, u64),
+        mut commands: mpsc::Receiver<Command>,
+        mut dropped: mpsc::UnboundedReceiver<Dropped>,
+    ) {
         let mut session = Some(first);
         let mut delay = self.options.reconnect_delay;
         loop {
+            if self.shared.closing.load(Ordering::Relaxed) {
+                return;
+            }
             let (ws, heartbeat) = match session.take() {
                 Some(s) => s,
                 None => match open(&self.url, &self.options).await {
@@ -551,14 +581,17 @@ impl Task {
                     Err(err) => {
                         tracing::debug!(%err, "reconnect failed");
                         let jittered = delay / 2 + delay.mul_f64(rand::rng().random::<f64>() / 2.0);
-                        tokio::time::sleep(jittered).await;
+                        tokio::select! {
+                            () = tokio::time::sleep(jittered) => {}
+                            () = self.shared.close.notified() => return,
+                        }
                         delay = (delay * 2).min(self.options.max_reconnect_delay);
                         continue;
                     }
                 },
             };
             self.shared.connected.store(true, Ordering::Relaxed);
-            let end = self.session(ws, heartbeat, &mut commands).await;
+            let end = self.session(ws, heartbeat, &mut commands, &mut dropped).await;
             self.shared.connected.store(false, Ordering::Relaxed);
             // Unanswered publishes: the server may or may not have taken them.
             for (_, reply) in self.publishes.drain() {
@@ -599,7 +632,8 @@ impl Task {
         &mut self,
         mut ws: Ws,
         heartbeat: u64,
-        commands: &mut mpsc::UnboundedReceiver<Command>,
+        commands: &mut mpsc::Receiver<Command>,
+        dropped: &mut mpsc::UnboundedReceiver<Dropped>,
     ) -> End {
         let dead_after = self.options.dead_after.unwrap_or(Duration::from_secs(heartbeat * 2 + 5));
         let mut last_heard = Instant::now();
@@ -616,8 +650,23 @@ impl Task {
         }
         loop {
             tokio::select! {
+                () = self.shared.close.notified() => {
+                    let _ = ws.close(None).await;
+                    return End::Closed;
+                }
+                Some((topic, token)) = dropped.recv() => {
+                    if self.subs.get(&topic).is_some_and(|s| s.token == token) {
+                        self.subs.remove(&topic);
+                        let frame = ClientMessage::Unsubscribe(UnsubscribeRequest { topic, id: None });
+                        if let Ok(text) = serde_json::to_string(&frame)
+                            && ws.send(Message::Text(text.into())).await.is_err()
+                        {
+                            return End::Lost;
+                        }
+                    }
+                }
                 command = commands.recv() => match command {
-                    None | Some(Command::Close) => {
+                    None => {
                         let _ = ws.close(None).await;
                         return End::Closed;
                     }
@@ -645,17 +694,6 @@ impl Task {
                         self.publishes.insert(id, reply);
                         if ws.send(Message::Text(text.into())).await.is_err() {
                             return End::Lost;
-                        }
-                    }
-                    Some(Command::Unsubscribe { topic, token }) => {
-                        if self.subs.get(&topic).is_some_and(|s| s.token == token) {
-                            self.subs.remove(&topic);
-                            let frame = ClientMessage::Unsubscribe(UnsubscribeRequest { topic, id: None });
-                            if let Ok(text) = serde_json::to_string(&frame)
-                                && ws.send(Message::Text(text.into())).await.is_err()
-                            {
-                                return End::Lost;
-                            }
                         }
                     }
                 },
