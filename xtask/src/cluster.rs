@@ -67,8 +67,11 @@ struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in &self.nodes {
-            let _ = Command::new("kill").args(["-TERM", &node.id().to_string()]).status();
+        for node in &mut self.nodes {
+            // Only a node still running is signalled (one that failed to start is gone already).
+            if matches!(node.try_wait(), Ok(None)) {
+                let _ = Command::new("kill").args(["-TERM", &node.id().to_string()]).status();
+            }
         }
         for node in &mut self.nodes {
             let _ = node.wait();
@@ -88,6 +91,19 @@ pub(crate) fn run(options: Options) -> Result<()> {
         "building modelcast",
     )?;
     let bin = crate::root().join("target/debug/modelcast");
+    // Every node's port first: nothing is started when one is taken.
+    let last = options.port.checked_add(options.nodes.saturating_sub(1) as u16);
+    let last = last.context("--port: the nodes' ports would pass 65535")?;
+    for port in options.port..=last {
+        if let Err(err) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            bail!(
+                "port {port} is taken ({err}): another program (the quick start's server?) listens \
+                 there; stop it, or give the nodes other ports with --port (the first of \
+                 {} consecutive ones)",
+                options.nodes
+            );
+        }
+    }
     let redis_port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.local_addr()?.port()
