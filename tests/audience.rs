@@ -3,9 +3,8 @@
 //! subscriber, in a replay after a cut, as `state_cleared`, after a token renewal, and across
 //! two nodes on Redis. alice and bob hold role `user`, carol holds `ops` (HS256 tokens).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use modelcast_tests::cluster_util::{Node, Redis};
 use modelcast_tests::server_util::{Client, TestServer};
 use serde_json::{Value, json};
@@ -13,13 +12,7 @@ use serde_json::{Value, json};
 const SECRET: &str = "test-secret-0123456789-0123456789";
 
 fn token(sub: &str, roles: &[&str]) -> String {
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": sub, "roles": roles, "exp": exp}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    modelcast_tests::server_util::hs256_token(SECRET, sub, roles)
 }
 
 fn alice() -> String {

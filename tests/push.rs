@@ -4,9 +4,8 @@
 //! TLS checking the provider token. Real `modelcast` processes; users with HS256 tokens.
 
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use modelcast_tests::cluster_util::{Node, Redis};
 use modelcast_tests::push_util::{WebPushService, apns_stand_in, fcm_stand_in, wait_recorded};
 use modelcast_tests::server_util::{BinaryServer, binary, http_request_full};
@@ -16,13 +15,7 @@ use serde_json::{Value, json};
 const SECRET: &str = "push-test-secret-0123456789-0123456789";
 
 fn token(sub: &str, roles: &[&str]) -> String {
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": sub, "roles": roles, "exp": exp}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    modelcast_tests::server_util::hs256_token(SECRET, sub, roles)
 }
 
 /// A temporary directory for one test (removed on drop).

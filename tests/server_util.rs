@@ -877,3 +877,18 @@ pub fn inflate(data: &[u8]) -> Vec<u8> {
         out.reserve(out.capacity().max(1024));
     }
 }
+
+/// An HS256 JWT signed with `secret` for user `sub` holding `roles`, valid for an hour.
+pub fn hs256_token(secret: &str, sub: &str, roles: &[&str]) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": sub, "roles": roles, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("an HS256 token encodes")
+}

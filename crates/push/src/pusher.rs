@@ -261,6 +261,12 @@ impl Pusher {
         self.inner.config.vapid.as_ref().map(Vapid::public_key)
     }
 
+    /// Whether any device is registered (this node's copy of the registrations): without one,
+    /// nothing is worth offering.
+    pub fn has_devices(&self) -> bool {
+        !self.inner.registry.read().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
     /// Whether messages of `type_name` are pushed.
     pub fn pushes(&self, type_name: &str) -> bool {
         self.inner.config.types.iter().any(|t| t == type_name)

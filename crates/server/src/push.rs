@@ -97,7 +97,7 @@ impl Tap for PushTap {
     fn sequenced(&self, message: Tapped<'_>) {
         // The type first, without parsing the frame: most messages are not pushed.
         let type_name = message.type_name;
-        if !self.pusher.pushes(type_name) {
+        if !self.pusher.pushes(type_name) || !self.pusher.has_devices() {
             return;
         }
         let Ok(frame) = serde_json::from_str::<Value>(message.frame.as_str()) else { return };
@@ -294,11 +294,7 @@ fn store_down(err: String) -> ApiError {
 
 /// The user a push request is for: a valid JWT (never a key or an anonymous caller).
 fn user_of(app: &App, headers: &hyper::HeaderMap) -> Result<crate::security::Identity, ApiError> {
-    let bearer = headers
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+    let bearer = crate::security::bearer(headers);
     let unauthorized = |why: String| ApiError::unauthorized(why);
     let Some(token) = bearer else {
         return Err(unauthorized(

@@ -263,12 +263,7 @@ impl Security {
         headers: &HeaderMap,
         token: Option<&str>,
     ) -> Result<Caller, Refused> {
-        let bearer = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .or(token);
+        let bearer = bearer(headers).or(token);
         let Some(bearer) = bearer else {
             return Ok(if self.open() { Caller::Operator } else { Caller::Anonymous });
         };
@@ -492,6 +487,16 @@ fn jwt(config: &Config) -> Result<Option<(DecodingKey, Validation)>, String> {
     Ok(Some((key, validation)))
 }
 
+/// The credential of `Authorization: Bearer <credential>` (`bearer` in any case of its first
+/// letter), trimmed; `None` without one.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+}
+
 /// `Authorization: Bearer <one of keys>`: `Ok` when `keys` is empty; `Err(true)` when missing,
 /// `Err(false)` when wrong. Every key is compared in constant time, and all of them are
 /// compared, so timing reveals neither the key nor which one matched.
@@ -499,12 +504,7 @@ fn check_bearer(keys: &[Vec<u8>], headers: &HeaderMap) -> Result<(), bool> {
     if keys.is_empty() {
         return Ok(());
     }
-    let presented = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .ok_or(true)?;
+    let presented = bearer(headers).ok_or(true)?;
     let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
     if matches_any(&keys, presented) { Ok(()) } else { Err(false) }
 }
