@@ -402,7 +402,10 @@ export class Client extends Emitter<ClientEvents> {
     const ws = this.#ws;
     this.#ws = undefined;
     if (ws) {
-      ws.onclose = ws.onmessage = ws.onerror = ws.onopen = null;
+      ws.onclose = ws.onmessage = ws.onopen = null;
+      // Node's `ws` reports closing a socket that is still connecting as an `error` event, after
+      // this returns: a handler that ignores it, or it is an uncaught exception.
+      ws.onerror = () => {};
       try {
         ws.close(NORMAL, "client closed");
       } catch {
@@ -625,7 +628,8 @@ export class Client extends Emitter<ClientEvents> {
         // Nothing, not even our pong, for two and a half intervals: the connection is dead.
         const ws = this.#ws;
         if (ws) {
-          ws.onclose = ws.onmessage = ws.onerror = null;
+          ws.onclose = ws.onmessage = null;
+          ws.onerror = () => {};
           ws.close();
         }
         this.#lost(1006, "no heartbeat");
