@@ -1,21 +1,40 @@
 """A FastAPI backend with a fake downloader that reports through modelcast — the seed's
 integration, with modelcast in place of the in-process WebSocket manager.
 
-Run a modelcast server (`cargo run --release -p modelcast-server`), then
-`MODELCAST_URL=http://127.0.0.1:8000 uvicorn examples.fastapi_app:app --port 9000` from
-clients/python, `curl -XPOST localhost:9000/downloads/t2v-a14b`, and watch
-`http://127.0.0.1:8000/`."""
+Run it (from clients/python, with the package installed: `pip install -e . fastapi uvicorn`):
+
+    cargo run --release -p modelcast-server        # in the repository root, or any modelcast
+    MODELCAST_URL=http://127.0.0.1:8000 uvicorn examples.fastapi_app:app --port 9000
+    curl -XPOST localhost:9000/downloads/t2v-a14b  # then watch http://127.0.0.1:8000/
+
+The pattern to copy, for a backend whose users follow its work through modelcast:
+
+- **The first event decides the answer.** The handler publishes `download_started` before it
+  answers: 202 means the hub has it, so the user's screen will show the download. If the hub
+  cannot be reached (the publisher's retries ran out: `UnavailableError`), nothing is started
+  and the answer is 503 with `Retry-After`: the user could not follow a download started now.
+- **After that, the work does not depend on the hub.** A notification that fails mid-download
+  is logged (once per download) and the download goes on; the final state is tried again, so a
+  hub that is back by then shows it (modelcast keeps the last state per model for late joiners).
+- **No exception goes unobserved.** Every background task has a done callback that logs what
+  it died of, so asyncio never says "Task exception was never retrieved"."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
 
-from modelcast import get_model_notification_integrator
+from modelcast import UnavailableError, get_model_notification_integrator
+
+log = logging.getLogger("examples.fastapi_app")
+
+#: Seconds a client is told to wait before trying again when the hub is down.
+RETRY_AFTER_SECONDS = 5
 
 
 class FakeDownloader:
@@ -35,25 +54,42 @@ class FakeDownloader:
         for callback in self._callbacks:
             await callback(event, *args, **kwargs)
 
-    def start(self, model_id: str, total_mb: float = 1000.0) -> None:
-        task = asyncio.create_task(self._run(model_id, total_mb))
+    async def start(self, model_id: str, total_mb: float = 1000.0) -> None:
+        """Announces the download (raising what the announcement raised: nothing is started
+        then), and runs it in the background."""
+        await self._emit("download_started", model_id, total_mb=total_mb)
+        task = asyncio.create_task(self._run(model_id, total_mb), name=f"download {model_id}")
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
 
     async def _run(self, model_id: str, total_mb: float) -> None:
-        await self._emit("download_started", model_id, total_mb=total_mb)
+        warned = False
+
+        async def notify(event: str, *args: Any) -> None:
+            nonlocal warned
+            try:
+                await self._emit(event, model_id, *args)
+            except UnavailableError as error:  # the hub is down; the download is not (a bug still raises)
+                if not warned:
+                    log.warning("notifications for %s are not getting through (%s); downloading on", model_id, error)
+                    warned = True
+
         for step in range(1, self.steps + 1):
             await asyncio.sleep(self.step_delay)
             done = total_mb * step / self.steps
-            await self._emit("download_progress", model_id, {"downloaded_mb": done, "speed_mbps": 50.0})
-        await self._emit("download_completed", model_id)
-
-
-downloader = FakeDownloader()
+            await notify("download_progress", {"downloaded_mb": done, "speed_mbps": 50.0})
+        await notify("download_completed")
 
 
 @asynccontextmanager
-async def lifespan(_: FastAPI):
+async def lifespan(app: FastAPI):
+    # One downloader per run of the app, hooked to the integrator it lives with.
+    app.state.downloader = downloader = FakeDownloader()
     integrator = get_model_notification_integrator()  # MODELCAST_URL / MODELCAST_API_KEY
     await integrator.setup_component_integrations(enhanced_downloader=downloader)
     yield
@@ -65,7 +101,15 @@ app = FastAPI(title="modelcast example backend", lifespan=lifespan)
 
 
 @app.post("/downloads/{model_id}", status_code=202)
-async def start_download(model_id: str) -> dict[str, str]:
-    """Starts a fake download; its progress is published to modelcast."""
-    downloader.start(model_id)
+async def start_download(model_id: str, request: Request) -> dict[str, str]:
+    """Starts a fake download whose progress is published to modelcast; 503 (and nothing
+    started) when modelcast cannot be reached."""
+    try:
+        await request.app.state.downloader.start(model_id)
+    except UnavailableError as error:
+        raise HTTPException(
+            status_code=503,
+            detail={"error": "notifications_unavailable", "message": str(error)},
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        ) from error
     return {"model_id": model_id, "status": "started"}
