@@ -76,6 +76,55 @@ def start_server(port: int | None = None, env: dict[str, str] | None = None, arg
         time.sleep(0.05)
 
 
+@dataclass
+class Redis:
+    """A private `redis-server` with an AOF fsynced every second: restarted, it keeps its log
+    and the nodes give its topics a new epoch (what a failover does)."""
+
+    port: int
+    dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", ""]
+        aof = ["--appendonly", "yes", "--appendfsync", "everysec"]
+        self.process = subprocess.Popen(["redis-server", *args, *aof], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        """kill -9, then again on the same port and data."""
+        self.kill()
+        self.start()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Redis]:
+    r = Redis(free_port(), tmp_path)
+    r.start()
+    yield r
+    r.kill()
+
+
 @pytest.fixture
 def server() -> Iterator[Server]:
     s = start_server()

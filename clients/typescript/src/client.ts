@@ -118,7 +118,10 @@ export interface SubscribeOptions {
 export interface SubscriptionEvents<T extends Topic> {
   /** A frame, once, in order (frames marked `late` are the current value of their key). */
   message: TopicFrame<T>;
-  /** A gap the server could not fill; emitted before the current state that follows it. */
+  /** A gap the server could not fill; emitted before what the server still holds and the
+   * current state. Of those, a message equal (`type` and `data`) to one of the last
+   * {@link REMEMBERED_MESSAGES} delivered before the gap is not delivered again: a failover's
+   * new epoch numbers what was delivered anew. */
   gap: Gap;
   /** The server is collapsing this connection's queue (it reads too slowly). */
   lagging: Lagging;
@@ -153,6 +156,26 @@ export interface ClientEvents {
 
 type Waiter<V> = { resolve: (result: IteratorResult<V>) => void; reject: (error: unknown) => void };
 
+/** How many delivered messages a subscription remembers by content (`type` and `data`), so
+ * that a replay under a new epoch does not hand them to the application again. */
+export const REMEMBERED_MESSAGES = 1024;
+
+/** A message's identity across epochs: a 53-bit hash (cyrb53) of its `type` and `data` as
+ * JSON. Messages carry their `timestamp`, so equal content is the same message. */
+function fingerprint(frame: { type: string; data?: unknown }): number {
+  const text = JSON.stringify([frame.type, frame.data]);
+  let h1 = 0xdeadbeef;
+  let h2 = 0x41c6ce57;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    h1 = Math.imul(h1 ^ c, 2654435761);
+    h2 = Math.imul(h2 ^ c, 1597334677);
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
+  return 4294967296 * (2097151 & h2) + (h1 >>> 0);
+}
+
 /** One topic's stream across reconnects: each message once, in order. */
 export class Subscription<T extends Topic> extends Emitter<SubscriptionEvents<T>>
   implements AsyncIterable<TopicFrame<T>>
@@ -171,6 +194,12 @@ export class Subscription<T extends Topic> extends Emitter<SubscriptionEvents<T>
   #requestId = 0;
   #iterators = new Set<{ queue: TopicFrame<T>[]; waiter?: Waiter<TopicFrame<T>> }>();
   #failure: ModelcastError | undefined;
+  /** Fingerprints of the last {@link REMEMBERED_MESSAGES} messages delivered. */
+  #recent: number[] = [];
+  /** `#recent` at the last unrecovered `subscribed`: a frame after it with one of these
+   * fingerprints repeats a delivered message (numbered anew under a new epoch, or resent as
+   * state) and is not delivered again. */
+  #deliveredBefore = new Set<number>();
 
   /** @internal Made by {@link Client.subscribe}. */
   constructor(client: Client, topic: T, options: SubscribeOptions) {
@@ -234,6 +263,7 @@ export class Subscription<T extends Topic> extends Emitter<SubscriptionEvents<T>
   _subscribed(data: Subscribed): void {
     const held = this.epoch !== undefined && this.seq !== undefined;
     if (held && !data.recovered) {
+      this.#deliveredBefore = new Set(this.#recent);
       this.emit("gap", {
         topic: this.topic,
         previousEpoch: this.epoch!,
@@ -248,7 +278,8 @@ export class Subscription<T extends Topic> extends Emitter<SubscriptionEvents<T>
     this.emit("subscribed", data);
   }
 
-  /** @internal A frame of this topic: dropped if already delivered, else delivered. */
+  /** @internal A frame of this topic: dropped if already delivered (by `seq`, or by content
+   * across an epoch change: the position still moves), else delivered. */
   _frame(frame: TopicFrame<T>): void {
     if (this.state !== "subscribed") return;
     const { seq, late } = frame as Envelope<T>;
@@ -256,6 +287,9 @@ export class Subscription<T extends Topic> extends Emitter<SubscriptionEvents<T>
       if (this.seq !== undefined && seq <= this.seq) return;
       this.seq = seq;
     }
+    const print = fingerprint(frame as { type: string; data?: unknown });
+    if (this.#deliveredBefore.has(print)) return;
+    if (this.#recent.push(print) > REMEMBERED_MESSAGES) this.#recent.shift();
     this.emit("message", frame);
     for (const it of this.#iterators) {
       if (it.waiter) {

@@ -17,6 +17,7 @@
 export {
   connect,
   Client,
+  REMEMBERED_MESSAGES,
   Subscription,
   ModelcastError,
   type AnyTopicFrame,

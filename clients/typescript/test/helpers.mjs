@@ -2,7 +2,8 @@
 // cut connections, HS256 tokens, and waiting for conditions.
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import net from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -47,6 +48,52 @@ export async function startServer({ port, args = [], env = {} } = {}) {
       const exited = new Promise((done) => child.once("exit", done));
       child.kill("SIGKILL");
       await exited;
+    },
+  };
+}
+
+/** Starts a private `redis-server` on a free port with an AOF fsynced every second (so a
+ * restart gives the nodes' topics a new epoch, with the log kept); `restart()` kills it (-9)
+ * and starts it again on the same port and data, `stop()` ends it. */
+export async function startRedis() {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), "modelcast-redis-"));
+  let child;
+  const ping = async () => {
+    try {
+      const socket = net.connect(port, "127.0.0.1");
+      const answer = await new Promise((done, fail) => {
+        socket.once("error", fail);
+        socket.once("data", (data) => done(String(data)));
+        socket.write("PING\r\n");
+      });
+      socket.destroy();
+      return answer.startsWith("+PONG");
+    } catch {
+      return false;
+    }
+  };
+  const spawnIt = async () => {
+    child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "",
+      "--appendonly", "yes", "--appendfsync", "everysec"], { stdio: "ignore" });
+    await until(ping, "redis-server answers PING");
+  };
+  const kill = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((done) => child.once("exit", done));
+    child.kill("SIGKILL");
+    await exited;
+  };
+  await spawnIt();
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async restart() {
+      await kill();
+      await spawnIt();
+    },
+    async stop() {
+      await kill();
+      rmSync(dir, { recursive: true, force: true });
     },
   };
 }

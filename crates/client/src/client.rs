@@ -1,6 +1,6 @@
 //! [`Client`]: a handle to a background connection task that reconnects and recovers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -171,7 +171,10 @@ pub enum Event {
         message: ServerMessage,
     },
     /// Messages after `last_seq` could not be recovered (history too short, or the server
-    /// restarted): the current state follows, then live messages.
+    /// restarted, or a failover gave the topic a new epoch): what the server still holds
+    /// follows, then the current state, then live messages. Of what follows, a message equal
+    /// (`type` and `data`) to one of the last [`REMEMBERED_MESSAGES`] delivered before the gap
+    /// is not delivered again, so a replay under a new epoch shows nothing twice.
     Gap {
         /// The last message received before the gap.
         last_seq: u64,
@@ -186,7 +189,8 @@ pub enum Event {
 pub struct ClientStats {
     /// Connections made after the first.
     pub reconnects: u64,
-    /// Duplicate messages discarded during recovery.
+    /// Duplicate messages discarded during recovery (by `seq`, or by content across an epoch
+    /// change).
     pub duplicates_discarded: u64,
 }
 
@@ -526,6 +530,10 @@ async fn open(url: &str, options: &ConnectOptions) -> Result<(Ws, u64), ConnectE
     Ok((ws, heartbeat))
 }
 
+/// How many delivered messages a subscription remembers by content (`type` and `data`), so
+/// that a replay under a new epoch does not hand them to the application again.
+pub const REMEMBERED_MESSAGES: usize = 1024;
+
 /// One subscription's position and state in the connection task.
 #[derive(Debug)]
 struct Sub {
@@ -537,6 +545,44 @@ struct Sub {
     last_seq: Option<u64>,
     /// The pending subscribe's request id and reply.
     pending: Option<(i64, oneshot::Sender<Result<(), SubscribeError>>)>,
+    /// Fingerprints of the last [`REMEMBERED_MESSAGES`] messages delivered.
+    recent: VecDeque<u64>,
+    /// `recent` as it was at the last unrecovered `subscribed`: a frame after it with one of
+    /// these fingerprints repeats a message already delivered (numbered anew under a new
+    /// epoch, or resent as state) and is not delivered again.
+    delivered_before: HashSet<u64>,
+}
+
+impl Sub {
+    fn new(token: u64, options: SubscribeOptions, events: mpsc::Sender<Event>) -> Self {
+        Self {
+            token,
+            options,
+            events,
+            epoch: None,
+            last_seq: None,
+            pending: None,
+            recent: VecDeque::new(),
+            delivered_before: HashSet::new(),
+        }
+    }
+
+    fn remember(&mut self, fingerprint: u64) {
+        if self.recent.len() == REMEMBERED_MESSAGES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(fingerprint);
+    }
+}
+
+/// A message's identity across epochs: a hash of its `type` and `data` as JSON (messages carry
+/// their `timestamp`, so equal content is the same message).
+fn fingerprint(message: &ServerMessage) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    if let Ok(bytes) = serde_json::to_vec(message) {
+        std::hash::Hash::hash(&bytes, &mut hasher);
+    }
+    std::hash::Hasher::finish(&hasher)
 }
 
 struct Task {
@@ -675,10 +721,9 @@ impl Task {
                             let _ = reply.send(Err(SubscribeError::AlreadySubscribed(topic)));
                             continue;
                         }
-                        self.subs.insert(topic, Sub {
-                            token, options, events, epoch: None, last_seq: None,
-                            pending: Some((0, reply)),
-                        });
+                        let mut sub = Sub::new(token, options, events);
+                        sub.pending = Some((0, reply));
+                        self.subs.insert(topic, sub);
                         if let Some(frame) = self.subscribe_frame(topic)
                             && ws.send(Message::Text(frame.into())).await.is_err()
                         {
@@ -730,6 +775,8 @@ impl Task {
                 if !s.recovered {
                     if let (Some(_), Some(last)) = (&sub.epoch, sub.last_seq) {
                         let _ = sub.events.send(Event::Gap { last_seq: last }).await;
+                        // What follows may repeat what was delivered, numbered anew.
+                        sub.delivered_before = sub.recent.iter().copied().collect();
                     }
                     sub.last_seq = Some(s.seq);
                 }
@@ -786,6 +833,14 @@ impl Task {
                     }
                     sub.last_seq = Some(seq);
                 }
+                // Across an epoch change: a replay of a message already delivered moves the
+                // position but is not delivered again.
+                let print = fingerprint(&message);
+                if sub.delivered_before.contains(&print) {
+                    self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                sub.remember(print);
                 if sub.events.send(Event::Message { seq, late, message }).await.is_err() {
                     // The application dropped the stream before its Drop reached us.
                     self.subs.remove(&topic);

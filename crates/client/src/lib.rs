@@ -6,8 +6,10 @@
 //! state, then live messages, each exactly once and in `seq` order — also across dropped
 //! connections and server restarts behind the same hub, because every subscription is renewed
 //! with `since {epoch, seq}`. When the server can no longer recover what was missed, the
-//! stream yields [`Event::Gap`] and then the current state. A silent server is detected and
-//! reconnected to, with exponential backoff and jitter.
+//! stream yields [`Event::Gap`] and then what the server still holds and the current state,
+//! without the messages it already delivered (remembered by content, the last
+//! [`REMEMBERED_MESSAGES`] per subscription: a failover's new epoch numbers them anew). A
+//! silent server is detected and reconnected to, with exponential backoff and jitter.
 //!
 //! Depends on `modelcast-protocol` only among workspace crates (never the hub or the server),
 //! so a service can use it without pulling the server in. The `modelcast-watch` binary lives
@@ -32,6 +34,7 @@ mod client;
 mod error;
 
 pub use client::{
-    Client, ClientStats, ConnectOptions, Event, SubscribeOptions, Subscription, TokenMode,
+    Client, ClientStats, ConnectOptions, Event, REMEMBERED_MESSAGES, SubscribeOptions,
+    Subscription, TokenMode,
 };
 pub use error::{ConnectError, PublishError, SubscribeError};

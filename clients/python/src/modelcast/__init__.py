@@ -17,11 +17,12 @@ from .messages import DATA_MODELS, TYPE_NAMES
 from .notifiers import AvailabilityNotifier, DownloadNotifier, FallbackNotifier, HealthNotifier, SystemNotifier
 from .publisher import Accepted, Audience, Publisher, RetryPolicy, SyncPublisher
 from .push import Device, PushDevices, vapid_public_key
-from .subscribe import Gap, SubscriptionError, subscribe
+from .subscribe import REMEMBERED_MESSAGES, Gap, SubscriptionError, subscribe
 from .urls import http_base, ws_url
 
 __all__ = [
     "DATA_MODELS",
+    "REMEMBERED_MESSAGES",
     "TYPE_NAMES",
     "Accepted",
     "Audience",

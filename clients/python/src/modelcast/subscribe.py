@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,10 @@ from . import models
 from .urls import ws_url
 
 log = logging.getLogger("modelcast")
+
+#: How many delivered messages a subscription remembers by content (`type` and `data`), so
+#: that a replay under a new epoch does not yield them again.
+REMEMBERED_MESSAGES = 1024
 
 #: Close codes after which reconnecting would be wrong: replaced by another connection with
 #: the same id (4002), token refused or expired (4401).
@@ -47,6 +52,12 @@ class SubscriptionError(Exception):
         super().__init__(f"{code}: {message}")
 
 
+def _fingerprint(frame: dict[str, Any]) -> str:
+    """A message's identity across epochs: its `type` and `data` as canonical JSON (messages
+    carry their `timestamp`, so equal content is the same message)."""
+    return json.dumps([frame.get("type"), frame.get("data")], sort_keys=True, separators=(",", ":"))
+
+
 def _typed(frame: dict[str, Any]) -> BaseModel | dict[str, Any]:
     try:
         return models.ServerMessage.model_validate(frame).root
@@ -68,12 +79,16 @@ async def subscribe(
     """Yields the topic's frames (generated models: `.type`, `.data`, `.seq`, `.late`) once
     each and in order, across reconnects. `url` is `ws://host:port/ws` or `http://host:port`
     (default `MODELCAST_URL`). A gap the server could not fill calls `on_gap` (default: a
-    warning in the log) before the current state arrives."""
+    warning in the log) before what the server still holds and the current state arrive; of
+    those, a message equal (`type` and `data`) to one of the last `REMEMBERED_MESSAGES`
+    yielded before the gap is not yielded again (a failover's new epoch numbers them anew)."""
     target = ws_url(url or os.environ.get("MODELCAST_URL") or "http://127.0.0.1:8000")
     if token:
         target += ("&" if "?" in target else "?") + urlencode({"token": token})
     epoch: str | None = None
     last: int | None = None
+    recent: deque[str] = deque(maxlen=REMEMBERED_MESSAGES)
+    delivered_before: frozenset[str] = frozenset()
     attempt = 0
     while True:
         try:
@@ -96,6 +111,7 @@ async def subscribe(
                         if epoch is not None and last is not None and not data["recovered"]:
                             gap = Gap(topic, epoch, last, data["epoch"], data["seq"])
                             (on_gap or (lambda g: log.warning("modelcast: %s", g)))(gap)
+                            delivered_before = frozenset(recent)
                         if not data["recovered"] or last is None:
                             last = data["seq"]
                         epoch = data["epoch"]
@@ -106,6 +122,10 @@ async def subscribe(
                             if last is not None and frame["seq"] <= last:
                                 continue  # already delivered
                             last = frame["seq"]
+                        seen = _fingerprint(frame)
+                        if seen in delivered_before:
+                            continue  # delivered before the epoch changed; the position moved
+                        recent.append(seen)
                         yield _typed(frame)
         except websockets.ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd else 1006
