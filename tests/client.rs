@@ -354,12 +354,21 @@ async fn the_client_authenticates_by_url_or_first_message() {
         Err(SubscribeError::Rejected { code, .. }) => assert_eq!(code.as_str(), "forbidden"),
         other => panic!("expected forbidden, got {other:?}"),
     }
-    let anonymous =
-        Client::connect(&format!("ws://{}/ws/anon", server.addr), fast()).await.unwrap();
-    match anonymous.subscribe(Topic::ModelStatus).await {
-        Err(SubscribeError::Rejected { code, .. }) => assert_eq!(code.as_str(), "unauthorized"),
-        other => panic!("expected unauthorized, got {other:?}"),
-    }
+    // Without a token the client says so at once (the welcome names the deadline), instead of
+    // waiting to be closed.
+    let anonymous = Client::connect(&format!("ws://{}/ws/anon", server.addr), fast()).await;
+    assert!(
+        matches!(anonymous, Err(modelcast_client::ConnectError::TokenRequired { .. })),
+        "{anonymous:?}"
+    );
+    // A raw connection sees the deadline in its welcome, and every request refused until `auth`.
+    let mut raw = server.ws_raw("/ws/raw").await;
+    let welcome = raw.next_json().await;
+    assert_eq!(welcome["data"]["auth_deadline_seconds"], 1.0, "{welcome}");
+    raw.send_json(&serde_json::json!({"action": "subscribe", "topic": "model_status", "id": 1}))
+        .await;
+    let refused = raw.next_of_type("error").await;
+    assert_eq!(refused["data"]["code"], "unauthorized", "{refused}");
     let bad =
         Client::connect(&format!("ws://{}/ws/bad", server.addr), fast().token("not-a-jwt")).await;
     assert!(

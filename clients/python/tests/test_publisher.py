@@ -176,6 +176,25 @@ async def test_subscribe_yields_nothing_twice_when_a_new_epoch_replays_the_log(r
     assert [(g.after_seq, g.previous_epoch != g.epoch) for g in gaps] == [(5, True)]
 
 
+async def test_subscribe_without_a_token_where_one_is_required_says_so_at_once() -> None:
+    import modelcast
+
+    secret = "a-test-secret-that-is-long-enough-for-hs256"
+    # A deadline beyond the test's patience: only the welcome's hint can end this in time.
+    server = start_server(env={"MODELCAST_JWT_SECRET": secret, "MODELCAST_AUTH_DEADLINE": "120"})
+    try:
+
+        async def first() -> None:
+            async for _ in modelcast.subscribe(server.base, "alerts"):
+                pass
+
+        with pytest.raises(modelcast.SubscriptionError, match="requires a token") as caught:
+            await asyncio.wait_for(first(), 10)
+        assert caught.value.code == "unauthorized"
+    finally:
+        server.stop()
+
+
 async def test_subscribe_is_compressed_and_frames_arrive_intact(server) -> None:
     """`websockets` offers permessage-deflate; the server agrees and sends frames compressed."""
     import modelcast

@@ -536,6 +536,15 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   #welcome(welcome: Welcome): void {
+    if (welcome.auth_deadline_seconds !== undefined && !this.#options.token && !this.#options.getToken) {
+      // The server requires a token and would close this connection (4401) at its deadline:
+      // say what is missing now, as that close would, and stop.
+      const reason = "this server requires a token (connect with `token` or `getToken`)";
+      this.emit("error", new ModelcastError("unauthorized", reason));
+      this.emit("close", { code: UNAUTHORIZED, reason, reconnecting: false });
+      this.close();
+      return;
+    }
     this.#opened = true;
     // Over SSE the welcome is the transport's own; its streams open after (`subscribed`).
     if (this.transport === "websocket") this.#unreachableSaid = false;

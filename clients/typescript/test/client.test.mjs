@@ -172,6 +172,28 @@ test("a replay under a new epoch (Redis back with everysec) delivers nothing twi
   ]);
 });
 
+test("without a token on a server that requires one: said at once, not at the auth deadline", async () => {
+  const secret = "a-test-secret-that-is-long-enough-for-hs256";
+  // A deadline far beyond the test's patience: only the welcome's hint can make this pass.
+  const server = await startServer({ env: { MODELCAST_JWT_SECRET: secret, MODELCAST_AUTH_DEADLINE: "120" } });
+  cleanups.push(() => server.stop());
+  const client = use(connect(server.ws, { WebSocket }));
+  const states = [];
+  const errors = [];
+  const closes = [];
+  client.on("state", (state) => states.push(state));
+  client.on("error", (error) => errors.push(error.code));
+  client.on("close", (info) => closes.push(info));
+  client.subscribe("alerts");
+  await until(() => client.state === "closed", "the client stops", 10000);
+  assert.deepEqual(errors, ["unauthorized"]);
+  assert.equal(closes.length, 1);
+  assert.equal(closes[0].code, 4401);
+  assert.equal(closes[0].reconnecting, false);
+  assert.match(closes[0].reason, /requires a token/);
+  assert.ok(!states.includes("open"), `never said open: ${states}`);
+});
+
 test("replaced by another connection with the same id (4002): closed, no reconnect", async () => {
   const server = await startServer();
   cleanups.push(() => server.stop());

@@ -509,14 +509,18 @@ async fn open(url: &str, options: &ConnectOptions) -> Result<(Ws, u64), ConnectE
                 && let Ok(frame) = serde_json::from_str::<ServerFrame>(t.as_str())
                 && let ServerMessage::Welcome(w) = frame.message
             {
-                return Some(w.heartbeat_interval_seconds);
+                return Some((w.heartbeat_interval_seconds, w.auth_deadline_seconds.is_some()));
             }
         }
         None
     })
     .await;
     let heartbeat = match welcome {
-        Ok(Some(heartbeat)) => heartbeat,
+        Ok(Some((_, true))) if options.token.is_none() => {
+            // It would be closed (4401) at the deadline: say what is missing now.
+            return Err(ConnectError::TokenRequired { url: url.to_owned() });
+        }
+        Ok(Some((heartbeat, _))) => heartbeat,
         _ => return Err(ConnectError::NoWelcome { url: url.to_owned() }),
     };
     if let (TokenMode::FirstMessage, Some(token)) = (options.token_mode, &options.token) {

@@ -53,6 +53,13 @@ pub enum ConnectError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The server requires a token and this client has none (its `welcome` gave a deadline to
+    /// authenticate by): set [`crate::ConnectOptions::token`].
+    #[error("{url} requires a token (ConnectOptions::token, modelcast-watch --token)")]
+    TokenRequired {
+        /// The URL.
+        url: String,
+    },
     /// The server did not send its `welcome` in time: it may not be a modelcast server.
     #[error("no welcome from {url} within the timeout; is it a modelcast server?")]
     NoWelcome {

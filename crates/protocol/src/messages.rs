@@ -718,6 +718,12 @@ pub struct Welcome {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     #[schemars(extend("const" = true))]
     pub operator: bool,
+    /// Present when the server requires a credential and this connection has none: the
+    /// seconds it has to send an `auth` frame before it is closed with 4401. Until then every
+    /// other request is refused (`unauthorized`). A client without a token stops here and
+    /// says a token is needed, instead of waiting to be closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_deadline_seconds: Option<f64>,
     /// When the connection opened.
     pub timestamp: Timestamp,
 }

@@ -76,7 +76,7 @@ pub(crate) async fn run(
     }
     app.metrics.opened();
     tracing::debug!(connection_id = %id, "connected");
-    let _ = conn.send(&app.welcome(id.clone(), operator));
+    let _ = conn.send(&app.welcome(id.clone(), operator, deadline.is_some()));
 
     let Socket { stream, already_read, deflate } = socket;
     if deflate.is_some() {

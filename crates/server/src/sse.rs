@@ -287,7 +287,7 @@ async fn run(
     let _online = identity.as_ref().map(|i| app.presence.enter(&i.subject));
     let control = Arc::new(Control::new(id.clone(), serial, Publisher::No, identity, None, 0));
     app.metrics.sse_opened();
-    let _ = conn.send(&app.welcome(id, operator));
+    let _ = conn.send(&app.welcome(id, operator, false));
     let recovered = match request.last_event_id.as_deref().map(Position::parse) {
         None => Position::default(),
         Some(Ok(position)) => position,

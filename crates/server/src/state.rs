@@ -115,11 +115,13 @@ impl App {
     }
 
     /// The `welcome` a connection (a WebSocket or an event stream) gets first; `operator`
-    /// when its credential opens the operator endpoints.
+    /// when its credential opens the operator endpoints, `awaiting_auth` when it has no
+    /// credential and must send one within the auth deadline.
     pub(crate) fn welcome(
         &self,
         connection_id: String,
         operator: bool,
+        awaiting_auth: bool,
     ) -> modelcast_protocol::ServerMessage {
         modelcast_protocol::ServerMessage::Welcome(modelcast_protocol::Welcome {
             connection_id,
@@ -129,6 +131,7 @@ impl App {
             epoch: self.hub.epoch().to_owned(),
             node_id: Some(self.node_id.clone()),
             operator,
+            auth_deadline_seconds: awaiting_auth.then(|| self.config.auth_deadline.as_secs_f64()),
             timestamp: chrono::Utc::now(),
         })
     }

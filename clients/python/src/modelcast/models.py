@@ -816,6 +816,13 @@ class Welcome(BaseModel):
     Sent once when a connection opens.
     """
 
+    auth_deadline_seconds: float | None = None
+    """
+    Present when the server requires a credential and this connection has none: the
+    seconds it has to send an `auth` frame before it is closed with 4401. Until then every
+    other request is refused (`unauthorized`). A client without a token stops here and
+    says a token is needed, instead of waiting to be closed.
+    """
     connection_id: str
     """
     The connection's id: the one in the URL, or one the server made.

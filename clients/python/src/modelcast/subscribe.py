@@ -105,6 +105,9 @@ async def subscribe(
                     frame = json.loads(text)
                     kind = frame.get("type")
                     if kind == "welcome":
+                        if "auth_deadline_seconds" in frame["data"] and not token:
+                            # It would be closed (4401) at the deadline: say what is missing now.
+                            raise SubscriptionError("unauthorized", "this server requires a token (token=…)")
                         attempt = 0
                     elif kind == "subscribed":
                         data = frame["data"]

@@ -984,6 +984,13 @@ export interface Alert {
  */
 export interface Welcome {
   /**
+   * Present when the server requires a credential and this connection has none: the
+   * seconds it has to send an `auth` frame before it is closed with 4401. Until then every
+   * other request is refused (`unauthorized`). A client without a token stops here and
+   * says a token is needed, instead of waiting to be closed.
+   */
+  auth_deadline_seconds?: number;
+  /**
    * The connection's id: the one in the URL, or one the server made.
    */
   connection_id: string;
