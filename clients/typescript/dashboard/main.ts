@@ -24,6 +24,11 @@ type Model = {
   health?: { status: string; score?: number };
   changedAt: string;
   download?: Download;
+  /** When the newest download event applied was made (ms): an older one arriving later (a
+   * throttled update released after the download failed) is not applied over it. */
+  downloadAt?: number;
+  /** A download of it completed (its availability may not have been reported). */
+  downloaded?: boolean;
   fallback?: string;
   queue?: string;
 };
@@ -47,14 +52,16 @@ const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as 
 const models = new Map<string, Model>();
 const feed: FeedItem[] = [];
 const raw: string[] = [];
-const series: Record<string, number[]> = { cpu: [], memory: [], vram: [], gpu: [], active: [] };
-const SERIES_POINTS = 150; // about five minutes of the demo's system stats (every 2 s)
+type Point = { t: number; v: number };
+const series: Record<string, Point[]> = { cpu: [], memory: [], vram: [], gpu: [], active: [] };
+const WINDOW_MS = 5 * 60_000; // the charts' time axis: the last five minutes at most
 const tasks = new Map<string, Task>();
 const FINISHED_SHOWN = 3; // finished tasks kept on the page, newest first
 let queue: QueueEntry[] = [];
 let queueSummary = "";
 let usageTotal = 1; // the usage chart's top: the number of models
 let dirty = true; // the first render shows the empty panels' texts
+let blocked: string | undefined; // why the page can show nothing (a token is needed)
 const previous: Record<string, number> = {}; // per topic: `published` at the last stats poll
 
 const h = (tag: string, attrs: Record<string, string> = {}, ...children: (Node | string)[]) => {
@@ -120,7 +127,9 @@ function apply(frame: AnyTopicFrame) {
     }
     case "download_progress_update": {
       const d = frame.data;
-      model(d.model_id, d.timestamp).download = {
+      const m = model(d.model_id, d.timestamp);
+      if (!newer(m, d.timestamp)) break;
+      m.download = {
         percent: d.progress_percent,
         status: d.status,
         speed: d.speed_mbps,
@@ -132,17 +141,22 @@ function apply(frame: AnyTopicFrame) {
     }
     case "download_status_change": {
       const d = frame.data;
-      const m = model(d.model_id, d.timestamp);
-      const percent = d.progress_percent ?? m.download?.percent ?? 0;
-      if (d.new_status === "completed") m.download = undefined;
-      else m.download = { ...(m.download ?? { percent }), percent, status: d.new_status, note: d.error_message ?? d.reason ?? undefined };
+      // The feed gets every failure; the card only what is newer than what it shows.
       if (d.new_status === "failed" || d.new_status === "stale")
         push(d.new_status === "failed" ? "error" : "warning", `download ${d.new_status}: ${d.model_id}`, d.error_message ?? d.reason ?? "", d.timestamp);
+      const m = model(d.model_id, d.timestamp);
+      if (!newer(m, d.timestamp)) break;
+      const percent = d.progress_percent ?? m.download?.percent ?? 0;
+      if (d.new_status === "completed") m.downloaded = true;
+      else if (d.new_status === "downloading") m.downloaded = false;
+      if (d.new_status === "completed") m.download = undefined;
+      else m.download = { ...(m.download ?? { percent }), percent, status: d.new_status, note: d.error_message ?? d.reason ?? undefined };
       break;
     }
     case "download_retry": {
       const d = frame.data;
       const m = model(d.model_id, d.timestamp);
+      if (!newer(m, d.timestamp)) break;
       m.download = { ...(m.download ?? { percent: 0 }), status: "retrying", note: `retry ${d.retry_count}/${d.max_retries} in ${eta(d.next_retry_in_seconds)}` };
       break;
     }
@@ -183,7 +197,9 @@ function apply(frame: AnyTopicFrame) {
     }
     case "model_queue_update": {
       const d = frame.data;
-      model(d.model_id, d.timestamp).queue = `queue #${d.queue_position}, ~${eta(d.estimated_wait_time)}`;
+      // Position 0: served (no longer waiting); an estimate of 0 says nothing.
+      model(d.model_id, d.timestamp).queue =
+        d.queue_position > 0 ? `queue #${d.queue_position}${d.estimated_wait_time > 0 ? `, ~${eta(d.estimated_wait_time)}` : ""}` : undefined;
       break;
     }
     case "alert": {
@@ -193,10 +209,11 @@ function apply(frame: AnyTopicFrame) {
     }
     case "system_stats": {
       const d = frame.data;
-      sample("cpu", d.cpu_percent);
-      sample("memory", d.memory_percent);
-      sample("gpu", d.gpu_percent ?? NaN);
-      sample("vram", d.vram_total_mb ? ((d.vram_used_mb ?? 0) / d.vram_total_mb) * 100 : NaN);
+      const at = Date.parse(d.timestamp);
+      sample("cpu", at, d.cpu_percent);
+      sample("memory", at, d.memory_percent);
+      sample("gpu", at, d.gpu_percent ?? NaN);
+      sample("vram", at, d.vram_total_mb ? ((d.vram_used_mb ?? 0) / d.vram_total_mb) * 100 : NaN);
       $("sys-now").textContent =
         `CPU ${fmt(d.cpu_percent)}% · memory ${fmt(d.memory_percent)}% · VRAM ${fmt((d.vram_used_mb ?? 0) / 1024)} / ${fmt((d.vram_total_mb ?? 0) / 1024)} GB · GPU ${fmt(d.gpu_percent)}%`;
       break;
@@ -204,8 +221,10 @@ function apply(frame: AnyTopicFrame) {
     case "usage_statistics_update": {
       const d = frame.data;
       usageTotal = Math.max(1, d.total_models);
-      sample("active", d.active_models);
-      $("usage-now").textContent = `${d.active_models} of ${d.total_models} models active · most used: ${d.most_used_model ?? "–"}`;
+      sample("active", Date.parse(d.timestamp), d.active_models);
+      const counts = Object.entries(d.usage_trends ?? {}).map(([k, v]) => `${k.replace(/_/g, " ")} ${v}`).join(" · ");
+      $("usage-now").textContent =
+        `${d.active_models} of ${d.total_models} models active · most used: ${d.most_used_model ?? "–"}${counts ? ` · ${counts}` : ""}`;
       break;
     }
     case "generation_progress": {
@@ -239,10 +258,21 @@ function apply(frame: AnyTopicFrame) {
   dirty = true;
 }
 
-function sample(name: string, value: number) {
+/** Whether an event of a model's download made at `timestamp` is not older than the newest
+ * one applied (and records it). */
+function newer(m: Model, timestamp: string): boolean {
+  const at = Date.parse(timestamp);
+  if (Number.isNaN(at)) return true;
+  if (m.downloadAt !== undefined && at < m.downloadAt) return false;
+  m.downloadAt = at;
+  return true;
+}
+
+function sample(name: string, at: number, value: number) {
   const s = series[name]!;
-  s.push(value);
-  if (s.length > SERIES_POINTS) s.shift();
+  s.push({ t: Number.isNaN(at) ? Date.now() : at, v: value });
+  const oldest = Date.now() - WINDOW_MS;
+  while (s.length > 0 && s[0]!.t < oldest) s.shift();
 }
 
 function bar(percent: number, status: string) {
@@ -255,12 +285,15 @@ function bar(percent: number, status: string) {
 
 function renderModels() {
   const cards = [...models.values()].sort((a, b) => a.id.localeCompare(b.id)).map((m) => {
-    const card = h("article", { class: `card ${m.status}`, id: `model-${m.id}`, "data-model": m.id });
+    // A model known only from its download (no availability reported) shows the download's.
+    const status = m.status !== "unknown" ? m.status : (m.download?.status ?? (m.downloaded ? "downloaded" : "unknown"));
+    const download = m.download ? ` download-${m.download.status}` : "";
+    const card = h("article", { class: `card ${status}${download}`, id: `model-${m.id}`, "data-model": m.id });
     const health = m.health
       ? h("span", { class: `badge health-${m.health.status}` }, `${m.health.status}${m.health.score !== undefined ? ` ${Math.round(m.health.score * 100)}%` : ""}`)
-      : h("span", { class: "badge muted" }, "health –");
+      : h("span", { class: "badge muted health" }, "health not checked yet");
     card.append(
-      h("header", {}, h("b", {}, m.id), h("span", { class: `badge status status-${m.status}` }, m.status)),
+      h("header", {}, h("b", {}, m.id), h("span", { class: `badge status status-${status}` }, status)),
       h("div", { class: "facts" },
         h("span", { class: m.loaded ? "badge loaded" : "badge muted" }, m.loaded ? "loaded" : "not loaded"),
         health,
@@ -282,12 +315,14 @@ function renderModels() {
     card.append(h("small", { class: "muted" }, `changed ${time(m.changedAt)}`));
     return card;
   });
-  $("models").replaceChildren(...(cards.length ? cards : [h("p", { class: "muted" }, "no model has reported yet")]));
+  const empty = blocked ? `nothing to show: ${blocked}` : "no model has reported yet";
+  $("models").replaceChildren(...(cards.length ? cards : [h("p", { class: "muted" }, empty)]));
 }
 
 function renderFeed() {
   const items = feed.map((f) => h("li", { class: `level-${f.level}` }, h("b", {}, f.title), h("span", {}, f.detail), h("time", {}, time(f.at))));
-  $("feed").replaceChildren(...(items.length ? items : [h("li", { class: "empty muted" }, "no alerts yet")]));
+  const empty = blocked ? `nothing to show: ${blocked}` : "no alerts yet";
+  $("feed").replaceChildren(...(items.length ? items : [h("li", { class: "empty muted" }, empty)]));
 }
 
 function renderTasks() {
@@ -309,23 +344,29 @@ function renderTasks() {
   );
 }
 
-/** Draws `lines` (series names and colours) on a scale from 0 to `max`, or to the data's own
- * top if it goes higher. */
-function chart(id: string, lines: [string, string][], max = 100) {
+/** Draws `lines` (series names and colours) against time (now at the right edge, back to
+ * the oldest sample kept: 30 s at least, five minutes at most) on a scale from 0 to `max` (or
+ * the data's own top if it goes higher), and labels the axes: the scale's top, middle and 0
+ * with `unit` at the left, the time span below. */
+function chart(id: string, lines: [string, string][], max: number, unit: (v: number) => string) {
   const svg = $(id) as unknown as SVGSVGElement;
   const W = 300, H = 80;
+  const now = Date.now();
+  const points = lines.flatMap(([name]) => series[name]!.filter((p) => !Number.isNaN(p.v)));
+  const oldest = Math.min(now, ...points.map((p) => p.t));
+  const span = Math.min(WINDOW_MS, Math.max(30_000, now - oldest));
+  const top = Math.max(max, ...points.map((p) => p.v));
   const paths = lines.map(([name, colour]) => {
-    const s = series[name]!;
-    const top = Math.max(max, ...s.filter((v) => !Number.isNaN(v)));
-    // The newest point at the right edge; until the window fills, 30 slots wide at least.
-    const slots = Math.max(s.length, 30);
-    const pts = s
-      .map((v, i) => (Number.isNaN(v) ? null : `${((i + slots - s.length) / (slots - 1)) * W},${H - (v / top) * (H - 4) - 2}`))
-      .filter(Boolean)
+    const pts = series[name]!
+      .filter((p) => !Number.isNaN(p.v))
+      .map((p) => `${(((p.t - (now - span)) / span) * W).toFixed(1)},${(H - (p.v / top) * (H - 4) - 2).toFixed(1)}`)
       .join(" ");
     return `<polyline fill="none" stroke="${colour}" stroke-width="1.6" points="${pts}"/>`;
   });
   svg.innerHTML = `<line x1="0" y1="${H / 2}" x2="${W}" y2="${H / 2}" class="grid"/>${paths.join("")}`;
+  $(`${id}-y`).replaceChildren(h("span", {}, unit(top)), h("span", {}, unit(top / 2)), h("span", {}, unit(0)));
+  const ago = span >= 60_000 ? `${Math.round(span / 60_000)} min ago` : `${Math.round(span / 1000)} s ago`;
+  $(`${id}-x`).replaceChildren(h("span", {}, ago), h("span", {}, "now"));
 }
 
 function render() {
@@ -333,8 +374,8 @@ function render() {
   dirty = false;
   renderModels();
   renderFeed();
-  chart("sys-chart", [["cpu", "#3b82f6"], ["memory", "#10b981"], ["vram", "#f59e0b"], ["gpu", "#a855f7"]]);
-  chart("usage-chart", [["active", "#0ea5e9"]], usageTotal);
+  chart("sys-chart", [["cpu", "#3b82f6"], ["memory", "#10b981"], ["vram", "#f59e0b"], ["gpu", "#a855f7"]], 100, (v) => `${Math.round(v)}%`);
+  chart("usage-chart", [["active", "#0ea5e9"]], usageTotal, (v) => `${Number.isInteger(v) ? v : v.toFixed(1)} models`);
   renderTasks();
   $("raw").textContent = raw.join("\n");
 }
@@ -439,6 +480,7 @@ client.on("state", (state) => {
   pill.className = `pill ${state}`;
   if (state === "open") {
     failures = 0;
+    blocked = undefined;
     notice(undefined);
   }
 });
@@ -446,6 +488,8 @@ const TOKEN_HELP =
   "open this page as /?token=<JWT>, a token the server accepts (its roles decide which topics show)";
 client.on("close", (info) => {
   if (info.code === 4401) {
+    blocked = token ? "the server refused this page's token" : "this server requires a token";
+    dirty = true;
     notice(token ? `The server refused this page's token (${info.reason || "expired or invalid"}): ${TOKEN_HELP}.` : `This server requires a token: ${TOKEN_HELP}.`);
   } else if (++failures >= 3) {
     // A refused handshake (a bad token: HTTP 401) reaches a page only as a lost connection.

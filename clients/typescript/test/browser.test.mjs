@@ -121,9 +121,10 @@ test("the dashboard shows what its token may see: alice's download, not bob's", 
   assert.deepEqual(browser.problems, [], "no console errors");
 });
 
-test("the dashboard tells a page without a token that the server needs one", async () => {
+test("the dashboard tells a page without a token that the server needs one, at once", async () => {
   const secret = "a-test-secret-that-is-long-enough-for-hs256";
-  const server = await startServer({ env: { MODELCAST_JWT_SECRET: secret, MODELCAST_AUTH_DEADLINE: "0.5" } });
+  // An auth deadline beyond the test's patience: the page must not wait for it.
+  const server = await startServer({ env: { MODELCAST_JWT_SECRET: secret, MODELCAST_AUTH_DEADLINE: "120" } });
   cleanups.push(() => server.stop());
   const browser = await launch();
   cleanups.push(() => browser.close());
@@ -134,9 +135,80 @@ test("the dashboard tells a page without a token that the server needs one", asy
     15000,
   );
   assert.match(said, /requires a token: open this page as \/\?token=<JWT>/);
+  assert.equal(await browser.evaluate(`document.getElementById("conn").textContent`), "closed", "never a green open");
+  await until(
+    () => browser.evaluate(`document.querySelector("#models p")?.textContent === "nothing to show: this server requires a token"`),
+    "the empty panels say why",
+  );
   await browser.goto(`${server.base}/?token=${token(secret, { roles: ["viewer"] })}`);
   await until(() => browser.evaluate(`document.getElementById("conn").textContent === "open"`), "connected with the token", 15000);
   assert.equal(await browser.evaluate(`document.getElementById("notice").hidden`), true);
+});
+
+test("the dashboard's cards follow a failed download and say what they know; charts have axes", async () => {
+  const server = await startServer();
+  cleanups.push(() => server.stop());
+  const browser = await launch();
+  cleanups.push(() => browser.close());
+  await browser.goto(`${server.base}/`);
+  await until(() => browser.evaluate(`document.getElementById("conn").textContent === "open"`), "connected", 15000);
+  const text = (selector) => browser.evaluate(`document.querySelector(${JSON.stringify(selector)})?.textContent ?? null`);
+
+  // A model known only from its download (no availability reported): the pill says the download's.
+  await publish(server.base, progress("lora-x", 53));
+  await until(async () => (await text("#model-lora-x .status")) === "downloading", "the download's status on the pill", 15000);
+  assert.equal(await text("#model-lora-x .health"), "health not checked yet");
+
+  // A download fails; an update made before the failure arrives after it (a throttled update
+  // released late): the card stays failed, beside the alert.
+  await publish(server.base, progress("s2v-x", 40));
+  const failedAt = Date.now() + 1; // after the update above (the server stamped it)
+  await publish(server.base, {
+    type: "download_status_change",
+    data: { model_id: "s2v-x", old_status: "downloading", new_status: "failed", progress_percent: 41, reason: "Download failed", error_message: "Disk full", timestamp: new Date(failedAt).toISOString() },
+  });
+  const late = progress("s2v-x", 40.5);
+  late.data.timestamp = new Date(failedAt - 500).toISOString();
+  await publish(server.base, late);
+  await until(async () => (await text("#feed li b")) === "download failed: s2v-x", "the failure in the feed", 15000);
+  await sleep(300); // the late update has been received and rendered by now
+  assert.equal(await browser.evaluate(`document.getElementById("model-s2v-x").classList.contains("download-failed")`), true);
+  assert.match(await text("#model-s2v-x .download small"), /^failed · 41\.0% · Disk full$/);
+
+  // Queue: position 0 is served (no line); an estimate of 0 is not shown.
+  const queued = (position, wait) => ({
+    type: "model_queue_update",
+    data: { model_id: "q-x", queue_position: position, estimated_wait_time: wait },
+  });
+  await publish(server.base, queued(3, 0));
+  await until(async () => (await text("#model-q-x .queue")) === "queue #3", "a queue position without a made-up wait", 15000);
+  await publish(server.base, queued(0, 0));
+  await until(async () => (await text("#model-q-x .queue")) === null, "served: no queue line", 15000);
+
+  // Charts: the scale with units on the left, the time window below.
+  const stats = (cpu) => ({
+    type: "system_stats",
+    data: { cpu_percent: cpu, memory_percent: 50, memory_used_mb: 8000, memory_total_mb: 16000 },
+  });
+  await publish(server.base, [stats(20), stats(40)]);
+  await publish(server.base, {
+    type: "usage_statistics_update",
+    data: { total_models: 4, active_models: 3, most_used_model: "t2v-a14b", usage_trends: { daily_usage: 25 } },
+  });
+  await until(
+    () => browser.evaluate(`document.querySelector("#sys-chart polyline").getAttribute("points").split(" ").length === 2`),
+    "two system samples drawn",
+    15000,
+  );
+  const axis = (id) => browser.evaluate(`[...document.querySelectorAll("#${id} span")].map((s) => s.textContent)`);
+  assert.deepEqual(await axis("sys-chart-y"), ["100%", "50%", "0%"]);
+  await until(async () => (await axis("usage-chart-y"))[0] === "4 models", "the usage scale: the number of models", 15000);
+  assert.deepEqual(await axis("usage-chart-y"), ["4 models", "2 models", "0 models"]);
+  // The time axis spans the samples kept (30 s at least, five minutes at most), ending now.
+  assert.deepEqual(await axis("sys-chart-x"), ["30 s ago", "now"]);
+  assert.deepEqual(await axis("usage-chart-x"), ["30 s ago", "now"]);
+  assert.match(await text("#usage-now"), /^3 of 4 models active · most used: t2v-a14b · daily usage 25$/);
+  assert.deepEqual(browser.problems, [], "no console errors");
 });
 
 test("a minute of the demo keeps the page bounded: the newest finished tasks, the queue listed", async () => {

@@ -142,11 +142,12 @@ async fn system_stats(n: Notifiers, seed: u64) {
             disk_free_mb: Some(rng.random_range(40_000.0..60_000.0)),
             timestamp: chrono::Utc::now(),
         });
-        if usage_tick.is_multiple_of(5) {
+        // Every 4 s: enough points for the dashboard's usage chart to show a trend.
+        if usage_tick.is_multiple_of(2) {
             let daily = rng.random_range(20..40);
             n.system().usage_statistics(
                 4,
-                2,
+                rng.random_range(1..=3),
                 Some("i2v-a14b"),
                 BTreeMap::from([("daily_usage".into(), daily), ("weekly_usage".into(), daily * 6)]),
             );
