@@ -131,7 +131,7 @@ impl App {
             epoch: self.hub.epoch().to_owned(),
             node_id: Some(self.node_id.clone()),
             operator,
-            auth_deadline_seconds: awaiting_auth.then(|| self.config.auth_deadline.as_secs_f64()),
+            auth_deadline_seconds: awaiting_auth.then_some(self.config.auth_deadline.as_secs_f64()),
             timestamp: chrono::Utc::now(),
         })
     }
