@@ -34,7 +34,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A WebSocket over TCP, or TLS (`--tls`).
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+pub(crate) type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 /// The client TLS config of a `--tls` run (trusting the run's own CA); unset otherwise.
 static TLS: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
@@ -170,6 +171,11 @@ pub(crate) struct Options {
 }
 
 impl Options {
+    /// Whether the server under test is the peer (NATS) rather than modelcast.
+    fn nats(&self) -> bool {
+        self.kind == Kind::Nats
+    }
+
     pub(crate) fn parse(args: &[&str]) -> Result<Self> {
         let mut o = Options {
             subscribers: 1000,
@@ -208,9 +214,17 @@ impl Options {
                 "--ws-publish" => o.ws_publish = true,
                 "--tls" => o.tls = true,
                 "--push" => o.push = Some(value("--push")? as usize),
-                "--sse" | "--compress" if o.kind != Kind::Ws => {
-                    bail!("--sse and --compress are two kinds of subscriber: choose one")
+                "--sse" | "--compress" | "--peer" if o.kind != Kind::Ws => {
+                    bail!("--sse, --compress and --peer nats are kinds of subscriber: choose one")
                 }
+                "--peer" => match it.next().copied() {
+                    Some("nats") => {
+                        o.kind = Kind::Nats;
+                        o.ws_publish = true; // NATS publishes over its connections only
+                    }
+                    Some("modelcast") => {}
+                    other => bail!("--peer takes nats or modelcast, not {other:?}"),
+                },
                 "--sse" => o.kind = Kind::Sse,
                 "--compress" => o.kind = Kind::Deflate,
                 "--nodes" => o.nodes = (value("--nodes")? as usize).max(1),
@@ -239,9 +253,10 @@ impl Options {
     }
 }
 
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
+/// A server under test (a modelcast node, or the peer).
+pub(crate) struct ServerProcess {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Drop for ServerProcess {
@@ -334,6 +349,9 @@ impl Servers {
 }
 
 fn start_servers(o: &Options, connections: usize) -> Result<Servers> {
+    if o.nats() {
+        return Ok(Servers { nodes: vec![crate::loadtest_nats::start(o.pin)?], redis: None });
+    }
     say("building the server (release)…");
     crate::cargo(
         &["build", "--release", "--quiet", "-p", "modelcast-server", "--bin", "modelcast"],
@@ -361,7 +379,7 @@ fn start_servers(o: &Options, connections: usize) -> Result<Servers> {
     Ok(servers)
 }
 
-fn wait_listening(addr: SocketAddr) -> Result<()> {
+pub(crate) fn wait_listening(addr: SocketAddr) -> Result<()> {
     for _ in 0..200 {
         if std::net::TcpStream::connect(addr).is_ok() {
             return Ok(());
@@ -437,6 +455,9 @@ pub(crate) fn run(o: Options, args: &[&str]) -> Result<()> {
     if limit < per_process as u64 + 64 {
         bail!("the open-file limit is {limit}, too low for {connections} connections");
     }
+    if o.nats() && (o.nodes > 1 || o.idle.is_some() || o.tls || o.push.is_some()) {
+        bail!("--peer nats measures one NATS server: no --nodes, --idle, --tls or --push");
+    }
     if o.tls && (o.kind != Kind::Ws || o.nodes > 1 || o.idle.is_some()) {
         bail!(
             "--tls measures WebSocket subscribers of one node: no --sse, --compress, --nodes or --idle"
@@ -468,6 +489,8 @@ enum Kind {
     Deflate,
     /// `GET /sse`.
     Sse,
+    /// NATS's protocol over its WebSocket listener (`--peer nats`).
+    Nats,
 }
 
 impl Kind {
@@ -477,6 +500,7 @@ impl Kind {
             Kind::Ws => None,
             Kind::Deflate => Some("--compress"),
             Kind::Sse => Some("--sse"),
+            Kind::Nats => None, // never holds idle connections
         }
     }
 
@@ -485,6 +509,7 @@ impl Kind {
             Kind::Ws => "WebSocket connections",
             Kind::Deflate => "compressing WebSocket connections",
             Kind::Sse => "Server-Sent Events streams",
+            Kind::Nats => "NATS WebSocket connections",
         }
     }
 }
@@ -505,6 +530,7 @@ enum Subscriber {
     Ws(Box<WsStream>),
     Deflate(DeflateReader),
     Sse(SseReader),
+    Nats(Box<crate::loadtest_nats::Reader>),
 }
 
 impl Subscriber {
@@ -525,6 +551,7 @@ impl Subscriber {
             },
             Subscriber::Deflate(ws) => ws.next_text().await,
             Subscriber::Sse(sse) => sse.next_data().await,
+            Subscriber::Nats(nats) => nats.next_text().await,
         }
     }
 }
@@ -771,6 +798,10 @@ async fn connect(addr: SocketAddr, id: usize, sources: u8, kind: Kind) -> Result
         Kind::Deflate => {
             return Ok(Subscriber::Deflate(DeflateReader::open(stream, addr, id).await?));
         }
+        Kind::Nats => {
+            let reader = crate::loadtest_nats::Reader::open(stream, addr).await?;
+            return Ok(Subscriber::Nats(Box::new(reader)));
+        }
         Kind::Ws => {}
     }
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
@@ -863,7 +894,7 @@ async fn idle(server: &Servers, n: usize, sources: u8, kind: Kind) -> Result<()>
     Ok(())
 }
 
-fn alert(i: u64, base: Instant) -> String {
+pub(crate) fn alert(i: u64, base: Instant) -> String {
     // ~150 bytes on the wire once the server adds seq and topic. In a `--push` run, of a level
     // that is pushed (error).
     let level = if AUTH.get().is_some() { "error" } else { "info" };
@@ -943,10 +974,14 @@ impl Publisher {
 enum Channel {
     Http(Publisher),
     Ws(Box<WsStream>),
+    Nats(Box<crate::loadtest_nats::Publisher>),
 }
 
 impl Channel {
-    async fn open(addr: SocketAddr, ws: bool, id: usize) -> Result<Self> {
+    async fn open(addr: SocketAddr, ws: bool, id: usize, nats: bool) -> Result<Self> {
+        if nats {
+            return Ok(Channel::Nats(Box::new(crate::loadtest_nats::Publisher::open(addr).await?)));
+        }
         if !ws {
             return Ok(Channel::Http(Publisher::new(addr).await?));
         }
@@ -972,6 +1007,7 @@ impl Channel {
                 }
                 Ok(ws.flush().await?)
             }
+            Channel::Nats(nats) => nats.publish(from, n, base).await,
         }
     }
 }
@@ -1095,7 +1131,7 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
         |t: &[Arc<Tally>]| t.iter().map(|t| t.received.load(Ordering::Relaxed)).sum::<u64>();
     let mut channels = Vec::new();
     for i in 0..o.publishers {
-        channels.push(Channel::open(server.publish_to(), o.ws_publish, i).await?);
+        channels.push(Channel::open(server.publish_to(), o.ws_publish, i, o.nats()).await?);
     }
     let next = Arc::new(AtomicU64::new(1));
     // The publish-to-flush histogram of a node with subscribers (in a cluster: from the
@@ -1103,7 +1139,13 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     // A connection each time: the server closes an HTTP connection idle for longer than a
     // phase (its idle timeout), so a kept one would be gone after `--seconds 10`.
     let watched = server.subscriber_node(0);
-    let buckets_before = Publisher::new(watched).await?.latency_buckets().await?;
+    let buckets = || async {
+        match o.nats() {
+            true => Ok(Vec::new()), // NATS has no such histogram
+            false => Publisher::new(watched).await?.latency_buckets().await,
+        }
+    };
+    let buckets_before = buckets().await?;
     // Phase 1: a steady rate.
     say(&format!(
         "phase 1: {} messages/s for {} s, {} per {}, {} publisher(s)…",
@@ -1146,15 +1188,24 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     let generator_cpu = own_cpu() - generator_cpu0;
     let generator_frames = received(&tallies) - steady_received0;
     let generator_wall = phase_start.elapsed().as_secs_f64();
-    let buckets_after = Publisher::new(watched).await?.latency_buckets().await?;
-    let server_view = histogram_quantiles(&buckets_before, &buckets_after);
+    let buckets_after = buckets().await?;
+    let server_view = match o.nats() {
+        true => "none (NATS has no such histogram)".to_owned(),
+        false => histogram_quantiles(&buckets_before, &buckets_after),
+    };
 
     // Phase 2: flat out.
     say(&format!("phase 2: flat out for {} s…", o.seconds));
     let (cpu0, _) = server.usage()?;
     let delivered0 = received(&tallies);
     let wire = |t: &[Arc<Tally>]| t.iter().map(|t| t.wire.load(Ordering::Relaxed)).sum::<u64>();
-    let (wire0, stats0) = (wire(&tallies), compression(server.subscriber_node(0)).await?);
+    let stats = || async {
+        match o.nats() {
+            true => Ok(None),
+            false => compression(server.subscriber_node(0)).await,
+        }
+    };
+    let (wire0, stats0) = (wire(&tallies), stats().await?);
     let phase_start = Instant::now();
     let flat = publish_phase(&mut channels, o, &next, base, o.seconds, None, &tallies).await?;
     let flat_wall = phase_start.elapsed().as_secs_f64();
@@ -1164,7 +1215,7 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     let (cpu1, _) = server.usage()?;
     let delivered = received(&tallies) - delivered0;
     let wire_per_delivery = (wire(&tallies) - wire0) as f64 / delivered.max(1) as f64;
-    let stats1 = compression(server.subscriber_node(0)).await?;
+    let stats1 = stats().await?;
     let lost: u64 = tallies.iter().map(|t| t.lost.load(Ordering::Relaxed)).sum();
     let dropped = tallies.iter().filter(|t| t.closed.load(Ordering::Relaxed)).count();
 
@@ -1178,7 +1229,8 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
             .unwrap_or(0)
     };
     let how = format!(
-        "{} msg per {}, {} publisher(s)",
+        "{}{} msg per {}, {} publisher(s)",
+        if o.nats() { "NATS: " } else { "" },
         o.per_request,
         if o.ws_publish { "WebSocket flush" } else { "HTTP request" },
         o.publishers

@@ -3,7 +3,8 @@
 //! - `cargo xtask test [--only SUITE,…]` runs every test suite (installing what they need).
 //! - `cargo xtask codegen [--check]` writes (or checks) the generated files under `schemas/`.
 //! - `cargo xtask cluster [--nodes N] [--demo]` runs a private Redis and N nodes.
-//! - `cargo xtask loadtest` measures the release server.
+//! - `cargo xtask loadtest` measures the release server (or, `--peer nats`, NATS under the same
+//!   load); `cargo xtask compare` runs both side by side in one table.
 //! - `cargo xtask wire` measures permessage-deflate on the demo's frames.
 //! - `cargo xtask callgrind` counts the instructions of a fixed fan-out workload.
 //!
@@ -12,7 +13,9 @@
 mod callgrind;
 mod cluster;
 mod codegen;
+mod compare;
 mod loadtest;
+mod loadtest_nats;
 mod loadtest_push;
 mod test;
 mod wire;
@@ -50,12 +53,20 @@ tasks:
       --push N          push on (Web Push, tokens on every connection), N users' browsers
                         registered to a local sink, alerts of a pushed level (0: no device)
       --no-pin          do not pin server and generator to cores (no taskset)
+      --peer nats       the same load against nats-server (Debian; its WebSocket listener,
+                        publishing with PUB over WebSocket: compare with --ws-publish)
       --redis-url URL   run the server as a cluster node on this Redis (a fresh key prefix)
       --redis-cluster SEEDS | --redis-sentinels LIST --redis-master NAME
                         the nodes on this Redis Cluster or Sentinel setup instead
       --nodes N         N > 1: a private Redis and N nodes; publish on node 0, subscribers
                         on the others (every delivery crosses Redis); CPU/RSS summed
       --sources K       clients connect from 127.0.0.1 … 127.0.0.K
+  compare [options]   modelcast (HTTP and WebSocket publish) and NATS side by side: for each
+                      rate, `loadtest` on each in turn, rounds A B C A B C; one table
+      --rates LIST      steady-phase rates (default 20,200,1000); each run also goes flat out
+      --seconds S       length of each phase (default 10)
+      --subscribers N   subscriber connections (default 1000)
+      --rounds R        rounds (default 2)
   wire [--seconds S]  what permessage-deflate saves on the demo's frames, by type, by size
                       and by MODELCAST_COMPRESSION_MIN_SIZE (default 30 s of the demo)
   callgrind           instructions a fixed fan-out workload executes (valgrind), to
@@ -109,6 +120,7 @@ fn main() -> ExitCode {
         ["loadtest", rest @ ..] => {
             loadtest::Options::parse(rest).and_then(|o| loadtest::run(o, rest))
         }
+        ["compare", rest @ ..] => compare::Options::parse(rest).and_then(compare::run),
         ["test", rest @ ..] => test::run(rest),
         ["callgrind"] => callgrind::run(),
         ["wire", rest @ ..] => wire::run(rest),
