@@ -408,6 +408,9 @@ fn start_node(
     // Bound to every local address, so clients may come from 127.0.0.x (`--sources`).
     cmd.args(["--bind", &addr.to_string()])
         .args(["--max-connections", &(connections + 100).to_string()])
+        // Every client comes from a few addresses: the per-address share must hold them all
+        // (subscribers and the publishers' WebSockets).
+        .args(["--max-connections-per-ip", &(connections + 100).to_string()])
         .args(["--queue-size", "10000"])
         // One generator opens every connection from a few addresses.
         .args(["--connect-rate", "1000000"])
