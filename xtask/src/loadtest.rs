@@ -1159,6 +1159,7 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
         o.publishers
     ));
     let (generator_cpu0, steady_received0) = (own_cpu(), received(&tallies));
+    let (server_cpu0, _) = server.usage()?;
     let phase_start = Instant::now();
     // Each channel sends a request every `pace`: together `rate` messages per second.
     let pace =
@@ -1191,6 +1192,10 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     let generator_cpu = own_cpu() - generator_cpu0;
     let generator_frames = received(&tallies) - steady_received0;
     let generator_wall = phase_start.elapsed().as_secs_f64();
+    // The server's CPU over the steady phase (until its last delivery arrived): per delivery,
+    // and as a share of its core.
+    let (server_cpu1, _) = server.usage()?;
+    let steady_cpu = server_cpu1 - server_cpu0;
     let buckets_after = buckets().await?;
     let server_view = match o.nats() {
         true => "none (NATS has no such histogram)".to_owned(),
@@ -1241,7 +1246,7 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     say(&format!(
         "\n| subscribers | publishing | phase | published (msg/s achieved) | deliveries/s | server CPU per delivery | p50 | p99 | max | max backlog (msgs/subscriber) | lost | dropped subscribers |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n\
-         | {n} | {how} | {rate}/s for {s} s | {steady_sent} ({:.0}/s) | {:.0} | — | {:.2} ms | {:.2} ms | {:.2} ms | {max_backlog} | {lost} | {dropped} |\n\
+         | {n} | {how} | {rate}/s for {s} s | {steady_sent} ({:.0}/s) | {:.0} | {steady_us:.3} µs ({steady_pct:.0}% of a core) | {:.2} ms | {:.2} ms | {:.2} ms | {max_backlog} | {lost} | {dropped} |\n\
          | {n} | {how} | flat out for {s} s | {flat} ({:.0}/s) | {:.0} | {:.3} µs | — | — | — | — | {lost} | {dropped} |\n\
          \nload generator in the steady phase: {gen_us:.2} µs of its CPU per received frame, {gen_pct:.0}% of its core\n\
          server's own publish-to-flush latency in the steady phase (from /metrics, bucket upper bounds): {server_view}\n\
@@ -1259,6 +1264,8 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
         rss_after as f64 / 1048576.0,
         rss_after.saturating_sub(rss_before) as f64 / o.subscribers as f64 / 1024.0,
         gen_us = generator_cpu / generator_frames.max(1) as f64 * 1e6,
+        steady_us = steady_cpu / generator_frames.max(1) as f64 * 1e6,
+        steady_pct = steady_cpu / generator_wall * 100.0,
         gen_pct = generator_cpu / generator_wall * 100.0,
         n = o.subscribers,
         kind = o.kind.describe(),
