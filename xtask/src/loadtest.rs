@@ -942,6 +942,18 @@ impl Publisher {
         Ok(String::from_utf8_lossy(&resp.into_body().collect().await?.to_bytes()).into_owned())
     }
 
+    /// The server's frames-per-write histogram's sum and count (frames written, writes).
+    async fn frames_per_write(&mut self) -> Result<(f64, f64)> {
+        let text = self.get("/metrics").await?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Ok((value("modelcast_frames_per_flush_sum "), value("modelcast_frames_per_flush_count ")))
+    }
+
     /// The server's publish-to-write histogram: (upper bound in seconds, cumulative count).
     async fn latency_buckets(&mut self) -> Result<Vec<(f64, f64)>> {
         let text = self.get("/metrics").await?;
@@ -1149,6 +1161,13 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
         }
     };
     let buckets_before = buckets().await?;
+    let writes = || async {
+        match o.nats() {
+            true => Ok((0.0, 0.0)),
+            false => Publisher::new(watched).await?.frames_per_write().await,
+        }
+    };
+    let writes_before = writes().await?;
     // Phase 1: a steady rate.
     say(&format!(
         "phase 1: {} messages/s for {} s, {} per {}, {} publisher(s)…",
@@ -1197,6 +1216,12 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
     let (server_cpu1, _) = server.usage()?;
     let steady_cpu = server_cpu1 - server_cpu0;
     let buckets_after = buckets().await?;
+    let writes_after = writes().await?;
+    let per_write = match (writes_after.1 - writes_before.1, o.nats()) {
+        (_, true) => "not known (NATS)".to_owned(),
+        (w, false) if w > 0.0 => format!("{:.2}", (writes_after.0 - writes_before.0) / w),
+        _ => "no writes".to_owned(),
+    };
     let server_view = match o.nats() {
         true => "none (NATS has no such histogram)".to_owned(),
         false => histogram_quantiles(&buckets_before, &buckets_after),
@@ -1249,7 +1274,7 @@ async fn load(server: &Servers, o: &Options) -> Result<()> {
          | {n} | {how} | {rate}/s for {s} s | {steady_sent} ({:.0}/s) | {:.0} | {steady_us:.3} µs ({steady_pct:.0}% of a core) | {:.2} ms | {:.2} ms | {:.2} ms | {max_backlog} | {lost} | {dropped} |\n\
          | {n} | {how} | flat out for {s} s | {flat} ({:.0}/s) | {:.0} | {:.3} µs | — | — | — | — | {lost} | {dropped} |\n\
          \nload generator in the steady phase: {gen_us:.2} µs of its CPU per received frame, {gen_pct:.0}% of its core\n\
-         server's own publish-to-flush latency in the steady phase (from /metrics, bucket upper bounds): {server_view}\n\
+         server's own publish-to-flush latency in the steady phase (from /metrics, bucket upper bounds): {server_view}; frames per write: {per_write}\n\
          server RSS: {:.1} MiB before connecting, {:.1} MiB with {n} subscribers: {:.2} KiB per connection\n\
          subscribers: {kind}; flat-out phase: {wire_per_delivery:.1} bytes on the wire per delivery (frame headers included); {compressions}",
         steady_sent as f64 / steady_wall,

@@ -195,6 +195,20 @@ pub struct Config {
     #[arg(long, env = "MODELCAST_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
 
+    /// While the server writes more than `MODELCAST_WRITE_COALESCE_ABOVE` frames per second,
+    /// a connection writes at most once per this many milliseconds: frames arriving meanwhile
+    /// share its next write (fewer system calls per delivery when busy). The most it adds to a
+    /// frame's latency, and only while busy; 0 (the default) turns it off. Measured in
+    /// BENCHMARKS.md: 30 at 200 msg/s to 1,000 subscribers took a third off the server's CPU.
+    #[arg(long, env = "MODELCAST_WRITE_COALESCE_MS", default_value = "0", value_name = "MS",
+          value_parser = whole("MODELCAST_WRITE_COALESCE_MS"))]
+    pub write_coalesce_ms: usize,
+
+    /// Frames per second (all connections together) above which writes are coalesced.
+    #[arg(long, env = "MODELCAST_WRITE_COALESCE_ABOVE", default_value = "50000", value_name = "N",
+          value_parser = whole("MODELCAST_WRITE_COALESCE_ABOVE"))]
+    pub write_coalesce_above: usize,
+
     /// Milliseconds over which bursts of model status updates are batched.
     #[arg(long, env = "MODELCAST_BATCH_WINDOW_MS", default_value = "100", value_name = "MS",
           value_parser = millis("MODELCAST_BATCH_WINDOW_MS"))]

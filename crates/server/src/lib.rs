@@ -25,6 +25,7 @@ mod handshake;
 mod http;
 mod inspect;
 mod metrics;
+mod pace;
 mod presence;
 mod publish;
 mod push;

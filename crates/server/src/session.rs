@@ -164,7 +164,7 @@ async fn writer(
     // A socket that takes no bytes for this long is dead or hopelessly slow. Generous next to
     // short heartbeats, so that a busy machine does not look like a dead peer.
     let write_timeout = heartbeat.max(Duration::from_secs(5));
-    let mut out = Out { app, socket, deflate, write_timeout, stamps: Vec::new() };
+    let mut out = Out { app, socket, deflate, write_timeout, stamps: Vec::new(), last_write: None };
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut burst: Vec<Delivery> = Vec::new();
     let auth_required = app.security.auth_required();
@@ -274,6 +274,8 @@ struct Out<'a, W> {
     /// Publish times of the frames in flight, for the latency histogram (reused: no
     /// allocation per write).
     stamps: Vec<tokio::time::Instant>,
+    /// When this connection last wrote live frames (for the write pacing under load).
+    last_write: Option<tokio::time::Instant>,
 }
 
 /// A write that failed or took longer than the write timeout.
@@ -374,6 +376,14 @@ impl<W: WriteSocket + Sync> Out<'_, W> {
                 Ok(_) => empty_turns = 0,
             }
         }
+        // A busy server: at most one write per budget; what arrives meanwhile joins this one.
+        if burst.len() < BURST
+            && let Some(due) = self.app.pace.hold(self.last_write)
+        {
+            tokio::time::sleep_until(due).await;
+            let _ = conn.try_recv(burst, BURST - burst.len()); // closed: write what we hold
+        }
+        self.last_write = Some(tokio::time::Instant::now());
         self.burst(burst).await
     }
 
@@ -404,6 +414,7 @@ impl<W: WriteSocket + Sync> Out<'_, W> {
         burst.clear();
         written??;
         if count > 0 {
+            app.pace.wrote(count);
             app.metrics.frames_per_flush.observe(count as f64);
             app.metrics.latency.observe_since(tokio::time::Instant::now(), &self.stamps);
         }

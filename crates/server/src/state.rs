@@ -45,6 +45,8 @@ pub(crate) struct App {
     pub(crate) streams_per_ip: Arc<Addresses>,
     pub(crate) tracker: TaskTracker,
     pub(crate) started: Instant,
+    /// Write pacing under load (`MODELCAST_WRITE_COALESCE_MS`).
+    pub(crate) pace: crate::pace::Pace,
     /// One permit per TCP connection that is not a WebSocket (yet).
     pub(crate) http_permits: Arc<tokio::sync::Semaphore>,
     /// This node's id (`MODELCAST_NODE_ID` or random).
