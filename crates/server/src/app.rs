@@ -116,10 +116,7 @@ impl Server {
         let http_permits = Arc::new(tokio::sync::Semaphore::new(http_connection_cap(&config)));
         let http_per_ip = Arc::new(Addresses::new(config.max_http_connections_per_ip));
         let streams_per_ip = Arc::new(Addresses::new(config.max_connections_per_ip));
-        let pace = crate::pace::Pace::new(
-            std::time::Duration::from_millis(config.write_coalesce_ms as u64),
-            config.write_coalesce_above as u64,
-        );
+        let pace = crate::pace::Pace::of(&config);
         let app = Arc::new(App {
             config,
             hub,

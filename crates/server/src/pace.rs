@@ -28,6 +28,14 @@ pub(crate) struct Pace {
 }
 
 impl Pace {
+    /// The pacing `MODELCAST_WRITE_COALESCE_MS` and `MODELCAST_WRITE_COALESCE_ABOVE` ask for.
+    pub(crate) fn of(config: &crate::config::Config) -> Self {
+        Self::new(
+            Duration::from_millis(config.write_coalesce_ms as u64),
+            config.write_coalesce_above as u64,
+        )
+    }
+
     /// Pacing with `budget` between a connection's writes while more than `above` frames per
     /// second are written; a zero budget turns it off.
     pub(crate) fn new(budget: Duration, above: u64) -> Self {
