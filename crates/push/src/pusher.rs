@@ -174,6 +174,7 @@ struct Inner {
     registry: RwLock<Arc<Registry>>,
     jobs: mpsc::Sender<Work>,
     counters: Counters,
+    /// Per-user push rate; pruned to the users seen recently at every refresh.
     limiter: DefaultKeyedRateLimiter<String>,
     stop: CancellationToken,
 }
@@ -546,6 +547,9 @@ async fn refresh(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
         let every = match inner.upgrade() {
             Some(inner) => {
                 inner.reload().await;
+                // Users whose rate is back to full leave the limiter: it holds only the recent.
+                inner.limiter.retain_recent();
+                inner.limiter.shrink_to_fit();
                 inner.config.refresh
             }
             None => return,
