@@ -507,7 +507,9 @@ async fn a_publish_acknowledged_during_a_shutdown_reaches_the_subscribers() {
                     break;
                 }
                 Some((status, _, body)) => panic!("{status}: {body}"),
-                None => panic!("no answer after {} publishes", acknowledged.len()),
+                // The drain ended between two publishes and the listener closed with it: the
+                // connection is refused (nothing acknowledged, so nothing to deliver).
+                None => break,
             }
         }
         acknowledged
