@@ -892,3 +892,21 @@ pub fn hs256_token(secret: &str, sub: &str, roles: &[&str]) -> String {
     )
     .expect("an HS256 token encodes")
 }
+
+/// As [`hs256_token`], issued at `iat` (seconds since 1970): what a revocation compares.
+pub fn hs256_token_issued(secret: &str, sub: &str, roles: &[&str], iat: u64) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": sub, "roles": roles, "exp": iat + 3600, "iat": iat}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("an HS256 token encodes")
+}
+
+/// Seconds since 1970.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}

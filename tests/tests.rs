@@ -16,6 +16,7 @@ mod hub_bounds;
 mod hub_fanout;
 mod hub_state;
 mod hub_timing;
+mod manage;
 mod notifiers;
 mod protocol;
 mod protocol_props;

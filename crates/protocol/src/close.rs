@@ -26,3 +26,6 @@ pub const HEARTBEAT_TIMEOUT: u16 = 4003;
 /// Authentication failed: no valid token arrived within the deadline, or the token expired and
 /// was not refreshed. Reconnect with a fresh token.
 pub const UNAUTHORIZED: u16 = 4401;
+/// An operator ended this connection (`POST /api/disconnect`) or revoked its user's tokens
+/// (`POST /api/revoke`): do not reconnect with this token. A new token may connect.
+pub const REVOKED: u16 = 4403;

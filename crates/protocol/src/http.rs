@@ -55,6 +55,8 @@ api_error_codes! {
     InvalidIdempotencyKey = ("invalid_idempotency_key", 400),
     /// Reading the body failed.
     BadBody = ("bad_body", 400),
+    /// A field of the request (its body or query) is missing or wrong: `field` names it.
+    InvalidRequest = ("invalid_request", 400),
     /// An `OPTIONS` request without an `Origin`: not a CORS preflight.
     NotAPreflight = ("not_a_preflight", 400),
     /// A WebSocket connection id is not 1 to 128 of `[A-Za-z0-9._-]`.
@@ -115,6 +117,9 @@ api_error_codes! {
     /// The server holds `MODELCAST_IDEMPOTENCY_KEYS` unexpired idempotency keys; nothing was
     /// published. Retry after `Retry-After`.
     IdempotencyKeysFull = ("idempotency_keys_full", 503),
+    /// The server holds `MODELCAST_MAX_REVOCATIONS` unexpired revocations; nothing was
+    /// revoked. Retry once some expire, or raise the limit.
+    RevocationsFull = ("revocations_full", 503),
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@
 //! # Ok::<(), serde_json::Error>(())
 //! ```
 
+#![recursion_limit = "256"]
+
 mod audience;
 mod check;
 mod client;

@@ -502,6 +502,94 @@ pub fn openapi() -> Value {
                     "responses": {"204": {"description": "Removed"}, "404": error("`not_found`: no such device of the caller")}
                 }
             },
+            "/api/connections": {"get": {
+                "summary": "Who is connected: a page of the open sessions of every node (operators only)",
+                "description": "Ordered by node, then by when each opened. Entries of other nodes are as that node last wrote them (within MODELCAST_PRESENCE_LEASE; `queued` as of then); a dead node's are gone within the lease.",
+                "parameters": [
+                    {"name": "user", "in": "query", "required": false, "schema": {"type": "string"}, "description": "Only this user's sessions"},
+                    {"name": "topic", "in": "query", "required": false, "schema": {"$ref": "#/components/schemas/Topic"}, "description": "Only sessions subscribed to this topic"},
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                    {"name": "after", "in": "query", "required": false, "schema": {"type": "string"}, "description": "The `next` of the previous page"}
+                ],
+                "responses": {
+                    "200": {"description": "A page", "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "required": ["connections", "next"],
+                        "properties": {
+                            "connections": {"type": "array", "items": {"type": "object",
+                                "required": ["connection_id", "user", "roles", "node", "transport", "topics", "connected_at", "queued", "compression"],
+                                "properties": {
+                                    "connection_id": {"type": "string"},
+                                    "user": {"type": ["string", "null"], "description": "The token's subject (null: anonymous, or awaiting its token)"},
+                                    "roles": {"type": "array", "items": {"type": "string"}},
+                                    "node": {"type": "string"},
+                                    "transport": {"enum": ["ws", "sse"]},
+                                    "topics": {"type": "array", "items": {"type": "object", "required": ["topic", "filter", "max_hz"], "properties": {
+                                        "topic": {"$ref": "#/components/schemas/Topic"},
+                                        "filter": {"oneOf": [{"type": "null"}, {"type": "object", "required": ["model_ids"], "properties": {"model_ids": {"type": "array", "items": {"type": "string"}}}}]},
+                                        "max_hz": {"type": ["number", "null"]}
+                                    }}},
+                                    "connected_at": {"type": "string", "format": "date-time"},
+                                    "queued": {"type": "integer", "minimum": 0},
+                                    "compression": {"type": "boolean"}
+                                }}},
+                            "next": {"type": ["string", "null"], "description": "The cursor of the next page; null after the last"}
+                        }
+                    }}}},
+                    "400": error("`unknown_topic`, `invalid_limit` or `invalid_cursor`, naming the `field`"),
+                    "401": error("An operator credential is required"),
+                    "403": error("The credential is not an operator's"),
+                    "503": error("`unavailable`: the cluster's Redis cannot answer")
+                }
+            }},
+            "/api/presence": {"get": {
+                "summary": "How many listen to a topic: connections, distinct users, and per model the connections whose filter names it (operators only)",
+                "parameters": [{"name": "topic", "in": "query", "required": false, "schema": {"$ref": "#/components/schemas/Topic"}, "description": "Without it: every connection"}],
+                "responses": {
+                    "200": {"description": "The counts, every node together", "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "required": ["topic", "connections", "users", "unfiltered", "models", "nodes"],
+                        "properties": {
+                            "topic": {"oneOf": [{"$ref": "#/components/schemas/Topic"}, {"type": "null"}]},
+                            "connections": {"type": "integer", "minimum": 0},
+                            "users": {"type": "integer", "minimum": 0, "description": "Distinct token users"},
+                            "unfiltered": {"type": "integer", "minimum": 0, "description": "Subscriptions with no filter (every model)"},
+                            "models": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}, "description": "Per model_id, the subscriptions whose filter names it"},
+                            "nodes": {"type": "integer", "minimum": 1}
+                        }
+                    }}}},
+                    "400": error("`unknown_topic`"),
+                    "401": error("An operator credential is required")
+                }
+            }},
+            "/api/disconnect": {"post": {
+                "summary": "Closes every session of a user, or with a connection id, on every node (operators only)",
+                "description": "WebSockets close with 4403 (do not reconnect with this token); event streams end with an `error` of code `revoked`. Other nodes act within a second. The token stays valid: to refuse it, POST /api/revoke.",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "user": {"type": "string", "minLength": 1}, "connection_id": {"type": "string", "minLength": 1}
+                }, "description": "Exactly one of `user` and `connection_id`"}}}},
+                "responses": {
+                    "200": {"description": "`{closed, node, other_nodes_told}`: `closed` counts this node's sessions"},
+                    "400": error("`invalid_request` naming the `field`, or `invalid_json`"),
+                    "401": error("An operator credential is required"),
+                    "503": error("`unavailable`: the other nodes could not be told (this node's sessions are closed)")
+                }
+            }},
+            "/api/revoke": {"post": {
+                "summary": "Refuses a user's tokens issued before a time, on every node, until they expire; closes the sessions that hold one (operators only)",
+                "description": "A token is refused when its `iat` is before `issued_before` (or it has none). The revocation is kept until `expires_at` (default: `issued_before` + MODELCAST_REVOKE_FOR), at most MODELCAST_MAX_REVOCATIONS at once; on a cluster it is stored in Redis, so nodes that start later refuse the tokens too. A token issued since connects.",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["user"], "properties": {
+                    "user": {"type": "string", "minLength": 1},
+                    "issued_before": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "integer", "minimum": 0}], "description": "RFC 3339 or seconds since 1970; default now"},
+                    "expires_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "integer", "minimum": 0}], "description": "When every token it refuses has expired"}
+                }}}}},
+                "responses": {
+                    "200": {"description": "`{user, issued_before, expires_at, closed}`"},
+                    "400": error("`invalid_request` naming the `field`, or `invalid_json`"),
+                    "401": error("An operator credential is required"),
+                    "503": error("`revocations_full` (nothing revoked), or `unavailable` (Redis could not store it)")
+                }
+            }},
             "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "The process serves"}}}},
             "/readyz": {"get": {"summary": "Ready (`engine`: the topology and primary)", "responses": {"200": {"description": "Ready"}, "503": {"description": "`shutting_down` (draining clients), `engine_unavailable` (Redis, with the reason) or `loading` (a starting node has not loaded these topics from Redis yet)"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics text)", "responses": {"200": {"description": "The metrics", "content": {"application/openmetrics-text": {}}}}}}

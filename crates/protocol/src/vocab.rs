@@ -354,6 +354,9 @@ open_enum! {
         /// The cluster's message store (Redis) cannot be reached now, or this node has not
         /// caught up with the position asked for: retry the request in a moment.
         Unavailable = "unavailable",
+        /// An operator ended this connection or revoked its user's tokens: the stream ends
+        /// after this error. Do not reconnect with the same token; a new one may connect.
+        Revoked = "revoked",
     }
 }
 

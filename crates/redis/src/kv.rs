@@ -1,6 +1,8 @@
 //! [`Kv`]: what else a cluster keeps in Redis besides topics — push registrations (a hash per
-//! user and the set of users), push claims (one node pushes a message), and presence (which
-//! users have a connection open on which node). Every command names one key, so each goes to
+//! user and the set of users), push claims (one node pushes a message), presence (which
+//! users have a connection open on which node), each node's share of the roster (its open
+//! connections, under a lease), the command stream every node reads (disconnect, revoke) and
+//! the revocations. Every command names one key, so each goes to
 //! that key's shard on a cluster. A leaf over the engine's command connection.
 
 use std::sync::Arc;
@@ -151,5 +153,188 @@ impl Kv {
             }
         };
         futures_util::future::join_all(users.iter().map(one)).await.into_iter().collect()
+    }
+
+    /// The node's own roster keys: its entries (id → JSON) and their ids in order.
+    fn roster_keys(&self, node: &str) -> (String, String) {
+        (self.key("roster", node), self.key("roster-ids", node))
+    }
+
+    fn roster_nodes_key(&self) -> String {
+        format!("{}:roster:nodes", self.shared.names.prefix)
+    }
+
+    /// Writes this node's share of the roster at `now_ms` (Unix ms): `put` entries (id, JSON)
+    /// stored, `gone` ids removed, the whole share expiring at `until_ms` unless renewed, and
+    /// this node listed among the nodes with a share until then (nodes whose lease ended are
+    /// dropped from the list). The commands go out together.
+    pub async fn roster_write(
+        &self,
+        put: &[(u64, String)],
+        gone: &[u64],
+        [now_ms, until_ms]: [i64; 2],
+    ) -> redis::RedisResult<()> {
+        let node = &self.shared.names.node;
+        let (entries, ids) = self.roster_keys(node);
+        let mut commands = Vec::with_capacity(2 * (put.len() + gone.len()) + 4);
+        for (id, json) in put {
+            commands.push(redis::cmd("HSET").arg(&entries).arg(id).arg(json).clone());
+            commands.push(redis::cmd("ZADD").arg(&ids).arg(*id as f64).arg(id).clone());
+        }
+        for id in gone {
+            commands.push(redis::cmd("HDEL").arg(&entries).arg(id).clone());
+            commands.push(redis::cmd("ZREM").arg(&ids).arg(id).clone());
+        }
+        for key in [&entries, &ids] {
+            commands.push(redis::cmd("PEXPIREAT").arg(key).arg(until_ms).clone());
+        }
+        let nodes = self.roster_nodes_key();
+        commands.push(redis::cmd("ZADD").arg(&nodes).arg(until_ms).arg(node).clone());
+        commands.push(redis::cmd("ZREMRANGEBYSCORE").arg(&nodes).arg("-inf").arg(now_ms).clone());
+        let run = |command: redis::Cmd| {
+            let mut conn = self.shared.conn();
+            async move { command.query_async::<()>(&mut conn).await }
+        };
+        for result in futures_util::future::join_all(commands.into_iter().map(run)).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Whether this node's share is in Redis (it expires when Redis was away for a lease).
+    pub async fn roster_held(&self) -> redis::RedisResult<bool> {
+        let mut conn = self.shared.conn();
+        let (entries, _) = self.roster_keys(&self.shared.names.node);
+        let held: i64 = redis::cmd("EXISTS").arg(entries).query_async(&mut conn).await?;
+        Ok(held == 1)
+    }
+
+    /// Every node whose share is live at `now_ms` (Unix ms), this one included, sorted.
+    pub async fn roster_nodes(&self, now_ms: i64) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.shared.conn();
+        let mut nodes: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.roster_nodes_key())
+            .arg(format!("({now_ms}"))
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await?;
+        nodes.sort();
+        Ok(nodes)
+    }
+
+    /// Up to `count` of `node`'s entries with an id after `after`, in id order: `(id, JSON)`.
+    pub async fn roster_page(
+        &self,
+        node: &str,
+        after: u64,
+        count: usize,
+    ) -> redis::RedisResult<Vec<(u64, String)>> {
+        let mut conn = self.shared.conn();
+        let (entries, ids) = self.roster_keys(node);
+        let page: Vec<u64> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&ids)
+            .arg(format!("({after}"))
+            .arg("+inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        if page.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(&entries).arg(&page).query_async(&mut conn).await?;
+        Ok(page.into_iter().zip(values).filter_map(|(id, v)| Some((id, v?))).collect())
+    }
+
+    fn commands_key(&self) -> String {
+        format!("{}:commands", self.shared.names.prefix)
+    }
+
+    /// Appends `json` to the stream of commands every node reads (the newest 10,000 kept).
+    pub async fn send_command(&self, json: &str) -> redis::RedisResult<String> {
+        let mut conn = self.shared.conn();
+        redis::cmd("XADD")
+            .arg(self.commands_key())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10_000)
+            .arg("*")
+            .arg("origin")
+            .arg(&self.shared.names.node)
+            .arg("command")
+            .arg(json)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// The id of the newest command (`0-0` when there is none): where a starting node reads
+    /// from.
+    pub async fn last_command(&self) -> redis::RedisResult<String> {
+        let mut conn = self.shared.conn();
+        let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            .arg(self.commands_key())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(newest.into_iter().next().map_or_else(|| "0-0".to_owned(), |(id, _)| id))
+    }
+
+    /// Up to 256 commands after stream id `after`: `(id, origin node, JSON)`.
+    pub async fn commands_after(
+        &self,
+        after: &str,
+    ) -> redis::RedisResult<Vec<(String, String, String)>> {
+        let mut conn = self.shared.conn();
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(self.commands_key())
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(256)
+            .query_async(&mut conn)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, fields)| {
+                let field = |name: &str| {
+                    fields
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                (id.clone(), field("origin"), field("command"))
+            })
+            .collect())
+    }
+
+    fn revoked_key(&self) -> String {
+        format!("{}:revoked", self.shared.names.prefix)
+    }
+
+    /// Stores `user`'s revocation (`json`) and forgets the `expired` users' ones.
+    pub async fn put_revocation(
+        &self,
+        user: &str,
+        json: &str,
+        expired: &[String],
+    ) -> redis::RedisResult<()> {
+        let mut conn = self.shared.conn();
+        let key = self.revoked_key();
+        if !expired.is_empty() {
+            redis::cmd("HDEL").arg(&key).arg(expired).query_async::<()>(&mut conn).await?;
+        }
+        redis::cmd("HSET").arg(&key).arg(user).arg(json).query_async(&mut conn).await
+    }
+
+    /// Every stored revocation: `(user, JSON)`.
+    pub async fn revocations(&self) -> redis::RedisResult<Vec<(String, String)>> {
+        let mut conn = self.shared.conn();
+        redis::cmd("HGETALL").arg(self.revoked_key()).query_async(&mut conn).await
     }
 }

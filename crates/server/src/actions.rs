@@ -9,6 +9,7 @@ use modelcast_protocol::{
 
 use std::sync::Arc;
 
+use crate::control::Listening;
 use crate::security::Identity;
 use crate::state::{App, AuthState, Control, Publisher};
 use crate::validate::Checked;
@@ -55,6 +56,7 @@ fn authenticated(app: &App, conn: &Connection, control: &Arc<Control>, identity:
         }
     }
     app.register((Some(identity.subject.clone()), control.id.clone()), conn, control);
+    app.roster.touch(control.serial);
     // What audiences the connection is in follows the newest token, from now on.
     conn.set_viewer(identity.viewer());
     *control.auth() =
@@ -245,8 +247,14 @@ pub(crate) fn handle_frame(
         return reply_error(app, conn, ErrorCode::Unauthorized, text.into(), request_id);
     }
     match message {
-        ClientMessage::Subscribe(s) => subscribe(app, conn, identity.as_ref(), s),
-        ClientMessage::Unsubscribe(u) => unsubscribe(app, conn, u),
+        ClientMessage::Subscribe(s) => {
+            subscribe(app, conn, control, identity.as_ref(), s);
+            app.roster.touch(control.serial);
+        }
+        ClientMessage::Unsubscribe(u) => {
+            unsubscribe(app, conn, u);
+            app.roster.touch(control.serial);
+        }
         ClientMessage::Ping(p) => {
             let pong = Pong { request_id: p.id, timestamp: chrono::Utc::now() };
             let _ = conn.send(&ServerMessage::Pong(pong));
@@ -275,7 +283,13 @@ fn auth(app: &App, conn: &Connection, control: &Arc<Control>, request: AuthReque
 /// `{"action":"subscribe"}`: checked against the token's roles and the subscription limit, then
 /// started (with the state, a replay or a recovery) — or, on a node not caught up with the
 /// position asked for, started once it is.
-fn subscribe(app: &App, conn: &Connection, identity: Option<&Identity>, s: SubscribeRequest) {
+fn subscribe(
+    app: &App,
+    conn: &Connection,
+    control: &Control,
+    identity: Option<&Identity>,
+    s: SubscribeRequest,
+) {
     let refuse = |code, message| reply_error(app, conn, code, message, s.id.clone());
     if !app.security.may_subscribe(identity, s.topic) {
         let roles = app.security.roles_for(s.topic);
@@ -301,10 +315,12 @@ fn subscribe(app: &App, conn: &Connection, identity: Option<&Identity>, s: Subsc
             format!("cannot recover now ({reason}); retry in a moment"),
         );
     }
+    let model_ids = s.filter.and_then(|f| f.model_ids);
+    control.listen(s.topic, Listening { model_ids: model_ids.clone(), max_hz: s.max_hz });
     let options = SubscribeOptions::default()
         .request_id(s.id.clone())
         .since(s.since)
-        .subjects(s.filter.and_then(|f| f.model_ids))
+        .subjects(model_ids)
         .max_hz(s.max_hz);
     match conn.subscribe(s.topic, options.clone()) {
         Ok(_) | Err(modelcast_hub::Error::Closed(_)) => {}

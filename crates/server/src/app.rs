@@ -100,23 +100,22 @@ impl Server {
                 format!("cannot listen on {} (MODELCAST_BIND / --bind): {e}", config.bind),
             )
         })?;
-        if !config.bind.ip().is_loopback() && !security.operator_guarded() {
-            tracing::warn!(
-                bind = %config.bind,
-                "/api/stats, /metrics and every key of /api/state are open to anyone who can \
-                 reach this address: set MODELCAST_METRICS_TOKEN (or require tokens with \
-                 MODELCAST_JWT_SECRET / MODELCAST_JWT_PUBLIC_KEY)"
-            );
-        }
+        warn_if_open(&config, &security);
         let policy = notifiers.policy().clone();
         let hub = policy.hub().clone();
-        let presence = crate::presence::Presence::new(engine.as_ref());
+        let presence = crate::presence::Presence::new(engine.as_ref(), config.presence_lease);
         let push = crate::push::start(&config, &hub, engine.as_ref(), presence.clone())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let http_permits = Arc::new(tokio::sync::Semaphore::new(http_connection_cap(&config)));
         let http_per_ip = Arc::new(Addresses::new(config.max_http_connections_per_ip));
         let streams_per_ip = Arc::new(Addresses::new(config.max_connections_per_ip));
         let pace = crate::pace::Pace::of(&config);
+        let roster = crate::roster::Roster::new(
+            node_id.clone(),
+            engine.as_ref().map(|e| e.kv()),
+            config.presence_lease,
+            security.revocations.clone(),
+        );
         let app = Arc::new(App {
             config,
             hub,
@@ -138,6 +137,7 @@ impl Server {
             http_permits,
             node_id,
             engine,
+            roster,
             tls,
             push,
             presence,
@@ -221,6 +221,19 @@ impl Server {
             engine.stop().await;
         }
         Ok(())
+    }
+}
+
+/// Warns when the operator endpoints are open on an address others can reach.
+fn warn_if_open(config: &Config, security: &Security) {
+    if !config.bind.ip().is_loopback() && !security.operator_guarded() {
+        tracing::warn!(
+            bind = %config.bind,
+            "/api/stats, /metrics, /api/connections, /api/disconnect and every key of \
+             /api/state are open to anyone who can reach this address: set \
+             MODELCAST_METRICS_TOKEN (or require tokens with MODELCAST_JWT_SECRET / \
+             MODELCAST_JWT_PUBLIC_KEY)"
+        );
     }
 }
 

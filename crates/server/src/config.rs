@@ -191,6 +191,13 @@ pub struct Config {
           value_parser = seconds("MODELCAST_REDIS_ACK_TIMEOUT"))]
     pub redis_ack_timeout: Duration,
 
+    /// How long a node's word in Redis lasts that its users are online and its connections
+    /// are open (`/api/connections`, `/api/presence`, push's `offline`); renewed at a third of
+    /// it, so a dead node's entries are gone within this time.
+    #[arg(long, env = "MODELCAST_PRESENCE_LEASE", default_value = "15", value_name = "SECONDS",
+          value_parser = seconds("MODELCAST_PRESENCE_LEASE"))]
+    pub presence_lease: Duration,
+
     /// This node's id, shown in logs, `/api/stats`, `/metrics` and `welcome` (default: random).
     #[arg(long, env = "MODELCAST_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
@@ -355,6 +362,18 @@ pub struct Config {
         help_heading = "Security"
     )]
     pub operator_roles: Vec<String>,
+
+    /// Revocations (`POST /api/revoke`) held at once. When that many are unexpired, a new one
+    /// is refused with 503 `revocations_full` (none is ever forgotten early).
+    #[arg(long, env = "MODELCAST_MAX_REVOCATIONS", default_value = "100000", value_name = "N",
+          value_parser = count("MODELCAST_MAX_REVOCATIONS"), help_heading = "Security")]
+    pub max_revocations: usize,
+
+    /// How long a revocation without `expires_at` lasts after its `issued_before`: set it to
+    /// the longest lifetime of your tokens (a token issued before then is expired after it).
+    #[arg(long, env = "MODELCAST_REVOKE_FOR", default_value = "86400", value_name = "SECONDS",
+          value_parser = seconds("MODELCAST_REVOKE_FOR"), help_heading = "Security")]
+    pub revoke_for: Duration,
 
     /// Allow an open `POST /api/publish` on a non-loopback address (on purpose).
     #[arg(long, env = "MODELCAST_INSECURE_PUBLISH", action = ArgAction::SetTrue,

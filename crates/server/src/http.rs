@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, ApiResult};
 use crate::response::{Body, Refusal, Resp, json_response};
 use crate::state::{App, HttpPermit};
-use crate::{handshake, inspect, publish, push, sse};
+use crate::{handshake, inspect, manage, publish, push, sse};
 
 /// The dashboard page (`/`): markup and style; its script is [`DASHBOARD_JS`].
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -97,6 +97,14 @@ enum Route<'a> {
     PushWorker,
     /// `/api/push/subscriptions`.
     PushDevices,
+    /// `GET /api/connections`.
+    Connections,
+    /// `GET /api/presence`.
+    Presence,
+    /// `POST /api/disconnect`.
+    Disconnect,
+    /// `POST /api/revoke`.
+    Revoke,
 }
 
 impl<'a> Route<'a> {
@@ -117,6 +125,10 @@ impl<'a> Route<'a> {
             "/api/push/vapid-public-key" => Route::VapidKey,
             "/api/push/subscriptions" => Route::PushDevices,
             "/push-sw.js" => Route::PushWorker,
+            "/api/connections" => Route::Connections,
+            "/api/presence" => Route::Presence,
+            "/api/disconnect" => Route::Disconnect,
+            "/api/revoke" => Route::Revoke,
             p => {
                 if let Some(id) = p.strip_prefix("/ws/") {
                     Route::WebSocket(Some(id))
@@ -138,6 +150,7 @@ impl<'a> Route<'a> {
             Route::StateKey(_) => "DELETE",
             Route::VapidKey => "GET, HEAD, OPTIONS",
             Route::PushDevices => "GET, POST, DELETE, OPTIONS",
+            Route::Disconnect | Route::Revoke => "POST",
             _ => "GET, HEAD",
         }
     }
@@ -222,6 +235,10 @@ async fn respond(
         Route::VapidKey => push::handle(app, req, push::Endpoint::VapidKey).await,
         Route::PushDevices => push::handle(app, req, push::Endpoint::Devices).await,
         Route::PushWorker => Ok(static_asset(PUSH_SW_JS, "text/javascript; charset=utf-8")),
+        Route::Connections => manage::connections(app, &req).await,
+        Route::Presence => manage::presence(app, &req).await,
+        Route::Disconnect => manage::disconnect(app, req).await,
+        Route::Revoke => manage::revoke(app, req).await,
     }
 }
 

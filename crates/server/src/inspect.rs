@@ -21,13 +21,13 @@ use crate::validate::audience_json;
 
 /// Who a request is ([`crate::security::Security::caller`]): its bearer credential, or a
 /// `?token=` (a browser page's way to send one).
-fn caller(app: &App, req: &Request<Incoming>) -> ApiResult<Caller> {
+pub(crate) fn caller(app: &App, req: &Request<Incoming>) -> ApiResult<Caller> {
     let token = query_param(req.uri().query(), "token");
     app.security.caller(req.headers(), token.as_deref()).map_err(|refused| refusal(app, refused))
 }
 
 /// An operator endpoint's check: an operator credential, where they are guarded.
-fn operator(app: &App, req: &Request<Incoming>) -> ApiResult<()> {
+pub(crate) fn operator(app: &App, req: &Request<Incoming>) -> ApiResult<()> {
     let caller = caller(app, req)?;
     app.security.operator(&caller).map_err(|refused| refusal(app, refused))
 }
@@ -41,7 +41,7 @@ fn refusal(app: &App, refused: Refused) -> ApiError {
 }
 
 /// The first value of the query parameter `name`.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 

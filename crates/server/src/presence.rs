@@ -1,7 +1,8 @@
 //! Who is online, for push's `offline` rule: each user's open connections counted on this node
 //! (WebSockets once they have a user, event streams with a token), and on a cluster each node's
-//! users written to Redis with a lease (renewed at a third of it), so a dead node's users go
-//! offline within [`PRESENT_FOR`]. A leaf: the session state holds an [`OnlineGuard`].
+//! users written to Redis with a lease (`MODELCAST_PRESENCE_LEASE`, renewed at a third of it),
+//! so a dead node's users go offline within it. A leaf: the session state holds an
+//! [`OnlineGuard`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,8 @@ use modelcast_redis::{Kv, RedisEngine};
 pub(crate) struct Presence {
     local: Mutex<HashMap<String, usize>>,
     kv: Option<Kv>,
+    /// How long this node's word lasts in Redis.
+    lease: Duration,
 }
 
 impl std::fmt::Debug for Presence {
@@ -24,13 +27,12 @@ impl std::fmt::Debug for Presence {
     }
 }
 
-/// How long a node's word that a user is online lasts in Redis (renewed at a third of it).
-pub(crate) const PRESENT_FOR: Duration = Duration::from_secs(15);
-
 impl Presence {
-    /// Presence on this node, shared through `engine`'s Redis when there is one.
-    pub(crate) fn new(engine: Option<&Arc<RedisEngine>>) -> Arc<Self> {
-        let presence = Arc::new(Self { local: Mutex::default(), kv: engine.map(|e| e.kv()) });
+    /// Presence on this node, shared through `engine`'s Redis when there is one, each word
+    /// lasting `lease`.
+    pub(crate) fn new(engine: Option<&Arc<RedisEngine>>, lease: Duration) -> Arc<Self> {
+        let kv = engine.map(|e| e.kv());
+        let presence = Arc::new(Self { local: Mutex::default(), kv, lease });
         if presence.kv.is_some() {
             tokio::spawn(renew(Arc::downgrade(&presence)));
         }
@@ -51,8 +53,9 @@ impl Presence {
         };
         if first && let Some(kv) = self.kv.clone() {
             let users = vec![user.to_owned()];
+            let until = unix_ms() + self.lease.as_millis() as i64;
             tokio::spawn(async move {
-                let _ = kv.present(&users, unix_ms() + PRESENT_FOR.as_millis() as i64).await;
+                let _ = kv.present(&users, until).await;
             });
         }
         OnlineGuard { presence: self.clone(), user: user.to_owned() }
@@ -88,11 +91,13 @@ impl Presence {
 /// Renews this node's presence in Redis while it lives.
 async fn renew(presence: std::sync::Weak<Presence>) {
     loop {
-        tokio::time::sleep(PRESENT_FOR / 3).await;
+        let Some(lease) = presence.upgrade().map(|p| p.lease) else { return };
+        tokio::time::sleep(lease / 3).await;
         let Some(presence) = presence.upgrade() else { return };
         let users: Vec<String> = presence.locals().keys().cloned().collect();
+        let until = unix_ms() + lease.as_millis() as i64;
         if let Some(kv) = &presence.kv
-            && let Err(err) = kv.present(&users, unix_ms() + PRESENT_FOR.as_millis() as i64).await
+            && let Err(err) = kv.present(&users, until).await
         {
             tracing::debug!("presence not renewed: {err}");
         }
@@ -142,6 +147,6 @@ impl Drop for OnlineGuard {
     }
 }
 
-fn unix_ms() -> i64 {
+pub(crate) fn unix_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

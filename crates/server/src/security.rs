@@ -24,6 +24,9 @@ pub(crate) struct Identity {
     /// is held to the rule its token was accepted by (one rule for WebSockets and event
     /// streams).
     pub(crate) expires_at: Option<u64>,
+    /// When the token was issued (its `iat`), in seconds since the Unix epoch: what a
+    /// revocation (`POST /api/revoke`) compares.
+    pub(crate) issued_at: Option<u64>,
 }
 
 /// Who is asking, by the credential a request carries (`Authorization: Bearer`, or a
@@ -65,7 +68,11 @@ struct Claims {
     #[serde(default)]
     roles: Vec<String>,
     exp: Option<u64>,
+    iat: Option<u64>,
 }
+
+/// How a refusal of a revoked token begins (the clients stop on it).
+pub(crate) const REVOKED_TOKEN: &str = "the token was revoked";
 
 /// Checks `config` as start-up would (settings that depend on each other, the JWT key file)
 /// without binding or connecting, and says what it amounts to, one setting per line.
@@ -164,6 +171,8 @@ pub(crate) struct Security {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     trusted_proxies: Vec<Cidr>,
     message_quota: Quota,
+    /// Users whose older tokens are refused (`POST /api/revoke`).
+    pub(crate) revocations: std::sync::Arc<crate::revoke::Revocations>,
 }
 
 impl std::fmt::Debug for Security {
@@ -204,6 +213,9 @@ impl Security {
             trusted_proxies: config.trusted_proxies.clone(),
             message_quota: Quota::per_second(nonzero(config.rate_limit))
                 .allow_burst(nonzero(config.rate_burst)),
+            revocations: std::sync::Arc::new(crate::revoke::Revocations::new(
+                config.max_revocations,
+            )),
         })
     }
 
@@ -232,10 +244,18 @@ impl Security {
         if data.claims.sub.is_empty() {
             return Err("the token's `sub` claim is empty: it must name the user".into());
         }
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        if self.revocations.refuses(&data.claims.sub, data.claims.iat, now) {
+            return Err(format!(
+                "{REVOKED_TOKEN}: an operator revoked the tokens of {} issued before a time                  after this one's `iat`; get a new one",
+                data.claims.sub
+            ));
+        }
         Ok(Identity {
             subject: data.claims.sub,
             roles: data.claims.roles,
             expires_at: data.claims.exp.map(|exp| exp.saturating_add(self.leeway)),
+            issued_at: data.claims.iat,
         })
     }
 

@@ -22,6 +22,7 @@ use modelcast_ws::{ReadSocket, Streamed, WriteSocket};
 
 use crate::actions::{handle_frame, publish_frames, reply_error};
 use crate::admit::Admitted;
+use crate::roster::Transport;
 use crate::security::Identity;
 use crate::state::{App, Control, Publisher};
 use crate::stream::Stream;
@@ -74,6 +75,7 @@ pub(crate) async fn run(
         (true, Some(subject)) => app.register((Some(subject), id.clone()), &conn, &control),
         (true, None) => {}
     }
+    let _on_roster = app.roster.join(Transport::Ws, socket.deflate.is_some(), &conn, &control);
     app.metrics.opened();
     tracing::debug!(connection_id = %id, "connected");
     let _ = conn.send(&app.welcome(id.clone(), operator, deadline.is_some()));
@@ -261,6 +263,7 @@ fn close_label(code: u16) -> &'static str {
         close::GOING_AWAY => "shutdown",
         close::UNAUTHORIZED => "unauthorized",
         close::SLOW_CONSUMER => "slow_consumer",
+        close::REVOKED => "revoked",
         _ => "closed",
     }
 }

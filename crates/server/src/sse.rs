@@ -33,6 +33,7 @@ use crate::actions::{handle_frame, reply_error};
 use crate::admit::{admit, refuse_token};
 use crate::error::{ApiError, ApiResult};
 use crate::response::{Body, Resp};
+use crate::roster::Transport;
 use crate::security::Identity;
 use crate::state::{App, Control, HttpPermit, Publisher};
 
@@ -286,6 +287,7 @@ async fn run(
     // The stream's user is online while it is open (push's "offline").
     let _online = identity.as_ref().map(|i| app.presence.enter(&i.subject));
     let control = Arc::new(Control::new(id.clone(), serial, Publisher::No, identity, None, 0));
+    let _on_roster = app.roster.join(Transport::Sse, false, &conn, &control);
     app.metrics.sse_opened();
     let _ = conn.send(&app.welcome(id, operator, false));
     let recovered = match request.last_event_id.as_deref().map(Position::parse) {
@@ -303,7 +305,7 @@ async fn run(
         subscribe.max_hz = request.max_hz;
         handle_frame(&app, &conn, &control, Ok(ClientMessage::Subscribe(subscribe)));
     }
-    let reason = write(&app, &conn, &tx, recovered, expires_at).await;
+    let reason = write(&app, &conn, &control, &tx, (recovered, expires_at)).await;
     conn.close(DropReason::Closed);
     app.metrics.sse_closed(reason);
 }
@@ -317,9 +319,9 @@ async fn send(tx: &mpsc::Sender<Bytes>, bytes: Bytes, patience: Duration) -> boo
 async fn write(
     app: &App,
     conn: &Connection,
+    control: &Control,
     tx: &mpsc::Sender<Bytes>,
-    position: Position,
-    expires_at: Option<u64>,
+    (position, expires_at): (Position, Option<u64>),
 ) -> &'static str {
     let heartbeat = app.config.heartbeat_interval;
     // A reader that takes nothing for this long is dead or hopelessly slow.
@@ -340,15 +342,13 @@ async fn write(
                 return "shutdown";
             }
             () = &mut expiry => {
-                let frame = ServerMessage::Error(modelcast_protocol::ErrorMessage {
-                    code: ErrorCode::Unauthorized,
-                    message: "the token expired: reconnect with a new one".into(),
-                    request_id: None,
-                });
-                let _ = conn.send(&frame);
-                stream.flush().await;
-                return "unauthorized";
+                let message = "the token expired: reconnect with a new one";
+                return stream.end(ErrorCode::Unauthorized, message, "unauthorized").await;
             }
+            // An operator ended the stream (`/api/disconnect`, `/api/revoke`).
+            () = control.wake.notified() => if let Some((_, reason)) = control.take_close() {
+                return stream.end(ErrorCode::Revoked, &reason, "revoked").await;
+            },
             received = conn.recv(&mut stream.burst, BURST) => {
                 if let Err(reason) = received {
                     let line = format!(": closed: {reason}; reconnect with Last-Event-ID\n\n");
@@ -399,6 +399,16 @@ impl Stream<'_> {
     async fn write_burst(&mut self) -> bool {
         let events = events(self.app, &mut self.burst, &mut self.position);
         self.send(events).await
+    }
+
+    /// Ends the stream with an `error` of `code` saying `message`, after what is queued;
+    /// `label` for metrics.
+    async fn end(&mut self, code: ErrorCode, message: &str, label: &'static str) -> &'static str {
+        let error =
+            modelcast_protocol::ErrorMessage { code, message: message.into(), request_id: None };
+        let _ = self.conn.send(&ServerMessage::Error(error));
+        self.flush().await;
+        label
     }
 
     /// Writes what is queued (bounded by the queue size).

@@ -1,0 +1,293 @@
+//! The operator's hold on who is connected: `GET /api/connections` (pages of the sessions of
+//! every node), `GET /api/presence` (counts per topic and model), `POST /api/disconnect`
+//! (close a user's or a connection's sessions on every node) and `POST /api/revoke` (refuse a
+//! user's older tokens on every node until they expire). Each needs an operator credential
+//! (a publish key, the metrics token, or a token with one of `MODELCAST_OPERATOR_ROLES`) on
+//! any server that has a credential at all — stricter than the figures of `/api/stats`, which
+//! a server without tokens or a metrics token shows to anyone: these name users and end their
+//! sessions.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use modelcast_protocol::{ApiErrorCode, Topic};
+use serde_json::{Value, json};
+
+use crate::admit::refuse_token;
+use crate::error::{ApiError, ApiResult};
+use crate::inspect::{caller, query_param};
+use crate::response::json_response;
+use crate::revoke::Revoked;
+use crate::roster::{DISCONNECTED_REASON, Entry, REVOKED_REASON, Target, TopicPresence};
+use crate::security::Caller;
+use crate::state::App;
+
+/// The most connections one page holds, and the default.
+const PAGE_MAX: usize = 1_000;
+const PAGE_DEFAULT: usize = 100;
+
+/// Entries read from another node's share at a time, while a page is filled.
+const CHUNK: usize = 256;
+
+/// The management endpoints' check: an operator credential, unless the server has none of any
+/// kind (the loopback default, where everything is open).
+fn operator(app: &App, req: &Request<Incoming>) -> ApiResult<()> {
+    match caller(app, req)? {
+        Caller::Operator => Ok(()),
+        Caller::Anonymous => Err(refuse_token(
+            app,
+            "an operator credential is needed: Authorization: Bearer <publish key, metrics \
+             token, or a token with an operator role>",
+        )),
+        Caller::Viewer(_) => Err(ApiError::new(
+            ApiErrorCode::Forbidden,
+            "this token's roles include no operator role (MODELCAST_OPERATOR_ROLES)",
+        )),
+    }
+}
+
+/// A field of the request is missing or wrong.
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(ApiErrorCode::InvalidRequest, message).with("field", field)
+}
+
+/// Redis could not answer: the cluster's view cannot be given.
+fn store_down(err: impl std::fmt::Display) -> ApiError {
+    let message = format!("the cluster's store (Redis) cannot answer now: {err}; retry");
+    ApiError::new(ApiErrorCode::Unavailable, message).retry_after(1)
+}
+
+/// What `GET /api/connections` asks for.
+struct Query {
+    user: Option<String>,
+    topic: Option<Topic>,
+    limit: usize,
+    /// The node and session serial the previous page ended at.
+    after: Option<(String, u64)>,
+}
+
+impl Query {
+    fn of(query: Option<&str>) -> ApiResult<Self> {
+        let topic = match query_param(query, "topic") {
+            None => None,
+            Some(topic) => {
+                Some(topic.parse().map_err(|err: modelcast_protocol::ParseTopicError| {
+                    ApiError::new(ApiErrorCode::UnknownTopic, err.to_string())
+                        .with("field", "topic")
+                })?)
+            }
+        };
+        let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
+            None => PAGE_DEFAULT,
+            Some(Ok(n)) if (1..=PAGE_MAX).contains(&n) => n,
+            Some(_) => {
+                let message = format!("limit is a whole number from 1 to {PAGE_MAX}");
+                return Err(
+                    ApiError::new(ApiErrorCode::InvalidLimit, message).with("field", "limit")
+                );
+            }
+        };
+        let after = match query_param(query, "after") {
+            None => None,
+            Some(cursor) => Some(parse_cursor(&cursor).ok_or_else(|| {
+                let message = "after is the `next` of the previous page";
+                ApiError::new(ApiErrorCode::InvalidCursor, message).with("field", "after")
+            })?),
+        };
+        Ok(Self { user: query_param(query, "user"), topic, limit, after })
+    }
+
+    fn keeps(&self, entry: &Entry) -> bool {
+        self.user.as_ref().is_none_or(|u| entry.user.as_ref() == Some(u))
+            && self.topic.is_none_or(|t| entry.topics.iter().any(|s| s.topic == t))
+    }
+}
+
+/// A cursor: `<node>/<serial>`.
+fn parse_cursor(cursor: &str) -> Option<(String, u64)> {
+    let (node, serial) = cursor.rsplit_once('/')?;
+    Some((node.to_owned(), serial.parse().ok()?))
+}
+
+/// `GET /api/connections?user=…&topic=…&limit=…&after=…`: a page of the open sessions of
+/// every node, ordered by node and then by when they opened; `next` is the cursor of the
+/// following page (`null` after the last).
+pub(crate) async fn connections(app: &Arc<App>, req: &Request<Incoming>) -> ApiResult {
+    operator(app, req)?;
+    let query = Query::of(req.uri().query())?;
+    let mut page = Vec::with_capacity(query.limit.min(64));
+    let mut next = None;
+    for node in nodes(app).await? {
+        let after = match &query.after {
+            Some((from, _)) if node < *from => continue,
+            Some((from, serial)) if node == *from => *serial,
+            _ => 0,
+        };
+        let (entries, more) =
+            node_page(app, &node, after, query.limit - page.len(), &query).await?;
+        page.extend(entries);
+        if let Some(serial) = more {
+            next = Some(format!("{node}/{serial}"));
+            break;
+        }
+    }
+    Ok(json_response(StatusCode::OK, &json!({"connections": page, "next": next})))
+}
+
+/// Every node with sessions to list, sorted: this one, and on a cluster those whose share is
+/// live.
+async fn nodes(app: &App) -> ApiResult<Vec<String>> {
+    let mut nodes = vec![app.roster.node().to_owned()];
+    if let Some(kv) = app.roster.clustered() {
+        let now = crate::presence::unix_ms();
+        nodes.extend(kv.roster_nodes(now).await.map_err(store_down)?);
+        nodes.sort();
+        nodes.dedup();
+    }
+    Ok(nodes)
+}
+
+/// Up to `limit` of `node`'s entries after serial `after` that `query` keeps, and the serial
+/// to go on from when the page filled before the node's entries ended.
+async fn node_page(
+    app: &App,
+    node: &str,
+    mut after: u64,
+    limit: usize,
+    query: &Query,
+) -> ApiResult<(Vec<Entry>, Option<u64>)> {
+    if node == app.roster.node() {
+        return Ok(app.roster.page(after, limit, |e| query.keeps(e)));
+    }
+    let Some(kv) = app.roster.clustered() else { return Ok((Vec::new(), None)) };
+    let mut out = Vec::new();
+    loop {
+        let chunk = kv.roster_page(node, after, CHUNK).await.map_err(store_down)?;
+        let ended = chunk.len() < CHUNK;
+        for (serial, json) in chunk {
+            if out.len() == limit {
+                return Ok((out, Some(after)));
+            }
+            after = serial;
+            if let Ok(entry) = serde_json::from_str::<Entry>(&json)
+                && query.keeps(&entry)
+            {
+                out.push(entry);
+            }
+        }
+        if ended {
+            return Ok((out, None));
+        }
+    }
+}
+
+/// `GET /api/presence?topic=…`: the connections subscribed to the topic (every connection,
+/// without one), their distinct users, and per `model_id` the connections whose filter names
+/// it (`unfiltered`: those with no filter), on every node.
+pub(crate) async fn presence(app: &Arc<App>, req: &Request<Incoming>) -> ApiResult {
+    operator(app, req)?;
+    let query = Query::of(req.uri().query())?;
+    let mut counts = TopicPresence::of(query.topic);
+    let nodes = nodes(app).await?;
+    for node in &nodes {
+        let mut after = 0;
+        loop {
+            let (entries, more) = node_page(app, node, after, CHUNK, &query).await?;
+            entries.iter().for_each(|entry| counts.count(entry));
+            match more {
+                Some(serial) => after = serial,
+                None => break,
+            }
+        }
+    }
+    let mut answer = serde_json::to_value(&counts).unwrap_or_default();
+    answer["nodes"] = json!(nodes.len());
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// The body of a management request: a JSON object.
+async fn body(app: &App, req: Request<Incoming>) -> ApiResult<serde_json::Map<String, Value>> {
+    let bytes = crate::publish::read_body(app, req).await?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(invalid("", "the body is a JSON object")),
+        Err(err) => Err(ApiError::new(ApiErrorCode::InvalidJson, format!("not JSON: {err}"))),
+    }
+}
+
+/// A string field, if present (refused when it is not a non-empty string).
+fn text(body: &serde_json::Map<String, Value>, field: &str) -> ApiResult<Option<String>> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(field, format!("{field} is a non-empty string"))),
+    }
+}
+
+/// `POST /api/disconnect {"user"}` or `{"connection_id"}`: closes every matching session on
+/// every node (WebSocket: close code 4403, "do not reconnect with this token"; event stream:
+/// a `revoked` error, then the end).
+pub(crate) async fn disconnect(app: &Arc<App>, req: Request<Incoming>) -> ApiResult {
+    operator(app, &req)?;
+    let body = body(app, req).await?;
+    let target = match (text(&body, "user")?, text(&body, "connection_id")?) {
+        (Some(user), None) => Target::User(user),
+        (None, Some(id)) => Target::ConnectionId(id),
+        _ => return Err(invalid("user", "name exactly one of `user` and `connection_id`")),
+    };
+    let closed = app.roster.close(&target, DISCONNECTED_REASON);
+    let cluster = app.roster.clustered().is_some();
+    app.roster.close_everywhere(target).await.map_err(store_down)?;
+    let answer = json!({"closed": closed, "node": app.roster.node(), "other_nodes_told": cluster});
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// `POST /api/revoke {"user", "issued_before"?, "expires_at"?}`: refuses the user's tokens
+/// issued before `issued_before` (default: now) on every node until `expires_at` (default:
+/// `issued_before` + `MODELCAST_REVOKE_FOR`), and closes the sessions that hold one.
+pub(crate) async fn revoke(app: &Arc<App>, req: Request<Incoming>) -> ApiResult {
+    operator(app, &req)?;
+    let body = body(app, req).await?;
+    let user = text(&body, "user")?.ok_or_else(|| invalid("user", "name the user"))?;
+    let now = crate::roster::unix_seconds();
+    let issued_before = time(&body, "issued_before")?.unwrap_or(now);
+    let default_until = issued_before.saturating_add(app.config.revoke_for.as_secs());
+    let until = time(&body, "expires_at")?.unwrap_or(default_until);
+    if until <= now {
+        return Err(invalid("expires_at", "expires_at is in the past: nothing to revoke"));
+    }
+    let revoked = Revoked { issued_before, until };
+    let expired = app.security.revocations.insert(&user, revoked, now).map_err(|_| {
+        let max = app.config.max_revocations;
+        let message = format!("{max} revocations are held (MODELCAST_MAX_REVOCATIONS)");
+        ApiError::new(ApiErrorCode::RevocationsFull, message)
+    })?;
+    let closed =
+        app.roster.close(&Target::IssuedBefore(user.clone(), issued_before), REVOKED_REASON);
+    app.roster.revoke_everywhere(&user, revoked, &expired).await.map_err(store_down)?;
+    let answer = json!({"user": user, "issued_before": rfc3339(issued_before),
+        "expires_at": rfc3339(until), "closed": closed});
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// A time field: RFC 3339 or seconds since the Unix epoch.
+fn time(body: &serde_json::Map<String, Value>, field: &str) -> ApiResult<Option<u64>> {
+    let bad = || invalid(field, format!("{field} is an RFC 3339 time or seconds since 1970"));
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(bad),
+        Some(Value::String(s)) => {
+            let at = DateTime::parse_from_rfc3339(s).map_err(|_| bad())?;
+            u64::try_from(at.timestamp()).map(Some).map_err(|_| bad())
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+fn rfc3339(seconds: u64) -> String {
+    DateTime::<Utc>::from_timestamp(i64::try_from(seconds).unwrap_or(i64::MAX), 0)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
+}

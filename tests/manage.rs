@@ -1,0 +1,312 @@
+//! Subscription management over real sockets: who is connected (`/api/connections`,
+//! `/api/presence`), disconnecting and revoking (`/api/disconnect`, `/api/revoke`), on one
+//! node and on three nodes sharing a private Redis.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use modelcast_tests::cluster_util::{Node, Redis};
+use modelcast_tests::server_util::{
+    Client, PATIENCE, Sse, TestServer, hs256_token_issued, http_request, unix_now,
+};
+use serde_json::{Value, json};
+
+const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes!";
+const KEY: &str = "a-publish-key-of-32-characters--";
+
+fn token(user: &str, roles: &[&str]) -> String {
+    hs256_token_issued(SECRET, user, roles, unix_now())
+}
+
+/// A token issued a minute ago (before any revocation a test makes).
+fn old_token(user: &str) -> String {
+    hs256_token_issued(SECRET, user, &[], unix_now() - 60)
+}
+
+fn args() -> Vec<&'static str> {
+    vec!["--jwt-secret", SECRET, "--publish-key", KEY, "--presence-lease", "2"]
+}
+
+/// `method path` with `bearer`; the status and the JSON body.
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let auth = format!("Bearer {bearer}");
+    let headers: Vec<(&str, &str)> =
+        if bearer.is_empty() { vec![] } else { vec![("authorization", auth.as_str())] };
+    let (status, text) =
+        http_request(addr, method, path, &headers, body.map(|b| b.to_string())).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn connect(addr: SocketAddr, id: &str, token: &str) -> Client {
+    let mut client = Client::connect(addr, &format!("/ws/{id}?token={token}")).await;
+    let welcome = client.next_json().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    client
+}
+
+async fn subscribe(client: &mut Client, request: Value) {
+    client.send_json(&request).await;
+    let reply = client.next_of_type("subscribed").await;
+    assert_eq!(reply["data"]["topic"], request["topic"], "{reply}");
+}
+
+/// The ids of `GET /api/connections` (with `query`) on `addr`, following every page.
+async fn listed(addr: SocketAddr, query: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let cursor = after.as_ref().map(|a| format!("&after={a}")).unwrap_or_default();
+        let path = format!("/api/connections?limit=1{query}{cursor}");
+        let (status, page) = call(addr, "GET", &path, KEY, None).await;
+        assert_eq!(status, 200, "{page}");
+        all.extend(page["connections"].as_array().expect("a list").iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return all,
+        }
+    }
+}
+
+fn ids(entries: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = entries
+        .iter()
+        .map(|e| e["connection_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Waits until `GET /api/connections` (with `query`) on `addr` lists exactly `want` (ids,
+/// sorted).
+async fn until_listed(addr: SocketAddr, query: &str, want: &[&str]) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let entries = listed(addr, query).await;
+        if ids(&entries) == want {
+            return entries;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listed {:?}, want {want:?}",
+            ids(&entries)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn one_node_lists_counts_disconnects_and_revokes() {
+    let server = TestServer::start(&args()).await;
+    let addr = server.addr;
+    let mut alice = connect(addr, "alice-tab", &token("alice", &[])).await;
+    subscribe(
+        &mut alice,
+        json!({"action": "subscribe", "topic": "model_status",
+        "filter": {"model_ids": ["m1", "m2"]}, "max_hz": 2.0}),
+    )
+    .await;
+    subscribe(&mut alice, json!({"action": "subscribe", "topic": "alerts"})).await;
+    let bob_token = old_token("bob");
+    let mut bob = Sse::open(addr, &format!("/sse?topic=model_status&token={bob_token}"), &[]).await;
+    bob.until("subscribed").await;
+
+    // Operators only: no credential, a user's token, then the key.
+    let (status, _) = call(addr, "GET", "/api/connections", "", None).await;
+    assert_eq!(status, 401);
+    let (status, body) = call(addr, "GET", "/api/connections", &token("bob", &[]), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let admin = token("root", &["admin"]);
+    let (status, _) = call(addr, "GET", "/api/connections", &admin, None).await;
+    assert_eq!(status, 200, "an admin token is an operator credential");
+
+    let entries = listed(addr, "").await;
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let a = entries.iter().find(|e| e["connection_id"] == "alice-tab").expect("alice listed");
+    assert_eq!(a["user"], "alice");
+    assert_eq!(a["transport"], "ws");
+    let topics = a["topics"].as_array().expect("topics");
+    assert!(
+        topics.contains(&json!({"topic": "model_status",
+        "filter": {"model_ids": ["m1", "m2"]}, "max_hz": 2.0})),
+        "{a}"
+    );
+    assert!(topics.contains(&json!({"topic": "alerts", "filter": null, "max_hz": null})), "{a}");
+    assert_eq!(topics.len(), 2);
+    assert!(a["connected_at"].is_string() && a["queued"].is_u64() && a["node"].is_string(), "{a}");
+    let b = entries.iter().find(|e| e["user"] == "bob").expect("bob listed");
+    assert_eq!(b["transport"], "sse");
+    assert_eq!(ids(&listed(addr, "&user=alice").await), ["alice-tab"]);
+    assert_eq!(ids(&listed(addr, "&topic=alerts").await), ["alice-tab"]);
+
+    let (status, presence) = call(addr, "GET", "/api/presence?topic=model_status", KEY, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(presence["connections"], 2, "{presence}");
+    assert_eq!(presence["users"], 2);
+    assert_eq!(presence["unfiltered"], 1);
+    assert_eq!(presence["models"], json!({"m1": 1, "m2": 1}));
+
+    // Bad input names the field.
+    for (path, code, field) in [
+        ("/api/connections?topic=nope", "unknown_topic", "topic"),
+        ("/api/connections?limit=0", "invalid_limit", "limit"),
+        ("/api/connections?after=x", "invalid_cursor", "after"),
+    ] {
+        let (status, body) = call(addr, "GET", path, KEY, None).await;
+        assert_eq!(
+            (status, &body["error"]["code"], &body["error"]["field"]),
+            (400, &json!(code), &json!(field)),
+            "{path}: {body}"
+        );
+    }
+    for body in [json!({}), json!({"user": "a", "connection_id": "b"}), json!({"user": 3})] {
+        let (status, answer) = call(addr, "POST", "/api/disconnect", KEY, Some(body.clone())).await;
+        assert_eq!(
+            (status, &answer["error"]["code"]),
+            (400, &json!("invalid_request")),
+            "{body}: {answer}"
+        );
+    }
+    let (status, answer) =
+        call(addr, "POST", "/api/revoke", KEY, Some(json!({"user": "x", "issued_before": "soon"})))
+            .await;
+    assert_eq!((status, &answer["error"]["field"]), (400, &json!("issued_before")), "{answer}");
+
+    // Disconnect alice: 4403, and bob stays.
+    let (status, answer) =
+        call(addr, "POST", "/api/disconnect", KEY, Some(json!({"user": "alice"}))).await;
+    assert_eq!((status, &answer["closed"]), (200, &json!(1)), "{answer}");
+    let (close, _) = alice.until_close().await;
+    assert_eq!(close.map(|c| c.0), Some(4403));
+    until_listed(addr, "&user=alice", &[]).await;
+    assert_eq!(listed(addr, "&user=bob").await.len(), 1, "bob stays");
+
+    // Revoke bob: his stream ends with `revoked`; the old token is refused, a new one is not.
+    let (status, answer) =
+        call(addr, "POST", "/api/revoke", KEY, Some(json!({"user": "bob"}))).await;
+    assert_eq!((status, &answer["closed"]), (200, &json!(1)), "{answer}");
+    let error = bob.until("error").await;
+    assert_eq!(error.data["data"]["code"], "revoked", "{:?}", error.data);
+    assert!(bob.next().await.is_none(), "the stream ends");
+    let again = Sse::open(addr, &format!("/sse?topic=alerts&token={bob_token}"), &[]).await;
+    assert!(again.head.starts_with("HTTP/1.1 401"), "{}", again.head);
+    let handshake =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws/b?token={bob_token}")).await;
+    match handshake {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401, "the WebSocket handshake refuses it too");
+        }
+        other => panic!("the old token connected: {other:?}"),
+    }
+    let mut fresh =
+        Sse::open(addr, &format!("/sse?topic=alerts&token={}", token("bob", &[])), &[]).await;
+    assert!(fresh.head.starts_with("HTTP/1.1 200"), "a new token connects: {}", fresh.head);
+    fresh.until("subscribed").await;
+}
+
+#[tokio::test]
+async fn three_nodes_share_the_roster_and_a_revocation_reaches_every_node() {
+    let redis = Redis::start(false);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(Node::on(&redis, &format!("n{i}"), &args()).await);
+    }
+    let mut addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let alice_token = old_token("alice");
+    let mut alice0 = connect(addrs[0], "a0", &alice_token).await;
+    subscribe(
+        &mut alice0,
+        json!({"action": "subscribe", "topic": "download_progress",
+        "filter": {"model_ids": ["m1"]}}),
+    )
+    .await;
+    let mut alice1 = connect(addrs[1], "a1", &alice_token).await;
+    subscribe(&mut alice1, json!({"action": "subscribe", "topic": "download_progress"})).await;
+    let mut carol = connect(addrs[1], "c1", &token("carol", &[])).await;
+    let mut bob = Sse::open(
+        addrs[2],
+        &format!("/sse?topic=download_progress&token={}", token("bob", &[])),
+        &[],
+    )
+    .await;
+    bob.until("subscribed").await;
+
+    // Every node lists every node's connections, each with its node.
+    for &addr in &addrs {
+        let entries =
+            until_listed(addr, "&user=alice&topic=download_progress", &["a0", "a1"]).await;
+        assert!(
+            entries.iter().any(|e| e["connection_id"] == "a0" && e["node"] == "n0"),
+            "{entries:?}"
+        );
+    }
+    until_listed(addrs[0], "&user=carol", &["c1"]).await;
+    let (_, presence) =
+        call(addrs[2], "GET", "/api/presence?topic=download_progress", KEY, None).await;
+    assert_eq!(presence["nodes"], 3, "{presence}");
+    assert_eq!(presence["users"], 2, "alice and bob: {presence}");
+    assert_eq!(presence["models"], json!({"m1": 1}));
+
+    // A revocation asked of node 2 closes alice on nodes 0 and 1; the old token is refused
+    // on every node (a node that starts later too), a new one is not.
+    let (status, answer) =
+        call(addrs[2], "POST", "/api/revoke", KEY, Some(json!({"user": "alice"}))).await;
+    assert_eq!(status, 200, "{answer}");
+    for client in [&mut alice0, &mut alice1] {
+        let (close, _) = client.until_close().await;
+        assert_eq!(close.map(|c| c.0), Some(4403));
+    }
+    nodes.push(Node::on(&redis, "n3", &args()).await);
+    addrs.push(nodes[3].addr);
+    for (i, addr) in addrs.iter().enumerate() {
+        let handshake =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws/x?token={alice_token}")).await;
+        assert!(
+            matches!(&handshake, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401),
+            "node {i} let the revoked token in: {handshake:?}"
+        );
+    }
+    connect(addrs[3], "a3", &token("alice", &[])).await;
+
+    // A disconnect by connection id, asked of another node.
+    let (status, _) =
+        call(addrs[0], "POST", "/api/disconnect", KEY, Some(json!({"connection_id": "c1"}))).await;
+    assert_eq!(status, 200);
+    let (close, _) = carol.until_close().await;
+    assert_eq!(close.map(|c| c.0), Some(4403));
+
+    // A killed node's entries are gone within its lease (2 s here).
+    let listed_bob = listed(addrs[0], "&topic=download_progress").await;
+    assert!(listed_bob.iter().any(|e| e["user"] == "bob"), "{listed_bob:?}");
+    nodes[2].kill();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while listed(addrs[0], "&user=bob").await.iter().any(|e| e["node"] == "n2") {
+        assert!(tokio::time::Instant::now() < deadline, "n2's entries outlived its lease");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A server with publish keys and nothing else shows `/api/stats` to anyone (and warns off
+/// loopback), but never the list of users or the power to disconnect them.
+#[tokio::test]
+async fn a_server_with_only_publish_keys_still_guards_management() {
+    let server = TestServer::start(&["--publish-key", KEY]).await;
+    let _listener = server.ws("/ws/someone").await;
+    for (method, path, body) in [
+        ("GET", "/api/connections", None),
+        ("GET", "/api/presence", None),
+        ("POST", "/api/disconnect", Some(json!({"connection_id": "someone"}))),
+        ("POST", "/api/revoke", Some(json!({"user": "someone"}))),
+    ] {
+        let (status, answer) = call(server.addr, method, path, "", body.clone()).await;
+        assert_eq!(status, 401, "{method} {path}: {answer}");
+        let (status, answer) = call(server.addr, method, path, "not-the-key", body).await;
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+    }
+    assert_eq!(ids(&listed(server.addr, "").await), ["someone"], "the key opens it");
+}
