@@ -496,3 +496,31 @@ async fn close_while_reconnecting_ends_the_client() {
     let refused = tokio::time::timeout(PATIENCE, client.publish(&alert("after"))).await;
     assert!(matches!(refused, Ok(Err(modelcast_client::PublishError::Closed))), "{refused:?}");
 }
+
+/// An operator's disconnect (4403) stops the client: its subscriptions say `Revoked` and end,
+/// and it never reconnects (the token is still valid: a reconnect would get in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_connection_stops_and_says_so() {
+    const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes!";
+    const KEY: &str = "a-publish-key-of-32-characters--";
+    let server = TestServer::start(&["--jwt-secret", SECRET, "--publish-key", KEY]).await;
+    let token = modelcast_tests::server_util::hs256_token(SECRET, "mallory", &[]);
+    let client =
+        Client::connect(&format!("ws://{}/ws/m", server.addr), fast().token(token)).await.unwrap();
+    let mut alerts = client.subscribe(Topic::Alerts).await.unwrap();
+    let (status, answer) = modelcast_tests::server_util::http_request(
+        server.addr,
+        "POST",
+        "/api/disconnect",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        Some(r#"{"user": "mallory"}"#.to_owned()),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let said = tokio::time::timeout(PATIENCE, alerts.next()).await.expect("in time");
+    assert!(matches!(said, Some(Event::Revoked { .. })), "{said:?}");
+    assert_eq!(tokio::time::timeout(PATIENCE, alerts.next()).await.expect("in time"), None);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!client.is_connected());
+    assert_eq!(client.stats().reconnects, 0, "never reconnected");
+}

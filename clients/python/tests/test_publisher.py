@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import urllib.request
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 from conftest import free_port, start_server
@@ -191,6 +193,42 @@ async def test_subscribe_without_a_token_where_one_is_required_says_so_at_once()
         with pytest.raises(modelcast.SubscriptionError, match="requires a token") as caught:
             await asyncio.wait_for(first(), 10)
         assert caught.value.code == "unauthorized"
+    finally:
+        server.stop()
+
+
+async def test_subscribe_stops_when_an_operator_disconnects_the_user() -> None:
+    """4403: raised as `revoked`, not reconnected (the token is still valid, so a reconnect
+    would succeed and fight the operator)."""
+    import modelcast
+
+    secret = "a-test-secret-that-is-long-enough-for-hs256"
+    key = "a-publish-key-of-32-characters--"
+    server = start_server(env={"MODELCAST_JWT_SECRET": secret, "MODELCAST_PUBLISH_KEYS": key})
+    try:
+        token = hs256({"sub": "mallory", "exp": int(time.time()) + 600}, secret)
+        frames: list[Any] = []
+
+        async def listen() -> None:
+            async for frame in modelcast.subscribe(server.base, "alerts", token=token, min_delay=0.05):
+                frames.append(frame)
+
+        task = asyncio.create_task(listen())
+        await asyncio.sleep(0.5)
+        request = urllib.request.Request(
+            f"{server.base}/api/disconnect",
+            data=json.dumps({"user": "mallory"}).encode(),
+            headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+        )
+
+        def disconnect() -> Any:
+            with urllib.request.urlopen(request) as response:
+                return json.load(response)
+
+        assert (await asyncio.to_thread(disconnect))["closed"] == 1
+        with pytest.raises(modelcast.SubscriptionError) as caught:
+            await asyncio.wait_for(task, 10)
+        assert caught.value.code == "revoked"
     finally:
         server.stop()
 

@@ -78,7 +78,7 @@ export interface CloseInfo {
 /** A problem the server reported (an `error` frame) or the client detected. */
 export class ModelcastError extends Error {
   /** The server's error code (`forbidden`, `unauthorized`, …), or the client's own
-   * (`replaced`, `closed`, `already_subscribed`). */
+   * (`replaced`, `revoked`, `closed`, `already_subscribed`). */
   readonly code: string;
   /** The topic the error concerns, when known. */
   readonly topic?: Topic;
@@ -336,6 +336,9 @@ export class Subscription<T extends Topic> extends Emitter<SubscriptionEvents<T>
 /** Close codes (the server's `modelcast_protocol::close`). */
 const REPLACED = 4002;
 const UNAUTHORIZED = 4401;
+/** An operator disconnected this user or connection, or revoked the token: never reconnect
+ * with it (a new token, given to a new client, may connect). */
+const REVOKED = 4403;
 const POLICY_VIOLATION = 1008;
 const NORMAL = 1000;
 
@@ -621,6 +624,9 @@ export class Client extends Emitter<ClientEvents> {
       // Another connection took this id: fighting it would evict each other forever.
       reconnecting = false;
       this.emit("error", new ModelcastError("replaced", "another connection replaced this one"));
+    } else if (code === REVOKED) {
+      reconnecting = false;
+      this.emit("error", new ModelcastError("revoked", reason || "an operator ended this connection"));
     } else if (code === UNAUTHORIZED && !this.#options.getToken) {
       reconnecting = false;
       this.emit("error", new ModelcastError("unauthorized", reason || "the token was refused or expired"));

@@ -238,7 +238,16 @@ export class SseSocket implements WebSocketLike {
       else if (line.startsWith("data: ")) data = line.slice(6);
     }
     if (data === undefined) return;
-    const frame = JSON.parse(data) as { type: string; data: { heartbeat_interval_seconds?: number } };
+    const frame = JSON.parse(data) as {
+      type: string;
+      data: { heartbeat_interval_seconds?: number; code?: string; message?: string };
+    };
+    if (frame.type === "error" && frame.data.code === "revoked") {
+      // An operator ended the stream: closed as a WebSocket would be (4403), never reopened.
+      stream.abort.abort();
+      this.close(4403, frame.data.message ?? "revoked");
+      return;
+    }
     if (frame.type === "welcome") {
       // This socket said `welcome` already; the server's tells the heartbeat interval.
       this.#heartbeatMs = (frame.data.heartbeat_interval_seconds ?? 30) * 1000;

@@ -210,6 +210,38 @@ test("replaced by another connection with the same id (4002): closed, no reconne
   assert.equal(other.readyState, WebSocket.OPEN, "the replacement was not fought");
 });
 
+test("disconnected by an operator (4403), over WebSocket and over SSE: closed, said, no reconnect", async () => {
+  const secret = "a-test-secret-that-is-long-enough-for-hs256";
+  const key = "a-publish-key-of-32-characters--";
+  const server = await startServer({ env: { MODELCAST_JWT_SECRET: secret, MODELCAST_PUBLISH_KEYS: key } });
+  cleanups.push(() => server.stop());
+  const clients = ["websocket", "sse"].map((transport) => {
+    const client = use(connect(server.ws, { WebSocket, transport, token: token(secret, { sub: "mallory" }), minReconnectDelay: 20 }));
+    const seen = { errors: [], closes: [], client };
+    client.on("error", (e) => seen.errors.push(e.code));
+    client.on("close", (info) => seen.closes.push(info));
+    client.subscribe("alerts");
+    return seen;
+  });
+  await until(() => clients.every((c) => c.client.state === "open"), "both open");
+  await sleep(200); // the SSE stream's subscription reached the server
+  const response = await fetch(`${server.base}/api/disconnect`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+    body: JSON.stringify({ user: "mallory" }),
+  });
+  assert.equal(response.status, 200, await response.text());
+  await until(() => clients.every((c) => c.client.state === "closed"), "both stop");
+  for (const { errors, closes } of clients) {
+    assert.deepEqual(errors, ["revoked"]);
+    assert.equal(closes.length, 1);
+    assert.equal(closes[0].code, 4403);
+    assert.equal(closes[0].reconnecting, false);
+  }
+  await sleep(300);
+  assert.ok(clients.every((c) => c.closes.length === 1), "no reconnect");
+});
+
 test("filter and maxHz reach the server", async () => {
   const server = await startServer();
   cleanups.push(() => server.stop());

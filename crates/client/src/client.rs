@@ -11,7 +11,7 @@ use futures_util::{SinkExt, Stream, StreamExt};
 use modelcast_protocol::{
     AuthRequest, ClientMessage, Lagging, PingRequest, PublishRequest, Published, RequestId,
     ServerFrame, ServerMessage, Since, SubscribeRequest, SubscriptionFilter, Topic,
-    UnsubscribeRequest,
+    UnsubscribeRequest, close,
 };
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
@@ -181,6 +181,13 @@ pub enum Event {
     },
     /// The server says this connection falls behind (progress was collapsed).
     Lagging(Lagging),
+    /// An operator disconnected this user or connection, or revoked its token (close code
+    /// 4403): the client stops (it never reconnects with that token) and every subscription
+    /// ends after this event. Connect again with a new token, if the application may.
+    Revoked {
+        /// What the server said.
+        reason: String,
+    },
 }
 
 /// Counters of a client's connection.
@@ -605,6 +612,8 @@ enum End {
     Lost,
     /// The client is closed.
     Closed,
+    /// The server closed with 4403: stop, and say so.
+    Revoked(String),
 }
 
 impl Task {
@@ -650,6 +659,14 @@ impl Task {
             match end {
                 End::Closed => return,
                 End::Lost => tracing::debug!("connection lost; reconnecting"),
+                End::Revoked(reason) => {
+                    tracing::warn!(%reason, "revoked by the server; not reconnecting");
+                    self.shared.closing.store(true, Ordering::Relaxed);
+                    for sub in self.subs.values() {
+                        let _ = sub.events.try_send(Event::Revoked { reason: reason.clone() });
+                    }
+                    return;
+                }
             }
         }
     }
@@ -750,6 +767,9 @@ impl Task {
                     Some(Ok(Message::Text(text))) => {
                         last_heard = Instant::now();
                         self.on_frame(text.as_str(), &mut ws).await;
+                    }
+                    Some(Ok(Message::Close(Some(frame)))) if u16::from(frame.code) == close::REVOKED => {
+                        return End::Revoked(frame.reason.to_string());
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return End::Lost,
                     Some(Ok(_)) => last_heard = Instant::now(),

@@ -259,6 +259,7 @@ class ErrorCode(
         | Literal["too_many_subscriptions"]
         | Literal["internal"]
         | Literal["unavailable"]
+        | Literal["revoked"]
         | str
     ]
 ):
@@ -276,6 +277,7 @@ class ErrorCode(
         | Literal["too_many_subscriptions"]
         | Literal["internal"]
         | Literal["unavailable"]
+        | Literal["revoked"]
         | str
     )
     """

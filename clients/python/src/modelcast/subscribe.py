@@ -26,9 +26,10 @@ log = logging.getLogger("modelcast")
 #: that a replay under a new epoch does not yield them again.
 REMEMBERED_MESSAGES = 1024
 
-#: Close codes after which reconnecting would be wrong: replaced by another connection with
-#: the same id (4002), token refused or expired (4401).
-FINAL_CLOSE_CODES = frozenset({4002, 4401})
+#: Close codes after which reconnecting would be wrong, and the error code each raises:
+#: replaced by another connection with the same id (4002), token refused or expired (4401),
+#: disconnected by an operator or the token revoked (4403).
+FINAL_CLOSE_CODES = {4002: "replaced", 4401: "unauthorized", 4403: "revoked"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Gap:
 
 class SubscriptionError(Exception):
     """The server refused the subscription (`code`: forbidden, unknown_topic, …) or ended the
-    connection for good (4002, 4401)."""
+    connection for good (4002 `replaced`, 4401 `unauthorized`, 4403 `revoked`)."""
 
     def __init__(self, code: str, message: str) -> None:
         self.code = code
@@ -133,7 +134,7 @@ async def subscribe(
         except websockets.ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd else 1006
             if code in FINAL_CLOSE_CODES:
-                raise SubscriptionError("replaced" if code == 4002 else "unauthorized", str(closed)) from closed
+                raise SubscriptionError(FINAL_CLOSE_CODES[code], str(closed)) from closed
         except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake) as error:
             log.info("modelcast: connecting to %s failed: %s", target, error)
         attempt += 1

@@ -1145,6 +1145,7 @@ export interface ErrorMessage {
     | "too_many_subscriptions"
     | "internal"
     | "unavailable"
+    | "revoked"
     | string;
   /**
    * What went wrong and what to do, for people.
