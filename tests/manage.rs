@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use modelcast_tests::cluster_util::{Node, Redis};
+use modelcast_tests::cluster_util::{Node, Redis, alert, progress};
 use modelcast_tests::server_util::{
     Client, PATIENCE, Sse, TestServer, hs256_token_issued, http_request, unix_now,
 };
@@ -273,6 +273,13 @@ async fn three_nodes_share_the_roster_and_a_revocation_reaches_every_node() {
     }
     connect(addrs[3], "a3", &token("alice", &[])).await;
 
+    // A server-side subscription asked of node 0 reaches carol on node 1.
+    let body = json!({"user": "carol", "topic": "alerts"});
+    let (status, answer) = call(addrs[0], "POST", "/api/subscriptions", KEY, Some(body)).await;
+    assert_eq!((status, &answer["sessions"]), (200, &json!(0)), "carol is not on node 0: {answer}");
+    let subscribed = carol.next_of_type("subscribed").await;
+    assert_eq!(subscribed["data"]["topic"], "alerts");
+
     // A disconnect by connection id, asked of another node.
     let (status, _) =
         call(addrs[0], "POST", "/api/disconnect", KEY, Some(json!({"connection_id": "c1"}))).await;
@@ -309,4 +316,88 @@ async fn a_server_with_only_publish_keys_still_guards_management() {
         assert_eq!(status, 403, "{method} {path}: {answer}");
     }
     assert_eq!(ids(&listed(server.addr, "").await), ["someone"], "the key opens it");
+}
+
+/// A backend subscribes a user's sessions server-side: each gets `subscribed` and the state as
+/// if it had asked, its filter applied, its roles still checked; `DELETE` unsubscribes.
+#[tokio::test]
+async fn server_side_subscriptions_act_as_if_the_session_had_asked() {
+    let mut server_args = args();
+    server_args.extend(["--topic-roles", "analytics_updates=admin"]);
+    let server = TestServer::start(&server_args).await;
+    let addr = server.addr;
+    let (status, _) = call(addr, "POST", "/api/publish", KEY, Some(progress("m1", 10.0))).await;
+    assert_eq!(status, 202);
+    let mut alice = connect(addr, "alice-tab", &token("alice", &[])).await;
+    let mut other = connect(addr, "bob-tab", &token("bob", &[])).await;
+
+    let body =
+        json!({"user": "alice", "topic": "download_progress", "filter": {"model_ids": ["m1"]}});
+    let (status, answer) = call(addr, "POST", "/api/subscriptions", KEY, Some(body)).await;
+    assert_eq!((status, &answer["sessions"]), (200, &json!(1)), "{answer}");
+    let subscribed = alice.next_of_type("subscribed").await;
+    assert_eq!(subscribed["data"]["topic"], "download_progress");
+    let state = alice.next_json().await;
+    assert_eq!(
+        (state["data"]["model_id"].as_str(), state["late"].as_bool()),
+        (Some("m1"), Some(true)),
+        "{state}"
+    );
+    let page = listed(addr, "&user=alice").await;
+    assert_eq!(page[0]["topics"][0]["filter"], json!({"model_ids": ["m1"]}), "{page:?}");
+    call(addr, "POST", "/api/publish", KEY, Some(progress("m2", 20.0))).await;
+    call(addr, "POST", "/api/publish", KEY, Some(progress("m1", 30.0))).await;
+    let live = alice.next_json().await;
+    assert_eq!(live["data"]["model_id"], "m1", "the filter holds: {live}");
+    assert_eq!(live["data"]["progress_percent"], 30.0);
+
+    // Roles still apply: a topic alice may not read is refused to her, as if she had asked.
+    let body = json!({"user": "alice", "topic": "analytics_updates"});
+    let (status, _) = call(addr, "POST", "/api/subscriptions", KEY, Some(body)).await;
+    assert_eq!(status, 200);
+    let refused = alice.next_of_type("error").await;
+    assert_eq!(refused["data"]["code"], "forbidden", "{refused}");
+
+    // Unsubscribe.
+    let body = json!({"connection_id": "alice-tab", "topic": "download_progress"});
+    let (status, answer) = call(addr, "DELETE", "/api/subscriptions", KEY, Some(body)).await;
+    assert_eq!((status, &answer["sessions"]), (200, &json!(1)), "{answer}");
+    let done = alice.next_of_type("unsubscribed").await;
+    assert_eq!(done["data"]["topic"], "download_progress");
+
+    // Bad input names the field; a missing credential is refused.
+    for (body, code, field) in [
+        (json!({"user": "alice", "topic": "nope"}), "unknown_topic", "topic"),
+        (json!({"user": "alice"}), "invalid_request", "topic"),
+        (json!({"topic": "alerts"}), "invalid_request", "user"),
+        (
+            json!({"user": "alice", "topic": "alerts", "filter": {"model_ids": "m1"}}),
+            "invalid_request",
+            "filter",
+        ),
+        (json!({"user": "alice", "topic": "alerts", "max_hz": 0}), "invalid_request", "max_hz"),
+    ] {
+        let (status, answer) =
+            call(addr, "POST", "/api/subscriptions", KEY, Some(body.clone())).await;
+        assert_eq!(
+            (status, &answer["error"]["code"], &answer["error"]["field"]),
+            (400, &json!(code), &json!(field)),
+            "{body}: {answer}"
+        );
+    }
+    let (status, _) = call(
+        addr,
+        "POST",
+        "/api/subscriptions",
+        "",
+        Some(json!({"user": "alice", "topic": "alerts"})),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // Bob was never touched.
+    call(addr, "POST", "/api/publish", KEY, Some(alert("x1"))).await;
+    other.send_json(&json!({"action": "ping", "id": 7})).await;
+    let pong = other.next_json().await;
+    assert_eq!(pong["type"], "pong", "bob got nothing but his pong: {pong}");
 }

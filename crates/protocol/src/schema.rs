@@ -590,6 +590,27 @@ pub fn openapi() -> Value {
                     "503": error("`revocations_full` (nothing revoked), or `unavailable` (Redis could not store it)")
                 }
             }},
+            "/api/subscriptions": {
+                "post": {
+                    "summary": "Subscribes every session of a user, or with a connection id, on every node, as if each had sent the `subscribe` (operators only)",
+                    "description": "Each session gets `subscribed` and the state; its roles and limits apply (a refusal is an `error` to it). Other nodes act within a second.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["topic"], "properties": {
+                        "user": {"type": "string", "minLength": 1},
+                        "connection_id": {"type": "string", "minLength": 1},
+                        "topic": {"$ref": "#/components/schemas/Topic"},
+                        "filter": {"type": "object", "properties": {"model_ids": {"type": "array", "items": {"type": "string"}}}},
+                        "max_hz": {"type": "number", "minimum": 0.01}
+                    }, "description": "Exactly one of `user` and `connection_id`"}}}},
+                    "responses": {"200": {"description": "`{sessions, node, other_nodes_told}`: `sessions` counts this node's"}, "400": error("`invalid_request` or `unknown_topic`, naming the `field`"), "401": error("An operator credential is required"), "503": error("`unavailable`: the other nodes could not be told")}
+                },
+                "delete": {
+                    "summary": "Unsubscribes the sessions of a user, or with a connection id, from a topic on every node (`unsubscribed`; operators only)",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["topic"], "properties": {
+                        "user": {"type": "string"}, "connection_id": {"type": "string"}, "topic": {"$ref": "#/components/schemas/Topic"}
+                    }}}}},
+                    "responses": {"200": {"description": "`{sessions, node, other_nodes_told}`"}, "400": error("`invalid_request` or `unknown_topic`, naming the `field`"), "401": error("An operator credential is required")}
+                }
+            },
             "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "The process serves"}}}},
             "/readyz": {"get": {"summary": "Ready (`engine`: the topology and primary)", "responses": {"200": {"description": "Ready"}, "503": {"description": "`shutting_down` (draining clients), `engine_unavailable` (Redis, with the reason) or `loading` (a starting node has not loaded these topics from Redis yet)"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics text)", "responses": {"200": {"description": "The metrics", "content": {"application/openmetrics-text": {}}}}}}

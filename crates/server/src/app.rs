@@ -110,12 +110,8 @@ impl Server {
         let http_per_ip = Arc::new(Addresses::new(config.max_http_connections_per_ip));
         let streams_per_ip = Arc::new(Addresses::new(config.max_connections_per_ip));
         let pace = crate::pace::Pace::of(&config);
-        let roster = crate::roster::Roster::new(
-            node_id.clone(),
-            engine.as_ref().map(|e| e.kv()),
-            config.presence_lease,
-            security.revocations.clone(),
-        );
+        let kv = engine.as_ref().map(|e| e.kv());
+        let roster = crate::roster::Roster::new(node_id.clone(), kv, config.presence_lease);
         let app = Arc::new(App {
             config,
             hub,
@@ -142,6 +138,7 @@ impl Server {
             push,
             presence,
         });
+        crate::manage::follow(&app);
         Ok(Self { app, listener })
     }
 

@@ -105,6 +105,8 @@ enum Route<'a> {
     Disconnect,
     /// `POST /api/revoke`.
     Revoke,
+    /// `POST`, `DELETE /api/subscriptions`.
+    Subscriptions,
 }
 
 impl<'a> Route<'a> {
@@ -129,6 +131,7 @@ impl<'a> Route<'a> {
             "/api/presence" => Route::Presence,
             "/api/disconnect" => Route::Disconnect,
             "/api/revoke" => Route::Revoke,
+            "/api/subscriptions" => Route::Subscriptions,
             p => {
                 if let Some(id) = p.strip_prefix("/ws/") {
                     Route::WebSocket(Some(id))
@@ -151,6 +154,7 @@ impl<'a> Route<'a> {
             Route::VapidKey => "GET, HEAD, OPTIONS",
             Route::PushDevices => "GET, POST, DELETE, OPTIONS",
             Route::Disconnect | Route::Revoke => "POST",
+            Route::Subscriptions => "POST, DELETE",
             _ => "GET, HEAD",
         }
     }
@@ -239,6 +243,7 @@ async fn respond(
         Route::Presence => manage::presence(app, &req).await,
         Route::Disconnect => manage::disconnect(app, req).await,
         Route::Revoke => manage::revoke(app, req).await,
+        Route::Subscriptions => manage::subscriptions(app, req).await,
     }
 }
 

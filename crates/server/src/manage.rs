@@ -1,7 +1,10 @@
 //! The operator's hold on who is connected: `GET /api/connections` (pages of the sessions of
 //! every node), `GET /api/presence` (counts per topic and model), `POST /api/disconnect`
-//! (close a user's or a connection's sessions on every node) and `POST /api/revoke` (refuse a
-//! user's older tokens on every node until they expire). Each needs an operator credential
+//! (close a user's or a connection's sessions on every node), `POST /api/revoke` (refuse a
+//! user's older tokens on every node until they expire) and `POST`/`DELETE
+//! /api/subscriptions` (subscribe sessions server-side, as if they had asked). Every action is
+//! a [`Command`], applied here and sent to the other nodes, which apply it as they read the
+//! stream ([`follow`]). Each needs an operator credential
 //! (a publish key, the metrics token, or a token with one of `MODELCAST_OPERATOR_ROLES`) on
 //! any server that has a credential at all — stricter than the figures of `/api/stats`, which
 //! a server without tokens or a metrics token shows to anyone: these name users and end their
@@ -20,7 +23,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::inspect::{caller, query_param};
 use crate::response::json_response;
 use crate::revoke::Revoked;
-use crate::roster::{DISCONNECTED_REASON, Entry, REVOKED_REASON, Target, TopicPresence};
+use crate::roster::{Command, DISCONNECTED_REASON, Entry, REVOKED_REASON, Target, TopicPresence};
 use crate::security::Caller;
 use crate::state::App;
 
@@ -232,14 +235,10 @@ fn text(body: &serde_json::Map<String, Value>, field: &str) -> ApiResult<Option<
 pub(crate) async fn disconnect(app: &Arc<App>, req: Request<Incoming>) -> ApiResult {
     operator(app, &req)?;
     let body = body(app, req).await?;
-    let target = match (text(&body, "user")?, text(&body, "connection_id")?) {
-        (Some(user), None) => Target::User(user),
-        (None, Some(id)) => Target::ConnectionId(id),
-        _ => return Err(invalid("user", "name exactly one of `user` and `connection_id`")),
-    };
-    let closed = app.roster.close(&target, DISCONNECTED_REASON);
+    let command = Command::Disconnect { target: target(&body)? };
+    let closed = apply(app, command.clone());
     let cluster = app.roster.clustered().is_some();
-    app.roster.close_everywhere(target).await.map_err(store_down)?;
+    app.roster.broadcast(&command).await.map_err(store_down)?;
     let answer = json!({"closed": closed, "node": app.roster.node(), "other_nodes_told": cluster});
     Ok(json_response(StatusCode::OK, &answer))
 }
@@ -290,4 +289,178 @@ fn rfc3339(seconds: u64) -> String {
     DateTime::<Utc>::from_timestamp(i64::try_from(seconds).unwrap_or(i64::MAX), 0)
         .map(|t| t.to_rfc3339())
         .unwrap_or_default()
+}
+
+/// The sessions a body names: `{"user"}` or `{"connection_id"}`, exactly one.
+fn target(body: &serde_json::Map<String, Value>) -> ApiResult<Target> {
+    match (text(body, "user")?, text(body, "connection_id")?) {
+        (Some(user), None) => Ok(Target::User(user)),
+        (None, Some(id)) => Ok(Target::ConnectionId(id)),
+        _ => Err(invalid("user", "name exactly one of `user` and `connection_id`")),
+    }
+}
+
+/// The body's `topic`, required.
+fn topic(body: &serde_json::Map<String, Value>) -> ApiResult<Topic> {
+    let name = text(body, "topic")?.ok_or_else(|| invalid("topic", "name the topic"))?;
+    name.parse().map_err(|err: modelcast_protocol::ParseTopicError| {
+        ApiError::new(ApiErrorCode::UnknownTopic, err.to_string()).with("field", "topic")
+    })
+}
+
+/// `POST /api/subscriptions {"user" or "connection_id", "topic", "filter"?, "max_hz"?}`:
+/// every matching session on every node subscribes as if it had sent the `subscribe` (it gets
+/// `subscribed` and the state; its roles and limits apply, a refusal is an `error` to it).
+/// `DELETE` with `{"user" or "connection_id", "topic"}` unsubscribes those subscribed
+/// (`unsubscribed`).
+pub(crate) async fn subscriptions(app: &Arc<App>, req: Request<Incoming>) -> ApiResult {
+    operator(app, &req)?;
+    let delete = req.method() == hyper::Method::DELETE;
+    let body = body(app, req).await?;
+    let target = target(&body)?;
+    let topic = topic(&body)?;
+    let command = if delete {
+        Command::Unsubscribe { target, topic }
+    } else {
+        Command::Subscribe { target, request: subscribe_request(app, &body, topic)? }
+    };
+    let sessions = apply(app, command.clone());
+    app.roster.broadcast(&command).await.map_err(store_down)?;
+    let answer = json!({"sessions": sessions, "node": app.roster.node(),
+        "other_nodes_told": app.roster.clustered().is_some()});
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// The `subscribe` a `POST /api/subscriptions` stands for: its `filter` and `max_hz` checked
+/// as the server checks a client's.
+fn subscribe_request(
+    app: &App,
+    body: &serde_json::Map<String, Value>,
+    topic: Topic,
+) -> ApiResult<modelcast_protocol::SubscribeRequest> {
+    let mut request = modelcast_protocol::SubscribeRequest::new(topic);
+    if let Some(filter) = body.get("filter").filter(|f| !f.is_null()) {
+        let filter: modelcast_protocol::SubscriptionFilter = serde_json::from_value(filter.clone())
+            .map_err(|e| invalid("filter", format!("filter is {{\"model_ids\": [\"…\"]}}: {e}")))?;
+        let ids = filter.model_ids.as_ref().map_or(0, Vec::len);
+        if ids > app.config.max_filter_ids {
+            let max = app.config.max_filter_ids;
+            return Err(invalid(
+                "filter.model_ids",
+                format!("at most {max} ids (MODELCAST_MAX_FILTER_IDS)"),
+            ));
+        }
+        request.filter = Some(filter);
+    }
+    match body.get("max_hz") {
+        None | Some(Value::Null) => {}
+        Some(hz) => {
+            match hz.as_f64().filter(|hz| hz.is_finite() && *hz >= modelcast_hub::MIN_MAX_HZ) {
+                Some(hz) => request.max_hz = Some(hz),
+                None => {
+                    let message = format!("max_hz is a number from {}", modelcast_hub::MIN_MAX_HZ);
+                    return Err(invalid("max_hz", message));
+                }
+            }
+        }
+    }
+    Ok(request)
+}
+
+/// Applies `command` to this node's sessions (and revocations); how many sessions it touched.
+fn apply(app: &App, command: Command) -> usize {
+    match command {
+        Command::Disconnect { target } => app.roster.close(&target, DISCONNECTED_REASON),
+        Command::Revoke { user, revoked } => {
+            app.security.revocations.apply(&user, revoked, crate::roster::unix_seconds());
+            app.roster.close(&Target::IssuedBefore(user, revoked.issued_before), REVOKED_REASON)
+        }
+        Command::Subscribe { target, request } => {
+            let sessions = app.roster.sessions(&target);
+            for (conn, control) in &sessions {
+                let frame = modelcast_protocol::ClientMessage::Subscribe(request.clone());
+                crate::actions::handle_frame(app, conn, control, Ok(frame));
+            }
+            sessions.len()
+        }
+        Command::Unsubscribe { target, topic } => {
+            let sessions = app.roster.sessions(&target);
+            let subscribed =
+                sessions.iter().filter(|(conn, _)| conn.subscriptions().contains(&topic));
+            let mut count = 0;
+            for (conn, control) in subscribed {
+                let frame = modelcast_protocol::ClientMessage::Unsubscribe(
+                    modelcast_protocol::UnsubscribeRequest { topic, id: None },
+                );
+                crate::actions::handle_frame(app, conn, control, Ok(frame));
+                count += 1;
+            }
+            count
+        }
+    }
+}
+
+/// On a cluster: loads the revocations stored before this node started, then applies the
+/// commands other nodes send, every [`crate::roster::TICK`], while the server lives.
+pub(crate) fn follow(app: &Arc<App>) {
+    let Some(kv) = app.roster.clustered().cloned() else { return };
+    let app = Arc::downgrade(app);
+    tokio::spawn(async move {
+        let mut from = loop {
+            match kv.last_command().await {
+                Ok(id) => break id,
+                Err(err) => tracing::debug!("commands not readable yet: {err}"),
+            }
+            tokio::time::sleep(crate::roster::TICK).await;
+            if app.strong_count() == 0 {
+                return;
+            }
+        };
+        if let Some(app) = app.upgrade() {
+            load_revocations(&app, &kv).await;
+        }
+        loop {
+            tokio::time::sleep(crate::roster::TICK).await;
+            let Some(app) = app.upgrade() else { return };
+            from = read_commands(&app, &kv, from).await;
+        }
+    });
+}
+
+/// Reads the revocations stored before this node started.
+async fn load_revocations(app: &App, kv: &modelcast_redis::Kv) {
+    let stored = match kv.revocations().await {
+        Ok(stored) => stored,
+        Err(err) => return tracing::warn!("revocations not loaded from Redis: {err}"),
+    };
+    let now = crate::roster::unix_seconds();
+    for (user, json) in stored {
+        if let Ok(revoked) = serde_json::from_str::<Revoked>(&json) {
+            app.security.revocations.apply(&user, revoked, now);
+        }
+    }
+}
+
+/// Applies the commands after `from` that other nodes sent; where to read from next.
+async fn read_commands(app: &App, kv: &modelcast_redis::Kv, mut from: String) -> String {
+    let commands = match kv.commands_after(&from).await {
+        Ok(commands) => commands,
+        Err(err) => {
+            tracing::debug!("commands not read: {err}");
+            return from;
+        }
+    };
+    for (id, origin, json) in commands {
+        from = id;
+        if origin == app.roster.node() {
+            continue;
+        }
+        match serde_json::from_str::<Command>(&json) {
+            Ok(command) => {
+                apply(app, command);
+            }
+            Err(err) => tracing::warn!(%origin, "a command not understood: {err}"),
+        }
+    }
+    from
 }

@@ -4,9 +4,9 @@
 //!
 //! On a cluster each node's share lives in Redis under a lease (`MODELCAST_PRESENCE_LEASE`,
 //! renewed at a third of it): entries written as they change (at most every [`TICK`]), so a
-//! dead node's entries are gone within the lease. Commands for every node (disconnect,
-//! revoke) go through a Redis stream each node reads every [`TICK`]; revocations are also
-//! stored, for nodes that start later.
+//! dead node's entries are gone within the lease. [`Command`]s for every node (disconnect,
+//! revoke, subscribe) go through a Redis stream ([`Roster::broadcast`]) that `manage.rs`
+//! follows; revocations are also stored, for nodes that start later.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -20,10 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::Control;
 use crate::presence::unix_ms;
-use crate::revoke::{Revocations, Revoked};
+use crate::revoke::Revoked;
 
-/// How often a clustered node writes what changed and reads the commands of other nodes.
-const TICK: Duration = Duration::from_millis(250);
+/// How often a clustered node writes what changed (and reads the commands of other nodes:
+/// `manage.rs`).
+pub(crate) const TICK: Duration = Duration::from_millis(250);
 
 /// How a session is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,14 +80,18 @@ pub(crate) enum Target {
     IssuedBefore(String, u64),
 }
 
-/// What one node asks of every node.
+/// What one node asks of every node (applied by `manage.rs`, which reads the stream).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-enum Command {
+pub(crate) enum Command {
     /// Close the sessions `target` names with [`close::REVOKED`].
     Disconnect { target: Target },
     /// Refuse `user`'s tokens as `revoked` says (and close the sessions it names).
     Revoke { user: String, revoked: Revoked },
+    /// Subscribe the sessions `target` names, as if each had sent `request`.
+    Subscribe { target: Target, request: modelcast_protocol::SubscribeRequest },
+    /// Unsubscribe the sessions `target` names from `topic` (those subscribed to it).
+    Unsubscribe { target: Target, topic: Topic },
 }
 
 /// A session on the roster.
@@ -134,18 +139,12 @@ impl Drop for OnRoster {
 }
 
 impl Roster {
-    /// The roster of node `node`; on a cluster (`kv`) its share is kept in Redis with `lease`,
-    /// and the commands of other nodes are applied to its sessions and to `revocations`.
-    pub(crate) fn new(
-        node: String,
-        kv: Option<Kv>,
-        lease: Duration,
-        revocations: Arc<Revocations>,
-    ) -> Arc<Self> {
+    /// The roster of node `node`; on a cluster (`kv`) its share is kept in Redis with `lease`.
+    pub(crate) fn new(node: String, kv: Option<Kv>, lease: Duration) -> Arc<Self> {
         let share = kv.map(|kv| Share { kv, lease, changed: Mutex::default() });
         let roster = Arc::new(Self { node, sessions: Mutex::default(), share });
         if roster.share.is_some() {
-            tokio::spawn(keep_share(Arc::downgrade(&roster), revocations));
+            tokio::spawn(keep_share(Arc::downgrade(&roster)));
         }
         roster
     }
@@ -228,11 +227,6 @@ impl Roster {
         closed
     }
 
-    /// Tells the other nodes to close the sessions `target` names.
-    pub(crate) async fn close_everywhere(&self, target: Target) -> Result<(), String> {
-        self.broadcast(&Command::Disconnect { target }).await
-    }
-
     /// Tells the other nodes of `user`'s revocation, and stores it for nodes that start later
     /// (forgetting the `expired` ones).
     pub(crate) async fn revoke_everywhere(
@@ -247,24 +241,18 @@ impl Roster {
         self.broadcast(&Command::Revoke { user: user.to_owned(), revoked }).await
     }
 
-    async fn broadcast(&self, command: &Command) -> Result<(), String> {
+    /// Tells the other nodes to apply `command` (nothing on a single node).
+    pub(crate) async fn broadcast(&self, command: &Command) -> Result<(), String> {
         let Some(kv) = self.clustered() else { return Ok(()) };
         let json = serde_json::to_string(command).unwrap_or_default();
         kv.send_command(&json).await.map(drop).map_err(|e| e.to_string())
     }
 
-    /// Applies another node's command.
-    fn apply(&self, command: Command, revocations: &Revocations) {
-        match command {
-            Command::Disconnect { target } => {
-                self.close(&target, DISCONNECTED_REASON);
-            }
-            Command::Revoke { user, revoked } => {
-                revocations.apply(&user, revoked, unix_seconds());
-                let target = Target::IssuedBefore(user, revoked.issued_before);
-                self.close(&target, REVOKED_REASON);
-            }
-        }
+    /// The sessions `target` names: their hub connection and state.
+    pub(crate) fn sessions(&self, target: &Target) -> Vec<(Connection, Arc<Control>)> {
+        let listed = self.listed();
+        let named = listed.values().filter(|session| session.named(target));
+        named.map(|session| (session.conn.clone(), session.control.clone())).collect()
     }
 
     /// The entries of sessions `serials` that are still listed, and those that are gone.
@@ -349,73 +337,18 @@ pub(crate) fn unix_seconds() -> u64 {
 }
 
 /// A clustered node's share: what changed written each tick, the lease renewed at a third of
-/// it (the whole share written again when Redis lost it), other nodes' commands applied. Ends
-/// with the roster.
-async fn keep_share(roster: Weak<Roster>, revocations: Arc<Revocations>) {
-    let Some(kv) = roster.upgrade().and_then(|r| r.clustered().cloned()) else { return };
-    let mut read_from = loop {
-        match kv.last_command().await {
-            Ok(id) => break id,
-            Err(err) => tracing::debug!("roster: commands not readable yet: {err}"),
-        }
-        tokio::time::sleep(TICK).await;
-        if roster.strong_count() == 0 {
-            return;
-        }
-    };
-    load_revocations(&kv, &revocations).await;
+/// it (the whole share written again when Redis lost it). Ends with the roster.
+async fn keep_share(roster: Weak<Roster>) {
     let mut renewed_at = tokio::time::Instant::now() - Duration::from_secs(3600);
     loop {
         tokio::time::sleep(TICK).await;
         let Some(roster) = roster.upgrade() else { return };
-        read_from = read_commands(&roster, &kv, read_from, &revocations).await;
         let Some(share) = &roster.share else { return };
         let renew = renewed_at.elapsed() >= share.lease / 3;
         if write_share(&roster, share, renew).await && renew {
             renewed_at = tokio::time::Instant::now();
         }
     }
-}
-
-/// Reads the revocations stored before this node started.
-async fn load_revocations(kv: &Kv, revocations: &Revocations) {
-    let stored = match kv.revocations().await {
-        Ok(stored) => stored,
-        Err(err) => return tracing::warn!("revocations not loaded from Redis: {err}"),
-    };
-    let now = unix_seconds();
-    for (user, json) in stored {
-        if let Ok(revoked) = serde_json::from_str::<Revoked>(&json) {
-            revocations.apply(&user, revoked, now);
-        }
-    }
-}
-
-/// Applies the commands after `from` that other nodes sent; where to read from next.
-async fn read_commands(
-    roster: &Roster,
-    kv: &Kv,
-    mut from: String,
-    revocations: &Revocations,
-) -> String {
-    let commands = match kv.commands_after(&from).await {
-        Ok(commands) => commands,
-        Err(err) => {
-            tracing::debug!("roster: commands not read: {err}");
-            return from;
-        }
-    };
-    for (id, origin, json) in commands {
-        from = id;
-        if origin == roster.node {
-            continue;
-        }
-        match serde_json::from_str::<Command>(&json) {
-            Ok(command) => roster.apply(command, revocations),
-            Err(err) => tracing::warn!(%origin, "roster: a command not understood: {err}"),
-        }
-    }
-    from
 }
 
 /// Writes what changed (everything, when `renew` finds the share lost); whether it was
