@@ -401,3 +401,187 @@ async fn server_side_subscriptions_act_as_if_the_session_had_asked() {
     let pong = other.next_json().await;
     assert_eq!(pong["type"], "pong", "bob got nothing but his pong: {pong}");
 }
+
+/// A webhook receiver: answers each request with the next status of `statuses` (then 200)
+/// and hands over (headers, body) of each.
+async fn receiver(
+    statuses: Vec<u16>,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut statuses = statuses.into_iter();
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let mut buffer = Vec::new();
+            let (head, body) = loop {
+                let mut chunk = [0u8; 4096];
+                let n = socket.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break (String::new(), String::new());
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buffer).into_owned();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let head = text[..end].to_owned();
+                    let length: usize = head
+                        .to_ascii_lowercase()
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").map(str::to_owned))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if text.len() >= end + 4 + length {
+                        break (head, text[end + 4..end + 4 + length].to_owned());
+                    }
+                }
+            };
+            if head.is_empty() {
+                continue;
+            }
+            let status = statuses.next().unwrap_or(200);
+            let _ = tx.send((head, body));
+            let answer =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    (addr, rx)
+}
+
+/// The Standard Webhooks check a receiver makes: HMAC-SHA256 of `{id}.{timestamp}.{body}`.
+fn signature_holds(head: &str, body: &str, key: &[u8]) -> bool {
+    use base64::Engine;
+    use hmac::Mac;
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(
+        format!("{}.{}.{body}", header("webhook-id"), header("webhook-timestamp")).as_bytes(),
+    );
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    header("webhook-signature").split(' ').any(|s| s == format!("v1,{expected}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demand_counts_watchers_and_the_webhook_is_told_once_per_change_signed_and_retried() {
+    let secret = "a-demand-secret-of-some-length";
+    let (hook, mut calls) = receiver(vec![500]).await;
+    let url = format!("http://{hook}/demand");
+    let mut server_args = args();
+    server_args.extend([
+        "--demand-webhook",
+        &url,
+        "--demand-webhook-secret",
+        secret,
+        "--demand-debounce",
+        "2",
+    ]);
+    let server = TestServer::start(&server_args).await;
+    let addr = server.addr;
+    let watch =
+        json!({"action": "subscribe", "topic": "model_status", "filter": {"model_ids": ["m1"]}});
+    let mut first = connect(addr, "w1", &token("alice", &[])).await;
+    subscribe(&mut first, watch.clone()).await;
+    // Someone else's download of m9 in progress, scoped to bob: bob wants m9.
+    let mut download = progress("m9", 10.0);
+    download["audience"] = json!({"users": ["bob"]});
+    let (status, answer) = call(addr, "POST", "/api/publish", KEY, Some(download)).await;
+    assert_eq!(status, 202, "{answer}");
+
+    // The first call fails (500) and is retried; both attempts carry the same id, signed.
+    let (head, body) = tokio::time::timeout(PATIENCE, calls.recv()).await.unwrap().unwrap();
+    let (head2, body2) = tokio::time::timeout(PATIENCE, calls.recv()).await.unwrap().unwrap();
+    assert_eq!(body, body2, "the retry is the same call");
+    let id = |h: &str| {
+        h.lines().find(|l| l.to_ascii_lowercase().starts_with("webhook-id:")).map(str::to_owned)
+    };
+    assert_eq!(id(&head), id(&head2));
+    assert!(signature_holds(&head2, &body2, secret.as_bytes()), "{head2}");
+    let mut watched: Vec<Value> = vec![serde_json::from_str(&body2).unwrap()];
+    let (_, body3) = tokio::time::timeout(PATIENCE, calls.recv()).await.unwrap().unwrap();
+    watched.push(serde_json::from_str(&body3).unwrap());
+    watched.sort_by_key(|c| c["data"]["model_id"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(watched[0]["type"], "model.watched");
+    assert_eq!(watched[0]["data"], json!({"model_id": "m1", "watchers": 1}));
+    assert_eq!(watched[1]["data"], json!({"model_id": "m9", "watchers": 1}));
+
+    let (status, demand) = call(addr, "GET", "/api/demand", KEY, None).await;
+    assert_eq!(status, 200);
+    let m1 = demand["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model_id"] == "m1")
+        .cloned()
+        .unwrap();
+    assert_eq!((m1["watchers"].as_u64(), m1["subscriptions"].as_u64()), (Some(1), Some(1)), "{m1}");
+    assert!(m1["since"].is_string() && m1["peak_last_hour"] == 1, "{m1}");
+    let m9 = demand["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model_id"] == "m9")
+        .cloned()
+        .unwrap();
+    assert_eq!(m9["in_progress"], 1, "{m9}");
+    let (status, _) = call(addr, "GET", "/api/demand", "", None).await;
+    assert_eq!(status, 401);
+
+    // A reconnect storm (gone and back within the debounce) is no change; leaving is one.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = connect(addr, "w1", &token("alice", &[])).await;
+    subscribe(&mut again, watch).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(calls.try_recv().is_err(), "a flap within the debounce was told");
+    drop(again);
+    let (_, body) = tokio::time::timeout(PATIENCE, calls.recv()).await.unwrap().unwrap();
+    let unwatched: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(unwatched["type"], "model.unwatched");
+    assert_eq!(unwatched["data"], json!({"model_id": "m1", "watchers": 0}));
+}
+
+/// On a cluster every node counts every node's watchers, and one node (the lease holder)
+/// tells the webhook: one call per change, whichever node the watcher is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_tells_the_webhook_once_per_change() {
+    let redis = Redis::start(false);
+    let (hook, mut calls) = receiver(vec![]).await;
+    let url = format!("http://{hook}/demand");
+    let mut node_args = args();
+    node_args.extend([
+        "--demand-webhook",
+        &url,
+        "--demand-webhook-secret",
+        "a-demand-secret-of-some-length",
+        "--demand-debounce",
+        "1",
+    ]);
+    let nodes =
+        [Node::on(&redis, "d0", &node_args).await, Node::on(&redis, "d1", &node_args).await];
+    let mut watcher = connect(nodes[1].addr, "w", &token("alice", &[])).await;
+    subscribe(
+        &mut watcher,
+        json!({"action": "subscribe", "topic": "model_status", "filter": {"model_ids": ["m7"]}}),
+    )
+    .await;
+    let (_, body) = tokio::time::timeout(PATIENCE, calls.recv()).await.unwrap().unwrap();
+    let told: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (told["type"].as_str(), &told["data"]["model_id"]),
+        (Some("model.watched"), &json!("m7"))
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(calls.try_recv().is_err(), "a second node told the webhook too");
+    for node in &nodes {
+        let (_, demand) = call(node.addr, "GET", "/api/demand", KEY, None).await;
+        assert_eq!(demand["models"][0]["watchers"], 1, "every node counts every node's: {demand}");
+    }
+}

@@ -611,6 +611,26 @@ pub fn openapi() -> Value {
                     "responses": {"200": {"description": "`{sessions, node, other_nodes_told}`"}, "400": error("`invalid_request` or `unknown_topic`, naming the `field`"), "401": error("An operator credential is required")}
                 }
             },
+            "/api/demand": {"get": {
+                "summary": "Who wants each model: watchers now, since when, the peak of the last hour (operators only)",
+                "description": "A model's watchers are the subscriptions (every node) whose filter names it plus the users whose audience-scoped downloads or generation tasks of it are in progress. Counted every second. MODELCAST_DEMAND_WEBHOOK is POSTed when a model goes from no watchers to some (`model.watched`) and back (`model.unwatched`), once the change held for MODELCAST_DEMAND_DEBOUNCE, signed as Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`), retried with backoff; on a cluster one node sends.",
+                "responses": {
+                    "200": {"description": "Every model with watchers now or in the last hour", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["models"],
+                        "properties": {"models": {"type": "array", "items": {"type": "object",
+                            "required": ["model_id", "watchers", "subscriptions", "in_progress", "since", "peak_last_hour"],
+                            "properties": {
+                                "model_id": {"type": "string"},
+                                "watchers": {"type": "integer", "minimum": 0},
+                                "subscriptions": {"type": "integer", "minimum": 0, "description": "Subscriptions whose filter names it"},
+                                "in_progress": {"type": "integer", "minimum": 0, "description": "Users with an audience-scoped download or task of it in progress"},
+                                "since": {"type": ["string", "null"], "format": "date-time"},
+                                "peak_last_hour": {"type": "integer", "minimum": 0}
+                            }}}}
+                    }}}},
+                    "401": error("An operator credential is required")
+                }
+            }},
             "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "The process serves"}}}},
             "/readyz": {"get": {"summary": "Ready (`engine`: the topology and primary)", "responses": {"200": {"description": "Ready"}, "503": {"description": "`shutting_down` (draining clients), `engine_unavailable` (Redis, with the reason) or `loading` (a starting node has not loaded these topics from Redis yet)"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics text)", "responses": {"200": {"description": "The metrics", "content": {"application/openmetrics-text": {}}}}}}

@@ -24,6 +24,16 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#;
 
+/// Takes a free lease or renews this node's: `KEYS[1]` the lease, `ARGV` the node and ms.
+const LEAD: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
 impl Kv {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
@@ -336,5 +346,19 @@ impl Kv {
     pub async fn revocations(&self) -> redis::RedisResult<Vec<(String, String)>> {
         let mut conn = self.shared.conn();
         redis::cmd("HGETALL").arg(self.revoked_key()).query_async(&mut conn).await
+    }
+
+    /// Holds (or renews) the lease `name` for this node for `lease_ms`; whether this node
+    /// holds it (another node does until its lease ends).
+    pub async fn lead(&self, name: &str, lease_ms: u64) -> redis::RedisResult<bool> {
+        let mut conn = self.shared.conn();
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(LEAD)
+            .arg(1)
+            .arg(format!("{}:lead:{name}", self.shared.names.prefix))
+            .arg(&self.shared.names.node)
+            .arg(lease_ms);
+        let held: i64 = eval.query_async(&mut conn).await?;
+        Ok(held == 1)
     }
 }

@@ -112,6 +112,7 @@ impl Server {
         let pace = crate::pace::Pace::of(&config);
         let kv = engine.as_ref().map(|e| e.kv());
         let roster = crate::roster::Roster::new(node_id.clone(), kv, config.presence_lease);
+        let demand = demand(&config)?;
         let app = Arc::new(App {
             config,
             hub,
@@ -134,11 +135,13 @@ impl Server {
             node_id,
             engine,
             roster,
+            demand,
             tls,
             push,
             presence,
         });
         crate::manage::follow(&app);
+        crate::demand::follow(&app);
         Ok(Self { app, listener })
     }
 
@@ -219,6 +222,16 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// The demand tracker, with its webhook when one is configured.
+fn demand(config: &Config) -> std::io::Result<Arc<crate::demand::Demand>> {
+    let webhook = crate::demand::Webhook::from_config(
+        config.demand_webhook.as_deref(),
+        config.demand_webhook_secret.as_deref(),
+    )
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    Ok(crate::demand::Demand::start(config.demand_debounce, webhook))
 }
 
 /// Warns when the operator endpoints are open on an address others can reach.

@@ -198,6 +198,28 @@ pub struct Config {
           value_parser = seconds("MODELCAST_PRESENCE_LEASE"))]
     pub presence_lease: Duration,
 
+    /// Where a model going from no watchers to some, and back, is POSTed (signed as Standard
+    /// Webhooks says, with `MODELCAST_DEMAND_WEBHOOK_SECRET`; one call per change across a
+    /// cluster). Off without it.
+    #[arg(long, env = "MODELCAST_DEMAND_WEBHOOK", value_name = "URL")]
+    pub demand_webhook: Option<String>,
+
+    /// The demand webhook's signing secret: `whsec_<base64>` (Standard Webhooks) or at least
+    /// 16 bytes of text.
+    #[arg(
+        long,
+        env = "MODELCAST_DEMAND_WEBHOOK_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub demand_webhook_secret: Option<String>,
+
+    /// Seconds a model's change between watched and unwatched must hold before the webhook
+    /// is told (a reconnect storm is no change).
+    #[arg(long, env = "MODELCAST_DEMAND_DEBOUNCE", default_value = "5", value_name = "SECONDS",
+          value_parser = seconds("MODELCAST_DEMAND_DEBOUNCE"))]
+    pub demand_debounce: Duration,
+
     /// This node's id, shown in logs, `/api/stats`, `/metrics` and `welcome` (default: random).
     #[arg(long, env = "MODELCAST_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,

@@ -107,6 +107,8 @@ enum Route<'a> {
     Revoke,
     /// `POST`, `DELETE /api/subscriptions`.
     Subscriptions,
+    /// `GET /api/demand`.
+    Demand,
 }
 
 impl<'a> Route<'a> {
@@ -132,6 +134,7 @@ impl<'a> Route<'a> {
             "/api/disconnect" => Route::Disconnect,
             "/api/revoke" => Route::Revoke,
             "/api/subscriptions" => Route::Subscriptions,
+            "/api/demand" => Route::Demand,
             p => {
                 if let Some(id) = p.strip_prefix("/ws/") {
                     Route::WebSocket(Some(id))
@@ -244,6 +247,7 @@ async fn respond(
         Route::Disconnect => manage::disconnect(app, req).await,
         Route::Revoke => manage::revoke(app, req).await,
         Route::Subscriptions => manage::subscriptions(app, req).await,
+        Route::Demand => manage::demand(app, &req),
     }
 }
 

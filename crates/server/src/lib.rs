@@ -21,6 +21,7 @@ mod admit;
 mod app;
 mod config;
 mod control;
+mod demand;
 mod error;
 mod handshake;
 mod http;

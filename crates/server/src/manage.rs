@@ -193,21 +193,46 @@ pub(crate) async fn presence(app: &Arc<App>, req: &Request<Incoming>) -> ApiResu
     operator(app, req)?;
     let query = Query::of(req.uri().query())?;
     let mut counts = TopicPresence::of(query.topic);
+    let nodes = each_entry_of(app, &query, &mut |entry| counts.count(entry)).await?;
+    let mut answer = serde_json::to_value(&counts).unwrap_or_default();
+    answer["nodes"] = json!(nodes);
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// Calls `each` with every entry of every node; how many nodes there are.
+pub(crate) async fn each_entry(app: &App, each: &mut impl FnMut(&Entry)) -> ApiResult<usize> {
+    let all = Query { user: None, topic: None, limit: PAGE_MAX, after: None };
+    each_entry_of(app, &all, each).await
+}
+
+/// Calls `each` with every entry `query` keeps, of every node; how many nodes there are.
+async fn each_entry_of(
+    app: &App,
+    query: &Query,
+    each: &mut impl FnMut(&Entry),
+) -> ApiResult<usize> {
     let nodes = nodes(app).await?;
     for node in &nodes {
         let mut after = 0;
         loop {
-            let (entries, more) = node_page(app, node, after, CHUNK, &query).await?;
-            entries.iter().for_each(|entry| counts.count(entry));
+            let (entries, more) = node_page(app, node, after, CHUNK, query).await?;
+            entries.iter().for_each(&mut *each);
             match more {
                 Some(serial) => after = serial,
                 None => break,
             }
         }
     }
-    let mut answer = serde_json::to_value(&counts).unwrap_or_default();
-    answer["nodes"] = json!(nodes.len());
-    Ok(json_response(StatusCode::OK, &answer))
+    Ok(nodes.len())
+}
+
+/// `GET /api/demand`: per model, its watchers now (subscriptions whose filter names it, every
+/// node, plus users with its audience-scoped downloads or tasks in progress), since when, and
+/// the peak of the last hour — as of the last count (every second).
+pub(crate) fn demand(app: &Arc<App>, req: &Request<Incoming>) -> ApiResult {
+    operator(app, req)?;
+    let models = app.demand.snapshot();
+    Ok(json_response(StatusCode::OK, &json!({"models": models})))
 }
 
 /// The body of a management request: a JSON object.

@@ -63,6 +63,8 @@ pub(crate) struct App {
     pub(crate) presence: Arc<crate::presence::Presence>,
     /// Every open session, WebSocket or event stream (`/api/connections`, disconnects).
     pub(crate) roster: Arc<crate::roster::Roster>,
+    /// Who wants each model (`/api/demand`, the demand webhook).
+    pub(crate) demand: Arc<crate::demand::Demand>,
 }
 
 impl App {

@@ -20,7 +20,7 @@ use crate::config::Config;
 /// bring a C and CMake build; ring's lack of post-quantum key exchange is why rustls marks
 /// this call deprecated).
 #[allow(deprecated)]
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
