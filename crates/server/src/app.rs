@@ -141,7 +141,7 @@ impl Server {
             presence,
         });
         crate::manage::follow(&app);
-        crate::demand::follow(&app);
+        crate::watchers::follow(&app);
         Ok(Self { app, listener })
     }
 

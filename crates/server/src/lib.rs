@@ -43,6 +43,7 @@ mod state;
 mod stream;
 mod tls;
 mod validate;
+mod watchers;
 
 pub use app::{Server, ShutdownHandle};
 pub use config::{Cidr, Config, HealthLevel, JwtAlgorithm, LogFormat};

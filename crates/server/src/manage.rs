@@ -31,9 +31,6 @@ use crate::state::App;
 const PAGE_MAX: usize = 1_000;
 const PAGE_DEFAULT: usize = 100;
 
-/// Entries read from another node's share at a time, while a page is filled.
-const CHUNK: usize = 256;
-
 /// The management endpoints' check: an operator credential, unless the server has none of any
 /// kind (the loopback default, where everything is open).
 fn operator(app: &App, req: &Request<Incoming>) -> ApiResult<()> {
@@ -122,14 +119,18 @@ pub(crate) async fn connections(app: &Arc<App>, req: &Request<Incoming>) -> ApiR
     let query = Query::of(req.uri().query())?;
     let mut page = Vec::with_capacity(query.limit.min(64));
     let mut next = None;
-    for node in nodes(app).await? {
+    let keep = |entry: &Entry| query.keeps(entry);
+    for node in app.roster.nodes().await.map_err(store_down)? {
         let after = match &query.after {
             Some((from, _)) if node < *from => continue,
             Some((from, serial)) if node == *from => *serial,
             _ => 0,
         };
-        let (entries, more) =
-            node_page(app, &node, after, query.limit - page.len(), &query).await?;
+        let (entries, more) = app
+            .roster
+            .node_page(&node, after, query.limit - page.len(), &keep)
+            .await
+            .map_err(store_down)?;
         page.extend(entries);
         if let Some(serial) = more {
             next = Some(format!("{node}/{serial}"));
@@ -139,53 +140,6 @@ pub(crate) async fn connections(app: &Arc<App>, req: &Request<Incoming>) -> ApiR
     Ok(json_response(StatusCode::OK, &json!({"connections": page, "next": next})))
 }
 
-/// Every node with sessions to list, sorted: this one, and on a cluster those whose share is
-/// live.
-async fn nodes(app: &App) -> ApiResult<Vec<String>> {
-    let mut nodes = vec![app.roster.node().to_owned()];
-    if let Some(kv) = app.roster.clustered() {
-        let now = crate::presence::unix_ms();
-        nodes.extend(kv.roster_nodes(now).await.map_err(store_down)?);
-        nodes.sort();
-        nodes.dedup();
-    }
-    Ok(nodes)
-}
-
-/// Up to `limit` of `node`'s entries after serial `after` that `query` keeps, and the serial
-/// to go on from when the page filled before the node's entries ended.
-async fn node_page(
-    app: &App,
-    node: &str,
-    mut after: u64,
-    limit: usize,
-    query: &Query,
-) -> ApiResult<(Vec<Entry>, Option<u64>)> {
-    if node == app.roster.node() {
-        return Ok(app.roster.page(after, limit, |e| query.keeps(e)));
-    }
-    let Some(kv) = app.roster.clustered() else { return Ok((Vec::new(), None)) };
-    let mut out = Vec::new();
-    loop {
-        let chunk = kv.roster_page(node, after, CHUNK).await.map_err(store_down)?;
-        let ended = chunk.len() < CHUNK;
-        for (serial, json) in chunk {
-            if out.len() == limit {
-                return Ok((out, Some(after)));
-            }
-            after = serial;
-            if let Ok(entry) = serde_json::from_str::<Entry>(&json)
-                && query.keeps(&entry)
-            {
-                out.push(entry);
-            }
-        }
-        if ended {
-            return Ok((out, None));
-        }
-    }
-}
-
 /// `GET /api/presence?topic=…`: the connections subscribed to the topic (every connection,
 /// without one), their distinct users, and per `model_id` the connections whose filter names
 /// it (`unfiltered`: those with no filter), on every node.
@@ -193,37 +147,12 @@ pub(crate) async fn presence(app: &Arc<App>, req: &Request<Incoming>) -> ApiResu
     operator(app, req)?;
     let query = Query::of(req.uri().query())?;
     let mut counts = TopicPresence::of(query.topic);
-    let nodes = each_entry_of(app, &query, &mut |entry| counts.count(entry)).await?;
+    let keep = |entry: &Entry| query.keeps(entry);
+    let each = &mut |entry: &Entry| counts.count(entry);
+    let nodes = app.roster.each_entry(&keep, each).await.map_err(store_down)?;
     let mut answer = serde_json::to_value(&counts).unwrap_or_default();
     answer["nodes"] = json!(nodes);
     Ok(json_response(StatusCode::OK, &answer))
-}
-
-/// Calls `each` with every entry of every node; how many nodes there are.
-pub(crate) async fn each_entry(app: &App, each: &mut impl FnMut(&Entry)) -> ApiResult<usize> {
-    let all = Query { user: None, topic: None, limit: PAGE_MAX, after: None };
-    each_entry_of(app, &all, each).await
-}
-
-/// Calls `each` with every entry `query` keeps, of every node; how many nodes there are.
-async fn each_entry_of(
-    app: &App,
-    query: &Query,
-    each: &mut impl FnMut(&Entry),
-) -> ApiResult<usize> {
-    let nodes = nodes(app).await?;
-    for node in &nodes {
-        let mut after = 0;
-        loop {
-            let (entries, more) = node_page(app, node, after, CHUNK, query).await?;
-            entries.iter().for_each(&mut *each);
-            match more {
-                Some(serial) => after = serial,
-                None => break,
-            }
-        }
-    }
-    Ok(nodes.len())
 }
 
 /// `GET /api/demand`: per model, its watchers now (subscriptions whose filter names it, every

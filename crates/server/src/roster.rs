@@ -26,6 +26,9 @@ use crate::revoke::Revoked;
 /// `manage.rs`).
 pub(crate) const TICK: Duration = Duration::from_millis(250);
 
+/// Entries read from another node's share at a time.
+const CHUNK: usize = 256;
+
 /// How a session is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -197,7 +200,7 @@ impl Roster {
         &self,
         after: u64,
         limit: usize,
-        keep: impl Fn(&Entry) -> bool,
+        keep: &impl Fn(&Entry) -> bool,
     ) -> (Vec<Entry>, Option<u64>) {
         let listed = self.listed();
         let mut out = Vec::new();
@@ -211,6 +214,74 @@ impl Roster {
             }
         }
         (out, None)
+    }
+
+    /// Every node with sessions to list, sorted: this one, and on a cluster those whose share
+    /// is live.
+    pub(crate) async fn nodes(&self) -> Result<Vec<String>, String> {
+        let mut nodes = vec![self.node.clone()];
+        if let Some(kv) = self.clustered() {
+            let now = unix_ms();
+            nodes.extend(kv.roster_nodes(now).await.map_err(|e| e.to_string())?);
+            nodes.sort();
+            nodes.dedup();
+        }
+        Ok(nodes)
+    }
+
+    /// Up to `limit` of `node`'s entries after serial `after` that `keep` accepts, and the
+    /// serial to go on from when the page filled before the node's entries ended.
+    pub(crate) async fn node_page(
+        &self,
+        node: &str,
+        mut after: u64,
+        limit: usize,
+        keep: &impl Fn(&Entry) -> bool,
+    ) -> Result<(Vec<Entry>, Option<u64>), String> {
+        if node == self.node {
+            return Ok(self.page(after, limit, keep));
+        }
+        let Some(kv) = self.clustered() else { return Ok((Vec::new(), None)) };
+        let mut out = Vec::new();
+        loop {
+            let chunk = kv.roster_page(node, after, CHUNK).await.map_err(|e| e.to_string())?;
+            let ended = chunk.len() < CHUNK;
+            for (serial, json) in chunk {
+                if out.len() == limit {
+                    return Ok((out, Some(after)));
+                }
+                after = serial;
+                if let Ok(entry) = serde_json::from_str::<Entry>(&json)
+                    && keep(&entry)
+                {
+                    out.push(entry);
+                }
+            }
+            if ended {
+                return Ok((out, None));
+            }
+        }
+    }
+
+    /// Calls `each` with every entry `keep` accepts, of every node; how many nodes there are.
+    pub(crate) async fn each_entry(
+        &self,
+        keep: &impl Fn(&Entry) -> bool,
+        each: &mut impl FnMut(&Entry),
+    ) -> Result<usize, String> {
+        let nodes = self.nodes().await?;
+        for node in &nodes {
+            let mut after = 0;
+            loop {
+                let (entries, more) = self.node_page(node, after, CHUNK, keep).await?;
+                entries.iter().for_each(&mut *each);
+                match more {
+                    Some(serial) => after = serial,
+                    None => break,
+                }
+            }
+        }
+        Ok(nodes.len())
     }
 
     /// Closes this node's sessions that `target` names with [`close::REVOKED`]; how many.
