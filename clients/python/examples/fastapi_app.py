@@ -17,19 +17,24 @@ The pattern to copy, for a backend whose users follow its work through modelcast
   is logged (once per download) and the download goes on; the final state is tried again, so a
   hub that is back by then shows it (modelcast keeps the last state per model for late joiners).
 - **No exception goes unobserved.** Every background task has a done callback that logs what
-  it died of, so asyncio never says "Task exception was never retrieved"."""
+  it died of, so asyncio never says "Task exception was never retrieved".
+- **Load what is wanted.** With the server's `MODELCAST_DEMAND_WEBHOOK` pointed at
+  `POST /modelcast/demand` (and `MODELCAST_DEMAND_WEBHOOK_SECRET` set in both), a model
+  someone starts watching is preloaded (here: the fake download), and one no one watches any
+  more is unloaded. A call that is not modelcast's (a bad signature) is answered 400."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 
-from modelcast import UnavailableError, get_model_notification_integrator
+from modelcast import DemandHandler, UnavailableError, WebhookError, get_model_notification_integrator
 
 log = logging.getLogger("examples.fastapi_app")
 
@@ -98,6 +103,32 @@ async def lifespan(app: FastAPI):
 
 
 app = FastAPI(title="modelcast example backend", lifespan=lifespan)
+
+#: The models this backend holds loaded (preloaded on demand, unloaded when unwatched).
+loaded: set[str] = set()
+
+
+async def on_demand(model_id: str, watchers: int) -> None:
+    """Preloads a model someone watches; unloads one no one does."""
+    if watchers > 0 and model_id not in loaded:
+        loaded.add(model_id)
+        try:
+            await app.state.downloader.start(model_id)
+        except UnavailableError as error:  # the hub is down: loaded all the same, not announced
+            log.warning("preloading %s without notifications: %s", model_id, error)
+    elif watchers == 0:
+        loaded.discard(model_id)
+
+
+@app.post("/modelcast/demand", status_code=204)
+async def demand(request: Request) -> None:
+    """modelcast's demand webhook: verified with MODELCAST_DEMAND_WEBHOOK_SECRET, then
+    `on_demand`. 400 for a call that is not modelcast's."""
+    handler = DemandHandler(os.environ.get("MODELCAST_DEMAND_WEBHOOK_SECRET", ""), on_demand)
+    try:
+        await handler.handle(request.headers, await request.body())
+    except WebhookError as error:
+        raise HTTPException(status_code=400, detail=str(error)) from error
 
 
 @app.post("/downloads/{model_id}", status_code=202)

@@ -87,3 +87,35 @@ async def test_a_hub_lost_mid_download_is_logged_and_the_download_finishes(serve
     warnings = [r for r in caplog.records if "not getting through" in r.getMessage()]
     assert len(warnings) == 1, "one warning per download, not one per event"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_the_example_preloads_a_model_on_demand_and_refuses_an_unsigned_call(
+    server, collector, monkeypatch
+) -> None:
+    import json
+    import time
+
+    from examples import fastapi_app
+    from modelcast.webhooks import sign
+
+    secret = "a-demand-secret-of-some-length"
+    monkeypatch.setenv("MODELCAST_DEMAND_WEBHOOK_SECRET", secret)
+    async with example_app(server.base, monkeypatch) as (_, http, unhandled):
+        body = json.dumps({"type": "model.watched", "data": {"model_id": "wanted-1", "watchers": 2}}).encode()
+        stamp = int(time.time())
+        headers = {"webhook-id": "msg_1", "webhook-timestamp": str(stamp), "content-type": "application/json"}
+        forged = await http.post("/modelcast/demand", content=body, headers={**headers, "webhook-signature": "v1,AAAA"})
+        assert forged.status_code == 400
+        assert "wanted-1" not in fastapi_app.loaded
+        signed = {**headers, "webhook-signature": sign(secret, "msg_1", stamp, body)}
+        response = await http.post("/modelcast/demand", content=body, headers=signed)
+        assert response.status_code == 204
+        assert "wanted-1" in fastapi_app.loaded
+        await collector.wait_for(
+            lambda f: f["type"] == "download_status_change" and f["data"]["model_id"] == "wanted-1"
+        )
+        unwatched = json.dumps({"type": "model.unwatched", "data": {"model_id": "wanted-1", "watchers": 0}}).encode()
+        signed = {**headers, "webhook-signature": sign(secret, "msg_1", stamp, unwatched)}
+        assert (await http.post("/modelcast/demand", content=unwatched, headers=signed)).status_code == 204
+        assert "wanted-1" not in fastapi_app.loaded
+    assert unhandled == []

@@ -19,6 +19,7 @@ from .publisher import Accepted, Audience, Publisher, RetryPolicy, SyncPublisher
 from .push import Device, PushDevices, vapid_public_key
 from .subscribe import REMEMBERED_MESSAGES, Gap, SubscriptionError, subscribe
 from .urls import http_base, ws_url
+from .webhooks import DemandHandler, WebhookError
 
 __all__ = [
     "DATA_MODELS",
@@ -27,6 +28,7 @@ __all__ = [
     "Accepted",
     "Audience",
     "AvailabilityNotifier",
+    "DemandHandler",
     "Device",
     "DownloadNotifier",
     "FallbackNotifier",
@@ -45,6 +47,7 @@ __all__ = [
     "SyncPublisher",
     "SystemNotifier",
     "UnavailableError",
+    "WebhookError",
     "get_model_notification_integrator",
     "http_base",
     "models",
