@@ -1,5 +1,6 @@
 // The dashboard at `/`: what an operator keeps open. Driven only by the public protocol,
-// through @modelcast/client (this is its first user), plus GET /api/stats for server figures.
+// through @modelcast/client (this is its first user), plus GET /api/stats for server figures
+// and /api/presence, /api/demand for who listens and which models are wanted.
 // Plain DOM and SVG: no framework, no chart library, nothing to load from elsewhere.
 import { connect, ModelcastError, registerPush, TOPIC_TYPES } from "../src/index.js";
 import type { AnyTopicFrame, ServerMessage, Topic } from "../src/index.js";
@@ -387,6 +388,7 @@ let operator = false;
 async function stats() {
   if (!operator) {
     $("stats").textContent = "server figures are for operators: open the page with a token that has an operator role (admin)";
+    $("demand").textContent = "listeners and demand are for operators: open the page with a token that has an operator role (admin)";
     return;
   }
   try {
@@ -416,6 +418,50 @@ async function stats() {
   } catch {
     $("stats").textContent = "server stats unavailable";
   }
+  await demand();
+}
+
+type ModelDemand = { model_id: string; watchers: number; subscriptions: number; in_progress: number; since: string | null; peak_last_hour: number };
+
+/** Who listens (every node) and which models are wanted: /api/presence and /api/demand, for
+ * operators, with the page's credential. */
+async function demand() {
+  const init = token ? { headers: { authorization: `Bearer ${token}` } } : {};
+  try {
+    const [presence, wanted] = await Promise.all([fetch("/api/presence", init), fetch("/api/demand", init)]);
+    if (!presence.ok || !wanted.ok) {
+      $("demand").textContent = "listeners and demand are for operators: open the page with a token that has an operator role (admin)";
+      return;
+    }
+    const p = (await presence.json()) as { connections: number; users: number; nodes: number };
+    const models = ((await wanted.json()) as { models: ModelDemand[] }).models;
+    const rows = models.map((m) =>
+      h(
+        "tr",
+        {},
+        h("td", {}, m.model_id),
+        h("td", {}, String(m.watchers)),
+        h("td", {}, `${m.subscriptions} filtered · ${m.in_progress} in progress`),
+        h("td", {}, m.since ? `${ago(m.since)}` : "no one now"),
+        h("td", {}, String(m.peak_last_hour)),
+      ),
+    );
+    const summary = h("p", {}, `${p.connections} connections · ${p.users} users · ${p.nodes} node${p.nodes === 1 ? "" : "s"}`);
+    $("demand").replaceChildren(
+      summary,
+      rows.length === 0
+        ? h("p", { class: "muted" }, "no model is watched by name (a subscription filter naming it, or a user's download in progress)")
+        : h("table", {}, h("tr", {}, h("th", {}, "model"), h("th", {}, "watchers"), h("th", {}, "of which"), h("th", {}, "watched since"), h("th", {}, "peak 1 h")), ...rows),
+    );
+  } catch {
+    $("demand").textContent = "listeners and demand unavailable";
+  }
+}
+
+/** How long ago `iso` was, for people. */
+function ago(iso: string): string {
+  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  return seconds < 90 ? `${seconds} s ago` : seconds < 5400 ? `${Math.round(seconds / 60)} min ago` : `${Math.round(seconds / 3600)} h ago`;
 }
 const scheme = location.protocol === "https:" ? "wss" : "ws";
 // A server that requires tokens: open the page as `/?token=<JWT>` (the token's roles decide

@@ -7,6 +7,8 @@ import { createServer, request as httpRequest } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, test } from "node:test";
+import { WebSocket } from "ws";
+import { connect } from "../dist/index.js";
 import { launch } from "./cdp.mjs";
 import { alert, binary, progress, publish, repo, sleep, startServer, status, token, until } from "./helpers.mjs";
 
@@ -65,6 +67,15 @@ test("the dashboard renders models, downloads, alerts and charts from the demo",
     `[...document.querySelectorAll("#sys-chart polyline")].some((p) => p.getAttribute("points").split(" ").length >= 2)`,
   ), "system charts with points", 15000);
   await until(() => browser.evaluate(`document.querySelector("#stats table") !== null`), "server stats", 10000);
+  // The page's own connection is a listener; a filtered subscriber makes its model wanted.
+  const watcher = connect(server.ws, { WebSocket });
+  cleanups.push(() => watcher.close());
+  watcher.subscribe("model_status", { filter: { model_ids: ["wanted-model"] } });
+  const demandText = await until(async () => {
+    const text = await browser.evaluate(`document.getElementById("demand").textContent`);
+    return /\d+ connections · \d+ users/.test(text) && text.includes("wanted-model") ? text : undefined;
+  }, "listeners and the wanted model", 15000);
+  assert.match(demandText, /wanted-model1/, `one watcher: ${demandText}`);
   const vram = await until(
     () => browser.evaluate(`document.querySelector(".card .badge.vram")?.textContent ?? ""`),
     "a loaded model's VRAM",
