@@ -316,7 +316,11 @@ fn subscribe(
         );
     }
     let model_ids = s.filter.and_then(|f| f.model_ids);
-    control.listen(s.topic, Listening { model_ids: model_ids.clone(), max_hz: s.max_hz });
+    let listed = model_ids.as_ref().and_then(|ids| serde_json::to_string(ids).ok());
+    control.listen(
+        s.topic,
+        Listening { model_ids: listed.map(String::into_boxed_str), max_hz: s.max_hz },
+    );
     let options = SubscribeOptions::default()
         .request_id(s.id.clone())
         .since(s.since)

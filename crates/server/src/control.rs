@@ -66,7 +66,9 @@ pub(crate) struct Control {
 /// What a subscription asked for: its filter's model ids and its `max_hz`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct Listening {
-    pub(crate) model_ids: Option<Vec<String>>,
+    /// The filter's model ids as a JSON array, in one allocation (read back only to list or
+    /// count them; a subscribe, which is frequent, copies them once).
+    pub(crate) model_ids: Option<Box<str>>,
     pub(crate) max_hz: Option<f64>,
 }
 

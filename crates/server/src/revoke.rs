@@ -104,7 +104,7 @@ mod tests {
             d
         });
         assert_eq!(dropped, Ok(vec!["alice".to_owned(), "bob".to_owned()]));
-        assert_eq!(set.insert("dave", revoked, 250), Ok(vec![]), "room again");
+        assert_eq!(set.insert("dave", revoked, 250), Ok(vec!["carol".to_owned()]), "room again");
     }
 
     #[test]

@@ -366,7 +366,10 @@ impl Listed {
                 let listening = self.control.listening(topic).unwrap_or_default();
                 Subscription {
                     topic,
-                    filter: listening.model_ids.map(|model_ids| Filter { model_ids }),
+                    filter: listening
+                        .model_ids
+                        .and_then(|ids| serde_json::from_str(&ids).ok())
+                        .map(|model_ids| Filter { model_ids }),
                     max_hz: listening.max_hz,
                 }
             })
