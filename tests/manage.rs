@@ -402,6 +402,17 @@ async fn server_side_subscriptions_act_as_if_the_session_had_asked() {
     assert_eq!(pong["type"], "pong", "bob got nothing but his pong: {pong}");
 }
 
+/// The models `models` announced by the backend (a `model_status_update` each): demand counts
+/// only models the hub knows.
+async fn announce(addr: SocketAddr, models: &[&str]) {
+    for model in models {
+        let message =
+            serde_json::to_value(modelcast_tests::msg::model_status(model, 1000.0)).unwrap();
+        let (status, answer) = call(addr, "POST", "/api/publish", KEY, Some(message)).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+}
+
 /// A webhook receiver: answers each request with the next status of `statuses` (then 200)
 /// and hands over (headers, body) of each.
 async fn receiver(
@@ -485,8 +496,9 @@ async fn demand_counts_watchers_and_the_webhook_is_told_once_per_change_signed_a
     ]);
     let server = TestServer::start(&server_args).await;
     let addr = server.addr;
-    let watch =
-        json!({"action": "subscribe", "topic": "model_status", "filter": {"model_ids": ["m1"]}});
+    announce(addr, &["m1"]).await;
+    let watch = json!({"action": "subscribe", "topic": "model_status",
+        "filter": {"model_ids": ["m1", "never-announced"]}});
     let mut first = connect(addr, "w1", &token("alice", &[])).await;
     subscribe(&mut first, watch.clone()).await;
     // Someone else's download of m9 in progress, scoped to bob: bob wants m9.
@@ -523,6 +535,13 @@ async fn demand_counts_watchers_and_the_webhook_is_told_once_per_change_signed_a
         .unwrap();
     assert_eq!((m1["watchers"].as_u64(), m1["subscriptions"].as_u64()), (Some(1), Some(1)), "{m1}");
     assert!(m1["since"].is_string() && m1["peak_last_hour"] == 1, "{m1}");
+    let names: Vec<&str> = demand["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["model_id"].as_str())
+        .collect();
+    assert_eq!(names, ["m1", "m9"], "a filter naming a model never announced is not counted");
     let m9 = demand["models"]
         .as_array()
         .unwrap()
@@ -566,6 +585,7 @@ async fn a_cluster_tells_the_webhook_once_per_change() {
     ]);
     let nodes =
         [Node::on(&redis, "d0", &node_args).await, Node::on(&redis, "d1", &node_args).await];
+    announce(nodes[0].addr, &["m7"]).await;
     let mut watcher = connect(nodes[1].addr, "w", &token("alice", &[])).await;
     subscribe(
         &mut watcher,

@@ -10,7 +10,7 @@ import pytest
 import websockets
 from conftest import free_port, start_server
 
-from modelcast import DemandHandler, WebhookError
+from modelcast import DemandHandler, Publisher, WebhookError
 from modelcast.webhooks import sign, verify
 
 # The example of the Standard Webhooks specification.
@@ -66,6 +66,23 @@ async def test_a_real_server_calls_on_demand_when_a_model_is_watched_and_unwatch
     }
     server = start_server(env=env)
     try:
+        # Demand counts the models the backend announced.
+        status = {
+            "type": "model_status_update",
+            "data": {
+                "model_id": "m1",
+                "availability_status": "available",
+                "is_available": True,
+                "is_loaded": False,
+                "size_mb": 1000,
+                "integrity_score": 1,
+                "performance_score": 1,
+                "usage_frequency": 0,
+                "update_available": False,
+            },
+        }
+        async with Publisher(server.base) as publisher:
+            await publisher.publish(status)
         async with websockets.connect(f"{server.ws}/watcher") as ws:
             subscribe = {"action": "subscribe", "topic": "model_status", "filter": {"model_ids": ["m1"]}}
             await ws.send(json.dumps(subscribe))

@@ -67,15 +67,17 @@ test("the dashboard renders models, downloads, alerts and charts from the demo",
     `[...document.querySelectorAll("#sys-chart polyline")].some((p) => p.getAttribute("points").split(" ").length >= 2)`,
   ), "system charts with points", 15000);
   await until(() => browser.evaluate(`document.querySelector("#stats table") !== null`), "server stats", 10000);
-  // The page's own connection is a listener; a filtered subscriber makes its model wanted.
+  // The page's own connection is a listener; a filtered subscriber makes a catalog model wanted.
+  const wanted = await browser.evaluate(`document.querySelector(".card[data-model]").dataset.model`);
   const watcher = connect(server.ws, { WebSocket });
   cleanups.push(() => watcher.close());
-  watcher.subscribe("model_status", { filter: { model_ids: ["wanted-model"] } });
+  watcher.subscribe("model_status", { filter: { model_ids: [wanted, "not-in-the-catalog"] } });
   const demandText = await until(async () => {
     const text = await browser.evaluate(`document.getElementById("demand").textContent`);
-    return /\d+ connections · \d+ users/.test(text) && text.includes("wanted-model") ? text : undefined;
+    return /\d+ connections · \d+ users/.test(text) && text.includes(wanted) ? text : undefined;
   }, "listeners and the wanted model", 15000);
-  assert.match(demandText, /wanted-model1/, `one watcher: ${demandText}`);
+  assert.ok(demandText.includes(`${wanted}1`), `one watcher: ${demandText}`);
+  assert.ok(!demandText.includes("not-in-the-catalog"), demandText);
   const vram = await until(
     () => browser.evaluate(`document.querySelector(".card .badge.vram")?.textContent ?? ""`),
     "a loaded model's VRAM",

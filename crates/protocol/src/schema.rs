@@ -613,7 +613,7 @@ pub fn openapi() -> Value {
             },
             "/api/demand": {"get": {
                 "summary": "Who wants each model: watchers now, since when, the peak of the last hour (operators only)",
-                "description": "A model's watchers are the subscriptions (every node) whose filter names it plus the users whose audience-scoped downloads or generation tasks of it are in progress. Counted every second. MODELCAST_DEMAND_WEBHOOK is POSTed when a model goes from no watchers to some (`model.watched`) and back (`model.unwatched`), once the change held for MODELCAST_DEMAND_DEBOUNCE, signed as Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`), retried with backoff; on a cluster one node sends.",
+                "description": "Models the backend announced (state held in model_status or download_progress). A model's watchers are the subscriptions (every node) whose filter names it plus the users whose audience-scoped downloads or generation tasks of it are in progress. Counted every second. MODELCAST_DEMAND_WEBHOOK is POSTed when a model goes from no watchers to some (`model.watched`) and back (`model.unwatched`), once the change held for MODELCAST_DEMAND_DEBOUNCE, signed as Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`), retried with backoff; on a cluster one node sends.",
                 "responses": {
                     "200": {"description": "Every model with watchers now or in the last hour", "content": {"application/json": {"schema": {
                         "type": "object", "required": ["models"],

@@ -1,6 +1,9 @@
 //! Demand for models: who wants each model now, so the backend that loads models can preload
-//! what is wanted and unload what no one watches. A model's watchers are the connections whose
-//! subscription filter names it (every node's, from the roster) plus the users whose
+//! what is wanted and unload what no one watches. Models are those the backend announced (the
+//! hub holds `model_status` or `download_progress` state for them): a filter naming anything
+//! else is not counted, so the tracker is bounded by the catalog. A model's watchers are the
+//! connections whose subscription filter names it (every node's, from the roster) plus the
+//! users whose
 //! audience-scoped downloads or generation tasks of it are in progress (the retained state).
 //! `GET /api/demand` shows them, with since when and the peak of the last hour; a model going
 //! from no watchers to some, and back, is POSTed to `MODELCAST_DEMAND_WEBHOOK` once the change
@@ -176,18 +179,25 @@ impl Tracked {
     }
 }
 
+#[derive(serde::Deserialize)]
+struct FrameData {
+    data: Data,
+}
+
+#[derive(serde::Deserialize)]
+struct Data {
+    model_id: Option<String>,
+    status: Option<String>,
+}
+
+/// The model a frame is about, if any.
+pub(crate) fn model_of(frame: &[u8]) -> Option<String> {
+    serde_json::from_slice::<FrameData>(frame).ok()?.data.model_id
+}
+
 /// The model a download or task frame is about, when it is still in progress.
 pub(crate) fn model_in_progress(frame: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Frame {
-        data: Data,
-    }
-    #[derive(serde::Deserialize)]
-    struct Data {
-        model_id: Option<String>,
-        status: Option<String>,
-    }
-    let frame: Frame = serde_json::from_slice(frame).ok()?;
+    let frame: FrameData = serde_json::from_slice(frame).ok()?;
     let ended = ["completed", "complete", "failed", "cancelled", "canceled", "error", "done"];
     let status = frame.data.status.unwrap_or_default();
     (!ended.contains(&status.as_str())).then_some(frame.data.model_id?)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use modelcast_protocol::Topic;
 
-use crate::demand::{Demand, model_in_progress};
+use crate::demand::{Demand, model_in_progress, model_of};
 use crate::roster::Entry;
 use crate::state::App;
 
@@ -37,16 +37,20 @@ async fn lead(app: &App) -> bool {
     kv.lead("demand", u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)).await.unwrap_or(false)
 }
 
-/// Per model: subscriptions whose filter names it (every node), users with its downloads or
-/// tasks in progress. `None` when another node's share could not be read.
+/// Per model the backend announced: subscriptions whose filter names it (every node), users
+/// with its downloads or tasks in progress. `None` when another node's share could not be
+/// read. A filter may name any string; only models the hub holds state for (`model_status`,
+/// `download_progress`: published by the backend, bounded by `MODELCAST_STATE_MAX_KEYS`) are
+/// counted, so what the tracker keeps is bounded by the catalog, never by what clients send.
 async fn count(app: &App) -> Option<HashMap<String, (usize, usize)>> {
+    let known = known_models(app);
     let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
     let mut tally = |entry: &Entry| {
         let mut named = HashSet::new();
         for subscription in &entry.topics {
             named.extend(subscription.filter.iter().flat_map(|f| f.model_ids.iter()));
         }
-        for model in named {
+        for model in named.into_iter().filter(|m| known.contains(*m)) {
             counts.entry(model.clone()).or_default().0 += 1;
         }
     };
@@ -57,29 +61,50 @@ async fn count(app: &App) -> Option<HashMap<String, (usize, usize)>> {
     Some(counts)
 }
 
+/// The models the hub holds state for: `model_status` and `download_progress`, any audience.
+fn known_models(app: &App) -> HashSet<String> {
+    let mut known = HashSet::new();
+    for topic in [Topic::ModelStatus, Topic::DownloadProgress] {
+        each_state_frame(app, topic, &mut |frame, _| {
+            if let Some(model) = model_of(frame) {
+                known.insert(model);
+            }
+        });
+    }
+    known
+}
+
+/// Calls `each` with every frame of `topic`'s retained state and its audience.
+fn each_state_frame(
+    app: &App,
+    topic: Topic,
+    each: &mut impl FnMut(&[u8], Option<&modelcast_hub::Audience>),
+) {
+    let mut after = None;
+    loop {
+        let page = app.hub.state_page(topic, after, 1_000, None);
+        for (frame, audience) in page.frames.iter().zip(&page.audiences) {
+            each(frame.as_bytes(), audience.as_ref());
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return,
+        }
+    }
+}
+
 /// Per model, the distinct users whose audience-scoped downloads or generation tasks of it are
 /// in progress (by the retained state).
 fn in_progress(app: &App) -> HashMap<String, usize> {
     let mut users: HashMap<String, HashSet<String>> = HashMap::new();
     for topic in [Topic::DownloadProgress, Topic::GenerationProgress] {
-        let mut after = None;
-        loop {
-            let page = app.hub.state_page(topic, after, 1_000, None);
-            for (frame, audience) in page.frames.iter().zip(&page.audiences) {
-                let Some(audience) = audience.as_ref().filter(|a| !a.user_names().is_empty())
-                else {
-                    continue;
-                };
-                if let Some(model) = model_in_progress(frame.as_bytes()) {
-                    let names = audience.user_names().iter().map(|u| u.to_string());
-                    users.entry(model).or_default().extend(names);
-                }
+        each_state_frame(app, topic, &mut |frame, audience| {
+            let Some(audience) = audience.filter(|a| !a.user_names().is_empty()) else { return };
+            if let Some(model) = model_in_progress(frame) {
+                let names = audience.user_names().iter().map(|u| u.to_string());
+                users.entry(model).or_default().extend(names);
             }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
+        });
     }
     users.into_iter().map(|(model, users)| (model, users.len())).collect()
 }
