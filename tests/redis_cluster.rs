@@ -114,10 +114,15 @@ async fn topics_spread_over_the_shards_and_every_node_gets_every_topic() {
         shards.insert(port);
     }
     assert!(shards.len() >= 2, "all nine topics on one shard: {shards:?}");
-    // Every message came over its shard's channel, none read back from the log.
+    // The messages came over their shards' channels, not read back from the log. One benign
+    // race remains: a node's check each second can read a topic's `meta` after the append's
+    // SPUBLISH was sent and before the node applied it (its pub/sub task not yet scheduled, on
+    // a loaded machine), and repair that topic from the log (seen once per run or so in full
+    // CI runs). Without working channels every topic with a message would be repaired (9).
     for node in &nodes {
         let stats = node.stats().await;
-        assert_eq!(stats["engine"]["topic_repairs"], 0, "{stats}");
+        let repairs = stats["engine"]["topic_repairs"].as_u64().unwrap_or(u64::MAX);
+        assert!(repairs <= 2, "{repairs} topics read back from the log: {stats}");
     }
 }
 
