@@ -245,13 +245,14 @@ test("a minute of the demo keeps the page bounded: the newest finished tasks, th
   // A task takes about 9 s: within the minute six or seven start and finish (before, each
   // added a row for good: 14 rows and 1,752 px after two minutes). Now the task list holds the
   // running one and 3 finished ones, the feed scrolls within 26rem, the cards are one per
-  // model: in a 1400×1000 window the page stays under 1,300 px.
+  // model: in a 1400×1000 window the page stays under 1,450 px (1,300 before the listeners
+  // and demand section, a summary line and one row per watched catalog model).
   let last;
   for (let i = 0; i < 12; i++) {
     await sleep(5000);
     last = await measure();
     assert.ok(last.tasks <= 4, `at most the running task and 3 finished ones: ${JSON.stringify(last)}`);
-    assert.ok(last.height < 1300, `the page stays bounded: ${JSON.stringify(last)}`);
+    assert.ok(last.height < 1450, `the page stays bounded: ${JSON.stringify(last)}`);
   }
   assert.ok(last.finished >= 1 && last.finished <= 3, JSON.stringify(last));
   assert.ok(last.queued >= 1, `the queue is listed: ${JSON.stringify(last)}`);
